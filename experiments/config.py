@@ -305,3 +305,15 @@ def config_hash(cfg: DictConfig) -> str:
         node.pop(parts[-1], None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def run_id(cfg: DictConfig) -> str:
+    """Deterministic run id: readable prefix + hash of everything that changes the computation."""
+    if cfg.run_name:
+        return str(cfg.run_name)
+    return f"{cfg.arm}-k{cfg.train.accumulation_steps}-s{cfg.seed}-{config_hash(cfg)}"
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """results_dir/runs/<sweep or 'adhoc'>/<run id>/ — the run directory of the contract."""
+    return Path(cfg.results_dir) / "runs" / (cfg.sweep or "adhoc") / run_id(cfg)
