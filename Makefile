@@ -59,7 +59,7 @@ sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablati
 
 sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`)
 	@runs=$$(find $(RESULTS)/runs -type d -name 'offline-run-*' 2>/dev/null); \
-	if [ -z "$$runs" ]; then echo "no offline W&B runs under $(RESULTS)/runs"; else .venv/bin/wandb sync $$runs; fi
+	if [ -z "$$runs" ]; then echo "no offline W&B runs under $(RESULTS)/runs"; else .venv/bin/wandb sync $$(echo "$$runs" | sort); fi
 
 bench-sam: $(STAMP)  ## SAM overhead benchmark on the embedded MiniLM (writes results/bench/sam.json)
 	$(PY) -m experiments.bench_sam $(ARGS)

@@ -1,0 +1,85 @@
+"""Resumable training state in `<run_dir>/checkpoint/resume/`: safetensors + JSON, written atomically.
+
+    model.safetensors   the weights (safetensors.torch.save_model: handles tied weights)
+    state.pt            optimizer (SAM's param groups and AdamW moments), scheduler, GradScaler, torch RNG states;
+                        tensors and plain Python only, read back with torch.load(weights_only=True)
+    trainer.json        progress (update, epoch, window, examples, best, last eval), Python and NumPy RNG states
+
+The directory is written as resume.tmp and swapped in with renames; a crash between the renames leaves resume.old,
+which `load_resume_state` falls back to. The data order is a function of (seed, epoch), so (epoch, window) is the
+whole data position.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from .tracking import atomic_write_json
+
+
+def _resume_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
+    base = Path(run_dir) / "checkpoint"
+    return base / "resume", base / "resume.tmp", base / "resume.old"
+
+
+def save_resume_state(trainer) -> Path:
+    target, tmp, old = _resume_dirs(trainer.run_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(trainer.model, str(tmp / "model.safetensors"))
+    state = {
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    torch.save(state, tmp / "state.pt")
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    atomic_write_json(tmp / "trainer.json", {
+        "progress": dataclasses.asdict(trainer.progress),
+        "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "config_hash": trainer.tracker.summary.get("config_hash") if trainer.tracker else None,
+    })
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_resume_state(trainer) -> bool:
+    """Restore everything saved by `save_resume_state`; False when there is nothing usable."""
+    from .train import Progress
+
+    target, _, old = _resume_dirs(trainer.run_dir)
+    folder = target if (target / "trainer.json").exists() else old if (old / "trainer.json").exists() else None
+    if folder is None:
+        return False
+    meta = json.loads((folder / "trainer.json").read_text())
+    missing, unexpected = load_model(trainer.model, str(folder / "model.safetensors"), strict=True,
+                                     device=str(trainer.device))
+    state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer.scaler is not None and state["scaler"] is not None:
+        trainer.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    py = meta["python_rng"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npr = meta["numpy_rng"]
+    np.random.set_state((npr[0], np.asarray(npr[1], dtype=np.uint32), npr[2], npr[3], npr[4]))
+    trainer.progress = Progress(**meta["progress"])
+    return True

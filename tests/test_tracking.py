@@ -1,0 +1,325 @@
+"""The run directory written by RunTracker, and the offline W&B run read back from its transaction log."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from experiments import tracking
+from experiments.config import config_hash, load_config
+from experiments.tracking import (
+    RunTracker,
+    TrackingError,
+    atomic_write_json,
+    atomic_write_text,
+    env_info,
+    read_metrics,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch):
+    for key, value in {
+        "WANDB_ERROR_REPORTING": "false",
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
+def make_cfg(mode="offline", *extra):
+    return load_config(
+        [],
+        [
+            f"tracking.mode={mode}",
+            "arm=sam_last",
+            "optim.replay=last",
+            "train.accumulation_steps=4",
+            "optim.rho=0.1",
+            "seed=3",
+            "sweep=unit",
+            "tracking.tags=[extra-tag]",
+            *extra,
+        ],
+    )
+
+
+def offline_runs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+def wandb_records(offline_run: Path) -> list[dict]:
+    """Every record of the run's .wandb transaction log, via the CLI that ships with wandb."""
+    done = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"wandb leet inspect failed: {done.stderr[-2000:]}"
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert records, "wandb leet inspect printed no records"
+    return records
+
+
+def log_three(tracker: RunTracker) -> list[dict]:
+    sent = [
+        ({"train/loss": np.float32(2.5), "train/lr": 1e-4, "train/grad_norm": 3.0}, 1, 0.25, 32),
+        ({"train/loss": 2.0, "train/lr": 2e-4, "train/grad_norm": 2.0}, 2, 0.5, 64),
+        ({"dev/loss": 1.5, "dev/em": 40.0, "dev/f1": 55.5, "eval/kind": "epoch"}, 2, 0.5, 64),
+    ]
+    for metrics, update, epoch, examples in sent:
+        tracker.log(metrics, update=update, epoch=epoch, examples=examples)
+    return [
+        {**{k: (float(v) if isinstance(v, np.floating) else v) for k, v in m.items()},
+         "update": u, "epoch": e, "examples": n}
+        for m, u, e, n in sent
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the run directory
+
+
+def test_offline_run_directory_and_wandb_mirror(tmp_path):
+    run_dir = tmp_path / "runs" / "unit" / "sam_last-k4-s3-abc"
+    cfg = make_cfg()
+    tracker = RunTracker(cfg, run_dir)
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "running" and summary["reason"] is None
+    assert summary["run_id"] == run_dir.name
+    assert summary["arm"] == "sam_last" and summary["replay"] == "last"
+    assert summary["config_hash"] == config_hash(cfg)
+
+    expected = log_three(tracker)
+    tracker.update_summary({"best": {"metric": "dev/f1", "value": 55.5, "update": 2}}, updates=2)
+    final = tracker.finish("completed", examples=64)
+
+    # config.yaml is the resolved config and loads back to the same values
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["optim"]["replay"] == "last" and saved["train"]["accumulation_steps"] == 4
+    assert saved["tracking"]["tags"] == ["extra-tag"]
+
+    # env.json: this file lives in a git repository, so the sha is known
+    env = json.loads((run_dir / "env.json").read_text())
+    assert isinstance(env["git"]["sha"], str) and len(env["git"]["sha"]) == 40
+    assert isinstance(env["git"]["dirty"], bool)
+    assert {"torch", "transformers", "datasets", "wandb", "omegaconf", "numpy"} <= set(env["packages"])
+    assert env["device"]["type"] == "cpu" and env["device"]["threads"] >= 1
+    assert env["python"].count(".") == 2 and env["started_at"] and env["hostname"]
+
+    # metrics.jsonl: one parseable line per log call, with the step keys and the values sent
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    events = [json.loads(line) for line in lines]
+    assert events == read_metrics(run_dir)
+    for event, sent in zip(events, expected):
+        assert event.pop("time") >= 0
+        assert event == pytest.approx(sent)
+
+    # summary.json: running → completed, merged fields kept
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary == final
+    assert summary["status"] == "completed" and summary["reason"] is None
+    assert summary["best"]["value"] == 55.5 and summary["updates"] == 2 and summary["examples"] == 64
+    assert summary["finished_at"] and summary["wall_time_s"] >= 0
+
+    # no temporary files are left behind by the atomic writes
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+    # the offline W&B run lives in run_dir/wandb/ and holds the same history
+    (offline,) = offline_runs(run_dir)
+    records = wandb_records(offline)
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    assert len(history) == 3
+    for item, sent in zip(history, expected):
+        for key, value in sent.items():
+            assert item[key] == pytest.approx(value), key
+    assert history[2]["eval/kind"] == "epoch"
+
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert run["display_name"] == run_dir.name
+    assert run["run_id"] == summary["wandb"]["id"] and run["run_id"].startswith(run_dir.name)
+    assert run["run_group"] == "unit"  # the sweep name, since tracking.group is null
+    assert run["job_type"] == "sam_last"  # the arm, since tracking.job_type is null
+    assert set(run["tags"]) == {"sam_last", "replay=last", "k=4", "rho=0.1", "seed=3", "extra-tag"}
+    config = run["config"]["update"]
+    assert config["optim"]["replay"] == "last" and config["train"]["accumulation_steps"] == 4
+
+    # the x-axis of every chart is the update
+    metric_defs = [r["metric"] for r in records if r["type"] == "metric"]
+    assert any(m.get("glob_name") == "*" and m.get("step_metric") == "update" for m in metric_defs)
+
+    exits = [r["exit"] for r in records if r["type"] == "exit"]
+    assert exits and exits[-1].get("exit_code", 0) == 0
+
+
+def test_disabled_mode_writes_no_wandb_folder(tmp_path):
+    tracker = RunTracker(make_cfg("disabled"), tmp_path / "run")
+    tracker.log({"train/loss": 1.0}, update=1, epoch=0.1, examples=8)
+    tracker.finish("completed")
+    assert not (tmp_path / "run" / "wandb").exists()
+    assert [e["train/loss"] for e in read_metrics(tmp_path / "run")] == [1.0]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["wandb"] == {"mode": "disabled", "id": None}
+
+
+def test_explicit_group_job_type_and_project(tmp_path):
+    cfg = make_cfg("offline", "tracking.group=my-group", "tracking.job_type=probe", "tracking.project=other")
+    tracker = RunTracker(cfg, tmp_path / "run")
+    tracker.finish("completed")
+    run = next(r["run"] for r in wandb_records(offline_runs(tmp_path / "run")[0]) if r["type"] == "run")
+    assert (run["run_group"], run["job_type"], run["project"]) == ("my-group", "probe", "other")
+
+
+def test_finish_is_idempotent_and_rejects_unknown_status(tmp_path):
+    tracker = RunTracker(make_cfg("disabled"), tmp_path / "run")
+    with pytest.raises(ValueError):
+        tracker.finish("done")
+    first = tracker.finish("diverged", reason="loss is nan at update 7", updates=7)
+    second = tracker.finish("failed", reason="should be ignored")
+    assert first == second
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["reason"] == "loss is nan at update 7"
+    with pytest.raises(RuntimeError):
+        tracker.log({"train/loss": 1.0}, update=8, epoch=1.0, examples=64)
+
+
+def test_failed_run_in_context_manager(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ZeroDivisionError):
+        with RunTracker(make_cfg(), run_dir) as tracker:
+            tracker.log({"train/loss": float("nan")}, update=1, epoch=0.1, examples=8)
+            1 / 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"].startswith("ZeroDivisionError")
+    assert "ZeroDivisionError" in (run_dir / "error.log").read_text()
+    assert math.isnan(read_metrics(run_dir)[0]["train/loss"])  # NaN survives the round trip
+    records = wandb_records(offline_runs(run_dir)[0])
+    assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [1]
+    tracker.finish("completed")  # after the context manager: a no-op
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+def test_explicit_finish_inside_context_manager_is_kept(tmp_path):
+    with RunTracker(make_cfg("disabled"), tmp_path / "run") as tracker:
+        tracker.finish("diverged", reason="nan")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_log_rejects_step_keys_in_metrics(tmp_path):
+    tracker = RunTracker(make_cfg("disabled"), tmp_path / "run")
+    with pytest.raises(ValueError):
+        tracker.log({"update": 3}, update=3, epoch=0.0, examples=0)
+    tracker.finish("completed")
+
+
+def test_wandb_start_failure_raises_one_line_and_marks_the_run_failed(tmp_path, monkeypatch):
+    import wandb
+
+    def broken_init(**kwargs):
+        raise OSError("disk full\nsecond line")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with pytest.raises(TrackingError) as info:
+        RunTracker(make_cfg(), tmp_path / "run")
+    assert "\n" not in str(info.value) and "disk full" in str(info.value)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "disk full" in summary["reason"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# resume
+
+
+def test_resume_keeps_history_and_the_wandb_id(tmp_path):
+    run_dir = tmp_path / "run"
+    first = RunTracker(make_cfg(), run_dir)
+    for update in (1, 2, 3):
+        first.log({"train/loss": 1.0 / update}, update=update, epoch=update / 10, examples=8 * update)
+    first.finish("failed", reason="killed")
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write('{"update": 4, "train/lo')  # a write the crash cut short
+
+    second = RunTracker(make_cfg(), run_dir, resume=True)
+    assert second.rewind(2) == 1  # the checkpoint was taken at update 2; update 3 is repeated
+    second.log({"train/loss": 0.3}, update=3, epoch=0.3, examples=24)
+    second.finish("completed")
+
+    events = read_metrics(run_dir)
+    assert [e["update"] for e in events] == [1, 2, 3]
+    assert events[-1]["train/loss"] == 0.3
+    assert events[-1]["time"] >= events[1]["time"]  # the clock continues across the restart
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumes"] == 1 and summary["resumed_at"]
+    assert (run_dir / "env.json").exists() and (run_dir / "env-resume-1.json").exists()
+    runs = offline_runs(run_dir)
+    ids = {next(r["run"]["run_id"] for r in wandb_records(p) if r["type"] == "run") for p in runs}
+    assert len(runs) == 2 and ids == {summary["wandb"]["id"]}
+
+
+def test_fresh_start_in_an_old_directory_starts_over(tmp_path):
+    run_dir = tmp_path / "run"
+    old = RunTracker(make_cfg("disabled"), run_dir)
+    old.log({"train/loss": 9.0}, update=1, epoch=0.1, examples=8)
+    old.finish("failed", reason="x")
+    new = RunTracker(make_cfg("disabled"), run_dir)
+    assert read_metrics(run_dir) == []
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+    new.finish("completed")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# files and provenance
+
+
+def test_read_metrics_tolerates_a_torn_last_line_only(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"update": 1, "train/loss": 2.0}\n{"update": 2, "train/loss": 1.5}\n{"update": 3, "trai')
+    assert [e["update"] for e in read_metrics(path)] == [1, 2]
+    assert [e["update"] for e in read_metrics(tmp_path)] == [1, 2]  # the run directory works too
+    path.write_text('{"update": 1}\n{"upd\n{"update": 3}\n')
+    with pytest.raises(ValueError, match=":2:"):
+        read_metrics(path)
+    path.write_text("")
+    assert read_metrics(path) == []
+
+
+def test_atomic_writes_leave_no_temporary_files(tmp_path):
+    target = tmp_path / "sub" / "summary.json"
+    atomic_write_json(target, {"value": np.float64(1.5), "n": np.int64(3), "path": Path("/x")})
+    atomic_write_text(tmp_path / "note.txt", "hello\n")
+    assert json.loads(target.read_text()) == {"value": 1.5, "n": 3, "path": "/x"}
+    assert (tmp_path / "note.txt").read_text() == "hello\n"
+
+    class Unwritable:
+        pass
+
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"bad": Unwritable()})
+    assert json.loads(target.read_text())["n"] == 3  # the old content survives a failed write
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("summary.json", "note.txt")]
+    assert leftovers == []
+
+
+def test_env_info_outside_a_repository(tmp_path):
+    assert tracking.git_info(tmp_path) == {"sha": None, "dirty": None}
+    info = env_info("cpu")
+    assert info["argv"] == sys.argv and "torch" in info["packages"]
+    assert info["device"]["cuda_available"] in (True, False)
+
+
+def test_env_info_git_matches_git():
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    assert env_info()["git"]["sha"] == sha
