@@ -1,0 +1,150 @@
+"""A no-learning floor: guess the answer type from question keywords, answer with the first span of that type.
+
+    python -m experiments.data.baseline [CONFIG.yaml ...] [key=value ...]
+
+prints EM/F1 of the heuristic on the dev split of the configured data (default: the generated set). A trained model
+has to beat this by a wide margin for the comparison of optimizers to mean anything; the generated set is built so
+that this heuristic stays below 50 F1 (every answer type has same-type distractors in the paragraph).
+"""
+from __future__ import annotations
+
+import collections
+import re
+import string
+import sys
+from typing import Callable, Optional
+
+from .generated import COLOURS, DEVICE_ADJECTIVES, DEVICE_NOUNS, JOBS
+
+# Capitalised words that start English sentences, not names.
+_NOT_NAMES = {
+    "the", "a", "an", "in", "by", "born", "these", "what", "some", "old", "nobody", "children", "songs", "travellers",
+    "fishermen", "engineers", "members", "scholars", "about", "when", "who", "which", "where", "how", "this", "it",
+}
+
+
+def _alternatives(words) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+_TYPE_PATTERNS: dict[str, re.Pattern] = {
+    "year": re.compile(r"\b(?:1[0-9]{3}|20[0-9]{2})\b"),
+    "length": re.compile(r"\b\d+ (?:metres|meters|km|miles|feet)\b"),
+    "number": re.compile(r"\b\d[\d,]*\b"),
+    "colour": re.compile(rf"\b(?:{_alternatives(COLOURS)})\b"),
+    "device": re.compile(rf"\b(?:{_alternatives(DEVICE_ADJECTIVES)}) (?:{_alternatives(DEVICE_NOUNS)})\b"),
+    "job": re.compile(rf"\b(?:{_alternatives(JOBS)})\b"),
+    "person": re.compile(r"\b[A-Z][a-z]+ [A-Z][a-z]+\b"),
+    "place": re.compile(r"\b(?:in|of|from|at|to) ([A-Z][a-z]+)\b(?! [A-Z])"),
+    "name": re.compile(r"\b[A-Z][a-z]+\b"),
+}
+
+# (keywords in the lowercased question, answer type); the first rule that matches wins.
+_RULES: list[tuple[tuple[str, ...], str]] = [
+    (("year", "when"), "year"),
+    (("colour", "color"), "colour"),
+    (("metres", "how long", "length"), "length"),
+    (("population", "inhabitants", "how many"), "number"),
+    (("invent", "device"), "device"),
+    (("profession", "job", "for a living", "occupation"), "job"),
+    (("who", "whom"), "person"),
+    (("where", "port", "town", "live"), "place"),
+]
+
+
+def question_type(question: str) -> str:
+    q = question.lower()
+    for keywords, kind in _RULES:
+        if any(re.search(rf"\b{re.escape(k)}", q) for k in keywords):
+            return kind
+    return "name"
+
+
+def heuristic_answer(question: str, context: str, title: str = "") -> str:
+    """The first span of the question's answer type that is part of neither the question nor the title (the topic
+    of a paragraph is rarely the answer)."""
+    kind = question_type(question)
+    for match in _TYPE_PATTERNS[kind].finditer(context):
+        span = match.group(1) if match.groups() else match.group(0)
+        if span in question or (title and span in title):
+            continue
+        if kind in ("person", "name") and span.split()[0].lower() in _NOT_NAMES:
+            continue
+        return span
+    return ""
+
+
+# ---------------------------------------------------------------------- official SQuAD v1.1 scoring (fallback copy)
+def _normalise(text: str) -> str:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _f1(prediction: str, gold: str) -> float:
+    pred_tokens, gold_tokens = _normalise(prediction).split(), _normalise(gold).split()
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred_tokens), overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _squad_scores_fallback(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+    em = f1 = 0.0
+    for qid, golds in references.items():
+        pred = predictions.get(qid, "")
+        if not golds:  # unanswerable: only the empty answer scores
+            score = float(pred == "")
+            em, f1 = em + score, f1 + score
+            continue
+        em += max(float(_normalise(pred) == _normalise(g)) for g in golds)
+        f1 += max(_f1(pred, g) for g in golds)
+    n = max(len(references), 1)
+    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+
+
+def _scorer() -> Callable[[dict, dict], dict]:
+    try:  # the project's evaluator, when it exists, so the numbers are computed one way only
+        from experiments.qa_eval import squad_scores
+    except ImportError:
+        return _squad_scores_fallback
+    return squad_scores
+
+
+def heuristic_baseline(dev_dataset) -> dict[str, float]:
+    """EM/F1 (percent) of `heuristic_answer` on a Dataset with id, context, question, answers."""
+    predictions, references = {}, {}
+    for example in dev_dataset:
+        title = example.get("title") or ""
+        predictions[example["id"]] = heuristic_answer(example["question"], example["context"], title)
+        references[example["id"]] = list(example["answers"]["text"])
+    scores = _scorer()(predictions, references)
+    return {"exact_match": float(scores["exact_match"]), "f1": float(scores["f1"])}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from experiments.config import ConfigError, load_config, split_args
+
+    from .errors import DataError
+    from .loading import load_examples
+
+    files, overrides = split_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(files, overrides)
+        _, dev, _ = load_examples(cfg.data)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    scores = heuristic_baseline(dev)
+    print(
+        f"heuristic baseline (first span of the question's answer type) on {len(dev)} dev examples "
+        f"(data.source={cfg.data.source}): EM {scores['exact_match']:.1f}  F1 {scores['f1']:.1f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Examples → tokenised windows with start/end labels (the run_qa recipe, written out).
+
+One example becomes one or more features: the question first, then as much context as fits; a long context is cut
+into windows of max_seq_length tokens that overlap by doc_stride tokens. The labels are token indices of the answer's
+first and last token inside the window, or 0 (the [CLS] token) when the answer is not wholly inside that window or the
+question has no answer. Eval features also keep `example_id` and `offset_mapping` (character spans in the context,
+None for question/special/padding tokens so post-processing can only pick context spans).
+
+Tokenising is cached: `Dataset.map` writes an Arrow file under .cache/features/ named by a hash of everything that
+changes the result, and a rerun loads that file instead of tokenising again.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from datasets import Dataset, Features, List, Value
+
+from .errors import DataError
+
+FEATURES_VERSION = 1  # bump whenever the features for the same inputs change
+TRAIN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
+
+
+def _default_cache_dir() -> Path:
+    from experiments.config import REPO_ROOT
+
+    return REPO_ROOT / ".cache" / "features"
+
+
+def _shorten_long_questions(questions: list[str], tokenizer: Any, limit: int) -> list[str]:
+    """Cut a question to `limit` tokens: with truncation="only_second" a question longer than the window is an error."""
+    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for question, offsets in zip(questions, encoded["offset_mapping"]):
+        out.append(question[: offsets[limit - 1][1]] if len(offsets) > limit else question)
+    return out
+
+
+def _context_span(sequence_ids: list) -> tuple[int, int]:
+    """First and last token index of the context (sequence id 1) in one window."""
+    first = sequence_ids.index(1)
+    last = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
+    return first, last
+
+
+def _label(offsets: list, first: int, last: int, answers: dict) -> tuple[int, int]:
+    """Token indices (start, end) of the first gold answer in this window; (0, 0) if absent or cut."""
+    if not answers["text"]:
+        return 0, 0
+    char_start = answers["answer_start"][0]
+    char_end = char_start + len(answers["text"][0])
+    if offsets[first][0] > char_start or offsets[last][1] < char_end:
+        return 0, 0  # the window starts after the answer begins, or ends before it ends
+    start = first
+    while start <= last and offsets[start][1] <= char_start:  # first token that ends after the answer begins
+        start += 1
+    end = last
+    while end >= first and offsets[end][0] >= char_end:  # last token that begins before the answer ends
+        end -= 1
+    if start > end:  # the answer is only whitespace the tokenizer dropped; treat as absent
+        return 0, 0
+    return start, end
+
+
+def _tokenise(batch: dict, tokenizer: Any, max_seq_length: int, doc_stride: int, kind: str) -> dict:
+    questions = _shorten_long_questions([q.lstrip() for q in batch["question"]], tokenizer, max_seq_length // 2)
+    encoded = tokenizer(
+        questions,
+        batch["context"],
+        truncation="only_second",
+        max_length=max_seq_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding="max_length",
+    )
+    sample_of = encoded.pop("overflow_to_sample_mapping")
+    all_offsets = encoded.pop("offset_mapping")
+    starts, ends, example_ids, kept_offsets = [], [], [], []
+    for i, offsets in enumerate(all_offsets):
+        sequence_ids = encoded.sequence_ids(i)
+        example = sample_of[i]
+        first, last = _context_span(sequence_ids)
+        start, end = _label(offsets, first, last, batch["answers"][example])
+        starts.append(start)
+        ends.append(end)
+        if kind == "eval":
+            example_ids.append(batch["id"][example])
+            kept_offsets.append([tuple(o) if sequence_ids[k] == 1 else None for k, o in enumerate(offsets)])
+    wanted = ["input_ids", "attention_mask"]
+    if "token_type_ids" in tokenizer.model_input_names:
+        wanted.append("token_type_ids")
+    out = {name: encoded[name] for name in wanted}
+    out["start_positions"] = starts
+    out["end_positions"] = ends
+    if kind == "eval":
+        out["example_id"] = example_ids
+        out["offset_mapping"] = kept_offsets
+    return out
+
+
+def feature_schema(tokenizer: Any, kind: str) -> Features:
+    """Column types: int32 token inputs (embeddings take int32 indices; half the disk of int64), int64 labels."""
+    columns = {"input_ids": List(Value("int32")), "attention_mask": List(Value("int32"))}
+    if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
+        columns["token_type_ids"] = List(Value("int32"))
+    columns["start_positions"] = Value("int64")
+    columns["end_positions"] = Value("int64")
+    if kind == "eval":
+        columns["example_id"] = Value("string")
+        columns["offset_mapping"] = List(List(Value("int32")))
+    return Features(columns)
+
+
+def features_cache_key(dataset: Dataset, tokenizer: Any, max_seq_length: int, doc_stride: int, kind: str) -> str:
+    """Hash of everything that changes the features: the examples, the tokenizer, the window, the kind, the code."""
+    parts = {
+        "dataset": dataset._fingerprint,  # datasets' content/transform fingerprint of the examples
+        "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
+        "tokenizer_class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "max_seq_length": int(max_seq_length),
+        "doc_stride": int(doc_stride),
+        "kind": kind,
+        "version": FEATURES_VERSION,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prepare(
+    dataset: Dataset, tokenizer: Any, max_seq_length: int, doc_stride: int, kind: str,
+    cache_dir: Optional[str | Path], use_cache: bool,
+) -> Dataset:
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} is not a fast tokenizer; "
+                        "offsets (needed for QA labels) come only from fast tokenizers")
+    if doc_stride >= max_seq_length // 2:
+        raise DataError(f"doc_stride={doc_stride} must be < max_seq_length/2 ({max_seq_length // 2})")
+    function = functools.partial(
+        _tokenise, tokenizer=tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride, kind=kind
+    )
+    key = features_cache_key(dataset, tokenizer, max_seq_length, doc_stride, kind)
+    kwargs: dict[str, Any] = {"batched": True, "remove_columns": dataset.column_names, "new_fingerprint": key,
+                              "features": feature_schema(tokenizer, kind), "desc": f"tokenising {kind} examples"}
+    if use_cache:
+        folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        kwargs.update(cache_file_name=str(folder / f"{kind}-{key}.arrow"), load_from_cache_file=True)
+    else:
+        kwargs.update(keep_in_memory=True, load_from_cache_file=False)
+    return dataset.map(function, **kwargs)
+
+
+def prepare_train_features(
+    dataset: Dataset, tokenizer: Any, max_seq_length: int, doc_stride: int, *,
+    cache_dir: Optional[str | Path] = None, use_cache: bool = True,
+) -> Dataset:
+    """Examples → train features: input_ids, attention_mask, token_type_ids (if the tokenizer has them),
+    start_positions, end_positions."""
+    return _prepare(dataset, tokenizer, max_seq_length, doc_stride, "train", cache_dir, use_cache)
+
+
+def prepare_eval_features(
+    dataset: Dataset, tokenizer: Any, max_seq_length: int, doc_stride: int, *,
+    cache_dir: Optional[str | Path] = None, use_cache: bool = True,
+) -> Dataset:
+    """Examples → eval features: the train columns plus example_id and offset_mapping (None outside the context)."""
+    return _prepare(dataset, tokenizer, max_seq_length, doc_stride, "eval", cache_dir, use_cache)

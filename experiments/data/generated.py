@@ -1,0 +1,424 @@
+"""The project's own extractive-QA set: fictional paragraphs that must be read to be answered.
+
+Why it is built this way
+- Every name (people, towns, ships, guilds, bridges, regions) is made of random syllables and used once in the whole
+  corpus, so an answer cannot be remembered from another example; dev names never occur in train.
+- A paragraph states several facts, grouped so that each answer type has distractors of the same type in the same
+  paragraph (three birth years, three founders...). Some relations share an answer type (born/died: years;
+  founded/teacher: people; home port/lives in: places), so "the first year in the text" is usually wrong.
+- Each relation has several statement forms and at least three question phrasings, so matching one fixed pattern
+  does not work either.
+- A share of paragraphs (long_context_frac) is padded with fictional filler sentences (which carry their own years,
+  names and numbers) past 128 tokens, so doc-stride windows matter and the answer is often not in the first window.
+- With unanswerable_frac > 0 some questions ask about an entity the paragraph never mentions (answers empty, v2 style).
+
+The set is a pure function of the generator settings and GENERATOR_VERSION; `ensure_generated` writes it once as flat
+JSON lines under the cache dir (atomically) and the normal local-file loader reads it back.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+GENERATOR_VERSION = 1  # bump whenever the output for the same settings changes
+SETTING_KEYS = (
+    "seed", "n_train", "n_dev", "facts_per_context", "questions_per_context", "long_context_frac", "unanswerable_frac",
+)
+
+# ---------------------------------------------------------------------------------------------------------- names
+# Short, pronounceable syllables keep names at 2-4 word pieces, so six facts still fit one 128-token window.
+_ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "st",
+           "th", "sh", "tr", "j", "w")
+_NUCLEI = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ei")
+_CODAS = ("", "", "", "", "n", "r", "l", "s", "m", "k")
+
+
+class NameRegistry:
+    """Fresh fictional words; no word is handed out twice (across kinds, paragraphs and splits)."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def word(self, rng: random.Random, syllables: Optional[int] = None) -> str:
+        while True:
+            count = syllables or rng.choice((2, 2, 2, 2, 3))
+            parts = [rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(count)]
+            word = "".join(parts).capitalize()
+            if len(word) >= 4 and word.lower() not in self.used:
+                self.used.add(word.lower())
+                return word
+
+
+def _entity(kind: str, rng: random.Random, names: NameRegistry) -> str:
+    if kind == "person":
+        return f"{names.word(rng)} {names.word(rng)}"
+    return names.word(rng)  # town, ship, guild, bridge, place: one fresh word
+
+
+# ------------------------------------------------------------------------------------------------------ relations
+COLOURS = ("crimson", "pale blue", "dark green", "amber", "violet", "silver", "ochre", "scarlet", "teal", "grey",
+           "golden yellow", "white", "black", "indigo", "rust brown", "sea green")
+JOBS = ("glassblower", "rope maker", "cartographer", "beekeeper", "clockmaker", "weaver", "stonemason", "shipwright",
+        "herbalist", "bookbinder", "blacksmith", "potter", "tanner", "lamplighter", "astronomer", "miller", "cooper",
+        "salt merchant")
+DEVICE_ADJECTIVES = ("brass", "folding", "steam", "humming", "copper", "spring", "floating", "mirrored", "clockwork",
+                     "tidal", "glass", "wind")
+DEVICE_NOUNS = ("loom", "lantern", "telescope", "compass", "pump", "kettle", "sextant", "bellows", "press", "plough",
+                "barometer", "crane")
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    subject: str  # entity kind of the subject: person, town, ship, guild, bridge
+    answer: str  # answer type: year, person, place, device, colour, number, length, job
+    statements: tuple[str, ...]  # "{s}" subject, "{a}" answer, "{a_article}" "a"/"an" before the answer
+    questions: tuple[str, ...]  # "{s}" subject
+
+
+RELATIONS: tuple[Relation, ...] = (
+    Relation("born", "person", "year",
+             ("{s} was born in {a}.", "Born in {a}, {s} grew up far from the sea.",
+              "The parish book records that {s} was born in {a}."),
+             ("In which year was {s} born?", "When was {s} born?", "What year saw the birth of {s}?",
+              "{s} was born in what year?")),
+    Relation("died", "person", "year",
+             ("{s} died in {a}.", "{s} passed away in the winter of {a}.", "In {a} the death of {s} was mourned."),
+             ("In which year did {s} die?", "When did {s} die?", "What year did {s} pass away?")),
+    Relation("founded", "town", "person",
+             ("The town of {s} was founded by {a}.", "{a} founded the town of {s}.",
+              "{s} was established by {a} on the bank of a river."),
+             ("Who founded {s}?", "Who was the founder of {s}?", "By whom was the town of {s} established?")),
+    Relation("teacher", "person", "person",
+             ("{s} studied under {a}.", "{a} was the teacher of {s}.", "{s} learned the craft from {a}."),
+             ("Who taught {s}?", "Who was the teacher of {s}?", "Under whom did {s} study?")),
+    Relation("home_port", "ship", "place",
+             ("The ship {s} sailed from its home port of {a}.", "{a} was the home port of the ship {s}.",
+              "The ship {s} was based in the harbour of {a}."),
+             ("What is the home port of the ship {s}?", "From which port did the {s} sail?",
+              "Where was the ship {s} based?")),
+    Relation("lives_in", "person", "place",
+             ("{s} lives in {a}.", "{s} has made a home in {a}.", "These days {s} lives in the town of {a}."),
+             ("Where does {s} live?", "In which town does {s} live?", "Which town is home to {s}?")),
+    Relation("invented", "person", "device",
+             ("{s} invented the {a}.", "The {a} was invented by {s}.", "{s} is remembered for inventing the {a}."),
+             ("What did {s} invent?", "What was invented by {s}?", "Which device is {s} known for inventing?")),
+    Relation("banner", "guild", "colour",
+             ("The banner of the {s} guild is {a}.", "Members of the {s} guild carry a {a} banner.",
+              "The {s} guild chose {a} for its banner."),
+             ("What colour is the banner of the {s} guild?", "Which colour does the {s} guild's banner have?",
+              "The banner of the {s} guild is what colour?")),
+    Relation("population", "town", "number",
+             ("The village of {s} has {a} inhabitants.", "About {a} people live in the village of {s}.",
+              "{s} counted {a} residents at the last census."),
+             ("How many people live in {s}?", "What is the population of {s}?", "How many inhabitants does {s} have?")),
+    Relation("occupation", "person", "job",
+             ("{s} works as {a_article} {a}.", "{s} earns a living as {a_article} {a}.",
+              "By trade, {s} is {a_article} {a}."),
+             ("What is the profession of {s}?", "What does {s} do for a living?", "What job does {s} have?")),
+    Relation("bridge_length", "bridge", "length",
+             ("The {s} Bridge is {a} long.", "The {s} Bridge stretches {a} across the river.",
+              "Engineers measured the {s} Bridge at {a}."),
+             ("How long is the {s} Bridge?", "What is the length of the {s} Bridge?",
+              "How many metres does the {s} Bridge span?")),
+)
+RELATIONS_BY_NAME = {r.name: r for r in RELATIONS}
+
+# Filler: fictional sentences with their own names, years and numbers (same-type distractors, never asked about).
+FILLERS = (
+    "In {year}, heavy rain flooded the lower streets of {place}.",
+    "Travellers often described {place} as quiet and green.",
+    "A market was held every autumn near {place}.",
+    "{person} wrote a long letter about the harvest of {year}.",
+    "The road between {place} and {place2} was repaired in {year}.",
+    "Nobody in {place} remembers a colder winter than that of {year}.",
+    "Old maps show a small chapel on the hill above {place}.",
+    "{person} kept a diary of the weather for many years.",
+    "Fishermen from {place} sold their catch in the square every morning.",
+    "The council of {place} met twice a year to settle disputes.",
+    "Songs about {person} are still sung in the taverns of {place}.",
+    "A fire destroyed the old mill of {place} in {year}.",
+    "Some {number} sheep grazed on the meadows around {place}.",
+    "The annual fair attracted visitors from as far away as {place}.",
+    "{person} once walked from {place} to {place2} in a single day.",
+    "The well in the centre of {place} never ran dry, not even in {year}.",
+    "Children in {place} learn the old counting rhymes before they can read.",
+    "A stone tablet from {year} lists {number} names of forgotten sailors.",
+)
+INTROS = (
+    "These notes were collected in the valley of {r}.",
+    "The following account comes from the archive of {r}.",
+    "Scholars of {r} wrote down the following facts.",
+    "What follows is taken from an old chronicle of {r}.",
+)
+TITLES = ("Chronicle of {r}", "Notes on {r}", "The archive of {r}", "Records from {r}")
+
+
+def _answer_value(kind: str, rng: random.Random, names: NameRegistry) -> str:
+    if kind == "year":
+        return str(rng.randint(1480, 1899))
+    if kind == "person":
+        return _entity("person", rng, names)
+    if kind == "place":
+        return names.word(rng)
+    if kind == "device":
+        return f"{rng.choice(DEVICE_ADJECTIVES)} {rng.choice(DEVICE_NOUNS)}"
+    if kind == "colour":
+        return rng.choice(COLOURS)
+    if kind == "number":
+        return str(rng.randint(120, 9800))
+    if kind == "length":
+        return f"{rng.randint(30, 950)} metres"
+    if kind == "job":
+        return rng.choice(JOBS)
+    raise ValueError(f"unknown answer type {kind!r}")
+
+
+def _render(template: str, subject: str, answer: str) -> tuple[str, int]:
+    """Fill a statement; return (sentence, offset of the answer inside it)."""
+    article = "an" if answer[:1].lower() in "aeiou" else "a"
+    values = {"s": subject, "a": answer, "a_article": article}
+    head = template[: template.index("{a}")]
+    sentence = template.format(**values)
+    offset = len(head.format(**values))
+    return sentence[0].upper() + sentence[1:], offset
+
+
+@dataclass
+class _Fact:
+    relation: Relation
+    subject: str
+    answer: str
+    sentence: str
+    answer_offset: int  # inside `sentence`
+    start: int = -1  # inside the context, once placed
+
+
+@dataclass
+class Paragraph:
+    title: str
+    context: str
+    qas: list[dict]  # {"question", "answers": {"text", "answer_start"}, "relation", "phrasing"}
+    entities: set[str] = field(default_factory=set)
+
+
+def _distribution(total: int, groups: int) -> list[int]:
+    return [total // groups + (1 if i < total % groups else 0) for i in range(groups)]
+
+
+def _paragraph(rng: random.Random, names: NameRegistry, s: dict) -> Paragraph:
+    n_facts, n_questions = s["facts_per_context"], s["questions_per_context"]
+    entities: set[str] = set()
+
+    def fresh(kind: str) -> str:
+        value = _entity(kind, rng, names)
+        entities.add(value)
+        return value
+
+    region = fresh("place")
+    groups = min(max(1, n_facts // 3), len(RELATIONS))
+    relations = rng.sample(RELATIONS, groups)
+    facts: list[_Fact] = []
+    used_values: set[str] = set()
+    for relation, count in zip(relations, _distribution(n_facts, groups)):
+        for _ in range(count):
+            subject = fresh(relation.subject)
+            while True:
+                answer = _answer_value(relation.answer, rng, names)
+                if answer not in used_values:
+                    break
+            used_values.add(answer)
+            if relation.answer in ("person", "place"):
+                entities.add(answer)
+            sentence, offset = _render(rng.choice(relation.statements), subject, answer)
+            facts.append(_Fact(relation, subject, answer, sentence, offset))
+    rng.shuffle(facts)
+
+    filler_order = rng.sample(FILLERS, len(FILLERS))  # each filler form at most once per paragraph (cycled if not)
+
+    def filler() -> str:
+        template = filler_order[len(body) % len(filler_order)]
+        while True:
+            year, number = str(rng.randint(1480, 1899)), str(rng.randint(120, 9800))
+            if year not in used_values and number not in used_values:
+                break
+        used_values.update((year, number))
+        values = {"year": year, "number": number}
+        for slot, kind in (("place", "place"), ("place2", "place"), ("person", "person")):
+            if "{" + slot + "}" in template:
+                values[slot] = fresh(kind)
+        return template.format(**values)
+
+    def words() -> int:
+        return sum(len((x.sentence if isinstance(x, _Fact) else x).split()) for x in body)
+
+    # sentences: intro, then facts with filler interleaved; long paragraphs are padded well past 128 tokens
+    body: list[Any] = list(facts)
+    if rng.random() < s["long_context_frac"]:
+        target = rng.randint(170, 240)
+        while words() < target:
+            body.insert(rng.randint(0, len(body)), filler())
+    context = rng.choice(INTROS).format(r=region)
+    for item in body:
+        context += " "
+        if isinstance(item, _Fact):
+            item.start = len(context) + item.answer_offset
+            context += item.sentence
+        else:
+            context += item
+
+    # questions: distinct facts first; repeat facts (other phrasing) only when asked for more than there are
+    order = rng.sample(range(len(facts)), len(facts))
+    picks = [order[i % len(order)] for i in range(n_questions)]
+    qas = []
+    for fact_index in picks:
+        fact = facts[fact_index]
+        relation = fact.relation
+        phrasing = rng.randrange(len(relation.questions))
+        if rng.random() < s["unanswerable_frac"]:
+            ghost = fresh(relation.subject)  # never written into the context (not even as part of a longer name)
+            while any(part in context for part in ghost.split()):
+                ghost = fresh(relation.subject)
+            question = relation.questions[phrasing].format(s=ghost)
+            answers = {"text": [], "answer_start": []}
+        else:
+            question = relation.questions[phrasing].format(s=fact.subject)
+            answers = {"text": [fact.answer], "answer_start": [fact.start]}
+        question = question[0].upper() + question[1:]
+        qas.append({"question": question, "answers": answers, "relation": relation.name, "phrasing": phrasing})
+    title = rng.choice(TITLES).format(r=region)
+    return Paragraph(title, context, qas, entities)
+
+
+def _unambiguous(paragraph: Paragraph) -> bool:
+    """Every answer text occurs exactly once in the context (no second "1804" or a name inside a longer one)."""
+    for qa in paragraph.qas:
+        for text in qa["answers"]["text"]:
+            if paragraph.context.count(text) != 1:
+                return False
+    return True
+
+
+@dataclass
+class GeneratedSplits:
+    train: list[dict]
+    dev: list[dict]
+    train_entities: set[str]
+    dev_entities: set[str]
+    relations: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # id → (relation, phrasing) per split
+
+
+def _get(cfg: Any, key: str) -> Any:
+    """A key of a DictConfig, a dataclass or a plain dict."""
+    return cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
+
+
+def generator_settings(gen_cfg: Any) -> dict:
+    """The settings that determine the generated set (cache_dir is where, not what)."""
+    return {key: (float(_get(gen_cfg, key)) if "frac" in key else int(_get(gen_cfg, key))) for key in SETTING_KEYS}
+
+
+def settings_key(settings: dict) -> str:
+    blob = json.dumps({"version": GENERATOR_VERSION, **settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _split(name: str, n_questions: int, rng: random.Random, names: NameRegistry, s: dict):
+    records, entities, meta = [], set(), {}
+    p = 0
+    while len(records) < n_questions:
+        for _attempt in range(50):
+            paragraph = _paragraph(rng, names, s)
+            if _unambiguous(paragraph):
+                break
+        else:  # pragma: no cover - would mean the value ranges above are far too small
+            raise RuntimeError("could not generate an unambiguous paragraph")
+        entities |= paragraph.entities
+        for q, qa in enumerate(paragraph.qas):
+            if len(records) == n_questions:
+                break
+            rid = f"gen-{name}-p{p:05d}-q{q}"
+            records.append({"id": rid, "title": paragraph.title, "context": paragraph.context,
+                            "question": qa["question"], "answers": qa["answers"]})
+            meta[rid] = (qa["relation"], qa["phrasing"])
+        p += 1
+    return records, entities, meta
+
+
+MAX_FACTS_PER_CONTEXT = 60  # beyond this the small answer vocabularies (16 colours...) run out of distinct values
+
+
+def generate_records(settings: dict) -> GeneratedSplits:
+    """Both splits, as flat records. Pure function of `settings` (and GENERATOR_VERSION)."""
+    s = {k: settings[k] for k in SETTING_KEYS}
+    if s["facts_per_context"] > MAX_FACTS_PER_CONTEXT:
+        from .errors import DataError
+
+        raise DataError(f"data.generated.facts_per_context={s['facts_per_context']} is too many; "
+                        f"at most {MAX_FACTS_PER_CONTEXT}")
+    names = NameRegistry()  # shared: dev draws only words train never used
+    train, train_entities, meta_train = _split("train", s["n_train"], random.Random(f"{s['seed']}:train"), names, s)
+    dev, dev_entities, meta_dev = _split("dev", s["n_dev"], random.Random(f"{s['seed']}:dev"), names, s)
+    return GeneratedSplits(train, dev, train_entities, dev_entities, {**meta_train, **meta_dev})
+
+
+def _write_atomic(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def cache_folder(gen_cfg: Any, root: Optional[Path] = None) -> Path:
+    from experiments.config import REPO_ROOT
+
+    base = Path(_get(gen_cfg, "cache_dir"))
+    if not base.is_absolute():
+        base = (root or REPO_ROOT) / base
+    return base / f"v{GENERATOR_VERSION}-{settings_key(generator_settings(gen_cfg))}"
+
+
+def ensure_generated(gen_cfg: Any, root: Optional[Path] = None) -> tuple[Path, Path]:
+    """Write the generated set once (train.jsonl, dev.jsonl, settings.json) and return the two file paths."""
+    folder = cache_folder(gen_cfg, root)
+    train_path, dev_path = folder / "train.jsonl", folder / "dev.jsonl"
+    if train_path.is_file() and dev_path.is_file():
+        return train_path, dev_path
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = generator_settings(gen_cfg)
+    splits = generate_records(settings)
+    _write_atomic(train_path, splits.train)
+    _write_atomic(dev_path, splits.dev)
+    meta = folder / "settings.json"
+    tmp = meta.with_name(f".settings.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"generator_version": GENERATOR_VERSION, **settings}, indent=2) + "\n")
+    os.replace(tmp, meta)
+    return train_path, dev_path
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """`python -m experiments.data.generated [CONFIG.yaml ...] [key=value ...]`: write the set, show a sample."""
+    import sys
+
+    from experiments.config import load_config, split_args
+
+    files, overrides = split_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(files, overrides)
+    train_path, dev_path = ensure_generated(cfg.data.generated)
+    print(f"train: {train_path}\ndev:   {dev_path}")
+    with open(dev_path, encoding="utf-8") as handle:
+        first = json.loads(handle.readline())
+    print(f"\n{first['context']}\n\nQ: {first['question']}\nA: {first['answers']['text']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""One QA record: the checks every source goes through, and the collector that raises or skips-and-counts.
+
+A record, once checked, is the flat SQuAD shape
+    {"id": str, "title": str, "context": str, "question": str, "answers": {"text": [str], "answer_start": [int]}}
+with empty answer lists meaning "unanswerable". The same checks run on local files, hub sets and the generated set, so
+a problem reads the same wherever it comes from.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Optional
+
+from datasets import Dataset, Features, List, Value
+
+from .errors import DataError, logger, one_line
+
+# The columns of every examples Dataset this package returns, in this order.
+EXAMPLE_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "title": Value("string"),
+        "context": Value("string"),
+        "question": Value("string"),
+        "answers": {"text": List(Value("string")), "answer_start": List(Value("int32"))},
+    }
+)
+REQUIRED_FIELDS = ("id", "context", "question", "answers")
+MAX_WARNINGS_PER_SOURCE = 20  # per-record warning lines; a summary line always follows
+
+
+class RecordProblem(Exception):
+    """Raised inside the checks; `reason` is the short key counted in stats["skip_reasons"]."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _answer_lists(answers: Any) -> tuple[list, list]:
+    """Accept {"text": [...], "answer_start": [...]} or [{"text", "answer_start"}, ...]; return the two lists."""
+    if isinstance(answers, dict):
+        if "text" not in answers or "answer_start" not in answers:
+            raise RecordProblem("bad_answers", "field 'answers' must have keys 'text' and 'answer_start'")
+        texts, starts = answers["text"], answers["answer_start"]
+        if not isinstance(texts, list) or not isinstance(starts, list):
+            raise RecordProblem("bad_answers", "answers 'text' and 'answer_start' must be lists")
+        if len(texts) != len(starts):
+            raise RecordProblem(
+                "bad_answers", f"answers has {len(texts)} texts but {len(starts)} answer_start values"
+            )
+        return texts, starts
+    if isinstance(answers, list):
+        texts, starts = [], []
+        for i, ans in enumerate(answers):
+            if not isinstance(ans, dict) or "text" not in ans or "answer_start" not in ans:
+                raise RecordProblem("bad_answers", f"answer {i} must be an object with 'text' and 'answer_start'")
+            texts.append(ans["text"])
+            starts.append(ans["answer_start"])
+        return texts, starts
+    raise RecordProblem("wrong_type", f"field 'answers' must be an object or a list, got {type(answers).__name__}")
+
+
+def check_record(record: Any, *, default_title: str = "") -> dict:
+    """Validate one flat record and return it normalised; raise RecordProblem on the first thing that is wrong."""
+    if not isinstance(record, dict):
+        raise RecordProblem("not_an_object", f"record must be a JSON object, got {type(record).__name__}")
+    impossible = record.get("is_impossible") is True
+    for name in REQUIRED_FIELDS:
+        if record.get(name) is None and not (name == "answers" and impossible):
+            raise RecordProblem("missing_field", f"missing field {name!r}")
+    rid = record["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise RecordProblem("wrong_type", f"field 'id' must be a string, got {type(rid).__name__}")
+    rid = str(rid)
+    if not rid.strip():
+        raise RecordProblem("missing_field", "empty id")
+    title = record.get("title", default_title)
+    if title is None:
+        title = default_title
+    for name, value in (("title", title), ("context", record["context"]), ("question", record["question"])):
+        if not isinstance(value, str):
+            raise RecordProblem("wrong_type", f"field {name!r} must be a string, got {type(value).__name__}")
+    context, question = record["context"], record["question"]
+    if not context.strip():
+        raise RecordProblem("empty_context", "empty context")
+    if not question.strip():
+        raise RecordProblem("empty_question", "empty question")
+
+    if impossible:
+        texts, starts = [], []  # SQuAD v2 unanswerable: plausible_answers (if any) are ignored on purpose
+    else:
+        texts, starts = _answer_lists(record["answers"])
+    for i, (text, start) in enumerate(zip(texts, starts)):
+        if not isinstance(text, str):
+            raise RecordProblem("wrong_type", f"answer {i} text must be a string, got {type(text).__name__}")
+        if not text:
+            raise RecordProblem("bad_answers", f"answer {i} has empty text")
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise RecordProblem("wrong_type", f"answer {i} answer_start must be an integer, got {start!r}")
+        found = context[start : start + len(text)] if start >= 0 else ""
+        if found != text:
+            raise RecordProblem(
+                "answer_mismatch",
+                f"answer {i} answer_start={start} does not point at the answer text: "
+                f"context[{start}:{start + len(text)}]={_short(found)} != {_short(text)}",
+            )
+    return {
+        "id": rid,
+        "title": title,
+        "context": context,
+        "question": question,
+        "answers": {"text": list(texts), "answer_start": list(starts)},
+    }
+
+
+class RecordCollector:
+    """Collects checked records of one source (a file or a hub split).
+
+    strict=True: the first problem raises DataError("<source>: <where>: <problem>").
+    strict=False: the record is skipped, counted by reason and logged as a warning on logger "experiments.data".
+    """
+
+    def __init__(self, source: str, strict: bool):
+        self.source = source
+        self.strict = strict
+        self.records: list[dict] = []
+        self.reasons: Counter = Counter()
+        self._seen: dict[str, str] = {}
+        self._warned = 0
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.reasons.values())
+
+    def problem(self, where: str, reason: str, message: str) -> None:
+        line = one_line(f"{self.source}: {where}: {message}")
+        if self.strict:
+            raise DataError(line)
+        self.reasons[reason] += 1
+        if self._warned < MAX_WARNINGS_PER_SOURCE:
+            logger.warning("skipped record: %s", line)
+        elif self._warned == MAX_WARNINGS_PER_SOURCE:
+            logger.warning("%s: more skipped records; only the first %d are listed", self.source, self._warned)
+        self._warned += 1
+
+    def add(self, where: str, record: Any, *, default_title: str = "") -> None:
+        rid = record.get("id") if isinstance(record, dict) else None
+        named = f"{where} (id {str(rid)!r})" if isinstance(rid, (str, int)) else where
+        try:
+            checked = check_record(record, default_title=default_title)
+        except RecordProblem as p:
+            self.problem(named, p.reason, p.message)
+            return
+        if checked["id"] in self._seen:
+            first = self._seen[checked["id"]]
+            self.problem(named, "duplicate_id", f"duplicate id {checked['id']!r} (first seen at {first})")
+            return
+        self._seen[checked["id"]] = where
+        self.records.append(checked)
+
+    def summary(self) -> None:
+        """Log one line per source that lost records (strict=False only)."""
+        if self.skipped:
+            kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items()))
+            logger.warning(
+                "%s: skipped %d malformed record(s) and kept %d (%s)",
+                self.source, self.skipped, len(self.records), kinds,
+            )
+
+
+def records_to_dataset(records: list[dict], limit: Optional[int] = None) -> Dataset:
+    """Checked records → a Dataset with EXAMPLE_FEATURES; `limit` keeps the first N (deterministic)."""
+    if limit is not None:
+        records = records[:limit]
+    columns = {name: [r[name] for r in records] for name in EXAMPLE_FEATURES}
+    return Dataset.from_dict(columns, features=EXAMPLE_FEATURES)

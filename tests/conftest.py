@@ -1,0 +1,41 @@
+"""Shared test set-up: offline everywhere, and one shrinking fixture for end-to-end runs."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Before anything imports transformers/datasets/wandb: a hub name must fail in a second, never hang.
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+def arm_file(arm: str) -> str:
+    return str(REPO / "configs" / "arm" / f"{arm}.yaml")
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """Arguments for the smallest meaningful run: configs/smoke.yaml shrunk further, results under tmp_path.
+
+    Usage: `main([*tiny_run("sam_full"), "train.max_updates=3"])`. Extra overrides come last and win.
+    """
+
+    def args(arm: str = "sam_full", *extra: str) -> list:
+        return [SMOKE, arm_file(arm), f"results_dir={tmp_path}", "data.generated.n_train=16",
+                "data.generated.n_dev=8", "train.epochs=2", "tracking.mode=disabled", *extra]
+
+    return args
+
+
+def run_dirs(results_dir: Path) -> list:
+    return sorted(p for p in Path(results_dir).glob("runs/*/*") if p.is_dir())
+
+
+PYTHON = sys.executable

@@ -1,0 +1,72 @@
+"""A run killed with SIGKILL resumes from its last checkpoint and ends exactly where an uninterrupted run ends."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from experiments.config import load_config, run_dir
+from tests.conftest import PYTHON, REPO, SMOKE, arm_file
+
+pytestmark = pytest.mark.slow
+
+ARGS = [SMOKE, "data.generated.n_train=32", "data.generated.n_dev=8", "train.epochs=8",
+        "train.checkpoint_every=4", "run_name=resumable"]
+
+
+def train_cmd(arm, results_dir, *extra):
+    return [PYTHON, "-m", "experiments.train", *ARGS[:1], arm_file(arm), *ARGS[1:], f"results_dir={results_dir}",
+            *extra]
+
+
+def read_events(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("arm", ["sam_full"])
+def test_kill_9_mid_run_then_same_command_resumes_to_identical_result(tmp_path, arm):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = subprocess.run(train_cmd(arm, straight, "tracking.mode=disabled"), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    cmd = train_cmd(arm, killed, "tracking.mode=offline")
+    target = run_dir(load_config([SMOKE, arm_file(arm)], ARGS[1:] + [f"results_dir={killed}"]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (target / "checkpoint" / "resume" / "trainer.json").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted = json.loads((target / "summary.json").read_text())
+    assert interrupted["status"] == "running"  # killed: nobody got to write an ending
+    progress = json.loads((target / "checkpoint" / "resume" / "trainer.json").read_text())["progress"]
+    total = interrupted["total_updates"]
+    assert 0 < progress["update"] < total
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming at update" in again.stderr
+
+    a = json.loads((straight / "runs" / "adhoc" / "resumable" / "summary.json").read_text())
+    b = json.loads((target / "summary.json").read_text())
+    assert b["status"] == "completed" and b["resumes"] == 1
+    assert a["final"] == b["final"] and a["best"] == b["best"] and a["updates"] == b["updates"] == total
+    wa = load_file(straight / "runs" / "adhoc" / "resumable" / "checkpoint" / "final" / "model.safetensors")
+    wb = load_file(target / "checkpoint" / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    # the metrics file reads as one run: every update once, same values as the uninterrupted run
+    ea = [e for e in read_events(straight / "runs" / "adhoc" / "resumable" / "metrics.jsonl") if "train/loss" in e]
+    eb = [e for e in read_events(target / "metrics.jsonl") if "train/loss" in e]
+    assert [e["update"] for e in eb] == list(range(1, total + 1))
+    assert [e["train/loss"] for e in ea] == [e["train/loss"] for e in eb]
+    # and a third invocation does nothing
+    third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "already completed" in third.stderr

@@ -1,0 +1,259 @@
+"""The training entry point end to end on the tiny model: every arm, evaluation, run directory, failures."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from experiments.config import Config, config_hash, load_config
+from experiments.train import epoch_windows, main
+from tests.conftest import REPO, SMOKE, arm_file, run_dirs
+
+ARMS = ["adamw", "sam_full", "sam_last", "sam_micro"]
+
+
+def only_run(results_dir) -> Path:
+    dirs = run_dirs(results_dir)
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def events(run_dir: Path) -> list:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# configs
+
+
+def _flatten(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def test_default_yaml_holds_every_key_of_the_schema_with_its_default():
+    schema = _flatten(OmegaConf.to_container(OmegaConf.structured(Config)))
+    default = _flatten(OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "default.yaml")))
+    assert default == schema
+
+
+GROUP_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
+                     if p.parent.name in ("arm", "data", "model") or p.parent.name == "configs" and p.name != "wandb_sweep.yaml")
+
+
+@pytest.mark.parametrize("path", GROUP_FILES)
+def test_every_config_file_loads_on_top_of_the_default(path):
+    cfg = load_config([REPO / "configs" / "default.yaml", REPO / path])
+    assert config_hash(cfg)
+    if "/arm/" in path:
+        assert cfg.arm == Path(path).stem
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# data order
+
+
+@pytest.mark.parametrize("n,mbs,k", [(10, 3, 2), (12, 3, 2), (7, 4, 4), (5, 8, 2)])
+def test_epoch_windows_cover_every_feature_once_and_keep_the_partial_window(n, mbs, k):
+    windows = epoch_windows(n, mbs, k, seed=0, epoch=0)
+    flat = [int(i) for w in windows for mb in w for i in mb]
+    assert sorted(flat) == list(range(n))  # nothing leaks into the next epoch, nothing repeats
+    micro = math.ceil(n / mbs)
+    assert len(windows) == math.ceil(micro / k)
+    assert [len(w) for w in windows[:-1]] == [k] * (len(windows) - 1)
+    assert len(windows[-1]) == micro - k * (len(windows) - 1)  # the partial window is an update of its own
+    as_lists = lambda ws: [[t.tolist() for t in w] for w in ws]  # noqa: E731
+    assert as_lists(epoch_windows(n, mbs, k, 0, 0)) == as_lists(windows)  # deterministic: resume sees the same
+    assert as_lists(epoch_windows(n, mbs, k, 0, 1)) != as_lists(windows)  # a new order every epoch
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# runs
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_tiny_run_of_each_arm_completes_and_writes_the_run_directory(tiny_run, tmp_path, arm):
+    assert main(tiny_run(arm, "train.max_updates=3", "train.epochs=1")) == 0
+    run = only_run(tmp_path)
+    s = summary(run)
+    assert s["status"] == "completed" and s["reason"] is None
+    assert s["updates"] == 3 and s["arm"] == arm
+    assert set(s["final"]) >= {"dev/loss", "dev/em", "dev/f1", "train/loss", "update"}
+    assert s["config_hash"] == config_hash(load_config([run / "config.yaml"]))
+    env = json.loads((run / "env.json").read_text())
+    assert len(env["git"]["sha"]) == 40 and env["packages"]["torch"].startswith("2.13")
+    evs = events(run)
+    train_events = [e for e in evs if "train/loss" in e]
+    assert [e["update"] for e in train_events] == [1, 2, 3]
+    assert all({"update", "epoch", "examples", "train/lr", "train/grad_norm", "train/step_time"} <= set(e)
+               for e in train_events)
+    assert ("train/perturbed_loss" in train_events[0]) == (arm != "adamw")
+    final_eval = [e for e in evs if "dev/f1" in e][-1]
+    assert final_eval["eval/kind"] == "final" and final_eval["update"] == 3
+    predictions = json.loads((run / "predictions.json").read_text())
+    assert len(predictions) == s["data"]["dev_examples"] and all(isinstance(v, str) for v in predictions.values())
+    assert (run / "checkpoint" / "final" / "model.safetensors").is_file()
+    assert (run / "checkpoint" / "best" / "config.json").is_file()
+
+
+def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run, tmp_path):
+    """The copied loop reports mean(dev_step_losses) over ALL epochs so far. Ours: each evaluation's own mean,
+    which must equal the dev loss recomputed from the final checkpoint (the weights of the last evaluation)."""
+    from transformers import BertForQuestionAnswering
+
+    from experiments.data import load_examples, prepare_eval_features
+    from experiments.model import load_tokenizer
+    from experiments.train import LABELS, MODEL_INPUTS, to_features
+
+    assert main(tiny_run("adamw", "optim.lr=3e-3")) == 0
+    run = only_run(tmp_path)
+    epoch_evals = [e for e in events(run) if e.get("eval/kind") == "epoch"]
+    assert len(epoch_evals) == 2
+    assert epoch_evals[0]["dev/loss"] != pytest.approx(epoch_evals[1]["dev/loss"], rel=1e-3)
+
+    cfg = load_config([run / "config.yaml"])
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    _, dev, _ = load_examples(cfg.data)
+    feats = to_features(prepare_eval_features(dev, tokenizer, cfg.data.max_seq_length, cfg.data.doc_stride),
+                        MODEL_INPUTS + LABELS)
+    model = BertForQuestionAnswering.from_pretrained(run / "checkpoint" / "final").eval()
+    with torch.no_grad():
+        losses = [model(**feats.batch(torch.arange(i, min(i + 5, len(feats))), "cpu")).loss.item() *
+                  min(5, len(feats) - i) for i in range(0, len(feats), 5)]
+    recomputed = sum(losses) / len(feats)
+    assert epoch_evals[1]["dev/loss"] == pytest.approx(recomputed, rel=1e-5)
+    running_mean = (epoch_evals[0]["dev/loss"] + epoch_evals[1]["dev/loss"]) / 2
+    assert summary(run)["final"]["dev/loss"] != pytest.approx(running_mean, rel=1e-4)
+
+
+def test_one_epoch_consumes_every_train_feature_once(tiny_run, tmp_path):
+    assert main(tiny_run("sam_full", "train.epochs=1", "train.micro_batch_size=3", "train.accumulation_steps=4")) == 0
+    run = only_run(tmp_path)
+    s = summary(run)
+    assert s["examples"] == s["data"]["train_features"]
+    assert s["updates"] == math.ceil(math.ceil(s["data"]["train_features"] / 3) / 4)
+
+
+def test_grad_fidelity_is_logged_and_does_not_change_the_trajectory(tiny_run, tmp_path):
+    common = ("train.max_updates=4", "train.epochs=1", "train.accumulation_steps=2")
+    assert main(tiny_run("sam_full", *common, "run_name=plain")) == 0
+    assert main(tiny_run("sam_full", *common, "run_name=diag", "diagnostics.grad_fidelity=true",
+                         "diagnostics.grad_fidelity_every=2")) == 0
+    plain, diag = (tmp_path / "runs" / "adhoc" / n for n in ("plain", "diag"))
+    assert summary(plain)["final"] == summary(diag)["final"]
+    cos = [e for e in events(diag) if "diag/grad_cos" in e]
+    assert [e["update"] for e in cos] == [1, 3]
+    assert all(-1.0 <= e["diag/grad_cos"] < 0.9999 and e["diag/grad_norm_ratio"] > 0 for e in cos)
+
+
+def test_grad_fidelity_is_exactly_one_when_the_window_has_one_micro_batch(tiny_run, tmp_path):
+    assert main(tiny_run("sam_last", "train.max_updates=2", "train.accumulation_steps=1",
+                         "diagnostics.grad_fidelity=true", "diagnostics.grad_fidelity_every=1")) == 0
+    cos = [e for e in events(only_run(tmp_path)) if "diag/grad_cos" in e]
+    assert len(cos) == 2
+    for e in cos:
+        assert e["diag/grad_cos"] == pytest.approx(1.0, abs=1e-6)
+        assert e["diag/grad_norm_ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_offline_wandb_run_lives_in_the_run_directory(tiny_run, tmp_path):
+    assert main(tiny_run("sam_last", "train.max_updates=2", "tracking.mode=offline")) == 0
+    run = only_run(tmp_path)
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    records = list(offline[0].glob("*.wandb"))
+    assert records and records[0].stat().st_size > 0
+    assert summary(run)["wandb"]["mode"] == "offline"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# bad input: one line, exit code 2, nothing written
+
+BAD_CONFIGS = [
+    (["optim.rhoo=0.1"], "unknown config key 'optim.rhoo'"),
+    (["optim.rho=big"], "optim.rho"),
+    (["optim.replay=half"], "optim.replay='half' is not allowed; choose one of: none, full, last, micro"),
+    (["train.accumulation_steps=0"], "train.accumulation_steps=0 is out of range; it must be >= 1"),
+    (["optim.warmup_ratio=1.5"], "optim.warmup_ratio=1.5 is out of range"),
+    (["tracking.mode=cloud"], "tracking.mode='cloud' is not allowed"),
+    (["data.source=files", "data.train_file=/nonexistent/train.json", "data.validation_file=/nonexistent/dev.json"],
+     "data.train_file='/nonexistent/train.json': no such file"),
+    (["configs/arm/sam_fulll.yaml"], "config file 'configs/arm/sam_fulll.yaml': no such file"),
+    (["train.device=cuda"] if not torch.cuda.is_available() else ["train.device=tpu"], "train.device"),
+    (["model.name_or_path=bert-base-uncased"], "model.name_or_path='bert-base-uncased' could not be loaded"),
+    (["data.source=hub", "data.hub_path=squad"], "data.source=files"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_CONFIGS, ids=[m[:40] for _, m in BAD_CONFIGS])
+def test_bad_input_is_refused_with_one_line_and_nothing_written(tiny_run, tmp_path, capsys, extra, message):
+    code = main(tiny_run("sam_full", *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert message in err[-1], err
+    assert not [line for line in err if line.startswith("Traceback")]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_broken_data_file_is_refused_naming_file_and_record(tiny_run, tmp_path, capsys):
+    good = REPO / "tests" / "data"
+    dev = sorted(good.glob("sample_dev*"))[0]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "q1", "context": "Ana lives in Oslo.", "question": "Where?", '
+                      '"answers": {"text": ["Oslo"], "answer_start": [3]}}\n')
+    code = main(tiny_run("sam_full", "data.source=files", f"data.train_file={broken}",
+                         f"data.validation_file={dev}"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "broken.jsonl" in err and "q1" in err and "answer_start" in err
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# failures are recorded; completed runs are never touched
+
+
+def test_diverged_run_is_recorded_with_update_and_last_good_metrics(tiny_run, tmp_path):
+    assert main(tiny_run("sam_last", "optim.lr=1e30")) == 3
+    s = summary(only_run(tmp_path))
+    assert s["status"] == "diverged" and "non-finite" in s["reason"]
+    assert s["diverged_at"] >= 1
+    assert math.isfinite(s["final"]["train/loss"]) or s["diverged_at"] == 1
+
+
+def test_exception_is_recorded_as_failed_with_traceback(tiny_run, tmp_path, monkeypatch):
+    from experiments import train as train_module
+
+    def broken_eval(self, kind):
+        raise RuntimeError("evaluation exploded\nsecond line")
+
+    monkeypatch.setattr(train_module.Trainer, "evaluate", broken_eval)
+    assert main(tiny_run("adamw", "train.max_updates=2")) == 1
+    run = only_run(tmp_path)
+    s = summary(run)
+    assert s["status"] == "failed" and s["reason"] == "RuntimeError: evaluation exploded"
+    assert "Traceback" in (run / "error.log").read_text()
+
+
+def test_completed_run_is_not_rerun_and_a_different_config_is_refused(tiny_run, tmp_path, capsys):
+    args = tiny_run("adamw", "train.max_updates=2", "run_name=fixed")
+    assert main(args) == 0
+    run = only_run(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert main(args) == 0
+    assert "already completed" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    assert main(tiny_run("adamw", "train.max_updates=2", "run_name=fixed", "optim.lr=1e-4")) == 2
+    assert "holds a different config" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
