@@ -123,7 +123,8 @@ class DiagnosticsConfig:
 
 @dataclass
 class Config:
-    arm: str = "sam_full"  # a label for tables and W&B (adamw | sam_full | sam_last | sam_micro | ...)
+    # label for tables, run ids and W&B; null derives it from optim.replay (none→adamw, full→sam_full, ...)
+    arm: Optional[str] = None
     seed: int = 0
     results_dir: str = "results"
     run_name: Optional[str] = None  # run directory name under results_dir/runs/; null: <arm>-<config hash>
@@ -274,8 +275,24 @@ def load_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str
             raise _fail_from_omegaconf(err, f"override {text!r}") from None
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"unknown config key {key!r} (override {text!r})")
+    _derive_arm(cfg)
     _check_values(cfg)
     return cfg
+
+
+ARM_OF_REPLAY = {"none": "adamw", "full": "sam_full", "last": "sam_last", "micro": "sam_micro"}
+
+
+def _derive_arm(cfg: DictConfig) -> None:
+    """Keep the arm label honest: derived from optim.replay, and a canonical label must match the replay mode."""
+    expected = ARM_OF_REPLAY.get(cfg.optim.replay)
+    if expected is None:
+        return  # not a replay mode at all: _check_values names the allowed ones
+    if cfg.arm is None:
+        cfg.arm = expected
+    elif cfg.arm in ARM_OF_REPLAY.values() and cfg.arm != expected:
+        raise ConfigError(f"arm={cfg.arm!r} does not match optim.replay={cfg.optim.replay!r} (that is arm "
+                          f"{expected!r}); drop the arm file or set arm=<your own label>")
 
 
 def split_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -257,3 +257,13 @@ def test_completed_run_is_not_rerun_and_a_different_config_is_refused(tiny_run, 
     assert main(tiny_run("adamw", "train.max_updates=2", "run_name=fixed", "optim.lr=1e-4")) == 2
     assert "holds a different config" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_arm_label_is_derived_from_replay_and_must_match_it():
+    from experiments.config import ConfigError
+
+    assert load_config([REPO / "configs" / "default.yaml"], ["optim.replay=micro"]).arm == "sam_micro"
+    assert load_config([arm_file("sam_last")]).arm == "sam_last"
+    assert load_config([], ["optim.replay=last", "arm=my_variant"]).arm == "my_variant"
+    with pytest.raises(ConfigError, match="arm='sam_full' does not match optim.replay='last'"):
+        load_config([arm_file("sam_full")], ["optim.replay=last"])
