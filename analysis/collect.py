@@ -1,0 +1,385 @@
+"""Turn a sweep's run directories into pandas frames.
+
+A sweep lives in `<results_dir>/runs/<sweep>/`: one folder per run (see docs/CONTRACTS.md for what a run directory
+holds) and, when the sweep runner wrote one, a manifest `sweep.json`. This module only reads those files; it never
+imports the training code.
+
+    collect_runs(results_dir, sweep)    one row per run: the flattened config, the summary, the environment
+    collect_curves(results_dir, sweep)  one row per (event, metric) of every metrics.jsonl: the learning curves
+
+Column names of `collect_runs`:
+
+    run_id, run_dir                    the folder name and its path
+    arm, seed, optim.replay, train.accumulation_steps, data.source, ...
+                                       every config.yaml key, flattened with dots (lists become tuples)
+    k, replay                          short aliases of train.accumulation_steps and optim.replay
+    status, reason                     from summary.json; from the manifest when the run wrote no summary
+    final.dev/f1, final.dev/em, final.dev/loss, final.train/loss, final.update, final.epoch
+    best.metric, best.value, best.dev/f1, ...
+    updates, examples, wall_time_s, mean_step_time_s, config_hash, started_at, finished_at
+    data_stats.train_examples, ...     the summary's "data" block (renamed so it cannot clash with the config's data.*)
+    summary.<key>                      any other summary key that would clash with a config column
+    env.git.sha, env.git.dirty, env.device.name, env.device.type, env.python, env.packages.<name>, ...
+    git_sha, device                    short aliases of env.git.sha and env.device.name
+    has_summary, has_metrics, in_manifest
+
+The manifest is read leniently because it is only a fallback: `sweep.json` may be a list of entries, or an object
+whose "runs" is such a list or a {run_id: entry} mapping. An entry is an object with a run id ("run_id", "id" or
+"name", or the last part of "run_dir"), and optionally "status", "reason", "arm", "seed", "k", "config" (nested or
+dotted keys), "overrides" (a {key: value} mapping or a list of "key=value" strings) and "point" (the grid point,
+{key: value}). experiments.sweep writes {"name", ..., "runs": [{"run_id", "arm", "point", "overrides", "status",
+"reason", "run_dir", ...}]}, with statuses pending | running | completed | failed | diverged | skipped | interrupted.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
+
+# The arms in the order every table and figure lists them; unknown arms follow in alphabetical order.
+ARM_ORDER = ("adamw", "sam_full", "sam_last", "sam_micro")
+# The statuses a run can have (summary.json) plus the ones this module assigns when a run left less behind.
+FINAL_STATUSES = ("completed", "failed", "diverged")
+STEP_KEYS = ("update", "epoch", "examples", "time")
+CURVE_COLUMNS = ["run_id", "arm", "replay", "k", "seed", "update", "epoch", "examples", "time", "eval_kind", "metric",
+                 "value"]
+
+
+class CollectError(RuntimeError):
+    """The sweep cannot be read at all (no such folder); the message is one line."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# small readers
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"rho": 0.05}} → {"optim.rho": 0.05}. Lists become tuples (hashable, so they can be grouped on);
+    an empty mapping stays as one key holding None."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            if value:
+                flat.update(flatten(value, name + "."))
+            else:
+                flat[name] = None
+        elif isinstance(value, list):
+            flat[name] = tuple(_hashable(v) for v in value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, Mapping):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in `path`, or None (with a warning) when it is missing or unreadable. NaN/Infinity tokens are read
+    as floats, as the tracker writes them for a diverged loss."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("%s: cannot read (%s); treating it as missing", path, str(err).splitlines()[0])
+        return None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        log.warning("%s: cannot read (%s); treating it as missing", path, str(err).splitlines()[0])
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """The events of a metrics.jsonl file. A torn last line (a crash in the middle of a write) is skipped quietly; a
+    bad line elsewhere is skipped with a warning, because the analysis should still see the rest of the run."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    events = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            if number != len(lines):
+                log.warning("%s:%d: not JSON; line skipped", path, number)
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+        else:
+            log.warning("%s:%d: not a JSON object; line skipped", path, number)
+    return events
+
+
+def sweep_dir(results_dir: str | Path, sweep: str) -> Path:
+    return Path(results_dir) / "runs" / str(sweep)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "summary.json").is_file() or (path / "config.yaml").is_file())
+
+
+def run_dirs(results_dir: str | Path, sweep: str) -> list[Path]:
+    """The run directories of a sweep (folders that hold a summary.json or a config.yaml), sorted by name."""
+    root = sweep_dir(results_dir, sweep)
+    if not root.is_dir():
+        raise CollectError(f"no sweep folder {str(root)!r} (expected <results_dir>/runs/<sweep>/)")
+    return sorted((p for p in root.iterdir() if _is_run_dir(p)), key=lambda p: p.name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the manifest
+
+
+def _parse_overrides(overrides: Any) -> dict[str, Any]:
+    if isinstance(overrides, Mapping):
+        return flatten(overrides)
+    parsed: dict[str, Any] = {}
+    if isinstance(overrides, (list, tuple)):
+        for text in overrides:
+            if isinstance(text, str) and "=" in text:
+                key, raw = text.split("=", 1)
+                try:
+                    value = yaml.safe_load(raw) if raw else None
+                except yaml.YAMLError:
+                    value = raw
+                parsed[key.strip()] = _hashable(value)
+    return parsed
+
+
+def read_manifest(results_dir: str | Path, sweep: str) -> dict[str, dict]:
+    """{run_id: flattened entry} from `<sweep>/sweep.json`; {} when there is none (see the module docstring)."""
+    path = sweep_dir(results_dir, sweep) / "sweep.json"
+    data = _read_json(path)
+    if data is None:
+        return {}
+    entries: Iterable[Any]
+    if isinstance(data, Mapping) and "runs" in data:
+        runs = data["runs"]
+        if isinstance(runs, Mapping):
+            entries = [dict(v, run_id=v.get("run_id", k)) if isinstance(v, Mapping) else {"run_id": k, "status": v}
+                       for k, v in runs.items()]
+        else:
+            entries = runs if isinstance(runs, list) else []
+    elif isinstance(data, list):
+        entries = data
+    else:
+        log.warning("%s: neither a list of runs nor an object with 'runs'; ignored", path)
+        return {}
+    manifest: dict[str, dict] = {}
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        run_id = entry.get("run_id") or entry.get("id") or entry.get("name")
+        if not run_id and entry.get("run_dir"):
+            run_id = Path(str(entry["run_dir"])).name
+        if not run_id:
+            continue
+        flat: dict[str, Any] = {}
+        if isinstance(entry.get("config"), Mapping):
+            flat.update(flatten(entry["config"]))
+        flat.update(_parse_overrides(entry.get("overrides")))
+        if isinstance(entry.get("point"), Mapping):  # the grid point, as experiments.sweep records it
+            for key, value in flatten(entry["point"]).items():
+                flat.setdefault(key, value)
+        for key in ("arm", "seed", "status", "reason", "run_dir"):
+            if entry.get(key) is not None:
+                flat[key] = entry[key]
+        for key in ("k", "accumulation_steps"):
+            if entry.get(key) is not None:
+                flat.setdefault("train.accumulation_steps", entry[key])
+        if entry.get("replay") is not None:
+            flat.setdefault("optim.replay", entry["replay"])
+        manifest[str(run_id)] = flat
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# runs
+
+
+def _summary_columns(summary: Mapping[str, Any], config_cols: set[str]) -> dict[str, Any]:
+    cols: dict[str, Any] = {}
+    for key, value in summary.items():
+        if key == "data" and isinstance(value, Mapping):
+            cols.update(flatten(value, "data_stats."))
+        elif isinstance(value, Mapping):
+            cols.update(flatten(value, f"{key}."))
+        else:
+            cols[key] = _hashable(value)
+    # a summary key that names a config column (arm, seed, ...) keeps the config's value; its own goes to summary.*
+    for key in list(cols):
+        if key in config_cols and key not in ("run_id",):
+            cols[f"summary.{key}"] = cols.pop(key)
+    return cols
+
+
+def _env_columns(env: Mapping[str, Any]) -> dict[str, Any]:
+    env = {k: v for k, v in env.items() if k != "argv"}
+    cols = flatten(env, "env.")
+    return cols
+
+
+def _run_row(path: Path, manifest_entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    config = flatten(_read_yaml(path / "config.yaml"))
+    summary = _read_json(path / "summary.json")
+    env = _read_json(path / "env.json")
+    row: dict[str, Any] = {"run_id": path.name, "run_dir": str(path)}
+    if manifest_entry:  # the manifest fills in only what the run's own files do not say
+        row.update({k: v for k, v in manifest_entry.items() if k not in ("status", "reason", "run_dir")})
+    row.update(config)
+    row["has_summary"] = isinstance(summary, Mapping)
+    row["has_metrics"] = (path / "metrics.jsonl").is_file()
+    row["in_manifest"] = manifest_entry is not None
+    if isinstance(summary, Mapping):
+        row.update(_summary_columns(summary, set(config)))
+        row["run_id"] = path.name  # the folder is the id the curves use, whatever the summary says
+    if isinstance(env, Mapping):
+        row.update(_env_columns(env))
+    status = row.get("status")
+    m_status = (manifest_entry or {}).get("status")
+    if not row["has_summary"]:
+        row["status"] = m_status or "unknown"
+        row["reason"] = (manifest_entry or {}).get("reason") or "no summary.json in the run directory"
+    elif status == "running" and m_status and m_status not in ("running", "pending", "completed"):
+        # the process died without finishing its summary (failed, diverged, interrupted); the sweep runner saw it end
+        row["status"] = m_status
+        row["reason"] = (manifest_entry or {}).get("reason") or row.get("reason") or "stopped while running"
+    return row
+
+
+def _manifest_only_row(run_id: str, entry: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {k: v for k, v in entry.items() if k != "run_dir"}
+    row.update(run_id=run_id, run_dir=str(root / run_id), has_summary=False, has_metrics=False, in_manifest=True)
+    row["status"] = entry.get("status") or "unknown"
+    row["reason"] = entry.get("reason") or "listed in sweep.json but no run directory was written"
+    return row
+
+
+def _arm_sort_key(arm: Any) -> tuple[int, str]:
+    arm = "" if arm is None or (isinstance(arm, float) and math.isnan(arm)) else str(arm)
+    return (ARM_ORDER.index(arm), arm) if arm in ARM_ORDER else (len(ARM_ORDER), arm)
+
+
+def arm_order(arms: Iterable[Any]) -> list[str]:
+    """The distinct arms in report order: adamw, sam_full, sam_last, sam_micro, then the rest alphabetically."""
+    seen = {str(a) for a in arms if a is not None and not (isinstance(a, float) and math.isnan(a))}
+    return sorted(seen, key=_arm_sort_key)
+
+
+def _add_aliases(df: pd.DataFrame) -> pd.DataFrame:
+    aliases = {
+        "k": "train.accumulation_steps",
+        "replay": "optim.replay",
+        "git_sha": "env.git.sha",
+        "device": "env.device.name",
+    }
+    for alias, column in aliases.items():
+        if column in df.columns:
+            df[alias] = df[column]
+        elif alias not in df.columns:
+            df[alias] = None
+    for column in ("arm", "seed", "status", "reason"):
+        if column not in df.columns:
+            df[column] = None
+    return df
+
+
+def _sort_runs(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return df
+    keys = pd.DataFrame({
+        "arm": [_arm_sort_key(a)[0] for a in df["arm"]],
+        "arm_name": [_arm_sort_key(a)[1] for a in df["arm"]],
+        "k": pd.to_numeric(df["k"], errors="coerce").fillna(-1),
+        "seed": pd.to_numeric(df["seed"], errors="coerce").fillna(-1),
+        "run_id": df["run_id"].astype(str),
+    }, index=df.index)
+    order = keys.sort_values(["arm", "arm_name", "k", "seed", "run_id"], kind="mergesort").index
+    return df.loc[order].reset_index(drop=True)
+
+
+def collect_runs(results_dir: str | Path, sweep: str) -> pd.DataFrame:
+    """One row per run of `<results_dir>/runs/<sweep>/` (see the module docstring for the columns), sorted by arm, k,
+    seed. Runs the manifest lists but that left no directory are rows too, with the manifest's status and reason,
+    so that nothing that was meant to run disappears from the tables. Raises CollectError if the folder is missing."""
+    root = sweep_dir(results_dir, sweep)
+    dirs = run_dirs(results_dir, sweep)
+    manifest = read_manifest(results_dir, sweep)
+    rows = [_run_row(p, manifest.get(p.name)) for p in dirs]
+    present = {p.name for p in dirs}
+    rows += [_manifest_only_row(rid, entry, root) for rid, entry in manifest.items() if rid not in present]
+    df = pd.DataFrame(rows)
+    df = _add_aliases(df)
+    for column in ("k", "seed"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    numeric = [c for c in df.columns if c.startswith(("final.", "best.")) and c != "best.metric"]
+    numeric += [c for c in ("updates", "examples", "wall_time_s", "mean_step_time_s") if c in df.columns]
+    for column in numeric:
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    return _sort_runs(df)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# curves
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def collect_curves(results_dir: str | Path, sweep: str, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The long frame of every numeric metric of every event in the sweep's metrics.jsonl files.
+
+    Columns: run_id, arm, replay, k, seed (from the run's config), update, epoch, examples, time (the event's step
+    keys), eval_kind (the event's "eval/kind": epoch | final | periodic, or None for train/diag events), metric,
+    value. A torn last line is skipped. `runs` (the frame of `collect_runs`) saves reading the configs again."""
+    if runs is None:
+        runs = collect_runs(results_dir, sweep)
+    records: list[tuple] = []
+    wanted = ["run_id", "run_dir", "arm", "replay", "k", "seed"]
+    for run in runs.reindex(columns=wanted).to_dict("records"):
+        path = Path(run["run_dir"]) / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        ident = (run["run_id"], run.get("arm"), run.get("replay"), run.get("k"), run.get("seed"))
+        for event in read_events(path):
+            steps = tuple(event.get(key) for key in STEP_KEYS)
+            kind = event.get("eval/kind")
+            for metric, value in event.items():
+                if metric in STEP_KEYS or not _is_number(value):
+                    continue
+                records.append((*ident, *steps, kind, metric, float(value)))
+    df = pd.DataFrame.from_records(records, columns=CURVE_COLUMNS)
+    for column in ("k", "seed", "update", "examples"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    for column in ("epoch", "time", "value"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
+    return df

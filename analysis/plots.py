@@ -1,0 +1,417 @@
+"""Figures of a sweep, drawn from the frames of `analysis.collect`.
+
+Every `plot_*` function saves one PNG into `out_dir` and returns its Path, or returns None (and logs why) when the
+frame holds nothing to draw. The matching `figure_*` function returns the matplotlib Figure itself (for a notebook).
+Figures are built with `matplotlib.figure.Figure` and the Agg renderer directly, never through pyplot, so drawing
+here neither needs nor changes a global backend, and a notebook's inline display keeps working.
+
+Colours are fixed per arm in every figure: AdamW dark grey, SAM (full replay) blue, SAM (last-batch replay, the bug)
+red, m-SAM green. Bands around a mean line span the minimum to the maximum over seeds (said in each figure).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from analysis.collect import arm_order
+from analysis.stats import t_interval
+
+log = logging.getLogger(__name__)
+
+DPI = 120
+ARM_COLORS = {"adamw": "#3a3a3a", "sam_full": "#1f63c6", "sam_last": "#d62728", "sam_micro": "#2ca02c"}
+ARM_LABELS = {
+    "adamw": "AdamW",
+    "sam_full": "SAM, full replay",
+    "sam_last": "SAM, last-batch replay (bug)",
+    "sam_micro": "m-SAM",
+}
+# sam_last is dashed so that at k = 1, where it must equal sam_full exactly, both lines stay visible on top of each other.
+ARM_LINESTYLES = {"sam_last": (0, (4, 2))}
+_EXTRA_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+_STYLE = {
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "figure.titlesize": 13,
+}
+# File names, in the order the report shows them.
+FIGURES = {
+    "train_loss": "train_loss.png",
+    "dev_curves": "dev_curves.png",
+    "final_scores": "final_scores.png",
+    "step_time": "step_time.png",
+    "grad_cos": "grad_cos.png",
+}
+
+
+def arm_color(arm: str, arms: Sequence[str] = ()) -> str:
+    """The arm's fixed colour; an arm outside the four known ones gets a colour by its place among the extra arms."""
+    if arm in ARM_COLORS:
+        return ARM_COLORS[arm]
+    extra = [a for a in arms if a not in ARM_COLORS]
+    index = extra.index(arm) if arm in extra else len(extra)
+    return _EXTRA_COLORS[index % len(_EXTRA_COLORS)]
+
+
+def arm_linestyle(arm: str):
+    return ARM_LINESTYLES.get(arm, "-")
+
+
+def arm_label(arm: str) -> str:
+    return ARM_LABELS.get(arm, arm)
+
+
+def _new_figure(ncols: int, nrows: int = 1, width: float = 4.6, height: float = 3.4) -> tuple[Figure, np.ndarray]:
+    import matplotlib
+
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(max(width * ncols, 6.0), height * nrows + 0.9), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _styled(fn):
+    """Draw inside the house style (rc settings apply to artists made while they are active)."""
+    import functools
+
+    import matplotlib
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(_STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def save(fig: Figure | None, path: str | Path) -> Path | None:
+    """Write `fig` as a PNG (dpi 120, no timestamped metadata, so the bytes repeat run to run)."""
+    if fig is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The PNG of `fig` as bytes (for IPython.display.Image in a notebook)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _ks(frame: pd.DataFrame) -> list[int]:
+    return sorted(int(k) for k in pd.unique(frame["k"].dropna()))
+
+
+def _legend(fig: Figure, axes: Iterable, title: str | None = None) -> None:
+    handles, labels = {}, []
+    for ax in np.ravel(list(axes)):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    if handles:
+        fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
+                   ncols=min(len(labels), 4), title=title)
+
+
+def _band(ax, x, low, high, color) -> None:
+    ax.fill_between(x, low, high, color=color, alpha=0.18, linewidth=0)
+
+
+def _mean_band(per_seed: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Mean, min and max of `value` over runs at each x."""
+    grouped = per_seed.groupby(x)["value"]
+    return pd.DataFrame({"mean": grouped.mean(), "low": grouped.min(), "high": grouped.max(),
+                         "n": grouped.count()}).reset_index()
+
+
+def _smooth_window(n_updates: int) -> int:
+    """Rolling-mean window for a noisy per-update curve: about 1/40 of its length, at least 1."""
+    return max(1, int(round(n_updates / 40)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# learning curves
+
+
+@_styled
+def figure_train_loss(curves: pd.DataFrame, metric: str = "train/loss") -> Figure | None:
+    """Training loss against the optimizer update: one panel per accumulation k, per arm the mean over seeds (each
+    seed smoothed with a rolling mean first) and a min–max band over seeds."""
+    data = curves[(curves["metric"] == metric)].dropna(subset=["update", "value", "k"])
+    data = data[np.isfinite(data["value"])]
+    if data.empty:
+        log.info("figure_train_loss: no %s events; figure skipped", metric)
+        return None
+    ks = _ks(data)
+    arms = arm_order(data["arm"])
+    fig, axes = _new_figure(len(ks))
+    windows = []
+    for ax, k in zip(axes[0], ks):
+        panel = data[data["k"] == k]
+        for arm in arms:
+            runs = panel[panel["arm"] == arm]
+            if runs.empty:
+                continue
+            parts = []
+            for _, run in runs.groupby("run_id"):
+                run = run.sort_values("update").drop_duplicates("update", keep="last")
+                window = _smooth_window(len(run))
+                windows.append(window)
+                parts.append(run.assign(value=run["value"].rolling(window, min_periods=1).mean()))
+            agg = _mean_band(pd.concat(parts), "update")
+            color = arm_color(arm, arms)
+            n_seeds = runs["run_id"].nunique()
+            ax.plot(agg["update"], agg["mean"], color=color, linewidth=1.8, linestyle=arm_linestyle(arm),
+                    label=arm_label(arm))
+            if n_seeds > 1:
+                _band(ax, agg["update"], agg["low"], agg["high"], color)
+        ax.set_title(f"accumulation k = {k}")
+        ax.set_xlabel("optimizer update")
+    axes[0][0].set_ylabel("training loss (first pass)")
+    smooth = f"rolling mean over {max(windows)} updates; " if windows and max(windows) > 1 else ""
+    fig.suptitle(f"Training loss — mean over seeds, band = min–max over seeds\n({smooth}one panel per k)")
+    _legend(fig, axes)
+    return fig
+
+
+def _eval_events(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Epoch-end and final evaluations of `metric`, one value per run and epoch (the final eval repeats the last
+    epoch's when training ends at an epoch boundary; the later event wins)."""
+    data = curves[(curves["metric"] == metric) & curves["eval_kind"].isin(["epoch", "final"])]
+    data = data.dropna(subset=["epoch", "value", "k"])
+    data = data.assign(epoch=data["epoch"].round(6))
+    return data.sort_values(["run_id", "epoch", "update"]).drop_duplicates(["run_id", "epoch"], keep="last")
+
+
+@_styled
+def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
+    """Dev loss (top row) and dev F1 (bottom row) at each epoch end and at the end of training: one column per
+    accumulation k, per arm the mean over seeds with markers and a min–max band."""
+    rows = [(m, label) for m, label in (("dev/loss", "dev loss"), ("dev/f1", "dev F1 (%)"))
+            if not _eval_events(curves, m).empty]
+    if not rows:
+        log.info("figure_dev_curves: no epoch/final eval events with dev/loss or dev/f1; figure skipped")
+        return None
+    ks = _ks(pd.concat([_eval_events(curves, m) for m, _ in rows]))
+    arms = arm_order(curves["arm"])
+    fig, axes = _new_figure(len(ks), nrows=len(rows), height=3.0)
+    for r, (metric, label) in enumerate(rows):
+        data = _eval_events(curves, metric)
+        for c, k in enumerate(ks):
+            ax = axes[r][c]
+            panel = data[data["k"] == k]
+            for arm in arms:
+                runs = panel[panel["arm"] == arm]
+                if runs.empty:
+                    continue
+                agg = _mean_band(runs[np.isfinite(runs["value"])], "epoch")
+                color = arm_color(arm, arms)
+                ax.plot(agg["epoch"], agg["mean"], color=color, marker="o", markersize=4, linewidth=1.8,
+                        linestyle=arm_linestyle(arm), label=arm_label(arm))
+                if runs["run_id"].nunique() > 1:
+                    _band(ax, agg["epoch"], agg["low"], agg["high"], color)
+            if r == 0:
+                ax.set_title(f"accumulation k = {k}")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if r == len(rows) - 1:
+                ax.set_xlabel("epoch")
+            if c == 0:
+                ax.set_ylabel(label)
+    fig.suptitle("Dev metrics per epoch — mean over seeds, band = min–max over seeds")
+    _legend(fig, axes)
+    return fig
+
+
+@_styled
+def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figure | None:
+    """Gradient fidelity: cosine between the last-batch-replay gradient and the full-replay gradient on the same
+    window, against the update; one panel per k, SAM arms that logged it."""
+    data = curves[curves["metric"] == metric].dropna(subset=["update", "value", "k"])
+    data = data[np.isfinite(data["value"])]
+    if data.empty:
+        log.info("figure_grad_cos: no %s events (diagnostics.grad_fidelity was off); figure skipped", metric)
+        return None
+    ks = _ks(data)
+    arms = arm_order(data["arm"])
+    fig, axes = _new_figure(len(ks))
+    for ax, k in zip(axes[0], ks):
+        panel = data[data["k"] == k]
+        for arm in arms:
+            runs = panel[panel["arm"] == arm]
+            if runs.empty:
+                continue
+            agg = _mean_band(runs, "update")
+            color = arm_color(arm, arms)
+            ax.plot(agg["update"], agg["mean"], color=color, linewidth=1.6, marker=".", linestyle=arm_linestyle(arm),
+                    label=arm_label(arm))
+            if runs["run_id"].nunique() > 1:
+                _band(ax, agg["update"], agg["low"], agg["high"], color)
+        ax.axhline(1.0, color="#888888", linewidth=0.8, linestyle="--")
+        ax.set_title(f"accumulation k = {k}")
+        ax.set_xlabel("optimizer update")
+        ax.set_ylim(min(-0.05, float(panel["value"].min()) - 0.05), 1.05)
+    axes[0][0].set_ylabel("cos(g_last-replay, g_full-replay)")
+    fig.suptitle("Gradient fidelity of last-batch replay (1 = same direction as the correct SAM gradient)\n"
+                 "mean over seeds, band = min–max over seeds")
+    _legend(fig, axes)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# per-run numbers
+
+
+def _completed(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "completed"] if "status" in runs.columns else runs
+
+
+def _dodge(n: int, width: float = 0.7) -> np.ndarray:
+    if n == 1:
+        return np.zeros(1)
+    return np.linspace(-width / 2, width / 2, n)
+
+
+@_styled
+def figure_final_scores(runs: pd.DataFrame, metrics: Sequence[tuple[str, str]] = (
+        ("final.dev/em", "dev exact match (%)"), ("final.dev/f1", "dev F1 (%)"))) -> Figure | None:
+    """Final dev EM and F1 of completed runs: per k (x) and arm, the mean with its 95% t CI as an error bar and the
+    seeds as small dots."""
+    runs = _completed(runs)
+    metrics = [(m, label) for m, label in metrics if m in runs.columns and runs[m].notna().any()]
+    if runs.empty or not metrics:
+        log.info("figure_final_scores: no completed run with final dev metrics; figure skipped")
+        return None
+    runs = runs.dropna(subset=["k"])
+    ks = sorted(int(k) for k in runs["k"].unique())
+    arms = arm_order(runs["arm"])
+    offsets = dict(zip(arms, _dodge(len(arms), width=0.6)))
+    fig, axes = _new_figure(len(metrics), width=5.2)
+    for ax, (metric, label) in zip(axes[0], metrics):
+        for arm in arms:
+            color = arm_color(arm, arms)
+            xs, means, lows, highs = [], [], [], []
+            for i, k in enumerate(ks):
+                values = runs[(runs["arm"] == arm) & (runs["k"] == k)][metric].dropna().to_numpy(dtype=float)
+                if values.size == 0:
+                    continue
+                mean, low, high = t_interval(values)
+                x = i + offsets[arm]
+                xs.append(x)
+                means.append(mean)
+                lows.append(mean - low if not math.isnan(low) else 0.0)
+                highs.append(high - mean if not math.isnan(high) else 0.0)
+                # single seeds just right of the error bar, so the bar does not hide them
+                ax.scatter(np.full(values.size, x + 0.06), values, s=14, color=color, alpha=0.5, linewidths=0,
+                           zorder=2)
+            if xs:
+                ax.errorbar(xs, means, yerr=[lows, highs], fmt="o", color=color, markersize=6, capsize=4,
+                            elinewidth=1.6, label=arm_label(arm), zorder=3)
+        ax.set_xticks(range(len(ks)), [f"k = {k}" for k in ks])
+        ax.grid(axis="x", visible=False)
+        ax.set_xlabel("gradient accumulation steps")
+        ax.set_ylabel(label)
+        ax.set_title(label.split(" (")[0])
+    fig.suptitle("Final dev scores — mean and 95% t CI over seeds (dots: single seeds)")
+    _legend(fig, axes)
+    return fig
+
+
+@_styled
+def figure_step_time(runs: pd.DataFrame, metric: str = "mean_step_time_s") -> Figure | None:
+    """Mean wall time of one optimizer update, grouped by k (x) with one bar per arm: the mean over seeds (labelled
+    on the bar) and error bars from the fastest to the slowest seed."""
+    runs = _completed(runs)
+    if metric not in runs.columns or runs[metric].dropna().empty:
+        log.info("figure_step_time: no completed run with %s; figure skipped", metric)
+        return None
+    runs = runs.dropna(subset=["k", metric])
+    arms = arm_order(runs["arm"])
+    ks = sorted(int(k) for k in runs["k"].unique())
+    width = 0.8 / len(arms)
+    offsets = dict(zip(arms, _dodge(len(arms), width=0.8 - width)))
+    fig, axes = _new_figure(1, width=max(6.4, 1.1 * len(ks) * len(arms)), height=3.8)
+    ax = axes[0][0]
+    for arm in arms:
+        stats = runs[runs["arm"] == arm].groupby("k")[metric].agg(["mean", "min", "max"])
+        xs = [i + offsets[arm] for i, k in enumerate(ks) if k in stats.index]
+        if not xs:
+            continue
+        sub = stats.loc[[k for k in ks if k in stats.index]]
+        color = arm_color(arm, arms)
+        ax.bar(xs, sub["mean"], width=width * 0.92, color=color, alpha=0.85, label=arm_label(arm),
+                      hatch="//" if arm in ARM_LINESTYLES else None, edgecolor="white", linewidth=0.5)
+        ax.errorbar(xs, sub["mean"], yerr=[sub["mean"] - sub["min"], sub["max"] - sub["mean"]], fmt="none",
+                    ecolor="#222222", elinewidth=1.0, capsize=3)
+        for x, mean, top in zip(xs, sub["mean"], sub["max"]):  # the value just above its error bar
+            ax.annotate(f"{mean:.3g} s", (x, top), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=8)
+    ax.set_xticks(range(len(ks)), [f"k = {k}" for k in ks])
+    ax.set_xlabel("gradient accumulation steps k (micro-batches per update)")
+    ax.set_ylabel("seconds per optimizer update")
+    ax.grid(axis="x", visible=False)
+    ax.margins(y=0.12)
+    fig.suptitle("Time per update — mean over seeds, error bars = min–max over seeds")
+    _legend(fig, axes)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# save to files
+
+
+def _saved(fig: Figure | None, out_dir: str | Path, name: str) -> Path | None:
+    path = save(fig, Path(out_dir) / FIGURES[name])
+    if path is not None:
+        log.info("wrote %s", path)
+    return path
+
+
+def plot_train_loss(curves: pd.DataFrame, out_dir: str | Path) -> Path | None:
+    return _saved(figure_train_loss(curves), out_dir, "train_loss")
+
+
+def plot_dev_curves(curves: pd.DataFrame, out_dir: str | Path) -> Path | None:
+    return _saved(figure_dev_curves(curves), out_dir, "dev_curves")
+
+
+def plot_final_scores(runs: pd.DataFrame, out_dir: str | Path) -> Path | None:
+    return _saved(figure_final_scores(runs), out_dir, "final_scores")
+
+
+def plot_step_time(runs: pd.DataFrame, out_dir: str | Path) -> Path | None:
+    return _saved(figure_step_time(runs), out_dir, "step_time")
+
+
+def plot_grad_cos(curves: pd.DataFrame, out_dir: str | Path) -> Path | None:
+    return _saved(figure_grad_cos(curves), out_dir, "grad_cos")
+
+
+def plot_all(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path) -> dict[str, Path | None]:
+    """Every figure; {name: path or None (skipped)} in report order."""
+    return {
+        "train_loss": plot_train_loss(curves, out_dir),
+        "dev_curves": plot_dev_curves(curves, out_dir),
+        "final_scores": plot_final_scores(runs, out_dir),
+        "step_time": plot_step_time(runs, out_dir),
+        "grad_cos": plot_grad_cos(curves, out_dir),
+    }

@@ -1,0 +1,513 @@
+"""analysis/: collect → stats → plots → report (+ notebook), on hand-computed numbers and a synthetic sweep.
+
+The statistics are checked against values written out here (mean, std, Student-t interval, paired t); collect, the
+figures, the report and the notebook run on a synthetic sweep (tests/analysis_fixtures.py) whose numbers are known.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from analysis import plots, report
+from analysis.collect import CollectError, collect_curves, collect_runs, read_events
+from analysis.stats import (
+    bootstrap_mean_ci,
+    curve_equality,
+    equality_check,
+    paired_differences,
+    summarize,
+    t_interval,
+    verdict,
+)
+from tests.analysis_fixtures import (
+    DEVICE_NAME,
+    DIVERGED,
+    FAILED,
+    GIT_SHA,
+    NEVER_STARTED,
+    config_dict,
+    expected_final,
+    make_sweep,
+    write_run,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO_ROOT / "analysis" / "notebooks" / "report.ipynb"
+SECTIONS = ["## Findings", "## Setup", "## Results", "## Paired differences", "## Sanity check: k = 1",
+            "## Figures", "## Failed, diverged and unfinished runs"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# stats: hand-computed values
+
+
+def test_summarize_matches_hand_computed_t_interval():
+    # [1, 2, 3, 4]: mean 2.5; std (ddof=1) = sqrt(5/3) = 1.2910; t_{0.975,3} = 3.1824; half = 3.1824·1.2910/2 = 2.0543
+    df = pd.DataFrame({"arm": ["sam_full"] * 4 + ["adamw"], "k": [4] * 5, "final.dev/f1": [1.0, 2.0, 3.0, 4.0, 7.0]})
+    table = summarize(df, "dev/f1")  # "dev/f1" finds the final.dev/f1 column
+    assert list(table["arm"]) == ["adamw", "sam_full"]  # report order, not alphabetical by accident
+    row = table[table["arm"] == "sam_full"].iloc[0]
+    assert row["n"] == 4
+    assert row["mean"] == pytest.approx(2.5)
+    assert row["std"] == pytest.approx(1.2910, abs=1e-4)
+    assert row["ci_half"] == pytest.approx(2.0543, abs=1e-4)
+    assert row["ci_low"] == pytest.approx(2.5 - 2.0543, abs=1e-4)
+    assert row["ci_high"] == pytest.approx(2.5 + 2.0543, abs=1e-4)
+    single = table[table["arm"] == "adamw"].iloc[0]
+    assert single["n"] == 1 and single["mean"] == 7.0
+    assert math.isnan(single["std"]) and math.isnan(single["ci_low"]) and math.isnan(single["ci_high"])
+
+
+def test_summarize_skips_missing_values_and_groups_by_k():
+    df = pd.DataFrame({"arm": ["a"] * 5, "k": [1, 1, 1, 2, 2], "m": [1.0, 3.0, np.nan, 10.0, 14.0]})
+    table = summarize(df, "m", by=("arm", "k"))
+    assert list(table["k"]) == [1, 2]
+    assert list(table["n"]) == [2, 2]
+    assert list(table["mean"]) == [2.0, 12.0]
+    # n=2: t_{0.975,1} = 12.7062, s = sqrt(2), half = 12.7062·sqrt(2)/sqrt(2) = 12.7062
+    assert table.iloc[0]["ci_half"] == pytest.approx(12.7062, abs=1e-4)
+    assert t_interval([5.0]) [0] == 5.0 and math.isnan(t_interval([5.0])[1])
+
+
+def _paired_frame(a_vals, b_vals, k=4, a="sam_full", b="sam_last", seeds=None):
+    seeds = list(range(len(a_vals))) if seeds is None else seeds
+    rows = [{"arm": a, "k": k, "seed": s, "final.dev/f1": v} for s, v in zip(seeds, a_vals)]
+    rows += [{"arm": b, "k": k, "seed": s, "final.dev/f1": v} for s, v in zip(seeds, b_vals)]
+    return pd.DataFrame(rows)
+
+
+def test_paired_differences_known_mean_and_t_test():
+    a_vals = [10.0, 12.0, 14.0, 16.0, 18.0]
+    diffs = [1.0, 2.0, 3.0, 2.0, 2.0]  # mean 2.0, std sqrt(0.5) = 0.70711
+    b_vals = [x - d for x, d in zip(a_vals, diffs)]
+    table = paired_differences(_paired_frame(a_vals, b_vals), "dev/f1", "sam_full", "sam_last")
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["n"] == 5 and row["k"] == 4
+    assert row["mean_diff"] == pytest.approx(2.0)
+    assert row["std_diff"] == pytest.approx(0.70711, abs=1e-5)
+    # paired t: t = 2.0 / (0.70711/sqrt(5)) = 6.32456 with 4 degrees of freedom; two-sided p = 2·P(T_4 > 6.32456)
+    from scipy import stats as sps
+
+    assert row["p_value"] == pytest.approx(2 * sps.t.sf(6.32456, 4), rel=1e-4)
+    assert row["p_value"] == pytest.approx(0.0032, abs=1e-4)
+    assert 1.0 <= row["ci_low"] <= 2.0 <= row["ci_high"] <= 3.0  # bootstrap means of diffs lie within their range
+    assert row["verdict"] == "sam_full > sam_last (CI excludes 0)"  # n = 5: no low-power note
+    assert row["pairs"] == "0,1,2,3,4" and row["unpaired"] == ""
+
+
+def test_paired_differences_verdicts_both_ways_and_low_power():
+    a_vals, b_vals = [10.0, 12.0, 14.0], [13.0, 15.5, 16.0]  # a − b = −3, −3.5, −2
+    lower = paired_differences(_paired_frame(a_vals, b_vals), "final.dev/f1", "sam_full", "sam_last").iloc[0]
+    assert lower["mean_diff"] == pytest.approx(-8.5 / 3)
+    assert lower["verdict"] == "sam_full < sam_last (CI excludes 0) (n=3: low power)"
+    swapped = paired_differences(_paired_frame(a_vals, b_vals), "final.dev/f1", "sam_last", "sam_full").iloc[0]
+    assert swapped["verdict"] == "sam_last > sam_full (CI excludes 0) (n=3: low power)"
+    spans = paired_differences(_paired_frame([1.0, 2.0, 3.0], [2.0, 1.0, 3.5]), "final.dev/f1",
+                               "sam_full", "sam_last").iloc[0]
+    assert spans["verdict"] == "no significant difference (CI spans 0) (n=3: low power)"
+    assert spans["ci_low"] < 0 < spans["ci_high"]
+    assert verdict("x", "y", 0.1, 0.5, 3) == "x > y (CI excludes 0) (n=3: low power)"
+    assert verdict("x", "y", -0.5, -0.1, 8) == "x < y (CI excludes 0)"
+    assert verdict("x", "y", -0.5, 0.1, 8) == "no significant difference (CI spans 0)"
+
+
+def test_paired_differences_pairs_by_seed_per_k_and_handles_too_few():
+    df = pd.concat([
+        _paired_frame([5.0, 6.0, 7.0], [4.0, 4.0, 4.0], k=2, seeds=[0, 1, 2]),
+        _paired_frame([9.0], [1.0], k=8, seeds=[0]),
+        pd.DataFrame([{"arm": "sam_full", "k": 2, "seed": 9, "final.dev/f1": 100.0}]),  # seed 9 has no partner
+    ], ignore_index=True)
+    table = paired_differences(df, "dev/f1", "sam_full", "sam_last", by=("k",))
+    assert list(table["k"]) == [2, 8]
+    k2, k8 = table.iloc[0], table.iloc[1]
+    assert k2["n"] == 3 and k2["mean_diff"] == pytest.approx(2.0) and k2["unpaired"] == "9"
+    assert k8["n"] == 1 and k8["mean_diff"] == pytest.approx(8.0)
+    assert math.isnan(k8["ci_low"]) and math.isnan(k8["p_value"])
+    assert k8["verdict"] == "not enough pairs for a CI (n=1)"
+
+
+def test_bootstrap_is_deterministic_for_a_seed_and_contains_the_mean():
+    diffs = [0.3, 1.7, -0.4, 2.2, 0.9, 1.1]
+    first = bootstrap_mean_ci(diffs, n_boot=5000, seed=7)
+    assert first == bootstrap_mean_ci(diffs, n_boot=5000, seed=7)
+    assert first != bootstrap_mean_ci(diffs, n_boot=5000, seed=8)
+    assert first[0] < np.mean(diffs) < first[1]
+    assert bootstrap_mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)  # every resample has mean 2
+    assert all(math.isnan(x) for x in bootstrap_mean_ci([1.0]))
+    df = _paired_frame([1.0, 2.5, 3.0, 4.5], [0.0, 2.0, 2.0, 3.0])
+    one = paired_differences(df, "dev/f1", "sam_full", "sam_last", seed=3)
+    assert one.equals(paired_differences(df, "dev/f1", "sam_full", "sam_last", seed=3))
+
+
+def test_equality_check_pass_and_fail():
+    rows = []
+    for seed, (f1, loss) in enumerate([(70.25, 1.2345), (68.5, 1.3)]):
+        rows.append({"arm": "sam_full", "k": 1, "seed": seed, "final.dev/f1": f1, "final.dev/loss": loss})
+        rows.append({"arm": "sam_last", "k": 1, "seed": seed, "final.dev/f1": f1, "final.dev/loss": loss + 1e-9})
+    rows.append({"arm": "sam_last", "k": 4, "seed": 0, "final.dev/f1": 1.0, "final.dev/loss": 9.0})  # k=4: ignored
+    df = pd.DataFrame(rows)
+    f1 = equality_check(df, "dev/f1")
+    assert f1["passed"] is True and f1["max_abs_diff"] == 0.0 and f1["tol"] == 0.0 and f1["n"] == 2
+    loss = equality_check(df, "dev/loss")  # losses: within 1e-6
+    assert loss["passed"] is True and loss["max_abs_diff"] == pytest.approx(1e-9, abs=1e-12)
+
+    df.loc[(df["arm"] == "sam_last") & (df["seed"] == 1), "final.dev/f1"] += 1e-9  # F1 must match exactly
+    df.loc[(df["arm"] == "sam_last") & (df["seed"] == 0), "final.dev/loss"] += 1e-3
+    bad_f1, bad_loss = equality_check(df, "dev/f1"), equality_check(df, "final.dev/loss")
+    assert bad_f1["passed"] is False and bad_f1["verdict"].startswith("FAIL")
+    assert bad_loss["passed"] is False and bad_loss["max_abs_diff"] == pytest.approx(1e-3, rel=1e-3)
+    assert equality_check(df, "dev/f1", k=2)["passed"] is None  # nothing at k=2: not checked
+
+
+def test_curve_equality_on_long_frame():
+    rows = []
+    for arm, shift in (("sam_full", 0.0), ("sam_last", 0.0), ("adamw", 5.0)):
+        for update in (1, 2, 3):
+            rows.append({"run_id": arm, "arm": arm, "k": 1, "seed": 0, "update": update, "metric": "train/loss",
+                         "value": 1.0 / update + shift})
+    curves = pd.DataFrame(rows)
+    assert curve_equality(curves)["passed"] is True
+    curves.loc[(curves["arm"] == "sam_last") & (curves["update"] == 3), "value"] += 1e-4
+    result = curve_equality(curves)
+    assert result["passed"] is False and result["max_abs_diff"] == pytest.approx(1e-4, rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# collect, on the synthetic sweep
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return make_sweep(tmp_path_factory.mktemp("results"), "synth")
+
+
+@pytest.fixture(scope="module")
+def frames(sweep):
+    runs = collect_runs(sweep.results_dir, sweep.sweep)
+    return runs, collect_curves(sweep.results_dir, sweep.sweep, runs)
+
+
+@pytest.fixture(scope="module")
+def built(sweep, frames):
+    # a sharpness section as analysis.sharpness would leave it, with one figure of its own
+    out = sweep.results_dir / "report"
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    fig = plots.Figure(figsize=(3, 2))
+    fig.add_subplot().plot([0, 1, 2], [3, 1, 2], color="tab:purple")
+    plots.save(fig, out / "figures" / "sharpness_lambda.png")
+    (out / "sharpness.md").write_text(
+        "# Sharpness of the final checkpoints\n\nTop Hessian eigenvalue per arm.\n\n"
+        "![lambda_max per arm](figures/sharpness_lambda.png)\n\n## Method\n\nPower iteration, 20 steps.\n",
+        encoding="utf-8")
+    return report.build_report(sweep.results_dir, sweep.sweep)
+
+
+def test_fixture_config_uses_the_real_schema_keys():
+    from experiments.config import Config
+
+    schema = OmegaConf.structured(Config)
+    OmegaConf.set_struct(schema, True)
+    OmegaConf.merge(schema, OmegaConf.create(config_dict("sam_last", 4, 0, "results", "synth")))  # raises if unknown
+
+
+def test_collect_runs_rows_columns_and_values(sweep, frames):
+    runs, _ = frames
+    assert len(runs) == 24  # 4 arms × 2 k × 3 seeds, the never-started run included
+    for column in ["run_id", "run_dir", "arm", "k", "seed", "optim.replay", "optim.rho", "optim.lr",
+                   "train.accumulation_steps", "model.name_or_path", "data.source", "data.generated.n_train",
+                   "status", "reason", "final.dev/f1", "final.dev/em", "final.dev/loss", "final.train/loss",
+                   "best.dev/f1", "best.metric", "wall_time_s", "mean_step_time_s", "updates", "examples",
+                   "git_sha", "device", "env.git.dirty", "env.packages.torch", "data_stats.train_examples"]:
+        assert column in runs.columns, column
+    assert list(runs["arm"].unique()) == ["adamw", "sam_full", "sam_last", "sam_micro"]
+    run = sweep.get("sam_last", 4, 1)
+    row = runs[runs["run_id"] == run.run_id].iloc[0]
+    assert row["final.dev/f1"] == expected_final("sam_last", 4, 1)["dev/f1"]
+    assert row["final.train/loss"] == expected_final("sam_last", 4, 1)["train/loss"]
+    assert (row["k"], row["seed"], row["optim.replay"], row["status"]) == (4, 1, "last", "completed")
+    assert row["optim.betas"] == (0.9, 0.999) and row["optim.rho"] == 0.05
+    assert row["git_sha"] == GIT_SHA and row["device"] == DEVICE_NAME
+    assert row["updates"] == 12 and row["data_stats.train_examples"] == 96
+    assert row["run_dir"] == str(run.path)
+
+    by_cell = runs.set_index(["arm", "k", "seed"])
+    for arm, k, seed, reason in (FAILED, DIVERGED, NEVER_STARTED):
+        assert by_cell.loc[(arm, k, seed), "reason"] == reason
+    assert by_cell.loc[FAILED[:3], "status"] == "failed"
+    assert math.isnan(by_cell.loc[FAILED[:3], "final.dev/f1"])
+    assert by_cell.loc[DIVERGED[:3], "status"] == "diverged"
+    assert math.isnan(by_cell.loc[DIVERGED[:3], "final.train/loss"])
+    never = by_cell.loc[NEVER_STARTED[:3]]
+    assert never["status"] == "failed" and not never["has_summary"] and never["in_manifest"]
+    assert (runs["status"] == "completed").sum() == 21
+
+
+def test_collect_curves_long_frame(sweep, frames):
+    runs, curves = frames
+    assert list(curves.columns[:4]) == ["run_id", "arm", "replay", "k"]
+    for column in ["seed", "update", "epoch", "examples", "metric", "value", "eval_kind"]:
+        assert column in curves.columns
+    failed = curves[curves["run_id"] == sweep.get(*FAILED[:3]).run_id]
+    assert failed["update"].max() == 5  # the torn last line (update 999) is skipped
+    finals = curves[(curves["eval_kind"] == "final") & (curves["metric"] == "dev/f1")]
+    assert len(finals) == 21 - 0  # every completed run logs one final eval (failed/diverged do not)
+    one = sweep.get("sam_full", 4, 2)
+    value = finals[finals["run_id"] == one.run_id]["value"].item()
+    assert value == expected_final("sam_full", 4, 2)["dev/f1"]
+    assert set(curves[curves["metric"] == "diag/grad_cos"]["arm"]) == {"sam_full", "sam_last", "sam_micro"}
+    k4 = curves[(curves["run_id"] == one.run_id) & (curves["metric"] == "train/loss")]
+    assert list(k4["update"]) == list(range(1, 13)) and k4["epoch"].iloc[-1] == 2.0
+    assert curves["k"].dtype.name == "Int64" and curves["value"].dtype == float
+
+
+def test_collect_missing_sweep_and_manifest_fallbacks(tmp_path, caplog):
+    with pytest.raises(CollectError, match="no sweep folder"):
+        collect_runs(tmp_path, "nope")
+    root = tmp_path / "runs" / "s"
+    run = write_run(root, "sam_full", 2, 0, results_dir=str(tmp_path), sweep="s")
+    summary = json.loads((run.path / "summary.json").read_text())
+    summary.update(status="running", final=None)
+    (run.path / "summary.json").write_text(json.dumps(summary))
+    (root / "sweep.json").write_text(json.dumps([{"run_id": run.run_id, "status": "failed", "reason": "OOM killed"}]))
+    row = collect_runs(tmp_path, "s").iloc[0]
+    assert (row["status"], row["reason"]) == ("failed", "OOM killed")  # the process died while "running"
+    # a damaged line in the middle is skipped with a warning, the rest is read
+    lines = (run.path / "metrics.jsonl").read_text().splitlines()
+    (run.path / "metrics.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    assert len(read_events(run.path)) == len(lines)
+    assert "not JSON" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# plots
+
+
+def test_plots_skip_cleanly_without_data(tmp_path, frames):
+    runs, curves = frames
+    empty_curves = curves.iloc[0:0]
+    assert plots.plot_train_loss(empty_curves, tmp_path) is None
+    assert plots.plot_dev_curves(empty_curves, tmp_path) is None
+    assert plots.plot_grad_cos(curves[curves["metric"] != "diag/grad_cos"], tmp_path) is None
+    assert plots.plot_final_scores(runs[runs["status"] != "completed"], tmp_path) is None
+    assert plots.plot_step_time(runs.drop(columns=["mean_step_time_s"]), tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+    assert plots.arm_color("sam_full") != plots.arm_color("sam_last")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# report
+
+
+def _nonblank_png(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    assert path.is_file() and path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = mpimg.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+    assert float(image[..., :3].var()) > 0
+
+
+def test_report_files_sections_and_figures(sweep, built):
+    out = sweep.results_dir / "report"
+    md = (out / "REPORT.md").read_text(encoding="utf-8")
+    positions = [md.index(s + "\n") for s in SECTIONS]
+    assert positions == sorted(positions)
+    for name in ("summary.csv", "paired.csv", "REPORT.html"):
+        assert (out / name).is_file()
+    figures = sorted((out / "figures").glob("*.png"))
+    own = [p for p in figures if not p.name.startswith("sharpness")]
+    assert sorted(p.name for p in own) == sorted(plots.FIGURES.values())  # all five drawn from this sweep
+    for path in figures:
+        _nonblank_png(path)
+        assert f"](figures/{path.name})" in md  # relative links
+    html = (out / "REPORT.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == len(figures) == 6  # five figures + the sharpness one
+    assert "<table>" in html and "src=\"figures/" not in html  # self-contained
+    # the sharpness section comes in, its title nested one level down
+    assert "## Sharpness of the final checkpoints" in md and "### Method" in md
+    assert md.index("## Sharpness of the final checkpoints") > md.index("## Failed, diverged")
+
+
+def test_report_lists_every_run_that_did_not_complete(sweep, built):
+    md = (sweep.results_dir / "report" / "REPORT.md").read_text(encoding="utf-8")
+    failures = md[md.index("## Failed, diverged and unfinished runs"):]
+    for run in sweep.not_completed:
+        line = next(ln for ln in failures.splitlines() if run.run_id in ln)
+        assert run.status in line and run.reason in line
+    assert "21 of 24 runs completed (1 diverged, 2 failed)" in md
+
+
+def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
+    out = sweep.results_dir / "report"
+    summary = pd.read_csv(out / "summary.csv")
+    cell = summary[(summary["metric"] == "final.dev/f1") & (summary["arm"] == "sam_last") & (summary["k"] == 4)]
+    values = [expected_final("sam_last", 4, s)["dev/f1"] for s in (0, 1, 2)]
+    assert cell["mean"].item() == pytest.approx(np.mean(values))
+    assert cell["std"].item() == pytest.approx(np.std(values, ddof=1))
+    micro = summary[(summary["metric"] == "final.dev/f1") & (summary["arm"] == "sam_micro") & (summary["k"] == 4)]
+    assert (micro["runs"].item(), micro["n"].item()) == (3, 2)  # the failed run counts as a run, not as a value
+
+    paired = pd.read_csv(out / "paired.csv")
+    row = paired[(paired["metric"] == "final.dev/f1") & (paired["a"] == "sam_full") & (paired["b"] == "sam_last")
+                 & (paired["k"] == 4)].iloc[0]
+    diff = np.mean([expected_final("sam_full", 4, s)["dev/f1"] - expected_final("sam_last", 4, s)["dev/f1"]
+                    for s in (0, 1, 2)])
+    assert row["mean_diff"] == pytest.approx(diff)
+    assert row["verdict"] == "sam_full > sam_last (CI excludes 0) (n=3: low power)"
+
+    md = (out / "REPORT.md").read_text(encoding="utf-8")
+    findings = md[md.index("## Findings"):md.index("## Setup")]
+    assert f"At k=4, sam_full − sam_last dev F1 = {diff:+.2f} [95% CI" in findings
+    assert "replaying only the last micro-batch costs dev F1" in findings
+    assert "k=1 sanity check passed" in findings
+    assert "no significant difference (CI spans 0)" in findings  # sam_micro vs sam_full: no built-in effect
+    sanity = pd.read_csv(out / "sanity.csv")
+    assert sanity["passed"].all() and (sanity["n"] == 3).all()
+    setup = md[md.index("## Setup"):md.index("## Results")]
+    assert DEVICE_NAME in setup and GIT_SHA[:12] in setup and "k = 1, 4" in setup
+
+
+def test_report_is_deterministic(sweep, built, tmp_path):
+    again = report.build_report(sweep.results_dir, sweep.sweep, out_dir=tmp_path / "again")
+    first = sweep.results_dir / "report"
+    for name in ("summary.csv", "paired.csv", "sanity.csv", "runs.csv", "figures/train_loss.png"):
+        assert (first / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+    md = again["md"].read_text(encoding="utf-8")
+    # the sharpness section is found in <results_dir>/report/ and its links are rewritten for the other folder
+    assert "## Sharpness of the final checkpoints" in md
+    assert again["html"].read_text(encoding="utf-8").count("data:image/png;base64,") == 6
+    body = lambda t: t[:t.index("## Sharpness")]  # noqa: E731
+    assert body(md) == body((first / "REPORT.md").read_text(encoding="utf-8"))
+
+
+def test_sanity_failure_is_reported(frames):
+    runs, curves = frames
+    runs = runs.copy()
+    mask = (runs["arm"] == "sam_last") & (runs["k"] == 1) & (runs["seed"] == 0)
+    runs.loc[mask, "final.dev/f1"] = runs.loc[mask, "final.dev/f1"] + 0.5
+    sanity = report.sanity_table(runs, curves)
+    f1 = sanity[sanity["metric"] == "final.dev/f1"].iloc[0]
+    assert f1["passed"] is False or f1["passed"] == False  # noqa: E712
+    assert f1["max_abs_diff"] == pytest.approx(0.5)
+    text = " ".join(report.findings(runs, curves, report.paired_table(runs, n_boot=200), sanity))
+    assert "k=1 sanity check FAILED on final.dev/f1" in text
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    assert report.main([f"results_dir={tmp_path}", "sweep=nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no sweep folder" in err
+    assert report.main(["bogus=1"]) == 2
+    assert "unknown key 'bogus'" in capsys.readouterr().err
+    assert report.main(["results_dir"]) == 2
+    assert "key=value" in capsys.readouterr().err
+    done = subprocess.run([sys.executable, "-m", "analysis.report", f"results_dir={tmp_path}", "sweep=nope"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error:")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# notebook
+
+
+def test_notebook_is_stored_without_outputs():
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is None and c.outputs == [] for c in code)
+    assert any("SAM_RESULTS_DIR" in c.source for c in code)
+
+
+def test_notebook_executes_against_the_synthetic_sweep(sweep, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    # a kernelspec that runs this interpreter (the venv's ipykernel), found first through JUPYTER_PATH
+    spec = tmp_path / "jupyter" / "kernels" / "sam-analysis-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "sam-analysis-test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("SAM_RESULTS_DIR", str(sweep.results_dir))
+    monkeypatch.setenv("SAM_SWEEP", sweep.sweep)
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, kernel_name="sam-analysis-test", timeout=180,
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()  # raises CellExecutionError on any failing cell
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 5
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert f"sweep '{sweep.sweep}'" in text and "24 runs" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the real writer: run directories made by experiments.tracking.RunTracker read back by analysis.collect
+
+
+def test_collect_reads_run_directories_written_by_the_tracker(tmp_path, monkeypatch):
+    tracking = pytest.importorskip("experiments.tracking")
+    from experiments.config import load_config, run_dir
+
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
+    made = {}
+    for arm, replay, status in (("sam_full", "full", "completed"), ("sam_last", "last", "diverged")):
+        cfg = load_config([], [f"arm={arm}", f"optim.replay={replay}", "train.accumulation_steps=4", "seed=3",
+                               "sweep=real", f"results_dir={tmp_path}", "tracking.mode=disabled"])
+        with tracking.RunTracker(cfg, run_dir(cfg)) as tracker:
+            tracker.log({"train/loss": 2.5, "train/step_time": 0.7}, update=1, epoch=0.5, examples=32)
+            if status == "completed":
+                tracker.log({"dev/loss": 1.9, "dev/em": 40.0, "dev/f1": 52.5, "eval/kind": "final"},
+                            update=2, epoch=1.0, examples=64)
+                tracker.finish("completed", final={"dev/loss": 1.9, "dev/em": 40.0, "dev/f1": 52.5,
+                                                   "train/loss": 2.1, "update": 2, "epoch": 1.0},
+                               updates=2, examples=64, mean_step_time_s=0.7)
+            else:
+                tracker.log({"train/loss": float("nan")}, update=2, epoch=1.0, examples=64)
+                tracker.finish("diverged", "non-finite loss at update 2", updates=2)
+        made[arm] = run_dir(cfg).name
+    runs = collect_runs(tmp_path, "real")
+    assert list(runs["run_id"]) == [made["sam_full"], made["sam_last"]]
+    full, last = runs.iloc[0], runs.iloc[1]
+    assert (full["arm"], full["k"], full["seed"], full["optim.replay"]) == ("sam_full", 4, 3, "full")
+    assert full["status"] == "completed" and full["final.dev/f1"] == 52.5 and full["mean_step_time_s"] == 0.7
+    assert full["model.name_or_path"] == "embedded" and full["optim.rho"] == 0.05
+    assert isinstance(full["git_sha"], (str, type(None))) and isinstance(full["device"], str)
+    assert (last["status"], last["reason"]) == ("diverged", "non-finite loss at update 2")
+    curves = collect_curves(tmp_path, "real", runs)
+    final = curves[(curves["run_id"] == made["sam_full"]) & (curves["eval_kind"] == "final")]
+    assert dict(zip(final["metric"], final["value"])) == {"dev/loss": 1.9, "dev/em": 40.0, "dev/f1": 52.5}
+    nan_loss = curves[(curves["run_id"] == made["sam_last"]) & (curves["metric"] == "train/loss")]["value"]
+    assert math.isnan(nan_loss.iloc[-1])
+
+
+def test_report_of_sparse_sweeps(tmp_path):
+    # one seed per cell, no k=1, no adamw: tables with n=1 (no CI), no paired CI, sanity not checked
+    make_sweep(tmp_path, "tiny", arms=("sam_full", "sam_last"), ks=(4,), seeds=(0,), special=False, manifest=False)
+    md = report.build_report(tmp_path, "tiny", out_dir=tmp_path / "tiny")["md"].read_text(encoding="utf-8")
+    assert "| sam_full | 4 | 1 | 1 | " in md and "too few seeds for a CI" in md
+    assert "Not checked: the sweep has no seed with completed sam_full and sam_last runs at k = 1." in md
+    assert "None: every run completed." in md
+    # every run failed: the cells are still in the tables, with n = 0, and nothing is claimed
+    write_run(tmp_path / "runs" / "dead", "adamw", 2, 0, results_dir=str(tmp_path), sweep="dead", status="failed",
+              reason="boom", stop_at=3)
+    written = report.build_report(tmp_path, "dead", out_dir=tmp_path / "dead")
+    md = written["md"].read_text(encoding="utf-8")
+    assert "No run completed (1 failed)" in md and "| adamw | 2 | 1 | 0 | – | [–, –] |" in md
+    assert "| failed | boom |" in md
+    assert "figure:train_loss" in written and "figure:final_scores" not in written
+    assert "Final dev EM and F1: not drawn" in md
