@@ -13,6 +13,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import sys
 import time
 import traceback
@@ -152,6 +153,7 @@ class Progress:
     window: int = 0  # next window index inside `epoch`
     examples: int = 0
     step_time_total: float = 0.0
+    step_times: list = field(default_factory=list)  # per update (the median ignores warm-up outliers)
     best: Optional[dict] = None
     last_eval: Optional[dict] = None
     last_train: dict = field(default_factory=dict)
@@ -312,6 +314,7 @@ class Trainer:
                 p.window += 1
                 p.examples += sum(sizes)
                 p.step_time_total += step_time
+                p.step_times.append(round(step_time, 5))
                 if not math.isfinite(result.loss) or (result.skipped and self.scaler is None):
                     raise Diverged(f"non-finite loss/gradient at update {p.update} (train/loss={result.loss})")
                 train_metrics = {"train/loss": result.loss, "train/grad_norm": result.grad_norm,
@@ -497,6 +500,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = tracker.finish(
         "completed", final=trainer.final_block(), best=p.best, updates=p.update, examples=p.examples,
         mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
+        median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
     )
     f = summary.get("final", {})
     print(f"completed: {run_dir}\n  dev/f1 {f.get('dev/f1', float('nan')):.2f}  dev/em {f.get('dev/em', float('nan')):.2f}"
