@@ -308,8 +308,8 @@ def to_dict(cfg: DictConfig) -> dict:
 
 
 # Keys that do not change what a run computes: they are left out of the config hash so that the same experiment
-# keeps its id when it is written elsewhere, tracked differently or resumed.
-_HASH_EXCLUDED = ("results_dir", "run_name", "sweep", "tracking", "train.num_workers")
+# keeps its id when it is written elsewhere, tracked differently, run with other thread counts or resumed.
+_HASH_EXCLUDED = ("results_dir", "run_name", "sweep", "tracking", "train.num_workers", "train.num_threads")
 
 
 def config_hash(cfg: DictConfig) -> str:

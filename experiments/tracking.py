@@ -389,7 +389,8 @@ class RunTracker:
             job_type=sel("tracking.job_type") or sel("arm"),
             tags=self._tags(),
             name=self.run_dir.name,
-            id=wandb_id,
+            # under `wandb agent` the agent chooses the run id (WANDB_RUN_ID); passing ours would contradict it
+            id=None if os.environ.get("WANDB_SWEEP_ID") else wandb_id,
             resume="allow" if self.resumed else None,
             settings=wandb.Settings(
                 console="off",  # the trainer's stdout is its own; W&B need not capture it

@@ -386,7 +386,7 @@ class ProgressBar:
 
 
 def prepare_run_dir(cfg, run_dir: Path) -> str:
-    """Decide what to do with an existing run directory: 'new', 'resume', 'restart' or 'done'.
+    """Decide what to do with an existing run directory: 'new', 'resume', 'restart', 'completed' or 'diverged'.
 
     A directory that holds a different config is refused (ValueError); a completed run is never rerun.
     """
@@ -415,8 +415,8 @@ def prepare_run_dir(cfg, run_dir: Path) -> str:
     if theirs is not None and theirs != mine:
         raise ValueError(f"run directory {run_dir} holds a different config (hash {theirs} != {mine}); "
                          f"set run_name=... or results_dir=... to run this one elsewhere")
-    if summary.get("status") == "completed":
-        return "done"
+    if summary.get("status") in ("completed", "diverged"):
+        return summary["status"]  # a diverged run is a result: rerunning the same config diverges again
     if (run_dir / "checkpoint" / "resume").exists() or (run_dir / "checkpoint" / "resume.old").exists():
         return "resume"
     return "restart"
@@ -443,9 +443,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if action == "done":
-        print(f"already completed: {run_dir} (delete it to run again)", file=sys.stderr)
-        return EXIT_OK
+    if action in ("completed", "diverged"):
+        print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
+        return EXIT_OK if action == "completed" else EXIT_DIVERGED
 
     from .data import DataError
     from .model import ModelError

@@ -267,3 +267,10 @@ def test_arm_label_is_derived_from_replay_and_must_match_it():
     assert load_config([], ["optim.replay=last", "arm=my_variant"]).arm == "my_variant"
     with pytest.raises(ConfigError, match="arm='sam_full' does not match optim.replay='last'"):
         load_config([arm_file("sam_full")], ["optim.replay=last"])
+
+
+def test_diverged_run_is_a_result_and_is_not_rerun(tiny_run, tmp_path, capsys):
+    args = tiny_run("sam_last", "optim.lr=1e30")
+    assert main(args) == 3
+    assert main(args) == 3
+    assert "already diverged" in capsys.readouterr().err

@@ -1,0 +1,561 @@
+"""The sweep runner: grid expansion, config checks before anything runs, the manifest, skipping and resuming, failures,
+Ctrl-C, parallel slots. Most tests drive a stand-in trainer (a small script that keeps train.py's contract: run
+directory from the config, summary.json, exit codes) so that they take seconds; the slow test runs the real smoke sweep.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from experiments import sweep
+from experiments.config import config_hash, load_config, parse_override, run_id, split_args
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = "configs/smoke.yaml"
+ARMS = {arm: f"configs/arm/{arm}.yaml" for arm in ("adamw", "sam_full", "sam_last", "sam_micro")}
+
+# A trainer with train.py's contract and none of its work. Environment knobs:
+#   STANDIN_CALLS  file that gets one JSON line per call (run id, OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES)
+#   STANDIN_SLEEP  seconds to "train"
+#   STANDIN_FAIL   "prefix=mode,...": runs whose id starts with prefix crash (summary failed, exit 1),
+#                  die (no summary update, exit 1) or diverge (summary diverged, exit 3)
+STANDIN = textwrap.dedent(
+    '''
+    import json, os, sys, time
+    from experiments.config import ConfigError, config_hash, load_config, run_dir, run_id, split_args
+    from experiments.tracking import atomic_write_json
+
+    def main():
+        files, overrides = split_args(sys.argv[1:])
+        try:
+            cfg = load_config(files, overrides)
+        except ConfigError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            return 2
+        rid, directory, digest = run_id(cfg), run_dir(cfg), config_hash(cfg)
+        if os.environ.get("STANDIN_CALLS"):
+            with open(os.environ["STANDIN_CALLS"], "a") as calls:
+                calls.write(json.dumps({"run_id": rid, "omp": os.environ.get("OMP_NUM_THREADS"),
+                                        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
+        path = directory / "summary.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("config_hash") != digest:
+                print(f"error: run directory {directory} holds a different config", file=sys.stderr)
+                return 2
+            if old.get("status") == "completed":
+                print(f"already completed: {directory}", file=sys.stderr)
+                return 0
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.yaml").write_text("stand-in\\n")
+        summary = {"status": "running", "reason": None, "run_id": rid, "arm": cfg.arm, "config_hash": digest}
+        atomic_write_json(path, summary)
+        print(f"starting {rid}", flush=True)
+        mode = None
+        for rule in filter(None, os.environ.get("STANDIN_FAIL", "").split(",")):
+            prefix, kind = rule.split("=")
+            mode = kind if rid.startswith(prefix) else mode
+        try:
+            time.sleep(float(os.environ.get("STANDIN_SLEEP", "0")))
+        except KeyboardInterrupt:
+            summary.update(status="failed", reason="interrupted (KeyboardInterrupt)")
+            atomic_write_json(path, summary)
+            return 130
+        if mode == "crash":
+            summary.update(status="failed", reason="RuntimeError: boom")
+            atomic_write_json(path, summary)
+            print("Traceback (most recent call last):\\nRuntimeError: boom", file=sys.stderr)
+            return 1
+        if mode == "die":
+            print("Segmentation fault (stand-in)", file=sys.stderr, flush=True)
+            os._exit(1)
+        if mode == "diverge":
+            summary.update(status="diverged", reason="train/loss is nan at update 3")
+            atomic_write_json(path, summary)
+            return 3
+        final = {"dev/f1": 50.0 + cfg.seed, "dev/em": 40.0, "dev/loss": 1.25, "train/loss": 1.5, "update": 3}
+        summary.update(status="completed", final=final, wall_time_s=0.5)
+        atomic_write_json(path, summary)
+        return 0
+
+    sys.exit(main())
+    '''
+)
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("standin") / "standin_train.py"
+    path.write_text(STANDIN)
+    return f"{sys.executable} {path}"
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    """A clean environment for the stand-in; returns the calls file."""
+    for key in ("STANDIN_FAIL", "STANDIN_SLEEP", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", sweep.TRAIN_CMD_ENV):
+        monkeypatch.delenv(key, raising=False)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("STANDIN_CALLS", str(calls))
+    return calls
+
+
+def write_sweep(tmp_path: Path, **spec) -> Path:
+    data = {
+        "name": "t",
+        "base": [SMOKE],
+        "grid": {"arm": [ARMS["adamw"], ARMS["sam_full"], ARMS["sam_last"]], "train.accumulation_steps": [1, 4]},
+    }
+    data.update(spec)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def calls_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def manifest_of(results: Path, name: str = "t") -> dict:
+    return json.loads((results / "runs" / name / "sweep.json").read_text())
+
+
+def run_sweep(path: Path, results: Path, standin: str, *extra: str) -> int:
+    return sweep.main([str(path), f"results_dir={results}", "--gpus", "none", "--train-cmd", standin, *extra])
+
+
+def file_times(directory: Path) -> dict:
+    return {str(p): p.stat().st_mtime_ns for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the sweep file and the grid
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1, 0, -3, 3e-4, 1e-8, 0.1, True, False, None, "none", "full", "null", "3", "true", "a b", [0.9, 0.999], []],
+)
+def test_values_become_overrides_that_read_back_the_same(value):
+    key, parsed = parse_override(f"optim.x={sweep._format_value(value)}")
+    if OmegaConf.is_config(parsed):
+        parsed = OmegaConf.to_container(parsed)
+    assert key == "optim.x" and parsed == value and type(parsed) is type(value)
+
+
+GRID12 = {
+    "arm": [ARMS["adamw"], ARMS["sam_full"], ARMS["sam_last"]],
+    "train.accumulation_steps": [1, 4],
+    "seed": [0, 1],
+}
+
+
+def test_grid_expands_in_a_fixed_order_first_key_slowest(tmp_path):
+    spec = sweep.load_sweep(write_sweep(tmp_path, grid=GRID12))
+    runs = sweep.expand(spec, [f"results_dir={tmp_path}"])
+    got = [(r.cfg.arm, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs]
+    assert got == list(itertools.product(["adamw", "sam_full", "sam_last"], [1, 4], [0, 1]))
+    assert [r.index for r in runs] == list(range(1, 13))
+    # each run is exactly what train.py resolves from the same files and overrides
+    first = runs[0]
+    assert first.files == [SMOKE, ARMS["adamw"]]
+    assert first.overrides == ["train.accumulation_steps=1", "seed=0", f"results_dir={tmp_path}", "sweep=t"]
+    cfg = load_config(first.files, first.overrides)
+    assert first.run_id == run_id(cfg) and first.run_id.startswith("adamw-k1-s0-")
+    assert first.run_dir == tmp_path / "runs" / "t" / first.run_id
+    # deterministic: the same sweep expands to the same ids, and all ids differ
+    again = sweep.expand(sweep.load_sweep(write_sweep(tmp_path, grid=GRID12)), [f"results_dir={tmp_path}"])
+    assert [r.run_id for r in again] == [r.run_id for r in runs]
+    assert len({r.run_id for r in runs}) == 12
+
+
+def test_run_ids_are_the_same_in_another_process(tmp_path):
+    path = write_sweep(tmp_path, grid=GRID12)
+    ids = [r.run_id for r in sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])]
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", str(path), f"results_dir={tmp_path}", "--dry-run"],
+        capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, "PYTHONHASHSEED": "123"},
+    ).stdout
+    listed = [line.split()[2] for line in out.splitlines()[2:]]
+    assert listed == ids
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_when_exclude_include(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        grid={"arm": [ARMS["adamw"], ARMS["sam_full"], ARMS["sam_micro"]], "train.accumulation_steps": [1, 4]},
+        overrides={"train.max_updates": 2},
+        when=[{"match": {"optim.replay": ["full", "last", "micro"]}, "overrides": {"diagnostics.grad_fidelity": True}}],
+        exclude=[{"arm": "sam_micro", "train.accumulation_steps": 1}],
+        include=[{"arm": ARMS["sam_micro"], "train.accumulation_steps": 8, "seed": 5}],
+    )
+    runs = sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])
+    got = [(r.cfg.arm, r.cfg.train.accumulation_steps, r.cfg.seed, r.cfg.diagnostics.grad_fidelity) for r in runs]
+    assert got == [
+        ("adamw", 1, 0, False),
+        ("adamw", 4, 0, False),
+        ("sam_full", 1, 0, True),
+        ("sam_full", 4, 0, True),
+        ("sam_micro", 4, 0, True),
+        ("sam_micro", 8, 5, True),  # include: after the grid
+    ]
+    assert all(r.cfg.train.max_updates == 2 for r in runs)
+    assert runs[2].extra == ["diagnostics.grad_fidelity=true"] and runs[0].extra == []
+
+
+def test_command_line_overrides_win_and_collapsed_runs_run_once(tmp_path):
+    path = write_sweep(tmp_path, grid=GRID12, overrides={"optim.rho": 0.1})
+    runs = sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}", "optim.rho=0.2", "seed=7"])
+    assert all(r.cfg.optim.rho == 0.2 and r.cfg.seed == 7 for r in runs)
+    assert len(runs) == 6  # the two seeds of the grid became one
+
+
+def test_mapping_values_set_several_keys_together(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        grid={
+            "arm": [ARMS["sam_full"]],
+            "opt": [{"optim.lr": 1e-4, "optim.rho": 0.1}, {"optim.lr": 3e-4, "optim.rho": 0.2}],
+        },
+    )
+    runs = sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])
+    assert [(r.cfg.optim.lr, r.cfg.optim.rho) for r in runs] == [(1e-4, 0.1), (3e-4, 0.2)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# config errors: exit 2, one line, nothing written, nothing started
+
+
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ({"grid": {"arm": [ARMS["adamw"]], "train.accumulation_steps": [1, 0]}}, "train.accumulation_steps"),
+        ({"overrides": {"diagnostics.grad_fidelity": True}}, "grad_fidelity"),  # only the adamw runs are bad
+        ({"grid": {"arm": [ARMS["sam_full"]], "seed": [0], "optim.rhoo": [0.1]}}, "optim.rhoo"),
+        ({"base": [SMOKE, "configs/nope.yaml"]}, "nope.yaml"),
+        ({"grid": {"arm": [ARMS["sam_full"], "configs/arm/nope.yaml"]}}, "nope.yaml"),
+        ({"grid": {"seed": []}}, "grid.seed"),
+        ({"grids": {"seed": [0]}}, "grids"),
+        ({"name": "a/b"}, "name"),
+        ({"when": [{"match": {"optim.replay": "full"}}]}, "when[0]"),
+        ({"exclude": [{"optim.nope": 1}]}, "optim.nope"),
+        ({"exclude": [{"seed": 0}]}, "no runs left"),
+    ],
+)
+def test_a_config_error_in_any_run_stops_everything(tmp_path, standin, env, capsys, spec, needle):
+    path = write_sweep(tmp_path, **spec)
+    results = tmp_path / "results"
+    assert run_sweep(path, results, standin) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not results.exists() and not env.exists()
+
+
+def test_config_error_in_the_last_run_only(tmp_path, standin, env, capsys):
+    path = write_sweep(tmp_path, include=[{"arm": ARMS["sam_full"], "optim.rho": -1}])
+    assert run_sweep(path, tmp_path / "r", standin) == 2
+    err = capsys.readouterr().err
+    assert "run 7" in err and "optim.rho" in err
+    assert not (tmp_path / "r").exists() and not env.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# running with the stand-in trainer
+
+
+def test_sweep_runs_everything_and_writes_the_manifest(tmp_path, standin, env, capsys):
+    path = write_sweep(tmp_path)
+    results = tmp_path / "results"
+    assert run_sweep(path, results, standin) == 0
+    out = capsys.readouterr().out
+    manifest = manifest_of(results)
+    assert manifest["name"] == "t" and manifest["sweep_file"] == str(path)
+    assert manifest["created"] <= manifest["updated"]
+    runs = manifest["runs"]
+    expected = sweep.expand(sweep.load_sweep(path), [f"results_dir={results}"])
+    assert [r["run_id"] for r in runs] == [r.run_id for r in expected]
+    for entry, run in zip(runs, expected):
+        assert entry["status"] == "completed" and entry["exit_code"] == 0 and entry["reason"] is None
+        assert entry["files"] == run.files and entry["overrides"] == run.overrides
+        assert entry["run_dir"] == str(run.run_dir) and entry["wall_time_s"] > 0
+        assert json.loads((run.run_dir / "summary.json").read_text())["status"] == "completed"
+        log = Path(entry["log"])
+        assert log == results / "runs" / "t" / "logs" / f"{run.run_id}.log"
+        assert f"starting {run.run_id}" in log.read_text()
+    assert sorted(c["run_id"] for c in calls_of(env)) == sorted(r.run_id for r in expected)
+    # progress: a start and a finish line per run, then the table with the metrics from summary.json
+    progress = [line for line in out.splitlines() if line.startswith("[")]
+    assert sum(" start " in line for line in progress) == 6
+    assert sum(" completed in " in line for line in progress) == 6
+    assert "ETA" in out
+    table = out[out.index("run id"):]
+    assert "dev/f1" in table and "50" in table and "1.25" in table
+    assert "6 completed" in out.splitlines()[-1]
+
+
+def test_a_second_invocation_starts_no_run_and_touches_no_run_dir(tmp_path, standin, env, capsys):
+    path = write_sweep(tmp_path)
+    results = tmp_path / "results"
+    assert run_sweep(path, results, standin) == 0
+    first = manifest_of(results)
+    n_calls = len(calls_of(env))
+    runs_dir = results / "runs" / "t"
+    before = {d.name: file_times(d) for d in runs_dir.iterdir() if d.is_dir() and d.name != "logs"}
+    capsys.readouterr()
+    time.sleep(0.02)
+    assert run_sweep(path, results, standin) == 0
+    assert len(calls_of(env)) == n_calls
+    after = {d.name: file_times(d) for d in runs_dir.iterdir() if d.is_dir() and d.name != "logs"}
+    assert after == before
+    second = manifest_of(results)
+    assert second["created"] == first["created"]
+    assert {r["status"] for r in second["runs"]} == {"completed"}
+    assert {r["action"] for r in second["runs"]} == {"skip"}
+    assert " start " not in capsys.readouterr().out
+
+
+def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, standin, env, monkeypatch, capsys):
+    path = write_sweep(tmp_path)
+    results = tmp_path / "results"
+    monkeypatch.setenv("STANDIN_FAIL", "adamw-k4-s0=crash,sam_full-k1-s0=die,sam_last-k4-s0=diverge")
+    assert run_sweep(path, results, standin) == 1
+    by_id = {r["run_id"].rsplit("-", 1)[0]: r for r in manifest_of(results)["runs"]}
+    assert by_id["adamw-k4-s0"]["status"] == "failed" and by_id["adamw-k4-s0"]["exit_code"] == 1
+    assert by_id["adamw-k4-s0"]["reason"] == "RuntimeError: boom"  # from its summary.json
+    assert by_id["sam_full-k1-s0"]["status"] == "failed"
+    assert by_id["sam_full-k1-s0"]["reason"] == "Segmentation fault (stand-in)"  # no reason there: last log line
+    assert by_id["sam_last-k4-s0"]["status"] == "diverged" and by_id["sam_last-k4-s0"]["exit_code"] == 3
+    assert by_id["sam_last-k4-s0"]["reason"] == "train/loss is nan at update 3"
+    others = [r for key, r in by_id.items() if key not in ("adamw-k4-s0", "sam_full-k1-s0", "sam_last-k4-s0")]
+    assert len(others) == 3 and all(r["status"] == "completed" for r in others)
+    out = capsys.readouterr().out
+    assert "RuntimeError: boom" in out and "3 completed, 2 failed, 1 diverged" in out
+
+    # Fixed: the failed ones run again (the trainer resumes them); completed and diverged ones are left alone.
+    monkeypatch.delenv("STANDIN_FAIL")
+    n_calls = len(calls_of(env))
+    assert sweep.main([str(path), f"results_dir={results}", "--gpus", "none", "--train-cmd", standin, "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "2 to rerun" in listing and "4 to skip" in listing
+    assert run_sweep(path, results, standin) == 1  # the diverged run stays diverged
+    rerun = [c["run_id"].rsplit("-", 1)[0] for c in calls_of(env)[n_calls:]]
+    assert sorted(rerun) == ["adamw-k4-s0", "sam_full-k1-s0"]
+    statuses = {r["run_id"].rsplit("-", 1)[0]: r["status"] for r in manifest_of(results)["runs"]}
+    assert statuses["adamw-k4-s0"] == statuses["sam_full-k1-s0"] == "completed"
+    assert statuses["sam_last-k4-s0"] == "diverged"
+
+
+def test_a_run_dir_with_another_config_is_never_touched(tmp_path, standin, env, capsys):
+    path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1]})
+    results = tmp_path / "results"
+    runs = sweep.expand(sweep.load_sweep(path), [f"results_dir={results}"])
+    theirs = runs[0].run_dir
+    theirs.mkdir(parents=True)
+    (theirs / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": "0123456789"}))
+    (theirs / "weights.bin").write_bytes(b"precious")
+    before = file_times(theirs)
+    time.sleep(0.02)
+    assert run_sweep(path, results, standin) == 1
+    assert file_times(theirs) == before
+    entry = manifest_of(results)["runs"][0]
+    assert entry["status"] == "skipped" and "another config" in entry["reason"]
+    assert [c["run_id"] for c in calls_of(env)] == [runs[1].run_id]
+
+
+def test_a_config_file_edited_mid_sweep_fails_that_run_only(tmp_path, standin, env):
+    arm = tmp_path / "my_arm.yaml"
+    arm.write_text("arm: mine\noptim: {replay: full, rho: 0.05}\n")
+    path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"], str(arm)]})
+    results = tmp_path / "results"
+    spec = sweep.load_sweep(path)
+    runs = sweep.expand(spec, [f"results_dir={results}"])
+    for run in runs:
+        sweep.plan(run)
+    arm.write_text("arm: mine\noptim: {replay: full, rho: 0.5}\n")  # after planning, before it starts
+    manifest = sweep.Manifest(spec, runs, results / "runs" / "t", [])
+    runner = sweep.Runner(runs, manifest, standin.split(), jobs=1, gpus=[])
+    assert runner.run()
+    assert runs[0].status == "completed"
+    assert runs[1].status == "failed" and "changed since the sweep started" in runs[1].reason
+    assert [c["run_id"] for c in calls_of(env)] == [runs[0].run_id]
+
+
+def test_dry_run_lists_what_would_happen_and_writes_nothing(tmp_path, standin, env, monkeypatch, capsys):
+    path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2]})
+    results = tmp_path / "results"
+    monkeypatch.setenv("STANDIN_FAIL", "adamw-k2-s1=crash")  # configs/smoke.yaml has k=2
+    assert run_sweep(path, results, standin, "--jobs", "1") == 1
+    (results / "runs" / "t" / "sweep.json").unlink()
+    tree_before = file_times(results)
+    capsys.readouterr()
+    assert run_sweep(path, results, standin, "--dry-run", "seed=0") == 0  # seed=0 collapses the grid
+    assert run_sweep(path, results, standin, "--dry-run") == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = out[-3:]
+    assert [line.split()[1] for line in lines] == ["skip", "rerun", "skip"]
+    assert "previous attempt: failed (RuntimeError: boom)" in lines[1]
+    assert file_times(results) == tree_before and not (results / "runs" / "t" / "sweep.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# parallel slots
+
+
+def test_jobs_share_the_cpu_cores(tmp_path, standin, env, monkeypatch):
+    monkeypatch.setenv("STANDIN_SLEEP", "0.5")
+    # configs/default.yaml leaves train.num_threads null (configs/smoke.yaml sets it)
+    path = write_sweep(tmp_path, base=["configs/default.yaml"], grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2, 3]})
+    results = tmp_path / "results"
+    assert run_sweep(path, results, standin, "--jobs", "2") == 0
+    calls = calls_of(env)
+    assert len(calls) == 4
+    assert {c["omp"] for c in calls} == {str(max(1, sweep._cpu_cores() // 2))}
+    # the user's thread count (config or environment) is left alone
+    assert run_sweep(path, tmp_path / "r2", standin, "--jobs", "2", "train.num_threads=1") == 0
+    assert {c["omp"] for c in calls_of(env)[4:]} == {None}
+
+
+def test_one_run_per_gpu(tmp_path, standin, env, monkeypatch):
+    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 2)
+    monkeypatch.setenv("STANDIN_SLEEP", "0.3")
+    path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2, 3]})
+    args = [str(path), f"results_dir={tmp_path / 'a'}", "--gpus", "auto", "--train-cmd", standin]
+    assert sweep.main(args) == 0
+    calls = calls_of(env)
+    assert {c["cuda"] for c in calls} == {"0", "1"} and {c["omp"] for c in calls} == {None}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # the slots are the devices the runner was given
+    args = [str(path), f"results_dir={tmp_path / 'b'}", "--gpus", "auto", "--train-cmd", standin]
+    assert sweep.main(args) == 0
+    assert {c["cuda"] for c in calls_of(env)[4:]} == {"4", "6"}
+    assert sweep.pick_gpus("none") == [] and sweep.pick_gpus("2,3") == ["2", "3"]
+    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 1)
+    assert sweep.pick_gpus("auto") == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, standin, env):
+    path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2, 3]})
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "experiments.sweep", str(path), f"results_dir={results}", "--jobs", "2",
+               "--gpus", "none", "--train-cmd", standin]
+    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "STANDIN_SLEEP": "60"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    manifest = results / "runs" / "t" / "sweep.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until both slots run (their summary.json says running)
+        if manifest.exists() and len(calls_of(env)) == 2:
+            dirs = [Path(r["run_dir"]) for r in json.loads(manifest.read_text())["runs"][:2]]
+            if all((d / "summary.json").exists() for d in dirs):
+                break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    statuses = [r["status"] for r in json.loads(manifest.read_text())["runs"]]
+    assert statuses == ["interrupted", "interrupted", "pending", "pending"], out
+    for entry in json.loads(manifest.read_text())["runs"][:2]:
+        summary = json.loads((Path(entry["run_dir"]) / "summary.json").read_text())
+        assert summary["reason"] == "interrupted (KeyboardInterrupt)"  # the child got SIGINT and saved its state
+    # the next invocation reruns the interrupted ones and runs the rest
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [r["action"] for r in json.loads(manifest.read_text())["runs"]] == ["rerun", "rerun", "run", "run"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the sweep files in configs/
+
+
+def test_the_ablation_sweep_resolves(tmp_path):
+    runs = sweep.expand(sweep.load_sweep(REPO / "configs/sweep/ablation.yaml"), [f"results_dir={tmp_path}"])
+    assert len(runs) == 24
+    cells = {(r.cfg.arm, r.cfg.optim.replay, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs}
+    replay = {"adamw": "none", "sam_full": "full", "sam_last": "last", "sam_micro": "micro"}
+    assert cells == {(a, replay[a], k, s) for a in replay for k in (1, 4) for s in (0, 1, 2)}
+    assert all(r.cfg.diagnostics.grad_fidelity == (r.cfg.optim.replay != "none") for r in runs)
+    assert all(r.cfg.sweep == "ablation" for r in runs)
+
+
+def test_the_smoke_sweep_resolves(tmp_path):
+    runs = sweep.expand(sweep.load_sweep(REPO / "configs/sweep/smoke.yaml"), [f"results_dir={tmp_path}"])
+    assert len(runs) == 12
+    cells = {(r.cfg.arm, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs}
+    assert cells == set(itertools.product(["adamw", "sam_full", "sam_last"], [1, 4], [0, 1]))
+    assert all(r.cfg.model.name_or_path == "tiny-random-bert" for r in runs)
+
+
+def test_the_wandb_sweep_command_is_accepted_by_the_training_entry_point():
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    spec = yaml.safe_load((REPO / "configs/wandb_sweep.yaml").read_text())
+    assert spec["method"] == "grid"
+    params = spec["parameters"]
+    axes = {key: p["values"] if "values" in p else [p["value"]] for key, p in params.items()}
+    assert axes["optim.replay"] == ["none", "full", "last", "micro"]
+    assert axes["train.accumulation_steps"] == [1, 4] and axes["seed"] == [0, 1, 2]
+    assert axes["tracking.mode"] == ["online"]
+    hashes = set()
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values))
+        # what the W&B agent puts in place of ${args_no_hyphens}: key=value, the value as Python's str() writes it
+        args = create_sweep_command_args({"args": {key: {"value": value} for key, value in point.items()}})
+        command = []
+        for part in spec["command"]:
+            if part in ("${env}", "${interpreter}"):
+                continue
+            command += args["args_no_hyphens"] if part == "${args_no_hyphens}" else [part]
+        assert command[:2] == ["-m", "experiments.train"]
+        files, overrides = split_args(command[2:])
+        cfg = load_config([REPO / f for f in files], overrides)
+        assert cfg.optim.replay == point["optim.replay"] and cfg.seed == point["seed"]
+        assert cfg.train.accumulation_steps == point["train.accumulation_steps"]
+        assert cfg.tracking.mode == "online"
+        hashes.add(config_hash(cfg))
+    assert len(hashes) == 24
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the real thing
+
+
+@pytest.mark.slow
+def test_the_smoke_sweep_end_to_end(tmp_path):
+    """configs/sweep/smoke.yaml with the real trainer, shrunk a little: 12 runs, then a second invocation runs none."""
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "experiments.sweep", "configs/sweep/smoke.yaml", f"results_dir={results}",
+               "tracking.mode=disabled", "train.max_updates=2", "data.generated.n_train=16", "data.generated.n_dev=8",
+               "--jobs", "2", "--gpus", "none"]
+    started = time.monotonic()
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    manifest = json.loads((results / "runs" / "smoke" / "sweep.json").read_text())
+    assert len(manifest["runs"]) == 12
+    for entry in manifest["runs"]:
+        assert entry["status"] == "completed" and entry["exit_code"] == 0, entry
+        summary = json.loads((Path(entry["run_dir"]) / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["run_id"] == entry["run_id"]
+        assert 0.0 <= summary["final"]["dev/f1"] <= 100.0
+    assert "12 completed" in first.stdout.splitlines()[-1]
+    print(f"smoke sweep: {time.monotonic() - started:.0f}s")
+    before = {e["run_id"]: file_times(Path(e["run_dir"])) for e in manifest["runs"]}
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert " start " not in second.stdout
+    again = json.loads((results / "runs" / "smoke" / "sweep.json").read_text())
+    assert {e["action"] for e in again["runs"]} == {"skip"}
+    assert {e["run_id"]: file_times(Path(e["run_dir"])) for e in again["runs"]} == before
