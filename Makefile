@@ -43,16 +43,26 @@ run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|s
 smoke: $(STAMP)  ## a full tiny run in about a minute
 	$(PY) -m experiments.train configs/smoke.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
 
-run-all: $(STAMP)  ## the default ablation sweep, then the report (about 30 min on 2 CPU cores)
-	$(PY) -m experiments.sweep configs/sweep/ablation.yaml results_dir=$(RESULTS) $(ARGS)
-	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=ablation
+# A sweep with failed or diverged runs still gets its report (which lists them); the exit status stays non-zero.
+# Config errors (exit 2) stop before anything else.
+define sweep_then_report
+	$(PY) -m experiments.sweep $(1) results_dir=$(RESULTS) $(ARGS); rc=$$?; \
+	if [ $$rc -eq 2 ]; then exit 2; fi; \
+	$(MAKE) --no-print-directory report SWEEP=$(2) || exit $$?; exit $$rc
+endef
+
+run-all: $(STAMP)  ## the default ablation sweep, then sharpness + report (<= 30 min on 2 CPU cores)
+	@$(call sweep_then_report,configs/sweep/ablation.yaml,ablation)
 
 smoke-all: $(STAMP)  ## the smoke sweep and its report (a few minutes)
-	$(PY) -m experiments.sweep configs/sweep/smoke.yaml results_dir=$(RESULTS) $(ARGS)
-	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=smoke
+	@$(call sweep_then_report,configs/sweep/smoke.yaml,smoke)
 
-report: $(STAMP)  ## rebuild the report of a sweep from its runs (SWEEP=ablation)
-	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation)
+# The committed report of the default sweep lives in results/report/; other sweeps report next to their runs.
+REPORT_OUT = $(if $(filter ablation,$(or $(SWEEP),ablation)),$(RESULTS)/report,$(RESULTS)/report-$(SWEEP))
+
+report: $(STAMP)  ## sharpness + REPORT.md/.html of a sweep from its runs (SWEEP=ablation)
+	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation) out=$(REPORT_OUT)
+	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation) out=$(REPORT_OUT)
 
 sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablation)
 	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation)
