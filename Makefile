@@ -13,6 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 ARM     ?= sam_full
 RESULTS ?= results
 ARGS    ?=
+JOBS    ?= 2  # runs at a time in sweeps: on this 2-core CPU two 1-thread runs beat one 2-thread run
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness sync bench-sam bench clean
@@ -46,7 +47,7 @@ smoke: $(STAMP)  ## a full tiny run in about a minute
 # A sweep with failed or diverged runs still gets its report (which lists them); the exit status stays non-zero.
 # Config errors (exit 2) stop before anything else.
 define sweep_then_report
-	$(PY) -m experiments.sweep $(1) results_dir=$(RESULTS) $(ARGS); rc=$$?; \
+	$(PY) -m experiments.sweep $(1) --jobs $(JOBS) results_dir=$(RESULTS) $(ARGS); rc=$$?; \
 	if [ $$rc -eq 2 ]; then exit 2; fi; \
 	$(MAKE) --no-print-directory report SWEEP=$(2) || exit $$?; exit $$rc
 endef
