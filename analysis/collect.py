@@ -2,7 +2,7 @@
 
 A sweep lives in `<results_dir>/runs/<sweep>/`: one folder per run (see docs/CONTRACTS.md for what a run directory
 holds) and, when the sweep runner wrote one, a manifest `sweep.json`. This module only reads those files; it never
-imports the training code.
+imports the training code (the metrics reader comes from experiments.tracking, the owner of the format).
 
     collect_runs(results_dir, sweep)    one row per run: the flattened config, the summary, the environment
     collect_curves(results_dir, sweep)  one row per (event, metric) of every metrics.jsonl: the learning curves
@@ -111,31 +111,12 @@ def _read_yaml(path: Path) -> dict:
 
 
 def read_events(path: str | Path) -> list[dict]:
-    """The events of a metrics.jsonl file. A torn last line (a crash in the middle of a write) is skipped quietly; a
-    bad line elsewhere is skipped with a warning, because the analysis should still see the rest of the run."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    events = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            if number != len(lines):
-                log.warning("%s:%d: not JSON; line skipped", path, number)
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-        else:
-            log.warning("%s:%d: not a JSON object; line skipped", path, number)
-    return events
+    """The events of a metrics.jsonl file (or run directory). A torn last line (a crash in the middle of a write) is
+    skipped quietly; a bad line elsewhere is skipped with a warning, because the analysis should still see the rest
+    of the run. The format's reader lives with its writer, experiments.tracking."""
+    from experiments.tracking import read_metrics
+
+    return read_metrics(path, strict=False)
 
 
 def sweep_dir(results_dir: str | Path, sweep: str) -> Path:

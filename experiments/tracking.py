@@ -22,6 +22,7 @@ module (and so `read_metrics`) reads back; strict JSON parsers in other language
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
@@ -121,16 +122,19 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, _dumps(obj, indent=2) + "\n")
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+def read_metrics(run_dir: str | os.PathLike, *, strict: bool = True) -> list[dict]:
     """The events of `run_dir/metrics.jsonl` (or of the .jsonl file given) in the order they were logged.
 
     A last line that is not valid JSON is a write cut short by a crash and is skipped; a bad line anywhere else means
-    the file was damaged some other way, and raises ValueError naming the line.
+    the file was damaged some other way, and raises ValueError naming the line — or, with strict=False (readers that
+    should still see the rest of the run, like the analysis), is skipped with a warning on the "experiments" logger.
     """
     path = Path(run_dir)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines()
+    if not strict and not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="strict" if strict else "replace").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     events = []
@@ -139,13 +143,17 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
             continue
         try:
             event = json.loads(line)
+            problem = None if isinstance(event, dict) else f"expected a JSON object, got {type(event).__name__}"
         except json.JSONDecodeError:
             if number == len(lines):
                 break  # torn last write
-            raise ValueError(f"{path}:{number}: not a JSON object (the file is damaged)") from None
-        if not isinstance(event, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(event).__name__}")
-        events.append(event)
+            problem = "not a JSON object (the file is damaged)"
+        if problem is None:
+            events.append(event)
+        elif strict:
+            raise ValueError(f"{path}:{number}: {problem}")
+        else:
+            logging.getLogger("experiments").warning("%s:%d: %s; line skipped", path, number, problem)
     return events
 
 
@@ -202,7 +210,7 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
     return versions
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -232,7 +240,7 @@ def device_info(device: Any = None) -> dict:
     if dev.type == "cuda" and torch.cuda.is_available():
         info["name"] = torch.cuda.get_device_name(dev)
     elif dev.type == "cpu":
-        info["name"] = _cpu_name()
+        info["name"] = cpu_name()
     else:
         info["name"] = dev.type
     return info

@@ -284,7 +284,7 @@ def test_collect_missing_sweep_and_manifest_fallbacks(tmp_path, caplog):
     lines = (run.path / "metrics.jsonl").read_text().splitlines()
     (run.path / "metrics.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
     assert len(read_events(run.path)) == len(lines)
-    assert "not JSON" in caplog.text
+    assert "not a JSON object" in caplog.text and "line skipped" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
