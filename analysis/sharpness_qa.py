@@ -1,0 +1,375 @@
+"""The QA-specific half of the sharpness CLI: checkpoints, fixed data subsets, and the measurements of one model.
+
+Everything here reads a run's files (``config.yaml``, ``checkpoint/final/``) and never writes into a run directory.
+The data are rebuilt the way the run built them (``experiments.data``: the same examples, tokenizer and windows); the
+training loop itself is not imported.
+
+    cfg = load_run_config(run_dir)                     # the run's resolved, validated config
+    data = build_subsets(cfg, train=32, dev=32, landscape=8, hessian=8, seed=0)
+    model = load_qa_model(run_dir)                     # eager attention, fp32, eval mode
+    loss = qa_loss_fn(model, data.landscape, batch_size=32)  # closure for analysis.landscape
+
+The loss is the model's own ``.loss`` given start/end positions: the mean of the start and end token cross-entropies,
+averaged over the features of the subset (each forward chunk weighted by its size). The model is in eval mode
+(dropout off), so the same weights always give the same loss.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from analysis.landscape import (
+    PassCounter,
+    average_adaptive_sharpness,
+    filter_normalized_direction,
+    hessian_top_eigen,
+    hessian_vector_product,
+    hutchinson_trace,
+    interpolate,
+    loss_curve_1d,
+    loss_surface_2d,
+    worst_case_adaptive_sharpness,
+)
+
+# the columns a QA model takes (inputs and labels); token_type_ids only where the tokenizer makes them
+INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+LABEL_COLUMNS = ("start_positions", "end_positions")
+# config keys that must agree across the runs of a sweep for one shared data subset to make sense
+SHARED_KEYS = ("data", "model.name_or_path")
+
+
+class SharpnessError(RuntimeError):
+    """A problem with the sweep or the arguments that stops the sharpness CLI; the message is one line."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# configs and data
+
+
+def load_run_config(run_dir: str | Path):
+    """The run's resolved config (``config.yaml``), validated by experiments.config; SharpnessError if unreadable."""
+    from experiments.config import ConfigError, load_config
+
+    path = Path(run_dir) / "config.yaml"
+    try:
+        return load_config([path])
+    except ConfigError as err:
+        raise SharpnessError(f"{path}: {err}") from None
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tuple(node) if isinstance(node, (list, tuple)) else node}
+
+
+def shared_settings(cfg) -> dict[str, Any]:
+    """The flattened values of SHARED_KEYS (data block, model name) of a config."""
+    from omegaconf import OmegaConf
+
+    out: dict[str, Any] = {}
+    for key in SHARED_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        out.update(_flat({key: value}))
+    return out
+
+
+def check_same_data(configs: Mapping[str, Any]) -> None:
+    """Refuse (SharpnessError) when the runs do not share their data settings and model: one subset serves them all."""
+    items = list(configs.items())
+    if not items:
+        return
+    first_id, first_cfg = items[0]
+    reference = shared_settings(first_cfg)
+    for run_id, cfg in items[1:]:
+        mine = shared_settings(cfg)
+        for key in sorted(set(reference) | set(mine)):
+            if reference.get(key) != mine.get(key):
+                raise SharpnessError(
+                    f"the runs of this sweep do not share their data settings: {key}={mine.get(key)!r} in {run_id} "
+                    f"but {reference.get(key)!r} in {first_id}; measure them as separate sweeps")
+
+
+@dataclass
+class Subsets:
+    """Fixed feature subsets (CPU tensors) shared by every model of a sweep.
+
+    ``train`` / ``dev``: the seeded subsets for the train and dev loss. ``landscape`` / ``landscape_dev``: their
+    first ``landscape`` features, for the measures that need many passes (adaptive sharpness, curves, surfaces,
+    interpolation). ``hessian``: the first ``hessian`` features of ``train``, for lambda_max and the trace.
+    """
+
+    train: dict[str, Tensor]
+    dev: dict[str, Tensor]
+    landscape: dict[str, Tensor]
+    landscape_dev: dict[str, Tensor]
+    hessian: dict[str, Tensor]
+    train_total: int  # features in the full split
+    dev_total: int
+    train_index: list[int] = field(default_factory=list)  # positions in the full split
+    dev_index: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def size(batch: Mapping[str, Tensor]) -> int:
+        return int(next(iter(batch.values())).shape[0])
+
+
+def _pick(n_total: int, n: int, seed: int) -> list[int]:
+    """n positions out of n_total, drawn without replacement from a CPU generator seeded by `seed`."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.randperm(n_total, generator=generator)[: min(n, n_total)].tolist()
+
+
+def _tensors(dataset, index: Sequence[int]) -> dict[str, Tensor]:
+    rows = dataset.select(list(index))
+    return {c: torch.from_numpy(np.asarray(rows[c], dtype=np.int64))
+            for c in INPUT_COLUMNS + LABEL_COLUMNS if c in rows.column_names}
+
+
+def _head(batch: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
+    return {k: v[:n] for k, v in batch.items()}
+
+
+def build_subsets(cfg, *, train: int, dev: int, landscape: int, hessian: int, seed: int) -> Subsets:
+    """The seeded train/dev feature subsets of a run's data, built as the run built them (same examples, tokenizer,
+    max_seq_length and doc_stride). Train positions come from a generator seeded by `seed`, dev positions from one
+    seeded by `seed + 1`; the landscape and Hessian subsets are prefixes of those (see Subsets)."""
+    from experiments.data import load_examples, prepare_eval_features, prepare_train_features
+    from experiments.model import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(cfg.model.name_or_path)
+        train_ex, dev_ex, _ = load_examples(cfg.data)
+        d = cfg.data
+        train_ds = prepare_train_features(train_ex, tokenizer, d.max_seq_length, d.doc_stride)
+        dev_ds = prepare_eval_features(dev_ex, tokenizer, d.max_seq_length, d.doc_stride)
+    except ValueError as err:  # DataError, ModelError
+        raise SharpnessError(f"cannot rebuild the sweep's data: {str(err).splitlines()[0]}") from None
+    if len(train_ds) == 0 or len(dev_ds) == 0:
+        raise SharpnessError(f"the sweep's data has no features (train {len(train_ds)}, dev {len(dev_ds)})")
+    train_index = _pick(len(train_ds), train, seed)
+    dev_index = _pick(len(dev_ds), dev, seed + 1)
+    train_t, dev_t = _tensors(train_ds, train_index), _tensors(dev_ds, dev_index)
+    return Subsets(train_t, dev_t, _head(train_t, landscape), _head(dev_t, landscape), _head(train_t, hessian),
+                   len(train_ds), len(dev_ds), train_index, dev_index)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# models and losses
+
+
+def load_qa_model(run_dir: str | Path, *, which: str = "final") -> torch.nn.Module:
+    """``checkpoint/<which>/`` of a run as an fp32 eval-mode QA model with eager attention (needed for double
+    backward). Reads only."""
+    from transformers import AutoModelForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    path = Path(run_dir) / "checkpoint" / which
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model would drown the per-model lines
+    try:
+        model, info = AutoModelForQuestionAnswering.from_pretrained(path, attn_implementation="eager",
+                                                                    output_loading_info=True)
+    except Exception as err:  # noqa: BLE001 - reported as one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SharpnessError(f"cannot load the checkpoint {path}: {first[:200]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # a weight the checkpoint lacks would be random: measuring that model would mean nothing
+        raise SharpnessError(f"the checkpoint {path} lacks weights of its own architecture: {', '.join(missing[:5])}")
+    return model.float().eval()
+
+
+def qa_loss_fn(model: torch.nn.Module, batch: Mapping[str, Tensor], batch_size: int) -> Callable[[], Tensor]:
+    """A closure: the model's QA loss (mean of start and end cross-entropy) over the whole `batch`, computed in chunks
+    of `batch_size` features and averaged with each chunk weighted by its size."""
+    n = Subsets.size(batch)
+    chunks = [{k: v[i:i + batch_size] for k, v in batch.items()} for i in range(0, n, batch_size)]
+
+    def loss_fn() -> Tensor:
+        total = None
+        for chunk in chunks:
+            part = model(**chunk).loss * Subsets.size(chunk)
+            total = part if total is None else total + part
+        return total / n
+
+    return loss_fn
+
+
+def plain_loss(loss_fn: Callable[[], Tensor], counter: PassCounter | None = None) -> float:
+    with torch.no_grad():
+        value = float(loss_fn())
+    if counter is not None:
+        counter.forward += 1
+    return value
+
+
+def named_params(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The trainable parameters by name (never buffers), in the model's order."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def alphas(points: int, span: float) -> list[float]:
+    """`points` evenly spaced values in [-span, span] (an odd count includes 0 exactly)."""
+    if points == 1:
+        return [0.0]
+    return [float(x) for x in np.linspace(-span, span, points)]
+
+
+def rho_key(rho: float) -> str:
+    """A column-name-safe spelling of a radius: 0.05 -> '0.05'."""
+    return f"{rho:g}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one model
+
+
+def measure_model(model: torch.nn.Module, data: Subsets, opts: Any, *, hessian: bool, surface: bool,
+                  counter: PassCounter) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every measure of one model: returns (row of scalars, curves).
+
+    ``opts`` holds the CLI settings (analysis.sharpness.SharpnessConfig). The row has train_loss and dev_loss (on
+    the train and dev subsets) and their difference ``gap``; lambda_max (with the first estimate, the products used,
+    whether it converged and whether the shifted rerun was needed) and the trace ± SE on the Hessian subset, NaN
+    when ``hessian`` is False; the average- and worst-case adaptive sharpness per rho on the landscape subset.
+    ``curves`` = {"curve_1d": [[loss per alpha] per direction], "surface": [[loss]] or None}, landscape subset.
+    """
+    params = named_params(model)
+    row: dict[str, Any] = {}
+    row["train_loss"] = plain_loss(qa_loss_fn(model, data.train, opts.batch_size), counter)
+    row["dev_loss"] = plain_loss(qa_loss_fn(model, data.dev, opts.batch_size), counter)
+    row["gap"] = row["dev_loss"] - row["train_loss"]
+
+    nan = math.nan
+    row.update(lambda_max=nan, lambda_max_first=nan, lambda_max_iters=0, lambda_max_converged=None,
+               lambda_max_shifted=None, trace=nan, trace_se=nan)
+    hess_fn = qa_loss_fn(model, data.hessian, opts.batch_size)
+    if hessian and opts.eigen_iters > 0:
+        eig = hessian_top_eigen(hess_fn, params, iters=opts.eigen_iters, tol=opts.eigen_tol, seed=opts.seed,
+                                counter=counter)
+        row["lambda_max_first"] = eig.eigenvalue
+        iters = eig.iterations
+        shifted = eig.eigenvalue < 0
+        if shifted:
+            # the dominant-magnitude eigenvalue is negative (off a minimum): power iteration on H - shift I with
+            # shift = that value converges to lambda_max instead (analysis.landscape.hessian_top_eigen)
+            eig = hessian_top_eigen(hess_fn, params, iters=opts.eigen_iters, tol=opts.eigen_tol, seed=opts.seed,
+                                    counter=counter, shift=eig.eigenvalue)
+            iters += eig.iterations
+        row.update(lambda_max=eig.eigenvalue, lambda_max_iters=iters, lambda_max_converged=bool(eig.converged),
+                   lambda_max_shifted=bool(shifted))
+    if hessian and opts.trace_samples > 0:
+        trace = hutchinson_trace(hess_fn, params, samples=opts.trace_samples, seed=opts.seed, counter=counter)
+        row.update(trace=trace.estimate, trace_se=trace.standard_error)
+
+    land_fn = qa_loss_fn(model, data.landscape, opts.batch_size)
+    for rho in opts.rhos_average:
+        row[f"avg_sharpness_rho{rho_key(rho)}"] = nan
+        row[f"avg_sharpness_se_rho{rho_key(rho)}"] = nan
+    if opts.average_samples > 0:
+        average = average_adaptive_sharpness(land_fn, params, opts.rhos_average, samples=opts.average_samples,
+                                             seed=opts.seed, normalization="elementwise", counter=counter)
+        for rho, result in average.items():
+            row[f"avg_sharpness_rho{rho_key(rho)}"] = result.mean
+            row[f"avg_sharpness_se_rho{rho_key(rho)}"] = result.standard_error
+    worst = worst_case_adaptive_sharpness(land_fn, params, opts.rhos_worst, steps=opts.worst_steps,
+                                          step_size=opts.worst_step_size, seed=opts.seed, counter=counter)
+    for rho, result in worst.items():
+        row[f"worst_sharpness_rho{rho_key(rho)}"] = result.increase
+
+    curves: dict[str, Any] = {"curve_1d": [], "surface": None}
+    line = alphas(opts.curve_points, opts.curve_span)
+    directions = [filter_normalized_direction(params, seed=opts.seed + i) for i in range(opts.curve_directions)]
+    for direction in directions:
+        curves["curve_1d"].append(loss_curve_1d(land_fn, params, direction, line, counter=counter).tolist())
+    if surface:
+        d1 = directions[0] if directions else filter_normalized_direction(params, seed=opts.seed)
+        d2 = directions[1] if len(directions) > 1 else filter_normalized_direction(params, seed=opts.seed + 1)
+        grid = alphas(opts.surface_points, opts.surface_span)
+        curves["surface"] = loss_surface_2d(land_fn, params, d1, d2, grid, grid, counter=counter).tolist()
+    return row, curves
+
+
+def interpolation_pair(model_a: torch.nn.Module, model_b: torch.nn.Module, data: Subsets, opts: Any,
+                       counter: PassCounter) -> dict[str, list[float]]:
+    """L((1 - a) theta_A + a theta_B) on the landscape train and dev subsets for a in [0, 1]
+    (``opts.interp_points``), evaluated inside model_a (whose weights are restored afterwards)."""
+    params = named_params(model_a)
+    other = named_params(model_b)
+    if list(params) != list(other) or any(params[k].shape != other[k].shape for k in params):
+        raise SharpnessError("cannot interpolate between checkpoints of different architectures")
+    theta_a = {k: p.detach().clone() for k, p in params.items()}
+    theta_b = {k: p.detach().clone() for k, p in other.items()}
+    points = [float(x) for x in np.linspace(0.0, 1.0, opts.interp_points)]
+    out = {"alpha": points}
+    for name, batch in (("train", data.landscape), ("dev", data.landscape_dev)):
+        fn = qa_loss_fn(model_a, batch, opts.batch_size)
+        out[name] = interpolate(fn, params, theta_a, theta_b, points, counter=counter).tolist()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# cost
+
+
+def probe_costs(model: torch.nn.Module, data: Subsets, opts: Any) -> dict[str, float]:
+    """Seconds of: one forward on each subset (train, dev, landscape, landscape_dev); one forward+backward on the
+    landscape subset; one filter-normalised direction; one Gaussian draw over all weights; one write of all the
+    weights (what each perturbed evaluation does first); one Hessian-vector-product call (graph set-up + one
+    product) on the Hessian subset. Timed once on `model`, after a warm-up forward."""
+    import time
+
+    params = named_params(model)
+    out: dict[str, float] = {}
+    fns = {name: qa_loss_fn(model, getattr(data, name), opts.batch_size)
+           for name in ("train", "dev", "landscape", "landscape_dev")}
+    plain_loss(fns["landscape"])  # warm-up (allocator, kernels)
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        plain_loss(fn)
+        out[f"forward_{name}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    torch.autograd.grad(fns["landscape"](), list(params.values()), allow_unused=True)
+    out["forward_backward"] = time.perf_counter() - start
+    # the per-draw overheads: a filter-normalised direction, a Gaussian draw over all weights
+    start = time.perf_counter()
+    filter_normalized_direction(params, seed=opts.seed)
+    out["direction"] = time.perf_counter() - start
+    generator = torch.Generator(device="cpu").manual_seed(opts.seed)
+    start = time.perf_counter()
+    [torch.randn(p.shape, generator=generator) for p in params.values()]
+    out["gaussian"] = time.perf_counter() - start
+    # every perturbed evaluation first writes all the weights (w0 + delta, from a saved copy); the second of two
+    # writes is timed (the first pays for touching fresh memory)
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in params.values()]
+        for _ in range(2):
+            start = time.perf_counter()
+            for p, w in zip(params.values(), saved):
+                p.copy_(torch.add(w, w, alpha=0.0))
+            out["write"] = time.perf_counter() - start
+        for p, w in zip(params.values(), saved):
+            p.copy_(w)
+    out["hvp_call"] = 0.0
+    if opts.eigen_iters > 0 or opts.trace_samples > 0:
+        probe = {k: torch.ones_like(p) for k, p in params.items()}
+        start = time.perf_counter()
+        hessian_vector_product(qa_loss_fn(model, data.hessian, opts.batch_size), params, probe)
+        out["hvp_call"] = time.perf_counter() - start
+    return out
