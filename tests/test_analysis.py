@@ -118,6 +118,12 @@ def test_paired_differences_verdicts_both_ways_and_low_power():
     assert verdict("x", "y", 0.1, 0.5, 3) == "x > y (CI excludes 0) (n=3: low power)"
     assert verdict("x", "y", -0.5, -0.1, 8) == "x < y (CI excludes 0)"
     assert verdict("x", "y", -0.5, 0.1, 8) == "no significant difference (CI spans 0)"
+    # the CI and the paired t-test disagree at the 5% level: the verdict says so rather than trusting the CI alone
+    assert verdict("x", "y", 2.08, 10.42, 3, 0.109) == ("x > y (CI excludes 0); the paired t-test disagrees (p=0.11) "
+                                                        "(n=3: low power)")
+    assert verdict("x", "y", -0.5, 0.1, 8, 0.01) == ("no significant difference (CI spans 0); the paired t-test "
+                                                      "disagrees (p=0.01)")
+    assert verdict("x", "y", 0.1, 0.5, 8, 0.01) == "x > y (CI excludes 0)"
 
 
 def test_paired_differences_pairs_by_seed_per_k_and_handles_too_few():
