@@ -32,7 +32,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-test: $(STAMP)  ## run the test suite (CPU, a few minutes)
+test: $(STAMP)  ## run the test suite (CPU, about 2.5 min)
 	$(PY) -m pytest -q tests $(ARGS)
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
@@ -41,7 +41,7 @@ test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
 run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro, ARGS="key=value ...")
 	$(PY) -m experiments.train configs/default.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
 
-smoke: $(STAMP)  ## a full tiny run in about a minute
+smoke: $(STAMP)  ## a full tiny run (about 10 s)
 	$(PY) -m experiments.train configs/smoke.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
 
 # A sweep with failed or diverged runs still gets its report (which lists them); the exit status stays non-zero.
@@ -55,7 +55,7 @@ endef
 run-all: $(STAMP)  ## the default ablation sweep, then sharpness + report (<= 30 min on 2 CPU cores)
 	@$(call sweep_then_report,configs/sweep/ablation.yaml,ablation)
 
-smoke-all: $(STAMP)  ## the smoke sweep and its report (a few minutes)
+smoke-all: $(STAMP)  ## the smoke sweep and its report (about 1.5 min)
 	@$(call sweep_then_report,configs/sweep/smoke.yaml,smoke)
 
 # The committed report of the default sweep lives in results/report/; other sweeps report next to their runs.
@@ -66,7 +66,7 @@ report: $(STAMP)  ## sharpness + REPORT.md/.html of a sweep from its runs (SWEEP
 	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation) out=$(REPORT_OUT)
 
 sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablation)
-	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation)
+	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation) out=$(REPORT_OUT)
 
 sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`)
 	@runs=$$(find $(RESULTS)/runs -type d -name 'offline-run-*' 2>/dev/null); \

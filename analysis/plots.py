@@ -80,7 +80,7 @@ def _new_figure(ncols: int, nrows: int = 1, width: float = 4.6, height: float = 
     import matplotlib
 
     with matplotlib.rc_context(_STYLE):
-        fig = Figure(figsize=(max(width * ncols, 6.0), height * nrows + 0.9), layout="constrained")
+        fig = Figure(figsize=(max(width * ncols, 8.0), height * nrows + 0.9), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
