@@ -1,0 +1,51 @@
+"""The Makefile's analysis commands are accepted by the modules they call.
+
+`make run-all` once ran its whole sweep and then failed at the report step because the Makefile passed a key
+(`out=`) that analysis.sharpness did not know. Here every `python -m analysis.*` line that `make -n` prints for the
+report targets is parsed by that module's own argument parser, and the output folder is checked: the default sweep
+reports into results/report/, any other sweep next to it, never over the committed report.
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from analysis import report, sharpness
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+
+
+def _analysis_commands(*make_args: str) -> list[tuple[str, list[str]]]:
+    """(module, [key=value ...]) of each `-m analysis.<module>` line `make -n` prints (nothing is run)."""
+    done = subprocess.run(["make", "-n", "--no-print-directory", *make_args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = []
+    for line in done.stdout.splitlines():
+        words = shlex.split(line)
+        if "-m" in words and words[words.index("-m") + 1].startswith("analysis."):
+            at = words.index("-m") + 1
+            commands.append((words[at], words[at + 1:]))
+    return commands
+
+
+@pytest.mark.parametrize("target, sweep, out", [
+    ("report", "ablation", "results/report"),
+    ("report", "smoke", "results/report-smoke"),
+    ("sharpness", "ablation", "results/report"),
+    ("sharpness", "smoke", "results/report-smoke"),
+])
+def test_report_targets_pass_keys_the_modules_accept(target, sweep, out):
+    commands = _analysis_commands(target, f"SWEEP={sweep}")
+    expected = ["analysis.sharpness", "analysis.report"] if target == "report" else ["analysis.sharpness"]
+    assert [module for module, _ in commands] == expected
+    for module, args in commands:
+        if module == "analysis.sharpness":
+            opts = sharpness.parse_args(args)  # raises SharpnessError on a key it does not know
+            assert (opts.results_dir, opts.sweep, opts.out) == ("results", sweep, out)
+        else:
+            assert report.parse_args(args) == {"results_dir": "results", "sweep": sweep, "out": out}
