@@ -87,7 +87,7 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """The JSON in `path`, or None (with a warning) when it is missing or unreadable. NaN/Infinity tokens are read
     as floats, as the tracker writes them for a diverged loss."""
     if not path.is_file():
@@ -158,7 +158,7 @@ def _parse_overrides(overrides: Any) -> dict[str, Any]:
 def read_manifest(results_dir: str | Path, sweep: str) -> dict[str, dict]:
     """{run_id: flattened entry} from `<sweep>/sweep.json`; {} when there is none (see the module docstring)."""
     path = sweep_dir(results_dir, sweep) / "sweep.json"
-    data = _read_json(path)
+    data = read_json(path)
     if data is None:
         return {}
     entries: Iterable[Any]
@@ -230,8 +230,8 @@ def _env_columns(env: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run_row(path: Path, manifest_entry: Mapping[str, Any] | None) -> dict[str, Any]:
     config = flatten(_read_yaml(path / "config.yaml"))
-    summary = _read_json(path / "summary.json")
-    env = _read_json(path / "env.json")
+    summary = read_json(path / "summary.json")
+    env = read_json(path / "env.json")
     row: dict[str, Any] = {"run_id": path.name, "run_dir": str(path)}
     if manifest_entry:  # the manifest fills in only what the run's own files do not say
         row.update({k: v for k, v in manifest_entry.items() if k not in ("status", "reason", "run_dir")})

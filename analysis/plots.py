@@ -38,7 +38,7 @@ ARM_LABELS = {
 # sam_last is dashed so that at k = 1, where it must equal sam_full exactly, both lines stay visible on top of each other.
 ARM_LINESTYLES = {"sam_last": (0, (4, 2))}
 _EXTRA_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-_STYLE = {
+STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
@@ -76,10 +76,10 @@ def arm_label(arm: str) -> str:
     return ARM_LABELS.get(arm, arm)
 
 
-def _new_figure(ncols: int, nrows: int = 1, width: float = 4.6, height: float = 3.4) -> tuple[Figure, np.ndarray]:
+def new_figure(ncols: int, nrows: int = 1, width: float = 4.6, height: float = 3.4) -> tuple[Figure, np.ndarray]:
     import matplotlib
 
-    with matplotlib.rc_context(_STYLE):
+    with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(max(width * ncols, 8.0), height * nrows + 0.9), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -94,7 +94,7 @@ def _styled(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with matplotlib.rc_context(_STYLE):
+        with matplotlib.rc_context(STYLE):
             return fn(*args, **kwargs)
 
     return wrapper
@@ -121,7 +121,7 @@ def _ks(frame: pd.DataFrame) -> list[int]:
     return sorted(int(k) for k in pd.unique(frame["k"].dropna()))
 
 
-def _legend(fig: Figure, axes: Iterable, title: str | None = None) -> None:
+def legend_below(fig: Figure, axes: Iterable, title: str | None = None) -> None:
     handles, labels = {}, []
     for ax in np.ravel(list(axes)):
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -164,7 +164,7 @@ def figure_train_loss(curves: pd.DataFrame, metric: str = "train/loss") -> Figur
         return None
     ks = _ks(data)
     arms = arm_order(data["arm"])
-    fig, axes = _new_figure(len(ks))
+    fig, axes = new_figure(len(ks))
     windows = []
     for ax, k in zip(axes[0], ks):
         panel = data[data["k"] == k]
@@ -190,7 +190,7 @@ def figure_train_loss(curves: pd.DataFrame, metric: str = "train/loss") -> Figur
     axes[0][0].set_ylabel("training loss (first pass)")
     smooth = f"rolling mean over {max(windows)} updates; " if windows and max(windows) > 1 else ""
     fig.suptitle(f"Training loss — mean over seeds, band = min–max over seeds\n({smooth}one panel per k)")
-    _legend(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 
@@ -214,7 +214,7 @@ def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
         return None
     ks = _ks(pd.concat([_eval_events(curves, m) for m, _ in rows]))
     arms = arm_order(curves["arm"])
-    fig, axes = _new_figure(len(ks), nrows=len(rows), height=3.0)
+    fig, axes = new_figure(len(ks), nrows=len(rows), height=3.0)
     for r, (metric, label) in enumerate(rows):
         data = _eval_events(curves, metric)
         for c, k in enumerate(ks):
@@ -238,7 +238,7 @@ def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
             if c == 0:
                 ax.set_ylabel(label)
     fig.suptitle("Dev metrics per epoch — mean over seeds, band = min–max over seeds")
-    _legend(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 
@@ -253,7 +253,7 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
         return None
     ks = _ks(data)
     arms = arm_order(data["arm"])
-    fig, axes = _new_figure(len(ks))
+    fig, axes = new_figure(len(ks))
     for ax, k in zip(axes[0], ks):
         panel = data[data["k"] == k]
         for arm in arms:
@@ -273,7 +273,7 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
     axes[0][0].set_ylabel("cos(g_last-replay, g_full-replay)")
     fig.suptitle("Gradient fidelity of last-batch replay (1 = same direction as the correct SAM gradient)\n"
                  "mean over seeds, band = min–max over seeds")
-    _legend(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 
@@ -305,7 +305,7 @@ def figure_final_scores(runs: pd.DataFrame, metrics: Sequence[tuple[str, str]] =
     ks = sorted(int(k) for k in runs["k"].unique())
     arms = arm_order(runs["arm"])
     offsets = dict(zip(arms, _dodge(len(arms), width=0.6)))
-    fig, axes = _new_figure(len(metrics), width=5.2)
+    fig, axes = new_figure(len(metrics), width=5.2)
     for ax, (metric, label) in zip(axes[0], metrics):
         for arm in arms:
             color = arm_color(arm, arms)
@@ -332,7 +332,7 @@ def figure_final_scores(runs: pd.DataFrame, metrics: Sequence[tuple[str, str]] =
         ax.set_ylabel(label)
         ax.set_title(label.split(" (")[0])
     fig.suptitle("Final dev scores — mean and 95% t CI over seeds (dots: single seeds)")
-    _legend(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 
@@ -349,7 +349,7 @@ def figure_step_time(runs: pd.DataFrame, metric: str = "mean_step_time_s") -> Fi
     ks = sorted(int(k) for k in runs["k"].unique())
     width = 0.8 / len(arms)
     offsets = dict(zip(arms, _dodge(len(arms), width=0.8 - width)))
-    fig, axes = _new_figure(1, width=max(6.4, 1.1 * len(ks) * len(arms)), height=3.8)
+    fig, axes = new_figure(1, width=max(6.4, 1.1 * len(ks) * len(arms)), height=3.8)
     ax = axes[0][0]
     for arm in arms:
         stats = runs[runs["arm"] == arm].groupby("k")[metric].agg(["mean", "min", "max"])
@@ -371,7 +371,7 @@ def figure_step_time(runs: pd.DataFrame, metric: str = "mean_step_time_s") -> Fi
     ax.grid(axis="x", visible=False)
     ax.margins(y=0.12)
     fig.suptitle("Time per update — mean over seeds, error bars = min–max over seeds")
-    _legend(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.collect import CollectError, arm_order, collect_curves, collect_runs, sweep_dir
-from analysis.stats import curve_equality, equality_check, paired_differences, summarize
+from analysis.stats import ci_and_test_disagree, curve_equality, equality_check, paired_differences, summarize
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +272,7 @@ def _pair_sentence(row: pd.Series) -> str:
         text = f"{head} {stats_text}: {_direction_text(row['a'], row['b'], metric, row['mean_diff'])}."
     else:
         text = f"{head} {stats_text}: no significant difference (CI spans 0)."
-    excludes = row["ci_low"] > 0 or row["ci_high"] < 0
-    if not _isnan(row["p_value"]) and excludes != (row["p_value"] < 0.05):
+    if ci_and_test_disagree(row["ci_low"], row["ci_high"], float(row["p_value"])):
         text += (" The bootstrap CI and the t-test disagree at the 5% level"
                  + (" (a percentile bootstrap over so few seeds is too narrow)." if row["n"] < 5 else "."))
     return text

@@ -231,19 +231,9 @@ class RunInfo:
     summary: dict
 
 
-def _read_summary(path: Path) -> dict:
-    import json
-
-    try:
-        data = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def find_runs(results_dir: str, sweep: str) -> tuple[list[RunInfo], list[tuple[str, str]]]:
     """(completed runs that have checkpoint/final, in arm, k, seed order; [(run_id, why it is left out)])."""
-    from analysis.collect import CollectError, arm_order, run_dirs
+    from analysis.collect import CollectError, arm_order, read_json, run_dirs
     from analysis.sharpness_qa import load_run_config
 
     try:
@@ -252,7 +242,8 @@ def find_runs(results_dir: str, sweep: str) -> tuple[list[RunInfo], list[tuple[s
         raise _error(str(err)) from None
     runs, skipped = [], []
     for path in dirs:
-        summary = _read_summary(path)
+        summary = read_json(path / "summary.json")
+        summary = summary if isinstance(summary, dict) else {}
         status = summary.get("status") or "no summary.json"
         if status != "completed":
             skipped.append((path.name, f"status {status}"))
@@ -620,39 +611,18 @@ def summary_tables(frame, opts: SharpnessConfig):
 # ---------------------------------------------------------------------------------------------------------------------
 # figures (matplotlib Figure + Agg, never pyplot; colours per arm as in analysis.plots)
 
-_STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-          "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "legend.frameon": False,
-          "figure.titlesize": 12}
 _K_STYLES = ("-", "--", ":", "-.")
-
-
-def _figure(ncols: int, nrows: int = 1, width: float = 4.4, height: float = 3.3):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(width * ncols, 6.0), height * nrows + 0.9), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
 def _k_style(ks: Sequence[int], k: int):
     return _K_STYLES[list(ks).index(k) % len(_K_STYLES)]
 
 
-def _legend_below(fig, axes) -> None:
-    handles = {}
-    for ax in axes.ravel():
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 4))
-
-
 def figure_hessian(frame):
     """λmax and tr(H) per k (x) and arm: mean with the 95% t CI as error bars, single runs as dots."""
     import numpy as np
 
-    from analysis.plots import arm_color, arm_label
+    from analysis.plots import arm_color, arm_label, legend_below, new_figure
     from analysis.stats import t_interval
 
     panels = [(c, label) for c, label in (("lambda_max", "λmax (top Hessian eigenvalue)"),
@@ -662,7 +632,7 @@ def figure_hessian(frame):
     arms = list(dict.fromkeys(frame["arm"]))
     ks = sorted(set(int(k) for k in frame["k"]))
     offsets = dict(zip(arms, np.linspace(-0.3, 0.3, len(arms)) if len(arms) > 1 else [0.0]))
-    fig, axes = _figure(len(panels))
+    fig, axes = new_figure(len(panels))
     for ax, (column, label) in zip(axes[0], panels):
         for arm in arms:
             xs, means, err_low, err_high = [], [], [], []
@@ -684,13 +654,13 @@ def figure_hessian(frame):
         ax.set_xlabel("gradient accumulation steps")
         ax.set_title(label)
     fig.suptitle("Hessian sharpness on the Hessian subset — mean and 95% t CI over seeds (dots: runs)")
-    _legend_below(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 
 def figure_adaptive(frame, opts: SharpnessConfig):
     """Average- and worst-case adaptive sharpness against ρ: per arm and k the mean over seeds with t CI bars."""
-    from analysis.plots import arm_color, arm_label
+    from analysis.plots import arm_color, arm_label, legend_below, new_figure
     from analysis.sharpness_qa import rho_key
     from analysis.stats import t_interval
 
@@ -701,7 +671,7 @@ def figure_adaptive(frame, opts: SharpnessConfig):
         return None
     arms = list(dict.fromkeys(frame["arm"]))
     ks = sorted(set(int(k) for k in frame["k"]))
-    fig, axes = _figure(len(panels))
+    fig, axes = new_figure(len(panels))
     for ax, (prefix, rhos, title) in zip(axes[0], panels):
         for arm in arms:
             for k in ks:
@@ -719,7 +689,7 @@ def figure_adaptive(frame, opts: SharpnessConfig):
         ax.set_ylabel("L(w + δ) − L(w), landscape subset")
         ax.set_title(title)
     fig.suptitle("Adaptive sharpness — mean and 95% t CI over seeds")
-    _legend_below(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 
@@ -728,7 +698,7 @@ def figure_curves_1d(frame, curves: dict, opts: SharpnessConfig):
     mean over runs per k (thick)."""
     import numpy as np
 
-    from analysis.plots import arm_color, arm_label
+    from analysis.plots import arm_color, arm_label, new_figure
     from analysis.sharpness_qa import alphas
 
     if opts.curve_directions == 0:
@@ -736,7 +706,7 @@ def figure_curves_1d(frame, curves: dict, opts: SharpnessConfig):
     xs = alphas(opts.curve_points, opts.curve_span)
     arms = list(dict.fromkeys(frame["arm"]))
     ks = sorted(set(int(k) for k in frame["k"]))
-    fig, axes = _figure(len(arms), width=3.6)
+    fig, axes = new_figure(len(arms), width=3.6)
     for ax, arm in zip(axes[0], arms):
         color = arm_color(arm, arms)
         for k in ks:
@@ -760,7 +730,7 @@ def figure_surface_2d(frame, curves: dict, plan: Plan, opts: SharpnessConfig):
     """One filled contour per arm on shared levels: L(w + α d1 + β d2) on the landscape subset."""
     import numpy as np
 
-    from analysis.plots import arm_label
+    from analysis.plots import arm_label, new_figure
     from analysis.sharpness_qa import alphas
 
     items = [(arm, rid) for arm, rid in plan.surface.items() if curves.get(rid, {}).get("surface") is not None]
@@ -773,7 +743,7 @@ def figure_surface_2d(frame, curves: dict, plan: Plan, opts: SharpnessConfig):
     if not high > low:
         high = low + 1e-6
     levels = np.linspace(low, high, 13)
-    fig, axes = _figure(len(items), width=3.8, height=3.4)
+    fig, axes = new_figure(len(items), width=3.8, height=3.4)
     filled = None
     for ax, (arm, rid), z in zip(axes[0], items, surfaces):
         row = frame[frame["run_id"] == rid].iloc[0]
@@ -793,7 +763,7 @@ def figure_interpolation(interp: list):
     """One panel per arm pair: L((1 − α) θ_a + α θ_b) on the train (solid) and dev (dashed) subsets, per k and seed."""
     import matplotlib
 
-    from analysis.plots import arm_label
+    from analysis.plots import arm_label, legend_below, new_figure
 
     if not interp:
         return None
@@ -801,7 +771,7 @@ def figure_interpolation(interp: list):
     ks = sorted({p["a"].k for p in interp})
     cmap = matplotlib.colormaps["viridis"]
     colors = {k: cmap(0.15 + 0.7 * i / max(1, len(ks) - 1)) for i, k in enumerate(ks)}
-    fig, axes = _figure(len(kinds), width=4.8)
+    fig, axes = new_figure(len(kinds), width=4.8)
     for ax, (a, b) in zip(axes[0], kinds):
         for p in (p for p in interp if (p["a"].arm, p["b"].arm) == (a, b)):
             k = p["a"].k
@@ -811,20 +781,20 @@ def figure_interpolation(interp: list):
         ax.set_ylabel("loss")
         ax.set_title(f"{arm_label(a)} → {arm_label(b)}")
     fig.suptitle("Linear interpolation between checkpoints of the same seed and k (one line per seed)")
-    _legend_below(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 
 def draw_figures(result: dict, frame, fig_dir: Path) -> dict[str, Path]:
     import matplotlib
 
-    from analysis.plots import save
+    from analysis.plots import STYLE, save
 
     opts = result["opts"]
     for name in FIGURES.values():  # a figure that is no longer drawn must not linger from an earlier call
         (fig_dir / name).unlink(missing_ok=True)
     written = {}
-    with matplotlib.rc_context(_STYLE):
+    with matplotlib.rc_context(STYLE):
         figures = {
             "hessian": figure_hessian(frame),
             "adaptive": figure_adaptive(frame, opts),
@@ -848,12 +818,6 @@ def _cell(mean: float, half: float, n: int) -> str:
     if n < 2 or math.isnan(half):
         return f"{mean:.4g} (n={n})"
     return f"{mean:.4g} ± {half:.2g} (n={n})"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return out
 
 
 def _setup_lines(result: dict, frame) -> list[str]:
@@ -938,6 +902,7 @@ def _setup_lines(result: dict, frame) -> list[str]:
 
 def _summary_lines(summary, opts: SharpnessConfig) -> list[str]:
     from analysis.collect import arm_order
+    from analysis.report import md_table
 
     if summary.empty:
         return []
@@ -955,10 +920,12 @@ def _summary_lines(summary, opts: SharpnessConfig) -> list[str]:
             rows.append([labels.get(metric, metric), k, *cells])
     return (["### Per arm: mean ± 95% CI over seeds", "",
              "Mean over seeds ± the half width of the 95% Student-t interval (n = runs; no interval for n < 2).", ""]
-            + _table(["measure", "k", *arms], rows) + [""])
+            + [md_table(["measure", "k", *arms], rows), ""])
 
 
 def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
+    from analysis.report import md_table
+
     lines = ["### Paired differences (same seed and k)", ""]
     if paired.empty:
         return lines + ["No seed has both arms of a comparison (sam_full − adamw, sam_full − sam_last).", ""]
@@ -971,10 +938,12 @@ def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
     lines += ["Differences a − b within each seed (same data order and initialisation), mean over seeds with a "
               "bootstrap 95% percentile CI (analysis.stats.paired_differences). Where the sweep has k = 1, sam_full "
               "and sam_last run the same algorithm there, so their difference must be 0.", ""]
-    return lines + _table(["measure", "k", "difference", "pairs", "mean", "95% bootstrap CI", "verdict"], rows) + [""]
+    return lines + [md_table(["measure", "k", "difference", "pairs", "mean", "95% bootstrap CI", "verdict"], rows), ""]
 
 
 def _tau_lines(taus, n_runs: int) -> list[str]:
+    from analysis.report import md_table
+
     lines = [
         "### Sharpness against the generalisation gap (Kendall τ)", "",
         f"Kendall τ (tau-b, which accounts for ties) between each measure and the gap across all {n_runs} measured "
@@ -993,8 +962,8 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
         ci = "–" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
         rows.append([r["label"], r["gap_label"], r["n"], _g(r["tau"], ".3f"), ci,
                      f"{r['ties_x']} / {r['ties_y']} of {r['pairs']}", r["verdict"]])
-    lines += _table(["measure", "gap", "runs", "Kendall τ", "95% bootstrap CI", "tied pairs (measure / gap)",
-                     "reading"], rows)
+    lines.append(md_table(["measure", "gap", "runs", "Kendall τ", "95% bootstrap CI", "tied pairs (measure / gap)",
+                           "reading"], rows))
     informative = taus[taus["verdict"] == "CI excludes 0"]
     if n_runs < TAU_MIN_N:
         verdict = (f"With {n_runs} runs (fewer than {TAU_MIN_N}) every τ here is uninformative, whatever its "

@@ -109,6 +109,14 @@ def bootstrap_mean_ci(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0
     return (float(low), float(high))
 
 
+def ci_and_test_disagree(low: float, high: float, p_value: float, alpha: float = 0.05) -> bool:
+    """True when the CI [low, high] and the paired test's p-value reach opposite conclusions at level alpha (one
+    excludes 0, the other does not). False when the p-value is NaN (no test)."""
+    if math.isnan(p_value):
+        return False
+    return (low > 0 or high < 0) != (p_value < alpha)
+
+
 def verdict(a: str, b: str, low: float, high: float, n: int, p_value: float = math.nan) -> str:
     """The plain-words reading of a CI of the mean difference a − b. When the paired t-test's p-value is given and
     disagrees with the CI at the 5% level (a percentile bootstrap over 3 seeds has only 10 distinct resamples and
@@ -123,8 +131,7 @@ def verdict(a: str, b: str, low: float, high: float, n: int, p_value: float = ma
         text = f"{a} < {b} (CI excludes 0)"
     else:
         text = "no significant difference (CI spans 0)"
-    excludes = low > 0 or high < 0
-    if not math.isnan(p_value) and excludes != (p_value < 0.05):
+    if ci_and_test_disagree(low, high, p_value):
         text += f"; the paired t-test disagrees (p={p_value:.2g})"
     if n < LOW_POWER_N:
         text += f" (n={n}: low power)"
