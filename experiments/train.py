@@ -19,7 +19,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+from .batches import LABELS, MODEL_INPUTS, epoch_windows, to_features
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 log = logging.getLogger("experiments.train")
@@ -59,49 +61,6 @@ def pick_device(choice: str):
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# data
-
-
-@dataclass
-class Features:
-    """Tokenised windows as tensors, loaded once (the QA sets used here fit in memory)."""
-
-    tensors: dict  # column -> LongTensor [n, seq]
-    dataset: Any = None  # the datasets.Dataset (eval: example_id, offset_mapping for post-processing)
-
-    def __len__(self) -> int:
-        return next(iter(self.tensors.values())).shape[0]
-
-    def batch(self, index, device) -> dict:
-        return {k: v[index].to(device, non_blocking=True) for k, v in self.tensors.items()}
-
-
-def to_features(dataset, columns) -> Features:
-    import numpy as np
-    import torch
-
-    present = [c for c in columns if c in dataset.column_names]
-    return Features({c: torch.from_numpy(np.asarray(dataset[c], dtype=np.int64)) for c in present}, dataset)
-
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-LABELS = ("start_positions", "end_positions")
-
-
-def epoch_windows(n_features: int, micro_batch_size: int, k: int, seed: int, epoch: int):
-    """The epoch's shuffled micro-batches grouped into windows of k; the last window may be shorter.
-
-    The order depends only on (seed, epoch), so a resumed run sees exactly the windows it would have seen.
-    """
-    import torch
-
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n_features, generator=generator)
-    micro = list(torch.split(order, micro_batch_size))
-    return [micro[i:i + k] for i in range(0, len(micro), k)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

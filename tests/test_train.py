@@ -8,7 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from experiments.config import Config, config_hash, load_config
-from experiments.train import epoch_windows, main
+from experiments.batches import epoch_windows
+from experiments.train import main
 from tests.conftest import REPO, SMOKE, arm_file, run_dirs
 
 ARMS = ["adamw", "sam_full", "sam_last", "sam_micro"]
@@ -115,7 +116,7 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
 
     from experiments.data import load_examples, prepare_eval_features
     from experiments.model import load_tokenizer
-    from experiments.train import LABELS, MODEL_INPUTS, to_features
+    from experiments.batches import LABELS, MODEL_INPUTS, to_features
 
     assert main(tiny_run("adamw", "optim.lr=3e-3")) == 0
     run = only_run(tmp_path)
