@@ -9,9 +9,10 @@ training loop itself is not imported.
     model = load_qa_model(run_dir)                     # eager attention, fp32, eval mode
     loss = qa_loss_fn(model, data.landscape, batch_size=32)  # closure for analysis.landscape
 
-The loss is the model's own ``.loss`` given start/end positions: the mean of the start and end token cross-entropies,
-averaged over the features of the subset (each forward chunk weighted by its size). The model is in eval mode
-(dropout off), so the same weights always give the same loss.
+The loss is the training objective, ``experiments.qa_loss.span_loss``: the mean of the start and end token
+cross-entropies over real tokens (padding masked out of the softmax), averaged over the features of the subset (each
+forward chunk weighted by its size). The model is in eval mode (dropout off), so the same weights always give the same
+loss.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from analysis.landscape import (
     loss_surface_2d,
     worst_case_adaptive_sharpness,
 )
+from experiments.qa_loss import span_loss
 
 # the columns a QA model takes (inputs and labels); token_type_ids only where the tokenizer makes them
 INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
@@ -196,15 +198,18 @@ def load_qa_model(run_dir: str | Path, *, which: str = "final") -> torch.nn.Modu
 
 
 def qa_loss_fn(model: torch.nn.Module, batch: Mapping[str, Tensor], batch_size: int) -> Callable[[], Tensor]:
-    """A closure: the model's QA loss (mean of start and end cross-entropy) over the whole `batch`, computed in chunks
-    of `batch_size` features and averaged with each chunk weighted by its size."""
+    """A closure: the training loss (`span_loss`, mean of start and end cross-entropy over real tokens) over the whole
+    `batch`, computed in chunks of `batch_size` features and averaged with each chunk weighted by its size."""
     n = Subsets.size(batch)
     chunks = [{k: v[i:i + batch_size] for k, v in batch.items()} for i in range(0, n, batch_size)]
 
     def loss_fn() -> Tensor:
         total = None
         for chunk in chunks:
-            part = model(**chunk).loss * Subsets.size(chunk)
+            out = model(**{k: v for k, v in chunk.items() if k in INPUT_COLUMNS})
+            loss = span_loss(out.start_logits, out.end_logits, chunk["attention_mask"], chunk["start_positions"],
+                             chunk["end_positions"])
+            part = loss * Subsets.size(chunk)
             total = part if total is None else total + part
         return total / n
 

@@ -7,6 +7,7 @@ at every epoch end and at the end → summary. Exit codes: 0 completed (or alrea
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .batches import LABELS, MODEL_INPUTS, epoch_windows, to_features
+from .batches import LABELS, MODEL_INPUTS, epoch_windows, subset_rows, to_features
+from .qa_loss import span_loss
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 log = logging.getLogger("experiments.train")
@@ -67,8 +69,24 @@ def pick_device(choice: str):
 # optimizer
 
 
+def fused_adamw_available(device) -> bool:
+    """Whether the installed torch has a fused AdamW kernel for fp32 parameters on `device` (asked of torch itself:
+    constructing one raises RuntimeError where there is none)."""
+    import torch
+
+    try:
+        torch.optim.AdamW([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except RuntimeError:
+        return False
+    return True
+
+
 def build_optimizer(model, optim_cfg):
-    """AdamW with no weight decay on biases and LayerNorm weights; wrapped in SAM unless replay is none."""
+    """AdamW with no weight decay on biases and LayerNorm weights; wrapped in SAM unless replay is none.
+
+    `optim.fused`: null uses the fused kernel where torch has one for the parameters' device, true requires it
+    (ValueError otherwise), false never uses it. The chosen setting is in the optimizer's param groups ("fused").
+    """
     import torch
 
     from sam import SAM
@@ -79,7 +97,14 @@ def build_optimizer(model, optim_cfg):
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+    device = next(model.parameters()).device
+    fused = optim_cfg.fused
+    if fused is None:
+        fused = fused_adamw_available(device)
+    elif fused and not fused_adamw_available(device):
+        raise ValueError(f"optim.fused=true but torch {torch.__version__} has no fused AdamW on {device.type}; "
+                         f"set optim.fused=null (use it where available) or false")
+    kwargs = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=bool(fused))
     if optim_cfg.replay == "none":
         return torch.optim.AdamW(groups, **kwargs)
     return SAM(groups, torch.optim.AdamW, rho=optim_cfg.rho, adaptive=optim_cfg.adaptive, **kwargs)
@@ -116,6 +141,11 @@ class Progress:
     best: Optional[dict] = None
     last_eval: Optional[dict] = None
     last_train: dict = field(default_factory=dict)
+    # wall seconds spent outside the training steps, kept across resumes (summary.json "time")
+    eval_time: float = 0.0
+    diagnostic_time: float = 0.0
+    checkpoint_time: float = 0.0
+    evaluations: int = 0
 
 
 class Trainer:
@@ -130,6 +160,9 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
+        if self.device.type == "cuda" and cfg.train.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on TF32 tensor cores (Ampere and later)
+            torch.backends.cudnn.allow_tf32 = True
         seed_everything(cfg.seed)
 
         self.tokenizer = load_tokenizer(cfg.model.name_or_path)
@@ -139,13 +172,20 @@ class Trainer:
         d = cfg.data
         train_ds = prepare_train_features(train_ex, self.tokenizer, d.max_seq_length, d.doc_stride)
         dev_ds = prepare_eval_features(dev_ex, self.tokenizer, d.max_seq_length, d.doc_stride)
+        batching = dict(pad_to_max_length=d.pad_to_max_length, pin_memory=self.device.type == "cuda")
         self.dev_examples = dev_ex
-        self.train = to_features(train_ds, MODEL_INPUTS + LABELS)
-        self.dev = to_features(dev_ds, MODEL_INPUTS + LABELS)
+        self.train = to_features(train_ds, MODEL_INPUTS + LABELS, **batching)
+        self.dev = to_features(dev_ds, MODEL_INPUTS + LABELS, **batching)
+        self.dev_subset = self._dev_subset(dev_ex, dev_ds)
         self.data_stats.update(train_features=len(self.train), dev_features=len(self.dev))
+        if self.dev_subset is not None:
+            self.data_stats.update(dev_subset_examples=len(self.dev_subset[0]),
+                                   dev_subset_features=len(self.dev_subset[1]))
 
         seed_everything(cfg.seed)  # the new QA head (or the tiny model) is initialised from the run seed
         self.model = load_model(cfg.model, self.tokenizer).to(self.device)
+        # the module that runs forward passes; save_pretrained and the optimizer keep using self.model
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.optimizer = build_optimizer(self.model, cfg.optim)
         t = cfg.train
         self.micro_per_epoch = math.ceil(len(self.train) / t.micro_batch_size)
@@ -160,6 +200,20 @@ class Trainer:
         self.progress = Progress()
         self.tracker = None
 
+    def _dev_subset(self, dev_ex, dev_ds):
+        """(examples, Features) of the fixed dev subset that periodic evaluations score; None when they score all."""
+        size, every = self.cfg.eval.subset_size, self.cfg.train.eval_every
+        if size is None:
+            return None
+        if not every:
+            log.warning("eval.subset_size=%s has no effect with train.eval_every=0: epoch-end and final "
+                        "evaluations always score the whole dev set", size)
+            return None
+        if size >= len(dev_ex):
+            return None
+        example_rows, feature_rows = subset_rows(dev_ex["id"], dev_ds["example_id"], size, self.cfg.eval.subset_seed)
+        return dev_ex.select(example_rows), self.dev.select(feature_rows)
+
     # -- pieces ------------------------------------------------------------------------------------------------------
     def autocast(self):
         import torch
@@ -167,60 +221,81 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
-    def loss_fn(self, batch: dict):
+    def outputs(self, batch: dict):
+        """(model outputs, masked span loss) of one batch; see experiments.qa_loss for why not the model's loss."""
         with self.autocast():
-            return self.model(**batch).loss
+            out = self.forward(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        loss = span_loss(out.start_logits, out.end_logits, batch["attention_mask"], batch["start_positions"],
+                         batch["end_positions"])
+        return out, loss
+
+    def loss_fn(self, batch: dict):
+        return self.outputs(batch)[1]
 
     def evaluate(self, kind: str) -> dict:
-        """Dev loss (mean over THIS evaluation's features, not a running mean), EM/F1 from n-best post-processing."""
+        """Dev loss (mean over THIS evaluation's features, not a running mean), EM/F1 from n-best post-processing.
+
+        Periodic evaluations score the fixed dev subset when `eval.subset_size` is set, the others the whole dev set.
+        Batches are cut in length order; every batch's logits go back to its features' rows, so post-processing
+        maps each answer to its example id exactly as with unsorted batches.
+        """
         import numpy as np
         import torch
 
         from .qa_eval import char_f1_scores, postprocess_predictions, squad_scores
 
+        subset = kind == "periodic" and self.dev_subset is not None
+        examples, features = self.dev_subset if subset else (self.dev_examples, self.dev)
         self.model.eval()
-        bs = self.cfg.train.eval_batch_size
-        total_loss, starts, ends = 0.0, [], []
-        with torch.no_grad():
-            for begin in range(0, len(self.dev), bs):
-                index = torch.arange(begin, min(begin + bs, len(self.dev)))
-                with self.autocast():
-                    out = self.model(**self.dev.batch(index, self.device))
-                total_loss += float(out.loss) * len(index)
-                starts.append(out.start_logits.float().cpu().numpy())
-                ends.append(out.end_logits.float().cpu().numpy())
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        pieces = []
+        with torch.inference_mode():
+            for index in features.eval_batches(self.cfg.train.eval_batch_size):
+                out, loss = self.outputs(features.batch(index, self.device))
+                total_loss += loss.double() * len(index)
+                pieces.append((index, out.start_logits.float(), out.end_logits.float()))
         self.model.train()
+        # positions past a batch's width are padding: their offsets are None, so post-processing never reads them
+        starts = np.full((len(features), features.max_seq_length), -np.inf, dtype=np.float32)
+        ends = np.full_like(starts, -np.inf)
+        for index, start, end in pieces:
+            rows = index.numpy()
+            starts[rows, : start.shape[1]] = start.cpu().numpy()
+            ends[rows, : end.shape[1]] = end.cpu().numpy()
         e = self.cfg.eval
         predictions = postprocess_predictions(
-            self.dev_examples, self.dev.dataset, np.concatenate(starts), np.concatenate(ends),
+            examples, features.dataset, starts, ends,
             n_best_size=e.n_best_size, max_answer_length=e.max_answer_length,
             version_2_with_negative=self.cfg.data.version_2_with_negative,
             null_score_diff_threshold=e.null_score_diff_threshold,
         )
-        references = {ex_id: list(ans["text"]) for ex_id, ans in
-                      zip(self.dev_examples["id"], self.dev_examples["answers"])}
+        references = {ex_id: list(ans["text"]) for ex_id, ans in zip(examples["id"], examples["answers"])}
         scorer = char_f1_scores if self.cfg.data.metric == "char" else squad_scores
         scores = scorer(predictions, references)
-        self.tracker.write_json("predictions.json", predictions)
-        return {"dev/loss": total_loss / len(self.dev), "dev/em": scores["exact_match"], "dev/f1": scores["f1"],
-                "eval/kind": kind}
+        if not subset:
+            self.tracker.write_json("predictions.json", predictions)
+        return {"dev/loss": float(total_loss) / len(features), "dev/em": scores["exact_match"],
+                "dev/f1": scores["f1"], "eval/kind": kind, "eval/subset": subset, "eval/examples": len(examples)}
 
     def record_eval(self, metrics: dict) -> None:
         p = self.progress
         event = dict(metrics)
         self.tracker.log(event, update=p.update, epoch=self.epoch_float(), examples=p.examples)
-        snapshot = {k: metrics[k] for k in ("dev/loss", "dev/em", "dev/f1")}
+        snapshot = {k: metrics[k] for k in ("dev/loss", "dev/em", "dev/f1", "eval/examples")}
         snapshot.update(update=p.update, epoch=round(self.epoch_float(), 4))
         p.last_eval = snapshot
         key = self.cfg.train.save_best_by
-        better = (p.best is None or (metrics[key] < p.best["value"] if key == "dev/loss"
-                                     else metrics[key] > p.best["value"]))
+        # the best checkpoint is chosen among evaluations of the whole dev set: a subset's score is a noisier
+        # estimate of a different number
+        better = not metrics["eval/subset"] and (
+            p.best is None or (metrics[key] < p.best["value"] if key == "dev/loss" else metrics[key] > p.best["value"]))
         if better:
             p.best = {"metric": key, "value": metrics[key], **snapshot}
             if self.cfg.train.save_model:
                 from .model import save_pretrained_atomic
 
-                save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "best")
+                with self.timed("checkpoint_time"):
+                    save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "best")
         self.tracker.update_summary(best=p.best, final=self.final_block())
 
     def final_block(self) -> dict:
@@ -234,80 +309,126 @@ class Trainer:
         p = self.progress
         return p.epoch + p.window / max(1, self.updates_per_epoch)
 
-    def grad_fidelity(self, batches, sizes) -> dict:
-        from .diagnostics import last_vs_full_gradient
+    @contextlib.contextmanager
+    def timed(self, field_name: str):
+        """Add the wall seconds of the block to progress.<field_name>."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self.progress, field_name, getattr(self.progress, field_name) + time.perf_counter() - start)
 
-        return last_vs_full_gradient(self.model, self.loss_fn, batches, sizes, rho=self.cfg.optim.rho,
-                                     adaptive=self.cfg.optim.adaptive)
+    def time_summary(self, wall_s: float) -> dict:
+        """Where the run's wall time went (seconds and shares of `wall_s`, the run's wall time)."""
+        p = self.progress
+        parts = {"train_steps_s": p.step_time_total, "eval_s": p.eval_time, "diagnostics_s": p.diagnostic_time,
+                 "checkpoints_s": p.checkpoint_time}
+        out = {k: round(v, 3) for k, v in parts.items()}
+        out["other_s"] = round(max(0.0, wall_s - sum(parts.values())), 3)
+        out["evaluations"] = p.evaluations
+        for name in ("train_steps", "eval", "diagnostics"):
+            out[f"{name}_share"] = round(parts[f"{name}_s"] / wall_s, 4) if wall_s > 0 else None
+        return out
 
-    # -- loop --------------------------------------------------------------------------------------------------------
-    def run(self, tracker) -> None:
+    # -- one update ----------------------------------------------------------------------------------------------------
+    def window_batches(self, window) -> tuple[list, list]:
+        """The window's micro-batches (lists of feature indices) as device batches, and their sizes."""
+        return [self.train.batch(ix, self.device) for ix in window], [len(ix) for ix in window]
+
+    def step(self, batches: list, sizes: list):
+        """One optimizer update on the window: `sam.train_step`, then the lr schedule.
+
+        Returns (StepResult, wall seconds of train_step, the lr the update used). No host synchronisation per
+        micro-batch: train_step reads its numbers once, at the end of the window.
+        """
         import torch
 
         from sam import train_step
 
+        start = time.perf_counter()
+        o = self.cfg.optim
+        result = train_step(self.loss_fn, batches, self.optimizer, replay=o.replay, sizes=sizes,
+                            max_grad_norm=o.max_grad_norm, scaler=self.scaler, reuse_dropout_rng=o.reuse_dropout_rng)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return result, seconds, lr
+
+    def diagnose(self, batches, sizes) -> Optional[dict]:
+        """The gradient-fidelity diagnostic on this window, when it is due (before the update, at its weights)."""
+        d = self.cfg.diagnostics
+        if not d.grad_fidelity or self.progress.update % d.grad_fidelity_every:
+            return None
+        from .diagnostics import last_vs_full_gradient
+
+        with self.timed("diagnostic_time"):
+            return last_vs_full_gradient(self.model, self.loss_fn, batches, sizes, rho=self.cfg.optim.rho,
+                                         adaptive=self.cfg.optim.adaptive)
+
+    def log_update(self, result, seconds: float, lr: float, diag: Optional[dict]) -> None:
+        p, t = self.progress, self.cfg.train
+        if not math.isfinite(result.loss) or (result.skipped and self.scaler is None):
+            raise Diverged(f"non-finite loss/gradient at update {p.update} (train/loss={result.loss})")
+        metrics = {"train/loss": result.loss, "train/grad_norm": result.grad_norm, "train/lr": lr,
+                   "train/step_time": seconds}
+        if result.perturbed_loss is not None:
+            metrics["train/perturbed_loss"] = result.perturbed_loss
+        if self.scaler is not None:
+            metrics["train/skipped"] = int(result.skipped)
+        p.last_train = metrics
+        if p.update % t.log_every == 0 or p.update == self.total_updates:
+            self.tracker.log(metrics, update=p.update, epoch=self.epoch_float(), examples=p.examples)
+        if diag is not None:
+            self.tracker.log(diag, update=p.update, epoch=self.epoch_float(), examples=p.examples)
+
+    def after_update(self, end_of_epoch: bool) -> None:
+        """The evaluation and resume checkpoint due after this update, if any."""
+        p, t = self.progress, self.cfg.train
+        done = p.update >= self.total_updates
+        kind = ("epoch" if end_of_epoch  # also the final evaluation when training ends here
+                else "final" if done
+                else "periodic" if t.eval_every and p.update % t.eval_every == 0
+                else None)
+        if kind is not None:
+            with self.timed("eval_time"):
+                metrics = self.evaluate(kind)
+            p.evaluations += 1
+            self.record_eval(metrics)
+        if t.checkpoint_every and p.update % t.checkpoint_every == 0 and not done:
+            from .checkpoint import save_resume_state
+
+            with self.timed("checkpoint_time"):
+                save_resume_state(self)
+
+    # -- loop --------------------------------------------------------------------------------------------------------
+    def run(self, tracker) -> None:
         self.tracker = tracker
         cfg, t, p = self.cfg, self.cfg.train, self.progress
         self.model.train()
         bar = ProgressBar(self.total_updates, p.update, f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}")
-        stop = p.update >= self.total_updates
-        while not stop and p.epoch < t.epochs:
+        while p.update < self.total_updates and p.epoch < t.epochs:
             windows = epoch_windows(len(self.train), t.micro_batch_size, t.accumulation_steps, cfg.seed, p.epoch)
-            while p.window < len(windows):
-                index_lists = windows[p.window]
-                batches = [self.train.batch(ix, self.device) for ix in index_lists]
-                sizes = [len(ix) for ix in index_lists]
-                diag = None
-                if cfg.diagnostics.grad_fidelity and p.update % cfg.diagnostics.grad_fidelity_every == 0:
-                    diag = self.grad_fidelity(batches, sizes)
-                start = time.perf_counter()
-                result = train_step(self.loss_fn, batches, self.optimizer, replay=cfg.optim.replay, sizes=sizes,
-                                    max_grad_norm=cfg.optim.max_grad_norm, scaler=self.scaler,
-                                    reuse_dropout_rng=cfg.optim.reuse_dropout_rng)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                step_time = time.perf_counter() - start
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
-                p.update += 1
-                p.window += 1
-                p.examples += sum(sizes)
-                p.step_time_total += step_time
-                p.step_times.append(round(step_time, 5))
-                if not math.isfinite(result.loss) or (result.skipped and self.scaler is None):
-                    raise Diverged(f"non-finite loss/gradient at update {p.update} (train/loss={result.loss})")
-                train_metrics = {"train/loss": result.loss, "train/grad_norm": result.grad_norm,
-                                 "train/lr": lr, "train/step_time": step_time}
-                if result.perturbed_loss is not None:
-                    train_metrics["train/perturbed_loss"] = result.perturbed_loss
-                if self.scaler is not None:
-                    train_metrics["train/skipped"] = int(result.skipped)
-                p.last_train = train_metrics
-                if p.update % t.log_every == 0 or p.update == self.total_updates:
-                    tracker.log(train_metrics, update=p.update, epoch=self.epoch_float(), examples=p.examples)
-                if diag is not None:
-                    tracker.log(diag, update=p.update, epoch=self.epoch_float(), examples=p.examples)
+            while p.window < len(windows) and p.update < self.total_updates:
+                batches, sizes = self.window_batches(windows[p.window])
+                diag = self.diagnose(batches, sizes)
+                result, seconds, lr = self.step(batches, sizes)
+                p.update, p.window, p.examples = p.update + 1, p.window + 1, p.examples + sum(sizes)
+                p.step_time_total += seconds
+                p.step_times.append(round(seconds, 5))
+                self.log_update(result, seconds, lr, diag)
                 bar.step(result.loss, p.update)
-                stop = p.update >= self.total_updates
                 end_of_epoch = p.window == len(windows)
-                if t.eval_every and p.update % t.eval_every == 0 and not end_of_epoch and not stop:
-                    self.record_eval(self.evaluate("periodic"))
                 if end_of_epoch:
                     p.epoch, p.window = p.epoch + 1, 0
-                    self.record_eval(self.evaluate("epoch"))  # also the final evaluation when training ends here
-                elif stop:
-                    self.record_eval(self.evaluate("final"))
-                if t.checkpoint_every and (p.update % t.checkpoint_every == 0) and not stop:
-                    from .checkpoint import save_resume_state
-
-                    save_resume_state(self)
-                if stop:
-                    break
+                self.after_update(end_of_epoch)
         bar.close()
         if cfg.train.save_model:
             from .model import save_pretrained_atomic
 
-            save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "final")
+            with self.timed("checkpoint_time"):
+                save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "final")
 
 
 class ProgressBar:
@@ -432,7 +553,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .model import count_parameters
 
     tracker.update_summary(data=trainer.data_stats, parameters=count_parameters(trainer.model),
-                           total_updates=trainer.total_updates)
+                           total_updates=trainer.total_updates,
+                           optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))})
     where = f"resuming at update {trainer.progress.update}" if resume else "starting"
     print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
           f"features, device {trainer.device})", file=sys.stderr)
@@ -440,8 +562,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         trainer.run(tracker)
     except Diverged as err:
         p = trainer.progress
+        wall = tracker.elapsed()
         tracker.finish("diverged", reason=str(err), final=trainer.final_block(), best=p.best, updates=p.update,
-                       examples=p.examples, diverged_at=p.update)
+                       examples=p.examples, diverged_at=p.update, wall_time_s=round(wall, 3),
+                       time=trainer.time_summary(wall))
         print(f"diverged: {err} ({run_dir})", file=sys.stderr)
         return EXIT_DIVERGED
     except KeyboardInterrupt:
@@ -456,10 +580,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"failed: {reason} (traceback in {run_dir / 'error.log'})", file=sys.stderr)
         return EXIT_FAILED
     p = trainer.progress
+    wall = tracker.elapsed()
     summary = tracker.finish(
-        "completed", final=trainer.final_block(), best=p.best, updates=p.update, examples=p.examples,
+        "completed", wall_time_s=round(wall, 3), final=trainer.final_block(), best=p.best, updates=p.update, examples=p.examples,
         mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
         median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
+        time=trainer.time_summary(wall),
     )
     f = summary.get("final", {})
     print(f"completed: {run_dir}\n  dev/f1 {f.get('dev/f1', float('nan')):.2f}  dev/em {f.get('dev/em', float('nan')):.2f}"

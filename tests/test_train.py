@@ -128,12 +128,18 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     _, dev, _ = load_examples(cfg.data)
     feats = to_features(prepare_eval_features(dev, tokenizer, cfg.data.max_seq_length, cfg.data.doc_stride),
-                        MODEL_INPUTS + LABELS)
+                        MODEL_INPUTS + LABELS, pad_to_max_length=True)
     model = BertForQuestionAnswering.from_pretrained(run / "checkpoint" / "final").eval()
-    with torch.no_grad():
-        losses = [model(**feats.batch(torch.arange(i, min(i + 5, len(feats))), "cpu")).loss.item() *
-                  min(5, len(feats) - i) for i in range(0, len(feats), 5)]
-    recomputed = sum(losses) / len(feats)
+    losses = []
+    with torch.no_grad():  # one feature at a time, padded to max_seq_length, softmax over its real tokens only
+        for i in range(len(feats)):
+            b = feats.batch(torch.tensor([i]), "cpu")
+            out = model(**{k: b[k] for k in MODEL_INPUTS})
+            real = b["attention_mask"][0].bool()
+            nll = [-torch.log_softmax(logits[0][real].double(), 0)[int(b[label][0])]
+                   for logits, label in ((out.start_logits, "start_positions"), (out.end_logits, "end_positions"))]
+            losses.append(float(sum(nll) / 2))
+    recomputed = sum(losses) / len(losses)
     assert epoch_evals[1]["dev/loss"] == pytest.approx(recomputed, rel=1e-5)
     running_mean = (epoch_evals[0]["dev/loss"] + epoch_evals[1]["dev/loss"]) / 2
     assert summary(run)["final"]["dev/loss"] != pytest.approx(running_mean, rel=1e-4)
