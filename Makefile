@@ -16,7 +16,7 @@ ARGS    ?=
 JOBS    ?= 2  # runs at a time in sweeps: on this 2-core CPU two 1-thread runs beat one 2-thread run
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness sync bench-sam bench clean
+.PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness sync bench-sam bench-train clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`)
 
 bench-sam: $(STAMP)  ## SAM overhead benchmark on the embedded MiniLM (writes results/bench/sam.json)
 	$(PY) -m experiments.bench_sam $(ARGS)
+
+bench-train: $(STAMP)  ## the training loop vs HF Trainer and a pytorch_optimizer.SAM loop (results/bench/train.json)
+	$(PY) -m experiments.bench_train $(ARGS)
 
 clean:  ## remove caches and raw runs (keeps .venv and results/report)
 	rm -rf results/runs .cache .pytest_cache

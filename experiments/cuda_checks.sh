@@ -3,6 +3,8 @@
 #   1. tests/test_sam_cuda.py: CUDA dropout-RNG reuse, fp16 GradScaler, bf16 autocast and bf16 parameters
 #   2. the SAM overhead benchmark on CUDA in bf16 (MiniLM architecture)
 #   3. one AdamW and one full-replay SAM run end to end in bf16 with a bert-base-sized model on the generated set
+#   4. bench-train in bf16 with a bert-base-sized model at seq 384 on SQuAD-like lengths: product vs HF Trainer and
+#      vs a pytorch_optimizer.SAM loop, examples/s and model FLOPs utilisation (MFU)
 # Results (logs, JSON) go to $OUT (default results/cuda). Works offline: the models are built from their configs
 # with random weights (step time does not depend on the weight values), tokenizer from $TOK or the embedded package.
 set -uo pipefail
@@ -60,3 +62,8 @@ print(f"{s['arm']}: {s['updates']} updates, mean step {t:.3f} s/update = {per_up
       f"(train step only), wall {s['wall_time_s']:.0f} s, dev/f1 {s['final'].get('dev/f1', float('nan')):.1f}")
 EOF
 done
+
+echo "== 4. bench-train, CUDA bf16, bert-base-sized (random weights), SQuAD-like lengths at seq 384"
+$PY -m experiments.bench_train --device cuda --precision bf16 --model bert-base-random --micro-batch 32 \
+    --cases squad384 sam_squad384 --squad-examples 2000 --out "$OUT/bench_train_cuda.json" 2>&1 \
+    | grep -v "Loading weights" | tail -12 | tee "$OUT/bench_train_cuda.txt"
