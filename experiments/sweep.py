@@ -63,7 +63,9 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import REPO_ROOT, ConfigError, config_hash, load_config, run_dir, run_id
 from experiments.tracking import atomic_write_json
 
-SWEEP_KEYS = ("name", "description", "base", "grid", "overrides", "when", "exclude", "include")
+SWEEP_KEYS = ("name", "description", "base", "grid", "overrides", "when", "exclude", "include", "report")
+# what the report of a sweep may be told (recorded in sweep.json for analysis.report)
+REPORT_TARGET_METRICS = ("dev/f1", "dev/em", "dev/loss")
 WHEN_KEYS = ("match", "overrides")
 CONFIG_SUFFIXES = (".yaml", ".yml")
 TRAIN_CMD_ENV = "SWEEP_TRAIN_CMD"  # a shell-quoted command that replaces `python -m experiments.train` (tests)
@@ -143,6 +145,28 @@ class SweepSpec:
     when: list[tuple[dict, list[str]]]
     exclude: list[dict]
     include: list[dict]
+    report: dict = field(default_factory=dict)  # {"targets": {metric: [values]}}: read by analysis.report
+
+
+def _check_report(node: Any, where: str) -> dict:
+    """The optional `report:` block: `targets: {dev/f1: [50, 80, 90], dev/loss: [1.0]}` (updates-to-target)."""
+    if node is None:
+        return {}
+    if not isinstance(node, dict) or set(node) - {"targets"}:
+        raise SweepError(f"{where}: report must be a mapping with the key targets")
+    targets = node.get("targets") or {}
+    if not isinstance(targets, dict):
+        raise SweepError(f"{where}: report.targets must map a metric ({', '.join(REPORT_TARGET_METRICS)}) to a list")
+    out = {}
+    for metric, values in targets.items():
+        if metric not in REPORT_TARGET_METRICS:
+            raise SweepError(f"{where}: report.targets.{metric} is not a dev metric; "
+                             f"choose from {', '.join(REPORT_TARGET_METRICS)}")
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise SweepError(f"{where}: report.targets.{metric} must be a non-empty list of numbers")
+        out[metric] = [float(v) for v in values]
+    return {"targets": out}
 
 
 def _check_condition(rule: Any, where: str) -> dict:
@@ -200,6 +224,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
         when=when,
         exclude=exclude,
         include=include,
+        report=_check_report(data.get("report"), where_file),
     )
 
 
@@ -393,6 +418,7 @@ class Manifest:
                 "name": self.spec.name,
                 "sweep_file": self.spec.path,
                 "cli_overrides": self.cli,
+                "report": self.spec.report,
                 "created": self.created,
                 "updated": _now(),
                 "runs": [self.entry(run) for run in self.runs],
