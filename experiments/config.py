@@ -252,7 +252,8 @@ def resolve_data_source(cfg: DictConfig, notes: Optional[list] = None) -> None:
       keys, or data.source=generated beside them, is refused.
     - otherwise data.source=null means hub when data.hub_path is set, else generated.
     - the generated set with hub keys set (data.hub_path, data.hub_name, hub splits) is refused; data.generated.*
-      or data.id_field changed while reading files or the hub gets a note that they are not used.
+      changed while reading files or the hub, data.id_field changed on the generated set, or
+      eval.null_score_diff_threshold changed without data.version_2_with_negative get a note that they are not used.
     Raises ConfigError (one line naming the key); appends one-line notes to `notes`.
     """
     d = cfg.data
@@ -290,6 +291,9 @@ def resolve_data_source(cfg: DictConfig, notes: Optional[list] = None) -> None:
         if changed:
             notes.append(f"data: {', '.join(changed)} not used: the data come from "
                          f"{'local files' if d.source == 'files' else 'the hub'}")
+    if not d.version_2_with_negative and cfg.eval.null_score_diff_threshold != EvalConfig().null_score_diff_threshold:
+        notes.append(f"data: eval.null_score_diff_threshold={cfg.eval.null_score_diff_threshold} not used: "
+                     "data.version_2_with_negative=false never predicts \"no answer\" from the null score")
 
 
 def _fail_from_omegaconf(err: OmegaConfBaseException, source: str) -> ConfigError:

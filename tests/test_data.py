@@ -497,3 +497,15 @@ def test_the_session_uses_private_hugging_face_caches():
 
     assert Path(datasets.config.HF_DATASETS_CACHE) == Path(HF_TEST_HOME) / "datasets"
     assert not Path(datasets.config.HF_DATASETS_CACHE).is_relative_to(Path.home() / ".cache")
+
+
+def test_heuristic_baseline_is_scored_by_the_configured_metric():
+    from datasets import Dataset
+
+    context = "Tal Vesk was born in 1801. Dar Mion was born in 1799."
+    dev = Dataset.from_list([{"id": "q", "title": "", "context": context, "question": "When was Dar Mion born?",
+                              "answers": {"text": ["1799"], "answer_start": [context.index("1799")]}}])
+    # the heuristic answers "1801" (the first year). SQuAD: no shared token -> F1 0. KLUE ROUGE-W: the longest
+    # common run of "1801" and "1799" is "1" (1 of 4 characters each side) -> 2 * 1/4 * 1/4 / (1/4 + 1/4) = 0.25
+    assert heuristic_baseline(dev) == {"exact_match": 0.0, "f1": 0.0}
+    assert heuristic_baseline(dev, "klue") == {"exact_match": 0.0, "rouge_w": pytest.approx(25.0)}

@@ -51,6 +51,11 @@ def test_file_keys_are_enough_on_top_of_any_config():
     assert notes == ["data: data.generated.n_train=48, data.generated.n_dev=24 not used: the data come from local "
                      "files"]
     assert load_config([], []).data.source == "generated" and load_config([], ["data.hub_path=squad"]).data.source == "hub"
+    notes.clear()
+    load_config([], ["data.id_field=guid", "eval.null_score_diff_threshold=1.5"], notes=notes)
+    assert notes == ["data: data.id_field='guid' not used: the generated set keeps its ids in 'id'",
+                     "data: eval.null_score_diff_threshold=1.5 not used: data.version_2_with_negative=false never "
+                     "predicts \"no answer\" from the null score"]
 
 
 CONFLICTS = [
