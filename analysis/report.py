@@ -45,7 +45,17 @@ METRICS = (
     ("final.dev/loss", "dev loss", ".4f"),
     ("final.train/loss", "train loss", ".4f"),
 )
-HIGHER_IS_BETTER = {"final.dev/f1": True, "final.dev/em": True, "final.dev/loss": False, "final.train/loss": False}
+# Reported only when some run logged them: KLUE-MRC's ROUGE-W (data.metric=klue) and the SQuAD v2 breakdown
+# (data.version_2_with_negative) into questions with and without an answer.
+OPTIONAL_METRICS = (
+    ("final.dev/rouge_w", "dev ROUGE-W (KLUE-MRC)", ".2f"),
+    ("final.dev/has_ans_f1", "dev F1, questions with an answer (HasAns)", ".2f"),
+    ("final.dev/no_ans_f1", "dev F1, questions without an answer (NoAns)", ".2f"),
+    ("final.dev/has_ans_rouge_w", "dev ROUGE-W, questions with an answer (HasAns)", ".2f"),
+    ("final.dev/no_ans_rouge_w", "dev ROUGE-W, questions without an answer (NoAns)", ".2f"),
+)
+HIGHER_IS_BETTER = {"final.dev/f1": True, "final.dev/em": True, "final.dev/loss": False, "final.train/loss": False,
+                    **{m: True for m, _, _ in OPTIONAL_METRICS}}
 # (a, b, what the comparison asks); each is reported as a − b per k
 COMPARISONS = (
     ("sam_full", "sam_last", "the cost of the last-batch replay bug"),
@@ -166,6 +176,12 @@ def _plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
+def reported_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
+    """METRICS, then each of OPTIONAL_METRICS that at least one run wrote."""
+    optional = tuple(m for m, _, _ in OPTIONAL_METRICS if m in runs.columns and runs[m].notna().any())
+    return tuple(m for m, _, _ in METRICS) + optional
+
+
 def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = tuple(m for m, _, _ in METRICS)) -> pd.DataFrame:
     """summarize() of each metric over the completed runs, per arm × k, with every grid cell present (n = 0 when
     no run of the cell completed) and `runs` = how many runs the cell has in any status."""
@@ -239,11 +255,11 @@ def not_completed(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _metric_label(metric: str) -> str:
-    return next((label for m, label, _ in METRICS if m == metric), metric)
+    return next((label for m, label, _ in METRICS + OPTIONAL_METRICS if m == metric), metric)
 
 
 def _metric_fmt(metric: str) -> str:
-    return next((spec for m, _, spec in METRICS if m == metric), ".3g")
+    return next((spec for m, _, spec in METRICS + OPTIONAL_METRICS if m == metric), ".3g")
 
 
 def _direction_text(a: str, b: str, metric: str, diff: float) -> str:
@@ -452,7 +468,7 @@ def _results_section(summary: pd.DataFrame) -> list[str]:
              "Final metrics of completed runs per arm and accumulation k: mean ± standard deviation over seeds, "
              "and the 95% Student-t confidence interval of the mean (mean ± t₀.₉₇₅,ₙ₋₁·s/√n; none for n = 1). "
              "`runs` counts the cell's runs in any status, `n` the completed ones.", ""]
-    for metric, label, spec in METRICS:
+    for metric, label, spec in METRICS + OPTIONAL_METRICS:
         table = summary[summary["metric"] == metric]
         if table.empty:
             continue
@@ -786,7 +802,7 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
         (fig_dir / name).unlink(missing_ok=True)
     figures = plots.plot_all(runs, curves, fig_dir)
 
-    summary = summary_table(runs)
+    summary = summary_table(runs, reported_metrics(runs))
     paired = paired_table(runs)
     sanity = sanity_table(runs, curves)
     sharpness = find_sharpness(results_dir, out_dir)

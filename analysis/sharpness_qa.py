@@ -147,15 +147,14 @@ def build_subsets(cfg, *, train: int, dev: int, landscape: int, hessian: int, se
     """The seeded train/dev feature subsets of a run's data, built as the run built them (same examples, tokenizer,
     max_seq_length and doc_stride). Train positions come from a generator seeded by `seed`, dev positions from one
     seeded by `seed + 1`; the landscape and Hessian subsets are prefixes of those (see Subsets)."""
-    from experiments.data import load_examples, prepare_eval_features, prepare_train_features
+    from experiments.data import load_examples, prepare_features
     from experiments.model import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(cfg.model.name_or_path)
-        train_ex, dev_ex, _ = load_examples(cfg.data)
-        d = cfg.data
-        train_ds = prepare_train_features(train_ex, tokenizer, d.max_seq_length, d.doc_stride)
-        dev_ds = prepare_eval_features(dev_ex, tokenizer, d.max_seq_length, d.doc_stride)
+        train_ex, dev_ex, stats = load_examples(cfg.data)
+        # as the run did: records the tokenizer cannot handle are skipped (data.strict=false) or refused by name
+        _, _, train_ds, dev_ds = prepare_features(cfg.data, tokenizer, train_ex, dev_ex, stats)
     except ValueError as err:  # DataError, ModelError
         raise SharpnessError(f"cannot rebuild the sweep's data: {str(err).splitlines()[0]}") from None
     if len(train_ds) == 0 or len(dev_ds) == 0:

@@ -40,11 +40,13 @@ class GeneratedDataConfig:
 
 @dataclass
 class DataConfig:
-    # generated: the project's own QA set; files: train_file/validation_file; hub: datasets.load_dataset(hub_path)
-    source: str = "generated"
-    train_file: Optional[str] = None
+    # generated: the project's own QA set; files: train_file/validation_file; hub: datasets.load_dataset(hub_path).
+    # null: files when train_file/validation_file are set, else hub when hub_path is set, else generated; load_config
+    # writes the resolved value back (see resolve_data_source).
+    source: Optional[str] = None
+    train_file: Optional[str] = None  # setting both file keys is enough to train on them (they win over source=hub)
     validation_file: Optional[str] = None
-    hub_path: Optional[str] = None  # e.g. squad, rajpurkar/squad_v2, KorQuAD/squad_kor_v1, klue
+    hub_path: Optional[str] = None  # e.g. squad, rajpurkar/squad_v2, KorQuAD/squad_kor_v1, klue, or a local folder
     hub_name: Optional[str] = None  # the hub config name (klue: mrc)
     hub_train_split: str = "train"
     hub_validation_split: str = "validation"
@@ -58,7 +60,9 @@ class DataConfig:
     # HF run_qa's switch: true pads every batch to max_seq_length; false pads each batch to its longest feature
     # (rounded up to a multiple of 8). With the masked QA loss both give the same numbers up to float rounding.
     pad_to_max_length: bool = False
-    metric: str = "squad"  # squad: official v1.1 EM/F1 on words; char: character-level F1 (KorQuAD)
+    # squad: SQuAD EM/F1 on words (v1.1 rules; v2.0 rules with version_2_with_negative); char: KorQuAD 1.0 EM and
+    # character F1; klue: KLUE-MRC EM and ROUGE-W (logged as dev/rouge_w instead of dev/f1)
+    metric: str = "squad"
     generated: GeneratedDataConfig = field(default_factory=GeneratedDataConfig)
 
 
@@ -98,7 +102,8 @@ class TrainConfig:
     eval_every: int = 0  # also evaluate every N updates (0: only at epoch ends and the end)
     log_every: int = 1  # train metrics every N updates
     checkpoint_every: int = 0  # resumable checkpoint every N updates (0: off)
-    save_best_by: str = "dev/f1"  # dev/f1 (higher is better) | dev/loss (lower is better, as the copied loop)
+    # dev/f1 | dev/em | dev/rouge_w (data.metric=klue) (higher is better) | dev/loss (lower, as the copied loop)
+    save_best_by: str = "dev/f1"
     save_model: bool = True  # save the best model with save_pretrained
     eval_batch_size: int = 32
     num_workers: int = 0
@@ -153,11 +158,11 @@ class Config:
 # Allowed values of string keys (the type alone cannot say them).
 CHOICES = {
     "data.source": ("generated", "files", "hub"),
-    "data.metric": ("squad", "char"),
+    "data.metric": ("squad", "char", "klue"),
     "optim.replay": ("none", "full", "last", "micro"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.save_best_by": ("dev/f1", "dev/loss", "dev/em"),
+    "train.save_best_by": ("dev/f1", "dev/loss", "dev/em", "dev/rouge_w"),
     "tracking.mode": ("offline", "online", "disabled"),
     "model.attn_implementation": (None, "eager", "sdpa", "flash_attention_2"),
 }
@@ -233,8 +238,75 @@ def _check_values(cfg: DictConfig) -> None:
                 raise ConfigError(f"{key}={path!r}: no such file")
     elif cfg.data.source == "hub" and not cfg.data.hub_path:
         raise ConfigError("data.hub_path is required when data.source=hub (e.g. data.hub_path=squad)")
+    second = "dev/rouge_w" if cfg.data.metric == "klue" else "dev/f1"
+    if cfg.train.save_best_by in ("dev/f1", "dev/rouge_w") and cfg.train.save_best_by != second:
+        raise ConfigError(f"train.save_best_by={cfg.train.save_best_by} is not reported with "
+                          f"data.metric={cfg.data.metric} (it reports dev/em and {second}); set "
+                          f"train.save_best_by={second}")
     if cfg.optim.replay == "none" and cfg.diagnostics.grad_fidelity:
         raise ConfigError("diagnostics.grad_fidelity=true needs a SAM arm (optim.replay full|last|micro)")
+
+
+_HUB_KEYS = ("hub_path", "hub_name", "hub_train_split", "hub_validation_split")
+
+
+def _changed(node: DictConfig, defaults: Any, keys: Sequence[str], prefix: str) -> list[str]:
+    """`prefix.key=value` for each of `keys` whose value differs from the schema default."""
+    return [f"{prefix}.{k}={node[k]!r}" if isinstance(node[k], str) else f"{prefix}.{k}={node[k]}"
+            for k in keys if node[k] != getattr(defaults, k)]
+
+
+def resolve_data_source(cfg: DictConfig, notes: Optional[list] = None) -> None:
+    """Decide which data a run reads, write it to data.source, and refuse or explain settings that would not apply.
+
+    - data.train_file + data.validation_file set: local files, whatever else is set. Over data.source=hub (a data
+      config such as configs/data/klue_mrc.yaml) they are that set's local copy, read with its data.id_field and
+      scored with its data.metric; a note says so and names the hub keys that are not read. Only one of the two
+      keys, or data.source=generated beside them, is refused.
+    - otherwise data.source=null means hub when data.hub_path is set, else generated.
+    - the generated set with hub keys set (data.hub_path, data.hub_name, hub splits) is refused; data.generated.*
+      changed while reading files or the hub, data.id_field changed on the generated set, or
+      eval.null_score_diff_threshold changed without data.version_2_with_negative get a note that they are not used.
+    Raises ConfigError (one line naming the key); appends one-line notes to `notes`.
+    """
+    d = cfg.data
+    notes = notes if notes is not None else []
+    defaults = DataConfig()
+    given = [k for k in ("train_file", "validation_file") if d[k]]
+    requested = d.source
+    if given:
+        if len(given) == 1:
+            other = "validation_file" if given[0] == "train_file" else "train_file"
+            raise ConfigError(f"data.{other} is required with data.{given[0]} (training on local files needs both)")
+        if requested == "generated":
+            raise ConfigError("data.source=generated conflicts with data.train_file/data.validation_file: drop "
+                              "data.source (or set data.source=files) to train on the files, or drop the file keys")
+        unused = _changed(d, defaults, _HUB_KEYS, "data")
+        if requested == "hub" or unused:
+            over = " over data.source=hub" if requested == "hub" else ""
+            notes.append(f"data: data.train_file/data.validation_file win{over} ({', '.join(unused) or 'no hub key'}"
+                         f" not read): the files are read as that set's local copy with data.id_field={d.id_field!r} "
+                         f"and scored with data.metric={d.metric}")
+        d.source = "files"
+    elif requested is None:
+        d.source = "hub" if d.hub_path else "generated"
+    if d.source == "generated":
+        stray = _changed(d, defaults, _HUB_KEYS, "data")
+        if stray and d.hub_path is None:
+            raise ConfigError(f"{stray[0]} has no effect without data.hub_path: set data.hub_path too, or drop it")
+        if stray:
+            raise ConfigError(f"{stray[0]} has no effect with data.source=generated: set data.source=hub (or leave "
+                              "data.source unset) to load it, or drop it")
+        if d.id_field != defaults.id_field:
+            notes.append(f"data: data.id_field={d.id_field!r} not used: the generated set keeps its ids in 'id'")
+    else:
+        changed = _changed(d.generated, defaults.generated, list(d.generated.keys()), "data.generated")
+        if changed:
+            notes.append(f"data: {', '.join(changed)} not used: the data come from "
+                         f"{'local files' if d.source == 'files' else 'the hub'}")
+    if not d.version_2_with_negative and cfg.eval.null_score_diff_threshold != EvalConfig().null_score_diff_threshold:
+        notes.append(f"data: eval.null_score_diff_threshold={cfg.eval.null_score_diff_threshold} not used: "
+                     "data.version_2_with_negative=false never predicts \"no answer\" from the null score")
 
 
 def _fail_from_omegaconf(err: OmegaConfBaseException, source: str) -> ConfigError:
@@ -262,8 +334,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value.v if not isinstance(value.v, (DictConfig,)) else OmegaConf.to_container(value.v)
 
 
-def load_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema defaults ← each YAML file in order ← `key=value` overrides; then validate. Raises ConfigError."""
+def load_config(
+    files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = (), *, notes: Optional[list] = None
+) -> DictConfig:
+    """Schema defaults ← each YAML file in order ← `key=value` overrides; then resolve data.source and validate.
+
+    Raises ConfigError (one line naming the key). `notes`, if a list, receives one line per setting that another
+    setting overrides or that has no effect (e.g. hub keys while training on local files); print them."""
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
     for path in files:
@@ -289,6 +366,9 @@ def load_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"unknown config key {key!r} (override {text!r})")
     _derive_arm(cfg)
+    if cfg.data.source is not None and cfg.data.source not in CHOICES["data.source"]:
+        raise ConfigError(f"data.source={cfg.data.source!r} is not allowed; choose one of: null, generated, files, hub")
+    resolve_data_source(cfg, notes)
     _check_values(cfg)
     return cfg
 

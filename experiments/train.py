@@ -152,7 +152,7 @@ class Trainer:
     def __init__(self, cfg, run_dir: Path):
         import torch
 
-        from .data import load_examples, prepare_eval_features, prepare_train_features
+        from .data import load_examples, prepare_features
         from .model import load_model, load_tokenizer
 
         self.cfg = cfg
@@ -169,10 +169,10 @@ class Trainer:
         train_ex, dev_ex, self.data_stats = load_examples(cfg.data)
         if len(train_ex) == 0 or len(dev_ex) == 0:
             raise ValueError(f"no usable examples (train {len(train_ex)}, dev {len(dev_ex)}); check data.*")
-        d = cfg.data
-        train_ds = prepare_train_features(train_ex, self.tokenizer, d.max_seq_length, d.doc_stride)
-        dev_ds = prepare_eval_features(dev_ex, self.tokenizer, d.max_seq_length, d.doc_stride)
-        batching = dict(pad_to_max_length=d.pad_to_max_length, pin_memory=self.device.type == "cuda")
+        # records the tokenizer cannot handle are refused by name, or skipped and counted (data.strict=false)
+        train_ex, dev_ex, train_ds, dev_ds = prepare_features(cfg.data, self.tokenizer, train_ex, dev_ex,
+                                                              self.data_stats)
+        batching = dict(pad_to_max_length=cfg.data.pad_to_max_length, pin_memory=self.device.type == "cuda")
         self.dev_examples = dev_ex
         self.train = to_features(train_ds, MODEL_INPUTS + LABELS, **batching)
         self.dev = to_features(dev_ds, MODEL_INPUTS + LABELS, **batching)
@@ -242,7 +242,7 @@ class Trainer:
         import numpy as np
         import torch
 
-        from .qa_eval import char_f1_scores, postprocess_predictions, squad_scores
+        from .qa_eval import postprocess_predictions, score_predictions
 
         subset = kind == "periodic" and self.dev_subset is not None
         examples, features = self.dev_subset if subset else (self.dev_examples, self.dev)
@@ -262,26 +262,29 @@ class Trainer:
             rows = index.numpy()
             starts[rows, : start.shape[1]] = start.cpu().numpy()
             ends[rows, : end.shape[1]] = end.cpu().numpy()
-        e = self.cfg.eval
-        predictions = postprocess_predictions(
+        e, d = self.cfg.eval, self.cfg.data
+        predictions, null_odds = postprocess_predictions(
             examples, features.dataset, starts, ends,
             n_best_size=e.n_best_size, max_answer_length=e.max_answer_length,
-            version_2_with_negative=self.cfg.data.version_2_with_negative,
-            null_score_diff_threshold=e.null_score_diff_threshold,
+            version_2_with_negative=d.version_2_with_negative,
+            null_score_diff_threshold=e.null_score_diff_threshold, return_null_odds=True,
         )
         references = {ex_id: list(ans["text"]) for ex_id, ans in zip(examples["id"], examples["answers"])}
-        scorer = char_f1_scores if self.cfg.data.metric == "char" else squad_scores
-        scores = scorer(predictions, references)
+        # the official rules of data.metric (SQuAD v1.1 / v2.0, KorQuAD, KLUE-MRC); details go to summary.json
+        scores, details = score_predictions(predictions, references, metric=d.metric,
+                                            version_2_with_negative=d.version_2_with_negative,
+                                            null_odds=null_odds if d.version_2_with_negative else None)
         if not subset:
             self.tracker.write_json("predictions.json", predictions)
-        return {"dev/loss": float(total_loss) / len(features), "dev/em": scores["exact_match"],
-                "dev/f1": scores["f1"], "eval/kind": kind, "eval/subset": subset, "eval/examples": len(examples)}
+            self.tracker.update_summary(scores={"kind": kind, **details})
+        return {"dev/loss": float(total_loss) / len(features), **scores, "eval/kind": kind, "eval/subset": subset,
+                "eval/examples": len(examples)}
 
     def record_eval(self, metrics: dict) -> None:
         p = self.progress
         event = dict(metrics)
         self.tracker.log(event, update=p.update, epoch=self.epoch_float(), examples=p.examples)
-        snapshot = {k: metrics[k] for k in ("dev/loss", "dev/em", "dev/f1", "eval/examples")}
+        snapshot = {k: v for k, v in metrics.items() if k.startswith("dev/") or k == "eval/examples"}
         snapshot.update(update=p.update, epoch=round(self.epoch_float(), 4))
         p.last_eval = snapshot
         key = self.cfg.train.save_best_by
@@ -511,11 +514,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_OK
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     files, overrides = split_args(argv)
+    notes: list = []
     try:
-        cfg = load_config(files, overrides)
+        cfg = load_config(files, overrides, notes=notes)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    for note in notes:  # which setting wins where two disagree, and settings that have no effect here
+        print(note, file=sys.stderr)
     _offline_defaults(cfg)
     run_dir = run_dir_of(cfg)
     try:
@@ -527,7 +533,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
         return EXIT_OK if action == "completed" else EXIT_DIVERGED
 
-    from .data import DataError
+    from .data import DataError, describe_data
     from .model import ModelError
 
     try:
@@ -555,6 +561,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     tracker.update_summary(data=trainer.data_stats, parameters=count_parameters(trainer.model),
                            total_updates=trainer.total_updates,
                            optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))})
+    print(describe_data(trainer.data_stats), file=sys.stderr)
     where = f"resuming at update {trainer.progress.update}" if resume else "starting"
     print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
           f"features, device {trainer.device})", file=sys.stderr)
@@ -588,8 +595,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         time=trainer.time_summary(wall),
     )
     f = summary.get("final", {})
-    print(f"completed: {run_dir}\n  dev/f1 {f.get('dev/f1', float('nan')):.2f}  dev/em {f.get('dev/em', float('nan')):.2f}"
-          f"  dev/loss {f.get('dev/loss', float('nan')):.4f}  train/loss {f.get('train/loss', float('nan')):.4f}"
+    from .qa_eval import metric_keys
+
+    em_key, second = metric_keys(cfg.data.metric)
+    split = "".join(f"  {k} {f[k]:.2f}" for k in (f"dev/has_ans_{second[4:]}", f"dev/no_ans_{second[4:]}") if k in f)
+    print(f"completed: {run_dir}\n  {second} {f.get(second, float('nan')):.2f}  dev/em {f.get(em_key, float('nan')):.2f}"
+          f"{split}  dev/loss {f.get('dev/loss', float('nan')):.4f}  train/loss {f.get('train/loss', float('nan')):.4f}"
           f"  updates {p.update}  wall {summary.get('wall_time_s', 0):.0f}s", file=sys.stderr)
     return EXIT_OK
 

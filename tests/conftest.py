@@ -1,6 +1,9 @@
-"""Shared test set-up: offline everywhere, and one shrinking fixture for end-to-end runs."""
+"""Shared test set-up: offline everywhere, private Hugging Face caches, and one shrinking fixture for end-to-end runs."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,15 @@ for _key, _value in {
     "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(_key, _value)
+
+# Private Hugging Face caches for the whole session (subprocesses inherit them): offline, `datasets` serves a hub
+# name such as "squad" from whatever its cache holds under that name, so the machine's ~/.cache/huggingface must not
+# decide what a test loads. Set (not setdefault) so a user's HF_HOME cannot leak in either.
+HF_TEST_HOME = tempfile.mkdtemp(prefix="sam-accum-tests-hf-")
+os.environ["HF_HOME"] = HF_TEST_HOME
+os.environ["HF_DATASETS_CACHE"] = os.path.join(HF_TEST_HOME, "datasets")
+os.environ["HF_HUB_CACHE"] = os.path.join(HF_TEST_HOME, "hub")
+atexit.register(shutil.rmtree, HF_TEST_HOME, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = str(REPO / "configs" / "smoke.yaml")

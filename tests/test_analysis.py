@@ -517,3 +517,21 @@ def test_report_of_sparse_sweeps(tmp_path):
     assert "| failed | boom |" in md
     assert "figure:train_loss" in written and "figure:final_scores" not in written
     assert "Final dev EM and F1: not drawn" in md
+
+
+def test_report_shows_the_v2_breakdown_and_rouge_w_only_when_runs_logged_them(tmp_path):
+    make_sweep(tmp_path, "v2", arms=("sam_full", "sam_last"), ks=(4,), seeds=(0,), special=False, manifest=False)
+    md = report.build_report(tmp_path, "v2", out_dir=tmp_path / "plain")["md"].read_text(encoding="utf-8")
+    assert "HasAns" not in md and "ROUGE-W" not in md
+    # a SQuAD v2 run writes dev/has_ans_f1 and dev/no_ans_f1 into its final block (values made up here)
+    made_up = {"sam_full": (71.25, 40.5), "sam_last": (60.0, 12.75)}
+    for path in (tmp_path / "runs" / "v2").glob("*/summary.json"):
+        s = json.loads(path.read_text())
+        s["final"]["dev/has_ans_f1"], s["final"]["dev/no_ans_f1"] = made_up[s["arm"]]
+        path.write_text(json.dumps(s))
+    md = report.build_report(tmp_path, "v2", out_dir=tmp_path / "v2")["md"].read_text(encoding="utf-8")
+    has_ans = md.split("### Final dev F1, questions with an answer (HasAns) (higher is better)")[1].split("###")[0]
+    assert "| sam_full | 4 | 1 | 1 | 71.25 |" in has_ans and "| sam_last | 4 | 1 | 1 | 60.00 |" in has_ans
+    no_ans = md.split("### Final dev F1, questions without an answer (NoAns) (higher is better)")[1].split("##")[0]
+    assert "| sam_full | 4 | 1 | 1 | 40.50 |" in no_ans and "| sam_last | 4 | 1 | 1 | 12.75 |" in no_ans
+    assert "ROUGE-W" not in md

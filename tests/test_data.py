@@ -1,6 +1,7 @@
 """experiments.data: raw examples from local files, the hub and the generated set; the heuristic floor."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ from experiments.data import DataError, load_examples
 from experiments.data.baseline import _TYPE_PATTERNS, heuristic_answer, heuristic_baseline, question_type
 from experiments.data.files import read_squad_file
 from experiments.data.generated import RELATIONS, ensure_generated, generate_records, generator_settings
+from tests.qa_samples import KLUE_DEV, KLUE_TRAIN, klue_doc, squad_v2_doc, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_TRAIN = REPO / "tests" / "data" / "sample_train.json"
@@ -86,8 +88,14 @@ def test_shipped_sample_pair_and_limits():
     cfg = load_config(["configs/data/local_files.yaml"])
     train, dev, stats = load_examples(cfg.data)
     assert train.column_names == ["id", "title", "context", "question", "answers"]
-    assert stats == {"train_examples": 8, "dev_examples": 5, "skipped_records": {"train": 0, "dev": 0},
-                     "skip_reasons": {}}
+    used = stats.pop("used")
+    assert stats == {"source": "files", "train_examples": 8, "dev_examples": 5,
+                     "skipped_records": {"train": 0, "dev": 0}, "skip_reasons": {}, "unanswerable": {"train": 0, "dev": 0}}
+    # what was read, as summary.json records it: the resolved path, its size and content hash, the examples kept
+    assert used["train"] == {"kind": "file", "key": "data.train_file", "path": str(SAMPLE_TRAIN),
+                             "bytes": SAMPLE_TRAIN.stat().st_size,
+                             "sha256": hashlib.sha256(SAMPLE_TRAIN.read_bytes()).hexdigest(), "examples": 8}
+    assert used["dev"]["path"] == str(SAMPLE_DEV) and used["dev"]["key"] == "data.validation_file"
     train3, dev2, stats = load_examples(
         load_config(["configs/data/local_files.yaml"], ["data.max_train_examples=3", "data.max_eval_examples=2"]).data
     )
@@ -146,6 +154,28 @@ BAD_FILES = [
     ("latin1.json", json.dumps([GOOD]).encode().replace(b"sailed", b"sa\xefled"),
      r"latin1\.json: undecodable bytes \(not UTF-8\) at byte 54 \(line 1\)", None),
     ("dupe.jsonl", _jsonl(GOOD, GOOD, LAST), r"dupe\.jsonl: line 2 \(id 'q1'\): duplicate id 'q1'", "duplicate_id"),
+    # a lone UTF-16 surrogate escape: valid JSON, not valid Unicode (Arrow cannot store it), in every layout and field
+    ("surrogate_nested.json", json.dumps({"data": [{"title": "T", "paragraphs": [
+        {"context": GOOD["context"], "qas": [{"id": "q1", "question": "Who?", "answers": [{"text": "Nella",
+                                                                                         "answer_start": 0}]}]},
+        {"context": "Ship \ud83d Nella", "qas": [{"id": "q2", "question": "Who?", "answers": [
+            {"text": "Nella", "answer_start": 7}]}]},
+        {"context": GOOD["context"], "qas": [{"id": "q3", "question": "Who?", "answers": [{"text": "Nella",
+                                                                                         "answer_start": 0}]}]},
+    ]}]}).encode(),
+     r"surrogate_nested\.json: data\[0\]\.paragraphs\[1\]\.qas\[0\] \(id 'q2'\): field 'context' holds a lone "
+     r"UTF-16 surrogate '\\ud83d' at character 5", "invalid_unicode"),
+    ("surrogate.jsonl", _jsonl(GOOD, {**GOOD, "id": "q2", "question": "Who \ud83d sailed?"}, LAST),
+     r"surrogate\.jsonl: line 2 \(id 'q2'\): field 'question' holds a lone UTF-16 surrogate '\\ud83d' at "
+     r"character 4", "invalid_unicode"),
+    ("surrogate_answer.json", json.dumps([GOOD, {**GOOD, "id": "q2", "context": "Nella \udc00 sailed.",
+                                                 "answers": {"text": ["\udc00"], "answer_start": [6]}}, LAST]).encode(),
+     r"surrogate_answer\.json: record 1 \(id 'q2'\): field 'context' holds a lone UTF-16 surrogate", "invalid_unicode"),
+    ("surrogate_id.jsonl", _jsonl(GOOD, {**GOOD, "id": "q\ud800"}, LAST),
+     r"surrogate_id\.jsonl: line 2 \(id 'q\\ud800'\): field 'id' holds a lone UTF-16 surrogate", "invalid_unicode"),
+    ("impossible_text.jsonl", _jsonl(GOOD, {**GOOD, "id": "q2", "is_impossible": "yes"}, LAST),
+     r"impossible_text\.jsonl: line 2 \(id 'q2'\): field 'is_impossible' must be true or false, got 'yes'",
+     "wrong_type"),
 ]
 
 
@@ -320,3 +350,162 @@ def test_heuristic_baseline_stays_below_50_f1_on_the_default_dev_set(tmp_path):
     scores = heuristic_baseline(dev)
     assert 5.0 < scores["f1"] <= 50.0, scores  # does something, but the set needs reading
     assert scores["exact_match"] <= scores["f1"]
+
+
+# ------------------------------------------------------------------------------------------ data.id_field everywhere
+def _klue_cfg(train: Path, dev: Path, *extra: str):
+    return load_config(["configs/data/klue_mrc.yaml"], [f"data.train_file={train}", f"data.validation_file={dev}",
+                                                        *extra])
+
+
+def test_official_klue_mrc_json_loads_from_local_files_with_its_id_field(tmp_path):
+    train = write_json(tmp_path, "klue-mrc-v1.1_train.json", klue_doc(KLUE_TRAIN))
+    dev = write_json(tmp_path, "klue-mrc-v1.1_dev.json", klue_doc(KLUE_DEV))
+    cfg = _klue_cfg(train, dev)
+    assert (cfg.data.source, cfg.data.id_field, cfg.data.metric) == ("files", "guid", "klue")
+    train_ex, dev_ex, stats = load_examples(cfg.data)
+    assert train_ex["id"] == [guid for _, _, qas in KLUE_TRAIN for guid, *_ in qas]
+    # is_impossible questions are unanswerable: plausible_answers are not answers
+    assert [a["text"] for a in train_ex["answers"]] == [["박서진"], ["《푸른 종》"], [], ["〈겨울 강〉"], ["열두 점"], []]
+    context = KLUE_TRAIN[0][1]
+    assert train_ex[1]["answers"] == {"text": ["《푸른 종》"], "answer_start": [context.index("《푸른 종》")]}
+    assert stats["unanswerable"] == {"train": 2, "dev": 1} and stats["skipped_records"] == {"train": 0, "dev": 0}
+    assert dev_ex["id"] == ["klue-mrc-v1_dev_00001", "klue-mrc-v1_dev_00002", "klue-mrc-v1_dev_00003"]
+
+
+@pytest.mark.parametrize("layout", ["nested", "flat", "jsonl"])
+def test_id_field_holds_for_every_layout_and_a_wrong_one_names_the_key(tmp_path, layout):
+    nested = klue_doc(KLUE_TRAIN)
+    flat = [{**qa, "title": article["title"], "context": paragraph["context"]}
+            for article in nested["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    for record in flat:  # the flat shape of answers
+        record["answers"] = {"text": [a["text"] for a in record["answers"]],
+                             "answer_start": [a["answer_start"] for a in record["answers"]]}
+    if layout == "nested":
+        path = write_json(tmp_path, "train.json", nested)
+    elif layout == "flat":
+        path = write_json(tmp_path, "train.json", flat)
+    else:
+        path = tmp_path / "train.jsonl"
+        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in flat) + "\n", encoding="utf-8")
+    records, reasons = read_squad_file(path, id_field="guid")
+    assert [r["id"] for r in records] == [guid for _, _, qas in KLUE_TRAIN for guid, *_ in qas] and not reasons
+    first = {"nested": r"data\[0\]\.paragraphs\[0\]\.qas\[0\]", "flat": r"record 0", "jsonl": r"line 1"}[layout]
+    expected = (rf"train\.jsonl?: {first}: missing field 'id' \(the question id, data\.id_field=id\); the record has "
+                r"'guid': set data\.id_field=guid")
+    with pytest.raises(DataError, match=expected):
+        read_squad_file(path)  # the default id field, as a SQuAD config would read it
+    with pytest.raises(DataError, match=r"none of its 6 records is usable \(missing_field=6\); the first: .*"
+                                        r"set data\.id_field=guid"):
+        read_squad_file(path, strict=False)
+
+
+def test_squad_v2_file_in_v1_mode_warns_once_and_counts_unanswerable(tmp_path, caplog):
+    path = write_json(tmp_path, "dev-v2.0.json", squad_v2_doc())
+    with caplog.at_level(logging.WARNING, logger="experiments.data"):
+        _, _, stats = load_examples(files_cfg(path, path).data)
+    # SQUAD_V2_QAS: v2-3 and v2-6 have empty answers, in both splits (the same file)
+    assert stats["unanswerable"] == {"train": 2, "dev": 2}
+    warnings = [r.getMessage() for r in caplog.records if "no answer" in r.getMessage()]
+    assert warnings == ["data: 2 train / 2 dev questions have no answer but data.version_2_with_negative=false: they "
+                        "are trained to point at [CLS] and can never be answered right at evaluation; set "
+                        "data.version_2_with_negative=true to predict \"no answer\""]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="experiments.data"):
+        load_examples(load_config(["configs/data/squad_v2.yaml"], [f"data.train_file={path}",
+                                                                   f"data.validation_file={path}"]).data)
+    assert not [r for r in caplog.records if "no answer" in r.getMessage()]
+
+
+# ---------------------------------------------------------------------------------- hub: local folders and the cache
+def _hub_folder(root: Path, name: str, fmt: str) -> Path:
+    """A folder in the hub schema (what `load_dataset(folder)` reads): data/{train,validation}-*.{parquet,jsonl}."""
+    from datasets import Dataset
+
+    folder = root / name / "data"
+    folder.mkdir(parents=True)
+    rows = flat_records()
+    for split in ("train", "validation"):
+        ds = Dataset.from_list(rows)
+        if fmt == "parquet":
+            ds.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+        else:
+            ds.to_json(str(folder / f"{split}-00000-of-00001.jsonl"))
+    return root / name
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "json"])
+def test_hub_path_takes_a_local_folder_in_the_hub_schema(tmp_path, monkeypatch, fmt):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = _hub_folder(tmp_path, "myqa", fmt)
+    cfg = load_config([], [f"data.hub_path={folder}"])
+    assert cfg.data.source == "hub"
+    train, dev, stats = load_examples(cfg.data)
+    assert train["id"] == [r["id"] for r in flat_records()] and len(dev) == 4
+    used = stats["used"]["train"]
+    assert used["kind"] == "hub" and used["local_folder"] == str(folder) and used["rows"] == 4
+    assert used["builder"] == fmt and used["splits"] == {"train": 4, "validation": 4}
+    assert used["cache_dir"].startswith(str(tmp_path / "cache")) and used["fingerprint"]
+
+
+def test_offline_hub_name_served_from_the_cache_is_recorded_and_warned(tmp_path, monkeypatch, caplog):
+    """The fault of the issue: a local folder once loaded as 'squad' is what `data.hub_path=squad` gets offline."""
+    import datasets
+    from huggingface_hub import constants
+
+    from experiments.data import describe_data
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    folder = _hub_folder(tmp_path / "elsewhere", "squad", "parquet")
+    load_examples(load_config([], [f"data.hub_path={folder}"]).data)  # cached under the name "squad"
+    monkeypatch.chdir(tmp_path)  # no folder called squad here
+    with caplog.at_level(logging.WARNING, logger="experiments.data"):
+        train, _, stats = load_examples(load_config([REPO / "configs" / "data" / "squad.yaml"]).data)
+    used = stats["used"]["train"]
+    assert train["id"] == [r["id"] for r in flat_records()]  # not SQuAD: the folder's four made-up questions
+    assert used["hub_path"] == "squad" and used["local_folder"] is None
+    assert used["cache_dir"].startswith(str(cache / "squad")) and used["revision"] is None
+    assert any("Using the latest cached version" in note for note in used["library_notes"])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(w.startswith("data.hub_path='squad' split train was served from the local datasets cache "
+                            f"{used['cache_dir']} without checking the hub") for w in warnings), warnings
+    line = describe_data(stats)
+    assert line.startswith("data: hub train=squad:train (4 examples; from ") and used["cache_dir"] in line
+
+
+def test_hub_name_that_is_a_folder_in_the_working_directory_is_named(tmp_path, monkeypatch, caplog):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    _hub_folder(tmp_path, "squad", "json")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="experiments.data"):
+        _, _, stats = load_examples(load_config([REPO / "configs" / "data" / "squad.yaml"]).data)
+    assert stats["used"]["dev"]["local_folder"] == str(tmp_path / "squad")
+    assert f"data.hub_path='squad' is the local folder {tmp_path / 'squad'}" in caplog.text
+
+
+def test_the_session_uses_private_hugging_face_caches():
+    import datasets
+
+    from tests.conftest import HF_TEST_HOME
+
+    assert Path(datasets.config.HF_DATASETS_CACHE) == Path(HF_TEST_HOME) / "datasets"
+    assert not Path(datasets.config.HF_DATASETS_CACHE).is_relative_to(Path.home() / ".cache")
+
+
+def test_heuristic_baseline_is_scored_by_the_configured_metric():
+    from datasets import Dataset
+
+    context = "Tal Vesk was born in 1801. Dar Mion was born in 1799."
+    dev = Dataset.from_list([{"id": "q", "title": "", "context": context, "question": "When was Dar Mion born?",
+                              "answers": {"text": ["1799"], "answer_start": [context.index("1799")]}}])
+    # the heuristic answers "1801" (the first year). SQuAD: no shared token -> F1 0. KLUE ROUGE-W: the longest
+    # common run of "1801" and "1799" is "1" (1 of 4 characters each side) -> 2 * 1/4 * 1/4 / (1/4 + 1/4) = 0.25
+    assert heuristic_baseline(dev) == {"exact_match": 0.0, "f1": 0.0}
+    assert heuristic_baseline(dev, "klue") == {"exact_match": 0.0, "rouge_w": pytest.approx(25.0)}

@@ -156,3 +156,48 @@ def test_feature_cache_is_hit_on_the_second_call(tokenizer, monkeypatch, tmp_pat
     changed = _examples(HAND[:3])  # other examples: another fingerprint
     prepare_eval_features(changed, tokenizer, SEQ, STRIDE, cache_dir=tmp_path)
     assert len(calls) == 3
+
+
+# ------------------------------------------------------------------------------- doc_stride room and record faults
+@pytest.mark.parametrize("seq, stride", [(64, 30), (64, 16), (32, 15), (128, 63), (384, 128)])
+def test_every_stride_the_config_accepts_leaves_the_context_more_room_than_the_stride(tokenizer, seq, stride):
+    """The rule: a window is [CLS] question [SEP] context [SEP], so the context gets seq - 3 - q tokens, and the fast
+    tokenizer needs that to be > stride (else it panics). Questions are cut to q <= min(seq // 2, seq - 3 - stride - 1)."""
+    from experiments.data.features import question_token_limit
+
+    limit = min(seq // 2, seq - 3 - stride - 1)
+    assert question_token_limit(tokenizer, seq, stride) == limit
+    # questions around the limit (one "word" = one token here), each with a context far longer than the window
+    lengths = sorted({max(1, limit - 1), limit, limit + 1, seq // 2 - 1, seq // 2, seq})
+    records = [_record(f"q{n}", LONG, " ".join(["lamp"] * n) + "?", "Brisk Hadde") for n in lengths]
+    out = prepare_train_features(_examples(records), tokenizer, seq, stride, use_cache=False)
+    assert len(out) > len(records)  # every question got its windows
+    sep = tokenizer.sep_token_id
+    question_tokens = [ids.index(sep) - 1 for ids in out["input_ids"]]  # between [CLS] and the first [SEP]
+    assert max(question_tokens) == limit  # the longer questions are cut to exactly the limit
+
+
+def test_the_issue_case_doc_stride_30_at_64_tokens_and_a_31_token_question(tokenizer):
+    # before: the question kept 31 tokens (cut at 64 // 2 = 32), the context got 64 - 3 - 31 = 30 = stride: panic
+    question = " ".join(["lamp"] * 31)
+    assert len(tokenizer(question, add_special_tokens=False)["input_ids"]) == 31
+    out = prepare_train_features(_examples([_record("q", LONG, question, "Brisk Hadde")]), tokenizer, 64, 30,
+                                 use_cache=False)
+    sep = tokenizer.sep_token_id
+    # now cut to 64 - 3 - 30 - 1 = 30 tokens: 31 context tokens per window, and the windows advance
+    assert all(ids.index(sep) - 1 == 30 for ids in out["input_ids"])
+    assert len(out) >= 2
+
+
+def test_a_context_with_no_token_is_a_named_record_fault(tokenizer):
+    from experiments.data import TokenisationFaults
+
+    records = HAND[:2] + [_record("blank", "\u200b\u200b\u200b", "Who?", None), _record("ctrl", "\x00\x01", "Who?",
+                                                                                       None)]
+    for prepare in (prepare_train_features, prepare_eval_features):
+        with pytest.raises(TokenisationFaults) as info:
+            prepare(_examples(records), tokenizer, SEQ, STRIDE, use_cache=False)
+        assert [(f.example_id, f.reason) for f in info.value.faults] == [("blank", "no_context_tokens"),
+                                                                          ("ctrl", "no_context_tokens")]
+        assert str(info.value).endswith("example id 'blank': the context has no token this tokenizer keeps (only "
+                                        "characters it drops, e.g. zero-width, control or combining marks) (1 more)")

@@ -8,11 +8,9 @@ that this heuristic stays below 50 F1 (every answer type has same-type distracto
 """
 from __future__ import annotations
 
-import collections
 import re
-import string
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
 from .generated import COLOURS, DEVICE_ADJECTIVES, DEVICE_NOUNS, JOBS
 
@@ -74,55 +72,21 @@ def heuristic_answer(question: str, context: str, title: str = "") -> str:
     return ""
 
 
-# ---------------------------------------------------------------------- official SQuAD v1.1 scoring (fallback copy)
-def _normalise(text: str) -> str:
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+def heuristic_baseline(dev_dataset, metric: str = "squad", version_2_with_negative: bool = False) -> dict[str, float]:
+    """Scores (percent) of `heuristic_answer` on a Dataset with id, context, question, answers, by the rules of
+    `data.metric` (`experiments.qa_eval.score_predictions`): {"exact_match", "f1"}, or {"exact_match", "rouge_w"}
+    for klue."""
+    from experiments.qa_eval import metric_keys, score_predictions
 
-
-def _f1(prediction: str, gold: str) -> float:
-    pred_tokens, gold_tokens = _normalise(prediction).split(), _normalise(gold).split()
-    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
-    overlap = sum(common.values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred_tokens), overlap / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _squad_scores_fallback(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-    em = f1 = 0.0
-    for qid, golds in references.items():
-        pred = predictions.get(qid, "")
-        if not golds:  # unanswerable: only the empty answer scores
-            score = float(pred == "")
-            em, f1 = em + score, f1 + score
-            continue
-        em += max(float(_normalise(pred) == _normalise(g)) for g in golds)
-        f1 += max(_f1(pred, g) for g in golds)
-    n = max(len(references), 1)
-    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
-
-
-def _scorer() -> Callable[[dict, dict], dict]:
-    try:  # the project's evaluator, when it exists, so the numbers are computed one way only
-        from experiments.qa_eval import squad_scores
-    except ImportError:
-        return _squad_scores_fallback
-    return squad_scores
-
-
-def heuristic_baseline(dev_dataset) -> dict[str, float]:
-    """EM/F1 (percent) of `heuristic_answer` on a Dataset with id, context, question, answers."""
     predictions, references = {}, {}
     for example in dev_dataset:
         title = example.get("title") or ""
         predictions[example["id"]] = heuristic_answer(example["question"], example["context"], title)
         references[example["id"]] = list(example["answers"]["text"])
-    scores = _scorer()(predictions, references)
-    return {"exact_match": float(scores["exact_match"]), "f1": float(scores["f1"])}
+    logged, _ = score_predictions(predictions, references, metric=metric,
+                                  version_2_with_negative=version_2_with_negative)
+    em_key, second = metric_keys(metric)
+    return {"exact_match": float(logged[em_key]), second[4:]: float(logged[second])}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -138,10 +102,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    scores = heuristic_baseline(dev)
+    scores = heuristic_baseline(dev, cfg.data.metric, cfg.data.version_2_with_negative)
+    second = "ROUGE-W" if "rouge_w" in scores else "F1"
     print(
         f"heuristic baseline (first span of the question's answer type) on {len(dev)} dev examples "
-        f"(data.source={cfg.data.source}): EM {scores['exact_match']:.1f}  F1 {scores['f1']:.1f}"
+        f"(data.source={cfg.data.source}, data.metric={cfg.data.metric}): EM {scores['exact_match']:.1f}  "
+        f"{second} {scores.get('rouge_w', scores.get('f1')):.1f}"
     )
     return 0
 

@@ -6,6 +6,13 @@ first and last token inside the window, or 0 (the [CLS] token) when the answer i
 question has no answer. Eval features also keep `example_id` and `offset_mapping` (character spans in the context,
 None for question/special/padding tokens so post-processing can only pick context spans).
 
+A question is cut to `question_token_limit` tokens, so the context always has more room in a window than
+doc_stride: with less, the fast tokenizer cannot advance its windows and panics (a Rust PanicException).
+
+A record the tokenizer cannot turn into windows (any exception the library raises, or a context with no token the
+tokenizer keeps, such as only zero-width characters) makes `prepare_*_features` raise TokenisationFaults, a
+DataError that lists every such example by id; `loading.prepare_features` names their file and record, or skips them.
+
 Tokenising is cached: `Dataset.map` writes an Arrow file under .cache/features/ named by a hash of everything that
 changes the result, and a rerun loads that file instead of tokenising again.
 """
@@ -17,11 +24,13 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from dataclasses import dataclass
+
 from datasets import Dataset, Features, List, Value
 
-from .errors import DataError
+from .errors import DataError, one_line
 
-FEATURES_VERSION = 1  # bump whenever the features for the same inputs change
+FEATURES_VERSION = 2  # bump whenever the features for the same inputs change (2: questions cut to leave stride room)
 TRAIN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
 
 
@@ -31,17 +40,69 @@ def _default_cache_dir() -> Path:
     return REPO_ROOT / ".cache" / "features"
 
 
+@dataclass
+class Fault:
+    """One example the tokenizer could not turn into windows; `reason` is the key counted in skip_reasons."""
+
+    example_id: str
+    reason: str
+    message: str
+
+
+class TokenisationFaults(DataError):
+    """Raised by prepare_*_features when some examples cannot be tokenised; `faults` lists every one of them."""
+
+    def __init__(self, kind: str, faults: list[Fault]):
+        first = faults[0]
+        more = f" ({len(faults) - 1} more)" if len(faults) > 1 else ""
+        super().__init__(one_line(f"{kind} example id {first.example_id!r}: {first.message}{more}"))
+        self.faults = faults
+
+
+class _RecordFault(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def question_token_limit(tokenizer: Any, max_seq_length: int, doc_stride: int) -> int:
+    """The most question tokens a window may hold: at most half the window, and few enough that the context keeps
+    more room than doc_stride, i.e. max_seq_length - special tokens - question tokens > doc_stride (the fast
+    tokenizer's own condition for overflowing windows; it panics otherwise). Raises DataError naming
+    data.doc_stride when not even one question token fits."""
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    limit = min(max_seq_length // 2, max_seq_length - special - doc_stride - 1)
+    if limit < 1:
+        raise DataError(f"data.doc_stride={doc_stride} leaves no room for a question: a window of "
+                        f"data.max_seq_length={max_seq_length} tokens holds {special} special tokens and needs more "
+                        f"than doc_stride tokens of context; lower data.doc_stride")
+    return limit
+
+
+def _question_lengths(questions: list[str], tokenizer: Any) -> list:
+    return tokenizer([q.lstrip() for q in questions], add_special_tokens=False, return_offsets_mapping=True)[
+        "offset_mapping"]
+
+
+def count_long_questions(dataset: Dataset, tokenizer: Any, limit: int) -> int:
+    """How many questions of `dataset` have more than `limit` tokens (and so are cut when tokenised)."""
+    return sum(len(offsets) > limit for offsets in _question_lengths(list(dataset["question"]), tokenizer))
+
+
 def _shorten_long_questions(questions: list[str], tokenizer: Any, limit: int) -> list[str]:
-    """Cut a question to `limit` tokens: with truncation="only_second" a question longer than the window is an error."""
-    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    """Cut a question to `limit` tokens: with truncation="only_second" a question longer than the window is an error,
+    and one that leaves the context no more room than doc_stride makes the tokenizer panic."""
     out = []
-    for question, offsets in zip(questions, encoded["offset_mapping"]):
+    for question, offsets in zip(questions, _question_lengths(questions, tokenizer)):
         out.append(question[: offsets[limit - 1][1]] if len(offsets) > limit else question)
     return out
 
 
 def _context_span(sequence_ids: list) -> tuple[int, int]:
     """First and last token index of the context (sequence id 1) in one window."""
+    if 1 not in sequence_ids:
+        raise _RecordFault("no_context_tokens", "the context has no token this tokenizer keeps (only characters it "
+                                                "drops, e.g. zero-width, control or combining marks)")
     first = sequence_ids.index(1)
     last = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
     return first, last
@@ -67,7 +128,8 @@ def _label(offsets: list, first: int, last: int, answers: dict) -> tuple[int, in
 
 
 def _tokenise(batch: dict, tokenizer: Any, max_seq_length: int, doc_stride: int, kind: str) -> dict:
-    questions = _shorten_long_questions([q.lstrip() for q in batch["question"]], tokenizer, max_seq_length // 2)
+    limit = question_token_limit(tokenizer, max_seq_length, doc_stride)
+    questions = _shorten_long_questions([q.lstrip() for q in batch["question"]], tokenizer, limit)
     encoded = tokenizer(
         questions,
         batch["context"],
@@ -140,6 +202,7 @@ def _prepare(
                         "offsets (needed for QA labels) come only from fast tokenizers")
     if doc_stride >= max_seq_length // 2:
         raise DataError(f"doc_stride={doc_stride} must be < max_seq_length/2 ({max_seq_length // 2})")
+    question_token_limit(tokenizer, max_seq_length, doc_stride)  # a window with no room is a config error, said once
     function = functools.partial(
         _tokenise, tokenizer=tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride, kind=kind
     )
@@ -152,7 +215,47 @@ def _prepare(
         kwargs.update(cache_file_name=str(folder / f"{kind}-{key}.arrow"), load_from_cache_file=True)
     else:
         kwargs.update(keep_in_memory=True, load_from_cache_file=False)
-    return dataset.map(function, **kwargs)
+    try:
+        return dataset.map(function, **kwargs)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException:  # noqa: BLE001 - a Rust panic is a BaseException (pyo3 PanicException)
+        faults = _find_faults(dataset, function)
+        if not faults:
+            raise  # not caused by a record (memory, disk, a broken tokenizer): the caller records the failure
+        raise TokenisationFaults(kind, faults) from None
+
+
+_SCAN_CHUNK = 256
+
+
+def _find_faults(dataset: Dataset, function: Any) -> list[Fault]:
+    """Tokenise `dataset` again in chunks, and the examples of a failing chunk one by one; every example that fails
+    on its own is a Fault. Only runs after a failed map, so its cost (one more pass) is paid only then."""
+    faults = []
+    for begin in range(0, len(dataset), _SCAN_CHUNK):
+        chunk = dataset[begin:begin + _SCAN_CHUNK]
+        if _fails(function, chunk) is None:
+            continue
+        for offset, example_id in enumerate(chunk["id"]):
+            error = _fails(function, {name: values[offset:offset + 1] for name, values in chunk.items()})
+            if isinstance(error, _RecordFault):
+                faults.append(Fault(str(example_id), error.reason, error.message))
+            elif error is not None:
+                faults.append(Fault(str(example_id), "tokenizer_error",
+                                    f"the tokenizer failed on this record ({type(error).__name__}: "
+                                    f"{one_line(error)[:200]})"))
+    return faults
+
+
+def _fails(function: Any, batch: dict) -> Optional[BaseException]:
+    try:
+        function(batch)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as err:  # noqa: BLE001 - see _prepare
+        return err
+    return None
 
 
 def prepare_train_features(

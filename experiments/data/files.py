@@ -6,6 +6,8 @@ Three layouts are recognised from the content (the suffix only breaks ties):
   flat     a JSON list of flat records, or {"data": [flat records]}
   jsonl    one flat record per line
 A flat record is {"id", "title"?, "context", "question", "answers": {"text": [...], "answer_start": [...]}}.
+The question id is read from the field named by `id_field` (data.id_field) in every layout: the official KLUE-MRC JSON
+is nested SQuAD with the id in "guid" (and question_type, is_impossible, plausible_answers beside it).
 
 Problems with one record (a bad JSON line, a missing field, an answer_start that misses its text, an empty context or
 question, undecodable bytes on a line) raise DataError under strict mode and are skipped + counted otherwise. Problems
@@ -36,7 +38,7 @@ def _first_line_is_object(raw: bytes) -> bool:
             continue
         try:
             return isinstance(json.loads(line.decode("utf-8")), dict)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             return False
     return False
 
@@ -56,6 +58,9 @@ def _jsonl_records(raw: bytes, collector: RecordCollector) -> None:
         except json.JSONDecodeError as err:
             collector.problem(where, "malformed_json", f"malformed JSON ({err.msg} at column {err.colno})")
             continue
+        except RecursionError:
+            collector.problem(where, "malformed_json", "malformed JSON (nested too deeply to parse)")
+            continue
         collector.add(where, record)
 
 
@@ -66,6 +71,8 @@ def _flat_records(items: list, collector: RecordCollector, where: str) -> None:
 
 
 def _nested_records(articles: list, collector: RecordCollector) -> None:
+    """Each question is its `qas` object (id field, question, answers, is_impossible, ... as the file has them) plus
+    the paragraph's context and the article's title."""
     for a, article in enumerate(articles):
         if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
             collector.problem(f"data[{a}]", "bad_structure", "article must be an object with a 'paragraphs' list")
@@ -83,12 +90,7 @@ def _nested_records(articles: list, collector: RecordCollector) -> None:
                     kind = type(qa).__name__
                     collector.problem(where, "not_an_object", f"question must be a JSON object, got {kind}")
                     continue
-                record = {"id": qa.get("id"), "title": title, "context": context, "question": qa.get("question")}
-                if "answers" in qa:
-                    record["answers"] = qa["answers"]
-                if "is_impossible" in qa:
-                    record["is_impossible"] = qa["is_impossible"]
-                collector.add(where, record, default_title=title)
+                collector.add(where, {**qa, "title": title, "context": context}, default_title=title)
 
 
 def _document_records(doc: Any, collector: RecordCollector, path: str) -> None:
@@ -113,8 +115,16 @@ def _document_records(doc: Any, collector: RecordCollector, path: str) -> None:
     )
 
 
-def read_squad_file(path: str | Path, *, strict: bool = True) -> tuple[list[dict], Counter]:
-    """Read one local SQuAD-format file. Returns (checked records, Counter of skip reasons)."""
+def read_squad_file(
+    path: str | Path, *, strict: bool = True, id_field: str = "id", where: dict | None = None
+) -> tuple[list[dict], Counter]:
+    """Read one local SQuAD-format file. Returns (checked records, Counter of skip reasons).
+
+    id_field: the field that holds the question id (data.id_field). where: if a dict is given, it is filled with
+    {id: "<file>: <line or JSON path>"} for every kept record (used to name a record found faulty later, e.g. while
+    tokenising). Raises DataError (one line: file, record, problem) on a whole-file problem, or on the first
+    record-level problem when strict.
+    """
     path = Path(path)
     name = str(path)
     try:
@@ -123,7 +133,7 @@ def read_squad_file(path: str | Path, *, strict: bool = True) -> tuple[list[dict
         raise DataError(f"{name}: cannot read the file ({one_line(err.strerror or err)})") from None
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
-    collector = RecordCollector(name, strict)
+    collector = RecordCollector(name, strict, id_field)
 
     as_jsonl = path.suffix.lower() in JSONL_SUFFIXES
     if not as_jsonl:
@@ -141,6 +151,8 @@ def read_squad_file(path: str | Path, *, strict: bool = True) -> tuple[list[dict
                 raise DataError(f"{name}: the file is empty")
             try:
                 doc = json.loads(text)
+            except RecursionError:
+                raise DataError(f"{name}: not valid JSON (nested too deeply to parse)") from None
             except json.JSONDecodeError as err:
                 lines = [line for line in raw.splitlines() if line.strip()]
                 if len(lines) > 1 and _first_line_is_object(raw):
@@ -156,7 +168,9 @@ def read_squad_file(path: str | Path, *, strict: bool = True) -> tuple[list[dict
 
     if not collector.records:
         if collector.skipped:
-            raise DataError(f"{name}: none of its {collector.skipped} records is usable (see the warnings above)")
+            raise collector.nothing_usable()
         raise DataError(f"{name}: the file holds no records")
     collector.summary()
+    if where is not None:
+        where.update(collector.where_of_ids())
     return collector.records, collector.reasons

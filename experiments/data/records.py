@@ -3,7 +3,11 @@
 A record, once checked, is the flat SQuAD shape
     {"id": str, "title": str, "context": str, "question": str, "answers": {"text": [str], "answer_start": [int]}}
 with empty answer lists meaning "unanswerable". The same checks run on local files, hub sets and the generated set, so
-a problem reads the same wherever it comes from.
+a problem reads the same wherever it comes from. The question id is read from the field `data.id_field` names ("id"
+for SQuAD and KorQuAD, "guid" for KLUE-MRC) and stored as "id".
+
+Every string must be valid Unicode: JSON can spell a lone UTF-16 surrogate ("\ud83d"), which Python reads into a str
+but Arrow (and so `datasets`) cannot store; such a record is a record-level problem like any other.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ EXAMPLE_FEATURES = Features(
 )
 REQUIRED_FIELDS = ("id", "context", "question", "answers")
 MAX_WARNINGS_PER_SOURCE = 20  # per-record warning lines; a summary line always follows
+# Where the question id usually lives, for the hint when data.id_field names a field the records do not have.
+ID_FIELD_CANDIDATES = ("id", "guid", "qid", "qas_id", "question_id")
 
 
 class RecordProblem(Exception):
@@ -65,26 +71,60 @@ def _answer_lists(answers: Any) -> tuple[list, list]:
     raise RecordProblem("wrong_type", f"field 'answers' must be an object or a list, got {type(answers).__name__}")
 
 
-def check_record(record: Any, *, default_title: str = "") -> dict:
-    """Validate one flat record and return it normalised; raise RecordProblem on the first thing that is wrong."""
+def _missing_id(record: dict, id_field: str) -> RecordProblem:
+    """The error for a record without its id field; it names data.id_field and, if it can, the value to set."""
+    others = [name for name in ID_FIELD_CANDIDATES if name != id_field and record.get(name) is not None]
+    hint = (f"; the record has {others[0]!r}: set data.id_field={others[0]}" if others
+            else "; set data.id_field to the field that holds the question id")
+    return RecordProblem("missing_field", f"missing field {id_field!r} (the question id, data.id_field={id_field}){hint}")
+
+
+def _valid_unicode(name: str, value: str) -> None:
+    """Raise RecordProblem when `value` holds a lone surrogate (valid as a JSON escape, not as Unicode text)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RecordProblem(
+            "invalid_unicode",
+            f"field {name} holds a lone UTF-16 surrogate {value[err.start]!r} at character {err.start} "
+            "(valid JSON escape, not valid Unicode text)",
+        ) from None
+
+
+def check_record(record: Any, *, default_title: str = "", id_field: str = "id") -> dict:
+    """Validate one flat record and return it normalised; raise RecordProblem on the first thing that is wrong.
+
+    The question id is read from `record[id_field]` (data.id_field) and returned as "id"; other fields the record may
+    carry (question_type, plausible_answers, news_category, ...) are dropped. `is_impossible`, when present, must be
+    a boolean; when true the answers are ignored (the question is unanswerable; KLUE and SQuAD v2 keep plausible
+    answers elsewhere, and the hub's KLUE-MRC copies them into `answers`).
+    """
     if not isinstance(record, dict):
         raise RecordProblem("not_an_object", f"record must be a JSON object, got {type(record).__name__}")
-    impossible = record.get("is_impossible") is True
-    for name in REQUIRED_FIELDS:
+    impossible = record.get("is_impossible")
+    if impossible is not None and not isinstance(impossible, bool):
+        raise RecordProblem("wrong_type", f"field 'is_impossible' must be true or false, got {impossible!r}")
+    impossible = impossible is True
+    if record.get(id_field) is None:
+        raise _missing_id(record, id_field)
+    for name in REQUIRED_FIELDS[1:]:
         if record.get(name) is None and not (name == "answers" and impossible):
             raise RecordProblem("missing_field", f"missing field {name!r}")
-    rid = record["id"]
+    rid = record[id_field]
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise RecordProblem("wrong_type", f"field 'id' must be a string, got {type(rid).__name__}")
+        raise RecordProblem("wrong_type", f"field {id_field!r} (the id) must be a string, got {type(rid).__name__}")
     rid = str(rid)
     if not rid.strip():
-        raise RecordProblem("missing_field", "empty id")
+        raise RecordProblem("missing_field", f"empty id (field {id_field!r})")
     title = record.get("title", default_title)
     if title is None:
         title = default_title
     for name, value in (("title", title), ("context", record["context"]), ("question", record["question"])):
         if not isinstance(value, str):
             raise RecordProblem("wrong_type", f"field {name!r} must be a string, got {type(value).__name__}")
+    for name, value in ((repr(id_field), rid), ("'title'", title), ("'context'", record["context"]),
+                        ("'question'", record["question"])):
+        _valid_unicode(name, value)
     context, question = record["context"], record["question"]
     if not context.strip():
         raise RecordProblem("empty_context", "empty context")
@@ -100,6 +140,7 @@ def check_record(record: Any, *, default_title: str = "") -> dict:
             raise RecordProblem("wrong_type", f"answer {i} text must be a string, got {type(text).__name__}")
         if not text:
             raise RecordProblem("bad_answers", f"answer {i} has empty text")
+        _valid_unicode(f"answer {i} text", text)
         if isinstance(start, bool) or not isinstance(start, int):
             raise RecordProblem("wrong_type", f"answer {i} answer_start must be an integer, got {start!r}")
         found = context[start : start + len(text)] if start >= 0 else ""
@@ -125,13 +166,15 @@ class RecordCollector:
     strict=False: the record is skipped, counted by reason and logged as a warning on logger "experiments.data".
     """
 
-    def __init__(self, source: str, strict: bool):
+    def __init__(self, source: str, strict: bool, id_field: str = "id"):
         self.source = source
         self.strict = strict
+        self.id_field = id_field
         self.records: list[dict] = []
         self.reasons: Counter = Counter()
         self._seen: dict[str, str] = {}
         self._warned = 0
+        self.first_problem: Optional[str] = None  # the first skipped record's line, for "none is usable" errors
 
     @property
     def skipped(self) -> int:
@@ -142,6 +185,8 @@ class RecordCollector:
         if self.strict:
             raise DataError(line)
         self.reasons[reason] += 1
+        if self.first_problem is None:
+            self.first_problem = f"{where}: {one_line(message)}"
         if self._warned < MAX_WARNINGS_PER_SOURCE:
             logger.warning("skipped record: %s", line)
         elif self._warned == MAX_WARNINGS_PER_SOURCE:
@@ -149,10 +194,10 @@ class RecordCollector:
         self._warned += 1
 
     def add(self, where: str, record: Any, *, default_title: str = "") -> None:
-        rid = record.get("id") if isinstance(record, dict) else None
-        named = f"{where} (id {str(rid)!r})" if isinstance(rid, (str, int)) else where
+        rid = record.get(self.id_field) if isinstance(record, dict) else None
+        named = f"{where} (id {str(rid)!r})" if isinstance(rid, (str, int)) and not isinstance(rid, bool) else where
         try:
-            checked = check_record(record, default_title=default_title)
+            checked = check_record(record, default_title=default_title, id_field=self.id_field)
         except RecordProblem as p:
             self.problem(named, p.reason, p.message)
             return
@@ -162,6 +207,16 @@ class RecordCollector:
             return
         self._seen[checked["id"]] = where
         self.records.append(checked)
+
+    def where_of_ids(self) -> dict[str, str]:
+        """{id: "<source>: <where>"} of the records kept."""
+        return {rid: f"{self.source}: {where}" for rid, where in self._seen.items()}
+
+    def nothing_usable(self) -> DataError:
+        """The error for a source whose every record was skipped: counts by reason and the first problem."""
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items()))
+        return DataError(one_line(f"{self.source}: none of its {self.skipped} records is usable ({kinds}); the first: "
+                                  f"{self.first_problem}"))
 
     def summary(self) -> None:
         """Log one line per source that lost records (strict=False only)."""
@@ -173,9 +228,26 @@ class RecordCollector:
             )
 
 
-def records_to_dataset(records: list[dict], limit: Optional[int] = None) -> Dataset:
-    """Checked records → a Dataset with EXAMPLE_FEATURES; `limit` keeps the first N (deterministic)."""
-    if limit is not None:
-        records = records[:limit]
+def _to_dataset(records: list[dict]) -> Dataset:
     columns = {name: [r[name] for r in records] for name in EXAMPLE_FEATURES}
     return Dataset.from_dict(columns, features=EXAMPLE_FEATURES)
+
+
+def records_to_dataset(records: list[dict], limit: Optional[int] = None, *, source: str = "examples") -> Dataset:
+    """Checked records → a Dataset with EXAMPLE_FEATURES; `limit` keeps the first N (deterministic).
+
+    `check_record` rules out what Arrow is known to refuse; should Arrow still refuse something, the record it refuses
+    is looked up on its own and named in a one-line DataError ("<source>: id '...': ..."), never a bare library error.
+    """
+    if limit is not None:
+        records = records[:limit]
+    try:
+        return _to_dataset(records)
+    except Exception as err:  # pyarrow.ArrowInvalid, UnicodeEncodeError, OverflowError, ...
+        for record in records:
+            try:
+                _to_dataset([record])
+            except Exception as one:  # noqa: BLE001 - reported as one line below
+                raise DataError(one_line(f"{source}: id {record['id']!r}: the record cannot be stored "
+                                         f"({type(one).__name__}: {str(one)[:200]})")) from None
+        raise DataError(one_line(f"{source}: the examples cannot be stored ({type(err).__name__}: {str(err)[:200]})"))
