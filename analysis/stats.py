@@ -117,15 +117,23 @@ def ci_and_test_disagree(low: float, high: float, p_value: float, alpha: float =
     return (low > 0 or high < 0) != (p_value < alpha)
 
 
-def verdict(a: str, b: str, low: float, high: float, n: int, p_value: float = math.nan) -> str:
+def verdict(a: str, b: str, low: float, high: float, n: int, p_value: float = math.nan,
+            higher_is_better: bool | None = None, label: str = "") -> str:
     """The plain-words reading of a CI of the mean difference a − b. When the paired t-test's p-value is given and
     disagrees with the CI at the 5% level (a percentile bootstrap over 3 seeds has only 10 distinct resamples and
-    comes out too narrow), the verdict says so instead of letting the CI alone decide."""
+    comes out too narrow), the verdict says so instead of letting the CI alone decide.
+
+    With `higher_is_better` (and the metric's `label`) the verdict says which arm is better, e.g.
+    "sam_micro worse (higher dev loss; CI excludes 0)": on a loss, a > b means a is worse."""
     if n == 0:
         return "no pairs"
     if n < 2 or math.isnan(low) or math.isnan(high):
         return f"not enough pairs for a CI (n={n})"
-    if low > 0:
+    if (low > 0 or high < 0) and higher_is_better is not None:
+        higher = low > 0
+        quality = "better" if higher == higher_is_better else "worse"
+        text = f"{a} {quality} ({'higher' if higher else 'lower'} {label or 'value'}; CI excludes 0)"
+    elif low > 0:
         text = f"{a} > {b} (CI excludes 0)"
     elif high < 0:
         text = f"{a} < {b} (CI excludes 0)"
@@ -136,6 +144,18 @@ def verdict(a: str, b: str, low: float, high: float, n: int, p_value: float = ma
     if n < LOW_POWER_N:
         text += f" (n={n}: low power)"
     return text
+
+
+def _is_loss(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1].endswith("loss")
+
+
+def metric_label(metric: str) -> str:
+    """"final.dev/f1" → "dev F1", "final.dev/loss" → "dev loss": the words a sentence uses for a metric column."""
+    name = metric.split(".", 1)[-1] if metric.startswith(("final.", "best.")) else metric
+    split, _, what = name.rpartition("/")
+    what = {"f1": "F1", "em": "EM", "rouge_w": "ROUGE-W"}.get(what, what.replace("_", " "))
+    return f"{split} {what}".strip()
 
 
 def _paired_values(group: pd.DataFrame, column: str, a: str, b: str, pair_on: str, arm_col: str):
@@ -192,7 +212,8 @@ def paired_differences(df: pd.DataFrame, metric: str, a: str, b: str, by: Sequen
             "ci_high": high,
             "p_value": p,
             "verdict": ("no difference: identical on every pair" if n and not np.any(d)
-                        else verdict(a, b, low, high, n, p)),
+                        else verdict(a, b, low, high, n, p, higher_is_better=not _is_loss(metric),
+                                     label=metric_label(metric))),
             "pairs": ",".join(str(s) for s in shared),
             "unpaired": ",".join(str(s) for s in only),
         })

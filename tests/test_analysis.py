@@ -100,7 +100,7 @@ def test_paired_differences_known_mean_and_t_test():
     assert row["p_value"] == pytest.approx(2 * sps.t.sf(6.32456, 4), rel=1e-4)
     assert row["p_value"] == pytest.approx(0.0032, abs=1e-4)
     assert 1.0 <= row["ci_low"] <= 2.0 <= row["ci_high"] <= 3.0  # bootstrap means of diffs lie within their range
-    assert row["verdict"] == "sam_full > sam_last (CI excludes 0)"  # n = 5: no low-power note
+    assert row["verdict"] == "sam_full better (higher dev F1; CI excludes 0)"  # n = 5: no low-power note
     assert row["pairs"] == "0,1,2,3,4" and row["unpaired"] == ""
 
 
@@ -108,9 +108,13 @@ def test_paired_differences_verdicts_both_ways_and_low_power():
     a_vals, b_vals = [10.0, 12.0, 14.0], [13.0, 15.5, 16.0]  # a − b = −3, −3.5, −2
     lower = paired_differences(_paired_frame(a_vals, b_vals), "final.dev/f1", "sam_full", "sam_last").iloc[0]
     assert lower["mean_diff"] == pytest.approx(-8.5 / 3)
-    assert lower["verdict"] == "sam_full < sam_last (CI excludes 0) (n=3: low power)"
+    assert lower["verdict"] == "sam_full worse (lower dev F1; CI excludes 0) (n=3: low power)"
     swapped = paired_differences(_paired_frame(a_vals, b_vals), "final.dev/f1", "sam_last", "sam_full").iloc[0]
-    assert swapped["verdict"] == "sam_last > sam_full (CI excludes 0) (n=3: low power)"
+    assert swapped["verdict"] == "sam_last better (higher dev F1; CI excludes 0) (n=3: low power)"
+    # on a loss, higher is worse: the verdict says so instead of a bare ">"
+    frame = _paired_frame(b_vals, a_vals, a="sam_micro", b="sam_full").rename(columns={"final.dev/f1": "final.dev/loss"})
+    loss = paired_differences(frame, "final.dev/loss", "sam_micro", "sam_full").iloc[0]
+    assert loss["verdict"] == "sam_micro worse (higher dev loss; CI excludes 0) (n=3: low power)"
     spans = paired_differences(_paired_frame([1.0, 2.0, 3.0], [2.0, 1.0, 3.5]), "final.dev/f1",
                                "sam_full", "sam_last").iloc[0]
     assert spans["verdict"] == "no significant difference (CI spans 0) (n=3: low power)"
@@ -369,7 +373,7 @@ def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
     diff = np.mean([expected_final("sam_full", 4, s)["dev/f1"] - expected_final("sam_last", 4, s)["dev/f1"]
                     for s in (0, 1, 2)])
     assert row["mean_diff"] == pytest.approx(diff)
-    assert row["verdict"] == "sam_full > sam_last (CI excludes 0) (n=3: low power)"
+    assert row["verdict"] == "sam_full better (higher dev F1; CI excludes 0) (n=3: low power)"
 
     md = (out / "REPORT.md").read_text(encoding="utf-8")
     findings = md[md.index("## Findings"):md.index("## Setup")]
