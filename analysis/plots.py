@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from analysis.collect import arm_order
-from analysis.stats import t_interval
+from analysis.targets import censored_median
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,9 @@ STYLE = {
 }
 # File names, in the order the report shows them.
 FIGURES = {
-    "train_loss": "train_loss.png",
     "dev_curves": "dev_curves.png",
+    "time_to_target": "time_to_target.png",
+    "train_loss": "train_loss.png",
     "final_scores": "final_scores.png",
     "step_time": "step_time.png",
     "grad_cos": "grad_cos.png",
@@ -144,6 +145,55 @@ def _mean_band(per_seed: pd.DataFrame, x: str) -> pd.DataFrame:
                          "n": grouped.count()}).reset_index()
 
 
+def seed_range(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, min, max) of a cell's values over seeds: the interval every figure draws. Unlike a Student-t interval
+    from 3 seeds it never leaves the range the values can take (an F1 below 0, a negative λmax)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return (math.nan, math.nan, math.nan)
+    return (float(x.mean()), float(x.min()), float(x.max()))
+
+
+def clip_axis(ax, low: float | None, high: float | None) -> None:
+    """Keep the y axis inside the metric's range [low, high] (None: open), after autoscaling: no F1 axis below 0 %
+    or above 100 %, no loss or λmax axis below 0."""
+    bottom, top = ax.get_ylim()
+    if low is not None and bottom < low:
+        bottom = low
+    if high is not None and top > high:
+        top = high
+    ax.set_ylim(bottom, top)
+
+
+def identical_arm_groups(panel: pd.DataFrame, arms: Sequence[str], x: str, tol: float = 1e-9) -> list[list[str]]:
+    """The arms of one panel grouped by identical curves: arms whose values agree at every (seed, x) within `tol`
+    (relative and absolute) form one group, drawn as one line (at k = 1, sam_full, sam_last and sam_micro are the
+    same algorithm, and three lines on top of each other would hide two of them)."""
+    curves = {}
+    for arm in arms:
+        runs = panel[panel["arm"] == arm]
+        if not runs.empty:
+            curves[arm] = runs.groupby(["seed", x])["value"].last().sort_index()
+    groups: list[list[str]] = []
+    for arm, curve in curves.items():
+        for group in groups:
+            ref = curves[group[0]]
+            if curve.index.equals(ref.index) and np.allclose(curve.to_numpy(float), ref.to_numpy(float), rtol=tol,
+                                                             atol=tol, equal_nan=True):
+                group.append(arm)
+                break
+        else:
+            groups.append([arm])
+    return groups
+
+
+def group_label(group: Sequence[str], k: int) -> str:
+    if len(group) == 1:
+        return arm_label(group[0])
+    return " = ".join(group) + f" (identical at k = {k})"
+
+
 def _smooth_window(n_updates: int) -> int:
     """Rolling-mean window for a noisy per-update curve: about 1/40 of its length, at least 1."""
     return max(1, int(round(n_updates / 40)))
@@ -168,10 +218,9 @@ def figure_train_loss(curves: pd.DataFrame, metric: str = "train/loss") -> Figur
     windows = []
     for ax, k in zip(axes[0], ks):
         panel = data[data["k"] == k]
-        for arm in arms:
+        for group in identical_arm_groups(panel, arms, "update"):
+            arm = group[0]
             runs = panel[panel["arm"] == arm]
-            if runs.empty:
-                continue
             parts = []
             for _, run in runs.groupby("run_id"):
                 run = run.sort_values("update").drop_duplicates("update", keep="last")
@@ -181,8 +230,8 @@ def figure_train_loss(curves: pd.DataFrame, metric: str = "train/loss") -> Figur
             agg = _mean_band(pd.concat(parts), "update")
             color = arm_color(arm, arms)
             n_seeds = runs["run_id"].nunique()
-            ax.plot(agg["update"], agg["mean"], color=color, linewidth=1.8, linestyle=arm_linestyle(arm),
-                    label=arm_label(arm))
+            ax.plot(agg["update"], agg["mean"], color=color, linewidth=1.8,
+                    linestyle=arm_linestyle(arm) if len(group) == 1 else "-", label=group_label(group, k))
             if n_seeds > 1:
                 _band(ax, agg["update"], agg["low"], agg["high"], color)
         ax.set_title(f"accumulation k = {k}")
@@ -195,49 +244,50 @@ def figure_train_loss(curves: pd.DataFrame, metric: str = "train/loss") -> Figur
 
 
 def _eval_events(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Epoch-end and final evaluations of `metric`, one value per run and epoch (the final eval repeats the last
-    epoch's when training ends at an epoch boundary; the later event wins)."""
-    data = curves[(curves["metric"] == metric) & curves["eval_kind"].isin(["epoch", "final"])]
-    data = data.dropna(subset=["epoch", "value", "k"])
-    data = data.assign(epoch=data["epoch"].round(6))
-    return data.sort_values(["run_id", "epoch", "update"]).drop_duplicates(["run_id", "epoch"], keep="last")
+    """Every evaluation of `metric` (periodic ones on the dev subset, epoch-end and final ones on the whole dev set),
+    one value per run and update (an epoch-end evaluation that is also the final one appears once)."""
+    data = curves[(curves["metric"] == metric) & curves["eval_kind"].isin(["periodic", "epoch", "final"])]
+    data = data.dropna(subset=["update", "value", "k"])
+    return data.sort_values(["run_id", "update", "time"]).drop_duplicates(["run_id", "update"], keep="last")
+
+
+DEV_ROWS = (("dev/f1", "dev F1 (%)", (0.0, 100.5)), ("dev/loss", "dev loss", (0.0, None)))
 
 
 @_styled
 def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
-    """Dev loss (top row) and dev F1 (bottom row) at each epoch end and at the end of training: one column per
-    accumulation k, per arm the mean over seeds with markers and a min–max band."""
-    rows = [(m, label) for m, label in (("dev/loss", "dev loss"), ("dev/f1", "dev F1 (%)"))
-            if not _eval_events(curves, m).empty]
+    """The learning curves: dev F1 (top row) and dev loss (bottom row) at every evaluation against the optimizer
+    update, one column per accumulation k; per arm the mean over seeds with a min–max band. Arms with identical
+    curves (k = 1) are one line."""
+    rows = [(m, label, limits) for m, label, limits in DEV_ROWS if not _eval_events(curves, m).empty]
     if not rows:
-        log.info("figure_dev_curves: no epoch/final eval events with dev/loss or dev/f1; figure skipped")
+        log.info("figure_dev_curves: no evaluation events with dev/loss or dev/f1; figure skipped")
         return None
-    ks = _ks(pd.concat([_eval_events(curves, m) for m, _ in rows]))
+    ks = _ks(pd.concat([_eval_events(curves, m) for m, _, _ in rows]))
     arms = arm_order(curves["arm"])
     fig, axes = new_figure(len(ks), nrows=len(rows), height=3.0)
-    for r, (metric, label) in enumerate(rows):
+    for r, (metric, label, (low, high)) in enumerate(rows):
         data = _eval_events(curves, metric)
+        data = data[np.isfinite(data["value"])]
         for c, k in enumerate(ks):
             ax = axes[r][c]
             panel = data[data["k"] == k]
-            for arm in arms:
-                runs = panel[panel["arm"] == arm]
-                if runs.empty:
-                    continue
-                agg = _mean_band(runs[np.isfinite(runs["value"])], "epoch")
-                color = arm_color(arm, arms)
-                ax.plot(agg["epoch"], agg["mean"], color=color, marker="o", markersize=4, linewidth=1.8,
-                        linestyle=arm_linestyle(arm), label=arm_label(arm))
+            for group in identical_arm_groups(panel, arms, "update"):
+                runs = panel[panel["arm"] == group[0]]
+                agg = _mean_band(runs, "update")
+                color = arm_color(group[0], arms)
+                ax.plot(agg["update"], agg["mean"], color=color, marker="o", markersize=3, linewidth=1.6,
+                        linestyle=arm_linestyle(group[0]) if len(group) == 1 else "-", label=group_label(group, k))
                 if runs["run_id"].nunique() > 1:
-                    _band(ax, agg["epoch"], agg["low"], agg["high"], color)
+                    _band(ax, agg["update"], agg["low"], agg["high"], color)
+            clip_axis(ax, low, high)
             if r == 0:
                 ax.set_title(f"accumulation k = {k}")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if r == len(rows) - 1:
-                ax.set_xlabel("epoch")
+                ax.set_xlabel("optimizer update")
             if c == 0:
                 ax.set_ylabel(label)
-    fig.suptitle("Dev metrics per epoch — mean over seeds, band = min–max over seeds")
+    fig.suptitle("Learning curves — dev metrics at every evaluation, mean over seeds, band = min–max over seeds")
     legend_below(fig, axes)
     return fig
 
@@ -256,14 +306,13 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
     fig, axes = new_figure(len(ks))
     for ax, k in zip(axes[0], ks):
         panel = data[data["k"] == k]
-        for arm in arms:
+        for group in identical_arm_groups(panel, arms, "update"):
+            arm = group[0]
             runs = panel[panel["arm"] == arm]
-            if runs.empty:
-                continue
             agg = _mean_band(runs, "update")
             color = arm_color(arm, arms)
-            ax.plot(agg["update"], agg["mean"], color=color, linewidth=1.6, marker=".", linestyle=arm_linestyle(arm),
-                    label=arm_label(arm))
+            ax.plot(agg["update"], agg["mean"], color=color, linewidth=1.6, marker=".",
+                    linestyle=arm_linestyle(arm) if len(group) == 1 else "-", label=group_label(group, k))
             if runs["run_id"].nunique() > 1:
                 _band(ax, agg["update"], agg["low"], agg["high"], color)
         ax.axhline(1.0, color="#888888", linewidth=0.8, linestyle="--")
@@ -273,6 +322,50 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
     axes[0][0].set_ylabel("cos(g_last-replay, g_full-replay)")
     fig.suptitle("Gradient fidelity of last-batch replay (1 = same direction as the correct SAM gradient)\n"
                  "mean over seeds, band = min–max over seeds")
+    legend_below(fig, axes)
+    return fig
+
+
+@_styled
+def figure_time_to_target(table: pd.DataFrame, metric: str = "dev/f1") -> Figure | None:
+    """Updates each run needed to first reach each target of `metric` (analysis.targets.time_to_target): one panel
+    per accumulation k, targets on x, per arm the seeds as dots and the median as a bar; a run that never reached the
+    target is an open triangle at its last evaluation (right-censored: it needs more than that)."""
+    data = table[table["target_metric"] == metric] if not table.empty else table
+    if data.empty:
+        log.info("figure_time_to_target: no %s targets; figure skipped", metric)
+        return None
+    ks = _ks(data)
+    arms = arm_order(data["arm"])
+    targets = sorted(data["target"].astype(float).unique())
+    offsets = dict(zip(arms, _dodge(len(arms), width=0.6)))
+    fig, axes = new_figure(len(ks))
+    for ax, k in zip(axes[0], ks):
+        panel = data[data["k"] == k]
+        for arm in arms:
+            color = arm_color(arm, arms)
+            for i, target in enumerate(targets):
+                cell = panel[(panel["arm"] == arm) & (panel["target"].astype(float) == target)]
+                if cell.empty:
+                    continue
+                x = i + offsets[arm]
+                reached = cell["reached"].astype(bool).to_numpy()
+                updates = cell["update"].astype(float).to_numpy()
+                ax.scatter(np.full(reached.sum(), x), updates[reached], s=22, color=color, zorder=3,
+                           label=arm_label(arm))
+                ax.scatter(np.full((~reached).sum(), x), updates[~reached], s=34, marker="^", facecolors="none",
+                           edgecolors=color, zorder=3, label="not reached (drawn at the last evaluation)")
+                median = censored_median(np.where(reached, updates, np.inf))
+                if np.isfinite(median):
+                    ax.hlines(median, x - 0.09, x + 0.09, color=color, linewidth=2.4, zorder=4)
+        ax.set_xticks(range(len(targets)), [f"{metric.split('/')[-1].upper()} {t:g}" for t in targets])
+        ax.grid(axis="x", visible=False)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"accumulation k = {k}")
+        ax.set_xlabel("target")
+    axes[0][0].set_ylabel("optimizer updates to reach it")
+    fig.suptitle(f"Updates to reach a dev {metric.split('/')[-1].upper()} target — dots: seeds, bar: median; "
+                 f"▵: not reached within the budget")
     legend_below(fig, axes)
     return fig
 
@@ -294,8 +387,8 @@ def _dodge(n: int, width: float = 0.7) -> np.ndarray:
 @_styled
 def figure_final_scores(runs: pd.DataFrame, metrics: Sequence[tuple[str, str]] = (
         ("final.dev/em", "dev exact match (%)"), ("final.dev/f1", "dev F1 (%)"))) -> Figure | None:
-    """Final dev EM and F1 of completed runs: per k (x) and arm, the mean with its 95% t CI as an error bar and the
-    seeds as small dots."""
+    """Final dev EM and F1 of completed runs: per k (x) and arm, every seed as a dot and the mean with a min–max bar
+    over seeds (a score axis from 0 to 100: no interval can leave the metric's range)."""
     runs = _completed(runs)
     metrics = [(m, label) for m, label in metrics if m in runs.columns and runs[m].notna().any()]
     if runs.empty or not metrics:
@@ -314,12 +407,12 @@ def figure_final_scores(runs: pd.DataFrame, metrics: Sequence[tuple[str, str]] =
                 values = runs[(runs["arm"] == arm) & (runs["k"] == k)][metric].dropna().to_numpy(dtype=float)
                 if values.size == 0:
                     continue
-                mean, low, high = t_interval(values)
+                mean, low, high = seed_range(values)
                 x = i + offsets[arm]
                 xs.append(x)
                 means.append(mean)
-                lows.append(mean - low if not math.isnan(low) else 0.0)
-                highs.append(high - mean if not math.isnan(high) else 0.0)
+                lows.append(mean - low)
+                highs.append(high - mean)
                 # single seeds just right of the error bar, so the bar does not hide them
                 ax.scatter(np.full(values.size, x + 0.06), values, s=14, color=color, alpha=0.5, linewidths=0,
                            zorder=2)
@@ -330,8 +423,9 @@ def figure_final_scores(runs: pd.DataFrame, metrics: Sequence[tuple[str, str]] =
         ax.grid(axis="x", visible=False)
         ax.set_xlabel("gradient accumulation steps")
         ax.set_ylabel(label)
+        ax.set_ylim(0, 101)
         ax.set_title(label.split(" (")[0])
-    fig.suptitle("Final dev scores — mean and 95% t CI over seeds (dots: single seeds)")
+    fig.suptitle("Final dev scores — mean and min–max over seeds (dots: single seeds)")
     legend_below(fig, axes)
     return fig
 
@@ -394,6 +488,10 @@ def plot_dev_curves(curves: pd.DataFrame, out_dir: str | Path) -> Path | None:
     return _saved(figure_dev_curves(curves), out_dir, "dev_curves")
 
 
+def plot_time_to_target(table: pd.DataFrame, out_dir: str | Path) -> Path | None:
+    return _saved(figure_time_to_target(table), out_dir, "time_to_target")
+
+
 def plot_final_scores(runs: pd.DataFrame, out_dir: str | Path) -> Path | None:
     return _saved(figure_final_scores(runs), out_dir, "final_scores")
 
@@ -406,11 +504,14 @@ def plot_grad_cos(curves: pd.DataFrame, out_dir: str | Path) -> Path | None:
     return _saved(figure_grad_cos(curves), out_dir, "grad_cos")
 
 
-def plot_all(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path) -> dict[str, Path | None]:
-    """Every figure; {name: path or None (skipped)} in report order."""
+def plot_all(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path,
+             targets: pd.DataFrame | None = None) -> dict[str, Path | None]:
+    """Every figure; {name: path or None (skipped)} in report order. `targets`: the table of
+    analysis.targets.time_to_target (no updates-to-target figure without it)."""
     return {
-        "train_loss": plot_train_loss(curves, out_dir),
         "dev_curves": plot_dev_curves(curves, out_dir),
+        "time_to_target": plot_time_to_target(targets if targets is not None else pd.DataFrame(), out_dir),
+        "train_loss": plot_train_loss(curves, out_dir),
         "final_scores": plot_final_scores(runs, out_dir),
         "step_time": plot_step_time(runs, out_dir),
         "grad_cos": plot_grad_cos(curves, out_dir),

@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.collect import CollectError, arm_order, collect_curves, collect_runs, sweep_dir
+from analysis.collect import CollectError, arm_order, collect_curves, collect_runs, read_json, sweep_dir
 from analysis.stats import ci_and_test_disagree, curve_equality, equality_check, paired_differences, summarize
+from analysis.targets import DEFAULT_TARGETS, cost_ratio, headline_target, target_summary, time_to_target
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,17 @@ COMPARISONS = (
 PAIRED_METRICS = ("final.dev/f1", "final.dev/em", "final.dev/loss")
 SANITY_METRICS = ("final.dev/f1", "final.dev/em", "final.dev/loss", "final.train/loss")
 FIGURE_TEXT = {
+    "dev_curves": ("Learning curves", "Dev F1 and dev loss at every evaluation against the optimizer update "
+                   "(periodic evaluations score the fixed dev subset, the epoch-end and final ones the whole dev "
+                   "set). Line: mean over seeds; band: min–max over seeds. Arms with identical curves (k = 1) are "
+                   "drawn as one line."),
+    "time_to_target": ("Updates to reach a dev F1 target", "For each run, the first evaluation at which dev F1 "
+                       "reached the target (dots; bar: median over seeds). An open triangle is a run that never "
+                       "reached it, drawn at its last evaluation: it needs more updates than that."),
     "train_loss": ("Training loss", "Clean (first-pass) training loss against the optimizer update, one panel per "
                    "accumulation k. Line: mean over seeds; band: min–max over seeds."),
-    "dev_curves": ("Dev loss and F1 per epoch", "Evaluations at each epoch end and at the end of training. "
-                   "Line: mean over seeds; band: min–max over seeds."),
-    "final_scores": ("Final dev EM and F1", "Mean over seeds with the 95% Student-t CI (error bar); small dots are "
-                     "single seeds. Completed runs only."),
+    "final_scores": ("Final dev EM and F1", "Mean over seeds with a min–max bar; small dots are single seeds. "
+                     "Completed runs only."),
     "step_time": ("Time per update", "Mean wall time of one optimizer update (a window of k micro-batches), "
                   "grouped by k with one bar per arm (mean over seeds, written above the bar); error bars span "
                   "min–max over seeds."),
@@ -80,7 +86,8 @@ FIGURE_TEXT = {
 }
 FIGURE_MISSING = {
     "train_loss": "no train/loss events in metrics.jsonl",
-    "dev_curves": "no epoch-end or final evaluation events",
+    "dev_curves": "no evaluation events",
+    "time_to_target": "no dev F1 evaluations of completed runs",
     "final_scores": "no completed run with final dev metrics",
     "step_time": "no completed run with mean_step_time_s in its summary",
     "grad_cos": "no diag/grad_cos events; the sweep ran with diagnostics.grad_fidelity=false",
@@ -294,36 +301,24 @@ def _pair_sentence(row: pd.Series) -> str:
     return text
 
 
-def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame) -> list[str]:
-    """The findings, one sentence (or a few) each, all derived from the numbers passed in."""
+def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
+    """The findings after the answer (see `answer`), one sentence (or a few) each, all derived from the numbers
+    passed in; how many runs completed comes last."""
     out: list[str] = []
     total = len(runs)
     done = completed_runs(runs)
     counts = runs["status"].value_counts()
+    status: list[str] = []  # how many runs completed: said last, after the findings about the question
     if len(done) == total:
-        out.append(f"All {_plural(total, 'run')} completed.")
+        status.append(f"All {_plural(total, 'run')} completed.")
     elif len(done) == 0:
         parts = ", ".join(f"{counts[s]} {s}" for s in sorted(counts.index))
-        out.append(f"No run completed ({parts}), so there is nothing to compare; the runs and their reasons are "
-                   f"listed under 'Failed, diverged and unfinished runs'.")
+        status.append(f"No run completed ({parts}), so there is nothing to compare; the runs and their reasons are "
+                      f"listed under 'Failed, diverged and unfinished runs'.")
     else:
         parts = ", ".join(f"{counts[s]} {s}" for s in sorted(counts.index) if s != "completed")
-        out.append(f"{len(done)} of {total} runs completed ({parts}); the tables and tests use completed runs "
-                   f"only, and every other run is listed under 'Failed, diverged and unfinished runs'.")
-
-    if not sanity.empty:
-        checked = sanity[sanity["passed"].notna()]
-        if checked.empty:
-            out.append("k=1 sanity check: not possible (no seed has completed sam_full and sam_last runs at k=1).")
-        elif checked["passed"].astype(bool).all():
-            out.append(f"k=1 sanity check passed: sam_full and sam_last (the same algorithm at k=1) agree on "
-                       f"{', '.join(checked['metric'])} for every seed checked.")
-        else:
-            bad = checked[~checked["passed"].astype(bool)]
-            out.append("k=1 sanity check FAILED on " + "; ".join(
-                f"{r.metric} (max |diff| = {r.max_abs_diff:.3g})" for r in bad.itertuples())
-                + ": at k=1 full and last replay should compute the same thing, so the replay code or the "
-                  "run setup differs between the arms.")
+        status.append(f"{len(done)} of {total} runs completed ({parts}); the tables and tests use completed runs "
+                      f"only, and every other run is listed under 'Failed, diverged and unfinished runs'.")
 
     primary = METRICS[0][0]
     for a, b, _ in COMPARISONS:
@@ -363,7 +358,157 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame, san
         text = ", ".join(f"k={int(k)}: {v:.3f}" for k, v in per_k.items())
         out.append(f"Mean cosine between the last-replay and the full-replay gradient (diag/grad_cos, all SAM runs "
                    f"that logged it, all updates): {text}.")
+    return out + status
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the answer: what the sweep says about the question the repo exists for
+
+
+def question_k(runs: pd.DataFrame, a: str = "sam_full", b: str = "sam_last") -> int | None:
+    """The largest accumulation k > 1 at which both arms have completed runs: where the question is asked."""
+    done = completed_runs(runs)
+    ks = [int(k) for k in _values(done["k"]) if int(k) > 1
+          and {a, b} <= set(done[done["k"] == k]["arm"])]
+    return max(ks) if ks else None
+
+
+def _arm_cell(runs: pd.DataFrame, arm: str, k: int, metric: str, spec: str) -> str:
+    values = completed_runs(runs)
+    values = values[(values["arm"] == arm) & (values["k"] == k)][metric].dropna().astype(float)
+    if values.empty:
+        return "–"
+    return fmt(values.mean(), spec) + ("" if len(values) < 2 else f" ± {fmt(values.std(ddof=1), spec)}")
+
+
+def _cost_text(cells: pd.DataFrame, k: int) -> str:
+    """The updates-to-target sentence for sam_last against sam_full at k, at the most demanding F1 target that
+    sam_full reached in most of its runs."""
+    target = headline_target(cells, "sam_full", k)
+    if target is None:
+        return "sam_full itself reached none of the dev F1 targets in most seeds, so no updates-to-target ratio."
+    r = cost_ratio(cells, "sam_last", "sam_full", k=k, metric="dev/f1", target=target)
+    if math.isnan(r["ratio"]):
+        return r["text"] + "."
+    if r["lower_bound"]:
+        return (f"To reach dev F1 {target:g}, the last-batch replay needs **more than {r['ratio']:.1f}× the updates** "
+                f"of full replay: sam_full gets there in a median {r['fast_median']:.0f} updates "
+                f"({r['fast_reached']}/{r['fast_n']} seeds), sam_last in {r['slow_reached']}/{r['slow_n']} seeds "
+                f"within the whole budget.")
+    return (f"To reach dev F1 {target:g}, the last-batch replay needs **{r['ratio']:.1f}× the updates** of full "
+            f"replay (median {r['slow_median']:.0f} against {r['fast_median']:.0f}; reached by "
+            f"{r['slow_reached']}/{r['slow_n']} and {r['fast_reached']}/{r['fast_n']} seeds).")
+
+
+def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells: pd.DataFrame) -> dict[str, str]:
+    """The question, the answer in one sentence (effect size, CI, p, n) with the updates-to-target cost, and the
+    k = 1 sanity check, each a short paragraph of markdown: {"question", "answer", "cost", "sanity"}."""
+    k = question_k(runs)
+    out = {"question": ("**Question.** Does replaying only the last micro-batch in SAM's second pass (the widely "
+                        "copied loop) cost accuracy, compared with replaying the whole window of k micro-batches?")}
+    if k is None:
+        out["answer"] = ("**Answer: not measured.** The sweep has no k > 1 with completed sam_full and sam_last "
+                         "runs, so it cannot answer the question.")
+        out["cost"] = ""
+    else:
+        rows = paired[(paired["a"] == "sam_full") & (paired["b"] == "sam_last")
+                      & (paired["metric"] == "final.dev/f1") & (pd.to_numeric(paired["k"], errors="coerce") == k)]
+        means = (f"dev F1 {_arm_cell(runs, 'sam_full', k, 'final.dev/f1', '.1f')} with full replay against "
+                 f"{_arm_cell(runs, 'sam_last', k, 'final.dev/f1', '.1f')} with last-batch replay")
+        if rows.empty or rows.iloc[0]["n"] < 2:
+            n = 0 if rows.empty else int(rows.iloc[0]["n"])
+            out["answer"] = (f"**Answer: too few seeds.** At k = {k}: {means}, from {n} paired seed(s); a paired "
+                             f"comparison needs at least 2.")
+        else:
+            r = rows.iloc[0]
+            effect = (f"sam_full − sam_last = **{fmt(r['mean_diff'], '.1f', signed=True)} F1** "
+                      f"[95% CI {fmt(r['ci_low'], '.1f', signed=True)}, {fmt(r['ci_high'], '.1f', signed=True)}], "
+                      f"paired t p = {fmt_p(r['p_value'])}, n = {int(r['n'])} seeds")
+            excludes = r["ci_low"] > 0 or r["ci_high"] < 0
+            significant = excludes and not _isnan(r["p_value"]) and r["p_value"] < 0.05
+            if significant and r["mean_diff"] > 0:
+                head = "**Answer: yes.**"
+            elif significant:
+                head = "**Answer: no, the opposite.**"
+            else:
+                head = "**Answer: not shown.** No significant difference at this budget:"
+            out["answer"] = f"{head} At k = {k} the last-batch replay costs accuracy: {means}; {effect}." \
+                if significant and r["mean_diff"] > 0 else f"{head} At k = {k}: {means}; {effect}."
+        out["cost"] = _cost_text(cells, k)
+    checked = sanity[sanity["passed"].notna()] if not sanity.empty else sanity
+    if checked.empty:
+        out["sanity"] = "**Sanity check (k = 1):** not possible: no seed has completed sam_full and sam_last runs at k = 1."
+    elif checked["passed"].astype(bool).all():
+        out["sanity"] = ("**Sanity check (k = 1): passed.** With one micro-batch per update, full and last replay are "
+                         "the same algorithm, and sam_full and sam_last agree seed by seed on "
+                         f"{', '.join(checked['metric'])}.")
+    else:
+        bad = checked[~checked["passed"].astype(bool)]
+        out["sanity"] = ("**Sanity check (k = 1): FAILED** on " + ", ".join(bad["metric"]) + ": full and last replay "
+                         "should compute the same thing at k = 1, so the replay code or the setup differs.")
     return out
+
+
+def headline_table(runs: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
+    """Per arm at the question's k (and k = 1): final dev F1/EM/loss over seeds and the median updates to each dev
+    F1 target (reached/n)."""
+    k = question_k(runs)
+    ks = [kk for kk in (k, 1) if kk is not None and kk in set(int(v) for v in _values(completed_runs(runs)["k"]))]
+    f1_targets = sorted(cells[cells["target_metric"] == "dev/f1"]["target"].astype(float).unique()) \
+        if not cells.empty else []
+    headers = ["arm", "k", "seeds", "dev F1", "dev EM", "dev loss"] + [f"updates to F1 {t:g}" for t in f1_targets]
+    rows = []
+    done = completed_runs(runs)
+    for kk in ks:
+        for arm in arm_order(done[done["k"] == kk]["arm"]):
+            n = int(((done["arm"] == arm) & (done["k"] == kk)).sum())
+            row = [arm, kk, n] + [_arm_cell(runs, arm, kk, m, spec) for m, spec in
+                                  (("final.dev/f1", ".1f"), ("final.dev/em", ".1f"), ("final.dev/loss", ".3f"))]
+            for t in f1_targets:
+                hit = cells[(cells["arm"] == arm) & (cells["k"] == kk) & (cells["target_metric"] == "dev/f1")
+                            & (cells["target"].astype(float) == t)]
+                row.append(_median_text(hit.iloc[0]) if len(hit) else "–")
+            rows.append(row)
+    if not rows:
+        return []
+    return [md_table(headers, rows, "lrr" + "r" * (len(headers) - 3)), "",
+            "Scores: mean ± std over seeds of the final evaluation (whole dev set). Updates to a target: median over "
+            "seeds, with how many seeds reached it; '>' when most did not (see 'Updates to target').", ""]
+
+
+def _median_text(cell: pd.Series) -> str:
+    reached = f"{int(cell['reached'])}/{int(cell['n'])}"
+    if bool(cell["median_censored"]):
+        return f"> {int(cell['last_update'])} ({reached})"
+    return f"{cell['median_update']:.0f} ({reached})"
+
+
+def _answer_section(parts: dict[str, str], table: list[str]) -> list[str]:
+    lines = ["## The answer", "", parts["question"], "", parts["answer"] + (" " + parts["cost"] if parts["cost"] else ""),
+             "", parts["sanity"], ""]
+    return lines + table
+
+
+def _targets_section(cells: pd.DataFrame) -> list[str]:
+    lines = ["## Updates to target", "",
+             "The first update at which a run's dev metric reached each target (dev F1 ≥ target, dev loss ≤ target); "
+             "a run that never reached it counts as +∞ (right-censored: every run has the same budget). Median over "
+             "seeds with the distribution-free order-statistic interval [x₍ⱼ₎, x₍ₙ₊₁₋ⱼ₎] and its coverage (below "
+             "95 % with 5 or fewer seeds); examples and training seconds (the sum of train/step_time) at the median. "
+             "Per-run values: `time_to_target.csv`.", ""]
+    if cells.empty:
+        return lines + ["No evaluation events of completed runs.", ""]
+    rows = []
+    for r in cells.itertuples():
+        interval = f"[{r.ci_low:.0f}, {'∞' if math.isinf(r.ci_high) else f'{r.ci_high:.0f}'}] ({100 * r.ci_coverage:.0f} %)"
+        median = f"> {r.last_update}" if r.median_censored else f"{r.median_update:.0f}"
+        examples = "–" if math.isinf(r.median_examples) else f"{r.median_examples:.0f}"
+        seconds = "–" if math.isinf(r.median_seconds) or _isnan(r.median_seconds) else f"{r.median_seconds:.0f}"
+        rows.append((r.target_metric, f"{r.target:g}", r.arm, r.k, f"{r.reached}/{r.n}", median, interval, examples,
+                     seconds))
+    lines += [md_table(["metric", "target", "arm", "k", "reached", "median updates", "interval", "examples",
+                        "train s"], rows, "lrlrrrrrr"), ""]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -598,15 +743,19 @@ def _sharpness_section(path: Path | None, out_dir: Path) -> list[str]:
 
 def build_markdown(runs: pd.DataFrame, curves: pd.DataFrame, sweep: str, root: Path, out_dir: Path,
                    figures: dict[str, Path | None], summary: pd.DataFrame, paired: pd.DataFrame,
-                   sanity: pd.DataFrame, sharpness: Path | None = None) -> str:
+                   sanity: pd.DataFrame, sharpness: Path | None = None,
+                   cells: pd.DataFrame | None = None) -> str:
+    cells = cells if cells is not None else target_summary(pd.DataFrame())
     lines = [f"# SAM under gradient accumulation — sweep `{sweep}`", "",
              "Generated by `python -m analysis.report` from the run directories; every number and every finding "
              "below is computed from them.", ""]
+    lines += _answer_section(answer(runs, paired, sanity, cells), headline_table(runs, cells))
     lines += ["## Findings", ""]
-    lines += [f"- {text}" for text in findings(runs, curves, paired, sanity)]
+    lines += [f"- {text}" for text in findings(runs, curves, paired)]
     lines.append("")
     lines += _setup_section(runs, sweep, root)
     lines += _results_section(summary)
+    lines += _targets_section(cells)
     lines += _paired_section(paired)
     lines += _sanity_section(sanity)
     lines += _figures_section(figures, out_dir)
@@ -782,6 +931,17 @@ def _runs_csv(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.reindex(columns=columns)
 
 
+TARGET_CSV_COLUMNS = ["arm", "k", "seed", "target_metric", "target", "update", "examples", "seconds", "reached"]
+
+
+def report_targets(results_dir: str | Path, sweep: str) -> dict:
+    """The dev-metric targets of the updates-to-target tables: the sweep file's `report.targets` as sweep.json
+    recorded it, else analysis.targets.DEFAULT_TARGETS."""
+    manifest = read_json(sweep_dir(results_dir, sweep) / "sweep.json")
+    targets = ((manifest or {}).get("report") or {}).get("targets") if isinstance(manifest, dict) else None
+    return targets or dict(DEFAULT_TARGETS)
+
+
 def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Collect, compute, draw and write the report of one sweep; returns {name: path} of what was written.
     Raises ReportError (one line) when the sweep folder is missing or holds no runs."""
@@ -795,18 +955,20 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     if runs.empty:
         raise ReportError(f"no runs in {str(root)!r} (no folder with a summary.json or config.yaml, no sweep.json)")
     curves = collect_curves(results_dir, sweep, runs)
+    to_target = time_to_target(curves, runs, report_targets(results_dir, sweep))
+    cells = target_summary(to_target)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = out_dir / "figures"
     for name in plots.FIGURES.values():  # a figure that is no longer drawn must not linger from an older report
         (fig_dir / name).unlink(missing_ok=True)
-    figures = plots.plot_all(runs, curves, fig_dir)
+    figures = plots.plot_all(runs, curves, fig_dir, targets=to_target)
 
     summary = summary_table(runs, reported_metrics(runs))
     paired = paired_table(runs)
     sanity = sanity_table(runs, curves)
     sharpness = find_sharpness(results_dir, out_dir)
-    md = build_markdown(runs, curves, sweep, root, out_dir, figures, summary, paired, sanity, sharpness)
+    md = build_markdown(runs, curves, sweep, root, out_dir, figures, summary, paired, sanity, sharpness, cells)
 
     written = {}
     written["md"] = out_dir / "REPORT.md"
@@ -814,7 +976,13 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     written["html"] = out_dir / "REPORT.html"
     written["html"].write_text(markdown_to_html(md, out_dir, title=f"SAM accumulation report: {sweep}"),
                                encoding="utf-8")
-    for name, frame in (("summary", summary), ("paired", paired), ("sanity", sanity), ("runs", _runs_csv(runs))):
+    parts = answer(runs, paired, sanity, cells)
+    written["headline"] = out_dir / "headline.md"
+    written["headline"].write_text("\n".join(_answer_section(parts, headline_table(runs, cells))).rstrip() + "\n",
+                                   encoding="utf-8")
+    frames = (("summary", summary), ("paired", paired), ("sanity", sanity), ("runs", _runs_csv(runs)),
+              ("time_to_target", to_target[TARGET_CSV_COLUMNS]), ("time_to_target_summary", cells))
+    for name, frame in frames:
         written[name] = out_dir / f"{name}.csv"
         frame.to_csv(written[name], index=False, lineterminator="\n")
     for name, path in figures.items():

@@ -619,11 +619,10 @@ def _k_style(ks: Sequence[int], k: int):
 
 
 def figure_hessian(frame):
-    """λmax and tr(H) per k (x) and arm: mean with the 95% t CI as error bars, single runs as dots."""
+    """λmax and tr(H) per k (x) and arm: mean with a min–max bar over seeds, single runs as dots."""
     import numpy as np
 
-    from analysis.plots import arm_color, arm_label, legend_below, new_figure
-    from analysis.stats import t_interval
+    from analysis.plots import arm_color, arm_label, legend_below, new_figure, seed_range
 
     panels = [(c, label) for c, label in (("lambda_max", "λmax (top Hessian eigenvalue)"),
                                          ("trace", "tr(H) (Hutchinson)")) if frame[c].notna().any()]
@@ -640,29 +639,28 @@ def figure_hessian(frame):
                 values = frame[(frame["arm"] == arm) & (frame["k"] == k)][column].dropna().to_numpy(dtype=float)
                 if values.size == 0:
                     continue
-                mean, low, high = t_interval(values)
+                mean, low, high = seed_range(values)
                 x = i + offsets[arm]
                 ax.scatter(np.full(values.size, x), values, s=10, color=arm_color(arm, arms), alpha=0.35, linewidths=0)
                 xs.append(x)
                 means.append(mean)
-                err_low.append(0.0 if math.isnan(low) else mean - low)
-                err_high.append(0.0 if math.isnan(high) else high - mean)
+                err_low.append(mean - low)
+                err_high.append(high - mean)
             if xs:
                 ax.errorbar(xs, means, yerr=[err_low, err_high], fmt="o", color=arm_color(arm, arms), capsize=4,
                             markersize=5, label=arm_label(arm))
         ax.set_xticks(range(len(ks)), [f"k = {k}" for k in ks])
         ax.set_xlabel("gradient accumulation steps")
         ax.set_title(label)
-    fig.suptitle("Hessian sharpness on the Hessian subset — mean and 95% t CI over seeds (dots: runs)")
+    fig.suptitle("Hessian sharpness on the Hessian subset — mean and min–max over seeds (dots: runs)")
     legend_below(fig, axes)
     return fig
 
 
 def figure_adaptive(frame, opts: SharpnessConfig):
-    """Average- and worst-case adaptive sharpness against ρ: per arm and k the mean over seeds with t CI bars."""
-    from analysis.plots import arm_color, arm_label, legend_below, new_figure
+    """Average- and worst-case adaptive sharpness against ρ: per arm and k the mean over seeds with min–max bars."""
+    from analysis.plots import arm_color, arm_label, legend_below, new_figure, seed_range
     from analysis.sharpness_qa import rho_key
-    from analysis.stats import t_interval
 
     panels = [("avg_sharpness_rho", opts.rhos_average, "average-case (elementwise Gaussian, σ_j = ρ|w_j|)"),
               ("worst_sharpness_rho", opts.rhos_worst, "worst-case (ball ‖δ/|w|‖₂ ≤ ρ, gradient ascent)")]
@@ -678,17 +676,17 @@ def figure_adaptive(frame, opts: SharpnessConfig):
                 sub = frame[(frame["arm"] == arm) & (frame["k"] == k)]
                 if sub.empty:
                     continue
-                stats = [t_interval(sub[f"{prefix}{rho_key(r)}"].dropna().to_numpy(dtype=float)) for r in rhos]
+                stats = [seed_range(sub[f"{prefix}{rho_key(r)}"].dropna().to_numpy(dtype=float)) for r in rhos]
                 means = [s[0] for s in stats]
-                lows = [0.0 if math.isnan(s[1]) else s[0] - s[1] for s in stats]
-                highs = [0.0 if math.isnan(s[2]) else s[2] - s[0] for s in stats]
+                lows = [s[0] - s[1] for s in stats]
+                highs = [s[2] - s[0] for s in stats]
                 ax.errorbar(rhos, means, yerr=[lows, highs], color=arm_color(arm, arms), linestyle=_k_style(ks, k),
                             marker="o", markersize=3, capsize=3, label=f"{arm_label(arm)}, k = {k}")
         ax.set_xscale("log")
         ax.set_xlabel("ρ")
         ax.set_ylabel("L(w + δ) − L(w), landscape subset")
         ax.set_title(title)
-    fig.suptitle("Adaptive sharpness — mean and 95% t CI over seeds")
+    fig.suptitle("Adaptive sharpness — mean and min–max over seeds")
     legend_below(fig, axes)
     return fig
 
@@ -979,9 +977,9 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
 
 
 FIGURE_TEXT = {
-    "hessian": ("λmax and tr(H)", "Per k and arm: mean over seeds with the 95% t CI; dots are single runs."),
+    "hessian": ("λmax and tr(H)", "Per k and arm: mean over seeds with a min–max bar; dots are single runs."),
     "adaptive": ("Adaptive sharpness against ρ", "Average-case (elementwise Gaussian) and worst-case (adaptive "
-                 "ball, gradient ascent) loss increase on the landscape subset; mean and 95% t CI over seeds."),
+                 "ball, gradient ascent) loss increase on the landscape subset; mean and min–max over seeds."),
     "curves_1d": ("1D loss curves", "Landscape-subset (train) loss along filter-normalised directions (the same "
                   "seeds for every model): thin lines are runs (mean over directions), thick lines the mean per k."),
     "surface_2d": ("2D loss contours", "One run per arm (the first seed at the largest k); shared colour levels."),

@@ -90,7 +90,7 @@ def median_interval(n: int, level: float = 0.95) -> tuple[int, float]:
     return best_j, float(best_cov)
 
 
-def _censored_median(values: np.ndarray) -> float:
+def censored_median(values: np.ndarray) -> float:
     """Median with +∞ for censored runs (np.median of a sorted array with inf at the top)."""
     ordered = np.sort(values)
     n = len(ordered)
@@ -117,10 +117,10 @@ def target_summary(table: pd.DataFrame) -> pd.DataFrame:
         n = len(updates)
         j, coverage = median_interval(n)
         ordered = np.sort(updates)
-        median = _censored_median(updates)
+        median = censored_median(updates)
         rows.append((arm, k, metric, target, n, int(reached.sum()), median, math.isinf(median),
                      float(ordered[j - 1]), float(ordered[n - j]), coverage,
-                     _censored_median(censored["examples"]), _censored_median(censored["seconds"]),
+                     censored_median(censored["examples"]), censored_median(censored["seconds"]),
                      int(cell["update"].max())))
     out = pd.DataFrame(rows, columns=CELL_COLUMNS)
     out["k"] = pd.to_numeric(out["k"], errors="coerce").astype("Int64")

@@ -41,7 +41,8 @@ from tests.analysis_fixtures import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "analysis" / "notebooks" / "report.ipynb"
-SECTIONS = ["## Findings", "## Setup", "## Results", "## Paired differences", "## Sanity check: k = 1",
+SECTIONS = ["## The answer", "## Findings", "## Setup", "## Results", "## Updates to target", "## Paired differences",
+            "## Sanity check: k = 1",
             "## Figures", "## Failed, diverged and unfinished runs"]
 
 
@@ -336,12 +337,12 @@ def test_report_files_sections_and_figures(sweep, built):
         assert (out / name).is_file()
     figures = sorted((out / "figures").glob("*.png"))
     own = [p for p in figures if not p.name.startswith("sharpness")]
-    assert sorted(p.name for p in own) == sorted(plots.FIGURES.values())  # all five drawn from this sweep
+    assert sorted(p.name for p in own) == sorted(plots.FIGURES.values())  # all six drawn from this sweep
     for path in figures:
         _nonblank_png(path)
         assert f"](figures/{path.name})" in md  # relative links
     html = (out / "REPORT.html").read_text(encoding="utf-8")
-    assert html.count("data:image/png;base64,") == len(figures) == 6  # five figures + the sharpness one
+    assert html.count("data:image/png;base64,") == len(figures) == 7  # six figures + the sharpness one
     assert "<table>" in html and "src=\"figures/" not in html  # self-contained
     # the sharpness section comes in, its title nested one level down
     assert "## Sharpness of the final checkpoints" in md and "### Method" in md
@@ -379,7 +380,10 @@ def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
     findings = md[md.index("## Findings"):md.index("## Setup")]
     assert f"At k=4, sam_full − sam_last dev F1 = {diff:+.2f} [95% CI" in findings
     assert "replaying only the last micro-batch costs dev F1" in findings
-    assert "k=1 sanity check passed" in findings
+    answer = md[md.index("## The answer"):md.index("## Findings")]
+    assert md.index("## The answer") < md.index("## Findings") < md.index("## Setup")  # the answer leads
+    assert "**Sanity check (k = 1): passed.**" in answer
+    assert f"sam_full − sam_last = **{diff:+.1f} F1**" in answer and "At k = 4" in answer
     assert "no significant difference (CI spans 0)" in findings  # sam_micro vs sam_full: no built-in effect
     sanity = pd.read_csv(out / "sanity.csv")
     assert sanity["passed"].all() and (sanity["n"] == 3).all()
@@ -395,7 +399,7 @@ def test_report_is_deterministic(sweep, built, tmp_path):
     md = again["md"].read_text(encoding="utf-8")
     # the sharpness section is found in <results_dir>/report/ and its links are rewritten for the other folder
     assert "## Sharpness of the final checkpoints" in md
-    assert again["html"].read_text(encoding="utf-8").count("data:image/png;base64,") == 6
+    assert again["html"].read_text(encoding="utf-8").count("data:image/png;base64,") == 7
     body = lambda t: t[:t.index("## Sharpness")]  # noqa: E731
     assert body(md) == body((first / "REPORT.md").read_text(encoding="utf-8"))
 
@@ -409,8 +413,9 @@ def test_sanity_failure_is_reported(frames):
     f1 = sanity[sanity["metric"] == "final.dev/f1"].iloc[0]
     assert f1["passed"] is False or f1["passed"] == False  # noqa: E712
     assert f1["max_abs_diff"] == pytest.approx(0.5)
-    text = " ".join(report.findings(runs, curves, report.paired_table(runs, n_boot=200), sanity))
-    assert "k=1 sanity check FAILED on final.dev/f1" in text
+    paired = report.paired_table(runs, n_boot=200)
+    text = report.answer(runs, paired, sanity, report.target_summary(report.time_to_target(curves, runs)))["sanity"]
+    assert "**Sanity check (k = 1): FAILED** on final.dev/f1" in text
 
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
@@ -539,3 +544,58 @@ def test_report_shows_the_v2_breakdown_and_rouge_w_only_when_runs_logged_them(tm
     no_ans = md.split("### Final dev F1, questions without an answer (NoAns) (higher is better)")[1].split("##")[0]
     assert "| sam_full | 4 | 1 | 1 | 40.50 |" in no_ans and "| sam_last | 4 | 1 | 1 | 12.75 |" in no_ans
     assert "ROUGE-W" not in md
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the answer first, updates-to-target, figures that stay inside the metric's range
+
+
+def test_report_writes_the_headline_and_the_time_to_target_table(sweep, built):
+    out = sweep.results_dir / "report"
+    headline = (out / "headline.md").read_text(encoding="utf-8")
+    md = (out / "REPORT.md").read_text(encoding="utf-8")
+    assert headline.startswith("## The answer\n") and headline.strip() in md
+    table = pd.read_csv(out / "time_to_target.csv")
+    assert list(table.columns) == ["arm", "k", "seed", "target_metric", "target", "update", "examples", "seconds",
+                                   "reached"]
+    assert set(table["target"]) == {50.0, 80.0, 90.0}  # analysis.targets.DEFAULT_TARGETS: no report block here
+    assert (out / "figures" / "time_to_target.png").is_file()
+
+
+def _curve_frame(values_by_arm: dict, k: int = 1) -> pd.DataFrame:
+    rows = []
+    for arm, values in values_by_arm.items():
+        for seed in (0, 1):
+            for update, value in enumerate(values, start=1):
+                for metric in ("dev/f1", "dev/loss"):
+                    v = value if metric == "dev/f1" else 5.0 - value / 25
+                    rows.append({"run_id": f"{arm}-{seed}", "arm": arm, "replay": None, "k": k, "seed": seed,
+                                 "update": update * 4, "epoch": 0.0, "examples": update * 32, "time": float(update),
+                                 "eval_kind": "periodic", "metric": metric, "value": v + seed * 0.5})
+    return pd.DataFrame(rows)
+
+
+def test_identical_arms_at_k1_are_one_line_and_axes_stay_inside_the_metric_range():
+    same = [0.0, 40.0, 99.9]
+    curves = _curve_frame({"adamw": [10.0, 60.0, 100.0], "sam_full": same, "sam_last": same, "sam_micro": same})
+    assert plots.identical_arm_groups(curves[curves["metric"] == "dev/f1"], ["adamw", "sam_full", "sam_last",
+                                                                             "sam_micro"], "update") == [
+        ["adamw"], ["sam_full", "sam_last", "sam_micro"]]
+    fig = plots.figure_dev_curves(curves)
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert "sam_full = sam_last = sam_micro (identical at k = 1)" in labels and len(labels) == 2
+    f1_ax, loss_ax = fig.axes[0], fig.axes[1]
+    assert f1_ax.get_ylim()[0] >= 0.0 and f1_ax.get_ylim()[1] <= 100.5  # the band reaches 100.5 at seed 1
+    assert loss_ax.get_ylim()[0] >= 0.0
+
+
+def test_final_scores_draw_min_max_of_seeds_not_a_t_interval_below_zero():
+    runs = pd.DataFrame({"arm": ["adamw"] * 3, "k": [4] * 3, "seed": [0, 1, 2], "status": ["completed"] * 3,
+                         "final.dev/f1": [2.0, 3.0, 70.0], "final.dev/em": [1.0, 2.0, 60.0]})
+    fig = plots.figure_final_scores(runs)
+    for ax in fig.axes:
+        low, high = ax.get_ylim()
+        assert low >= 0.0 and high <= 101.0
+    # a 3-seed Student-t interval of F1 2, 3, 70 reaches far below 0; the drawn bar is 2..70
+    mean, low, high = plots.seed_range([2.0, 3.0, 70.0])
+    assert (mean, low, high) == (25.0, 2.0, 70.0)
