@@ -16,7 +16,7 @@ ARGS    ?=
 JOBS    ?= 2  # runs at a time in sweeps: on this 2-core CPU two 1-thread runs beat one 2-thread run
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness sync bench-sam bench-train clean
+.PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness notebook sync bench-sam bench-train clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ report: $(STAMP)  ## sharpness + REPORT.md/.html of a sweep from its runs (SWEEP
 
 sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablation)
 	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation) out=$(REPORT_OUT)
+
+notebook: $(STAMP)  ## run analysis/notebooks/report.ipynb headless (SWEEP=ablation): results/notebooks/<sweep>.ipynb
+	$(PY) -m analysis.notebook results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation)
 
 sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`)
 	@runs=$$(find $(RESULTS)/runs -type d -name 'offline-run-*' 2>/dev/null); \

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.collect import CollectError, arm_order, collect_curves, collect_runs, read_json, sweep_dir
+from analysis.collect import (REPORT_CURVE_METRICS, CollectError, arm_order, collect_curves, collect_runs, read_json,
+                              sweep_dir)
 from analysis.stats import ci_and_test_disagree, curve_equality, equality_check, paired_differences, summarize
 from analysis.targets import DEFAULT_TARGETS, cost_ratio, headline_target, target_summary, time_to_target
 
@@ -926,8 +927,12 @@ def markdown_to_html(md: str, base: Path, title: str = "Report") -> str:
 
 
 def _runs_csv(runs: pd.DataFrame) -> pd.DataFrame:
-    columns = ["run_id", "arm", "k", "seed", "status", "reason", "final.dev/f1", "final.dev/em", "final.dev/loss",
-               "final.train/loss", "updates", "examples", "wall_time_s", "mean_step_time_s", "git_sha", "device"]
+    """One line per run: enough for every table and figure of the report without the run directories (the notebook
+    reads it on a clone that has the committed report but no raw runs)."""
+    columns = ["run_id", "arm", "replay", "k", "seed", "status", "reason", "final.dev/f1", "final.dev/em",
+               "final.dev/loss", "final.train/loss"]
+    columns += sorted(c for c in runs.columns if c.startswith("final.dev/") and c not in columns)
+    columns += ["updates", "examples", "wall_time_s", "mean_step_time_s", "time.eval_share", "git_sha", "device"]
     return runs.reindex(columns=columns)
 
 
@@ -981,7 +986,8 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     written["headline"].write_text("\n".join(_answer_section(parts, headline_table(runs, cells))).rstrip() + "\n",
                                    encoding="utf-8")
     frames = (("summary", summary), ("paired", paired), ("sanity", sanity), ("runs", _runs_csv(runs)),
-              ("time_to_target", to_target[TARGET_CSV_COLUMNS]), ("time_to_target_summary", cells))
+              ("time_to_target", to_target[TARGET_CSV_COLUMNS]), ("time_to_target_summary", cells),
+              ("curves", curves[curves["metric"].isin(REPORT_CURVE_METRICS)]))
     for name, frame in frames:
         written[name] = out_dir / f"{name}.csv"
         frame.to_csv(written[name], index=False, lineterminator="\n")

@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis import plots, report
-from analysis.collect import CollectError, collect_curves, collect_runs, read_events
+from analysis.collect import CollectError, collect_curves, collect_runs, read_events, report_dir
 from analysis.stats import (
     bootstrap_mean_ci,
     curve_equality,
@@ -444,30 +444,37 @@ def test_notebook_is_stored_without_outputs():
     assert any("SAM_RESULTS_DIR" in c.source for c in code)
 
 
-def test_notebook_executes_against_the_synthetic_sweep(sweep, tmp_path, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
+def _executed_outputs(results_dir, sweep_name, out):
+    from analysis import notebook
 
-    # a kernelspec that runs this interpreter (the venv's ipykernel), found first through JUPYTER_PATH
-    spec = tmp_path / "jupyter" / "kernels" / "sam-analysis-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "sam-analysis-test", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("SAM_RESULTS_DIR", str(sweep.results_dir))
-    monkeypatch.setenv("SAM_SWEEP", sweep.sweep)
-    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, kernel_name="sam-analysis-test", timeout=180,
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()  # raises CellExecutionError on any failing cell
+    nb = notebook.execute(results_dir, sweep_name, out)  # raises CellExecutionError on any failing cell
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                     + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    return outputs, text
+
+
+def test_notebook_executes_against_the_synthetic_sweep(sweep, tmp_path):
+    outputs, text = _executed_outputs(sweep.results_dir, sweep.sweep, tmp_path / "executed.ipynb")
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 5
-    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
-    assert f"sweep '{sweep.sweep}'" in text and "24 runs" in text
+    assert len(images) == 6
+    assert f"sweep '{sweep.sweep}'" in text and "24 runs" in text and "read from run directories" in text
+    assert "**Answer: yes.**" in text
+    assert (tmp_path / "executed.ipynb").is_file()
+
+
+def test_notebook_runs_on_a_fresh_clone_from_the_report_csvs_alone(sweep, built, tmp_path):
+    """A fresh clone has results/report/ (committed) but no results/runs/: the notebook reads the report's CSVs."""
+    import shutil
+
+    clone = tmp_path / "results"
+    shutil.copytree(sweep.results_dir / "report", report_dir(clone, sweep.sweep))
+    assert not (clone / "runs").exists()
+    outputs, text = _executed_outputs(clone, sweep.sweep, tmp_path / "executed.ipynb")
+    assert "read from the report's CSVs" in text and "24 runs" in text
+    assert "**Answer: yes.**" in text  # the same answer as from the run directories
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 6
 
 
 # ---------------------------------------------------------------------------------------------------------------------

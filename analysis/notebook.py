@@ -1,0 +1,79 @@
+"""Execute the analysis notebook headless and write a copy with its outputs (`make notebook`).
+
+    python -m analysis.notebook [results_dir=results] [sweep=ablation] [out=<results_dir>/notebooks/<sweep>.ipynb]
+
+The notebook (analysis/notebooks/report.ipynb, stored without outputs) reads the sweep's run directories when they
+exist and the report's CSVs otherwise, so this works on a fresh clone with only the committed report. The kernel is
+this interpreter (the venv's ipykernel, registered for the run in a temporary JUPYTER_PATH), so nothing has to be
+installed for Jupyter beforehand. The executed copy opens in Jupyter, VS Code or any notebook viewer. Exit status 2
+with one line for bad arguments or a cell that fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+NOTEBOOK = Path(__file__).resolve().parent / "notebooks" / "report.ipynb"
+KNOWN_KEYS = ("results_dir", "sweep", "out")
+KERNEL = "sam-accum-venv"
+
+
+def execute(results_dir: str | Path, sweep: str, out: str | Path, timeout: int = 600):
+    """Run every cell of the notebook against `results_dir`/`sweep` and write the executed copy to `out`.
+    Returns the executed nbformat notebook; raises nbclient's CellExecutionError when a cell fails."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    results_dir = Path(results_dir).resolve()
+    with tempfile.TemporaryDirectory(prefix="sam-nb-") as tmp:
+        spec = Path(tmp) / "kernels" / KERNEL
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": KERNEL, "language": "python"}))
+        saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "SAM_RESULTS_DIR", "SAM_SWEEP",
+                                                 "PYDEVD_DISABLE_FILE_VALIDATION")}
+        os.environ.update(JUPYTER_PATH=tmp, SAM_RESULTS_DIR=str(results_dir), SAM_SWEEP=str(sweep),
+                          PYDEVD_DISABLE_FILE_VALIDATION="1")
+        try:
+            nb = nbformat.read(NOTEBOOK, as_version=4)
+            NotebookClient(nb, kernel_name=KERNEL, timeout=timeout,
+                           resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)
+    return nb
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = {"results_dir": "results", "sweep": "ablation", "out": None}
+    for arg in list(sys.argv[1:] if argv is None else argv):
+        key, sep, value = arg.partition("=")
+        if not sep or key not in KNOWN_KEYS or not value:
+            print(f"error: argument {arg!r}: use {', '.join(k + '=...' for k in KNOWN_KEYS)}", file=sys.stderr)
+            return 2
+        args[key] = value
+    out = args["out"] or Path(args["results_dir"]) / "notebooks" / f"{args['sweep']}.ipynb"
+    from nbclient.exceptions import CellExecutionError
+
+    try:
+        execute(args["results_dir"], args["sweep"], out)
+    except CellExecutionError as err:
+        print(f"error: a notebook cell failed: {str(err).strip().splitlines()[-1][:300]}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (executed; open it in Jupyter or VS Code)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
