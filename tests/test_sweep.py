@@ -482,15 +482,34 @@ def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, sta
 
 
 def test_the_ablation_sweep_resolves(tmp_path):
-    runs = sweep.expand(sweep.load_sweep(REPO / "configs/sweep/ablation.yaml"), [f"results_dir={tmp_path}"])
-    # k = 1 keeps one seed (the sanity row: sam_full == sam_last there), k = 4 keeps three: 4 arms x (1 + 3) runs
-    assert len(runs) == 16
+    spec = sweep.load_sweep(REPO / "configs/sweep/ablation.yaml")
+    runs = sweep.expand(spec, [f"results_dir={tmp_path}"])
+    # k = 8: adamw, sam_full, sam_last x seeds 0-2 and sam_micro seed 0; k = 1 (the sanity row): every arm, seed 0
+    assert len(runs) == 14
     cells = {(r.cfg.arm, r.cfg.optim.replay, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs}
     replay = {"adamw": "none", "sam_full": "full", "sam_last": "last", "sam_micro": "micro"}
-    expected_points = [(1, 0)] + [(4, s) for s in (0, 1, 2)]
-    assert cells == {(a, replay[a], k, s) for a in replay for k, s in expected_points}
+    expected = {(a, replay[a], 1, 0) for a in replay}
+    expected |= {(a, replay[a], 8, s) for a in ("adamw", "sam_full", "sam_last") for s in (0, 1, 2)}
+    expected |= {("sam_micro", "micro", 8, 0)}
+    assert cells == expected
+    # the budget as documented: 100 updates of 4 x 8 features at k = 8, 24 at k = 1, every run on the same data
+    for r in runs:
+        assert r.cfg.train.max_updates == (100 if r.cfg.train.accumulation_steps == 8 else 24)
+        assert (r.cfg.train.micro_batch_size, r.cfg.data.max_seq_length, r.cfg.optim.lr) == (4, 64, 3e-4)
+        assert r.cfg.eval.subset_size == 80 and r.cfg.train.eval_every in (6, 10)
     assert all(r.cfg.diagnostics.grad_fidelity == (r.cfg.optim.replay != "none") for r in runs)
     assert all(r.cfg.sweep == "ablation" for r in runs)
+    assert spec.report == {"targets": {"dev/f1": [70.0, 85.0, 95.0], "dev/loss": [1.0, 0.3]}}
+
+
+def test_a_sweep_report_block_is_checked_when_read(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nbase: [configs/default.yaml]\ngrid: {seed: [0]}\nreport: {targets: {dev/acc: [1]}}\n")
+    with pytest.raises(sweep.SweepError, match="report.targets.dev/acc is not a dev metric"):
+        sweep.load_sweep(path)
+    path.write_text("name: s\nbase: [configs/default.yaml]\ngrid: {seed: [0]}\nreport: {targets: {dev/f1: 90}}\n")
+    with pytest.raises(sweep.SweepError, match="report.targets.dev/f1 must be a non-empty list of numbers"):
+        sweep.load_sweep(path)
 
 
 def test_the_smoke_sweep_resolves(tmp_path):
