@@ -74,7 +74,8 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     rho: float = 0.05
-    adaptive: bool = False  # ASAM
+    adaptive: bool = False  # ASAM (Kwon et al. 2021): T = |w| + eta for weights, 1 for biases
+    eta: float = 0.01  # ASAM's eta (the paper's and SamsungLabs/ASAM's value); used only with adaptive=true
     warmup_ratio: float = 0.1  # linear warmup over this share of the updates, then linear decay to 0
     max_grad_norm: Optional[float] = 1.0  # clips the gradient the base optimizer uses; null = no clipping
     reuse_dropout_rng: bool = True  # second pass sees the first pass's dropout masks
@@ -153,6 +154,7 @@ CHOICES = {
 RANGES = {
     "optim.lr": (0.0, None, "> 0", False),
     "optim.rho": (0.0, None, ">= 0", True),
+    "optim.eta": (0.0, None, ">= 0", True),
     "optim.weight_decay": (0.0, None, ">= 0", True),
     "optim.eps": (0.0, None, "> 0", False),
     "optim.warmup_ratio": (0.0, 1.0, "in [0, 1]", True),

@@ -109,21 +109,32 @@ def epoch_windows(n_features: int, micro_batch_size: int, k: int, seed: int, epo
 
 
 def build_optimizer(model, optim_cfg):
-    """AdamW with no weight decay on biases and LayerNorm weights; wrapped in SAM unless replay is none."""
+    """AdamW with no weight decay on biases and LayerNorm weights; wrapped in SAM unless replay is none.
+
+    For ASAM the param groups also say which tensors are weights (`is_weight`, T = |w| + eta) and which are biases
+    (T = 1), by name as the authors' code does (SamsungLabs/ASAM: "weight" in the parameter's name), so LayerNorm
+    scales count as weights and every bias, the new QA head's included, as a bias."""
     import torch
 
     from sam import SAM
 
-    decay, no_decay = [], []
+    decay, no_decay_weights, biases = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.ndim >= 2 and "LayerNorm" not in name and "layer_norm" not in name:
+            decay.append(p)
+        else:
+            (no_decay_weights if name.rsplit(".", 1)[-1].endswith("weight") else biases).append(p)
+    groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay, "is_weight": True},
+              {"params": no_decay_weights, "weight_decay": 0.0, "is_weight": True},
+              {"params": biases, "weight_decay": 0.0, "is_weight": False}]
+    groups = [g for g in groups if g["params"]]
     kwargs = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
     if optim_cfg.replay == "none":
-        return torch.optim.AdamW(groups, **kwargs)
-    return SAM(groups, torch.optim.AdamW, rho=optim_cfg.rho, adaptive=optim_cfg.adaptive, **kwargs)
+        return torch.optim.AdamW([{k: v for k, v in g.items() if k != "is_weight"} for g in groups], **kwargs)
+    return SAM(groups, torch.optim.AdamW, rho=optim_cfg.rho, adaptive=optim_cfg.adaptive, eta=optim_cfg.eta,
+               **kwargs)
 
 
 def linear_schedule(optimizer, total_updates: int, warmup_ratio: float):
@@ -278,8 +289,7 @@ class Trainer:
     def grad_fidelity(self, batches, sizes) -> dict:
         from .diagnostics import last_vs_full_gradient
 
-        return last_vs_full_gradient(self.model, self.loss_fn, batches, sizes, rho=self.cfg.optim.rho,
-                                     adaptive=self.cfg.optim.adaptive)
+        return last_vs_full_gradient(self.model, self.loss_fn, batches, sizes, self.optimizer.param_groups)
 
     # -- loop --------------------------------------------------------------------------------------------------------
     def run(self, tracker) -> None:

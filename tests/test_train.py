@@ -168,6 +168,36 @@ def test_grad_fidelity_is_exactly_one_when_the_window_has_one_micro_batch(tiny_r
         assert e["diag/grad_norm_ratio"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_asam_scales_weights_by_name_and_moves_the_zero_bias_of_the_new_qa_head():
+    """build_optimizer marks tensors whose name ends in "weight" (LayerNorm scales included) as ASAM weights,
+    T = |w| + eta, and every bias as T = 1 (SamsungLabs/ASAM's name rule); the new QA head's bias starts at exactly 0
+    and still moves. Checked against e = rho · T²g / ‖Tg‖ written out over the real (tiny) BERT."""
+    from experiments.model import load_model, load_tokenizer
+    from experiments.train import build_optimizer
+
+    rho, eta = 0.5, 0.01
+    cfg = load_config([SMOKE, arm_file("sam_full")], ["optim.adaptive=true", f"optim.rho={rho}"])
+    assert cfg.optim.eta == eta
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    torch.manual_seed(0)
+    model = load_model(cfg.model, tokenizer).double().eval()
+    named = dict(model.named_parameters())
+    assert (named["qa_outputs.bias"] == 0).all()
+    optimizer = build_optimizer(model, cfg.optim)
+    batch = tokenizer(["who built the ship?"], ["The ship was built by Ada Lind in 1901."], return_tensors="pt")
+    model(**batch, start_positions=torch.tensor([9]), end_positions=torch.tensor([10])).loss.backward()
+    w = {n: p.detach().clone() for n, p in named.items()}
+    g = {n: p.grad.detach().clone() for n, p in named.items()}
+    t = {n: (w[n].abs() + eta if n.endswith("weight") else torch.ones_like(w[n])) for n in named}
+    norm = torch.sqrt(sum(((t[n] * g[n]) ** 2).sum() for n in named))
+    optimizer.first_step()
+    for n, p in named.items():
+        expected = rho * t[n] * t[n] * g[n] / (norm + 1e-12)
+        torch.testing.assert_close(p.detach() - w[n], expected, rtol=1e-9, atol=1e-15, msg=n)
+    assert (named["qa_outputs.bias"] != 0).all()
+    assert any("LayerNorm.weight" in n for n in named) and sum(n.endswith("bias") for n in named) > 5
+
+
 def test_offline_wandb_run_lives_in_the_run_directory(tiny_run, tmp_path):
     assert main(tiny_run("sam_last", "train.max_updates=2", "tracking.mode=offline")) == 0
     run = only_run(tmp_path)
