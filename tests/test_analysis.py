@@ -517,3 +517,14 @@ def test_report_of_sparse_sweeps(tmp_path):
     assert "| failed | boom |" in md
     assert "figure:train_loss" in written and "figure:final_scores" not in written
     assert "Final dev EM and F1: not drawn" in md
+
+
+def test_manifest_overrides_are_read_as_the_run_read_them():
+    """A sweep manifest's `key=value` overrides are typed by the config schema, as train.py typed them: a string key
+    keeps its text (YAML 1.1 would make 0777 the number 511), a number key gets its number."""
+    from analysis.collect import _parse_overrides
+
+    parsed = _parse_overrides(["tracking.project=0777", "train.accumulation_steps=04", "tracking.tags=[on]",
+                               "seed=oops"])
+    assert parsed == {"tracking.project": "0777", "train.accumulation_steps": 4, "tracking.tags": ("on",),
+                      "seed": "oops"}
