@@ -580,8 +580,12 @@ class Runner:
         run.summary = summary
         said, said_reason = summary.get("status"), summary.get("reason")
         if interrupted and not (code == 0 and said == "completed"):  # one that finished in the grace period counts
+            from experiments.checkpoint import resume_point
+
+            point = resume_point(run.run_dir)
             run.status = "interrupted"
-            run.reason = f"interrupted by the sweep runner (exit code {code}); the next invocation resumes it"
+            run.reason = f"interrupted by the sweep runner (exit code {code}); the next invocation " + (
+                f"resumes it from update {point}" if point is not None else "starts it over (no resume checkpoint)")
         elif code == 0 and said == "completed":
             run.status, run.reason = "completed", None
         elif code == 0:

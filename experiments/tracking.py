@@ -295,6 +295,15 @@ def _wandb_run_id(run_dir: Path) -> str:
     return f"{name[:55]}-{secrets.token_hex(4)}"
 
 
+def _signal_name(err: BaseException) -> str:
+    """SIGINT for Ctrl-C (a KeyboardInterrupt), the signal's name for an exception that carries `signum`
+    (experiments.train.Interrupted), else the exception's class name."""
+    import signal
+
+    signum = getattr(err, "signum", signal.SIGINT if isinstance(err, KeyboardInterrupt) else None)
+    return signal.Signals(signum).name if signum is not None else type(err).__name__
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
@@ -384,6 +393,15 @@ class RunTracker:
                 self._metrics.close()
                 self._finished = True
                 raise TrackingError(message) from err
+            except BaseException as err:  # Ctrl-C or a stop signal while W&B starts: the run ends here, and says so
+                name = _signal_name(err)
+                self._summary.update(status="failed", reason=f"interrupted by {name} during start-up (starting W&B)",
+                                     finished_at=_now(), interrupted={"signal": name, "update": 0,
+                                                                      "resumable_from": None})
+                self._write_summary()
+                self._metrics.close()
+                self._finished = True
+                raise
 
     # -- W&B -----------------------------------------------------------------------------------------------------------
 
@@ -425,7 +443,6 @@ class RunTracker:
         import wandb
 
         cfg = self.cfg
-
         def sel(key: str) -> Any:
             return OmegaConf.select(cfg, key, default=None)
 

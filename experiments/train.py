@@ -1,9 +1,14 @@
-"""One MRC training run: `python -m experiments.train [CONFIG.yaml ...] key=value ...`
+"""One MRC training run: `python -m experiments.train CONFIG.yaml [CONFIG.yaml ...] [key=value ...]`
 
 Reads top to bottom like the run itself: config → model and data (bad input fails here, before anything is written)
 → run directory (resume if a checkpoint is there) → windows of k micro-batches through `sam.train_step` → evaluation
-at every epoch end and at the end → summary. Exit codes: 0 completed (or already complete), 1 failed, 2 bad input,
-3 diverged, 130 interrupted.
+at every epoch end and at the end → summary. With no arguments at all it runs nothing and shows how to start.
+
+Ctrl-C (SIGINT), SIGTERM (what a cluster scheduler or the sweep runner sends) and SIGHUP end the run the same way:
+summary.json says failed with the reason "interrupted by SIGTERM at update N of M" and whether a rerun of the same
+command resumes (from the last resume checkpoint: train.checkpoint_every / train.checkpoint_every_minutes) or starts
+over. Exit codes: 0 completed (or already complete), 1 failed, 2 bad input, 3 diverged, 128 + the signal's number when
+interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 from __future__ import annotations
 
@@ -13,20 +18,59 @@ import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 130: Ctrl-C
 log = logging.getLogger("experiments.train")
 
 
 class Diverged(RuntimeError):
     """The loss became NaN/inf; the run stops with status `diverged`."""
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal turned into an exception, so SIGTERM and SIGHUP end a run through the same path as Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _signal_of(err: BaseException) -> tuple[str, int]:
+    """(name, number) of the signal behind a KeyboardInterrupt (a plain one is Ctrl-C: SIGINT)."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    return signal.Signals(signum).name, int(signum)
+
+
+@contextmanager
+def stop_signals_raise():
+    """While inside: SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread (a signal the process ignores,
+    as under nohup, stays ignored). The previous handlers come back on exit."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, _frame):
+            raise Interrupted(signum)
+
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 def _offline_defaults(cfg) -> None:
@@ -286,6 +330,17 @@ class Trainer:
         p = self.progress
         return p.epoch + p.window / max(1, self.updates_per_epoch)
 
+    def checkpoint_due(self) -> bool:
+        """A resume checkpoint now? Every train.checkpoint_every updates, and whenever train.checkpoint_every_minutes
+        of training have passed since the last one (or since the first update of this process)."""
+        t, now = self.cfg.train, time.monotonic()
+        last = getattr(self, "_last_checkpoint", None)
+        if last is None:
+            self._last_checkpoint = last = now
+        by_updates = bool(t.checkpoint_every) and self.progress.update % t.checkpoint_every == 0
+        by_time = bool(t.checkpoint_every_minutes) and now - last >= 60.0 * t.checkpoint_every_minutes
+        return by_updates or by_time
+
     def grad_fidelity(self, batches, sizes) -> dict:
         from .diagnostics import last_vs_full_gradient
 
@@ -348,10 +403,11 @@ class Trainer:
                     self.record_eval(self.evaluate("epoch"))  # also the final evaluation when training ends here
                 elif stop:
                     self.record_eval(self.evaluate("final"))
-                if t.checkpoint_every and (p.update % t.checkpoint_every == 0) and not stop:
+                if not stop and self.checkpoint_due():
                     from .checkpoint import save_resume_state
 
                     save_resume_state(self)
+                    self._last_checkpoint = time.monotonic()
                 if stop:
                     break
         bar.close()
@@ -432,6 +488,37 @@ def prepare_run_dir(cfg, run_dir: Path) -> str:
     return "restart"
 
 
+NO_ARGUMENTS = """usage: python -m experiments.train CONFIG.yaml [CONFIG.yaml ...] [key=value ...]
+No arguments: nothing is run (the bare default is a full run of several minutes). For example:
+  python -m experiments.train configs/smoke.yaml configs/arm/sam_full.yaml        a tiny run, about 10 s
+  python -m experiments.train configs/default.yaml configs/arm/adamw.yaml         the embedded default (make run)
+--help explains the arguments; README.md says what each run takes."""
+
+
+def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
+    """Record a run stopped by a signal: failed, with a reason that says where and whether a rerun resumes."""
+    from .checkpoint import resume_point
+
+    name, signum = _signal_of(err)
+    p, t = trainer.progress, trainer.cfg.train
+    resumable = resume_point(run_dir)
+    where = f"at update {p.update} of {trainer.total_updates}"
+    if resumable is not None:
+        outcome, advice = f"resumable from update {resumable}", "rerun the same command to resume"
+    else:
+        outcome = "not resumable (no resume checkpoint yet)"
+        every = ", ".join(f"{k}={v}" for k, v in (("train.checkpoint_every", t.checkpoint_every),
+                                                  ("train.checkpoint_every_minutes", t.checkpoint_every_minutes)))
+        advice = (f"a rerun starts over; {every}: set train.checkpoint_every=N (updates) to make it resumable "
+                  f"sooner")
+    reason = f"interrupted by {name} {where}; {outcome}"
+    tracker.write_text("error.log", traceback.format_exc())
+    tracker.finish("failed", reason=reason, updates=p.update, final=trainer.final_block(), best=p.best,
+                   interrupted={"signal": name, "update": p.update, "resumable_from": resumable})
+    print(f"interrupted ({name}) {where}: {outcome}; {advice} ({run_dir})", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from .config import ConfigError, load_config, run_dir as run_dir_of, split_args
 
@@ -439,6 +526,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return EXIT_OK
+    if not argv:
+        print(NO_ARGUMENTS, file=sys.stderr)
+        return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     files, overrides = split_args(argv)
     try:
@@ -456,9 +546,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     if action in ("completed", "diverged"):
         print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
         return EXIT_OK if action == "completed" else EXIT_DIVERGED
+    with stop_signals_raise():
+        try:
+            return _run(cfg, run_dir, action)
+        except KeyboardInterrupt as err:  # before the run directory was touched (model and data loading)
+            name, signum = _signal_of(err)
+            print(f"interrupted ({name}) during start-up, before anything was written to {run_dir}", file=sys.stderr)
+            return 128 + signum
 
+
+def _run(cfg, run_dir: Path, action: str) -> int:
+    from .checkpoint import remove_resume_state
     from .data import DataError
     from .model import ModelError
+    from .tracking import TrackingError
 
     try:
         trainer = Trainer(cfg, run_dir)  # model and data: bad input fails here, before the run dir is touched
@@ -477,29 +578,37 @@ def main(argv: Optional[list[str]] = None) -> int:
             log.warning("resume checkpoint unusable; starting %s over", run_dir)
     if not resume and action == "restart":
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-    tracker = RunTracker(cfg, run_dir, resume=resume, device=trainer.device)
-    if resume:
-        tracker.rewind(trainer.progress.update)
-    from .model import count_parameters
-
-    tracker.update_summary(data=trainer.data_stats, parameters=count_parameters(trainer.model),
-                           total_updates=trainer.total_updates)
-    where = f"resuming at update {trainer.progress.update}" if resume else "starting"
-    print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
-          f"features, device {trainer.device})", file=sys.stderr)
     try:
+        # RunTracker writes summary.json (running) first; a signal or error while it starts W&B is recorded there
+        tracker = RunTracker(cfg, run_dir, resume=resume, device=trainer.device)
+    except TrackingError as err:
+        print(f"failed: {err} ({run_dir})", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt as err:
+        name, signum = _signal_of(err)
+        print(f"interrupted ({name}) during start-up (starting W&B); summary.json says so ({run_dir})",
+              file=sys.stderr)
+        return 128 + signum
+    try:
+        if resume:
+            tracker.rewind(trainer.progress.update)
+        from .model import count_parameters
+
+        tracker.update_summary(data=trainer.data_stats, parameters=count_parameters(trainer.model),
+                               total_updates=trainer.total_updates)
+        where = f"resuming at update {trainer.progress.update}" if resume else "starting"
+        print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
+              f"features, device {trainer.device})", file=sys.stderr)
         trainer.run(tracker)
     except Diverged as err:
         p = trainer.progress
         tracker.finish("diverged", reason=str(err), final=trainer.final_block(), best=p.best, updates=p.update,
                        examples=p.examples, diverged_at=p.update)
+        remove_resume_state(run_dir)  # a diverged run is final: never resumed
         print(f"diverged: {err} ({run_dir})", file=sys.stderr)
         return EXIT_DIVERGED
-    except KeyboardInterrupt:
-        tracker.write_text("error.log", traceback.format_exc())
-        tracker.finish("failed", reason="interrupted (KeyboardInterrupt)", updates=trainer.progress.update)
-        print(f"interrupted: {run_dir} (rerun the same command to resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP
+        return _interrupted(err, trainer, tracker, run_dir)
     except Exception as err:  # noqa: BLE001 - recorded, then reported as one line
         tracker.write_text("error.log", traceback.format_exc())
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -512,6 +621,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
         median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
     )
+    remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is model + optimizer state
     f = summary.get("final", {})
     print(f"completed: {run_dir}\n  dev/f1 {f.get('dev/f1', float('nan')):.2f}  dev/em {f.get('dev/em', float('nan')):.2f}"
           f"  dev/loss {f.get('dev/loss', float('nan')):.4f}  train/loss {f.get('train/loss', float('nan')):.4f}"

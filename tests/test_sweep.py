@@ -492,6 +492,9 @@ def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, sta
     assert proc.returncode == 130, out
     statuses = [r["status"] for r in json.loads(manifest.read_text())["runs"]]
     assert statuses == ["interrupted", "interrupted", "pending", "pending"], out
+    # the stand-in saves no resume checkpoint, so the manifest must not promise a resume
+    assert all(r["reason"].endswith("the next invocation starts it over (no resume checkpoint)")
+               for r in json.loads(manifest.read_text())["runs"][:2])
     for entry in json.loads(manifest.read_text())["runs"][:2]:
         summary = json.loads((Path(entry["run_dir"]) / "summary.json").read_text())
         assert summary["reason"] == "interrupted (KeyboardInterrupt)"  # the child got SIGINT and saved its state
