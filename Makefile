@@ -68,9 +68,8 @@ report: $(STAMP)  ## sharpness + REPORT.md/.html of a sweep from its runs (SWEEP
 sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablation)
 	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation) out=$(REPORT_OUT)
 
-sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`)
-	@runs=$$(find $(RESULTS)/runs -type d -name 'offline-run-*' 2>/dev/null); \
-	if [ -z "$$runs" ]; then echo "no offline W&B runs under $(RESULTS)/runs"; else .venv/bin/wandb sync $$(echo "$$runs" | sort); fi
+sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`; fails in seconds without network)
+	$(PY) -m experiments.sync $(RESULTS)
 
 bench-sam: $(STAMP)  ## SAM overhead benchmark on the embedded MiniLM (writes results/bench/sam.json)
 	$(PY) -m experiments.bench_sam $(ARGS)

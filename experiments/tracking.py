@@ -443,6 +443,13 @@ class RunTracker:
         import wandb
 
         cfg = self.cfg
+        if self.mode == "online":  # wandb.init retries for minutes without network: decide in seconds
+            from .network import PROBE_TIMEOUT_S, reachable, wandb_url
+
+            if not reachable(wandb_url()):
+                raise ConnectionError(f"the W&B server {wandb_url()} is not reachable within {PROBE_TIMEOUT_S:.0f} s; "
+                                      "use tracking.mode=offline (upload later with make sync) or set WANDB_BASE_URL")
+
         def sel(key: str) -> Any:
             return OmegaConf.select(cfg, key, default=None)
 

@@ -546,6 +546,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if action in ("completed", "diverged"):
         print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
         return EXIT_OK if action == "completed" else EXIT_DIVERGED
+    if cfg.tracking.mode == "online":  # before minutes of model and data loading, not after
+        from .network import PROBE_TIMEOUT_S, reachable, wandb_url
+
+        if not reachable(wandb_url()):
+            print(f"error: tracking.mode=online but the W&B server {wandb_url()} is not reachable within "
+                  f"{PROBE_TIMEOUT_S:.0f} s; use tracking.mode=offline (upload later with make sync) or set "
+                  "WANDB_BASE_URL", file=sys.stderr)
+            return EXIT_BAD_INPUT
     with stop_signals_raise():
         try:
             return _run(cfg, run_dir, action)

@@ -9,10 +9,8 @@ without network gets either the locally cached copy or the error in about a seco
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections import Counter
 from typing import Iterator, Optional
-from urllib.parse import urlparse
 
 from .errors import DataError, one_line
 from .records import RecordCollector
@@ -21,15 +19,9 @@ PROBE_TIMEOUT_S = 3.0
 
 
 def _hub_reachable() -> bool:
-    from huggingface_hub import constants
+    from experiments.network import hub_url, reachable  # bounded in time, name lookup included
 
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    return reachable(hub_url(), PROBE_TIMEOUT_S)
 
 
 @contextlib.contextmanager
