@@ -409,6 +409,9 @@ def load_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str
     for path in files:
         path = Path(path)
         if not path.is_file():
+            if str(path).startswith("-"):
+                raise ConfigError(f"unknown option {str(path)!r}: the arguments are config files and key=value "
+                                  "overrides (--help explains them)")
             raise ConfigError(f"config file {str(path)!r}: no such file")
         try:
             data = read_yaml_text(path.read_text(encoding="utf-8"))

@@ -4,7 +4,8 @@ Everything the analysis needs is written by this module into the run directory a
 studied (and the report rebuilt) with no W&B account and no network:
 
     config.yaml     the resolved config (OmegaConf YAML)
-    env.json        where the run came from: git sha + dirty flag, Python and package versions, device, argv, host
+    env.json        where the run came from: git sha, dirty flag and the dirty files' names, Python and package
+                    versions, device, argv, host
     metrics.jsonl   one JSON object per `log` call, appended and flushed at once (a crash loses at most the line
                     being written; `read_metrics` skips such a torn last line)
     summary.json    status running → completed | failed | diverged, plus whatever the trainer merges in; rewritten
@@ -187,20 +188,29 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def git_info(path: str | os.PathLike = REPO_ROOT) -> dict:
-    """{"sha", "dirty"} of the git work tree that holds `path`; both None outside a repository (or without git).
+DIRTY_FILES_MAX = 100  # env.json lists at most this many changed paths (dirty_files_total counts them all)
 
-    dirty is True when `git status --porcelain` lists anything: modified, staged or untracked (not ignored) files.
+
+def git_info(path: str | os.PathLike = REPO_ROOT) -> dict:
+    """{"sha", "dirty", "dirty_files", "dirty_files_total"} of the git work tree that holds `path`; all None outside a
+    repository (or without git).
+
+    dirty is True when `git status --porcelain` lists anything: modified, staged or untracked (not ignored) files;
+    dirty_files are those paths as git lists them (an untracked folder as one "folder/" entry; a rename as
+    "old -> new"), at most DIRTY_FILES_MAX of them, so a dirty run says which files made it so.
     """
     top = _git(["rev-parse", "--show-toplevel"], Path(path))
     if top is None:
-        return {"sha": None, "dirty": None}
+        return {"sha": None, "dirty": None, "dirty_files": None, "dirty_files_total": None}
     root = Path(top.strip())
     sha = _git(["rev-parse", "HEAD"], root)  # None in a repository with no commit yet
     status = _git(["status", "--porcelain"], root)
+    changed = None if status is None else [line[3:] for line in status.splitlines() if line.strip()]
     return {
         "sha": sha.strip() if sha else None,
-        "dirty": None if status is None else bool(status.strip()),
+        "dirty": None if changed is None else bool(changed),
+        "dirty_files": None if changed is None else changed[:DIRTY_FILES_MAX],
+        "dirty_files_total": None if changed is None else len(changed),
     }
 
 

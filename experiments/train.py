@@ -206,7 +206,7 @@ class Progress:
     update: int = 0
     epoch: int = 0  # the epoch in progress
     window: int = 0  # next window index inside `epoch`
-    examples: int = 0
+    examples: int = 0  # training examples (questions) reached: each counts once per epoch, see window_examples
     step_time_total: float = 0.0
     step_times: list = field(default_factory=list)  # per update (the median ignores warm-up outliers)
     best: Optional[dict] = None
@@ -318,6 +318,10 @@ class Trainer:
 
                 save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "best")
         self.tracker.update_summary(best=p.best, final=self.final_block())
+        cfg = self.cfg
+        console(f"[{cfg.arm} k={cfg.train.accumulation_steps} seed={cfg.seed}] {metrics.get('eval/kind', 'eval')} "
+                f"evaluation at update {p.update} (epoch {self.epoch_float():.2f}): dev/f1 {metrics['dev/f1']:.2f}  "
+                f"dev/em {metrics['dev/em']:.2f}  dev/loss {metrics['dev/loss']:.4f}" + ("  (best so far)" if better else ""))
 
     def final_block(self) -> dict:
         p = self.progress
@@ -329,6 +333,23 @@ class Trainer:
     def epoch_float(self) -> float:
         p = self.progress
         return p.epoch + p.window / max(1, self.updates_per_epoch)
+
+    def window_examples(self, windows) -> list[int]:
+        """For each window of an epoch, how many training examples it reaches first in that epoch: an example counts
+        once per epoch, at the window holding the first of its features (a long context gives one example several
+        features, possibly in different windows), so over a whole epoch the counts add up to the number of examples
+        that have features. Features carry `example_id` (experiments.data.features)."""
+        import numpy as np
+        import torch
+
+        if getattr(self, "_example_index", None) is None:
+            ids = self.train.dataset["example_id"]
+            self._example_index = np.unique(np.asarray(ids, dtype=object).astype(str), return_inverse=True)[1]
+        order = torch.cat([ix for window in windows for ix in window]).numpy()
+        first = np.zeros(len(order), dtype=np.int64)
+        first[np.unique(self._example_index[order], return_index=True)[1]] = 1
+        bounds = np.cumsum([0] + [sum(len(ix) for ix in window) for window in windows])
+        return [int(first[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def checkpoint_due(self) -> bool:
         """A resume checkpoint now? Every train.checkpoint_every updates, and whenever train.checkpoint_every_minutes
@@ -359,10 +380,12 @@ class Trainer:
         stop = p.update >= self.total_updates
         while not stop and p.epoch < t.epochs:
             windows = epoch_windows(len(self.train), t.micro_batch_size, t.accumulation_steps, cfg.seed, p.epoch)
+            new_examples = self.window_examples(windows)
             while p.window < len(windows):
                 index_lists = windows[p.window]
                 batches = [self.train.batch(ix, self.device) for ix in index_lists]
                 sizes = [len(ix) for ix in index_lists]
+                reached = new_examples[p.window]  # training examples this window reaches first in the epoch
                 diag = None
                 if cfg.diagnostics.grad_fidelity and p.update % cfg.diagnostics.grad_fidelity_every == 0:
                     diag = self.grad_fidelity(batches, sizes)
@@ -377,7 +400,7 @@ class Trainer:
                 self.scheduler.step()
                 p.update += 1
                 p.window += 1
-                p.examples += sum(sizes)
+                p.examples += reached
                 p.step_time_total += step_time
                 p.step_times.append(round(step_time, 5))
                 if not math.isfinite(result.loss) or (result.skipped and self.scaler is None):
@@ -415,6 +438,13 @@ class Trainer:
             from .model import save_pretrained_atomic
 
             save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "final")
+
+
+def console(line: str) -> None:
+    """One line on stderr that does not tear a progress bar drawn on a terminal (tqdm.write)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 class ProgressBar:
@@ -523,7 +553,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .config import ConfigError, load_config, run_dir as run_dir_of, split_args
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
+    if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return EXIT_OK
     if not argv:

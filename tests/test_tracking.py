@@ -357,7 +357,7 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
 
 
 def test_env_info_outside_a_repository(tmp_path):
-    assert tracking.git_info(tmp_path) == {"sha": None, "dirty": None}
+    assert tracking.git_info(tmp_path) == {"sha": None, "dirty": None, "dirty_files": None, "dirty_files_total": None}
     info = env_info("cpu")
     assert info["argv"] == sys.argv and "torch" in info["packages"]
     assert info["device"]["cuda_available"] in (True, False)
@@ -366,3 +366,24 @@ def test_env_info_outside_a_repository(tmp_path):
 def test_env_info_git_matches_git():
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     assert env_info()["git"]["sha"] == sha
+
+
+def test_git_info_names_the_files_that_make_a_tree_dirty(tmp_path):
+    """A dirty flag alone does not say whether a run's code differed (a stray report folder) or not: the names do."""
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "train.py").write_text("a = 1\n")
+    (tmp_path / "notes.md").write_text("n\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    assert tracking.git_info(tmp_path)["dirty"] is False and tracking.git_info(tmp_path)["dirty_files"] == []
+    (tmp_path / "train.py").write_text("a = 2\n")  # modified
+    (tmp_path / "report-smoke").mkdir()
+    (tmp_path / "report-smoke" / "REPORT.md").write_text("r\n")  # an untracked folder
+    info = tracking.git_info(tmp_path)
+    assert info["dirty"] is True
+    assert info["dirty_files"] == ["train.py", "report-smoke/"] and info["dirty_files_total"] == 2  # git's order

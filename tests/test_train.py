@@ -138,12 +138,28 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
     assert summary(run)["final"]["dev/loss"] != pytest.approx(running_mean, rel=1e-4)
 
 
-def test_one_epoch_consumes_every_train_feature_once(tiny_run, tmp_path):
-    assert main(tiny_run("sam_full", "train.epochs=1", "train.micro_batch_size=3", "train.accumulation_steps=4")) == 0
+def test_one_epoch_consumes_every_train_feature_once_and_counts_examples_not_features(tiny_run, tmp_path):
+    assert main(tiny_run("sam_full", "train.epochs=1", "train.micro_batch_size=3", "train.accumulation_steps=4",
+                         "data.generated.long_context_frac=1.0")) == 0
     run = only_run(tmp_path)
     s = summary(run)
-    assert s["examples"] == s["data"]["train_features"]
+    assert s["data"]["train_features"] > s["data"]["train_examples"]  # long contexts: several windows per example
+    assert s["examples"] == s["data"]["train_examples"]  # the step key counts examples, each once per epoch
     assert s["updates"] == math.ceil(math.ceil(s["data"]["train_features"] / 3) / 4)
+    counts = [e["examples"] for e in events(run) if "train/loss" in e]
+    assert counts == sorted(counts) and counts[-1] == s["data"]["train_examples"]
+
+
+def test_window_examples_counts_each_example_at_its_first_window_of_the_epoch():
+    """Features of examples a, a, b, c, c, c; the epoch's order puts features 1, 3, 0 in the first window and 4, 2, 5
+    in the second: the first reaches a and c, the second only b (c was already reached)."""
+    from types import SimpleNamespace
+
+    from experiments.train import Trainer
+
+    fake = SimpleNamespace(train=SimpleNamespace(dataset={"example_id": ["a", "a", "b", "c", "c", "c"]}))
+    windows = [[torch.tensor([1, 3]), torch.tensor([0])], [torch.tensor([4, 2]), torch.tensor([5])]]
+    assert Trainer.window_examples(fake, windows) == [2, 1]
 
 
 def test_grad_fidelity_is_logged_and_does_not_change_the_trajectory(tiny_run, tmp_path):
