@@ -321,7 +321,8 @@ class Trainer:
         cfg = self.cfg
         console(f"[{cfg.arm} k={cfg.train.accumulation_steps} seed={cfg.seed}] {metrics.get('eval/kind', 'eval')} "
                 f"evaluation at update {p.update} (epoch {self.epoch_float():.2f}): dev/f1 {metrics['dev/f1']:.2f}  "
-                f"dev/em {metrics['dev/em']:.2f}  dev/loss {metrics['dev/loss']:.4f}" + ("  (best so far)" if better else ""))
+                f"dev/em {metrics['dev/em']:.2f}  dev/loss {metrics['dev/loss']:.4f}"
+                + ("  (best so far)" if better else ""))
 
     def final_block(self) -> dict:
         p = self.progress
@@ -530,6 +531,9 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
     from .checkpoint import resume_point
 
     name, signum = _signal_of(err)
+    if tracker.finished:  # the signal came after the summary was final (e.g. while the resume state was removed)
+        print(f"interrupted ({name}) after the run ended {tracker.summary['status']}: {run_dir}", file=sys.stderr)
+        return 128 + signum
     p, t = trainer.progress, trainer.cfg.train
     resumable = resume_point(run_dir)
     where = f"at update {p.update} of {trainer.total_updates}"
@@ -584,16 +588,22 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{PROBE_TIMEOUT_S:.0f} s; use tracking.mode=offline (upload later with make sync) or set "
                   "WANDB_BASE_URL", file=sys.stderr)
             return EXIT_BAD_INPUT
+    touched: list = []  # _run appends once the run directory holds a summary.json of this attempt
     with stop_signals_raise():
         try:
-            return _run(cfg, run_dir, action)
-        except KeyboardInterrupt as err:  # before the run directory was touched (model and data loading)
+            return _run(cfg, run_dir, action, touched)
+        except KeyboardInterrupt as err:
             name, signum = _signal_of(err)
-            print(f"interrupted ({name}) during start-up, before anything was written to {run_dir}", file=sys.stderr)
+            if touched:  # a second signal while an earlier ending (diverged, failed) was being recorded
+                print(f"interrupted ({name}) while the run was ending; summary.json has its status ({run_dir})",
+                      file=sys.stderr)
+            else:  # model and data loading: the run directory was not touched
+                print(f"interrupted ({name}) during start-up, before anything was written to {run_dir}",
+                      file=sys.stderr)
             return 128 + signum
 
 
-def _run(cfg, run_dir: Path, action: str) -> int:
+def _run(cfg, run_dir: Path, action: str, touched: list) -> int:
     from .checkpoint import remove_resume_state
     from .data import DataError
     from .model import ModelError
@@ -627,6 +637,7 @@ def _run(cfg, run_dir: Path, action: str) -> int:
         print(f"interrupted ({name}) during start-up (starting W&B); summary.json says so ({run_dir})",
               file=sys.stderr)
         return 128 + signum
+    touched.append(run_dir)
     try:
         if resume:
             tracker.rewind(trainer.progress.update)
@@ -638,6 +649,13 @@ def _run(cfg, run_dir: Path, action: str) -> int:
         print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
               f"features, device {trainer.device})", file=sys.stderr)
         trainer.run(tracker)
+        p = trainer.progress
+        summary = tracker.finish(
+            "completed", final=trainer.final_block(), best=p.best, updates=p.update, examples=p.examples,
+            mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
+            median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
+        )
+        remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is model + optimizer state
     except Diverged as err:
         p = trainer.progress
         tracker.finish("diverged", reason=str(err), final=trainer.final_block(), best=p.best, updates=p.update,
@@ -653,13 +671,6 @@ def _run(cfg, run_dir: Path, action: str) -> int:
         tracker.finish("failed", reason=reason, updates=trainer.progress.update)
         print(f"failed: {reason} (traceback in {run_dir / 'error.log'})", file=sys.stderr)
         return EXIT_FAILED
-    p = trainer.progress
-    summary = tracker.finish(
-        "completed", final=trainer.final_block(), best=p.best, updates=p.update, examples=p.examples,
-        mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
-        median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
-    )
-    remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is model + optimizer state
     f = summary.get("final", {})
     print(f"completed: {run_dir}\n  dev/f1 {f.get('dev/f1', float('nan')):.2f}  dev/em {f.get('dev/em', float('nan')):.2f}"
           f"  dev/loss {f.get('dev/loss', float('nan')):.4f}  train/loss {f.get('train/loss', float('nan')):.4f}"

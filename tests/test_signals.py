@@ -63,6 +63,16 @@ def test_a_signal_while_wandb_starts_is_recorded_in_the_summary(tiny_run, tmp_pa
     assert f"interrupted ({name}) during start-up (starting W&B)" in capsys.readouterr().err
 
 
+def test_a_signal_after_the_summary_is_final_does_not_rewrite_it(tiny_run, tmp_path, capsys, monkeypatch):
+    import experiments.checkpoint
+
+    monkeypatch.setattr(experiments.checkpoint, "remove_resume_state", lambda run_dir: send_to_self(signal.SIGTERM))
+    assert main(tiny_run("sam_full", "train.max_updates=2", "train.epochs=1")) == 143
+    (run,) = run_dirs(tmp_path)
+    assert summary_of(run)["status"] == "completed" and "interrupted" not in summary_of(run)
+    assert f"interrupted (SIGTERM) after the run ended completed: {run}" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # mid-training (a real process, killed from outside)
 
