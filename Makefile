@@ -10,16 +10,25 @@ export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 export TOKENIZERS_PARALLELISM ?= false
 
+# Variables: `make <target> NAME=value`. A line "#= NAME  text" documents one for `make help`.
+#= ARM      the arm of make run / make smoke: adamw | sam_full | sam_last | sam_micro (default sam_full)
 ARM     ?= sam_full
-RESULTS ?= results
+#= ARGS     extra key=value overrides for the run or every run of a sweep, e.g. ARGS="optim.rho=0.1 seed=3"
 ARGS    ?=
-JOBS    ?= 2  # runs at a time in sweeps: on this 2-core CPU two 1-thread runs beat one 2-thread run
+#= RESULTS  where runs, sweeps and non-default reports go (default results)
+RESULTS ?= results
+#= JOBS     runs at a time in make run-all / smoke-all (default 2: two 1-thread runs beat one 2-thread run here)
+JOBS    ?= 2
+#= SWEEP    the sweep make report / make sharpness read (default ablation, whose report is results/report)
+SWEEP   ?= ablation
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness notebook sync bench-sam bench-train clean
 
-help:  ## list the targets
+help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@echo "variables (make <target> NAME=value):"
+	@grep -E '^#= ' $(MAKEFILE_LIST) | sed 's/^#= /  /'
 
 setup: $(STAMP)  ## create .venv with the pinned packages and the embedded model (once)
 
@@ -58,22 +67,22 @@ run-all: $(STAMP)  ## the default ablation sweep, then sharpness + report (<= 30
 smoke-all: $(STAMP)  ## the smoke sweep and its report (about 1.5 min)
 	@$(call sweep_then_report,configs/sweep/smoke.yaml,smoke)
 
-# The committed report of the default sweep lives in results/report/; other sweeps report next to their runs.
-REPORT_OUT = $(if $(filter ablation,$(or $(SWEEP),ablation)),$(RESULTS)/report,$(RESULTS)/report-$(SWEEP))
+# The committed report of the default sweep lives in results/report/; other sweeps report next to it in
+# results/report-<sweep>/ (git-ignored, so a smoke sweep's report does not mark later runs' env.json dirty).
+REPORT_OUT = $(if $(filter ablation,$(SWEEP)),$(RESULTS)/report,$(RESULTS)/report-$(SWEEP))
 
 report: $(STAMP)  ## sharpness + REPORT.md/.html of a sweep from its runs (SWEEP=ablation)
-	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation) out=$(REPORT_OUT)
-	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation) out=$(REPORT_OUT)
+	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP) out=$(REPORT_OUT)
+	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(SWEEP) out=$(REPORT_OUT)
 
 sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablation)
-	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation) out=$(REPORT_OUT)
+	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP) out=$(REPORT_OUT)
 
 notebook: $(STAMP)  ## run analysis/notebooks/report.ipynb headless (SWEEP=ablation): results/notebooks/<sweep>.ipynb
-	$(PY) -m analysis.notebook results_dir=$(RESULTS) sweep=$(or $(SWEEP),ablation)
+	$(PY) -m analysis.notebook results_dir=$(RESULTS) sweep=$(SWEEP)
 
-sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`)
-	@runs=$$(find $(RESULTS)/runs -type d -name 'offline-run-*' 2>/dev/null); \
-	if [ -z "$$runs" ]; then echo "no offline W&B runs under $(RESULTS)/runs"; else .venv/bin/wandb sync $$(echo "$$runs" | sort); fi
+sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`; fails in seconds without network)
+	$(PY) -m experiments.sync $(RESULTS)
 
 bench-sam: $(STAMP)  ## SAM overhead benchmark on the embedded MiniLM (writes results/bench/sam.json)
 	$(PY) -m experiments.bench_sam $(ARGS)

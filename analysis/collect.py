@@ -142,16 +142,20 @@ def run_dirs(results_dir: str | Path, sweep: str) -> list[Path]:
 def _parse_overrides(overrides: Any) -> dict[str, Any]:
     if isinstance(overrides, Mapping):
         return flatten(overrides)
+    from experiments.config import ConfigError, parse_override, schema_type, typed_value
+
     parsed: dict[str, Any] = {}
     if isinstance(overrides, (list, tuple)):
         for text in overrides:
             if isinstance(text, str) and "=" in text:
                 key, raw = text.split("=", 1)
-                try:
-                    value = yaml.safe_load(raw) if raw else None
-                except yaml.YAMLError:
+                key = key.strip()
+                try:  # as the run read it: typed by the config schema (run_name=0123 stays "0123")
+                    value = parse_override(text)[1]
+                    value = typed_value(key, value) if schema_type(key) is not None else value
+                except ConfigError:
                     value = raw
-                parsed[key.strip()] = _hashable(value)
+                parsed[key] = _hashable(value)
     return parsed
 
 

@@ -152,10 +152,14 @@ def _defaults() -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str]) -> SharpnessConfig:
-    """key=value arguments (values parsed as YAML: 0.1, null, [0.01, 0.1]) → a validated SharpnessConfig.
+    """key=value arguments → a validated SharpnessConfig. Values are typed by the key's type, as the training CLI
+    does (experiments.config.parse_value): text keys (results_dir, sweep, out) as typed, numbers by Python's rules
+    (max_runs=010 is 10, not YAML 1.1's octal 8), lists as YAML flow lists ([0.01, 0.1]), null (or nothing) is None.
     Raises SharpnessError (one line) for a malformed argument, an unknown key or a value out of range."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
+    from experiments.config import ConfigError, is_text_type, parse_value, schema_type
 
     known = list(_defaults())
     cfg = OmegaConf.structured(SharpnessConfig)
@@ -168,14 +172,10 @@ def parse_args(argv: Sequence[str]) -> SharpnessConfig:
         if key not in known:
             raise _error(f"unknown key {key!r}; known keys: {', '.join(known)}")
         try:
-            if key in ("results_dir", "sweep", "out"):  # paths and names are taken as written, never parsed as YAML
-                value = raw
-            else:
-                value = OmegaConf.create(f"v: {raw}").v if raw.strip() else None
-            if OmegaConf.is_config(value):
-                value = OmegaConf.to_container(value)
-            setattr(cfg, key, value)
-        except (OmegaConfBaseException, ValueError) as err:
+            hint = schema_type(key, SharpnessConfig)
+            value = parse_value(raw, hint) if raw.strip() or is_text_type(hint) else None
+            OmegaConf.update(cfg, key, value, merge=False)  # converts the text by the field's type
+        except (OmegaConfBaseException, ValueError, ConfigError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise _error(f"{key}={raw!r}: {first}") from None
     opts = OmegaConf.to_object(cfg)

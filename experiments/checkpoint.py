@@ -7,7 +7,8 @@
 
 The directory is written as resume.tmp and swapped in with renames; a crash between the renames leaves resume.old,
 which `load_resume_state` falls back to. The data order is a function of (seed, epoch), so (epoch, window) is the
-whole data position.
+whole data position. `resume_point` says from which update a run directory can resume without loading anything
+(torch is imported only to save or load).
 """
 from __future__ import annotations
 
@@ -16,10 +17,7 @@ import json
 import random
 import shutil
 from pathlib import Path
-
-import numpy as np
-import torch
-from safetensors.torch import load_model, save_model
+from typing import Optional
 
 from .tracking import atomic_write_json
 
@@ -29,7 +27,29 @@ def _resume_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
     return base / "resume", base / "resume.tmp", base / "resume.old"
 
 
+def resume_point(run_dir) -> Optional[int]:
+    """The update a rerun of `run_dir` resumes from (the newest usable resume checkpoint), or None if there is none."""
+    target, _, old = _resume_dirs(Path(run_dir))
+    for folder in (target, old):
+        try:
+            return int(json.loads((folder / "trainer.json").read_text())["progress"]["update"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def remove_resume_state(run_dir) -> None:
+    """Delete the resume checkpoint (a finished run is never resumed; it is the size of the model and the optimizer
+    state, ~260 MiB for the default MiniLM)."""
+    for folder in _resume_dirs(Path(run_dir)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def save_resume_state(trainer) -> Path:
+    import numpy as np
+    import torch
+    from safetensors.torch import save_model
+
     target, tmp, old = _resume_dirs(trainer.run_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -60,6 +80,10 @@ def save_resume_state(trainer) -> Path:
 
 def load_resume_state(trainer) -> bool:
     """Restore everything saved by `save_resume_state`; False when there is nothing usable."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_model
+
     from .train import Progress
 
     target, _, old = _resume_dirs(trainer.run_dir)

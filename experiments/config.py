@@ -3,17 +3,32 @@
 Every key lives here with its default; `configs/default.yaml` repeats them all (a test keeps the two equal) and the
 groups under `configs/` are small deltas. OmegaConf's structured mode rejects unknown keys and wrong types; the range
 and choice checks below cover what a type cannot say. Every failure is a `ConfigError` whose message is one line that
-names the key and what is allowed; the entry points turn it into exit code 2 before anything is written.
+names the key, what is allowed and where the value came from (the override as the user typed it, or the file); the
+entry points turn it into exit code 2 before anything is written.
+
+How a value is read (YAML files and `key=value` overrides alike): the text is typed by the key's type in the schema,
+never by YAML 1.1's guesses. PyYAML would read `0123` as the octal number 83, `1.10` as 1.1, `on`/`yes` as true and
+`1:30` as 90, so a string key would get text the user never typed. Here
+- a key typed `str` / `Optional[str]` takes the text after `=` exactly as typed (`run_name=0123` is "0123",
+  `tracking.mode=on` is "on"); `null` clears an optional key, and one pair of enclosing quotes is removed
+  (`run_name='null'` is the text null); in a YAML file such a key takes the scalar's text (`project: 0777` is "0777");
+- a `List[str]` key takes a YAML flow list whose items are text: `tracking.tags=[0123,on]` is ["0123", "on"];
+- numbers and booleans are parsed only for keys typed as such, by Python's rules (`seed=0123` is 123,
+  `optim.lr=3e-4`, `optim.adaptive=true|false|yes|no|on|off|1|0`), lists of them as YAML flow lists
+  (`optim.betas=[0.9,0.99]`), and `null` (or `~`) is None.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -81,7 +96,8 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     rho: float = 0.05
-    adaptive: bool = False  # ASAM
+    adaptive: bool = False  # ASAM (Kwon et al. 2021): T = |w| + eta for weights, 1 for biases
+    eta: float = 0.01  # ASAM's eta (the paper's and SamsungLabs/ASAM's value); used only with adaptive=true
     warmup_ratio: float = 0.1  # linear warmup over this share of the updates, then linear decay to 0
     max_grad_norm: Optional[float] = 1.0  # clips the gradient the base optimizer uses; null = no clipping
     reuse_dropout_rng: bool = True  # second pass sees the first pass's dropout masks
@@ -102,6 +118,9 @@ class TrainConfig:
     eval_every: int = 0  # also evaluate every N updates (0: only at epoch ends and the end)
     log_every: int = 1  # train metrics every N updates
     checkpoint_every: int = 0  # resumable checkpoint every N updates (0: off)
+    # ... and one whenever this many minutes of training have passed since the last (0: off): long runs become
+    # resumable at a cost of 0.2-1.5 s per checkpoint of the default MiniLM on 2 CPU cores; short runs never pay it
+    checkpoint_every_minutes: float = 10.0
     # dev/f1 | dev/em | dev/rouge_w (data.metric=klue) (higher is better) | dev/loss (lower, as the copied loop)
     save_best_by: str = "dev/f1"
     save_model: bool = True  # save the best model with save_pretrained
@@ -170,6 +189,7 @@ CHOICES = {
 RANGES = {
     "optim.lr": (0.0, None, "> 0", False),
     "optim.rho": (0.0, None, ">= 0", True),
+    "optim.eta": (0.0, None, ">= 0", True),
     "optim.weight_decay": (0.0, None, ">= 0", True),
     "optim.eps": (0.0, None, "> 0", False),
     "optim.warmup_ratio": (0.0, 1.0, "in [0, 1]", True),
@@ -181,6 +201,7 @@ RANGES = {
     "train.eval_every": (0, None, ">= 0", True),
     "train.log_every": (1, None, ">= 1", True),
     "train.checkpoint_every": (0, None, ">= 0", True),
+    "train.checkpoint_every_minutes": (0.0, None, ">= 0", True),
     "train.eval_batch_size": (1, None, ">= 1", True),
     "train.num_threads": (1, None, ">= 1 or null", True),
     "train.num_workers": (0, None, ">= 0", True),
@@ -206,45 +227,71 @@ def _select(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key)
 
 
-def _check_values(cfg: DictConfig) -> None:
+def _check_values(cfg: DictConfig, where=lambda *keys: "") -> None:
+    """Range, choice and cross-key checks. `where(key, ...)` names the source of those keys for the message."""
     for key, allowed in CHOICES.items():
         value = _select(cfg, key)
         if value not in allowed:
             shown = ", ".join("null" if a is None else a for a in allowed)
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {shown}")
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {shown}{where(key)}")
     for key, (low, high, what, inclusive) in RANGES.items():
         value = _select(cfg, key)
         if value is None:
             if "null" in what:
                 continue
-            raise ConfigError(f"{key} must be {what}, got null")
+            raise ConfigError(f"{key} must be {what}, got null{where(key)}")
         bad_low = value < low if inclusive else value <= low
         bad_high = high is not None and (value > high or (key == "model.dropout" and value >= high))
         if bad_low or bad_high:
-            raise ConfigError(f"{key}={value!r} is out of range; it must be {what}")
+            raise ConfigError(f"{key}={value!r} is out of range; it must be {what}{where(key)}")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
-        raise ConfigError(f"optim.betas={list(cfg.optim.betas)!r} must be two numbers in [0, 1)")
+        raise ConfigError(f"optim.betas={list(cfg.optim.betas)!r} must be two numbers in [0, 1){where('optim.betas')}")
     if cfg.data.doc_stride >= cfg.data.max_seq_length // 2:
         raise ConfigError(
             f"data.doc_stride={cfg.data.doc_stride} must be < data.max_seq_length/2 "
-            f"({cfg.data.max_seq_length // 2}) so windows advance"
+            f"({cfg.data.max_seq_length // 2}) so windows advance{where('data.doc_stride', 'data.max_seq_length')}"
         )
     if cfg.data.source == "files":
         for key in ("data.train_file", "data.validation_file"):
             path = _select(cfg, key)
             if not path:
-                raise ConfigError(f"{key} is required when data.source=files")
+                raise ConfigError(f"{key} is required when data.source=files{where('data.source')}")
             if not Path(path).is_file():
-                raise ConfigError(f"{key}={path!r}: no such file")
+                raise ConfigError(f"{key}={path!r}: no such file{where(key)}")
     elif cfg.data.source == "hub" and not cfg.data.hub_path:
-        raise ConfigError("data.hub_path is required when data.source=hub (e.g. data.hub_path=squad)")
+        raise ConfigError("data.hub_path is required when data.source=hub (e.g. data.hub_path=squad)"
+                          f"{where('data.source')}")
     second = "dev/rouge_w" if cfg.data.metric == "klue" else "dev/f1"
     if cfg.train.save_best_by in ("dev/f1", "dev/rouge_w") and cfg.train.save_best_by != second:
         raise ConfigError(f"train.save_best_by={cfg.train.save_best_by} is not reported with "
                           f"data.metric={cfg.data.metric} (it reports dev/em and {second}); set "
-                          f"train.save_best_by={second}")
+                          f"train.save_best_by={second}{where('train.save_best_by', 'data.metric')}")
     if cfg.optim.replay == "none" and cfg.diagnostics.grad_fidelity:
-        raise ConfigError("diagnostics.grad_fidelity=true needs a SAM arm (optim.replay full|last|micro)")
+        raise ConfigError("diagnostics.grad_fidelity=true needs a SAM arm (optim.replay full|last|micro)"
+                          f"{where('diagnostics.grad_fidelity', 'optim.replay')}")
+    _check_wandb_fields(cfg, where)
+
+
+# W&B refuses these at `wandb sync` (or at wandb.init), so an offline run would be written and then never upload.
+# project: 128 characters, none of / \ # ? % : (wandb's own settings check); tags: 1 to 64 characters each
+# (wandb's settings check; longer ones are also shortened in experiments.tracking, see wandb_fields).
+WANDB_PROJECT_MAX = 128
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
+
+
+def _check_wandb_fields(cfg: DictConfig, where) -> None:
+    project = cfg.tracking.project
+    bad = sorted({c for c in project if c in WANDB_PROJECT_FORBIDDEN})
+    if not project or len(project) > WANDB_PROJECT_MAX or bad:
+        problem = ("is empty" if not project else f"has {len(project)} characters (W&B allows {WANDB_PROJECT_MAX})"
+                   if len(project) > WANDB_PROJECT_MAX else f"contains {' '.join(bad)}, which W&B does not allow")
+        raise ConfigError(f"tracking.project={project!r} {problem}{where('tracking.project')}")
+    for tag in cfg.tracking.tags:
+        if not tag:
+            raise ConfigError(f"tracking.tags has an empty tag, which W&B refuses{where('tracking.tags')}")
+    for key in ("arm", "tracking.group", "tracking.job_type", "sweep", "run_name"):
+        if _select(cfg, key) == "":
+            raise ConfigError(f"{key} is empty; give it a name or null{where(key)}")
 
 
 _HUB_KEYS = ("hub_path", "hub_name", "hub_train_split", "hub_validation_split")
@@ -325,13 +372,118 @@ def _fail_from_omegaconf(err: OmegaConfBaseException, source: str) -> ConfigErro
     return ConfigError(f"{first} ({source})")
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """`key=value` with the value parsed as YAML (so 3e-4, null, true, [1, 2] work)."""
+# ---------------------------------------------------------------------------------------------------------------------
+# reading values by the schema's types (see the module docstring)
+
+
+class _TextLoader(yaml.SafeLoader):
+    """YAML with every plain scalar kept as its text, except null / ~ / empty (None): structure from YAML, types
+    from the schema. Quoted scalars are text as usual."""
+
+
+_TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag in ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def read_yaml_text(text: str) -> Any:
+    """Parse YAML keeping plain scalars as text (None for null/~/empty); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_TextLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def schema_type(key: str, schema: type = None) -> Any:
+    """The type hint of dotted `key` in the dataclass `schema` (default Config), or None for an unknown key."""
+    node = Config if schema is None else schema
+    hint: Any = None
+    for part in key.split("."):
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return None
+        hints = typing.get_type_hints(node)
+        if part not in hints:
+            return None
+        hint = node = hints[part]
+    return hint
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def is_text_type(hint: Any) -> bool:
+    """str or Optional[str]: a key whose value is taken as typed."""
+    return _strip_optional(hint) is str
+
+
+def _is_list_type(hint: Any) -> bool:
+    return typing.get_origin(_strip_optional(hint)) in (list, List)
+
+
+def _unquote(raw: str) -> str | None:
+    """The text inside one pair of matching enclosing quotes (YAML's quoting rules), else None."""
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return None
+        return value if isinstance(value, str) else None
+    return None
+
+
+def parse_value(raw: str, hint: Any) -> Any:
+    """The right-hand side of one override, read for a key of type `hint` (None: unknown key, read as for a
+    non-text key). Text keys keep `raw` as typed; everything else goes through the text-keeping YAML reader and is
+    converted by the schema when it is merged. Raises ConfigError for YAML that does not parse."""
+    if is_text_type(hint):
+        if raw == "null":
+            return None
+        unquoted = _unquote(raw)
+        return raw if unquoted is None else unquoted
+    if raw == "":
+        return ""
+    try:
+        value = read_yaml_text(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read {raw!r}: {str(err).splitlines()[0]}") from None
+    if _is_list_type(hint) and value is not None and not isinstance(value, list):
+        raise ConfigError(f"{raw!r} is not a list; write a list like [{raw}]")
+    return value
+
+
+def parse_override(text: str, schema: type = None) -> tuple[str, Any]:
+    """`key=value` → (key, value), the value read by the key's type in `schema` (default Config): see the module
+    docstring. Raises ConfigError (one line, quoting `text`) for a malformed override."""
     if "=" not in text or text.startswith("="):
         raise ConfigError(f"override {text!r} must look like key=value (e.g. optim.rho=0.1)")
     key, raw = text.split("=", 1)
-    value = OmegaConf.create({"v": raw}) if raw == "" else OmegaConf.create(f"v: {raw}")
-    return key.strip(), value.v if not isinstance(value.v, (DictConfig,)) else OmegaConf.to_container(value.v)
+    key = key.strip()
+    try:
+        return key, parse_value(raw, schema_type(key, schema))
+    except ConfigError as err:
+        raise ConfigError(f"{key}: {err} (override {text!r})") from None
+
+
+def typed_value(key: str, value: Any) -> Any:
+    """`value` (text, None, or a list of them, as parse_value or read_yaml_text give it) converted to what the
+    schema stores for `key` (e.g. "4" → 4 for train.accumulation_steps). Raises ConfigError when it does not fit."""
+    node = OmegaConf.structured(Config)
+    OmegaConf.set_struct(node, True)
+    try:
+        OmegaConf.update(node, key, value, merge=False)
+    except OmegaConfBaseException as err:
+        raise _fail_from_omegaconf(err, f"{key}={value!r}") from None
+    out = OmegaConf.select(node, key)
+    return OmegaConf.to_container(out) if OmegaConf.is_config(out) else out
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _leaf_keys(value, f"{prefix}{key}.")]
+    return [prefix[:-1]]
 
 
 def load_config(
@@ -343,20 +495,27 @@ def load_config(
     setting overrides or that has no effect (e.g. hub keys while training on local files); print them."""
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
+    sources: dict[str, str] = {}  # key → where its value came from, for the error messages
     for path in files:
         path = Path(path)
         if not path.is_file():
+            if str(path).startswith("-"):
+                raise ConfigError(f"unknown option {str(path)!r}: the arguments are config files and key=value "
+                                  "overrides (--help explains them)")
             raise ConfigError(f"config file {str(path)!r}: no such file")
         try:
-            delta = OmegaConf.load(path)
-        except Exception as err:  # YAML syntax errors arrive as yaml.* exceptions
+            data = read_yaml_text(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(delta, DictConfig):
+        if data is None:
+            continue  # an empty file (or only comments) changes nothing
+        if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
         try:
-            cfg = OmegaConf.merge(cfg, delta)
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
         except OmegaConfBaseException as err:
-            raise _fail_from_omegaconf(err, str(path)) from None
+            raise _fail_from_omegaconf(err, f"config file {str(path)!r}") from None
+        sources.update({key: f"config file {str(path)!r}" for key in _leaf_keys(data)})
     for text in overrides:
         key, value = parse_override(text)
         try:
@@ -365,18 +524,25 @@ def load_config(
             raise _fail_from_omegaconf(err, f"override {text!r}") from None
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"unknown config key {key!r} (override {text!r})")
-    _derive_arm(cfg)
+        sources[key] = f"override {text!r}"
+
+    def where(*keys: str) -> str:
+        found = [sources[k] for k in keys if k in sources]
+        return f" ({'; '.join(dict.fromkeys(found))})" if found else ""
+
+    _derive_arm(cfg, where)
     if cfg.data.source is not None and cfg.data.source not in CHOICES["data.source"]:
-        raise ConfigError(f"data.source={cfg.data.source!r} is not allowed; choose one of: null, generated, files, hub")
+        raise ConfigError(f"data.source={cfg.data.source!r} is not allowed; choose one of: null, generated, files, hub"
+                          f"{where('data.source')}")
     resolve_data_source(cfg, notes)
-    _check_values(cfg)
+    _check_values(cfg, where)
     return cfg
 
 
 ARM_OF_REPLAY = {"none": "adamw", "full": "sam_full", "last": "sam_last", "micro": "sam_micro"}
 
 
-def _derive_arm(cfg: DictConfig) -> None:
+def _derive_arm(cfg: DictConfig, where=lambda *keys: "") -> None:
     """Keep the arm label honest: derived from optim.replay, and a canonical label must match the replay mode."""
     expected = ARM_OF_REPLAY.get(cfg.optim.replay)
     if expected is None:
@@ -385,7 +551,7 @@ def _derive_arm(cfg: DictConfig) -> None:
         cfg.arm = expected
     elif cfg.arm in ARM_OF_REPLAY.values() and cfg.arm != expected:
         raise ConfigError(f"arm={cfg.arm!r} does not match optim.replay={cfg.optim.replay!r} (that is arm "
-                          f"{expected!r}); drop the arm file or set arm=<your own label>")
+                          f"{expected!r}); drop the arm file or set arm=<your own label>{where('arm', 'optim.replay')}")
 
 
 def split_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -401,8 +567,10 @@ def to_dict(cfg: DictConfig) -> dict:
 
 
 # Keys that do not change what a run computes: they are left out of the config hash so that the same experiment
-# keeps its id when it is written elsewhere, tracked differently, run with other thread counts or resumed.
-_HASH_EXCLUDED = ("results_dir", "run_name", "sweep", "tracking", "train.num_workers", "train.num_threads")
+# keeps its id when it is written elsewhere, tracked differently, run with other thread counts or resumed (also
+# with another checkpoint interval: resuming gives bitwise the uninterrupted run, tests/test_reliability.py).
+_HASH_EXCLUDED = ("results_dir", "run_name", "sweep", "tracking", "train.num_workers", "train.num_threads",
+                  "train.checkpoint_every", "train.checkpoint_every_minutes")
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -3,25 +3,33 @@
 On the window about to be trained on, at the current weights w, with dropout off (with dropout on, two full-window
 passes that differ only in their masks agree to a cosine of only ~0.7, which would cap the signal):
 
-    g      = Σ a_i ∇L_i(w)              e = rho · g / ‖g‖   (ASAM: rho · T²g / ‖Tg‖, T = |w|)
+    g      = Σ a_i ∇L_i(w)              e = rho · g / ‖g‖   (ASAM: rho · T²g / ‖Tg‖, T = |w| + eta or 1)
     h_i    = ∇L_i(w + e)
     g_full = Σ a_i h_i                  what `full` replay steps with
     g_last = h_k                        what `last` replay steps with (k copies of h_k, each weighted 1/k)
 
-and logs diag/grad_cos = cos(g_last, g_full) and diag/grad_norm_ratio = ‖g_last‖ / ‖g_full‖. Cost: 2k forward and
-backward passes, no optimizer state touched; the weights are restored from a copy and the RNG state and train/eval
-mode are put back, so the training trajectory is the same with or without it.
+where e comes from `sam.optimizer.perturbation` on the optimizer's own param groups, so rho, ASAM, eta and which
+tensors count as weights are exactly what the training step uses. It logs diag/grad_cos = cos(g_last, g_full) and
+diag/grad_norm_ratio = ‖g_last‖ / ‖g_full‖. Cost: 2k forward and backward passes, no optimizer state touched; the
+weights are restored from a copy and the RNG state and train/eval mode are put back, so the training trajectory is
+the same with or without it.
 """
 from __future__ import annotations
 
 import torch
+
+from sam.optimizer import perturbation
 
 
 def _dot(a, b) -> torch.Tensor:
     return sum((x.double() * y.double()).sum() for x, y in zip(a, b))
 
 
-def last_vs_full_gradient(model, loss_fn, batches, sizes, *, rho: float, adaptive: bool = False) -> dict:
+def last_vs_full_gradient(model, loss_fn, batches, sizes, param_groups) -> dict:
+    """cos(g_last, g_full) and ‖g_last‖/‖g_full‖ on one window (see the module docstring).
+
+    param_groups: the SAM optimizer's `param_groups` (they define rho and the ASAM scaling); every trainable
+    parameter of `model` should be in one of them. Returns {"diag/grad_cos", "diag/grad_norm_ratio"} as floats."""
     params = [p for p in model.parameters() if p.requires_grad]
     total = float(sum(sizes))
     weights = [n / total for n in sizes]
@@ -37,14 +45,9 @@ def last_vs_full_gradient(model, loss_fn, batches, sizes, *, rho: float, adaptiv
             torch._foreach_add_(g, [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(grads, params)],
                                 alpha=a)
         with torch.no_grad():
-            if adaptive:
-                tg = [gi * p.abs() for gi, p in zip(g, params)]
-                scale = rho / (torch.sqrt(_dot(tg, tg)).float() + 1e-12)
-                e = [p * p * gi * scale for gi, p in zip(g, params)]
-            else:
-                scale = rho / (torch.sqrt(_dot(g, g)).float() + 1e-12)
-                e = [gi * scale for gi in g]
-            torch._foreach_add_(params, e)
+            e, _ = perturbation(param_groups, dict(zip(params, g)))
+            moved = [p for p in params if p in e]
+            torch._foreach_add_(moved, [e[p] for p in moved])
         del g, e
         full = [torch.zeros_like(p) for p in params]
         last = None

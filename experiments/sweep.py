@@ -60,7 +60,17 @@ from typing import Any, Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import REPO_ROOT, ConfigError, config_hash, load_config, run_dir, run_id
+from experiments.config import (
+    REPO_ROOT,
+    ConfigError,
+    config_hash,
+    load_config,
+    parse_value,
+    read_yaml_text,
+    run_dir,
+    run_id,
+    typed_value,
+)
 from experiments.tracking import atomic_write_json
 
 SWEEP_KEYS = ("name", "description", "base", "grid", "overrides", "when", "exclude", "include", "report")
@@ -87,7 +97,9 @@ class SweepError(ValueError):
 
 
 def _format_value(value: Any) -> str:
-    """A YAML value as the right-hand side of `key=value`, such that `parse_override` reads back the same value."""
+    """A sweep-file value as the right-hand side of `key=value`, such that `parse_override` reads back the same value
+    for whatever key it goes to: text as it was written (the schema types it), quoted when it would not survive
+    as is (null, enclosing quotes, YAML syntax, surrounding spaces, the empty string)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -96,10 +108,10 @@ def _format_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         try:
-            parsed = OmegaConf.create(f"v: {value}").v if value else ""
-        except Exception:  # not valid YAML on its own: quote it
-            parsed = None
-        return value if parsed == value and isinstance(parsed, str) else json.dumps(value)
+            same = parse_value(value, str) == value and read_yaml_text(value) == value
+        except Exception:  # noqa: BLE001 - not valid YAML on its own: quote it
+            same = False
+        return value if same else json.dumps(value)
     if isinstance(value, (list, dict)):
         return json.dumps(value)  # JSON is YAML flow style
     raise SweepError(f"cannot pass a {type(value).__name__} ({value!r}) as an override")
@@ -162,10 +174,14 @@ def _check_report(node: Any, where: str) -> dict:
         if metric not in REPORT_TARGET_METRICS:
             raise SweepError(f"{where}: report.targets.{metric} is not a dev metric; "
                              f"choose from {', '.join(REPORT_TARGET_METRICS)}")
-        if not isinstance(values, list) or not values or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        # sweep files keep plain scalars as text (experiments.config.read_yaml_text): the numbers are parsed here
+        try:
+            numbers = [float(v) for v in values] if isinstance(values, list) and values else None
+        except (TypeError, ValueError):
+            numbers = None
+        if not numbers or not all(math.isfinite(v) for v in numbers):
             raise SweepError(f"{where}: report.targets.{metric} must be a non-empty list of numbers")
-        out[metric] = [float(v) for v in values]
+        out[metric] = numbers
     return {"targets": out}
 
 
@@ -181,7 +197,8 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r}: no such file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # values are kept as the text written and typed by each key's schema type, as in config files
+        data = read_yaml_text(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise SweepError(f"sweep file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -279,6 +296,14 @@ def _point_args(point: dict, where: str) -> tuple[list[str], list[str]]:
 _MISSING = object()
 
 
+def _typed(key: str, value: Any) -> Any:
+    """A match value as the config stores it for `key` ("4" → 4), or a marker that equals nothing if it cannot be."""
+    try:
+        return typed_value(key, value)
+    except ConfigError:
+        return _MISSING
+
+
 def _matches(cfg: DictConfig, rule: dict, where: str) -> bool:
     for key, wanted in rule.items():
         actual = OmegaConf.select(cfg, str(key), default=_MISSING)
@@ -286,8 +311,8 @@ def _matches(cfg: DictConfig, rule: dict, where: str) -> bool:
             raise SweepError(f"{where}: unknown config key {key!r}")
         if OmegaConf.is_config(actual):
             actual = OmegaConf.to_container(actual, resolve=True)
-        options = wanted if isinstance(wanted, list) else [wanted]
-        if actual not in options and actual != wanted:
+        options = wanted if isinstance(wanted, list) else [wanted]  # a list means "any of" (or a list value)
+        if actual not in [_typed(str(key), o) for o in options] and actual != _typed(str(key), wanted):
             return False
     return True
 
@@ -585,8 +610,12 @@ class Runner:
         run.summary = summary
         said, said_reason = summary.get("status"), summary.get("reason")
         if interrupted and not (code == 0 and said == "completed"):  # one that finished in the grace period counts
+            from experiments.checkpoint import resume_point
+
+            point = resume_point(run.run_dir)
             run.status = "interrupted"
-            run.reason = f"interrupted by the sweep runner (exit code {code}); the next invocation resumes it"
+            run.reason = f"interrupted by the sweep runner (exit code {code}); the next invocation " + (
+                f"resumes it from update {point}" if point is not None else "starts it over (no resume checkpoint)")
         elif code == 0 and said == "completed":
             run.status, run.reason = "completed", None
         elif code == 0:

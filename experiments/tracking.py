@@ -4,7 +4,8 @@ Everything the analysis needs is written by this module into the run directory a
 studied (and the report rebuilt) with no W&B account and no network:
 
     config.yaml     the resolved config (OmegaConf YAML)
-    env.json        where the run came from: git sha + dirty flag, Python and package versions, device, argv, host
+    env.json        where the run came from: git sha, dirty flag and the dirty files' names, Python and package
+                    versions, device, argv, host
     metrics.jsonl   one JSON object per `log` call, appended and flushed at once (a crash loses at most the line
                     being written; `read_metrics` skips such a torn last line)
     summary.json    status running → completed | failed | diverged, plus whatever the trainer merges in; rewritten
@@ -12,7 +13,11 @@ studied (and the report rebuilt) with no W&B account and no network:
     wandb/          the W&B run (offline: wandb/offline-run-<time>-<id>/, uploaded later by `make sync`)
 
 W&B gets the same metric keys, with `update` (optimizer updates) as the x-axis of every chart, the resolved config,
-a group (the sweep), a job type (the arm) and tags (arm, replay, k, rho, seed). `tracking.mode=disabled` skips W&B
+a group (the sweep), a job type (the arm) and tags (arm, replay, k, rho, seed). W&B's server refuses a run whose
+job_type or a tag is over 64 characters, or whose group or display name is over 128 (wandb/wandb#6402, #8322, #4208;
+an offline run is written anyway and then fails at `wandb sync`), so longer values are shortened by `fit_wandb`:
+the first characters plus a hash of the whole text, so distinct labels stay distinct (summary.json's "wandb" block
+records what W&B got; the config keeps the full labels). `tracking.mode=disabled` skips W&B
 entirely and writes nothing under wandb/. A W&B start that fails is an error: an offline start needs no network,
 so a failure there means the installation or the disk is broken, and the run should not go on untracked.
 
@@ -21,6 +26,7 @@ module (and so `read_metrics`) reads back; strict JSON parsers in other language
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -182,20 +188,29 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def git_info(path: str | os.PathLike = REPO_ROOT) -> dict:
-    """{"sha", "dirty"} of the git work tree that holds `path`; both None outside a repository (or without git).
+DIRTY_FILES_MAX = 100  # env.json lists at most this many changed paths (dirty_files_total counts them all)
 
-    dirty is True when `git status --porcelain` lists anything: modified, staged or untracked (not ignored) files.
+
+def git_info(path: str | os.PathLike = REPO_ROOT) -> dict:
+    """{"sha", "dirty", "dirty_files", "dirty_files_total"} of the git work tree that holds `path`; all None outside a
+    repository (or without git).
+
+    dirty is True when `git status --porcelain` lists anything: modified, staged or untracked (not ignored) files;
+    dirty_files are those paths as git lists them (an untracked folder as one "folder/" entry; a rename as
+    "old -> new"), at most DIRTY_FILES_MAX of them, so a dirty run says which files made it so.
     """
     top = _git(["rev-parse", "--show-toplevel"], Path(path))
     if top is None:
-        return {"sha": None, "dirty": None}
+        return {"sha": None, "dirty": None, "dirty_files": None, "dirty_files_total": None}
     root = Path(top.strip())
     sha = _git(["rev-parse", "HEAD"], root)  # None in a repository with no commit yet
     status = _git(["status", "--porcelain"], root)
+    changed = None if status is None else [line[3:] for line in status.splitlines() if line.strip()]
     return {
         "sha": sha.strip() if sha else None,
-        "dirty": None if status is None else bool(status.strip()),
+        "dirty": None if changed is None else bool(changed),
+        "dirty_files": None if changed is None else changed[:DIRTY_FILES_MAX],
+        "dirty_files_total": None if changed is None else len(changed),
     }
 
 
@@ -269,12 +284,34 @@ def _now() -> str:
 # the tracker
 
 
+# Server-side length limits of W&B run fields (characters).
+WANDB_LIMITS = {"job_type": 64, "tag": 64, "group": 128, "name": 128}
+
+
+def fit_wandb(text: str, limit: int) -> str:
+    """`text` if it has at most `limit` characters, else its first `limit` - 9 characters, "-" and the first 8 hex
+    digits of the SHA-256 of the whole text: exactly `limit` characters, and two labels that differ only after the
+    cut still differ."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 9]}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+
+
 def _wandb_run_id(run_dir: Path) -> str:
     """A W&B id for a new run: the run directory's name (cut to what W&B allows) plus 8 random hex digits, so two
     runs of the same name (another sweep, another machine) never share an id in one W&B project. It is stored in
     summary.json; a resumed run reads it back there and continues the same W&B run."""
     name = re.sub(r"[^A-Za-z0-9._=+-]+", "-", run_dir.name).strip("-.") or "run"
     return f"{name[:55]}-{secrets.token_hex(4)}"
+
+
+def _signal_name(err: BaseException) -> str:
+    """SIGINT for Ctrl-C (a KeyboardInterrupt), the signal's name for an exception that carries `signum`
+    (experiments.train.Interrupted), else the exception's class name."""
+    import signal
+
+    signum = getattr(err, "signum", signal.SIGINT if isinstance(err, KeyboardInterrupt) else None)
+    return signal.Signals(signum).name if signum is not None else type(err).__name__
 
 
 def _first_line(err: BaseException) -> str:
@@ -344,6 +381,13 @@ class RunTracker:
                 "wandb": {"mode": self.mode, "id": wandb_id if self.mode != "disabled" else None},
             }
         )
+        if self.mode != "disabled":
+            fields = self.wandb_fields()
+            self._summary["wandb"].update({k: fields[k] for k in ("group", "job_type", "name")})
+            for key, value in self._labels().items():
+                if value is not None and fields[key] != value:
+                    print(f"note: W&B refuses a {key} over {WANDB_LIMITS[key]} characters; {value!r} goes to W&B "
+                          f"as {fields[key]!r}", file=sys.stderr)
         if resume:
             self._summary["resumed_at"] = env["started_at"]
         self._write_summary()
@@ -359,6 +403,15 @@ class RunTracker:
                 self._metrics.close()
                 self._finished = True
                 raise TrackingError(message) from err
+            except BaseException as err:  # Ctrl-C or a stop signal while W&B starts: the run ends here, and says so
+                name = _signal_name(err)
+                self._summary.update(status="failed", reason=f"interrupted by {name} during start-up (starting W&B)",
+                                     finished_at=_now(), interrupted={"signal": name, "update": 0,
+                                                                      "resumable_from": None})
+                self._write_summary()
+                self._metrics.close()
+                self._finished = True
+                raise
 
     # -- W&B -----------------------------------------------------------------------------------------------------------
 
@@ -377,26 +430,50 @@ class RunTracker:
             if value is not None:
                 tags.append(str(value) if label is None else f"{label}={value}")
         tags += [str(t) for t in (OmegaConf.select(cfg, "tracking.tags", default=None) or [])]
-        return list(dict.fromkeys(t[:64] for t in tags))  # W&B caps a tag at 64 characters; keep order, no repeats
+        # W&B refuses a tag over 64 characters; keep the order, no repeats
+        return list(dict.fromkeys(fit_wandb(t, WANDB_LIMITS["tag"]) for t in tags))
+
+    def _labels(self) -> dict:
+        """group (tracking.group, else the sweep), job_type (tracking.job_type, else the arm) and display name (the
+        run directory's name) as the config gives them, before fitting them to W&B's limits."""
+        def sel(key: str) -> str | None:
+            value = OmegaConf.select(self.cfg, key, default=None)
+            return None if value is None or value == "" else str(value)
+
+        return {"group": sel("tracking.group") or sel("sweep"), "job_type": sel("tracking.job_type") or sel("arm"),
+                "name": self.run_dir.name}
+
+    def wandb_fields(self) -> dict:
+        """The group, job_type, display name and tags W&B gets, each within W&B's limits (see fit_wandb)."""
+        fields = {k: None if v is None else fit_wandb(v, WANDB_LIMITS[k]) for k, v in self._labels().items()}
+        fields["tags"] = self._tags()
+        return fields
 
     def _start_wandb(self, wandb_id: str) -> None:
         import wandb
 
         cfg = self.cfg
+        if self.mode == "online":  # wandb.init retries for minutes without network: decide in seconds
+            from .network import PROBE_TIMEOUT_S, reachable, wandb_url
+
+            if not reachable(wandb_url()):
+                raise ConnectionError(f"the W&B server {wandb_url()} is not reachable within {PROBE_TIMEOUT_S:.0f} s; "
+                                      "use tracking.mode=offline (upload later with make sync) or set WANDB_BASE_URL")
 
         def sel(key: str) -> Any:
             return OmegaConf.select(cfg, key, default=None)
 
+        fields = self.wandb_fields()
         run = wandb.init(
             project=sel("tracking.project") or "sam-accum",
             entity=sel("tracking.entity"),
             dir=str(self.run_dir),  # the run lands in run_dir/wandb/
             mode=self.mode,
             config=OmegaConf.to_container(cfg, resolve=True),
-            group=sel("tracking.group") or sel("sweep"),
-            job_type=sel("tracking.job_type") or sel("arm"),
-            tags=self._tags(),
-            name=self.run_dir.name,
+            group=fields["group"],
+            job_type=fields["job_type"],
+            tags=fields["tags"],
+            name=fields["name"],
             # under `wandb agent` the agent chooses the run id (WANDB_RUN_ID); passing ours would contradict it
             id=None if os.environ.get("WANDB_SWEEP_ID") else wandb_id,
             resume="allow" if self.resumed else None,

@@ -1,36 +1,80 @@
-"""One MRC training run: `python -m experiments.train [CONFIG.yaml ...] key=value ...`
+"""One MRC training run: `python -m experiments.train CONFIG.yaml [CONFIG.yaml ...] [key=value ...]`
 
 Reads top to bottom like the run itself: config → model and data (bad input fails here, before anything is written)
 → run directory (resume if a checkpoint is there) → windows of k micro-batches through `sam.train_step` → evaluation
-at every epoch end and at the end → summary. Exit codes: 0 completed (or already complete), 1 failed, 2 bad input,
-3 diverged, 130 interrupted.
+at every epoch end and at the end → summary. With no arguments at all it runs nothing and shows how to start.
+
+Ctrl-C (SIGINT), SIGTERM (what a cluster scheduler or the sweep runner sends) and SIGHUP end the run the same way:
+summary.json says failed with the reason "interrupted by SIGTERM at update N of M" and whether a rerun of the same
+command resumes (from the last resume checkpoint: train.checkpoint_every / train.checkpoint_every_minutes) or starts
+over. Exit codes: 0 completed (or already complete), 1 failed, 2 bad input, 3 diverged, 128 + the signal's number when
+interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .batches import LABELS, MODEL_INPUTS, epoch_windows, subset_rows, to_features
+from .qa_eval import metric_keys
 from .qa_loss import span_loss
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 130: Ctrl-C
 log = logging.getLogger("experiments.train")
 
 
 class Diverged(RuntimeError):
     """The loss became NaN/inf; the run stops with status `diverged`."""
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal turned into an exception, so SIGTERM and SIGHUP end a run through the same path as Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _signal_of(err: BaseException) -> tuple[str, int]:
+    """(name, number) of the signal behind a KeyboardInterrupt (a plain one is Ctrl-C: SIGINT)."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    return signal.Signals(signum).name, int(signum)
+
+
+@contextmanager
+def stop_signals_raise():
+    """While inside: SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread (a signal the process ignores,
+    as under nohup, stays ignored). The previous handlers come back on exit."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, _frame):
+            raise Interrupted(signum)
+
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 def _offline_defaults(cfg) -> None:
@@ -86,17 +130,26 @@ def build_optimizer(model, optim_cfg):
 
     `optim.fused`: null uses the fused kernel where torch has one for the parameters' device, true requires it
     (ValueError otherwise), false never uses it. The chosen setting is in the optimizer's param groups ("fused").
-    """
+
+    For ASAM the param groups also say which tensors are weights (`is_weight`, T = |w| + eta) and which are biases
+    (T = 1), by name as the authors' code does (SamsungLabs/ASAM: "weight" in the parameter's name), so LayerNorm
+    scales count as weights and every bias, the new QA head's included, as a bias."""
     import torch
 
     from sam import SAM
 
-    decay, no_decay = [], []
+    decay, no_decay_weights, biases = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.ndim >= 2 and "LayerNorm" not in name and "layer_norm" not in name:
+            decay.append(p)
+        else:
+            (no_decay_weights if name.rsplit(".", 1)[-1].endswith("weight") else biases).append(p)
+    groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay, "is_weight": True},
+              {"params": no_decay_weights, "weight_decay": 0.0, "is_weight": True},
+              {"params": biases, "weight_decay": 0.0, "is_weight": False}]
+    groups = [g for g in groups if g["params"]]
     device = next(model.parameters()).device
     fused = optim_cfg.fused
     if fused is None:
@@ -106,8 +159,9 @@ def build_optimizer(model, optim_cfg):
                          f"set optim.fused=null (use it where available) or false")
     kwargs = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=bool(fused))
     if optim_cfg.replay == "none":
-        return torch.optim.AdamW(groups, **kwargs)
-    return SAM(groups, torch.optim.AdamW, rho=optim_cfg.rho, adaptive=optim_cfg.adaptive, **kwargs)
+        return torch.optim.AdamW([{k: v for k, v in g.items() if k != "is_weight"} for g in groups], **kwargs)
+    return SAM(groups, torch.optim.AdamW, rho=optim_cfg.rho, adaptive=optim_cfg.adaptive, eta=optim_cfg.eta,
+               **kwargs)
 
 
 def linear_schedule(optimizer, total_updates: int, warmup_ratio: float):
@@ -135,7 +189,7 @@ class Progress:
     update: int = 0
     epoch: int = 0  # the epoch in progress
     window: int = 0  # next window index inside `epoch`
-    examples: int = 0
+    examples: int = 0  # training examples (questions) reached: each counts once per epoch, see window_examples
     step_time_total: float = 0.0
     step_times: list = field(default_factory=list)  # per update (the median ignores warm-up outliers)
     best: Optional[dict] = None
@@ -300,6 +354,13 @@ class Trainer:
                 with self.timed("checkpoint_time"):
                     save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "best")
         self.tracker.update_summary(best=p.best, final=self.final_block())
+        cfg = self.cfg
+        em_key, second = metric_keys(cfg.data.metric)  # dev/f1, or dev/rouge_w for KLUE-MRC
+        scored = f"{metrics['eval/examples']} dev examples" + (" (subset)" if metrics["eval/subset"] else "")
+        console(f"[{cfg.arm} k={cfg.train.accumulation_steps} seed={cfg.seed}] {metrics.get('eval/kind', 'eval')} "
+                f"evaluation at update {p.update} (epoch {self.epoch_float():.2f}, {scored}): "
+                f"{second} {metrics[second]:.2f}  dev/em {metrics[em_key]:.2f}  dev/loss {metrics['dev/loss']:.4f}"
+                + ("  (best so far)" if better else ""))
 
     def final_block(self) -> dict:
         p = self.progress
@@ -312,7 +373,7 @@ class Trainer:
         p = self.progress
         return p.epoch + p.window / max(1, self.updates_per_epoch)
 
-    @contextlib.contextmanager
+    @contextmanager
     def timed(self, field_name: str):
         """Add the wall seconds of the block to progress.<field_name>."""
         start = time.perf_counter()
@@ -332,6 +393,34 @@ class Trainer:
         for name in ("train_steps", "eval", "diagnostics"):
             out[f"{name}_share"] = round(parts[f"{name}_s"] / wall_s, 4) if wall_s > 0 else None
         return out
+
+    def window_examples(self, windows) -> list[int]:
+        """For each window of an epoch, how many training examples it reaches first in that epoch: an example counts
+        once per epoch, at the window holding the first of its features (a long context gives one example several
+        features, possibly in different windows), so over a whole epoch the counts add up to the number of examples
+        that have features. Features carry `example_id` (experiments.data.features)."""
+        import numpy as np
+        import torch
+
+        if getattr(self, "_example_index", None) is None:
+            ids = self.train.dataset["example_id"]
+            self._example_index = np.unique(np.asarray(ids, dtype=object).astype(str), return_inverse=True)[1]
+        order = torch.cat([ix for window in windows for ix in window]).numpy()
+        first = np.zeros(len(order), dtype=np.int64)
+        first[np.unique(self._example_index[order], return_index=True)[1]] = 1
+        bounds = np.cumsum([0] + [sum(len(ix) for ix in window) for window in windows])
+        return [int(first[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def checkpoint_due(self) -> bool:
+        """A resume checkpoint now? Every train.checkpoint_every updates, and whenever train.checkpoint_every_minutes
+        of training have passed since the last one (or since the first update of this process)."""
+        t, now = self.cfg.train, time.monotonic()
+        last = getattr(self, "_last_checkpoint", None)
+        if last is None:
+            self._last_checkpoint = last = now
+        by_updates = bool(t.checkpoint_every) and self.progress.update % t.checkpoint_every == 0
+        by_time = bool(t.checkpoint_every_minutes) and now - last >= 60.0 * t.checkpoint_every_minutes
+        return by_updates or by_time
 
     # -- one update ----------------------------------------------------------------------------------------------------
     def window_batches(self, window) -> tuple[list, list]:
@@ -367,8 +456,7 @@ class Trainer:
         from .diagnostics import last_vs_full_gradient
 
         with self.timed("diagnostic_time"):
-            return last_vs_full_gradient(self.model, self.loss_fn, batches, sizes, rho=self.cfg.optim.rho,
-                                         adaptive=self.cfg.optim.adaptive)
+            return last_vs_full_gradient(self.model, self.loss_fn, batches, sizes, self.optimizer.param_groups)
 
     def log_update(self, result, seconds: float, lr: float, diag: Optional[dict]) -> None:
         p, t = self.progress, self.cfg.train
@@ -399,11 +487,12 @@ class Trainer:
                 metrics = self.evaluate(kind)
             p.evaluations += 1
             self.record_eval(metrics)
-        if t.checkpoint_every and p.update % t.checkpoint_every == 0 and not done:
+        if not done and self.checkpoint_due():
             from .checkpoint import save_resume_state
 
             with self.timed("checkpoint_time"):
                 save_resume_state(self)
+            self._last_checkpoint = time.monotonic()
 
     # -- loop --------------------------------------------------------------------------------------------------------
     def run(self, tracker) -> None:
@@ -413,11 +502,13 @@ class Trainer:
         bar = ProgressBar(self.total_updates, p.update, f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}")
         while p.update < self.total_updates and p.epoch < t.epochs:
             windows = epoch_windows(len(self.train), t.micro_batch_size, t.accumulation_steps, cfg.seed, p.epoch)
+            new_examples = self.window_examples(windows)  # examples each window reaches first this epoch
             while p.window < len(windows) and p.update < self.total_updates:
                 batches, sizes = self.window_batches(windows[p.window])
                 diag = self.diagnose(batches, sizes)
                 result, seconds, lr = self.step(batches, sizes)
-                p.update, p.window, p.examples = p.update + 1, p.window + 1, p.examples + sum(sizes)
+                reached = new_examples[p.window]
+                p.update, p.window, p.examples = p.update + 1, p.window + 1, p.examples + reached
                 p.step_time_total += seconds
                 p.step_times.append(round(seconds, 5))
                 self.log_update(result, seconds, lr, diag)
@@ -432,6 +523,13 @@ class Trainer:
 
             with self.timed("checkpoint_time"):
                 save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "final")
+
+
+def console(line: str) -> None:
+    """One line on stderr that does not tear a progress bar drawn on a terminal (tqdm.write)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 class ProgressBar:
@@ -505,13 +603,50 @@ def prepare_run_dir(cfg, run_dir: Path) -> str:
     return "restart"
 
 
+NO_ARGUMENTS = """usage: python -m experiments.train CONFIG.yaml [CONFIG.yaml ...] [key=value ...]
+No arguments: nothing is run (the bare default is a full run of several minutes). For example:
+  python -m experiments.train configs/smoke.yaml configs/arm/sam_full.yaml        a tiny run, about 10 s
+  python -m experiments.train configs/default.yaml configs/arm/adamw.yaml         the embedded default (make run)
+--help explains the arguments; README.md says what each run takes."""
+
+
+def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
+    """Record a run stopped by a signal: failed, with a reason that says where and whether a rerun resumes."""
+    from .checkpoint import resume_point
+
+    name, signum = _signal_of(err)
+    if tracker.finished:  # the signal came after the summary was final (e.g. while the resume state was removed)
+        print(f"interrupted ({name}) after the run ended {tracker.summary['status']}: {run_dir}", file=sys.stderr)
+        return 128 + signum
+    p, t = trainer.progress, trainer.cfg.train
+    resumable = resume_point(run_dir)
+    where = f"at update {p.update} of {trainer.total_updates}"
+    if resumable is not None:
+        outcome, advice = f"resumable from update {resumable}", "rerun the same command to resume"
+    else:
+        outcome = "not resumable (no resume checkpoint yet)"
+        every = ", ".join(f"{k}={v}" for k, v in (("train.checkpoint_every", t.checkpoint_every),
+                                                  ("train.checkpoint_every_minutes", t.checkpoint_every_minutes)))
+        advice = (f"a rerun starts over; {every}: set train.checkpoint_every=N (updates) to make it resumable "
+                  f"sooner")
+    reason = f"interrupted by {name} {where}; {outcome}"
+    tracker.write_text("error.log", traceback.format_exc())
+    tracker.finish("failed", reason=reason, updates=p.update, final=trainer.final_block(), best=p.best,
+                   interrupted={"signal": name, "update": p.update, "resumable_from": resumable})
+    print(f"interrupted ({name}) {where}: {outcome}; {advice} ({run_dir})", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from .config import ConfigError, load_config, run_dir as run_dir_of, split_args
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
+    if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return EXIT_OK
+    if not argv:
+        print(NO_ARGUMENTS, file=sys.stderr)
+        return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     files, overrides = split_args(argv)
     notes: list = []
@@ -532,9 +667,34 @@ def main(argv: Optional[list[str]] = None) -> int:
     if action in ("completed", "diverged"):
         print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
         return EXIT_OK if action == "completed" else EXIT_DIVERGED
+    if cfg.tracking.mode == "online":  # before minutes of model and data loading, not after
+        from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 
+        if not reachable(wandb_url()):
+            print(f"error: tracking.mode=online but the W&B server {wandb_url()} is not reachable within "
+                  f"{PROBE_TIMEOUT_S:.0f} s; use tracking.mode=offline (upload later with make sync) or set "
+                  "WANDB_BASE_URL", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    touched: list = []  # _run appends once the run directory holds a summary.json of this attempt
+    with stop_signals_raise():
+        try:
+            return _run(cfg, run_dir, action, touched)
+        except KeyboardInterrupt as err:
+            name, signum = _signal_of(err)
+            if touched:  # a second signal while an earlier ending (diverged, failed) was being recorded
+                print(f"interrupted ({name}) while the run was ending; summary.json has its status ({run_dir})",
+                      file=sys.stderr)
+            else:  # model and data loading: the run directory was not touched
+                print(f"interrupted ({name}) during start-up, before anything was written to {run_dir}",
+                      file=sys.stderr)
+            return 128 + signum
+
+
+def _run(cfg, run_dir: Path, action: str, touched: list) -> int:
+    from .checkpoint import remove_resume_state
     from .data import DataError, describe_data
     from .model import ModelError
+    from .tracking import TrackingError
 
     try:
         trainer = Trainer(cfg, run_dir)  # model and data: bad input fails here, before the run dir is touched
@@ -553,50 +713,58 @@ def main(argv: Optional[list[str]] = None) -> int:
             log.warning("resume checkpoint unusable; starting %s over", run_dir)
     if not resume and action == "restart":
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-    tracker = RunTracker(cfg, run_dir, resume=resume, device=trainer.device)
-    if resume:
-        tracker.rewind(trainer.progress.update)
-    from .model import count_parameters
-
-    tracker.update_summary(data=trainer.data_stats, parameters=count_parameters(trainer.model),
-                           total_updates=trainer.total_updates,
-                           optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))})
-    print(describe_data(trainer.data_stats), file=sys.stderr)
-    where = f"resuming at update {trainer.progress.update}" if resume else "starting"
-    print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
-          f"features, device {trainer.device})", file=sys.stderr)
     try:
+        # RunTracker writes summary.json (running) first; a signal or error while it starts W&B is recorded there
+        tracker = RunTracker(cfg, run_dir, resume=resume, device=trainer.device)
+    except TrackingError as err:
+        print(f"failed: {err} ({run_dir})", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt as err:
+        name, signum = _signal_of(err)
+        print(f"interrupted ({name}) during start-up (starting W&B); summary.json says so ({run_dir})",
+              file=sys.stderr)
+        return 128 + signum
+    touched.append(run_dir)
+    try:
+        if resume:
+            tracker.rewind(trainer.progress.update)
+        from .model import count_parameters
+
+        tracker.update_summary(data=trainer.data_stats, parameters=count_parameters(trainer.model),
+                               total_updates=trainer.total_updates,
+                               optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))})
+        print(describe_data(trainer.data_stats), file=sys.stderr)
+        where = f"resuming at update {trainer.progress.update}" if resume else "starting"
+        print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
+              f"features, device {trainer.device})", file=sys.stderr)
         trainer.run(tracker)
+        p = trainer.progress
+        wall = tracker.elapsed()
+        summary = tracker.finish(
+            "completed", final=trainer.final_block(), best=p.best, updates=p.update, examples=p.examples,
+            mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
+            median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
+            wall_time_s=round(wall, 3), time=trainer.time_summary(wall),
+        )
+        remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is model + optimizer state
     except Diverged as err:
         p = trainer.progress
         wall = tracker.elapsed()
         tracker.finish("diverged", reason=str(err), final=trainer.final_block(), best=p.best, updates=p.update,
                        examples=p.examples, diverged_at=p.update, wall_time_s=round(wall, 3),
                        time=trainer.time_summary(wall))
+        remove_resume_state(run_dir)  # a diverged run is final: never resumed
         print(f"diverged: {err} ({run_dir})", file=sys.stderr)
         return EXIT_DIVERGED
-    except KeyboardInterrupt:
-        tracker.write_text("error.log", traceback.format_exc())
-        tracker.finish("failed", reason="interrupted (KeyboardInterrupt)", updates=trainer.progress.update)
-        print(f"interrupted: {run_dir} (rerun the same command to resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP
+        return _interrupted(err, trainer, tracker, run_dir)
     except Exception as err:  # noqa: BLE001 - recorded, then reported as one line
         tracker.write_text("error.log", traceback.format_exc())
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         tracker.finish("failed", reason=reason, updates=trainer.progress.update)
         print(f"failed: {reason} (traceback in {run_dir / 'error.log'})", file=sys.stderr)
         return EXIT_FAILED
-    p = trainer.progress
-    wall = tracker.elapsed()
-    summary = tracker.finish(
-        "completed", wall_time_s=round(wall, 3), final=trainer.final_block(), best=p.best, updates=p.update, examples=p.examples,
-        mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
-        median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
-        time=trainer.time_summary(wall),
-    )
     f = summary.get("final", {})
-    from .qa_eval import metric_keys
-
     em_key, second = metric_keys(cfg.data.metric)
     split = "".join(f"  {k} {f[k]:.2f}" for k in (f"dev/has_ans_{second[4:]}", f"dev/no_ans_{second[4:]}") if k in f)
     print(f"completed: {run_dir}\n  {second} {f.get(second, float('nan')):.2f}  dev/em {f.get(em_key, float('nan')):.2f}"

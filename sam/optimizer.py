@@ -7,9 +7,17 @@ One SAM update needs two gradients:
     g' = ∇L(w + e)                   second pass, at the perturbed weights
     w  ← base_step(w, g')            restore w, then let the base optimizer (e.g. AdamW) step with g'
 
-ASAM (Kwon et al. 2021, `adaptive=True`) measures the ball in coordinates scaled by T = |w| (elementwise):
+ASAM (Kwon et al. 2021, `adaptive=True`) measures the ball in coordinates scaled by an elementwise T:
 
     e  = rho · T² g / (‖T g‖₂ + eps)
+    T  = |w| + eta   for a weight        (eta = 0.01, so a weight that is exactly 0 still moves)
+    T  = 1           for a bias
+
+as the authors' code does (SamsungLabs/ASAM, asam.py: `t_w = |p| + eta` for parameters named "weight", 1 otherwise).
+This module sees tensors, not names: a param group says which of its tensors are weights with `is_weight`
+(True / False); left unset (None), a tensor with ndim >= 2 is a weight and a vector is a bias (LayerNorm scales
+included, which the authors' name rule counts as weights). `perturbation()` computes e by exactly this rule for code
+that needs it outside an optimizer step (experiments/diagnostics.py).
 
 Design choices that differ from most public implementations, each covered by a test in tests/test_sam_optimizer.py:
 - the weights are restored from a saved copy, never by subtracting e (subtraction drifts, badly so in bf16);
@@ -22,12 +30,31 @@ Design choices that differ from most public implementations, each covered by a t
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 _EPS = 1e-12
+ETA = 0.01  # ASAM's eta (Kwon et al. 2021, and SamsungLabs/ASAM's default)
+
+
+def is_weight(p: Tensor, group: Mapping) -> bool:
+    """Whether ASAM scales `p` as a weight (T = |w| + eta) or as a bias (T = 1).
+
+    The group's `is_weight` decides when it is True or False; when it is None (the default) a tensor with ndim >= 2
+    is a weight and anything smaller a bias."""
+    flag = group.get("is_weight")
+    return p.ndim >= 2 if flag is None else bool(flag)
+
+
+def asam_scales(group: Mapping, params: Sequence[Tensor]) -> list[Optional[Tensor]]:
+    """T for each of `params` (the group's parameters that take part): |w| + eta (a new tensor) for a weight of an
+    adaptive group, None (meaning T = 1) for a bias or when the group is not adaptive (plain SAM)."""
+    if not group.get("adaptive", False):
+        return [None] * len(params)
+    eta = group.get("eta", ETA)
+    return [p.detach().abs().add_(eta) if is_weight(p, group) else None for p in params]
 
 
 def global_grad_norm(grads: list[Tensor]) -> Tensor:
@@ -45,21 +72,28 @@ class SAM(torch.optim.Optimizer):
     """SAM around a base optimizer class: `SAM(params, torch.optim.AdamW, rho=0.05, lr=3e-4)`.
 
     Args:
-        params: parameters or param groups (a group may carry its own `rho`).
+        params: parameters or param groups (a group may carry its own `rho`, `adaptive`, `eta` and `is_weight`).
         base_optimizer: the optimizer *class*; it is built on the same param groups.
-        rho: radius of the neighbourhood.
-        adaptive: ASAM, e = rho · T²g / ‖Tg‖ with T = |w| elementwise.
+        rho: radius of the neighbourhood (>= 0).
+        adaptive: ASAM, e = rho · T²g / ‖Tg‖ with T = |w| + eta for weights and T = 1 for biases
+            (Kwon et al. 2021; SamsungLabs/ASAM).
+        eta: ASAM's eta (>= 0), 0.01 as in the paper; ignored unless adaptive.
         **base_kwargs: passed to the base optimizer (lr, weight_decay, betas, ...).
+
+    Param-group key `is_weight`: True (every tensor of the group is a weight), False (biases), or None / absent
+    (by shape: ndim >= 2 is a weight). Only ASAM reads it.
 
     Use `step(closure)` (closure = forward + backward, torch convention) or call `first_step` and `second_step`
     around your own second forward/backward; with gradient accumulation use `sam.train_step`.
     """
 
     def __init__(self, params: Iterable, base_optimizer: type, *, rho: float = 0.05, adaptive: bool = False,
-                 **base_kwargs):
+                 eta: float = ETA, **base_kwargs):
         if rho < 0.0:
             raise ValueError(f"rho must be >= 0, got {rho}")
-        super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
+        if eta < 0.0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, eta=eta, is_weight=None, **base_kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         # One list of dicts shared by both: LR schedulers, `add_param_group` and hyper-parameter edits reach the base.
         self.param_groups = self.base_optimizer.param_groups
@@ -89,11 +123,11 @@ class SAM(torch.optim.Optimizer):
         params = [p for ps in groups for p in ps]
         if not params:
             return torch.zeros(())
-        adaptive = [g["adaptive"] for g, ps in zip(self.param_groups, groups) if ps]
-        if any(adaptive):
-            # ‖T g‖ with T = |w| (only adaptive groups get T; a mixed setup uses T = 1 elsewhere)
-            scaled = [p.grad * p.abs() if g["adaptive"] else p.grad
-                      for g, ps in zip(self.param_groups, groups) for p in ps]
+        # T per parameter (ASAM), None where T = 1; plain SAM has no T at all
+        scales = [asam_scales(g, ps) for g, ps in zip(self.param_groups, groups)]
+        if any(t is not None for ts in scales for t in ts):
+            # ‖T g‖ over every parameter; T = 1 for biases and for groups that are not adaptive
+            scaled = [p.grad * t if t is not None else p.grad for ps, ts in zip(groups, scales) for p, t in zip(ps, ts)]
             norm = global_grad_norm(scaled) * inv_scale
             del scaled
         else:
@@ -103,21 +137,23 @@ class SAM(torch.optim.Optimizer):
             # inf/NaN in the gradient (fp16 overflow, divergence): do not move; the caller skips this update
             return norm
         self._save(params)
-        for group, ps in zip(self.param_groups, groups):
+        for group, ps, ts in zip(self.param_groups, groups, scales):
             if not ps:
                 continue
             # e = rho · g / ‖g‖ ; the gradients are still multiplied by the loss scale, hence inv_scale again
             scale = group["rho"] * inv_scale / (norm + _EPS)
-            grads = [p.grad for p in ps]
-            if group["adaptive"]:
-                # e = rho · T² g / ‖T g‖, T = |w|: T² g = w ⊙ w ⊙ g
-                e = torch._foreach_mul(ps, ps)
-                torch._foreach_mul_(e, grads)
-                torch._foreach_add_(ps, e, alpha=float(scale))  # climb to the local maximum w + e(w)
-                del e
-            else:
+            plain = [p for p, t in zip(ps, ts) if t is None]
+            if plain:
                 # in place with a scalar alpha: no temporary copy of e (one host sync per update on CUDA)
-                torch._foreach_add_(ps, grads, alpha=float(scale))  # climb to the local maximum w + e(w)
+                torch._foreach_add_(plain, [p.grad for p in plain], alpha=float(scale))  # climb to w + e(w)
+            weights = [(p, t) for p, t in zip(ps, ts) if t is not None]
+            if weights:
+                # ASAM: e = rho · T² g / ‖T g‖, T = |w| + eta, built in the T buffers themselves
+                w_ps, w_ts = [p for p, _ in weights], [t for _, t in weights]
+                torch._foreach_mul_(w_ts, w_ts)
+                torch._foreach_mul_(w_ts, [p.grad for p in w_ps])
+                torch._foreach_add_(w_ps, w_ts, alpha=float(scale))  # climb to the local maximum w + e(w)
+        del scales
         if zero_grad:
             self.zero_grad()
         return norm
@@ -171,7 +207,7 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
-        """The base optimizer's state; the param groups carry rho and adaptive, so they round-trip too."""
+        """The base optimizer's state; the param groups carry rho, adaptive, eta and is_weight, so they round-trip."""
         if self._perturbed:
             raise RuntimeError("state_dict() while perturbed: call second_step (or restore) first")
         return self.base_optimizer.state_dict()
@@ -189,4 +225,28 @@ class SAM(torch.optim.Optimizer):
                                              **param_group})
 
     def __repr__(self) -> str:
-        return f"SAM(rho={self.defaults['rho']}, adaptive={self.defaults['adaptive']}, base={self.base_optimizer!r})"
+        adaptive = f", adaptive=True, eta={self.defaults['eta']}" if self.defaults["adaptive"] else ""
+        return f"SAM(rho={self.defaults['rho']}{adaptive}, base={self.base_optimizer!r})"
+
+
+@torch.no_grad()
+def perturbation(param_groups: Sequence[Mapping], grads: Optional[Mapping[Tensor, Tensor]] = None,
+                 ) -> tuple[dict[Tensor, Tensor], Tensor]:
+    """The perturbation e that `SAM.first_step` would apply, without moving anything: ({param: e}, ‖T g‖).
+
+    param_groups: SAM's `param_groups` (or dicts with `params`, `rho` and, for ASAM, `adaptive`, `eta`, `is_weight`).
+    grads: {param: gradient}; None takes each parameter's `.grad`. Parameters without a gradient get no entry.
+    e = rho · T²g / (‖Tg‖ + 1e-12) with T from `asam_scales` (T = 1 everywhere for plain SAM), the norm global over
+    every parameter of every group. For diagnostics that perturb by hand (experiments/diagnostics.py) so they follow
+    the optimizer's rule exactly.
+    """
+    entries = []  # (param, grad, T or None, rho)
+    for group in param_groups:
+        ps = [p for p in group["params"] if (grads.get(p) if grads is not None else p.grad) is not None]
+        gs = [grads[p] if grads is not None else p.grad for p in ps]
+        for p, g, t in zip(ps, gs, asam_scales(group, ps)):
+            entries.append((p, g, t, group["rho"]))
+    if not entries:
+        return {}, torch.zeros(())
+    norm = global_grad_norm([g * t if t is not None else g for _, g, t, _ in entries])
+    return {p: (t * t * g if t is not None else g) * (rho / (norm + _EPS)) for p, g, t, rho in entries}, norm

@@ -606,3 +606,14 @@ def test_final_scores_draw_min_max_of_seeds_not_a_t_interval_below_zero():
     # a 3-seed Student-t interval of F1 2, 3, 70 reaches far below 0; the drawn bar is 2..70
     mean, low, high = plots.seed_range([2.0, 3.0, 70.0])
     assert (mean, low, high) == (25.0, 2.0, 70.0)
+
+
+def test_manifest_overrides_are_read_as_the_run_read_them():
+    """A sweep manifest's `key=value` overrides are typed by the config schema, as train.py typed them: a string key
+    keeps its text (YAML 1.1 would make 0777 the number 511), a number key gets its number."""
+    from analysis.collect import _parse_overrides
+
+    parsed = _parse_overrides(["tracking.project=0777", "train.accumulation_steps=04", "tracking.tags=[on]",
+                               "seed=oops"])
+    assert parsed == {"tracking.project": "0777", "train.accumulation_steps": 4, "tracking.tags": ("on",),
+                      "seed": "oops"}

@@ -63,8 +63,10 @@ def feats(tokenizer, examples):
 
 def test_columns_and_window_counts(feats, examples):
     train, evals = feats
-    assert train.column_names == ["input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"]
-    assert evals.column_names == train.column_names + ["example_id", "offset_mapping"]
+    assert train.column_names == ["input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions",
+                                  "example_id"]
+    assert evals.column_names == train.column_names + ["offset_mapping"]
+    assert train["example_id"] == evals["example_id"]  # each window knows its example (training counts examples)
     assert len(train) == len(evals) > len(examples)  # long contexts give several windows
     assert set(evals["example_id"]) == set(examples["id"])
     assert all(len(ids) == SEQ for ids in train["input_ids"])

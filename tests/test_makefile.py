@@ -49,3 +49,39 @@ def test_report_targets_pass_keys_the_modules_accept(target, sweep, out):
             assert (opts.results_dir, opts.sweep, opts.out) == ("results", sweep, out)
         else:
             assert report.parse_args(args) == {"results_dir": "results", "sweep": sweep, "out": out}
+
+
+def _makefile() -> str:
+    return (REPO / "Makefile").read_text()
+
+
+def test_phony_names_are_the_documented_targets():
+    """.PHONY once named a `bench` target that did not exist; every phony name is a target with a help line and
+    every target with a help line is phony."""
+    import re
+
+    text = _makefile()
+    phony = set(re.search(r"^\.PHONY:(.*)$", text, re.M).group(1).split())
+    documented = set(re.findall(r"^([a-zA-Z_-]+):.*## ", text, re.M))
+    defined = set(re.findall(r"^([a-zA-Z_-]+):", text, re.M))
+    assert phony <= defined, f"phony names without a target: {sorted(phony - defined)}"
+    assert phony == documented
+
+
+def test_make_help_lists_every_target_and_every_variable():
+    import re
+
+    done = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    listed_targets = set(re.findall(r"^  make (\S+)", done.stdout, re.M))
+    listed_variables = set(re.findall(r"^  ([A-Z_]+) ", done.stdout, re.M))
+    text = _makefile()
+    assert listed_targets == set(re.findall(r"^([a-zA-Z_-]+):.*## ", text, re.M))
+    # every variable a user sets on the command line: the ?= ones that are not exported environment defaults
+    settable = set(re.findall(r"^([A-Z_]+)\s*\?=", text, re.M))
+    assert {"ARM", "ARGS", "RESULTS", "JOBS", "SWEEP"} <= settable == listed_variables
+    # and no value carries a trailing comment's blanks (ARM=sam_full must name configs/arm/sam_full.yaml)
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "run"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert "configs/arm/sam_full.yaml results_dir=results" in dry.stdout

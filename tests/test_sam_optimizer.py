@@ -34,20 +34,87 @@ def test_perturbation_has_norm_rho_and_direction_of_gradient(rho):
     assert_close(e, [rho * t / (norm_g + 1e-12) for t in g], rtol=1e-9, atol=1e-15)
 
 
-def test_adaptive_perturbation_formula():
-    """ASAM: e = rho · T² g / ‖T g‖, T = |w| elementwise."""
-    model = make_model()
-    x, y = make_data(10)
-    g = first_pass(model, x, y)
-    w = [p.detach().clone() for p in model.parameters()]
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, adaptive=True, lr=0.1)
+def zero_bias_layer():
+    """A linear layer 3 → 2 (float64) whose bias is exactly 0 and whose weight has one exact 0, as a freshly
+    initialised QA head has; plus its gradient on a fixed batch."""
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        layer.bias.zero_()
+        layer.weight[0, 1] = 0.0
+    x = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.8, -1.0]], dtype=torch.float64)
+    y = torch.tensor([[0.5, -1.0], [2.0, 0.1]], dtype=torch.float64)
+    layer.zero_grad(set_to_none=True)
+    ((layer(x) - y) ** 2).mean().backward()
+    return layer
+
+
+@pytest.mark.parametrize("eta", [0.01, 0.0, 0.3])
+def test_asam_follows_the_authors_formula_on_a_zero_bias_and_a_zero_weight(eta):
+    """ASAM (Kwon et al. 2021; SamsungLabs/ASAM asam.py): T = |w| + eta for weights, T = 1 for biases,
+    e = rho · T² g / ‖T g‖, the norm over weights and biases together."""
+    rho = 0.5
+    layer = zero_bias_layer()
+    w, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+    gw, gb = layer.weight.grad.clone(), layer.bias.grad.clone()
+    assert gb.abs().min() > 0 and gw[0, 1] != 0  # the zero entries do have a gradient
+
+    opt = SAM(layer.parameters(), torch.optim.SGD, rho=rho, adaptive=True, eta=eta, lr=0.1)
+    norm = opt.first_step()
+
+    tw = w.abs() + eta  # T of the weight
+    tg_norm = torch.sqrt(((tw * gw) ** 2).sum() + (gb ** 2).sum())  # T = 1 for the bias
+    assert_close(norm, tg_norm, rtol=1e-12, atol=0)
+    e_w = rho * tw * tw * gw / (tg_norm + 1e-12)
+    e_b = rho * gb / (tg_norm + 1e-12)
+    assert_close(layer.weight.detach() - w, e_w, rtol=1e-9, atol=1e-15)
+    assert_close(layer.bias.detach() - b, e_b, rtol=1e-9, atol=1e-15)
+    # the bias that is exactly 0 moves; the zero weight moves exactly when eta > 0 (rho · eta² · g / ‖Tg‖)
+    assert (layer.bias.detach() != 0).all()
+    moved = (layer.weight[0, 1] - w[0, 1]).item()
+    if eta == 0.0:
+        assert moved == 0.0
+    else:
+        assert moved == pytest.approx(rho * eta ** 2 * gw[0, 1].item() / tg_norm.item(), rel=1e-9)
+    # and ‖T⁻¹ e‖ = rho: the perturbation sits on the boundary of the adaptive ball (a coordinate with T = 0,
+    # possible only with eta = 0, has e = 0 and adds nothing)
+    inv = torch.sqrt((torch.where(tw > 0, e_w / tw, 0.0) ** 2).sum() + (e_b ** 2).sum())
+    assert inv.item() == pytest.approx(rho, rel=1e-9)
+
+
+def test_is_weight_flag_of_a_param_group_overrides_the_shape_rule():
+    """A group marked is_weight=True scales its vectors by |w| + eta (a LayerNorm scale, as the authors' name rule
+    does); is_weight=False makes a matrix a bias (T = 1). Hand formula as above."""
+    rho, eta = 0.2, 0.01
+    layer = zero_bias_layer()
+    w, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+    gw, gb = layer.weight.grad.clone(), layer.bias.grad.clone()
+    groups = [{"params": [layer.weight], "is_weight": False}, {"params": [layer.bias], "is_weight": True}]
+    opt = SAM(groups, torch.optim.SGD, rho=rho, adaptive=True, eta=eta, lr=0.1)
     opt.first_step()
-    norm_tg = torch.sqrt(sum(((wi.abs() * gi) ** 2).sum() for wi, gi in zip(w, g)))
-    expected = [0.5 * wi * wi * gi / (norm_tg + 1e-12) for wi, gi in zip(w, g)]
-    assert_close([p.detach() - w0 for p, w0 in zip(model.parameters(), w)], expected, rtol=1e-9, atol=1e-15)
-    # and ‖T⁻¹ e‖ = rho: the perturbation sits on the boundary of the adaptive ball
-    inv = torch.sqrt(sum(((e_ / wi.abs()) ** 2).sum() for e_, wi in zip(expected, w)))
-    assert inv.item() == pytest.approx(0.5, rel=1e-9)
+    tb = b.abs() + eta  # the bias is 0, so T = eta
+    norm = torch.sqrt((gw ** 2).sum() + ((tb * gb) ** 2).sum())
+    assert_close(layer.weight.detach() - w, rho * gw / (norm + 1e-12), rtol=1e-9, atol=1e-15)
+    assert_close(layer.bias.detach() - b, rho * tb * tb * gb / (norm + 1e-12), rtol=1e-9, atol=1e-15)
+
+
+def test_perturbation_helper_is_what_first_step_applies():
+    """sam.perturbation (used by the gradient-fidelity diagnostic) gives the same e as first_step, ASAM or not,
+    from .grad or from a given {param: grad}."""
+    from sam.optimizer import perturbation
+
+    for adaptive in (False, True):
+        layer = zero_bias_layer()
+        before = [p.detach().clone() for p in layer.parameters()]
+        grads = {p: p.grad.clone() for p in layer.parameters()}
+        opt = SAM(layer.parameters(), torch.optim.SGD, rho=0.3, adaptive=adaptive, lr=0.1)
+        e_from_grad, norm_a = perturbation(opt.param_groups)
+        e_given, norm_b = perturbation(opt.param_groups, grads)
+        norm = opt.first_step()
+        for p, w0 in zip(layer.parameters(), before):
+            assert_close(p.detach() - w0, e_from_grad[p], rtol=1e-9, atol=1e-15)
+            assert torch.equal(e_from_grad[p], e_given[p])
+        assert norm_a.item() == norm_b.item() == norm.item()
 
 
 def test_clipping_before_first_step_changes_nothing():
@@ -218,3 +285,5 @@ def test_misuse_is_reported():
     opt.second_step()
     with pytest.raises(ValueError, match="rho"):
         SAM(model.parameters(), torch.optim.SGD, rho=-1.0, lr=0.1)
+    with pytest.raises(ValueError, match="eta"):
+        SAM(model.parameters(), torch.optim.SGD, adaptive=True, eta=-0.01, lr=0.1)

@@ -137,6 +137,14 @@ def test_bad_arguments_are_one_line_errors_with_exit_2(tmp_path, capsys, args, m
     assert len(err.splitlines()) == 1 and message in err
 
 
+def test_arguments_are_typed_by_the_key_not_by_yaml_1_1():
+    """max_runs=010 is ten (YAML 1.1: octal 8), out=0123 is the folder 0123 (YAML 1.1: 83), lists are read as lists."""
+    opts = sharpness.parse_args(["max_runs=010", "out=0123", "sweep=1.10", "rhos_worst=[0.1, 0.01]", "dry_run=yes",
+                                 "threads="])
+    assert (opts.max_runs, opts.out, opts.sweep, opts.rhos_worst) == (10, "0123", "1.10", [0.01, 0.1])
+    assert opts.dry_run is True and opts.threads is None
+
+
 def test_module_entry_point_reports_a_bad_key_in_one_line(tmp_path):
     proc = subprocess.run([PYTHON, "-m", "analysis.sharpness", f"results_dir={tmp_path}", "sweep=x", "nope=1"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -144,14 +144,38 @@ def file_times(directory: Path) -> dict:
 
 
 @pytest.mark.parametrize(
-    "value",
-    [1, 0, -3, 3e-4, 1e-8, 0.1, True, False, None, "none", "full", "null", "3", "true", "a b", [0.9, 0.999], []],
+    "key, value",
+    [("seed", 1), ("seed", 0), ("seed", -3), ("optim.lr", 3e-4), ("optim.eps", 1e-8), ("optim.rho", 0.1),
+     ("optim.adaptive", True), ("optim.adaptive", False), ("train.max_updates", None), ("arm", "none"),
+     ("arm", "full"), ("arm", "null"), ("run_name", "3"), ("run_name", "true"), ("run_name", "a b"),
+     ("run_name", "0123"), ("run_name", "on"), ("run_name", "'x'"), ("run_name", " x "), ("run_name", "a: b"),
+     ("optim.betas", [0.9, 0.999]), ("tracking.tags", []), ("tracking.tags", ["0123", "on", "null", "a, b"])],
 )
-def test_values_become_overrides_that_read_back_the_same(value):
-    key, parsed = parse_override(f"optim.x={sweep._format_value(value)}")
-    if OmegaConf.is_config(parsed):
-        parsed = OmegaConf.to_container(parsed)
-    assert key == "optim.x" and parsed == value and type(parsed) is type(value)
+def test_values_become_overrides_that_read_back_the_same(key, value):
+    """What the sweep passes on the command line is what the run's config holds, whatever the key's type."""
+    text = f"{key}={sweep._format_value(value)}"
+    cfg = load_config([], [text, "optim.replay=full"] if key != "arm" else [text])
+    got = OmegaConf.select(cfg, key)
+    got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+    assert got == value and type(got) is type(value), text
+
+
+def test_sweep_file_values_keep_their_text_for_string_keys_and_type_for_the_others(tmp_path):
+    """YAML 1.1 reads 0777 as 511, 1.10 as 1.1 and on/yes as true; a sweep file's values are typed by the schema."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        f"name: t\nbase: [{SMOKE}]\n"
+        "grid:\n  tracking.project: [0777]\n  seed: [010]\n"
+        "overrides:\n  tracking.group: 1.10\n  tracking.tags: [on, 0123]\n  optim.adaptive: yes\n"
+        "exclude:\n  - {seed: 10, tracking.project: 511}\n"  # 511 is not what the file says: nothing excluded
+    )
+    (run,) = sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])
+    assert run.cfg.tracking.project == "0777" and run.cfg.seed == 10
+    assert run.cfg.tracking.group == "1.10" and list(run.cfg.tracking.tags) == ["on", "0123"]
+    assert run.cfg.optim.adaptive is True
+    path.write_text(path.read_text().replace("tracking.project: 511}", "tracking.project: 0777}"))
+    with pytest.raises(sweep.SweepError, match="no runs left"):  # and a match compares typed values: 010 == 10
+        sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])
 
 
 GRID12 = {
@@ -468,6 +492,9 @@ def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, sta
     assert proc.returncode == 130, out
     statuses = [r["status"] for r in json.loads(manifest.read_text())["runs"]]
     assert statuses == ["interrupted", "interrupted", "pending", "pending"], out
+    # the stand-in saves no resume checkpoint, so the manifest must not promise a resume
+    assert all(r["reason"].endswith("the next invocation starts it over (no resume checkpoint)")
+               for r in json.loads(manifest.read_text())["runs"][:2])
     for entry in json.loads(manifest.read_text())["runs"][:2]:
         summary = json.loads((Path(entry["run_dir"]) / "summary.json").read_text())
         assert summary["reason"] == "interrupted (KeyboardInterrupt)"  # the child got SIGINT and saved its state

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,48 @@ def test_explicit_group_job_type_and_project(tmp_path):
     assert (run["run_group"], run["job_type"], run["project"]) == ("my-group", "probe", "other")
 
 
+def test_fields_over_wandbs_limits_are_shortened_distinctly_in_the_offline_record(tmp_path):
+    """W&B's server refuses job_type and tags over 64 characters and group and display name over 128 (an offline run
+    is written anyway and then fails at `wandb sync`). Read back from the offline run: every field within its limit,
+    shortened to its first characters + "-" + 8 hex digits of the SHA-256 of the whole text."""
+    import hashlib
+
+    def short(text, limit):  # the rule, written out
+        return text[:limit - 9] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    arm = "my-own-arm-label-" + "x" * 60  # 77 characters, a user's arm label
+    group = "g" * 130
+    tag_a, tag_b = "t" * 70 + "a", "t" * 70 + "b"  # equal in their first 64 characters
+    name = "n" * 140
+    cfg = make_cfg("offline", f"arm={arm}", f"tracking.group={group}", f"tracking.tags=[{tag_a}, {tag_b}, ok]")
+    tracker = RunTracker(cfg, tmp_path / name)
+    tracker.finish("completed")
+    run = next(r["run"] for r in wandb_records(offline_runs(tmp_path / name)[0]) if r["type"] == "run")
+    assert run["job_type"] == short(arm, 64) and len(run["job_type"]) == 64
+    assert run["run_group"] == short(group, 128) and len(run["run_group"]) == 128
+    assert run["display_name"] == short(name, 128)
+    assert set(run["tags"]) == {short(arm, 64), "replay=last", "k=4", "rho=0.1", "seed=3", short(tag_a, 64),
+                                short(tag_b, 64), "ok"}
+    assert short(tag_a, 64) != short(tag_b, 64) and all(len(t) <= 64 for t in run["tags"])
+    wandb_block = json.loads((tmp_path / name / "summary.json").read_text())["wandb"]
+    assert (wandb_block["job_type"], wandb_block["group"]) == (short(arm, 64), short(group, 128))
+    # fields within the limits go as they are
+    assert tracking.fit_wandb("a" * 64, 64) == "a" * 64
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tracking.project=" + "p" * 129, "has 129 characters (W&B allows 128)"),
+    ("tracking.project=my/project", "contains /, which W&B does not allow"),
+    ("tracking.tags=[ok, '']", "tracking.tags has an empty tag, which W&B refuses"),
+    ("tracking.job_type=", "tracking.job_type is empty"),
+])
+def test_wandb_fields_that_cannot_be_shortened_are_refused_at_config_time(override, message):
+    from experiments.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_cfg("offline", override)
+
+
 def test_finish_is_idempotent_and_rejects_unknown_status(tmp_path):
     tracker = RunTracker(make_cfg("disabled"), tmp_path / "run")
     with pytest.raises(ValueError):
@@ -314,7 +357,7 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
 
 
 def test_env_info_outside_a_repository(tmp_path):
-    assert tracking.git_info(tmp_path) == {"sha": None, "dirty": None}
+    assert tracking.git_info(tmp_path) == {"sha": None, "dirty": None, "dirty_files": None, "dirty_files_total": None}
     info = env_info("cpu")
     assert info["argv"] == sys.argv and "torch" in info["packages"]
     assert info["device"]["cuda_available"] in (True, False)
@@ -323,3 +366,24 @@ def test_env_info_outside_a_repository(tmp_path):
 def test_env_info_git_matches_git():
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     assert env_info()["git"]["sha"] == sha
+
+
+def test_git_info_names_the_files_that_make_a_tree_dirty(tmp_path):
+    """A dirty flag alone does not say whether a run's code differed (a stray report folder) or not: the names do."""
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "train.py").write_text("a = 1\n")
+    (tmp_path / "notes.md").write_text("n\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    assert tracking.git_info(tmp_path)["dirty"] is False and tracking.git_info(tmp_path)["dirty_files"] == []
+    (tmp_path / "train.py").write_text("a = 2\n")  # modified
+    (tmp_path / "report-smoke").mkdir()
+    (tmp_path / "report-smoke" / "REPORT.md").write_text("r\n")  # an untracked folder
+    info = tracking.git_info(tmp_path)
+    assert info["dirty"] is True
+    assert info["dirty_files"] == ["train.py", "report-smoke/"] and info["dirty_files_total"] == 2  # git's order

@@ -145,12 +145,28 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
     assert summary(run)["final"]["dev/loss"] != pytest.approx(running_mean, rel=1e-4)
 
 
-def test_one_epoch_consumes_every_train_feature_once(tiny_run, tmp_path):
-    assert main(tiny_run("sam_full", "train.epochs=1", "train.micro_batch_size=3", "train.accumulation_steps=4")) == 0
+def test_one_epoch_consumes_every_train_feature_once_and_counts_examples_not_features(tiny_run, tmp_path):
+    assert main(tiny_run("sam_full", "train.epochs=1", "train.micro_batch_size=3", "train.accumulation_steps=4",
+                         "data.generated.long_context_frac=1.0")) == 0
     run = only_run(tmp_path)
     s = summary(run)
-    assert s["examples"] == s["data"]["train_features"]
+    assert s["data"]["train_features"] > s["data"]["train_examples"]  # long contexts: several windows per example
+    assert s["examples"] == s["data"]["train_examples"]  # the step key counts examples, each once per epoch
     assert s["updates"] == math.ceil(math.ceil(s["data"]["train_features"] / 3) / 4)
+    counts = [e["examples"] for e in events(run) if "train/loss" in e]
+    assert counts == sorted(counts) and counts[-1] == s["data"]["train_examples"]
+
+
+def test_window_examples_counts_each_example_at_its_first_window_of_the_epoch():
+    """Features of examples a, a, b, c, c, c; the epoch's order puts features 1, 3, 0 in the first window and 4, 2, 5
+    in the second: the first reaches a and c, the second only b (c was already reached)."""
+    from types import SimpleNamespace
+
+    from experiments.train import Trainer
+
+    fake = SimpleNamespace(train=SimpleNamespace(dataset={"example_id": ["a", "a", "b", "c", "c", "c"]}))
+    windows = [[torch.tensor([1, 3]), torch.tensor([0])], [torch.tensor([4, 2]), torch.tensor([5])]]
+    assert Trainer.window_examples(fake, windows) == [2, 1]
 
 
 def test_grad_fidelity_is_logged_and_does_not_change_the_trajectory(tiny_run, tmp_path):
@@ -173,6 +189,36 @@ def test_grad_fidelity_is_exactly_one_when_the_window_has_one_micro_batch(tiny_r
     for e in cos:
         assert e["diag/grad_cos"] == pytest.approx(1.0, abs=1e-6)
         assert e["diag/grad_norm_ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_asam_scales_weights_by_name_and_moves_the_zero_bias_of_the_new_qa_head():
+    """build_optimizer marks tensors whose name ends in "weight" (LayerNorm scales included) as ASAM weights,
+    T = |w| + eta, and every bias as T = 1 (SamsungLabs/ASAM's name rule); the new QA head's bias starts at exactly 0
+    and still moves. Checked against e = rho · T²g / ‖Tg‖ written out over the real (tiny) BERT."""
+    from experiments.model import load_model, load_tokenizer
+    from experiments.train import build_optimizer
+
+    rho, eta = 0.5, 0.01
+    cfg = load_config([SMOKE, arm_file("sam_full")], ["optim.adaptive=true", f"optim.rho={rho}"])
+    assert cfg.optim.eta == eta
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    torch.manual_seed(0)
+    model = load_model(cfg.model, tokenizer).double().eval()
+    named = dict(model.named_parameters())
+    assert (named["qa_outputs.bias"] == 0).all()
+    optimizer = build_optimizer(model, cfg.optim)
+    batch = tokenizer(["who built the ship?"], ["The ship was built by Ada Lind in 1901."], return_tensors="pt")
+    model(**batch, start_positions=torch.tensor([9]), end_positions=torch.tensor([10])).loss.backward()
+    w = {n: p.detach().clone() for n, p in named.items()}
+    g = {n: p.grad.detach().clone() for n, p in named.items()}
+    t = {n: (w[n].abs() + eta if n.endswith("weight") else torch.ones_like(w[n])) for n in named}
+    norm = torch.sqrt(sum(((t[n] * g[n]) ** 2).sum() for n in named))
+    optimizer.first_step()
+    for n, p in named.items():
+        expected = rho * t[n] * t[n] * g[n] / (norm + 1e-12)
+        torch.testing.assert_close(p.detach() - w[n], expected, rtol=1e-9, atol=1e-15, msg=n)
+    assert (named["qa_outputs.bias"] != 0).all()
+    assert any("LayerNorm.weight" in n for n in named) and sum(n.endswith("bias") for n in named) > 5
 
 
 def test_offline_wandb_run_lives_in_the_run_directory(tiny_run, tmp_path):

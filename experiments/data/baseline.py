@@ -95,7 +95,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .errors import DataError
     from .loading import load_examples
 
-    files, overrides = split_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    files, overrides = split_args(argv)
     try:
         cfg = load_config(files, overrides)
         _, dev, _ = load_examples(cfg.data)

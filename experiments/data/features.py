@@ -3,8 +3,9 @@
 One example becomes one or more features: the question first, then as much context as fits; a long context is cut
 into windows of max_seq_length tokens that overlap by doc_stride tokens. The labels are token indices of the answer's
 first and last token inside the window, or 0 (the [CLS] token) when the answer is not wholly inside that window or the
-question has no answer. Eval features also keep `example_id` and `offset_mapping` (character spans in the context,
-None for question/special/padding tokens so post-processing can only pick context spans).
+question has no answer. Every feature keeps the `example_id` of the example it comes from (training counts examples
+by it); eval features also keep `offset_mapping` (character spans in the context, None for question/special/padding
+tokens so post-processing can only pick context spans).
 
 A question is cut to `question_token_limit` tokens, so the context always has more room in a window than
 doc_stride: with less, the fast tokenizer cannot advance its windows and panics (a Rust PanicException).
@@ -30,7 +31,9 @@ from datasets import Dataset, Features, List, Value
 
 from .errors import DataError, one_line
 
-FEATURES_VERSION = 2  # bump whenever the features for the same inputs change (2: questions cut to leave stride room)
+# bump whenever the features for the same inputs change (2: questions cut to leave stride room; 3: train features
+# keep example_id)
+FEATURES_VERSION = 3
 TRAIN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
 
 
@@ -150,8 +153,8 @@ def _tokenise(batch: dict, tokenizer: Any, max_seq_length: int, doc_stride: int,
         start, end = _label(offsets, first, last, batch["answers"][example])
         starts.append(start)
         ends.append(end)
+        example_ids.append(batch["id"][example])
         if kind == "eval":
-            example_ids.append(batch["id"][example])
             kept_offsets.append([tuple(o) if sequence_ids[k] == 1 else None for k, o in enumerate(offsets)])
     wanted = ["input_ids", "attention_mask"]
     if "token_type_ids" in tokenizer.model_input_names:
@@ -159,8 +162,8 @@ def _tokenise(batch: dict, tokenizer: Any, max_seq_length: int, doc_stride: int,
     out = {name: encoded[name] for name in wanted}
     out["start_positions"] = starts
     out["end_positions"] = ends
+    out["example_id"] = example_ids
     if kind == "eval":
-        out["example_id"] = example_ids
         out["offset_mapping"] = kept_offsets
     return out
 
@@ -172,8 +175,8 @@ def feature_schema(tokenizer: Any, kind: str) -> Features:
         columns["token_type_ids"] = List(Value("int32"))
     columns["start_positions"] = Value("int64")
     columns["end_positions"] = Value("int64")
+    columns["example_id"] = Value("string")
     if kind == "eval":
-        columns["example_id"] = Value("string")
         columns["offset_mapping"] = List(List(Value("int32")))
     return Features(columns)
 
@@ -263,7 +266,7 @@ def prepare_train_features(
     cache_dir: Optional[str | Path] = None, use_cache: bool = True,
 ) -> Dataset:
     """Examples → train features: input_ids, attention_mask, token_type_ids (if the tokenizer has them),
-    start_positions, end_positions."""
+    start_positions, end_positions, example_id."""
     return _prepare(dataset, tokenizer, max_seq_length, doc_stride, "train", cache_dir, use_cache)
 
 
@@ -271,5 +274,5 @@ def prepare_eval_features(
     dataset: Dataset, tokenizer: Any, max_seq_length: int, doc_stride: int, *,
     cache_dir: Optional[str | Path] = None, use_cache: bool = True,
 ) -> Dataset:
-    """Examples → eval features: the train columns plus example_id and offset_mapping (None outside the context)."""
+    """Examples → eval features: the train columns plus offset_mapping (None outside the context)."""
     return _prepare(dataset, tokenizer, max_seq_length, doc_stride, "eval", cache_dir, use_cache)

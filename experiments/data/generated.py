@@ -409,10 +409,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     """`python -m experiments.data.generated [CONFIG.yaml ...] [key=value ...]`: write the set, show a sample."""
     import sys
 
-    from experiments.config import load_config, split_args
+    from experiments.config import ConfigError, load_config, split_args
 
-    files, overrides = split_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(files, overrides)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(main.__doc__.split(": ", 1)[0].strip("`") + "\n\n" + __doc__.split("\n\n")[0])
+        return
+    files, overrides = split_args(argv)
+    try:
+        cfg = load_config(files, overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     train_path, dev_path = ensure_generated(cfg.data.generated)
     print(f"train: {train_path}\ndev:   {dev_path}")
     with open(dev_path, encoding="utf-8") as handle:

@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
-from urllib.parse import urlparse
 
 from .errors import DataError, logger, one_line
 from .records import RecordCollector
@@ -29,15 +27,9 @@ PROBE_TIMEOUT_S = 3.0
 
 
 def _hub_reachable() -> bool:
-    from huggingface_hub import constants
+    from experiments.network import hub_url, reachable  # bounded in time, name lookup included
 
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    return reachable(hub_url(), PROBE_TIMEOUT_S)
 
 
 @contextlib.contextmanager

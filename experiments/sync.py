@@ -1,0 +1,49 @@
+"""Upload the offline W&B runs under a results folder: `python -m experiments.sync [RESULTS_DIR]` (`make sync`).
+
+Finds every `wandb/offline-run-*` folder under RESULTS_DIR/runs (default results), probes the W&B server first
+(WANDB_BASE_URL, else https://api.wandb.ai; at most a few seconds, see experiments.network) and only then runs
+`wandb sync` on them, so a machine without network gets one line saying so instead of a silent hang. Exit codes:
+0 uploaded (or nothing to upload), 1 the server is not reachable (the runs stay where they are), otherwise
+`wandb sync`'s own. The runs need `wandb login` (or WANDB_API_KEY) once; `wandb sync` asks for it when missing.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+USAGE = "usage: python -m experiments.sync [RESULTS_DIR]   (default: results; uploads RESULTS_DIR/runs/**/offline-run-*)"
+
+
+def offline_runs(results_dir: str | Path) -> list[Path]:
+    """The offline W&B run folders under results_dir/runs, sorted."""
+    root = Path(results_dir) / "runs"
+    return sorted(p for p in root.rglob("offline-run-*") if p.is_dir()) if root.is_dir() else []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .network import PROBE_TIMEOUT_S, reachable, wandb_url
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args) or len(args) > 1:
+        print(USAGE if len(args) <= 1 else f"error: one results folder at most\n{USAGE}",
+              file=sys.stdout if len(args) <= 1 else sys.stderr)
+        return 0 if len(args) <= 1 else 2
+    results = args[0] if args else "results"
+    runs = offline_runs(results)
+    if not runs:
+        print(f"no offline W&B runs under {Path(results) / 'runs'}")
+        return 0
+    url = wandb_url()
+    if not reachable(url):
+        print(f"error: the W&B server {url} is not reachable within {PROBE_TIMEOUT_S:.0f} s, so nothing was uploaded; "
+              f"the {len(runs)} offline runs stay under {Path(results) / 'runs'}: run `make sync` again with network "
+              f"(or set WANDB_BASE_URL to your W&B server)", file=sys.stderr)
+        return 1
+    print(f"uploading {len(runs)} offline W&B runs to {url}", flush=True)
+    return subprocess.call([sys.executable, "-m", "wandb", "sync", *map(str, runs)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

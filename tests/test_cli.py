@@ -1,0 +1,66 @@
+"""Small traps of the entry points: a bare command, --help anywhere, an option the CLI does not have, and what a run
+says on the console."""
+import json
+import re
+import subprocess
+
+import pytest
+
+from experiments.train import main
+from tests.conftest import PYTHON, REPO, run_dirs
+
+
+def test_no_arguments_runs_nothing_and_shows_how_to_start(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a bare default run would write results/ here
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m experiments.train CONFIG.yaml [CONFIG.yaml ...] [key=value ...]\n"
+                          "No arguments: nothing is run")
+    assert "configs/smoke.yaml" in err and "configs/default.yaml" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["configs/default.yaml", "-h"], ["seed=1", "--help"]])
+def test_help_anywhere_prints_the_usage_and_runs_nothing(argv, capsys):
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("One MRC training run: `python -m experiments.train CONFIG.yaml")
+
+
+def test_an_option_the_cli_does_not_have_is_named_as_such(tiny_run, capsys):
+    assert main(tiny_run("sam_full", "--dry-run")) == 2
+    assert capsys.readouterr().err.strip() == ("config error: unknown option '--dry-run': the arguments are config "
+                                               "files and key=value overrides (--help explains them)")
+
+
+@pytest.mark.parametrize("module, first_line", [
+    ("experiments.data.baseline", "A no-learning floor: guess the answer type from question keywords"),
+    ("experiments.data.generated", "python -m experiments.data.generated [CONFIG.yaml ...] [key=value ...]"),
+    ("experiments.sync", "usage: python -m experiments.sync [RESULTS_DIR]"),
+])
+def test_module_help_is_help_not_a_file_name(module, first_line):
+    done = subprocess.run([PYTHON, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith(first_line)
+    assert "no such file" not in done.stdout + done.stderr
+
+
+def test_the_data_generator_refuses_a_bad_value_in_one_line():
+    done = subprocess.run([PYTHON, "-m", "experiments.data.generated", "data.generated.n_train=0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("config error: data.generated.n_train=0 is out of range; it must be >= 1 "
+                                   "(override 'data.generated.n_train=0')")
+
+
+def test_every_evaluation_is_printed_on_the_console(tiny_run, tmp_path, capsys):
+    assert main(tiny_run("sam_full", "train.eval_every=3")) == 0
+    err = capsys.readouterr().err
+    (run,) = run_dirs(tmp_path)
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"dev/f1"' in line]
+    printed = re.findall(r"\] (\w+) evaluation at update (\d+) \(epoch [\d.]+, \d+ dev examples\): dev/f1 ([\d.]+)  "
+                         r"dev/em ([\d.]+)  "
+                         r"dev/loss ([\d.]+)", err)
+    assert [(kind, int(update)) for kind, update, *_ in printed] == [(e["eval/kind"], e["update"]) for e in evals]
+    assert {e["eval/kind"] for e in evals} >= {"periodic", "epoch"}
+    for (_, _, f1, em, loss), e in zip(printed, evals):
+        assert (f1, em, loss) == (f"{e['dev/f1']:.2f}", f"{e['dev/em']:.2f}", f"{e['dev/loss']:.4f}")
