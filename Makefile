@@ -23,7 +23,7 @@ JOBS    ?= 2
 SWEEP   ?= ablation
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness notebook sync bench-sam bench-train clean
+.PHONY: help setup test test-fast run smoke run-all run-all-gpu smoke-all report sharpness notebook sync bench-sam bench-train clean
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ endef
 
 run-all: $(STAMP)  ## the default ablation sweep, then sharpness + report (<= 30 min on 2 CPU cores)
 	@$(call sweep_then_report,configs/sweep/ablation.yaml,ablation)
+
+run-all-gpu: $(STAMP)  ## the same question at a paper-size budget on CUDA (configs/sweep/ablation_gpu.yaml)
+	@$(call sweep_then_report,configs/sweep/ablation_gpu.yaml,ablation_gpu)
 
 smoke-all: $(STAMP)  ## the smoke sweep and its report (about 1.5 min)
 	@$(call sweep_then_report,configs/sweep/smoke.yaml,smoke)

@@ -529,6 +529,13 @@ def test_the_ablation_sweep_resolves(tmp_path):
     assert spec.report == {"targets": {"dev/f1": [70.0, 85.0, 95.0], "dev/loss": [1.0, 0.3]}}
 
 
+def test_the_gpu_sweep_resolves_to_the_paper_size_grid(tmp_path):
+    runs = sweep.expand(sweep.load_sweep(REPO / "configs/sweep/ablation_gpu.yaml"), [f"results_dir={tmp_path}"])
+    cells = {(r.cfg.arm, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs}
+    assert cells == set(itertools.product(["sam_full", "sam_last", "sam_micro", "adamw"], [8, 4, 1], range(5)))
+    assert all(r.cfg.train.precision == "bf16" and r.cfg.data.generated.n_train == 4800 for r in runs)
+
+
 def test_a_sweep_report_block_is_checked_when_read(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: s\nbase: [configs/default.yaml]\ngrid: {seed: [0]}\nreport: {targets: {dev/acc: [1]}}\n")
