@@ -76,6 +76,10 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     replay: str = "full"  # none (AdamW) | full (correct SAM) | last (the copied bug) | micro (m-SAM)
+    # data-parallel full replay (dist.world_size > 1): global = one e from the all-reduced window gradient (equals
+    # single-process full on the global window); per_rank = each rank's e from its own gradient (the SAM paper's
+    # per-accelerator m-SAM, one all-reduce fewer). The same algorithm in a single process.
+    perturbation: str = "global"
     lr: float = 3e-4
     weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -139,6 +143,15 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class DistConfig:
+    # processes of one data-parallel run (torchrun --nproc_per_node × nodes); null: as torchrun started the run (1
+    # without torchrun), written back into the resolved config. train.micro_batch_size is per process: a window is
+    # world_size × accumulation_steps micro-batches
+    world_size: Optional[int] = None
+    timeout_s: float = 600.0  # a collective that waits longer fails the run (a rank that died or hangs)
+
+
+@dataclass
 class Config:
     # label for tables, run ids and W&B; null derives it from optim.replay (none→adamw, full→sam_full, ...)
     arm: Optional[str] = None
@@ -153,6 +166,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 # Allowed values of string keys (the type alone cannot say them).
@@ -160,6 +174,7 @@ CHOICES = {
     "data.source": ("generated", "files", "hub"),
     "data.metric": ("squad", "char", "klue"),
     "optim.replay": ("none", "full", "last", "micro"),
+    "optim.perturbation": ("global", "per_rank"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.save_best_by": ("dev/f1", "dev/loss", "dev/em", "dev/rouge_w"),
@@ -199,6 +214,8 @@ RANGES = {
     "eval.max_answer_length": (1, None, ">= 1", True),
     "eval.subset_size": (1, None, ">= 1 or null", True),
     "diagnostics.grad_fidelity_every": (1, None, ">= 1", True),
+    "dist.world_size": (1, None, ">= 1 or null", True),
+    "dist.timeout_s": (0.0, None, "> 0", False),
 }
 
 
@@ -243,6 +260,10 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"train.save_best_by={cfg.train.save_best_by} is not reported with "
                           f"data.metric={cfg.data.metric} (it reports dev/em and {second}); set "
                           f"train.save_best_by={second}")
+    if cfg.optim.perturbation == "per_rank" and cfg.optim.replay != "full":
+        raise ConfigError(f"optim.perturbation=per_rank applies to optim.replay=full only (got "
+                          f"{cfg.optim.replay}): micro perturbs per micro-batch and rank anyway, last and none follow "
+                          f"their own rules; drop optim.perturbation")
     if cfg.optim.replay == "none" and cfg.diagnostics.grad_fidelity:
         raise ConfigError("diagnostics.grad_fidelity=true needs a SAM arm (optim.replay full|last|micro)")
 
@@ -402,12 +423,22 @@ def to_dict(cfg: DictConfig) -> dict:
 
 # Keys that do not change what a run computes: they are left out of the config hash so that the same experiment
 # keeps its id when it is written elsewhere, tracked differently, run with other thread counts or resumed.
-_HASH_EXCLUDED = ("results_dir", "run_name", "sweep", "tracking", "train.num_workers", "train.num_threads")
+_HASH_EXCLUDED = ("results_dir", "run_name", "sweep", "tracking", "train.num_workers", "train.num_threads",
+                  "dist.timeout_s")
+# Keys that change nothing a single process computes: left out of the hash of a single-process run, so such a run
+# keeps the id it had before data-parallel training existed (and sweeps still skip its completed directory).
+_HASH_SINGLE_PROCESS_EXCLUDED = ("dist", "optim.perturbation")
+
+
+def single_process(cfg: DictConfig) -> bool:
+    """dist.world_size is 1 or null (null means 1 unless torchrun started several processes)."""
+    return (OmegaConf.select(cfg, "dist.world_size") or 1) == 1
 
 
 def config_hash(cfg: DictConfig) -> str:
     data = to_dict(cfg)
-    for key in _HASH_EXCLUDED:
+    excluded = _HASH_EXCLUDED + (_HASH_SINGLE_PROCESS_EXCLUDED if single_process(cfg) else ())
+    for key in excluded:
         parts = key.split(".")
         node = data
         for part in parts[:-1]:
@@ -421,7 +452,8 @@ def run_id(cfg: DictConfig) -> str:
     """Deterministic run id: readable prefix + hash of everything that changes the computation."""
     if cfg.run_name:
         return str(cfg.run_name)
-    return f"{cfg.arm}-k{cfg.train.accumulation_steps}-s{cfg.seed}-{config_hash(cfg)}"
+    world = "" if single_process(cfg) else f"-w{cfg.dist.world_size}"
+    return f"{cfg.arm}-k{cfg.train.accumulation_steps}-s{cfg.seed}{world}-{config_hash(cfg)}"
 
 
 def run_dir(cfg: DictConfig) -> Path:

@@ -4,6 +4,9 @@ Reads top to bottom like the run itself: config → model and data (bad input fa
 → run directory (resume if a checkpoint is there) → windows of k micro-batches through `sam.train_step` → evaluation
 at every epoch end and at the end → summary. Exit codes: 0 completed (or already complete), 1 failed, 2 bad input,
 3 diverged, 130 interrupted.
+
+Data-parallel over N processes: `torchrun --standalone --nproc_per_node=N -m experiments.train ...` (the same
+arguments); experiments/distributed.py says what each rank does.
 """
 from __future__ import annotations
 
@@ -149,15 +152,17 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, cfg, run_dir: Path):
+    def __init__(self, cfg, run_dir: Path, dist=None):
         import torch
 
         from .data import load_examples, prepare_features
+        from .distributed import Dist
         from .model import load_model, load_tokenizer
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.device = pick_device(cfg.train.device)
+        self.dist = dist if dist is not None else Dist()  # one process unless torchrun started several
+        self.device = self.dist.device if self.dist.enabled else pick_device(cfg.train.device)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         if self.device.type == "cuda" and cfg.train.tf32:
@@ -186,9 +191,25 @@ class Trainer:
         self.model = load_model(cfg.model, self.tokenizer).to(self.device)
         # the module that runs forward passes; save_pretrained and the optimizer keep using self.model
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        # training forwards go through DDP when torchrun started the run (evaluation and diagnostics do not: they
+        # must not touch DDP's gradient synchronisation); DDP starts every rank from rank 0's weights
+        self.ddp = None
+        self.train_forward = self.forward
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # no buffer broadcast before every forward: the models here hold only constant buffers (position ids)
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                               else None, forward_sync_buffers=False)
+            self.train_forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+            if self.dist.world_size > 1:
+                from .distributed import rank_seed
+
+                seed_everything(rank_seed(cfg.seed, self.dist.rank))  # each rank its own dropout masks
         self.optimizer = build_optimizer(self.model, cfg.optim)
         t = cfg.train
-        self.micro_per_epoch = math.ceil(len(self.train) / t.micro_batch_size)
+        # one global micro-batch = world_size × micro_batch_size features, each rank a slice (see window_batches)
+        self.micro_per_epoch = math.ceil(len(self.train) / (t.micro_batch_size * self.dist.world_size))
         self.updates_per_epoch = math.ceil(self.micro_per_epoch / t.accumulation_steps)
         self.total_updates = t.epochs * self.updates_per_epoch
         if t.max_updates:
@@ -221,15 +242,22 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
-    def outputs(self, batch: dict):
-        """(model outputs, masked span loss) of one batch; see experiments.qa_loss for why not the model's loss."""
+    def outputs(self, batch: dict, forward=None):
+        """(model outputs, masked span loss) of one batch; see experiments.qa_loss for why not the model's loss.
+        `forward`: the module to run (default self.forward, the model without DDP)."""
         with self.autocast():
-            out = self.forward(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+            out = (forward if forward is not None else self.forward)(**{k: batch[k] for k in MODEL_INPUTS
+                                                                        if k in batch})
         loss = span_loss(out.start_logits, out.end_logits, batch["attention_mask"], batch["start_positions"],
                          batch["end_positions"])
         return out, loss
 
     def loss_fn(self, batch: dict):
+        """The training loss of one micro-batch, through DDP when data-parallel."""
+        return self.outputs(batch, self.train_forward)[1]
+
+    def local_loss_fn(self, batch: dict):
+        """The same loss without DDP (no gradient synchronisation): for the diagnostics."""
         return self.outputs(batch)[1]
 
     def evaluate(self, kind: str) -> dict:
@@ -237,7 +265,8 @@ class Trainer:
 
         Periodic evaluations score the fixed dev subset when `eval.subset_size` is set, the others the whole dev set.
         Batches are cut in length order; every batch's logits go back to its features' rows, so post-processing
-        maps each answer to its example id exactly as with unsorted batches.
+        maps each answer to its example id exactly as with unsorted batches. Data-parallel: each rank runs its
+        round-robin share of the batches, rank 0 gathers them all and scores; returns None on the other ranks.
         """
         import numpy as np
         import torch
@@ -249,12 +278,25 @@ class Trainer:
         self.model.eval()
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         pieces = []
+        batches = features.eval_batches(self.cfg.train.eval_batch_size)
+        if self.dist.enabled:
+            from .distributed import shard
+
+            batches = shard(batches, self.dist.rank, self.dist.world_size)
         with torch.inference_mode():
-            for index in features.eval_batches(self.cfg.train.eval_batch_size):
+            for index in batches:
                 out, loss = self.outputs(features.batch(index, self.device))
                 total_loss += loss.double() * len(index)
                 pieces.append((index, out.start_logits.float(), out.end_logits.float()))
         self.model.train()
+        if self.dist.enabled:  # every batch's rows and logits to rank 0 (as numpy: any backend carries them)
+            mine = ([(ix.numpy(), s.cpu().numpy(), e.cpu().numpy()) for ix, s, e in pieces], float(total_loss))
+            gathered = self.dist.gather(mine)
+            if gathered is None:
+                return None
+            pieces = [(torch.from_numpy(ix), torch.from_numpy(s), torch.from_numpy(e))
+                      for part, _ in gathered for ix, s, e in part]
+            total_loss = torch.tensor(sum(loss_sum for _, loss_sum in gathered), dtype=torch.float64)
         # positions past a batch's width are padding: their offsets are None, so post-processing never reads them
         starts = np.full((len(features), features.max_seq_length), -np.inf, dtype=np.float32)
         ends = np.full_like(starts, -np.inf)
@@ -294,7 +336,7 @@ class Trainer:
             p.best is None or (metrics[key] < p.best["value"] if key == "dev/loss" else metrics[key] > p.best["value"]))
         if better:
             p.best = {"metric": key, "value": metrics[key], **snapshot}
-            if self.cfg.train.save_model:
+            if self.cfg.train.save_model and self.dist.is_main:
                 from .model import save_pretrained_atomic
 
                 with self.timed("checkpoint_time"):
@@ -335,11 +377,24 @@ class Trainer:
 
     # -- one update ----------------------------------------------------------------------------------------------------
     def window_batches(self, window) -> tuple[list, list]:
-        """The window's micro-batches (lists of feature indices) as device batches, and their sizes."""
-        return [self.train.batch(ix, self.device) for ix in window], [len(ix) for ix in window]
+        """The window's micro-batches (lists of feature indices) as device batches, and their sizes.
 
-    def step(self, batches: list, sizes: list):
-        """One optimizer update on the window: `sam.train_step`, then the lr schedule.
+        Data-parallel: this rank's slice of each global micro-batch (`rank_slice`); an empty slice is the global
+        micro-batch's first row with size 0 (weight 0 in train_step), so every rank runs the same passes."""
+        if not self.dist.enabled:
+            return [self.train.batch(ix, self.device) for ix in window], [len(ix) for ix in window]
+        from .distributed import rank_slice
+
+        batches, sizes = [], []
+        for ix in window:
+            part = rank_slice(ix, self.dist.rank, self.dist.world_size)
+            batches.append(self.train.batch(part if len(part) else ix[:1], self.device))
+            sizes.append(len(part))
+        return batches, sizes
+
+    def step(self, batches: list, sizes: list, global_sizes: Optional[list] = None):
+        """One optimizer update on the window: `sam.train_step`, then the lr schedule. `global_sizes`: the global
+        micro-batches' sizes when data-parallel (`sizes` are this rank's slices).
 
         Returns (StepResult, wall seconds of train_step, the lr the update used). No host synchronisation per
         micro-batch: train_step reads its numbers once, at the end of the window.
@@ -350,8 +405,10 @@ class Trainer:
 
         start = time.perf_counter()
         o = self.cfg.optim
+        parallel = dict(ddp=self.ddp, perturbation=o.perturbation, global_sizes=global_sizes) if self.ddp else {}
         result = train_step(self.loss_fn, batches, self.optimizer, replay=o.replay, sizes=sizes,
-                            max_grad_norm=o.max_grad_norm, scaler=self.scaler, reuse_dropout_rng=o.reuse_dropout_rng)
+                            max_grad_norm=o.max_grad_norm, scaler=self.scaler, reuse_dropout_rng=o.reuse_dropout_rng,
+                            **parallel)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -362,12 +419,13 @@ class Trainer:
     def diagnose(self, batches, sizes) -> Optional[dict]:
         """The gradient-fidelity diagnostic on this window, when it is due (before the update, at its weights)."""
         d = self.cfg.diagnostics
-        if not d.grad_fidelity or self.progress.update % d.grad_fidelity_every:
+        if not d.grad_fidelity or self.progress.update % d.grad_fidelity_every or not self.dist.is_main:
             return None
         from .diagnostics import last_vs_full_gradient
 
+        # data-parallel: rank 0 alone, on its slices of the window, without DDP (a single-process window of them)
         with self.timed("diagnostic_time"):
-            return last_vs_full_gradient(self.model, self.loss_fn, batches, sizes, rho=self.cfg.optim.rho,
+            return last_vs_full_gradient(self.model, self.local_loss_fn, batches, sizes, rho=self.cfg.optim.rho,
                                          adaptive=self.cfg.optim.adaptive)
 
     def log_update(self, result, seconds: float, lr: float, diag: Optional[dict]) -> None:
@@ -398,7 +456,8 @@ class Trainer:
             with self.timed("eval_time"):
                 metrics = self.evaluate(kind)
             p.evaluations += 1
-            self.record_eval(metrics)
+            if metrics is not None:  # None on data-parallel ranks other than 0
+                self.record_eval(metrics)
         if t.checkpoint_every and p.update % t.checkpoint_every == 0 and not done:
             from .checkpoint import save_resume_state
 
@@ -410,14 +469,18 @@ class Trainer:
         self.tracker = tracker
         cfg, t, p = self.cfg, self.cfg.train, self.progress
         self.model.train()
-        bar = ProgressBar(self.total_updates, p.update, f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}")
+        bar = ProgressBar(self.total_updates, p.update, f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}",
+                          enabled=self.dist.is_main)
+        # data-parallel: the single-process order of micro-batches of world_size × micro_batch_size features
+        global_micro = t.micro_batch_size * self.dist.world_size
         while p.update < self.total_updates and p.epoch < t.epochs:
-            windows = epoch_windows(len(self.train), t.micro_batch_size, t.accumulation_steps, cfg.seed, p.epoch)
+            windows = epoch_windows(len(self.train), global_micro, t.accumulation_steps, cfg.seed, p.epoch)
             while p.window < len(windows) and p.update < self.total_updates:
                 batches, sizes = self.window_batches(windows[p.window])
+                global_sizes = [len(ix) for ix in windows[p.window]]
                 diag = self.diagnose(batches, sizes)
-                result, seconds, lr = self.step(batches, sizes)
-                p.update, p.window, p.examples = p.update + 1, p.window + 1, p.examples + sum(sizes)
+                result, seconds, lr = self.step(batches, sizes, global_sizes)
+                p.update, p.window, p.examples = p.update + 1, p.window + 1, p.examples + sum(global_sizes)
                 p.step_time_total += seconds
                 p.step_times.append(round(seconds, 5))
                 self.log_update(result, seconds, lr, diag)
@@ -427,7 +490,7 @@ class Trainer:
                     p.epoch, p.window = p.epoch + 1, 0
                 self.after_update(end_of_epoch)
         bar.close()
-        if cfg.train.save_model:
+        if cfg.train.save_model and self.dist.is_main:
             from .model import save_pretrained_atomic
 
             with self.timed("checkpoint_time"):
@@ -437,9 +500,10 @@ class Trainer:
 class ProgressBar:
     """tqdm with loss and ETA on a terminal; plain log lines (about 20 per run) when output is a file."""
 
-    def __init__(self, total: int, initial: int, label: str):
+    def __init__(self, total: int, initial: int, label: str, enabled: bool = True):
         self.total, self.label = total, label
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() and enabled
+        self.enabled = enabled
         self.every = max(1, total // 20)
         self.t0, self.initial = time.perf_counter(), initial
         self.bar = None
@@ -452,7 +516,7 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.3f}")
             self.bar.update(1)
-        elif update % self.every == 0 or update == self.total:
+        elif self.enabled and (update % self.every == 0 or update == self.total):
             done = update - self.initial
             rate = (time.perf_counter() - self.t0) / max(1, done)
             eta = rate * (self.total - update)
@@ -506,7 +570,7 @@ def prepare_run_dir(cfg, run_dir: Path) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .config import ConfigError, load_config, run_dir as run_dir_of, split_args
+    from .config import ConfigError, load_config, split_args
 
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
@@ -515,29 +579,52 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     files, overrides = split_args(argv)
     notes: list = []
+    from .distributed import setup as setup_distributed
+
     try:
         cfg = load_config(files, overrides, notes=notes)
-    except ConfigError as err:
+        ctx = setup_distributed(cfg)  # under torchrun: dist.world_size from it, then join the process group
+    except (ConfigError, ValueError) as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for note in notes:  # which setting wins where two disagree, and settings that have no effect here
+    if not ctx.is_main:  # data-parallel: rank 0 speaks for the run; the others report only what goes wrong
+        logging.getLogger().setLevel(logging.WARNING)
+    for note in notes if ctx.is_main else ():  # which setting wins where two disagree, settings with no effect here
         print(note, file=sys.stderr)
     _offline_defaults(cfg)
-    run_dir = run_dir_of(cfg)
     try:
-        action = prepare_run_dir(cfg, run_dir)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        return _run(cfg, ctx)
+    finally:
+        ctx.close()
+
+
+def _run(cfg, ctx) -> int:
+    """The run once the config is loaded (and, data-parallel, the process group joined)."""
+    from .config import run_dir as run_dir_of
+
+    run_dir = run_dir_of(cfg)
+    decided = None
+    if ctx.is_main:  # rank 0 decides before anyone writes, and tells the others
+        try:
+            decided = prepare_run_dir(cfg, run_dir)
+        except ValueError as err:
+            decided = ("error", str(err))
+    decided = ctx.broadcast(decided)
+    if isinstance(decided, tuple):
+        if ctx.is_main:
+            print(f"error: {decided[1]}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    action = decided
     if action in ("completed", "diverged"):
-        print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
+        if ctx.is_main:
+            print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
         return EXIT_OK if action == "completed" else EXIT_DIVERGED
 
     from .data import DataError, describe_data
     from .model import ModelError
 
     try:
-        trainer = Trainer(cfg, run_dir)  # model and data: bad input fails here, before the run dir is touched
+        trainer = Trainer(cfg, run_dir, ctx)  # model and data: bad input fails here, before the run dir is touched
     except (DataError, ModelError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -549,24 +636,36 @@ def main(argv: Optional[list[str]] = None) -> int:
         from .checkpoint import load_resume_state
 
         resume = load_resume_state(trainer)
+        if len(set(ctx.all_gather(resume))) > 1:
+            print(f"error: the ranks could not all read the resume checkpoint in {run_dir}", file=sys.stderr)
+            return EXIT_FAILED
         if not resume:
             log.warning("resume checkpoint unusable; starting %s over", run_dir)
-    if not resume and action == "restart":
+    if not resume and action == "restart" and ctx.is_main:
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-    tracker = RunTracker(cfg, run_dir, resume=resume, device=trainer.device)
+    if ctx.is_main:
+        tracker = RunTracker(cfg, run_dir, resume=resume, device=trainer.device)
+    else:
+        from .distributed import NullTracker
+
+        tracker = NullTracker(ctx.rank)
     if resume:
         tracker.rewind(trainer.progress.update)
     from .model import count_parameters
 
     tracker.update_summary(data=trainer.data_stats, parameters=count_parameters(trainer.model),
                            total_updates=trainer.total_updates,
-                           optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))})
-    print(describe_data(trainer.data_stats), file=sys.stderr)
-    where = f"resuming at update {trainer.progress.update}" if resume else "starting"
-    print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
-          f"features, device {trainer.device})", file=sys.stderr)
+                           optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))},
+                           **({"dist": ctx.describe()} if ctx.enabled else {}))
+    if ctx.is_main:
+        print(describe_data(trainer.data_stats), file=sys.stderr)
+        where = f"resuming at update {trainer.progress.update}" if resume else "starting"
+        ranks = f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
+        print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
+              f"features, device {trainer.device}{ranks})", file=sys.stderr)
     try:
-        trainer.run(tracker)
+        with ctx.sigterm_raises():  # data-parallel: torchrun's SIGTERM (another rank failed) ends the run as failed
+            trainer.run(tracker)
     except Diverged as err:
         p = trainer.progress
         wall = tracker.elapsed()
@@ -575,9 +674,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                        time=trainer.time_summary(wall))
         print(f"diverged: {err} ({run_dir})", file=sys.stderr)
         return EXIT_DIVERGED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C; data-parallel also SIGTERM (distributed.Terminated)
         tracker.write_text("error.log", traceback.format_exc())
-        tracker.finish("failed", reason="interrupted (KeyboardInterrupt)", updates=trainer.progress.update)
+        tracker.finish("failed", reason=str(err) or "interrupted (KeyboardInterrupt)", updates=trainer.progress.update)
         print(f"interrupted: {run_dir} (rerun the same command to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 - recorded, then reported as one line
@@ -594,6 +693,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
         time=trainer.time_summary(wall),
     )
+    if not ctx.is_main:
+        return EXIT_OK
     f = summary.get("final", {})
     from .qa_eval import metric_keys
 

@@ -122,7 +122,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     out = {}
     for case in CASES:
         model, opt = build(case)
-        ddp = DDP(model, broadcast_buffers=False)
+        ddp = DDP(model, forward_sync_buffers=False)
         buckets: list[int] = []
 
         def counting_hook(state, bucket):
