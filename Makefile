@@ -14,6 +14,8 @@ ARM     ?= sam_full
 RESULTS ?= results
 ARGS    ?=
 JOBS    ?= 2  # runs at a time in sweeps: on this 2-core CPU two 1-thread runs beat one 2-thread run
+NPROC   ?= 1  # processes of one run: > 1 trains it data-parallel under torchrun (one per GPU; gloo on the CPU)
+TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness sync bench-sam bench-train clean
@@ -38,11 +40,11 @@ test: $(STAMP)  ## run the test suite (CPU, about 2.5 min)
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
 
-run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro, ARGS="key=value ...")
-	$(PY) -m experiments.train configs/default.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
+run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro, ARGS="key=value ...", NPROC=N)
+	$(TRAIN) configs/default.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
 
-smoke: $(STAMP)  ## a full tiny run (about 10 s)
-	$(PY) -m experiments.train configs/smoke.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
+smoke: $(STAMP)  ## a full tiny run (about 10 s; NPROC=2: the same data-parallel)
+	$(TRAIN) configs/smoke.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
 
 # A sweep with failed or diverged runs still gets its report (which lists them); the exit status stays non-zero.
 # Config errors (exit 2) stop before anything else.
