@@ -18,7 +18,7 @@ NPROC   ?= 1  # processes of one run: > 1 trains it data-parallel under torchrun
 TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness sync bench-sam bench-train clean
+.PHONY: help setup test test-fast run smoke run-all smoke-all report sharpness sync bench-sam bench-train bench-ddp clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ bench-sam: $(STAMP)  ## SAM overhead benchmark on the embedded MiniLM (writes re
 
 bench-train: $(STAMP)  ## the training loop vs HF Trainer and a pytorch_optimizer.SAM loop (results/bench/train.json)
 	$(PY) -m experiments.bench_train $(ARGS)
+
+bench-ddp: $(STAMP)  ## data-parallel SAM: the extra all-reduce of the global perturbation (NPROC=2 gloo processes)
+	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(or $(filter-out 1,$(strip $(NPROC))),2) -m experiments.bench_ddp $(ARGS)
 
 clean:  ## remove caches and raw runs (keeps .venv and results/report)
 	rm -rf results/runs .cache .pytest_cache
