@@ -238,3 +238,47 @@ def test_kill_9_of_one_rank_fails_the_run_quickly_and_the_same_command_resumes(t
                    / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [e["update"] for e in train_events(target)] == list(range(1, done["updates"] + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through /proc")
+def test_a_stuck_rank_fails_the_run_after_the_collective_timeout(tmp_path):
+    """SIGSTOP of rank 1 (a hang, not a death: its connections stay open): rank 0 waits in its next all-reduce until
+    dist.timeout_s, records `failed`, exits; torchrun then stops the stuck rank. Nothing waits forever."""
+    timeout_s = 8
+    results = tmp_path / "stuck"
+    command = [*TORCHRUN, *TRAIN, f"results_dir={results}", "train.checkpoint_every=3", "run_name=stuck",
+               "tracking.mode=disabled", f"dist.timeout_s={timeout_s}"]
+    launcher = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+    target = results / "runs" / "adhoc" / "stuck"
+    victim = None
+    try:
+        deadline = time.monotonic() + 300
+        while not (target / "checkpoint" / "resume" / "trainer.json").exists():
+            assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        victim = worker_pid(launcher, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        while summary_of(target)["status"] == "running":
+            assert time.monotonic() - stopped_at < timeout_s + 60, "rank 0 still waits"
+            time.sleep(0.1)
+        recorded = time.monotonic() - stopped_at
+        code = launcher.wait(timeout=timeout_s + 90)  # torchrun: SIGTERM, then SIGKILL 30 s later, to the stuck rank
+        ended = time.monotonic() - stopped_at
+    finally:
+        if victim is not None:
+            try:
+                os.kill(victim, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if launcher.poll() is None:
+            launcher.kill()
+    failed = summary_of(target)
+    assert code != 0 and failed["status"] == "failed", failed
+    assert recorded >= timeout_s - 1  # it was the timeout, not something else, that ended the wait
+    print(f"SIGSTOP of rank 1: failed recorded after {recorded:.1f} s (timeout {timeout_s} s), torchrun ended after "
+          f"{ended:.1f} s; reason: {failed['reason'][:160]}")
