@@ -138,7 +138,8 @@ class TrackingConfig:
 
 @dataclass
 class DiagnosticsConfig:
-    grad_fidelity: bool = False  # log cos(last-replay grad, full-replay grad) on the same window
+    # log cos(last-replay grad, full-replay grad) on the same window (data-parallel: on rank 0's slices of it)
+    grad_fidelity: bool = False
     grad_fidelity_every: int = 10  # updates
 
 
