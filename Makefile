@@ -21,9 +21,12 @@ RESULTS ?= results
 JOBS    ?= 2
 #= SWEEP    the sweep make report / make sharpness read (default ablation, whose report is results/report)
 SWEEP   ?= ablation
+#= NPROC    processes of one run for make run / smoke (default 1; > 1: data-parallel under torchrun, gloo on the CPU)
+NPROC   ?= 1
+TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast run smoke run-all run-all-gpu smoke-all report sharpness notebook sync bench-sam bench-train clean
+.PHONY: help setup test test-fast run smoke run-all run-all-gpu smoke-all report sharpness notebook sync bench-sam bench-train bench-ddp clean
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -41,17 +44,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-test: $(STAMP)  ## run the test suite (CPU, about 2.5 min)
+test: $(STAMP)  ## run the test suite (CPU, about 7 min on 2 shared cores)
 	$(PY) -m pytest -q tests $(ARGS)
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
 
-run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro, ARGS="key=value ...")
-	$(PY) -m experiments.train configs/default.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
+run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro, ARGS="key=value ...", NPROC=N)
+	$(TRAIN) configs/default.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
 
-smoke: $(STAMP)  ## a full tiny run (about 10 s)
-	$(PY) -m experiments.train configs/smoke.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
+smoke: $(STAMP)  ## a full tiny run (about 10 s; NPROC=2: the same data-parallel)
+	$(TRAIN) configs/smoke.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
 
 # A sweep with failed or diverged runs still gets its report (which lists them); the exit status stays non-zero.
 # Config errors (exit 2) stop before anything else.
@@ -92,6 +95,9 @@ bench-sam: $(STAMP)  ## SAM overhead benchmark on the embedded MiniLM (writes re
 
 bench-train: $(STAMP)  ## the training loop vs HF Trainer and a pytorch_optimizer.SAM loop (results/bench/train.json)
 	$(PY) -m experiments.bench_train $(ARGS)
+
+bench-ddp: $(STAMP)  ## data-parallel SAM: the extra all-reduce of the global perturbation (NPROC=2 gloo processes)
+	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(or $(filter-out 1,$(strip $(NPROC))),2) -m experiments.bench_ddp $(ARGS)
 
 clean:  ## remove caches and raw runs (keeps .venv and results/report)
 	rm -rf results/runs .cache .pytest_cache

@@ -9,6 +9,10 @@ The directory is written as resume.tmp and swapped in with renames; a crash betw
 which `load_resume_state` falls back to. The data order is a function of (seed, epoch), so (epoch, window) is the
 whole data position. `resume_point` says from which update a run directory can resume without loading anything
 (torch is imported only to save or load).
+
+Data-parallel: every rank calls both functions at the same update. The weights, optimizer, scheduler and scaler are
+the same on every rank (DDP keeps them so), so rank 0 writes its own; the torch RNG states (each rank draws its own
+dropout masks) are gathered to rank 0 and stored per rank (`rank_rng` in state.pt), and each rank reads back its own.
 """
 from __future__ import annotations
 
@@ -45,10 +49,26 @@ def remove_resume_state(run_dir) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def save_resume_state(trainer) -> Path:
+def _rng_state(trainer) -> tuple:
+    """(CPU generator state, CUDA generator state of this rank's device or None)."""
+    import torch
+
+    cuda = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def save_resume_state(trainer) -> Optional[Path]:
+    """Write the resume checkpoint; returns its folder (None on data-parallel ranks other than 0, which only hand
+    their RNG states to rank 0)."""
     import numpy as np
     import torch
     from safetensors.torch import save_model
+
+    dist = getattr(trainer, "dist", None)
+    parallel = dist is not None and dist.world_size > 1
+    rank_rng = dist.gather(_rng_state(trainer)) if parallel else None
+    if parallel and not dist.is_main:
+        return None
 
     target, tmp, old = _resume_dirs(trainer.run_dir)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -61,6 +81,8 @@ def save_resume_state(trainer) -> Path:
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
+    if rank_rng is not None:
+        state["rank_rng"] = [list(pair) for pair in rank_rng]
     torch.save(state, tmp / "state.pt")
     np_state = np.random.get_state()
     py_state = random.getstate()
@@ -91,16 +113,26 @@ def load_resume_state(trainer) -> bool:
     if folder is None:
         return False
     meta = json.loads((folder / "trainer.json").read_text())
+    state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+    dist = getattr(trainer, "dist", None)
+    parallel = dist is not None and dist.world_size > 1
+    if parallel and len(state.get("rank_rng") or ()) != dist.world_size:
+        return False  # not written by a run of this many processes (checked before anything is loaded)
     missing, unexpected = load_model(trainer.model, str(folder / "model.safetensors"), strict=True,
                                      device=str(trainer.device))
-    state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     if trainer.scaler is not None and state["scaler"] is not None:
         trainer.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if parallel:
+        cpu_state, cuda_state = state["rank_rng"][dist.rank]
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None and trainer.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_state, trainer.device)
+    else:
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
     py = meta["python_rng"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npr = meta["numpy_rng"]

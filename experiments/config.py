@@ -91,6 +91,10 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     replay: str = "full"  # none (AdamW) | full (correct SAM) | last (the copied bug) | micro (m-SAM)
+    # data-parallel full replay (dist.world_size > 1): global = one e from the all-reduced window gradient (equals
+    # single-process full on the global window); per_rank = each rank's e from its own gradient (the SAM paper's
+    # per-accelerator m-SAM, one all-reduce fewer). The same algorithm in a single process.
+    perturbation: str = "global"
     lr: float = 3e-4
     weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -153,8 +157,18 @@ class TrackingConfig:
 
 @dataclass
 class DiagnosticsConfig:
-    grad_fidelity: bool = False  # log cos(last-replay grad, full-replay grad) on the same window
+    # log cos(last-replay grad, full-replay grad) on the same window (data-parallel: on rank 0's slices of it)
+    grad_fidelity: bool = False
     grad_fidelity_every: int = 10  # updates
+
+
+@dataclass
+class DistConfig:
+    # processes of one data-parallel run (torchrun --nproc_per_node × nodes); null: as torchrun started the run (1
+    # without torchrun), written back into the resolved config. train.micro_batch_size is per process: a window is
+    # world_size × accumulation_steps micro-batches
+    world_size: Optional[int] = None
+    timeout_s: float = 600.0  # a collective that waits longer fails the run (a rank that died or hangs)
 
 
 @dataclass
@@ -172,6 +186,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 # Allowed values of string keys (the type alone cannot say them).
@@ -179,6 +194,7 @@ CHOICES = {
     "data.source": ("generated", "files", "hub"),
     "data.metric": ("squad", "char", "klue"),
     "optim.replay": ("none", "full", "last", "micro"),
+    "optim.perturbation": ("global", "per_rank"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.save_best_by": ("dev/f1", "dev/loss", "dev/em", "dev/rouge_w"),
@@ -220,6 +236,8 @@ RANGES = {
     "eval.max_answer_length": (1, None, ">= 1", True),
     "eval.subset_size": (1, None, ">= 1 or null", True),
     "diagnostics.grad_fidelity_every": (1, None, ">= 1", True),
+    "dist.world_size": (1, None, ">= 1 or null", True),
+    "dist.timeout_s": (0.0, None, "> 0", False),
 }
 
 
@@ -266,6 +284,10 @@ def _check_values(cfg: DictConfig, where=lambda *keys: "") -> None:
         raise ConfigError(f"train.save_best_by={cfg.train.save_best_by} is not reported with "
                           f"data.metric={cfg.data.metric} (it reports dev/em and {second}); set "
                           f"train.save_best_by={second}{where('train.save_best_by', 'data.metric')}")
+    if cfg.optim.perturbation == "per_rank" and cfg.optim.replay != "full":
+        raise ConfigError(f"optim.perturbation=per_rank applies to optim.replay=full only (got "
+                          f"{cfg.optim.replay}): micro perturbs per micro-batch and rank anyway, last and none follow "
+                          f"their own rules; drop optim.perturbation{where('optim.perturbation', 'optim.replay')}")
     if cfg.optim.replay == "none" and cfg.diagnostics.grad_fidelity:
         raise ConfigError("diagnostics.grad_fidelity=true needs a SAM arm (optim.replay full|last|micro)"
                           f"{where('diagnostics.grad_fidelity', 'optim.replay')}")
@@ -570,12 +592,21 @@ def to_dict(cfg: DictConfig) -> dict:
 # keeps its id when it is written elsewhere, tracked differently, run with other thread counts or resumed (also
 # with another checkpoint interval: resuming gives bitwise the uninterrupted run, tests/test_reliability.py).
 _HASH_EXCLUDED = ("results_dir", "run_name", "sweep", "tracking", "train.num_workers", "train.num_threads",
-                  "train.checkpoint_every", "train.checkpoint_every_minutes")
+                  "train.checkpoint_every", "train.checkpoint_every_minutes", "dist.timeout_s")
+# Keys that change nothing a single process computes: left out of the hash of a single-process run, so such a run
+# keeps the id it had before data-parallel training existed (and sweeps still skip its completed directory).
+_HASH_SINGLE_PROCESS_EXCLUDED = ("dist", "optim.perturbation")
+
+
+def single_process(cfg: DictConfig) -> bool:
+    """dist.world_size is 1 or null (null means 1 unless torchrun started several processes)."""
+    return (OmegaConf.select(cfg, "dist.world_size") or 1) == 1
 
 
 def config_hash(cfg: DictConfig) -> str:
     data = to_dict(cfg)
-    for key in _HASH_EXCLUDED:
+    excluded = _HASH_EXCLUDED + (_HASH_SINGLE_PROCESS_EXCLUDED if single_process(cfg) else ())
+    for key in excluded:
         parts = key.split(".")
         node = data
         for part in parts[:-1]:
@@ -589,7 +620,8 @@ def run_id(cfg: DictConfig) -> str:
     """Deterministic run id: readable prefix + hash of everything that changes the computation."""
     if cfg.run_name:
         return str(cfg.run_name)
-    return f"{cfg.arm}-k{cfg.train.accumulation_steps}-s{cfg.seed}-{config_hash(cfg)}"
+    world = "" if single_process(cfg) else f"-w{cfg.dist.world_size}"
+    return f"{cfg.arm}-k{cfg.train.accumulation_steps}-s{cfg.seed}{world}-{config_hash(cfg)}"
 
 
 def run_dir(cfg: DictConfig) -> Path:

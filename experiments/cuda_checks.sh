@@ -5,6 +5,8 @@
 #   3. one AdamW and one full-replay SAM run end to end in bf16 with a bert-base-sized model on the generated set
 #   4. bench-train in bf16 with a bert-base-sized model at seq 384 on SQuAD-like lengths: product vs HF Trainer and
 #      vs a pytorch_optimizer.SAM loop, examples/s and model FLOPs utilisation (MFU)
+#   5. the data-parallel path on CUDA: torchrun --nproc_per_node=1 (nccl, DDP, sharded evaluation) on the smoke
+#      config, against the same run in one plain process (a 1-process DDP run computes the same update)
 # Results (logs, JSON) go to $OUT (default results/cuda). Works offline: the models are built from their configs
 # with random weights (step time does not depend on the weight values), tokenizer from $TOK or the embedded package.
 set -uo pipefail
@@ -67,3 +69,20 @@ echo "== 4. bench-train, CUDA bf16, bert-base-sized (random weights), SQuAD-like
 $PY -m experiments.bench_train --device cuda --precision bf16 --model bert-base-random --micro-batch 32 \
     --cases squad384 sam_squad384 --squad-examples 2000 --out "$OUT/bench_train_cuda.json" 2>&1 \
     | grep -v "Loading weights" | tail -12 | tee "$OUT/bench_train_cuda.txt"
+
+echo "== 5. data-parallel path on CUDA: torchrun --nproc_per_node=1 (nccl) vs one plain process, smoke config"
+for how in ddp-nccl-1 plain; do
+  launcher=("$PY")
+  [ "$how" = ddp-nccl-1 ] && launcher=("$PY" -m torch.distributed.run --standalone --nproc_per_node=1)
+  "${launcher[@]}" -m experiments.train configs/smoke.yaml train.device=cuda model.dropout=0 tracking.mode=disabled \
+      results_dir=/tmp/cuda_runs run_name="smoke-$how" 2>&1 | grep -v "Loading weights\|Writing model" | tail -2
+  cp "/tmp/cuda_runs/runs/adhoc/smoke-$how/summary.json" "$OUT/smoke_$how.json"
+done
+$PY - "$OUT/smoke_ddp-nccl-1.json" "$OUT/smoke_plain.json" <<'EOF' | tee "$OUT/ddp_nccl.txt"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+print(f"torchrun x1: status {a['status']}, dist {a.get('dist')}; plain: status {b['status']}")
+for key in ("train/loss", "dev/loss", "dev/f1", "dev/em"):
+    x, y = a["final"][key], b["final"][key]
+    print(f"  {key}: torchrun {x:.8g}  plain {y:.8g}  rel diff {abs(x - y) / max(abs(y), 1e-12):.2e}")
+EOF

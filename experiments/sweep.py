@@ -1,6 +1,7 @@
 """The sweep runner: a grid of configs → one training run each, skipping what is done and recording what failed.
 
     python -m experiments.sweep SWEEP.yaml [key=value ...] [--dry-run] [--jobs N] [--gpus auto|none|0,1]
+                                [--gpus-per-run N]
 
 A sweep file:
 
@@ -36,7 +37,12 @@ atomically at every change.
 A run whose directory holds a completed (or diverged) summary.json with the same config hash is skipped; a failed or
 interrupted one is started again (train.py resumes it from its checkpoint); a directory whose summary.json carries a
 different config hash is never touched (recorded as skipped, with the reason). A run that fails or diverges is
-recorded with its reason and the sweep goes on. Exit code: 0 when every run is completed, 1 when any is not,
+recorded with its reason and the sweep goes on.
+
+`--gpus-per-run N` (N > 1) makes each run data-parallel: one `torchrun --standalone --nproc_per_node=N` per run
+(`python -m torch.distributed.run`, a free port each), `dist.world_size=N` added to every run's overrides (so its run
+id says so), and the GPUs cut into slots of N (`CUDA_VISIBLE_DEVICES=0,1`, `2,3`, ...; GPUs left over are unused).
+Without GPUs each run is N processes on the CPU (gloo), --jobs runs at a time. Exit code: 0 when every run is completed, 1 when any is not,
 2 for a config error, 130 after Ctrl-C (the running children get SIGINT, then SIGTERM after a grace period, and
 are recorded as interrupted).
 """
@@ -491,20 +497,37 @@ def _cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def pick_gpus(choice: str) -> list[str]:
-    """--gpus → the CUDA_VISIBLE_DEVICES value of each slot ([] = leave the children's devices alone)."""
+def pick_gpus(choice: str, per_run: int = 1) -> list[str]:
+    """--gpus (and --gpus-per-run) → the CUDA_VISIBLE_DEVICES value of each slot, a slot being `per_run` GPUs
+    ([] = leave the children's devices alone: one run at a time per --jobs, on whatever device it picks)."""
     if choice == "none":
         return []
     if choice == "auto":
         count = _cuda_device_count()
-        if count <= 1:
+        if count <= (1 if per_run == 1 else 0):  # one run on one GPU needs no slots; several GPUs per run do
             return []
         visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-        return visible[:count] if len(visible) >= count else [str(i) for i in range(count)]
-    gpus = [d.strip() for d in choice.split(",") if d.strip()]
-    if not gpus:
-        raise SweepError(f"--gpus {choice!r}: expected auto, none or a list of device ids such as 0,1")
-    return gpus
+        gpus = visible[:count] if len(visible) >= count else [str(i) for i in range(count)]
+    else:
+        gpus = [d.strip() for d in choice.split(",") if d.strip()]
+        if not gpus:
+            raise SweepError(f"--gpus {choice!r}: expected auto, none or a list of device ids such as 0,1")
+    return gpu_slots(gpus, per_run)
+
+
+def gpu_slots(gpus: list[str], per_run: int) -> list[str]:
+    """Consecutive groups of `per_run` device ids, each a CUDA_VISIBLE_DEVICES value ("0,1"); a remainder is unused."""
+    if len(gpus) < per_run:
+        raise SweepError(f"--gpus-per-run {per_run} needs at least {per_run} GPUs; got {len(gpus)} "
+                         f"({','.join(gpus)})")
+    return [",".join(gpus[i:i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)]
+
+
+def torchrun_command(train_cmd: list[str], nproc: int) -> list[str]:
+    """`python -m experiments.train` (or `python SCRIPT`) → the same under torchrun with `nproc` processes, started
+    by the same interpreter (`python -m torch.distributed.run` is the `torchrun` console script)."""
+    return [train_cmd[0], "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *train_cmd[1:]]
 
 
 def _cpu_cores() -> int:
@@ -524,12 +547,17 @@ class _Child:
 
 
 class Runner:
-    def __init__(self, runs: list[Run], manifest: Manifest, train_cmd: list[str], jobs: int, gpus: list[str]):
-        self.runs, self.manifest, self.train_cmd = runs, manifest, train_cmd
+    def __init__(self, runs: list[Run], manifest: Manifest, train_cmd: list[str], jobs: int, gpus: list[str],
+                 procs_per_run: int = 1):
+        """gpus: one CUDA_VISIBLE_DEVICES value per slot ([]: --jobs slots that leave the devices alone);
+        procs_per_run > 1: each run is a torchrun of that many processes."""
+        self.runs, self.manifest = runs, manifest
+        self.train_cmd = torchrun_command(train_cmd, procs_per_run) if procs_per_run > 1 else train_cmd
         self.gpus = list(gpus)
         self.jobs = len(gpus) if gpus else max(1, jobs)
         # CPU runs side by side share the cores, unless the user chose the thread count (config or environment).
-        self.threads = max(1, _cpu_cores() // self.jobs) if not gpus and self.jobs > 1 else None
+        processes = self.jobs * procs_per_run
+        self.threads = max(1, _cpu_cores() // processes) if not gpus and processes > 1 else None
         self.total = len(runs)
         self.t0 = time.monotonic()
         self.walls: list[tuple[str, float]] = []  # (arm, wall time) of the runs finished in this invocation
@@ -777,6 +805,12 @@ def _parser() -> argparse.ArgumentParser:
         help="auto (one run per GPU when there are several), none, or device ids such as 0,1 (default auto); "
         "with GPUs, --jobs is the number of GPUs",
     )
+    parser.add_argument(
+        "--gpus-per-run",
+        type=int,
+        default=1,
+        help="N > 1: each run data-parallel over N GPUs (one torchrun per run; without GPUs, N CPU processes)",
+    )
     parser.add_argument("--train-cmd", default=None, help=argparse.SUPPRESS)  # tests: a stand-in trainer
     return parser
 
@@ -787,8 +821,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         print(f"sweep: error: {bad[0]!r} is not key=value (the sweep file comes first, once)", file=sys.stderr)
         return 2
-    if args.jobs < 1:
-        print("sweep: error: --jobs must be >= 1", file=sys.stderr)
+    if args.jobs < 1 or args.gpus_per_run < 1:
+        print(f"sweep: error: {'--jobs' if args.jobs < 1 else '--gpus-per-run'} must be >= 1", file=sys.stderr)
         return 2
     try:
         spec = load_sweep(args.sweep_file)
@@ -801,8 +835,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 spec.name = value.strip()
             else:
                 cli.append(item)
+        if args.gpus_per_run > 1:  # the run ids (and configs) say how many processes train each run
+            cli.append(f"dist.world_size={args.gpus_per_run}")
         runs = expand(spec, cli)
-        gpus = [] if args.dry_run else pick_gpus(args.gpus)
+        gpus = [] if args.dry_run else pick_gpus(args.gpus, args.gpus_per_run)
     except SweepError as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
@@ -815,9 +851,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     manifest = Manifest(spec, runs, sweep_dir, cli)
     manifest.write()
-    runner = Runner(runs, manifest, _train_command(args.train_cmd), args.jobs, gpus)
+    runner = Runner(runs, manifest, _train_command(args.train_cmd), args.jobs, gpus, args.gpus_per_run)
     todo = sum(run.action in ("run", "rerun") for run in runs)
-    where = f"{len(gpus)} GPUs" if gpus else f"{runner.jobs} at a time"
+    per_run = args.gpus_per_run
+    where = (f"{len(gpus)} GPU slots of {per_run}" if gpus and per_run > 1 else f"{len(gpus)} GPUs" if gpus
+             else f"{runner.jobs} at a time" + (f", {per_run} processes each" if per_run > 1 else ""))
     print(
         f"sweep {spec.name}: {len(runs)} runs, {todo} to run ({where}), {len(runs) - todo} already done or left alone"
         f" → {manifest.path}",

@@ -9,6 +9,9 @@ summary.json says failed with the reason "interrupted by SIGTERM at update N of 
 command resumes (from the last resume checkpoint: train.checkpoint_every / train.checkpoint_every_minutes) or starts
 over. Exit codes: 0 completed (or already complete), 1 failed, 2 bad input, 3 diverged, 128 + the signal's number when
 interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+
+Data-parallel over N processes: `torchrun --standalone --nproc_per_node=N -m experiments.train ...` (the same
+arguments); experiments/distributed.py says what each rank does.
 """
 from __future__ import annotations
 
@@ -203,15 +206,17 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, cfg, run_dir: Path):
+    def __init__(self, cfg, run_dir: Path, dist=None):
         import torch
 
         from .data import load_examples, prepare_features
+        from .distributed import Dist
         from .model import load_model, load_tokenizer
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.device = pick_device(cfg.train.device)
+        self.dist = dist if dist is not None else Dist()  # one process unless torchrun started several
+        self.device = self.dist.device if self.dist.enabled else pick_device(cfg.train.device)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         if self.device.type == "cuda" and cfg.train.tf32:
@@ -240,9 +245,25 @@ class Trainer:
         self.model = load_model(cfg.model, self.tokenizer).to(self.device)
         # the module that runs forward passes; save_pretrained and the optimizer keep using self.model
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        # training forwards go through DDP when torchrun started the run (evaluation and diagnostics do not: they
+        # must not touch DDP's gradient synchronisation); DDP starts every rank from rank 0's weights
+        self.ddp = None
+        self.train_forward = self.forward
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # no buffer broadcast before every forward: the models here hold only constant buffers (position ids)
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                               else None, forward_sync_buffers=False)
+            self.train_forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+            if self.dist.world_size > 1:
+                from .distributed import rank_seed
+
+                seed_everything(rank_seed(cfg.seed, self.dist.rank))  # each rank its own dropout masks
         self.optimizer = build_optimizer(self.model, cfg.optim)
         t = cfg.train
-        self.micro_per_epoch = math.ceil(len(self.train) / t.micro_batch_size)
+        # one global micro-batch = world_size × micro_batch_size features, each rank a slice (see window_batches)
+        self.micro_per_epoch = math.ceil(len(self.train) / (t.micro_batch_size * self.dist.world_size))
         self.updates_per_epoch = math.ceil(self.micro_per_epoch / t.accumulation_steps)
         self.total_updates = t.epochs * self.updates_per_epoch
         if t.max_updates:
@@ -275,15 +296,22 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
-    def outputs(self, batch: dict):
-        """(model outputs, masked span loss) of one batch; see experiments.qa_loss for why not the model's loss."""
+    def outputs(self, batch: dict, forward=None):
+        """(model outputs, masked span loss) of one batch; see experiments.qa_loss for why not the model's loss.
+        `forward`: the module to run (default self.forward, the model without DDP)."""
         with self.autocast():
-            out = self.forward(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+            out = (forward if forward is not None else self.forward)(**{k: batch[k] for k in MODEL_INPUTS
+                                                                        if k in batch})
         loss = span_loss(out.start_logits, out.end_logits, batch["attention_mask"], batch["start_positions"],
                          batch["end_positions"])
         return out, loss
 
     def loss_fn(self, batch: dict):
+        """The training loss of one micro-batch, through DDP when data-parallel."""
+        return self.outputs(batch, self.train_forward)[1]
+
+    def local_loss_fn(self, batch: dict):
+        """The same loss without DDP (no gradient synchronisation): for the diagnostics."""
         return self.outputs(batch)[1]
 
     def evaluate(self, kind: str) -> dict:
@@ -291,7 +319,8 @@ class Trainer:
 
         Periodic evaluations score the fixed dev subset when `eval.subset_size` is set, the others the whole dev set.
         Batches are cut in length order; every batch's logits go back to its features' rows, so post-processing
-        maps each answer to its example id exactly as with unsorted batches.
+        maps each answer to its example id exactly as with unsorted batches. Data-parallel: each rank runs its
+        round-robin share of the batches, rank 0 gathers them all and scores; returns None on the other ranks.
         """
         import numpy as np
         import torch
@@ -303,12 +332,25 @@ class Trainer:
         self.model.eval()
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         pieces = []
+        batches = features.eval_batches(self.cfg.train.eval_batch_size)
+        if self.dist.enabled:
+            from .distributed import shard
+
+            batches = shard(batches, self.dist.rank, self.dist.world_size)
         with torch.inference_mode():
-            for index in features.eval_batches(self.cfg.train.eval_batch_size):
+            for index in batches:
                 out, loss = self.outputs(features.batch(index, self.device))
                 total_loss += loss.double() * len(index)
                 pieces.append((index, out.start_logits.float(), out.end_logits.float()))
         self.model.train()
+        if self.dist.enabled:  # every batch's rows and logits to rank 0 (as numpy: any backend carries them)
+            mine = ([(ix.numpy(), s.cpu().numpy(), e.cpu().numpy()) for ix, s, e in pieces], float(total_loss))
+            gathered = self.dist.gather(mine)
+            if gathered is None:
+                return None
+            pieces = [(torch.from_numpy(ix), torch.from_numpy(s), torch.from_numpy(e))
+                      for part, _ in gathered for ix, s, e in part]
+            total_loss = torch.tensor(sum(loss_sum for _, loss_sum in gathered), dtype=torch.float64)
         # positions past a batch's width are padding: their offsets are None, so post-processing never reads them
         starts = np.full((len(features), features.max_seq_length), -np.inf, dtype=np.float32)
         ends = np.full_like(starts, -np.inf)
@@ -348,7 +390,7 @@ class Trainer:
             p.best is None or (metrics[key] < p.best["value"] if key == "dev/loss" else metrics[key] > p.best["value"]))
         if better:
             p.best = {"metric": key, "value": metrics[key], **snapshot}
-            if self.cfg.train.save_model:
+            if self.cfg.train.save_model and self.dist.is_main:
                 from .model import save_pretrained_atomic
 
                 with self.timed("checkpoint_time"):
@@ -420,15 +462,32 @@ class Trainer:
             self._last_checkpoint = last = now
         by_updates = bool(t.checkpoint_every) and self.progress.update % t.checkpoint_every == 0
         by_time = bool(t.checkpoint_every_minutes) and now - last >= 60.0 * t.checkpoint_every_minutes
+        if self.dist.world_size > 1 and t.checkpoint_every_minutes:
+            # saving is a collective (rank 0 gathers every rank's RNG state) and each rank has its own clock: rank 0
+            # decides for all, or one rank would wait in the gather until dist.timeout_s
+            by_time = bool(self.dist.broadcast(by_time))
         return by_updates or by_time
 
     # -- one update ----------------------------------------------------------------------------------------------------
     def window_batches(self, window) -> tuple[list, list]:
-        """The window's micro-batches (lists of feature indices) as device batches, and their sizes."""
-        return [self.train.batch(ix, self.device) for ix in window], [len(ix) for ix in window]
+        """The window's micro-batches (lists of feature indices) as device batches, and their sizes.
 
-    def step(self, batches: list, sizes: list):
-        """One optimizer update on the window: `sam.train_step`, then the lr schedule.
+        Data-parallel: this rank's slice of each global micro-batch (`rank_slice`); an empty slice is the global
+        micro-batch's first row with size 0 (weight 0 in train_step), so every rank runs the same passes."""
+        if not self.dist.enabled:
+            return [self.train.batch(ix, self.device) for ix in window], [len(ix) for ix in window]
+        from .distributed import rank_slice
+
+        batches, sizes = [], []
+        for ix in window:
+            part = rank_slice(ix, self.dist.rank, self.dist.world_size)
+            batches.append(self.train.batch(part if len(part) else ix[:1], self.device))
+            sizes.append(len(part))
+        return batches, sizes
+
+    def step(self, batches: list, sizes: list, global_sizes: Optional[list] = None):
+        """One optimizer update on the window: `sam.train_step`, then the lr schedule. `global_sizes`: the global
+        micro-batches' sizes when data-parallel (`sizes` are this rank's slices).
 
         Returns (StepResult, wall seconds of train_step, the lr the update used). No host synchronisation per
         micro-batch: train_step reads its numbers once, at the end of the window.
@@ -439,8 +498,10 @@ class Trainer:
 
         start = time.perf_counter()
         o = self.cfg.optim
+        parallel = dict(ddp=self.ddp, perturbation=o.perturbation, global_sizes=global_sizes) if self.ddp else {}
         result = train_step(self.loss_fn, batches, self.optimizer, replay=o.replay, sizes=sizes,
-                            max_grad_norm=o.max_grad_norm, scaler=self.scaler, reuse_dropout_rng=o.reuse_dropout_rng)
+                            max_grad_norm=o.max_grad_norm, scaler=self.scaler, reuse_dropout_rng=o.reuse_dropout_rng,
+                            **parallel)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -451,12 +512,13 @@ class Trainer:
     def diagnose(self, batches, sizes) -> Optional[dict]:
         """The gradient-fidelity diagnostic on this window, when it is due (before the update, at its weights)."""
         d = self.cfg.diagnostics
-        if not d.grad_fidelity or self.progress.update % d.grad_fidelity_every:
+        if not d.grad_fidelity or self.progress.update % d.grad_fidelity_every or not self.dist.is_main:
             return None
         from .diagnostics import last_vs_full_gradient
 
+        # data-parallel: rank 0 alone, on its slices of the window, without DDP (a single-process window of them)
         with self.timed("diagnostic_time"):
-            return last_vs_full_gradient(self.model, self.loss_fn, batches, sizes, self.optimizer.param_groups)
+            return last_vs_full_gradient(self.model, self.local_loss_fn, batches, sizes, self.optimizer.param_groups)
 
     def log_update(self, result, seconds: float, lr: float, diag: Optional[dict]) -> None:
         p, t = self.progress, self.cfg.train
@@ -486,7 +548,8 @@ class Trainer:
             with self.timed("eval_time"):
                 metrics = self.evaluate(kind)
             p.evaluations += 1
-            self.record_eval(metrics)
+            if metrics is not None:  # None on data-parallel ranks other than 0
+                self.record_eval(metrics)
         if not done and self.checkpoint_due():
             from .checkpoint import save_resume_state
 
@@ -499,14 +562,18 @@ class Trainer:
         self.tracker = tracker
         cfg, t, p = self.cfg, self.cfg.train, self.progress
         self.model.train()
-        bar = ProgressBar(self.total_updates, p.update, f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}")
+        bar = ProgressBar(self.total_updates, p.update, f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}",
+                          enabled=self.dist.is_main)
+        # data-parallel: the single-process order of micro-batches of world_size × micro_batch_size features
+        global_micro = t.micro_batch_size * self.dist.world_size
         while p.update < self.total_updates and p.epoch < t.epochs:
-            windows = epoch_windows(len(self.train), t.micro_batch_size, t.accumulation_steps, cfg.seed, p.epoch)
+            windows = epoch_windows(len(self.train), global_micro, t.accumulation_steps, cfg.seed, p.epoch)
             new_examples = self.window_examples(windows)  # examples each window reaches first this epoch
             while p.window < len(windows) and p.update < self.total_updates:
                 batches, sizes = self.window_batches(windows[p.window])
+                global_sizes = [len(ix) for ix in windows[p.window]]
                 diag = self.diagnose(batches, sizes)
-                result, seconds, lr = self.step(batches, sizes)
+                result, seconds, lr = self.step(batches, sizes, global_sizes)
                 reached = new_examples[p.window]
                 p.update, p.window, p.examples = p.update + 1, p.window + 1, p.examples + reached
                 p.step_time_total += seconds
@@ -518,7 +585,7 @@ class Trainer:
                     p.epoch, p.window = p.epoch + 1, 0
                 self.after_update(end_of_epoch)
         bar.close()
-        if cfg.train.save_model:
+        if cfg.train.save_model and self.dist.is_main:
             from .model import save_pretrained_atomic
 
             with self.timed("checkpoint_time"):
@@ -535,9 +602,10 @@ def console(line: str) -> None:
 class ProgressBar:
     """tqdm with loss and ETA on a terminal; plain log lines (about 20 per run) when output is a file."""
 
-    def __init__(self, total: int, initial: int, label: str):
+    def __init__(self, total: int, initial: int, label: str, enabled: bool = True):
         self.total, self.label = total, label
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() and enabled
+        self.enabled = enabled
         self.every = max(1, total // 20)
         self.t0, self.initial = time.perf_counter(), initial
         self.bar = None
@@ -550,7 +618,7 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.3f}")
             self.bar.update(1)
-        elif update % self.every == 0 or update == self.total:
+        elif self.enabled and (update % self.every == 0 or update == self.total):
             done = update - self.initial
             rate = (time.perf_counter() - self.t0) / max(1, done)
             eta = rate * (self.total - update)
@@ -638,7 +706,8 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .config import ConfigError, load_config, run_dir as run_dir_of, split_args
+    from .config import ConfigError, load_config, split_args
+    from .distributed import setup as setup_distributed
 
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
@@ -652,33 +721,55 @@ def main(argv: Optional[list[str]] = None) -> int:
     notes: list = []
     try:
         cfg = load_config(files, overrides, notes=notes)
-    except ConfigError as err:
+        ctx = setup_distributed(cfg)  # under torchrun: dist.world_size from it, then join the process group
+    except (ConfigError, ValueError) as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for note in notes:  # which setting wins where two disagree, and settings that have no effect here
+    if not ctx.is_main:  # data-parallel: rank 0 speaks for the run; the others report only what goes wrong
+        logging.getLogger().setLevel(logging.WARNING)
+    for note in notes if ctx.is_main else ():  # which setting wins where two disagree, settings with no effect here
         print(note, file=sys.stderr)
     _offline_defaults(cfg)
-    run_dir = run_dir_of(cfg)
     try:
-        action = prepare_run_dir(cfg, run_dir)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if action in ("completed", "diverged"):
-        print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
-        return EXIT_OK if action == "completed" else EXIT_DIVERGED
-    if cfg.tracking.mode == "online":  # before minutes of model and data loading, not after
-        from .network import PROBE_TIMEOUT_S, reachable, wandb_url
+        return _start(cfg, ctx)
+    finally:
+        ctx.close()
 
-        if not reachable(wandb_url()):
-            print(f"error: tracking.mode=online but the W&B server {wandb_url()} is not reachable within "
-                  f"{PROBE_TIMEOUT_S:.0f} s; use tracking.mode=offline (upload later with make sync) or set "
-                  "WANDB_BASE_URL", file=sys.stderr)
-            return EXIT_BAD_INPUT
+
+def _start(cfg, ctx) -> int:
+    """What to do with the run directory (rank 0 decides and tells the other ranks), then the run, with Ctrl-C,
+    SIGTERM and SIGHUP ending it honestly (stop_signals_raise)."""
+    from .config import run_dir as run_dir_of
+
+    run_dir = run_dir_of(cfg)
+    decided = None
+    if ctx.is_main:  # before anyone writes
+        try:
+            decided = prepare_run_dir(cfg, run_dir)
+        except ValueError as err:
+            decided = ("error", str(err))
+        if decided not in ("completed", "diverged") and cfg.tracking.mode == "online":
+            # before minutes of model and data loading, not after
+            from .network import PROBE_TIMEOUT_S, reachable, wandb_url
+
+            if not reachable(wandb_url()):
+                decided = ("error", f"tracking.mode=online but the W&B server {wandb_url()} is not reachable within "
+                                    f"{PROBE_TIMEOUT_S:.0f} s; use tracking.mode=offline (upload later with make "
+                                    "sync) or set WANDB_BASE_URL")
+    decided = ctx.broadcast(decided)
+    if isinstance(decided, tuple):
+        if ctx.is_main:
+            print(f"error: {decided[1]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    action = decided
+    if action in ("completed", "diverged"):
+        if ctx.is_main:
+            print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
+        return EXIT_OK if action == "completed" else EXIT_DIVERGED
     touched: list = []  # _run appends once the run directory holds a summary.json of this attempt
     with stop_signals_raise():
         try:
-            return _run(cfg, run_dir, action, touched)
+            return _run(cfg, ctx, run_dir, action, touched)
         except KeyboardInterrupt as err:
             name, signum = _signal_of(err)
             if touched:  # a second signal while an earlier ending (diverged, failed) was being recorded
@@ -690,14 +781,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 128 + signum
 
 
-def _run(cfg, run_dir: Path, action: str, touched: list) -> int:
+def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
     from .checkpoint import remove_resume_state
     from .data import DataError, describe_data
     from .model import ModelError
     from .tracking import TrackingError
 
     try:
-        trainer = Trainer(cfg, run_dir)  # model and data: bad input fails here, before the run dir is touched
+        trainer = Trainer(cfg, run_dir, ctx)  # model and data: bad input fails here, before the run dir is touched
     except (DataError, ModelError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -709,13 +800,21 @@ def _run(cfg, run_dir: Path, action: str, touched: list) -> int:
         from .checkpoint import load_resume_state
 
         resume = load_resume_state(trainer)
+        if len(set(ctx.all_gather(resume))) > 1:
+            print(f"error: the ranks could not all read the resume checkpoint in {run_dir}", file=sys.stderr)
+            return EXIT_FAILED
         if not resume:
             log.warning("resume checkpoint unusable; starting %s over", run_dir)
-    if not resume and action == "restart":
+    if not resume and action == "restart" and ctx.is_main:
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     try:
         # RunTracker writes summary.json (running) first; a signal or error while it starts W&B is recorded there
-        tracker = RunTracker(cfg, run_dir, resume=resume, device=trainer.device)
+        if ctx.is_main:
+            tracker = RunTracker(cfg, run_dir, resume=resume, device=trainer.device)
+        else:
+            from .distributed import NullTracker
+
+            tracker = NullTracker(ctx.rank)
     except TrackingError as err:
         print(f"failed: {err} ({run_dir})", file=sys.stderr)
         return EXIT_FAILED
@@ -732,11 +831,14 @@ def _run(cfg, run_dir: Path, action: str, touched: list) -> int:
 
         tracker.update_summary(data=trainer.data_stats, parameters=count_parameters(trainer.model),
                                total_updates=trainer.total_updates,
-                               optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))})
-        print(describe_data(trainer.data_stats), file=sys.stderr)
-        where = f"resuming at update {trainer.progress.update}" if resume else "starting"
-        print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} train "
-              f"features, device {trainer.device})", file=sys.stderr)
+                               optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))},
+                               **({"dist": ctx.describe()} if ctx.enabled else {}))
+        if ctx.is_main:
+            print(describe_data(trainer.data_stats), file=sys.stderr)
+            where = f"resuming at update {trainer.progress.update}" if resume else "starting"
+            ranks = f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
+            print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} "
+                  f"train features, device {trainer.device}{ranks})", file=sys.stderr)
         trainer.run(tracker)
         p = trainer.progress
         wall = tracker.elapsed()
@@ -746,17 +848,19 @@ def _run(cfg, run_dir: Path, action: str, touched: list) -> int:
             median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
             wall_time_s=round(wall, 3), time=trainer.time_summary(wall),
         )
-        remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is model + optimizer state
+        if ctx.is_main:
+            remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is the model + optimizer
     except Diverged as err:
         p = trainer.progress
         wall = tracker.elapsed()
         tracker.finish("diverged", reason=str(err), final=trainer.final_block(), best=p.best, updates=p.update,
                        examples=p.examples, diverged_at=p.update, wall_time_s=round(wall, 3),
                        time=trainer.time_summary(wall))
-        remove_resume_state(run_dir)  # a diverged run is final: never resumed
+        if ctx.is_main:
+            remove_resume_state(run_dir)  # a diverged run is final: never resumed
         print(f"diverged: {err} ({run_dir})", file=sys.stderr)
         return EXIT_DIVERGED
-    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM (also torchrun stopping the ranks after one failed), SIGHUP
         return _interrupted(err, trainer, tracker, run_dir)
     except Exception as err:  # noqa: BLE001 - recorded, then reported as one line
         tracker.write_text("error.log", traceback.format_exc())
@@ -764,6 +868,8 @@ def _run(cfg, run_dir: Path, action: str, touched: list) -> int:
         tracker.finish("failed", reason=reason, updates=trainer.progress.update)
         print(f"failed: {reason} (traceback in {run_dir / 'error.log'})", file=sys.stderr)
         return EXIT_FAILED
+    if not ctx.is_main:
+        return EXIT_OK
     f = summary.get("final", {})
     em_key, second = metric_keys(cfg.data.metric)
     split = "".join(f"  {k} {f[k]:.2f}" for k in (f"dev/has_ans_{second[4:]}", f"dev/no_ans_{second[4:]}") if k in f)

@@ -85,3 +85,20 @@ def test_make_help_lists_every_target_and_every_variable():
     dry = subprocess.run(["make", "-n", "--no-print-directory", "run"], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert "configs/arm/sam_full.yaml results_dir=results" in dry.stdout
+
+
+@pytest.mark.parametrize("nproc, launcher", [
+    (None, [".venv/bin/python", "-m", "experiments.train"]),
+    ("1", [".venv/bin/python", "-m", "experiments.train"]),
+    ("2", [".venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "experiments.train"]),
+])
+@pytest.mark.parametrize("target", ["run", "smoke"])
+def test_nproc_runs_one_run_under_torchrun(target, nproc, launcher):
+    """make run NPROC=N: one run data-parallel over N processes (torchrun picks a free port: --standalone)."""
+    args = ["make", "-n", "--no-print-directory", target, "ARGS=seed=3"] + ([f"NPROC={nproc}"] if nproc else [])
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    words = shlex.split(done.stdout.strip().splitlines()[-1])
+    assert words[:len(launcher)] == launcher
+    assert words[len(launcher)].startswith("configs/") and words[-1] == "seed=3"

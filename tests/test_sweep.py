@@ -26,7 +26,8 @@ SMOKE = "configs/smoke.yaml"
 ARMS = {arm: f"configs/arm/{arm}.yaml" for arm in ("adamw", "sam_full", "sam_last", "sam_micro")}
 
 # A trainer with train.py's contract and none of its work. Environment knobs:
-#   STANDIN_CALLS  file that gets one JSON line per call (run id, OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES)
+#   STANDIN_CALLS  file that gets one JSON line per call (run id, OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES, and under
+#                  torchrun RANK and WORLD_SIZE; ranks other than 0 stop there, as train.py's write nothing)
 #   STANDIN_SLEEP  seconds to "train"
 #   STANDIN_FAIL   "prefix=mode,...": runs whose id starts with prefix crash (summary failed, exit 1),
 #                  die (no summary update, exit 1) or diverge (summary diverged, exit 3)
@@ -47,7 +48,11 @@ STANDIN = textwrap.dedent(
         if os.environ.get("STANDIN_CALLS"):
             with open(os.environ["STANDIN_CALLS"], "a") as calls:
                 calls.write(json.dumps({"run_id": rid, "omp": os.environ.get("OMP_NUM_THREADS"),
-                                        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
+                                        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                        "rank": os.environ.get("RANK"), "world": os.environ.get("WORLD_SIZE"),
+                                        "world_size": cfg.dist.world_size}) + "\\n")
+        if os.environ.get("RANK", "0") != "0":
+            return 0
         path = directory / "summary.json"
         if path.exists():
             old = json.loads(path.read_text())
@@ -466,6 +471,34 @@ def test_one_run_per_gpu(tmp_path, standin, env, monkeypatch):
     assert sweep.pick_gpus("none") == [] and sweep.pick_gpus("2,3") == ["2", "3"]
     monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 1)
     assert sweep.pick_gpus("auto") == []
+
+
+def test_several_gpus_per_run_make_each_run_one_torchrun(tmp_path, standin, env, monkeypatch):
+    """--gpus-per-run 2: each run is `torchrun --nproc_per_node=2` with dist.world_size=2 in its overrides (a run id
+    of its own), on a slot of 2 GPUs; without GPUs, 2 CPU processes."""
+    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 5)
+    path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2]})
+    args = [str(path), f"results_dir={tmp_path / 'a'}", "--gpus", "auto", "--gpus-per-run", "2", "--train-cmd", standin]
+    assert sweep.main(args) == 0
+    calls = calls_of(env)
+    assert len(calls) == 6  # 3 runs x 2 ranks
+    for rid in {c["run_id"] for c in calls}:
+        mine = [c for c in calls if c["run_id"] == rid]
+        assert sorted(c["rank"] for c in mine) == ["0", "1"] and {c["world"] for c in mine} == {"2"}
+        assert len({c["cuda"] for c in mine}) == 1 and mine[0]["cuda"] in ("0,1", "2,3")  # GPU 4 is left over
+        assert mine[0]["world_size"] == 2 and "-w2-" in rid
+    manifest = manifest_of(tmp_path / "a")
+    assert all(r["status"] == "completed" and "dist.world_size=2" in r["overrides"] for r in manifest["runs"])
+    # CPU: each run 2 processes; 2 runs at a time share the cores among 4 processes
+    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 0)
+    args = [str(path), f"results_dir={tmp_path / 'b'}", "--jobs", "2", "--gpus-per-run", "2", "--train-cmd", standin]
+    assert sweep.main(args) == 0
+    cpu_calls = calls_of(env)[6:]
+    assert len(cpu_calls) == 6 and {c["cuda"] for c in cpu_calls} == {None}
+    assert {c["omp"] for c in cpu_calls} == {str(max(1, sweep._cpu_cores() // 4))}
+    assert sweep.gpu_slots(["0", "1", "2", "3"], 2) == ["0,1", "2,3"]
+    with pytest.raises(sweep.SweepError, match="needs at least 2 GPUs"):
+        sweep.pick_gpus("3", 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
