@@ -335,7 +335,8 @@ def figure_time_to_target(table: pd.DataFrame, metric: str = "dev/f1") -> Figure
     if data.empty:
         log.info("figure_time_to_target: no %s targets; figure skipped", metric)
         return None
-    ks = _ks(data)
+    # accumulation values where some run reached some target (a short sanity row that reaches none is left out)
+    ks = [k for k in _ks(data) if data[data["k"] == k]["reached"].astype(bool).any()] or _ks(data)
     arms = arm_order(data["arm"])
     targets = sorted(data["target"].astype(float).unique())
     offsets = dict(zip(arms, _dodge(len(arms), width=0.6)))

@@ -36,7 +36,7 @@ from analysis import plots
 from analysis.collect import (REPORT_CURVE_METRICS, CollectError, arm_order, collect_curves, collect_runs, read_json,
                               sweep_dir)
 from analysis.stats import ci_and_test_disagree, curve_equality, equality_check, paired_differences, summarize
-from analysis.targets import DEFAULT_TARGETS, cost_ratio, headline_target, target_summary, time_to_target
+from analysis.targets import DEFAULT_TARGETS, cost_ratio, target_summary, time_to_target
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,12 @@ def fmt_p(p: Any) -> str:
     if _isnan(p):
         return "–"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_clause(p: Any) -> str:
+    """"p = 0.012" or "p < 0.001" (never "p = < 0.001")."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def _cell(value: Any) -> str:
@@ -291,7 +297,7 @@ def _pair_sentence(row: pd.Series) -> str:
     if row["n"] < 2:
         return f"{head} from n={row['n']} pair(s): too few seeds for a CI."
     ci = f"[95% CI {fmt(row['ci_low'], spec, signed=True)}, {fmt(row['ci_high'], spec, signed=True)}]"
-    stats_text = f"{ci}, n={row['n']} seeds, paired t p={fmt_p(row['p_value'])}"
+    stats_text = f"{ci}, n={row['n']} seeds, paired t {p_clause(row['p_value']).replace(' = ', '=')}"
     if row["ci_low"] > 0 or row["ci_high"] < 0:
         text = f"{head} {stats_text}: {_direction_text(row['a'], row['b'], metric, row['mean_diff'])}."
     else:
@@ -383,19 +389,25 @@ def _arm_cell(runs: pd.DataFrame, arm: str, k: int, metric: str, spec: str) -> s
 
 
 def _cost_text(cells: pd.DataFrame, k: int) -> str:
-    """The updates-to-target sentence for sam_last against sam_full at k, at the most demanding F1 target that
-    sam_full reached in most of its runs."""
-    target = headline_target(cells, "sam_full", k)
-    if target is None:
+    """The updates-to-target sentence for sam_last against sam_full at k: among the dev F1 targets that sam_full
+    reached in most of its runs, the one where sam_last needs the most updates relative to it (when sam_last
+    reached none within the budget, that is the earliest one: it gives the largest lower bound)."""
+    reached = cells[(cells["arm"] == "sam_full") & (cells["k"] == k) & (cells["target_metric"] == "dev/f1")
+                    & ~cells["median_censored"].astype(bool)]
+    if reached.empty:
         return "sam_full itself reached none of the dev F1 targets in most seeds, so no updates-to-target ratio."
-    r = cost_ratio(cells, "sam_last", "sam_full", k=k, metric="dev/f1", target=target)
-    if math.isnan(r["ratio"]):
-        return r["text"] + "."
+    ratios = [cost_ratio(cells, "sam_last", "sam_full", k=k, metric="dev/f1", target=float(t))
+              for t in reached["target"]]
+    ratios = [r for r in ratios if not math.isnan(r["ratio"])]
+    if not ratios:
+        return "sam_last has no dev F1 target cell to compare."
+    r = max(ratios, key=lambda item: item["ratio"])
+    target = r["target"]
     if r["lower_bound"]:
         return (f"To reach dev F1 {target:g}, the last-batch replay needs **more than {r['ratio']:.1f}× the updates** "
                 f"of full replay: sam_full gets there in a median {r['fast_median']:.0f} updates "
                 f"({r['fast_reached']}/{r['fast_n']} seeds), sam_last in {r['slow_reached']}/{r['slow_n']} seeds "
-                f"within the whole budget.")
+                f"within the whole budget of {r['slow_budget']} updates.")
     return (f"To reach dev F1 {target:g}, the last-batch replay needs **{r['ratio']:.1f}× the updates** of full "
             f"replay (median {r['slow_median']:.0f} against {r['fast_median']:.0f}; reached by "
             f"{r['slow_reached']}/{r['slow_n']} and {r['fast_reached']}/{r['fast_n']} seeds).")
@@ -424,7 +436,7 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
             r = rows.iloc[0]
             effect = (f"sam_full − sam_last = **{fmt(r['mean_diff'], '.1f', signed=True)} F1** "
                       f"[95% CI {fmt(r['ci_low'], '.1f', signed=True)}, {fmt(r['ci_high'], '.1f', signed=True)}], "
-                      f"paired t p = {fmt_p(r['p_value'])}, n = {int(r['n'])} seeds")
+                      f"paired t {p_clause(r['p_value'])}, n = {int(r['n'])} seeds")
             excludes = r["ci_low"] > 0 or r["ci_high"] < 0
             significant = excludes and not _isnan(r["p_value"]) and r["p_value"] < 0.05
             if significant and r["mean_diff"] > 0:

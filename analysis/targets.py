@@ -4,7 +4,7 @@ there later, or not at all within the budget.
 
     table = time_to_target(curves, runs, {"dev/f1": (50, 80, 90), "dev/loss": (1.0, 0.5)})   # one row per run × target
     cells = target_summary(table)          # per arm × k × metric × target: median, interval, reached/n
-    text = cost_ratio(cells, "sam_last", "sam_full", k=8, metric="dev/f1", target=90)
+    ratio = cost_ratio(cells, "sam_last", "sam_full", k=8, metric="dev/f1", target=90)
 
 Rules
 - A run reaches a target at its first evaluation (in update order) whose value is >= the target for scores
@@ -127,22 +127,13 @@ def target_summary(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def headline_target(cells: pd.DataFrame, arm: str, k: int, metric: str = "dev/f1") -> float | None:
-    """The most demanding target that `arm` reached at k in more than half of its runs (its median is finite)."""
-    mine = cells[(cells["arm"] == arm) & (cells["k"] == k) & (cells["target_metric"] == metric)
-                 & ~cells["median_censored"].astype(bool)]
-    if mine.empty:
-        return None
-    targets = mine["target"].astype(float)
-    return float(targets.min() if metric in LOWER_IS_BETTER else targets.max())
-
-
 def cost_ratio(cells: pd.DataFrame, slow: str, fast: str, k: int, metric: str, target: float) -> dict:
     """How many times the updates of `fast` the arm `slow` needs to reach the target at k (median over seeds).
 
     Returns {"ratio", "lower_bound" (True when slow's median is censored, so the ratio is "> ratio"),
-    "slow_median", "fast_median", "slow_reached", "slow_n", "fast_reached", "fast_n", "text"}; ratio NaN when
-    `fast` itself did not reach the target in more than half its runs.
+    "slow_median", "fast_median", "slow_reached", "slow_n", "fast_reached", "fast_n", "slow_budget" (slow's last
+    evaluated update), "target", "text"}; ratio NaN when `fast` itself did not reach the target in more than half
+    its runs.
     """
     def cell(arm):
         rows = cells[(cells["arm"] == arm) & (cells["k"] == k) & (cells["target_metric"] == metric)
@@ -151,12 +142,14 @@ def cost_ratio(cells: pd.DataFrame, slow: str, fast: str, k: int, metric: str, t
 
     s, f = cell(slow), cell(fast)
     out = {"ratio": math.nan, "lower_bound": False, "slow_median": math.nan, "fast_median": math.nan,
-           "slow_reached": 0, "slow_n": 0, "fast_reached": 0, "fast_n": 0, "text": ""}
+           "slow_reached": 0, "slow_n": 0, "fast_reached": 0, "fast_n": 0, "slow_budget": None,
+           "target": float(target), "text": ""}
     if s is None or f is None:
         out["text"] = f"no {metric} target {target:g} cell for {slow} and {fast} at k={k}"
         return out
     out.update(slow_reached=int(s["reached"]), slow_n=int(s["n"]), fast_reached=int(f["reached"]), fast_n=int(f["n"]),
-               slow_median=float(s["median_update"]), fast_median=float(f["median_update"]))
+               slow_median=float(s["median_update"]), fast_median=float(f["median_update"]),
+               slow_budget=int(s["last_update"]))
     if bool(f["median_censored"]):
         out["text"] = f"{fast} did not reach {metric} {target:g} in most runs at k={k}: no ratio"
         return out
