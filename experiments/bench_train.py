@@ -52,7 +52,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .batches import MODEL_INPUTS, epoch_windows, to_features
+from .batches import epoch_windows
 from .config import REPO_ROOT, load_config
 from .tracking import atomic_write_json, env_info
 
@@ -163,15 +163,12 @@ def bert_base_random(tokenizer) -> torch.nn.Module:
 
 
 def build_trainer(cfg, workdir: Path, args: argparse.Namespace):
-    from .train import Trainer, build_optimizer, linear_schedule
+    from .train import Trainer
 
     trainer = Trainer(cfg, workdir / "run")
     if args.model == "bert-base-random":
         torch.manual_seed(cfg.seed)
-        trainer.model = bert_base_random(trainer.tokenizer).to(trainer.device)
-        trainer.forward = trainer.model
-        trainer.optimizer = build_optimizer(trainer.model, cfg.optim)
-        trainer.scheduler = linear_schedule(trainer.optimizer, trainer.total_updates, cfg.optim.warmup_ratio)
+        trainer.set_model(bert_base_random(trainer.tokenizer))  # forward modules, optimizer and schedule follow it
     trainer.model.train()
     return trainer
 

@@ -66,3 +66,28 @@ def test_model_flops_per_update_is_the_palm_formula_on_real_tokens():
     expected = sum(6 * n_params * t + 12 * 2 * 32 * t * t for t in lengths)
     assert bench_train.model_flops_per_update(model, lengths) == expected
     assert math.isfinite(expected)
+
+
+def test_the_product_side_trains_the_model_the_bench_swapped_in(tmp_path, monkeypatch):
+    """--model bert-base-random swaps a model in (Trainer.set_model): the timed update must train that model (a swap
+    that left the forward on the old model once timed the wrong model and an optimizer with no gradients). A tiny
+    BERT stands in for bert-base here."""
+    from transformers import BertForQuestionAnswering
+
+    made = []
+
+    def tiny_stand_in(tokenizer):
+        made.append(BertForQuestionAnswering(tiny_config(len(tokenizer))))
+        return made[-1]
+
+    monkeypatch.setattr(bench_train, "bert_base_random", tiny_stand_in)
+    args = bench_train.parse_args(["--model", "bert-base-random", "--cases", "default", "--updates", "1",
+                                   "--warmup", "0"])
+    cfg = bench_train.case_config("default", args, tmp_path, load_tokenizer("embedded"))
+    trainer = bench_train.build_trainer(cfg, tmp_path, args)
+    (swapped,) = made
+    assert trainer.model is swapped and trainer.train_forward is swapped
+    before = [p.detach().clone() for p in swapped.parameters()]
+    assert bench_train.product_updates(trainer)() > 0
+    moved = [not torch.equal(a, b) for a, b in zip(before, swapped.parameters())]
+    assert all(moved), f"{moved.count(False)} of {len(moved)} parameters did not move"
