@@ -14,7 +14,7 @@ rounding: padding positions take part in neither attention (the mask) nor the so
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -45,6 +45,7 @@ class Features:
     dataset: Any = None
     pad_to_max_length: bool = False
     pin_memory: bool = False  # page-locked host copies, so host-to-GPU copies can overlap compute
+    _eval_columns: Any = field(default=None, repr=False, compare=False)  # eval_columns(), built on first use
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -69,6 +70,12 @@ class Features:
                 part = part.pin_memory()
             out[name] = part.to(device, non_blocking=True)
         return out
+
+    def eval_columns(self) -> "Columns":
+        """example_id and offset_mapping (what post-processing reads), converted from the dataset once."""
+        if self._eval_columns is None:
+            self._eval_columns = columns_of(self.dataset, ("example_id", "offset_mapping"))
+        return self._eval_columns
 
     def select(self, rows: Sequence[int]) -> "Features":
         """A new Features holding only `rows` (in that order)."""
@@ -123,3 +130,23 @@ def subset_rows(example_ids: Sequence[str], feature_example_ids: Sequence[str], 
     wanted = {str(example_ids[i]) for i in chosen}
     rows = [i for i, ex in enumerate(feature_example_ids) if str(ex) in wanted]
     return chosen, rows
+
+
+class Columns(dict):
+    """Columns of a datasets.Dataset read into Python lists once: {name: list}. It has `column_names`, so
+    experiments.qa_eval reads it as it reads the Dataset; an evaluation then does not convert the same Arrow columns
+    (offset_mapping: features × max_seq_length pairs) to Python again each time."""
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows (len() of a dict counts its columns)."""
+        return len(next(iter(self.values()))) if dict.__len__(self) else 0
+
+
+def columns_of(dataset, names: Sequence[str]) -> Columns:
+    """The named columns of `dataset` (those it has) as a Columns."""
+    return Columns({name: dataset[name] for name in names if name in dataset.column_names})

@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .batches import LABELS, MODEL_INPUTS, epoch_windows, subset_rows, to_features
+from .batches import LABELS, MODEL_INPUTS, Columns, columns_of, epoch_windows, subset_rows, to_features
 from .qa_eval import metric_keys
 from .qa_loss import span_loss
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 130: Ctrl-C
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3  # a signal ends a run with 128 + its number
+EXAMPLE_COLUMNS = ("id", "context", "answers")  # what evaluation reads of the dev examples
+DDP_CLOCK_EVERY = 10  # data-parallel: updates between two looks at the clock for time-based resume checkpoints
 log = logging.getLogger("experiments.train")
 
 
@@ -232,17 +234,45 @@ class Trainer:
         train_ex, dev_ex, train_ds, dev_ds = prepare_features(cfg.data, self.tokenizer, train_ex, dev_ex,
                                                               self.data_stats)
         batching = dict(pad_to_max_length=cfg.data.pad_to_max_length, pin_memory=self.device.type == "cuda")
-        self.dev_examples = dev_ex
+        # what post-processing and scoring read, converted from Arrow once: (examples, features) columns
+        self.dev_examples = columns_of(dev_ex, EXAMPLE_COLUMNS)
         self.train = to_features(train_ds, MODEL_INPUTS + LABELS, **batching)
         self.dev = to_features(dev_ds, MODEL_INPUTS + LABELS, **batching)
-        self.dev_subset = self._dev_subset(dev_ex, dev_ds)
+        self.dev_subset = self._dev_subset(dev_ex, dev_ds)  # (example columns, Features) or None
         self.data_stats.update(train_features=len(self.train), dev_features=len(self.dev))
         if self.dev_subset is not None:
-            self.data_stats.update(dev_subset_examples=len(self.dev_subset[0]),
+            self.data_stats.update(dev_subset_examples=self.dev_subset[0].num_rows,
                                    dev_subset_features=len(self.dev_subset[1]))
 
+        t = cfg.train
+        # one global micro-batch = world_size × micro_batch_size features, each rank a slice (see window_batches)
+        self.micro_per_epoch = math.ceil(len(self.train) / (t.micro_batch_size * self.dist.world_size))
+        self.updates_per_epoch = math.ceil(self.micro_per_epoch / t.accumulation_steps)
+        self.total_updates = t.epochs * self.updates_per_epoch
+        if t.max_updates:
+            self.total_updates = min(self.total_updates, t.max_updates)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        self.amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler(self.device.type) if t.precision == "fp16" else None
+
         seed_everything(cfg.seed)  # the new QA head (or the tiny model) is initialised from the run seed
-        self.model = load_model(cfg.model, self.tokenizer).to(self.device)
+        self.set_model(load_model(cfg.model, self.tokenizer))
+        if self.dist.world_size > 1:
+            from .distributed import rank_seed
+
+            seed_everything(rank_seed(cfg.seed, self.dist.rank))  # each rank its own dropout masks
+        self.progress = Progress()
+        self.tracker = None
+        self._example_index = None  # feature → example number, for window_examples (built on first use)
+        self._last_checkpoint = None  # monotonic time of the last resume checkpoint (or of the first update)
+
+    def set_model(self, model) -> None:
+        """Train `model` (moved to the device): the forward modules (torch.compile, DDP), a fresh optimizer and lr
+        schedule. __init__ calls it with the config's model; the training benchmark with a bert-base-size one."""
+        import torch
+
+        cfg = self.cfg
+        self.model = model.to(self.device)
         # the module that runs forward passes; save_pretrained and the optimizer keep using self.model
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         # training forwards go through DDP when torchrun started the run (evaluation and diagnostics do not: they
@@ -256,24 +286,8 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
                                                else None, forward_sync_buffers=False)
             self.train_forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
-            if self.dist.world_size > 1:
-                from .distributed import rank_seed
-
-                seed_everything(rank_seed(cfg.seed, self.dist.rank))  # each rank its own dropout masks
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        t = cfg.train
-        # one global micro-batch = world_size × micro_batch_size features, each rank a slice (see window_batches)
-        self.micro_per_epoch = math.ceil(len(self.train) / (t.micro_batch_size * self.dist.world_size))
-        self.updates_per_epoch = math.ceil(self.micro_per_epoch / t.accumulation_steps)
-        self.total_updates = t.epochs * self.updates_per_epoch
-        if t.max_updates:
-            self.total_updates = min(self.total_updates, t.max_updates)
         self.scheduler = linear_schedule(self.optimizer, self.total_updates, cfg.optim.warmup_ratio)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-        self.amp_dtype = amp_dtype
-        self.scaler = torch.amp.GradScaler(self.device.type) if t.precision == "fp16" else None
-        self.progress = Progress()
-        self.tracker = None
 
     def _dev_subset(self, dev_ex, dev_ds):
         """(examples, Features) of the fixed dev subset that periodic evaluations score; None when they score all."""
@@ -287,7 +301,8 @@ class Trainer:
         if size >= len(dev_ex):
             return None
         example_rows, feature_rows = subset_rows(dev_ex["id"], dev_ds["example_id"], size, self.cfg.eval.subset_seed)
-        return dev_ex.select(example_rows), self.dev.select(feature_rows)
+        examples = Columns({name: [column[i] for i in example_rows] for name, column in self.dev_examples.items()})
+        return examples, self.dev.select(feature_rows)
 
     # -- pieces ------------------------------------------------------------------------------------------------------
     def autocast(self):
@@ -360,7 +375,7 @@ class Trainer:
             ends[rows, : end.shape[1]] = end.cpu().numpy()
         e, d = self.cfg.eval, self.cfg.data
         predictions, null_odds = postprocess_predictions(
-            examples, features.dataset, starts, ends,
+            examples, features.eval_columns(), starts, ends,
             n_best_size=e.n_best_size, max_answer_length=e.max_answer_length,
             version_2_with_negative=d.version_2_with_negative,
             null_score_diff_threshold=e.null_score_diff_threshold, return_null_odds=True,
@@ -374,7 +389,7 @@ class Trainer:
             self.tracker.write_json("predictions.json", predictions)
             self.tracker.update_summary(scores={"kind": kind, **details})
         return {"dev/loss": float(total_loss) / len(features), **scores, "eval/kind": kind, "eval/subset": subset,
-                "eval/examples": len(examples)}
+                "eval/examples": examples.num_rows}
 
     def record_eval(self, metrics: dict) -> None:
         p = self.progress
@@ -385,7 +400,7 @@ class Trainer:
         p.last_eval = snapshot
         key = self.cfg.train.save_best_by
         # the best checkpoint is chosen among evaluations of the whole dev set: a subset's score is a noisier
-        # estimate of a different number
+        # estimate of the same dev score, and the maximum over noisy estimates favours the lucky ones
         better = not metrics["eval/subset"] and (
             p.best is None or (metrics[key] < p.best["value"] if key == "dev/loss" else metrics[key] > p.best["value"]))
         if better:
@@ -444,7 +459,7 @@ class Trainer:
         import numpy as np
         import torch
 
-        if getattr(self, "_example_index", None) is None:
+        if self._example_index is None:
             ids = self.train.dataset["example_id"]
             self._example_index = np.unique(np.asarray(ids, dtype=object).astype(str), return_inverse=True)[1]
         order = torch.cat([ix for window in windows for ix in window]).numpy()
@@ -457,15 +472,17 @@ class Trainer:
         """A resume checkpoint now? Every train.checkpoint_every updates, and whenever train.checkpoint_every_minutes
         of training have passed since the last one (or since the first update of this process)."""
         t, now = self.cfg.train, time.monotonic()
-        last = getattr(self, "_last_checkpoint", None)
+        last = self._last_checkpoint
         if last is None:
             self._last_checkpoint = last = now
         by_updates = bool(t.checkpoint_every) and self.progress.update % t.checkpoint_every == 0
         by_time = bool(t.checkpoint_every_minutes) and now - last >= 60.0 * t.checkpoint_every_minutes
         if self.dist.world_size > 1 and t.checkpoint_every_minutes:
             # saving is a collective (rank 0 gathers every rank's RNG state) and each rank has its own clock: rank 0
-            # decides for all, or one rank would wait in the gather until dist.timeout_s
-            by_time = bool(self.dist.broadcast(by_time))
+            # decides for all, or one rank would wait in the gather until dist.timeout_s. The clock is consulted
+            # every DDP_CLOCK_EVERY updates only, so the broadcast is not a collective per update.
+            due = self.progress.update % DDP_CLOCK_EVERY == 0
+            by_time = bool(self.dist.broadcast(by_time)) if due else False
         return by_updates or by_time
 
     # -- one update ----------------------------------------------------------------------------------------------------

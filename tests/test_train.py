@@ -164,7 +164,8 @@ def test_window_examples_counts_each_example_at_its_first_window_of_the_epoch():
 
     from experiments.train import Trainer
 
-    fake = SimpleNamespace(train=SimpleNamespace(dataset={"example_id": ["a", "a", "b", "c", "c", "c"]}))
+    fake = SimpleNamespace(train=SimpleNamespace(dataset={"example_id": ["a", "a", "b", "c", "c", "c"]}),
+                           _example_index=None)
     windows = [[torch.tensor([1, 3]), torch.tensor([0])], [torch.tensor([4, 2]), torch.tensor([5])]]
     assert Trainer.window_examples(fake, windows) == [2, 1]
 
