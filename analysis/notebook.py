@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Sequence
 
 NOTEBOOK = Path(__file__).resolve().parent / "notebooks" / "report.ipynb"
-KNOWN_KEYS = ("results_dir", "sweep", "out")
 KERNEL = "sam-accum-venv"
 
 
@@ -56,16 +55,16 @@ def execute(results_dir: str | Path, sweep: str, out: str | Path, timeout: int =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = {"results_dir": "results", "sweep": "ablation", "out": None}
-    for arg in list(sys.argv[1:] if argv is None else argv):
-        key, sep, value = arg.partition("=")
-        if not sep or key not in KNOWN_KEYS or not value:
-            print(f"error: argument {arg!r}: use {', '.join(k + '=...' for k in KNOWN_KEYS)}", file=sys.stderr)
-            return 2
-        args[key] = value
-    out = args["out"] or Path(args["results_dir"]) / "notebooks" / f"{args['sweep']}.ipynb"
     from nbclient.exceptions import CellExecutionError
 
+    from analysis.report import ReportError, parse_args
+
+    try:
+        args = parse_args(list(sys.argv[1:] if argv is None else argv))  # the report's keys: results_dir, sweep, out
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args["out"] or Path(args["results_dir"]) / "notebooks" / f"{args['sweep']}.ipynb"
     try:
         execute(args["results_dir"], args["sweep"], out)
     except CellExecutionError as err:

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from analysis.collect import arm_order
+from analysis.stats import metric_label
 from analysis.targets import censored_median
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,8 @@ def _eval_events(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
     return data.sort_values(["run_id", "update", "time"]).drop_duplicates(["run_id", "update"], keep="last")
 
 
-DEV_ROWS = (("dev/f1", "dev F1 (%)", (0.0, 100.5)), ("dev/loss", "dev loss", (0.0, None)))
+DEV_ROWS = (("dev/f1", "dev F1 (%)", (0.0, 100.5)), ("dev/rouge_w", "dev ROUGE-W (%)", (0.0, 100.5)),
+            ("dev/loss", "dev loss", (0.0, None)))
 
 
 @_styled
@@ -327,10 +328,14 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
 
 
 @_styled
-def figure_time_to_target(table: pd.DataFrame, metric: str = "dev/f1") -> Figure | None:
+def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Figure | None:
     """Updates each run needed to first reach each target of `metric` (analysis.targets.time_to_target): one panel
     per accumulation k, targets on x, per arm the seeds as dots and the median as a bar; a run that never reached the
-    target is an open triangle at its last evaluation (right-censored: it needs more than that)."""
+    target is an open triangle at its last evaluation (right-censored: it needs more than that). `metric`: dev/f1,
+    else dev/rouge_w (KLUE-MRC), whichever the table has."""
+    present = set(table["target_metric"]) if not table.empty else set()
+    metric = metric or next((m for m in ("dev/f1", "dev/rouge_w") if m in present), "dev/f1")
+    short = metric_label(metric).split(" ", 1)[-1]  # F1, ROUGE-W
     data = table[table["target_metric"] == metric] if not table.empty else table
     if data.empty:
         log.info("figure_time_to_target: no %s targets; figure skipped", metric)
@@ -359,13 +364,13 @@ def figure_time_to_target(table: pd.DataFrame, metric: str = "dev/f1") -> Figure
                 median = censored_median(np.where(reached, updates, np.inf))
                 if np.isfinite(median):
                     ax.hlines(median, x - 0.09, x + 0.09, color=color, linewidth=2.4, zorder=4)
-        ax.set_xticks(range(len(targets)), [f"{metric.split('/')[-1].upper()} {t:g}" for t in targets])
+        ax.set_xticks(range(len(targets)), [f"{short} {t:g}" for t in targets])
         ax.grid(axis="x", visible=False)
         ax.set_ylim(bottom=0)
         ax.set_title(f"accumulation k = {k}")
         ax.set_xlabel("target")
     axes[0][0].set_ylabel("optimizer updates to reach it")
-    fig.suptitle(f"Updates to reach a dev {metric.split('/')[-1].upper()} target — dots: seeds, bar: median; "
+    fig.suptitle(f"Updates to reach a dev {short} target — dots: seeds, bar: median; "
                  f"▵: not reached within the budget")
     legend_below(fig, axes)
     return fig

@@ -2,7 +2,8 @@
 
     python -m analysis.report results_dir=results sweep=ablation [out=results/report]
 
-reads `<results_dir>/runs/<sweep>/` (see analysis.collect) and writes into `out` (default `<results_dir>/report/`):
+reads `<results_dir>/runs/<sweep>/` (see analysis.collect) and writes into `out` (default
+`analysis.collect.report_dir`: `<results_dir>/report/` for the default sweep `ablation`, else `report-<sweep>/`):
 
     REPORT.md       setup, result tables, paired differences, the k = 1 sanity row, figures, failed and diverged
                     runs, and findings generated from the numbers (no claim is written in advance)
@@ -23,7 +24,6 @@ import base64
 import html
 import logging
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -34,8 +34,9 @@ import pandas as pd
 
 from analysis import plots
 from analysis.collect import (REPORT_CURVE_METRICS, CollectError, arm_order, collect_curves, collect_runs, read_json,
-                              sweep_dir)
-from analysis.stats import ci_and_test_disagree, curve_equality, equality_check, paired_differences, summarize
+                              report_dir, sweep_dir)
+from analysis.stats import (ci_and_test_disagree, curve_equality, equality_check, metric_label, paired_differences,
+                            summarize)
 from analysis.targets import DEFAULT_TARGETS, cost_ratio, target_summary, time_to_target
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ FIGURE_MISSING = {
     "grad_cos": "no diag/grad_cos events; the sweep ran with diagnostics.grad_fidelity=false",
 }
 KNOWN_KEYS = ("results_dir", "sweep", "out")
-USAGE = "usage: python -m analysis.report results_dir=DIR sweep=NAME [out=DIR/report]"
+USAGE = "usage: python -m analysis.report results_dir=DIR sweep=NAME [out=DIR/report or DIR/report-NAME]"
 N_BOOT = 10000
 BOOT_SEED = 0
 
@@ -194,6 +195,15 @@ def reported_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
     """METRICS, then each of OPTIONAL_METRICS that at least one run wrote."""
     optional = tuple(m for m, _, _ in OPTIONAL_METRICS if m in runs.columns and runs[m].notna().any())
     return tuple(m for m, _, _ in METRICS) + optional
+
+
+def primary_metric(runs: pd.DataFrame) -> str:
+    """The score the answer is about: dev/f1, or dev/rouge_w for runs scored by KLUE-MRC's rules (data.metric=klue
+    logs ROUGE-W instead of F1)."""
+    def logged(metric: str) -> bool:
+        return f"final.{metric}" in runs.columns and runs[f"final.{metric}"].notna().any()
+
+    return "dev/rouge_w" if logged("dev/rouge_w") and not logged("dev/f1") else "dev/f1"
 
 
 def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = tuple(m for m, _, _ in METRICS)) -> pd.DataFrame:
@@ -388,35 +398,40 @@ def _arm_cell(runs: pd.DataFrame, arm: str, k: int, metric: str, spec: str) -> s
     return fmt(values.mean(), spec) + ("" if len(values) < 2 else f" ± {fmt(values.std(ddof=1), spec)}")
 
 
-def _cost_text(cells: pd.DataFrame, k: int) -> str:
-    """The updates-to-target sentence for sam_last against sam_full at k: among the dev F1 targets that sam_full
+def _cost_text(cells: pd.DataFrame, k: int, metric: str = "dev/f1") -> str:
+    """The updates-to-target sentence for sam_last against sam_full at k: among the `metric` targets that sam_full
     reached in most of its runs, the one where sam_last needs the most updates relative to it (when sam_last
     reached none within the budget, that is the earliest one: it gives the largest lower bound)."""
-    reached = cells[(cells["arm"] == "sam_full") & (cells["k"] == k) & (cells["target_metric"] == "dev/f1")
+    reached = cells[(cells["arm"] == "sam_full") & (cells["k"] == k) & (cells["target_metric"] == metric)
                     & ~cells["median_censored"].astype(bool)]
+    label = metric_label(metric)
     if reached.empty:
-        return "sam_full itself reached none of the dev F1 targets in most seeds, so no updates-to-target ratio."
-    ratios = [cost_ratio(cells, "sam_last", "sam_full", k=k, metric="dev/f1", target=float(t))
+        return f"sam_full itself reached none of the {label} targets in most seeds, so no updates-to-target ratio."
+    ratios = [cost_ratio(cells, "sam_last", "sam_full", k=k, metric=metric, target=float(t))
               for t in reached["target"]]
     ratios = [r for r in ratios if not math.isnan(r["ratio"])]
     if not ratios:
-        return "sam_last has no dev F1 target cell to compare."
+        return f"sam_last has no {label} target cell to compare."
     r = max(ratios, key=lambda item: item["ratio"])
     target = r["target"]
+    which = (f"the largest gap among the {label} targets {', '.join(f'{t:g}' for t in sorted(reached['target']))}; "
+             f"a run reaches a target at its first evaluation at or above it, periodic dev-subset evaluations included")
     if r["lower_bound"]:
-        return (f"To reach dev F1 {target:g}, the last-batch replay needs **more than {r['ratio']:.1f}× the updates** "
+        return (f"To reach {label} {target:g}, the last-batch replay needs **more than {r['ratio']:.1f}× the updates** "
                 f"of full replay: sam_full gets there in a median {r['fast_median']:.0f} updates "
                 f"({r['fast_reached']}/{r['fast_n']} seeds), sam_last in {r['slow_reached']}/{r['slow_n']} seeds "
-                f"within the whole budget of {r['slow_budget']} updates.")
-    return (f"To reach dev F1 {target:g}, the last-batch replay needs **{r['ratio']:.1f}× the updates** of full "
+                f"within the whole budget of {r['slow_budget']} updates ({which}).")
+    return (f"To reach {label} {target:g}, the last-batch replay needs **{r['ratio']:.1f}× the updates** of full "
             f"replay (median {r['slow_median']:.0f} against {r['fast_median']:.0f}; reached by "
-            f"{r['slow_reached']}/{r['slow_n']} and {r['fast_reached']}/{r['fast_n']} seeds).")
+            f"{r['slow_reached']}/{r['slow_n']} and {r['fast_reached']}/{r['fast_n']} seeds; {which}).")
 
 
 def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells: pd.DataFrame) -> dict[str, str]:
     """The question, the answer in one sentence (effect size, CI, p, n) with the updates-to-target cost, and the
     k = 1 sanity check, each a short paragraph of markdown: {"question", "answer", "cost", "sanity"}."""
     k = question_k(runs)
+    metric = primary_metric(runs)
+    label, short = metric_label(metric), metric_label(metric).split(" ", 1)[-1]
     out = {"question": ("**Question.** Does replaying only the last micro-batch in SAM's second pass (the widely "
                         "copied loop) cost accuracy, compared with replaying the whole window of k micro-batches?")}
     if k is None:
@@ -425,16 +440,16 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
         out["cost"] = ""
     else:
         rows = paired[(paired["a"] == "sam_full") & (paired["b"] == "sam_last")
-                      & (paired["metric"] == "final.dev/f1") & (pd.to_numeric(paired["k"], errors="coerce") == k)]
-        means = (f"dev F1 {_arm_cell(runs, 'sam_full', k, 'final.dev/f1', '.1f')} with full replay against "
-                 f"{_arm_cell(runs, 'sam_last', k, 'final.dev/f1', '.1f')} with last-batch replay")
+                      & (paired["metric"] == f"final.{metric}") & (pd.to_numeric(paired["k"], errors="coerce") == k)]
+        means = (f"{label} {_arm_cell(runs, 'sam_full', k, f'final.{metric}', '.1f')} with full replay against "
+                 f"{_arm_cell(runs, 'sam_last', k, f'final.{metric}', '.1f')} with last-batch replay")
         if rows.empty or rows.iloc[0]["n"] < 2:
             n = 0 if rows.empty else int(rows.iloc[0]["n"])
             out["answer"] = (f"**Answer: too few seeds.** At k = {k}: {means}, from {n} paired seed(s); a paired "
                              f"comparison needs at least 2.")
         else:
             r = rows.iloc[0]
-            effect = (f"sam_full − sam_last = **{fmt(r['mean_diff'], '.1f', signed=True)} F1** "
+            effect = (f"sam_full − sam_last = **{fmt(r['mean_diff'], '.1f', signed=True)} {short}** "
                       f"[95% CI {fmt(r['ci_low'], '.1f', signed=True)}, {fmt(r['ci_high'], '.1f', signed=True)}], "
                       f"paired t {p_clause(r['p_value'])}, n = {int(r['n'])} seeds")
             excludes = r["ci_low"] > 0 or r["ci_high"] < 0
@@ -447,7 +462,7 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
                 head = "**Answer: not shown.** No significant difference at this budget:"
             out["answer"] = f"{head} At k = {k} the last-batch replay costs accuracy: {means}; {effect}." \
                 if significant and r["mean_diff"] > 0 else f"{head} At k = {k}: {means}; {effect}."
-        out["cost"] = _cost_text(cells, k)
+        out["cost"] = _cost_text(cells, k, metric)
     checked = sanity[sanity["passed"].notna()] if not sanity.empty else sanity
     if checked.empty:
         out["sanity"] = "**Sanity check (k = 1):** not possible: no seed has completed sam_full and sam_last runs at k = 1."
@@ -467,18 +482,21 @@ def headline_table(runs: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     F1 target (reached/n)."""
     k = question_k(runs)
     ks = [kk for kk in (k, 1) if kk is not None and kk in set(int(v) for v in _values(completed_runs(runs)["k"]))]
-    f1_targets = sorted(cells[cells["target_metric"] == "dev/f1"]["target"].astype(float).unique()) \
+    metric = primary_metric(runs)
+    label = metric_label(metric)
+    f1_targets = sorted(cells[cells["target_metric"] == metric]["target"].astype(float).unique()) \
         if not cells.empty else []
-    headers = ["arm", "k", "seeds", "dev F1", "dev EM", "dev loss"] + [f"updates to F1 {t:g}" for t in f1_targets]
+    headers = ["arm", "k", "seeds", label, "dev EM", "dev loss"] + [f"updates to {label.split(' ', 1)[-1]} {t:g}"
+                                                                     for t in f1_targets]
     rows = []
     done = completed_runs(runs)
     for kk in ks:
         for arm in arm_order(done[done["k"] == kk]["arm"]):
             n = int(((done["arm"] == arm) & (done["k"] == kk)).sum())
             row = [arm, kk, n] + [_arm_cell(runs, arm, kk, m, spec) for m, spec in
-                                  (("final.dev/f1", ".1f"), ("final.dev/em", ".1f"), ("final.dev/loss", ".3f"))]
+                                  ((f"final.{metric}", ".1f"), ("final.dev/em", ".1f"), ("final.dev/loss", ".3f"))]
             for t in f1_targets:
-                hit = cells[(cells["arm"] == arm) & (cells["k"] == kk) & (cells["target_metric"] == "dev/f1")
+                hit = cells[(cells["arm"] == arm) & (cells["k"] == kk) & (cells["target_metric"] == metric)
                             & (cells["target"].astype(float) == t)]
                 row.append(_median_text(hit.iloc[0]) if len(hit) else "–")
             rows.append(row)
@@ -500,6 +518,12 @@ def _answer_section(parts: dict[str, str], table: list[str]) -> list[str]:
     lines = ["## The answer", "", parts["question"], "", parts["answer"] + (" " + parts["cost"] if parts["cost"] else ""),
              "", parts["sanity"], ""]
     return lines + table
+
+
+def headline(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
+    """The report's first section as markdown lines (also written alone as headline.md): the answer, then the
+    headline table."""
+    return _answer_section(answer(runs, paired, sanity, cells), headline_table(runs, cells))
 
 
 def _targets_section(cells: pd.DataFrame) -> list[str]:
@@ -716,35 +740,20 @@ def _demote_headings(text: str) -> str:
     return "\n".join(out)
 
 
-def find_sharpness(results_dir: Path, out_dir: Path) -> Path | None:
-    """The sharpness section analysis.sharpness wrote: `out_dir/sharpness.md`, else `results_dir/report/sharpness.md`."""
-    for path in (out_dir / "sharpness.md", results_dir / "report" / "sharpness.md"):
-        if path.is_file():
-            return path
-    return None
+def find_sharpness(out_dir: Path) -> Path | None:
+    """The sharpness section analysis.sharpness wrote for this report: `out_dir/sharpness.md` (never another sweep's:
+    a report of sweep `foo` once embedded the default sweep's section from results/report/)."""
+    path = out_dir / "sharpness.md"
+    return path if path.is_file() else None
 
 
-def _relink(text: str, src_dir: Path, out_dir: Path) -> str:
-    """Rewrite relative link and image targets in `text` (written for src_dir) so they work from out_dir."""
-    if src_dir.resolve() == out_dir.resolve():
-        return text
-
-    def fix(m):
-        target = m.group(2)
-        if re.match(r"^([a-z]+:|/|#)", target):
-            return m.group(0)
-        moved = os.path.relpath((src_dir / target).resolve(), out_dir.resolve())
-        return f"{m.group(1)}({Path(moved).as_posix()})"
-
-    return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", fix, text)
-
-
-def _sharpness_section(path: Path | None, out_dir: Path) -> list[str]:
-    """sharpness.md as a section of the report: its top heading becomes a level-2 heading (the others follow), or
-    a "## Sharpness" heading is added when it has none; relative links are made to work from the report folder."""
+def _sharpness_section(path: Path | None) -> list[str]:
+    """sharpness.md (written into the report's own folder, so its relative links work as they are) as a section of
+    the report: its top heading becomes a level-2 heading (the others follow), or a "## Sharpness" heading is added
+    when it has none."""
     if path is None:
         return []
-    text = _relink(path.read_text(encoding="utf-8").strip(), path.parent, out_dir)
+    text = path.read_text(encoding="utf-8").strip()
     if not text:
         return []
     if text.startswith("# "):
@@ -757,12 +766,13 @@ def _sharpness_section(path: Path | None, out_dir: Path) -> list[str]:
 def build_markdown(runs: pd.DataFrame, curves: pd.DataFrame, sweep: str, root: Path, out_dir: Path,
                    figures: dict[str, Path | None], summary: pd.DataFrame, paired: pd.DataFrame,
                    sanity: pd.DataFrame, sharpness: Path | None = None,
-                   cells: pd.DataFrame | None = None) -> str:
+                   cells: pd.DataFrame | None = None, first: list[str] | None = None) -> str:
+    """REPORT.md; `first` is the headline section when the caller has it already (see `headline`)."""
     cells = cells if cells is not None else target_summary(pd.DataFrame())
     lines = [f"# SAM under gradient accumulation — sweep `{sweep}`", "",
              "Generated by `python -m analysis.report` from the run directories; every number and every finding "
              "below is computed from them.", ""]
-    lines += _answer_section(answer(runs, paired, sanity, cells), headline_table(runs, cells))
+    lines += first if first is not None else headline(runs, paired, sanity, cells)
     lines += ["## Findings", ""]
     lines += [f"- {text}" for text in findings(runs, curves, paired)]
     lines.append("")
@@ -773,7 +783,7 @@ def build_markdown(runs: pd.DataFrame, curves: pd.DataFrame, sweep: str, root: P
     lines += _sanity_section(sanity)
     lines += _figures_section(figures, out_dir)
     lines += _failures_section(not_completed(runs))
-    lines += _sharpness_section(sharpness, out_dir)
+    lines += _sharpness_section(sharpness)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -951,12 +961,20 @@ def _runs_csv(runs: pd.DataFrame) -> pd.DataFrame:
 TARGET_CSV_COLUMNS = ["arm", "k", "seed", "target_metric", "target", "update", "examples", "seconds", "reached"]
 
 
-def report_targets(results_dir: str | Path, sweep: str) -> dict:
+def report_targets(results_dir: str | Path, sweep: str, metric: str = "dev/f1") -> dict:
     """The dev-metric targets of the updates-to-target tables: the sweep file's `report.targets` as sweep.json
-    recorded it, else analysis.targets.DEFAULT_TARGETS."""
+    recorded it; without the run directories (a fresh clone) the ones the sweep's report used (its
+    time_to_target.csv); else analysis.targets.DEFAULT_TARGETS, on `metric` (the primary score: dev/rouge_w for
+    KLUE-MRC runs)."""
     manifest = read_json(sweep_dir(results_dir, sweep) / "sweep.json")
-    targets = ((manifest or {}).get("report") or {}).get("targets") if isinstance(manifest, dict) else None
-    return targets or dict(DEFAULT_TARGETS)
+    if isinstance(manifest, dict) and isinstance(manifest.get("report"), dict) and manifest["report"].get("targets"):
+        return manifest["report"]["targets"]
+    used = report_dir(results_dir, sweep) / "time_to_target.csv"
+    if not sweep_dir(results_dir, sweep).is_dir() and used.is_file():
+        table = pd.read_csv(used)
+        return {metric: sorted(group["target"].astype(float).unique()) for metric, group in
+                table.groupby("target_metric")}
+    return {metric: DEFAULT_TARGETS["dev/f1"]} if metric != "dev/f1" else dict(DEFAULT_TARGETS)
 
 
 def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None = None) -> dict[str, Path]:
@@ -964,7 +982,7 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     Raises ReportError (one line) when the sweep folder is missing or holds no runs."""
     results_dir = Path(results_dir)
     root = sweep_dir(results_dir, sweep)
-    out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
+    out_dir = Path(out_dir) if out_dir is not None else report_dir(results_dir, sweep)
     try:
         runs = collect_runs(results_dir, sweep)
     except CollectError as err:
@@ -972,7 +990,7 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     if runs.empty:
         raise ReportError(f"no runs in {str(root)!r} (no folder with a summary.json or config.yaml, no sweep.json)")
     curves = collect_curves(results_dir, sweep, runs)
-    to_target = time_to_target(curves, runs, report_targets(results_dir, sweep))
+    to_target = time_to_target(curves, runs, report_targets(results_dir, sweep, primary_metric(runs)))
     cells = target_summary(to_target)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -982,10 +1000,11 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     figures = plots.plot_all(runs, curves, fig_dir, targets=to_target)
 
     summary = summary_table(runs, reported_metrics(runs))
-    paired = paired_table(runs)
+    paired = paired_table(runs, (f"final.{primary_metric(runs)}", "final.dev/em", "final.dev/loss"))
     sanity = sanity_table(runs, curves)
-    sharpness = find_sharpness(results_dir, out_dir)
-    md = build_markdown(runs, curves, sweep, root, out_dir, figures, summary, paired, sanity, sharpness, cells)
+    sharpness = find_sharpness(out_dir)
+    first = headline(runs, paired, sanity, cells)
+    md = build_markdown(runs, curves, sweep, root, out_dir, figures, summary, paired, sanity, sharpness, cells, first)
 
     written = {}
     written["md"] = out_dir / "REPORT.md"
@@ -993,10 +1012,8 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     written["html"] = out_dir / "REPORT.html"
     written["html"].write_text(markdown_to_html(md, out_dir, title=f"SAM accumulation report: {sweep}"),
                                encoding="utf-8")
-    parts = answer(runs, paired, sanity, cells)
     written["headline"] = out_dir / "headline.md"
-    written["headline"].write_text("\n".join(_answer_section(parts, headline_table(runs, cells))).rstrip() + "\n",
-                                   encoding="utf-8")
+    written["headline"].write_text("\n".join(first).rstrip() + "\n", encoding="utf-8")
     frames = (("summary", summary), ("paired", paired), ("sanity", sanity), ("runs", _runs_csv(runs)),
               ("time_to_target", to_target[TARGET_CSV_COLUMNS]), ("time_to_target_summary", cells),
               ("curves", curves[curves["metric"].isin(REPORT_CURVE_METRICS)]))

@@ -106,7 +106,7 @@ class SharpnessConfig:
 
     results_dir: str = "results"
     sweep: str = "ablation"
-    out: Optional[str] = None  # where the csv, sharpness.md and figures go (null: <results_dir>/report, as analysis.report)
+    out: Optional[str] = None  # where the csv, sharpness.md and figures go (null: collect.report_dir, as analysis.report)
     train_examples: int = 32  # seeded train subset: the train loss (one forward per model)
     dev_examples: int = 32  # seeded dev subset: the dev loss (one forward per model)
     landscape_examples: int = 8  # the first N of each subset: adaptive sharpness, 1D/2D curves, interpolation
@@ -1089,7 +1089,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if result.get("dry_run"):
             return 0
         t0 = time.perf_counter()
-        out_dir = Path(opts.out) if opts.out else Path(opts.results_dir) / "report"
+        from analysis.collect import report_dir
+
+        out_dir = Path(opts.out) if opts.out else report_dir(opts.results_dir, opts.sweep)
         written = write_outputs(result, out_dir)
     except SharpnessError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -81,7 +81,7 @@ from experiments.tracking import atomic_write_json
 
 SWEEP_KEYS = ("name", "description", "base", "grid", "overrides", "when", "exclude", "include", "report")
 # what the report of a sweep may be told (recorded in sweep.json for analysis.report)
-REPORT_TARGET_METRICS = ("dev/f1", "dev/em", "dev/loss")
+REPORT_TARGET_METRICS = ("dev/f1", "dev/em", "dev/rouge_w", "dev/loss")
 WHEN_KEYS = ("match", "overrides")
 CONFIG_SUFFIXES = (".yaml", ".yml")
 TRAIN_CMD_ENV = "SWEEP_TRAIN_CMD"  # a shell-quoted command that replaces `python -m experiments.train` (tests)

@@ -210,7 +210,7 @@ def frames(sweep):
 @pytest.fixture(scope="module")
 def built(sweep, frames):
     # a sharpness section as analysis.sharpness would leave it, with one figure of its own
-    out = sweep.results_dir / "report"
+    out = report_dir(sweep.results_dir, sweep.sweep)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     fig = plots.Figure(figsize=(3, 2))
     fig.add_subplot().plot([0, 1, 2], [3, 1, 2], color="tab:purple")
@@ -329,7 +329,7 @@ def _nonblank_png(path: Path) -> None:
 
 
 def test_report_files_sections_and_figures(sweep, built):
-    out = sweep.results_dir / "report"
+    out = report_dir(sweep.results_dir, sweep.sweep)
     md = (out / "REPORT.md").read_text(encoding="utf-8")
     positions = [md.index(s + "\n") for s in SECTIONS]
     assert positions == sorted(positions)
@@ -350,7 +350,7 @@ def test_report_files_sections_and_figures(sweep, built):
 
 
 def test_report_lists_every_run_that_did_not_complete(sweep, built):
-    md = (sweep.results_dir / "report" / "REPORT.md").read_text(encoding="utf-8")
+    md = (report_dir(sweep.results_dir, sweep.sweep) / "REPORT.md").read_text(encoding="utf-8")
     failures = md[md.index("## Failed, diverged and unfinished runs"):]
     for run in sweep.not_completed:
         line = next(ln for ln in failures.splitlines() if run.run_id in ln)
@@ -359,7 +359,7 @@ def test_report_lists_every_run_that_did_not_complete(sweep, built):
 
 
 def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
-    out = sweep.results_dir / "report"
+    out = report_dir(sweep.results_dir, sweep.sweep)
     summary = pd.read_csv(out / "summary.csv")
     cell = summary[(summary["metric"] == "final.dev/f1") & (summary["arm"] == "sam_last") & (summary["k"] == 4)]
     values = [expected_final("sam_last", 4, s)["dev/f1"] for s in (0, 1, 2)]
@@ -393,15 +393,17 @@ def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
 
 def test_report_is_deterministic(sweep, built, tmp_path):
     again = report.build_report(sweep.results_dir, sweep.sweep, out_dir=tmp_path / "again")
-    first = sweep.results_dir / "report"
+    first = report_dir(sweep.results_dir, sweep.sweep)
     for name in ("summary.csv", "paired.csv", "sanity.csv", "runs.csv", "figures/train_loss.png"):
         assert (first / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     md = again["md"].read_text(encoding="utf-8")
-    # the sharpness section is found in <results_dir>/report/ and its links are rewritten for the other folder
-    assert "## Sharpness of the final checkpoints" in md
-    assert again["html"].read_text(encoding="utf-8").count("data:image/png;base64,") == 7
-    body = lambda t: t[:t.index("## Sharpness")]  # noqa: E731
-    assert body(md) == body((first / "REPORT.md").read_text(encoding="utf-8"))
+    # a report embeds the sharpness section of its own folder only: a report of sweep `foo` once embedded the
+    # default sweep's section from results/report/
+    assert "## Sharpness" not in md
+    assert again["html"].read_text(encoding="utf-8").count("data:image/png;base64,") == 6
+    first_md = (first / "REPORT.md").read_text(encoding="utf-8")
+    assert "## Sharpness of the final checkpoints" in first_md
+    assert md == first_md[:first_md.index("## Sharpness")].rstrip() + "\n"
 
 
 def test_sanity_failure_is_reported(frames):
@@ -469,7 +471,7 @@ def test_notebook_runs_on_a_fresh_clone_from_the_report_csvs_alone(sweep, built,
     import shutil
 
     clone = tmp_path / "results"
-    shutil.copytree(sweep.results_dir / "report", report_dir(clone, sweep.sweep))
+    shutil.copytree(report_dir(sweep.results_dir, sweep.sweep), report_dir(clone, sweep.sweep))
     assert not (clone / "runs").exists()
     outputs, text = _executed_outputs(clone, sweep.sweep, tmp_path / "executed.ipynb")
     assert "read from the report's CSVs" in text and "24 runs" in text
@@ -558,7 +560,7 @@ def test_report_shows_the_v2_breakdown_and_rouge_w_only_when_runs_logged_them(tm
 
 
 def test_report_writes_the_headline_and_the_time_to_target_table(sweep, built):
-    out = sweep.results_dir / "report"
+    out = report_dir(sweep.results_dir, sweep.sweep)
     headline = (out / "headline.md").read_text(encoding="utf-8")
     md = (out / "REPORT.md").read_text(encoding="utf-8")
     assert headline.startswith("## The answer\n") and headline.strip() in md
@@ -603,9 +605,13 @@ def test_final_scores_draw_min_max_of_seeds_not_a_t_interval_below_zero():
     for ax in fig.axes:
         low, high = ax.get_ylim()
         assert low >= 0.0 and high <= 101.0
-    # a 3-seed Student-t interval of F1 2, 3, 70 reaches far below 0; the drawn bar is 2..70
-    mean, low, high = plots.seed_range([2.0, 3.0, 70.0])
-    assert (mean, low, high) == (25.0, 2.0, 70.0)
+        # the drawn error bar spans the seeds, 2..70 (a 3-seed Student-t interval of F1 2, 3, 70 reaches far
+        # below 0: mean 25 ± t_{0.975,2}·38.7/√3 = 25 ± 96)
+        (bars,) = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+        ys = sorted(float(y) for segment in bars.get_segments() for _, y in segment)
+        assert ys[0] == pytest.approx(1.0 if "exact" in ax.get_ylabel() else 2.0)
+        assert ys[-1] == pytest.approx(60.0 if "exact" in ax.get_ylabel() else 70.0)
+    assert plots.seed_range([2.0, 3.0, 70.0]) == (25.0, 2.0, 70.0)
 
 
 def test_manifest_overrides_are_read_as_the_run_read_them():
@@ -617,3 +623,20 @@ def test_manifest_overrides_are_read_as_the_run_read_them():
                                "seed=oops"])
     assert parsed == {"tracking.project": "0777", "train.accumulation_steps": 4, "tracking.tags": ("on",),
                       "seed": "oops"}
+
+
+def test_the_answer_of_klue_runs_is_about_rouge_w():
+    """data.metric=klue logs dev/rouge_w instead of dev/f1: the answer, its paired test and the headline use it."""
+    rows = []
+    for seed, (full, last) in enumerate([(70.0, 40.0), (72.0, 41.0), (69.0, 45.0)]):
+        for arm, value in (("sam_full", full), ("sam_last", last)):
+            rows.append({"run_id": f"{arm}-{seed}", "arm": arm, "k": 4, "seed": seed, "status": "completed",
+                         "final.dev/rouge_w": value, "final.dev/em": value - 10, "final.dev/loss": 1.0})
+    runs = pd.DataFrame(rows)
+    assert report.primary_metric(runs) == "dev/rouge_w"
+    paired = report.paired_table(runs, ("final.dev/rouge_w", "final.dev/em", "final.dev/loss"), n_boot=200)
+    cells = report.target_summary(pd.DataFrame())
+    parts = report.answer(runs, paired, report.sanity_table(runs, pd.DataFrame()), cells)
+    # (70 − 40 + 72 − 41 + 69 − 45) / 3 = 28.33
+    assert "dev ROUGE-W 70.3 ± 1.5 with full replay" in parts["answer"] and "**+28.3 ROUGE-W**" in parts["answer"]
+    assert "dev ROUGE-W" in report.headline_table(runs, cells)[0]

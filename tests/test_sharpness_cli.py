@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from analysis import sharpness
+from analysis.collect import report_dir
 from analysis.sharpness_qa import SharpnessError, check_same_data
 from tests.conftest import PYTHON, REPO, SMOKE, arm_file
 
@@ -56,13 +57,13 @@ def sweep(tmp_path_factory):
     assert any(name.endswith(".safetensors") for name in before)
     code = sharpness.main([f"results_dir={root}", "sweep=tiny", *TINY_BUDGET])
     assert code == 0
-    report = root / "report"
+    report = report_dir(root, "tiny")
     return {"root": root, "before": before, "csv": (report / "sharpness.csv").read_text(),
             "curves": (report / "sharpness_curves.csv").read_text(), "md": (report / "sharpness.md").read_text()}
 
 
 def test_csv_has_one_row_per_run_with_finite_measures_and_pass_counts(sweep):
-    frame = pd.read_csv(sweep["root"] / "report" / "sharpness.csv")
+    frame = pd.read_csv(report_dir(sweep["root"], "tiny") / "sharpness.csv")
     run_ids = sorted(p.name for p in (sweep["root"] / "runs" / "tiny").iterdir())
     assert sorted(frame["run_id"]) == run_ids
     assert sorted(zip(frame["arm"], frame["seed"])) == sorted((a, s) for a in ARMS for s in SEEDS)
@@ -78,7 +79,7 @@ def test_csv_has_one_row_per_run_with_finite_measures_and_pass_counts(sweep):
     np.testing.assert_allclose(frame["gap_subset"], frame["dev_loss"] - frame["train_loss"])
     np.testing.assert_allclose(frame["gap_summary"], frame["summary_dev_loss"] - frame["summary_train_loss"])
     # one 2D surface per arm (seed 0), and the interpolation pairs of every seed
-    curves = pd.read_csv(sweep["root"] / "report" / "sharpness_curves.csv")
+    curves = pd.read_csv(report_dir(sweep["root"], "tiny") / "sharpness_curves.csv")
     surf = curves[curves["kind"] == "surface_2d"]
     assert sorted(surf["arm"].unique()) == sorted(ARMS) and set(surf["seed"]) == {0}
     assert len(surf) == 3 * 4 * 4
@@ -105,7 +106,7 @@ def test_every_figure_is_a_non_blank_png(sweep):
     import matplotlib.image as mpimg
 
     for name in sharpness.FIGURES.values():
-        path = sweep["root"] / "report" / "figures" / name
+        path = report_dir(sweep["root"], "tiny") / "figures" / name
         assert path.is_file(), name
         pixels = mpimg.imread(path)
         assert pixels.ndim == 3 and float(pixels.var()) > 0, name
@@ -161,7 +162,7 @@ def test_a_sweep_without_completed_runs_is_a_one_line_error(tmp_path, capsys):
     assert sharpness.main([f"results_dir={tmp_path}", "sweep=broken"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no completed run" in err and "status failed" in err
-    assert not (tmp_path / "report").exists()
+    assert not report_dir(tmp_path, "broken").exists() and not (tmp_path / "report").exists()
 
 
 def test_runs_with_different_data_are_refused():
@@ -211,7 +212,7 @@ def test_defaults_and_help_list_every_key(capsys):
 
 
 def test_dry_run_prints_the_estimate_and_writes_nothing(sweep, capsys):
-    report = sweep["root"] / "report"
+    report = report_dir(sweep["root"], "tiny")
     stamp = (report / "sharpness.csv").stat().st_mtime_ns
     assert sharpness.main([f"results_dir={sweep['root']}", "sweep=tiny", "dry_run=true", *TINY_BUDGET]) == 0
     out = capsys.readouterr().out
