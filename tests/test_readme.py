@@ -15,3 +15,23 @@ def test_readme_quotes_the_answer_of_the_committed_report():
     # the headline is the first section of the committed report
     report = (REPO / "results" / "report" / "REPORT.md").read_text(encoding="utf-8")
     assert report.index("## The answer") < report.index("## Findings") and headline.strip() in report
+
+
+def test_eval_share_table_is_the_committed_runs_time_blocks():
+    import json
+    import re
+
+    folder = REPO / "results" / "bench" / "eval_share"
+    table = (folder / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for run in ("before", "after"):
+        summary = json.loads((folder / run / "summary.json").read_text(encoding="utf-8"))
+        t = summary["time"]
+        assert summary["status"] == "completed" and t["evaluations"] >= 10
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{run}` |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] == f"{t['eval_s']:.1f} s ({100 * t['eval_share']:.1f} %)"
+        assert cells[3] == f"{t['diagnostics_s']:.1f} s ({100 * t['diagnostics_share']:.1f} %)"
+        assert cells[4] == f"{summary['wall_time_s']:.1f} s"
+        for share in (t["eval_share"], t["diagnostics_share"]):
+            assert re.search(rf"\b{100 * share:.1f} %", readme), f"README lacks the {run} share {100 * share:.1f} %"
