@@ -146,7 +146,15 @@ class Columns(dict):
         """Rows (len() of a dict counts its columns)."""
         return len(next(iter(self.values()))) if dict.__len__(self) else 0
 
+    def select(self, rows: Sequence[int]) -> "Columns":
+        """A new Columns holding only `rows` (in that order), as datasets.Dataset.select does."""
+        return Columns({name: [column[i] for i in rows] for name, column in self.items()})
+
 
 def columns_of(dataset, names: Sequence[str]) -> Columns:
-    """The named columns of `dataset` (those it has) as a Columns."""
-    return Columns({name: dataset[name] for name in names if name in dataset.column_names})
+    """The named columns of `dataset` (those it has) as a Columns of Python lists.
+
+    `dataset[name]` is a lazy Arrow column in datasets >= 4 (each pass over it converts again), so the columns are
+    materialised here with `to_dict()`."""
+    present = [name for name in names if name in dataset.column_names]
+    return Columns(dataset.select_columns(present).to_dict())

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .batches import LABELS, MODEL_INPUTS, Columns, columns_of, epoch_windows, subset_rows, to_features
+from .batches import LABELS, MODEL_INPUTS, columns_of, epoch_windows, subset_rows, to_features
 from .qa_eval import metric_keys
 from .qa_loss import span_loss
 
@@ -301,7 +301,7 @@ class Trainer:
         if size >= len(dev_ex):
             return None
         example_rows, feature_rows = subset_rows(dev_ex["id"], dev_ds["example_id"], size, self.cfg.eval.subset_seed)
-        examples = Columns({name: [column[i] for i in example_rows] for name, column in self.dev_examples.items()})
+        examples = self.dev_examples.select(example_rows)
         return examples, self.dev.select(feature_rows)
 
     # -- pieces ------------------------------------------------------------------------------------------------------

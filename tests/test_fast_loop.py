@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from experiments.batches import LABELS, MODEL_INPUTS, Features, padded_length, subset_rows, to_features
+from experiments.batches import (LABELS, MODEL_INPUTS, Features, columns_of, padded_length, subset_rows,
+                                 to_features)
 from experiments.config import load_config
 from experiments.model import load_model, load_tokenizer
 from experiments.qa_loss import span_loss
@@ -235,6 +236,23 @@ def test_subset_rows_depends_only_on_its_seed_and_keeps_every_feature_of_a_chose
     assert subset_rows(example_ids, feature_ids, 4, seed=8)[0] != examples
     assert subset_rows(example_ids, feature_ids, None, seed=7) == (list(range(10)), list(range(13)))
     assert subset_rows(example_ids, feature_ids, 99, seed=7)[0] == list(range(10))
+
+
+def test_eval_columns_are_python_lists_read_once_and_select_keeps_row_order():
+    datasets = pytest.importorskip("datasets")
+    dataset = datasets.Dataset.from_dict({"example_id": ["a", "b", "c"],
+                                          "offset_mapping": [[[0, 1]], [[0, 2], [2, 3]], [[1, 4]]],
+                                          "input_ids": [[1, 0], [2, 3], [4, 0]],
+                                          "attention_mask": [[1, 0], [1, 1], [1, 0]]})
+    columns = columns_of(dataset, ("example_id", "offset_mapping", "not_there"))
+    # lists, not datasets' lazy Column (which converts from Arrow again at every pass)
+    assert {name: type(column) for name, column in columns.items()} == {"example_id": list, "offset_mapping": list}
+    assert columns.column_names == ["example_id", "offset_mapping"] and columns.num_rows == 3
+    picked = columns.select([2, 0])
+    assert picked == {"example_id": ["c", "a"], "offset_mapping": [[[1, 4]], [[0, 1]]]}
+    features = to_features(dataset, ["input_ids", "attention_mask"])
+    assert features.eval_columns() is features.eval_columns()  # converted once
+    assert type(features.eval_columns()["offset_mapping"]) is list
 
 
 def test_periodic_evaluations_score_the_subset_and_the_final_one_the_whole_dev_set(tiny_run, tmp_path):
