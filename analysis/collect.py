@@ -374,7 +374,8 @@ def collect_curves(results_dir: str | Path, sweep: str, runs: pd.DataFrame | Non
 # the frames without the raw runs: the committed report's CSVs
 
 # the metrics the report keeps in curves.csv: enough for every figure and table of the report and the notebook
-REPORT_CURVE_METRICS = ("train/loss", "train/step_time", "dev/loss", "dev/f1", "dev/em", "diag/grad_cos")
+REPORT_CURVE_METRICS = ("train/loss", "train/step_time", "dev/loss", "dev/f1", "dev/rouge_w", "dev/em",
+                        "diag/grad_cos")
 
 
 def report_dir(results_dir: str | Path, sweep: str) -> Path:

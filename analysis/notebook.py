@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 NOTEBOOK = Path(__file__).resolve().parent / "notebooks" / "report.ipynb"
+USAGE = "usage: python -m analysis.notebook [results_dir=results] [sweep=ablation] [out=FILE.ipynb]"
 KERNEL = "sam-accum-venv"
 
 
@@ -59,8 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from analysis.report import ReportError, parse_args
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
     try:
-        args = parse_args(list(sys.argv[1:] if argv is None else argv))  # the report's keys: results_dir, sweep, out
+        args = parse_args(argv, USAGE)  # the report's keys: results_dir, sweep, out (here the executed copy)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -257,12 +257,13 @@ DEV_ROWS = (("dev/f1", "dev F1 (%)", (0.0, 100.5)), ("dev/rouge_w", "dev ROUGE-W
 
 @_styled
 def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
-    """The learning curves: dev F1 (top row) and dev loss (bottom row) at every evaluation against the optimizer
-    update, one column per accumulation k; per arm the mean over seeds with a min–max band. Arms with identical
-    curves (k = 1) are one line."""
+    """The learning curves: one row per dev metric the runs logged (DEV_ROWS: F1, ROUGE-W for KLUE-MRC, loss) at
+    every evaluation against the optimizer update, one column per accumulation k; per arm the mean over seeds with a
+    min–max band. Arms with identical curves (k = 1) are one line."""
     rows = [(m, label, limits) for m, label, limits in DEV_ROWS if not _eval_events(curves, m).empty]
     if not rows:
-        log.info("figure_dev_curves: no evaluation events with dev/loss or dev/f1; figure skipped")
+        log.info("figure_dev_curves: no evaluation events of %s; figure skipped",
+                 ", ".join(m for m, _, _ in DEV_ROWS))
         return None
     ks = _ks(pd.concat([_eval_events(curves, m) for m, _, _ in rows]))
     arms = arm_order(curves["arm"])

@@ -27,7 +27,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,13 +65,13 @@ COMPARISONS = (
     ("sam_full", "adamw", "what correct SAM buys over AdamW"),
     ("sam_micro", "sam_full", "m-SAM against SAM"),
 )
-PAIRED_METRICS = ("final.dev/f1", "final.dev/em", "final.dev/loss")
+PAIRED_METRICS = ("final.dev/em", "final.dev/loss")  # after the primary score (paired_metrics)
 SANITY_METRICS = ("final.dev/f1", "final.dev/em", "final.dev/loss", "final.train/loss")
 FIGURE_TEXT = {
-    "dev_curves": ("Learning curves", "Dev F1 and dev loss at every evaluation against the optimizer update "
-                   "(periodic evaluations score the fixed dev subset, the epoch-end and final ones the whole dev "
-                   "set). Line: mean over seeds; band: min–max over seeds. Arms with identical curves (k = 1) are "
-                   "drawn as one line."),
+    "dev_curves": ("Learning curves", "The dev score the runs logged and the dev loss at every evaluation against "
+                   "the optimizer update (periodic evaluations score the fixed dev subset, the epoch-end and final "
+                   "ones the whole dev set). Line: mean over seeds; band: min–max over seeds. Arms with identical "
+                   "curves (k = 1) are drawn as one line."),
     "time_to_target": ("Updates to reach a dev F1 target", "For each run, the first evaluation at which dev F1 "
                        "reached the target (dots; bar: median over seeds). An open triangle is a run that never "
                        "reached it, drawn at its last evaluation: it needs more updates than that."),
@@ -233,21 +233,31 @@ def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = tuple(m for m, _,
     return out[["metric", "arm", "k", "runs", "n", "mean", "std", "ci_low", "ci_high", "ci_half"]]
 
 
-def paired_table(runs: pd.DataFrame, metrics: Sequence[str] = PAIRED_METRICS,
+def paired_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
+    """The metrics of the paired tests: the primary score (primary_metric), then PAIRED_METRICS."""
+    return (f"final.{primary_metric(runs)}", *PAIRED_METRICS)
+
+
+def paired_table(runs: pd.DataFrame, metrics: Optional[Sequence[str]] = None,
                  comparisons: Sequence[tuple] = COMPARISONS, n_boot: int = N_BOOT,
                  seed: int = BOOT_SEED) -> pd.DataFrame:
-    """paired_differences() of each comparison (a − b per k, paired on seed) and metric, completed runs only.
-    Comparisons whose arms are not both in the sweep are left out."""
+    """paired_differences() of each comparison (a − b per k, paired on seed) and metric (default:
+    paired_metrics(runs)), completed runs only. A (comparison, k) cell is left out unless the sweep has runs of
+    both arms at that k (in any status: a cell whose runs failed is reported with n = 0)."""
+    metrics = paired_metrics(runs) if metrics is None else tuple(metrics)
     runs = _with_metrics(runs, metrics)
     done = completed_runs(runs)
-    arms = set(runs["arm"].dropna())
+    arms_at_k = runs.dropna(subset=["arm"]).groupby("k", dropna=False)["arm"].agg(set).to_dict()
     frames = []
     for metric in metrics:
         if metric not in runs.columns:
             continue
         for a, b, _ in comparisons:
-            if a in arms and b in arms:
-                frames.append(paired_differences(done, metric, a, b, by=("k",), n_boot=n_boot, seed=seed))
+            if not any({a, b} <= arms for arms in arms_at_k.values()):
+                continue
+            table = paired_differences(done, metric, a, b, by=("k",), n_boot=n_boot, seed=seed)
+            both = table["k"].map(lambda k: {a, b} <= arms_at_k.get(k, set()))
+            frames.append(table[both.astype(bool)])
     if not frames:
         return pd.DataFrame(columns=["metric", "a", "b", "k", "n", "mean_diff", "std_diff", "ci_low", "ci_high",
                                      "p_value", "verdict", "pairs", "unpaired"])
@@ -417,7 +427,9 @@ def _cost_text(cells: pd.DataFrame, k: int, metric: str = "dev/f1") -> str:
     which = (f"the largest gap among the {label} targets {', '.join(f'{t:g}' for t in sorted(reached['target']))}; "
              f"a run reaches a target at its first evaluation at or above it, periodic dev-subset evaluations included")
     if r["lower_bound"]:
-        return (f"To reach {label} {target:g}, the last-batch replay needs **more than {r['ratio']:.1f}× the updates** "
+        # a lower bound is rounded down, so the printed bound still holds (100/60 = 1.67 reads "more than 1.6×")
+        bound = math.floor(r["ratio"] * 10 + 1e-9) / 10
+        return (f"To reach {label} {target:g}, the last-batch replay needs **more than {bound:.1f}× the updates** "
                 f"of full replay: sam_full gets there in a median {r['fast_median']:.0f} updates "
                 f"({r['fast_reached']}/{r['fast_n']} seeds), sam_last in {r['slow_reached']}/{r['slow_n']} seeds "
                 f"within the whole budget of {r['slow_budget']} updates ({which}).")
@@ -478,8 +490,8 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
 
 
 def headline_table(runs: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
-    """Per arm at the question's k (and k = 1): final dev F1/EM/loss over seeds and the median updates to each dev
-    F1 target (reached/n)."""
+    """Per arm at the question's k (and k = 1): the final primary score (dev F1, or ROUGE-W for KLUE-MRC), EM and
+    loss over seeds, and the median updates to each target of the primary score (reached/n)."""
     k = question_k(runs)
     ks = [kk for kk in (k, 1) if kk is not None and kk in set(int(v) for v in _values(completed_runs(runs)["k"]))]
     metric = primary_metric(runs)
@@ -972,8 +984,10 @@ def report_targets(results_dir: str | Path, sweep: str, metric: str = "dev/f1") 
     used = report_dir(results_dir, sweep) / "time_to_target.csv"
     if not sweep_dir(results_dir, sweep).is_dir() and used.is_file():
         table = pd.read_csv(used)
-        return {metric: sorted(group["target"].astype(float).unique()) for metric, group in
-                table.groupby("target_metric")}
+        recorded = {name: sorted(group["target"].astype(float).unique()) for name, group in
+                    table.groupby("target_metric")}
+        if recorded:
+            return recorded
     return {metric: DEFAULT_TARGETS["dev/f1"]} if metric != "dev/f1" else dict(DEFAULT_TARGETS)
 
 
@@ -1000,7 +1014,7 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     figures = plots.plot_all(runs, curves, fig_dir, targets=to_target)
 
     summary = summary_table(runs, reported_metrics(runs))
-    paired = paired_table(runs, (f"final.{primary_metric(runs)}", "final.dev/em", "final.dev/loss"))
+    paired = paired_table(runs)
     sanity = sanity_table(runs, curves)
     sharpness = find_sharpness(out_dir)
     first = headline(runs, paired, sanity, cells)
@@ -1026,12 +1040,13 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     return written
 
 
-def parse_args(argv: Sequence[str]) -> dict[str, str]:
-    """key=value arguments → {key: value}; ReportError for a malformed or unknown one."""
+def parse_args(argv: Sequence[str], usage: str = USAGE) -> dict[str, str]:
+    """key=value arguments (results_dir, sweep, out) → {key: value}; ReportError for a malformed or unknown one,
+    quoting `usage` (the calling command's)."""
     args = {"results_dir": "results", "sweep": "ablation", "out": None}
     for arg in argv:
         if "=" not in arg or arg.startswith("="):
-            raise ReportError(f"argument {arg!r} must look like key=value; {USAGE}")
+            raise ReportError(f"argument {arg!r} must look like key=value; {usage}")
         key, value = arg.split("=", 1)
         if key not in KNOWN_KEYS:
             raise ReportError(f"unknown key {key!r}; known keys: {', '.join(KNOWN_KEYS)}")

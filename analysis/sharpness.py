@@ -61,7 +61,8 @@ __all__ = [
 #     python -m analysis.sharpness results_dir=DIR sweep=NAME [key=value ...]      (`help` lists the keys)
 #
 # measures every completed run of DIR/runs/NAME/ on one fixed, seeded data subset (analysis.sharpness_qa: data,
-# checkpoints, the measurements of one model) and writes into `out` (default DIR/report/):
+# checkpoints, the measurements of one model) and writes into `out` (default analysis.collect.report_dir:
+# DIR/report/ for the default sweep, DIR/report-NAME/ for any other):
 #
 #     sharpness.csv           one row per run: run_id, arm, k, seed, every measure, pass counts
 #     sharpness_curves.csv    the 1D curves, 2D surfaces and interpolation curves behind the figures (long format)
@@ -1051,7 +1052,8 @@ def curves_frame(result: dict):
 
 
 def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
-    """Tables, figures and sharpness.md under out_dir (DIR/report); returns {name: path}."""
+    """Tables, figures and sharpness.md under out_dir (analysis.collect.report_dir unless `out` is given);
+    returns {name: path}."""
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)

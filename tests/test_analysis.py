@@ -606,7 +606,7 @@ def test_final_scores_draw_min_max_of_seeds_not_a_t_interval_below_zero():
         low, high = ax.get_ylim()
         assert low >= 0.0 and high <= 101.0
         # the drawn error bar spans the seeds, 2..70 (a 3-seed Student-t interval of F1 2, 3, 70 reaches far
-        # below 0: mean 25 ± t_{0.975,2}·38.7/√3 = 25 ± 96)
+        # below 0: mean 25 ± t_{0.975,2}·38.97/√3 = 25 ± 97)
         (bars,) = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
         ys = sorted(float(y) for segment in bars.get_segments() for _, y in segment)
         assert ys[0] == pytest.approx(1.0 if "exact" in ax.get_ylabel() else 2.0)
@@ -634,9 +634,39 @@ def test_the_answer_of_klue_runs_is_about_rouge_w():
                          "final.dev/rouge_w": value, "final.dev/em": value - 10, "final.dev/loss": 1.0})
     runs = pd.DataFrame(rows)
     assert report.primary_metric(runs) == "dev/rouge_w"
-    paired = report.paired_table(runs, ("final.dev/rouge_w", "final.dev/em", "final.dev/loss"), n_boot=200)
+    paired = report.paired_table(runs, n_boot=200)  # the default metrics follow the primary score (the notebook)
+    assert list(paired["metric"].unique()) == ["final.dev/rouge_w", "final.dev/em", "final.dev/loss"]
     cells = report.target_summary(pd.DataFrame())
     parts = report.answer(runs, paired, report.sanity_table(runs, pd.DataFrame()), cells)
     # (70 − 40 + 72 − 41 + 69 − 45) / 3 = 28.33
     assert "dev ROUGE-W 70.3 ± 1.5 with full replay" in parts["answer"] and "**+28.3 ROUGE-W**" in parts["answer"]
     assert "dev ROUGE-W" in report.headline_table(runs, cells)[0]
+
+
+def test_paired_table_leaves_out_a_k_where_one_arm_has_no_run():
+    """The default ablation has sam_micro only at k = 1: no 'sam_micro − sam_full at k = 8, n = 0' row (the committed
+    report once had one). A cell whose runs exist but failed stays, with n = 0."""
+    rows = []
+    for k, arms in ((1, ("sam_full", "sam_last", "sam_micro")), (8, ("sam_full", "sam_last")),
+                    (4, ("sam_full", "sam_last"))):
+        for arm in arms:
+            for seed in range(2):
+                failed = k == 4 and arm == "sam_last"
+                rows.append({"run_id": f"{arm}-{k}-{seed}", "arm": arm, "k": k, "seed": seed,
+                             "status": "failed" if failed else "completed",
+                             "final.dev/f1": float(seed + (arm == "sam_full")), "final.dev/em": 1.0,
+                             "final.dev/loss": 1.0})
+    paired = report.paired_table(pd.DataFrame(rows), n_boot=50)
+    f1 = paired[paired["metric"] == "final.dev/f1"]
+    cells = {(r.a, r.b, int(r.k)): int(r.n) for r in f1.itertuples()}
+    assert cells == {("sam_full", "sam_last", 1): 2, ("sam_full", "sam_last", 4): 0, ("sam_full", "sam_last", 8): 2,
+                     ("sam_micro", "sam_full", 1): 2}
+
+
+def test_notebook_cli_names_itself_in_its_errors(capsys):
+    from analysis import notebook
+
+    assert notebook.main(["foo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: argument 'foo' must look like key=value") and "python -m analysis.notebook" in err
+    assert "analysis.report" not in err

@@ -103,3 +103,18 @@ def test_the_report_states_the_target_with_the_largest_cost(frames):
     assert text.startswith("To reach dev F1 50, the last-batch replay needs **more than 1.5× the updates**")
     assert "within the whole budget of 24 updates" in text
     assert (p_clause(0.0004), p_clause(0.0123)) == ("p < 0.001", "p = 0.012")
+
+
+def test_a_lower_bound_is_rounded_down_so_the_printed_bound_holds():
+    from analysis.report import _cost_text
+
+    rows = []
+    for seed in range(3):
+        rows += curve_rows(f"full-{seed}", "sam_full", seed, {3: 20.0, 6: 80.0, 10: 90.0})
+        rows += curve_rows(f"last-{seed}", "sam_last", seed, {3: 20.0, 6: 30.0, 10: 40.0})
+    curves = pd.DataFrame(rows, columns=COLUMNS)
+    runs = pd.DataFrame({"run_id": sorted(set(curves["run_id"])), "status": "completed"})
+    cells = target_summary(time_to_target(curves, runs, {"dev/f1": (70,)}))
+    # sam_full: median 6 updates; sam_last: none within its 10 updates, so the ratio is > 10/6 = 1.667: the text
+    # must not round the bound up to 1.7 (1.69 would not hold), it says 1.6
+    assert "needs **more than 1.6× the updates**" in _cost_text(cells, 8)
