@@ -73,16 +73,15 @@ run-all-gpu: $(STAMP)  ## the same question at a paper-size budget on CUDA (conf
 smoke-all: $(STAMP)  ## the smoke sweep and its report (about 1.5 min)
 	@$(call sweep_then_report,configs/sweep/smoke.yaml,smoke)
 
-# The committed report of the default sweep lives in results/report/; other sweeps report next to it in
-# results/report-<sweep>/ (git-ignored, so a smoke sweep's report does not mark later runs' env.json dirty).
-REPORT_OUT = $(if $(filter ablation,$(SWEEP)),$(RESULTS)/report,$(RESULTS)/report-$(SWEEP))
-
+# Both modules write to analysis.collect.report_dir: the committed report of the default sweep in results/report/,
+# other sweeps next to it in results/report-<sweep>/ (git-ignored, so a smoke sweep's report does not mark later
+# runs' env.json dirty).
 report: $(STAMP)  ## sharpness + REPORT.md/.html of a sweep from its runs (SWEEP=ablation)
-	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP) out=$(REPORT_OUT)
-	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(SWEEP) out=$(REPORT_OUT)
+	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP)
+	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(SWEEP)
 
 sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablation)
-	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP) out=$(REPORT_OUT)
+	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP)
 
 notebook: $(STAMP)  ## run analysis/notebooks/report.ipynb headless (SWEEP=ablation): results/notebooks/<sweep>.ipynb
 	$(PY) -m analysis.notebook results_dir=$(RESULTS) sweep=$(SWEEP)

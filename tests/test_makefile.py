@@ -10,10 +10,12 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from analysis import report, sharpness
+from analysis.collect import report_dir
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
@@ -46,9 +48,14 @@ def test_report_targets_pass_keys_the_modules_accept(target, sweep, out):
     for module, args in commands:
         if module == "analysis.sharpness":
             opts = sharpness.parse_args(args)  # raises SharpnessError on a key it does not know
-            assert (opts.results_dir, opts.sweep, opts.out) == ("results", sweep, out)
+            assert (opts.results_dir, opts.sweep) == ("results", sweep)
+            given = opts.out
         else:
-            assert report.parse_args(args) == {"results_dir": "results", "sweep": sweep, "out": out}
+            parsed = report.parse_args(args)
+            assert (parsed["results_dir"], parsed["sweep"]) == ("results", sweep)
+            given = parsed["out"]
+        # no out= from the Makefile: each module falls back to the one folder rule
+        assert given is None and report_dir("results", sweep) == Path(out)
 
 
 def _makefile() -> str:
