@@ -24,6 +24,8 @@ def test_eval_share_table_is_the_committed_runs_time_blocks():
     folder = REPO / "results" / "bench" / "eval_share"
     table = (folder / "README.md").read_text(encoding="utf-8")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
+    # the README's paragraph that cites these runs
+    paragraph = next(p for p in re.split(r"\n(?=- )|\n\n", readme) if "results/bench/eval_share" in p)
     for run in ("before", "after"):
         summary = json.loads((folder / run / "summary.json").read_text(encoding="utf-8"))
         t = summary["time"]
@@ -34,4 +36,21 @@ def test_eval_share_table_is_the_committed_runs_time_blocks():
         assert cells[3] == f"{t['diagnostics_s']:.1f} s ({100 * t['diagnostics_share']:.1f} %)"
         assert cells[4] == f"{summary['wall_time_s']:.1f} s"
         for share in (t["eval_share"], t["diagnostics_share"]):
-            assert re.search(rf"\b{100 * share:.1f} %", readme), f"README lacks the {run} share {100 * share:.1f} %"
+            assert re.search(rf"\b{100 * share:.1f} %", paragraph), f"README lacks the {run} share {100 * share:.1f} %"
+
+
+def test_the_tuning_table_quotes_the_committed_tuning_curves():
+    """Every `update:F1` point of README's tuning table is a dev F1 of a tuning run at that update, as rounded."""
+    import re
+
+    import pandas as pd
+
+    curves = pd.read_csv(REPO / "results" / "tuning" / "curves.csv")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### How the default ablation was chosen")[1].split("and then whole")[0]
+    points = re.findall(r"\b(\d+):(\d+(?:\.\d+)?)\b", table)
+    assert len(points) == 14  # the table as written; a new point must be a committed one too
+    for update, f1 in points:
+        decimals = len(f1.split(".")[1]) if "." in f1 else 0
+        at = curves[curves["update"] == int(update)]["dev_f1"].round(decimals)
+        assert (at == float(f1)).any(), f"README's {update}:{f1} is no tuning run's dev F1 at update {update}"
