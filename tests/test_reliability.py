@@ -70,3 +70,29 @@ def test_kill_9_mid_run_then_same_command_resumes_to_identical_result(tmp_path, 
     # and a third invocation does nothing
     third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "already completed" in third.stderr
+
+
+def test_data_parallel_time_based_checkpoints_look_at_the_clock_every_ddp_clock_every_updates():
+    """With train.checkpoint_every_minutes on several ranks, rank 0's clock decides through a broadcast (a
+    collective), taken only on updates divisible by DDP_CLOCK_EVERY (10), not at every update."""
+    from types import SimpleNamespace
+
+    from experiments.train import DDP_CLOCK_EVERY, Trainer
+
+    calls = []
+
+    class TwoRanks:  # the broadcast of experiments.distributed.Dist, recorded; rank 0 says "due"
+        world_size = 2
+
+        def broadcast(self, obj):
+            calls.append(obj)
+            return True
+
+    fake = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(checkpoint_every=0, checkpoint_every_minutes=1)),
+                           progress=SimpleNamespace(update=0), dist=TwoRanks(), _last_checkpoint=None)
+    due = []
+    for update in range(1, 31):
+        fake.progress.update = update
+        if Trainer.checkpoint_due(fake):
+            due.append(update)
+    assert DDP_CLOCK_EVERY == 10 and due == [10, 20, 30] and len(calls) == 3
