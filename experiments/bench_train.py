@@ -27,6 +27,9 @@ after each HF update (`on_step_end`), and each side's time is measured from the 
 of its own, so HF's data loading, collation and bookkeeping count as HF's. The first `--warmup` updates of each side
 are dropped; examples/s = features per update / median seconds per update (features, as HF's
 `train_samples_per_second` counts them). On CUDA every timestamp is taken after `torch.cuda.synchronize()`.
+The table's `pad %` is the set's padding at max_seq_length (what the peer computes in vain), `tok %` the tokens the
+product computes over the timed windows as a share of the peer's (`computed_token_share`): dynamic padding cannot
+make the product faster than about 1/tok % on the forward/backward.
 
 On CUDA the report adds model FLOPs utilisation for the AdamW cases (Chowdhery et al. 2022, PaLM, App. B):
 
@@ -178,10 +181,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def bench_windows(trainer) -> list[list[torch.Tensor]]:
+    """The windows both sides train on, in order: epoch 0 of the run's seed (experiments.batches.epoch_windows)."""
+    t = trainer.cfg.train
+    return epoch_windows(len(trainer.train), t.micro_batch_size, t.accumulation_steps, trainer.cfg.seed, 0)
+
+
+def computed_token_share(features, windows) -> float:
+    """The tokens the product computes over `windows` (each micro-batch as wide as its longest feature, rounded up
+    to a multiple of 8) as a share of the peer's (every micro-batch at max_seq_length): Σ width·b / Σ max_len·b.
+    1 − share bounds what dynamic padding can save; on attention-free parts the speed-up is about 1/share."""
+    computed = sum(features.width(ix) * len(ix) for window in windows for ix in window)
+    padded = sum(features.max_seq_length * len(ix) for window in windows for ix in window)
+    return computed / padded
+
+
 def product_updates(trainer) -> Callable[[], float]:
     """A function that runs the product's next update and returns its wall seconds."""
-    cfg, t = trainer.cfg, trainer.cfg.train
-    windows = iter(epoch_windows(len(trainer.train), t.micro_batch_size, t.accumulation_steps, cfg.seed, 0))
+    windows = iter(bench_windows(trainer))
 
     def one() -> float:
         sync(trainer.device)
@@ -343,6 +360,7 @@ def run_case(name: str, args: argparse.Namespace, workdir: Path) -> dict:
                    "precision": cfg.train.precision, "replay": cfg.optim.replay, "model": args.model},
         "features": len(trainer.train),
         "padding_share_at_max_length": round(1 - float(lengths.sum()) / (len(lengths) * width), 4),
+        "product_token_share": round(computed_token_share(trainer.train, bench_windows(trainer)[:n]), 4),
         "peer": peer, "peer_facts": facts,
         "product_fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused")),
         "features_per_update": features_per_update,
@@ -370,13 +388,13 @@ def print_table(result: dict) -> None:
     env = result["env"]["device"]
     print(f"\ntraining throughput, {env.get('name') or env.get('type')} ({result['settings']['threads']} threads), "
           f"{result['settings']['updates']} measured updates per side after {result['settings']['warmup']} warm-up")
-    print(f"{'case':<14} {'peer':<11} {'pad %':>6} {'product ex/s':>13} {'peer ex/s':>10} {'ratio':>7} "
-          f"{'paired':>7} {'target':>7}")
+    print(f"{'case':<14} {'peer':<11} {'pad %':>6} {'tok %':>6} {'product ex/s':>13} {'peer ex/s':>10} "
+          f"{'ratio':>7} {'paired':>7} {'target':>7}")
     for name, c in result["cases"].items():
         target = TARGETS.get(name)
         verdict = "" if target is None else ("PASS" if c["ratio_vs_peer"] >= target else "MISS") + f" {target}"
         print(f"{name:<14} {c['peer']:<11} {100 * c['padding_share_at_max_length']:>6.1f} "
-              f"{c['product_examples_per_s']:>13.2f} {c['peer_examples_per_s']:>10.2f} {c['ratio_vs_peer']:>7.3f} "
+              f"{100 * c['product_token_share']:>6.1f} {c['product_examples_per_s']:>13.2f} {c['peer_examples_per_s']:>10.2f} {c['ratio_vs_peer']:>7.3f} "
               f"{c['median_of_paired_ratios']:>7.3f} {verdict:>7}")
         if "mfu" in c:
             print(f"  MFU = Σ(6·N·t + 12·L·d·t²) / s / peak: product {100 * c['mfu']['product']:.1f} %, "

@@ -44,6 +44,7 @@ def test_tiny_bench_writes_every_case(tmp_path):
         assert case["product_examples_per_s"] == pytest.approx(32 / (sum(product_s) / 2), rel=2e-3)
         assert case["ratio_vs_peer"] == pytest.approx(
             case["product_examples_per_s"] / case["peer_examples_per_s"], rel=2e-3)
+        assert 1 - case["padding_share_at_max_length"] <= case["product_token_share"] <= 1
     for name in ("default", "squad384"):
         case = result["cases"][name]
         assert case["peer"] == "hf_trainer" and case["ratio_vs_hf_trainer"] == case["ratio_vs_peer"]
@@ -91,3 +92,17 @@ def test_the_product_side_trains_the_model_the_bench_swapped_in(tmp_path, monkey
     assert bench_train.product_updates(trainer)() > 0
     moved = [not torch.equal(a, b) for a, b in zip(before, swapped.parameters())]
     assert all(moved), f"{moved.count(False)} of {len(moved)} parameters did not move"
+
+
+def test_computed_token_share_counts_each_micro_batch_at_its_padded_width():
+    from experiments.batches import Features
+
+    # max_seq_length 32; lengths 5, 30, 9, 16: micro-batches [5, 30] -> width 32, [9, 16] -> width 16
+    lengths = torch.tensor([5, 30, 9, 16])
+    mask = (torch.arange(32)[None, :] < lengths[:, None]).long()
+    features = Features({"input_ids": mask.clone(), "attention_mask": mask}, lengths, None, False, False)
+    windows = [[torch.tensor([0, 1]), torch.tensor([2, 3])]]
+    # (32·2 + 16·2) / (32·4) = 96 / 128
+    assert bench_train.computed_token_share(features, windows) == pytest.approx(0.75)
+    features_fixed = Features({"input_ids": mask.clone(), "attention_mask": mask}, lengths, None, True, False)
+    assert bench_train.computed_token_share(features_fixed, windows) == 1.0  # pad_to_max_length=true
