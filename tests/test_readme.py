@@ -54,3 +54,19 @@ def test_the_tuning_table_quotes_the_committed_tuning_curves():
         decimals = len(f1.split(".")[1]) if "." in f1 else 0
         at = curves[curves["update"] == int(update)]["dev_f1"].round(decimals)
         assert (at == float(f1)).any(), f"README's {update}:{f1} is no tuning run's dev F1 at update {update}"
+
+
+def test_the_bench_table_is_the_committed_train_json():
+    import json
+
+    bench = json.loads((REPO / "results" / "bench" / "train.json").read_text(encoding="utf-8"))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- bench: results/bench/train.json -->")[1].split("<!-- /bench -->")[0]
+    rows = [line for line in table.strip().splitlines()[2:]]
+    assert len(rows) == len(bench["cases"]) == 4
+    for row, (name, case) in zip(rows, bench["cases"].items()):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0].split(" ")[0] == name
+        assert cells[2:] == [f"{100 * case['padding_share_at_max_length']:.1f} %",
+                             f"{100 * case['product_token_share']:.1f} %", f"{case['product_examples_per_s']:.2f}",
+                             f"{case['peer_examples_per_s']:.2f}", f"{case['ratio_vs_peer']:.2f}×"]
