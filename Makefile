@@ -44,7 +44,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-test: $(STAMP)  ## run the test suite (CPU, about 7 min on 2 shared cores)
+test: $(STAMP)  ## run the test suite (CPU, about 6 min on 2 shared cores)
 	$(PY) -m pytest -q tests $(ARGS)
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests

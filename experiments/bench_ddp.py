@@ -64,10 +64,9 @@ def timed(fn) -> float:
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from .distributed import torchrun_environment
+    from .distributed import count_allreduces, torchrun_environment
 
     args = parse_args(argv)
     if torchrun_environment() is None:
@@ -83,13 +82,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model, source = load_model(args.model, args.seq)
     torch.manual_seed(args.seed)
     ddp = DDP(model, forward_sync_buffers=False)
-    buckets: list[int] = []
-
-    def counting_hook(state, bucket):
-        buckets.append(1)
-        return default_hooks.allreduce_hook(state, bucket)
-
-    ddp.register_comm_hook(None, counting_hook)
+    buckets = count_allreduces(ddp)
     sam = SAM(model.parameters(), torch.optim.AdamW, rho=0.05, lr=1e-5, weight_decay=0.01)
     args_rank = argparse.Namespace(**{**vars(args), "seed": args.seed + rank})
     window = make_window(model, args_rank, device)

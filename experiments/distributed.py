@@ -100,6 +100,22 @@ def shard(batches: list, rank: int, world_size: int) -> list:
     return batches[rank::world_size]
 
 
+def count_allreduces(ddp) -> list[int]:
+    """Register a communication hook on `ddp` (a DistributedDataParallel) that all-reduces as DDP's default does and
+    appends 1 to the returned list per call: one call per gradient bucket per synchronised backward, so
+    len(list) / buckets = gradient all-reduces (clear the list between the windows you count)."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    calls: list[int] = []
+
+    def counting_hook(state, bucket):
+        calls.append(1)
+        return default_hooks.allreduce_hook(state, bucket)
+
+    ddp.register_comm_hook(None, counting_hook)
+    return calls
+
+
 @dataclass
 class Dist:
     """Where this process stands in the run. The default is one process with no process group."""

@@ -190,6 +190,26 @@ def worker_pid(launcher: subprocess.Popen, rank: int) -> int | None:
     return None
 
 
+def start_until_first_resume_checkpoint(command: list[str], run_dir: Path) -> tuple[subprocess.Popen, int]:
+    """Start `command` (a torchrun launch) and wait until the run's first resume checkpoint is on disk; returns
+    (the launcher, the pid of its rank-1 worker). The launcher is killed if that fails; otherwise the caller stops
+    it."""
+    launcher = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoint" / "resume" / "trainer.json").exists():
+            assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        victim = worker_pid(launcher, 1)
+        assert victim is not None
+    except BaseException:
+        launcher.kill()
+        raise
+    return launcher, victim
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through /proc")
 def test_kill_9_of_one_rank_fails_the_run_quickly_and_the_same_command_resumes(tmp_path):
@@ -201,16 +221,8 @@ def test_kill_9_of_one_rank_fails_the_run_quickly_and_the_same_command_resumes(t
 
     results = tmp_path / "killed"
     command = [*TORCHRUN, *TRAIN, f"results_dir={results}", *extra, "tracking.mode=offline"]
-    launcher = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
     target = results / "runs" / "adhoc" / "ddp-resumable"
-    deadline = time.monotonic() + 300
-    while not (target / "checkpoint" / "resume" / "trainer.json").exists():
-        assert launcher.poll() is None, launcher.stderr.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    victim = worker_pid(launcher, 1)
-    assert victim is not None
+    launcher, victim = start_until_first_resume_checkpoint(command, target)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
     try:
@@ -249,18 +261,9 @@ def test_a_stuck_rank_fails_the_run_after_the_collective_timeout(tmp_path):
     results = tmp_path / "stuck"
     command = [*TORCHRUN, *TRAIN, f"results_dir={results}", "train.checkpoint_every=3", "run_name=stuck",
                "tracking.mode=disabled", f"dist.timeout_s={timeout_s}"]
-    launcher = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
     target = results / "runs" / "adhoc" / "stuck"
-    victim = None
+    launcher, victim = start_until_first_resume_checkpoint(command, target)
     try:
-        deadline = time.monotonic() + 300
-        while not (target / "checkpoint" / "resume" / "trainer.json").exists():
-            assert launcher.poll() is None, launcher.stderr.read()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        victim = worker_pid(launcher, 1)
-        assert victim is not None
         os.kill(victim, signal.SIGSTOP)
         stopped_at = time.monotonic()
         while summary_of(target)["status"] == "running":
@@ -270,11 +273,10 @@ def test_a_stuck_rank_fails_the_run_after_the_collective_timeout(tmp_path):
         code = launcher.wait(timeout=timeout_s + 90)  # torchrun: SIGTERM, then SIGKILL 30 s later, to the stuck rank
         ended = time.monotonic() - stopped_at
     finally:
-        if victim is not None:
-            try:
-                os.kill(victim, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        try:
+            os.kill(victim, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
         if launcher.poll() is None:
             launcher.kill()
     failed = summary_of(target)

@@ -113,8 +113,9 @@ def build(case: Case):
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from experiments.distributed import count_allreduces
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
@@ -123,13 +124,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     for case in CASES:
         model, opt = build(case)
         ddp = DDP(model, forward_sync_buffers=False)
-        buckets: list[int] = []
-
-        def counting_hook(state, bucket):
-            buckets.append(1)
-            return default_hooks.allreduce_hook(state, bucket)
-
-        ddp.register_comm_hook(None, counting_hook)
+        buckets = count_allreduces(ddp)
         torch.manual_seed(100 + rank)  # each rank its own dropout stream
         record = {"counts": [], "results": []}
         for window in range(case.windows):
