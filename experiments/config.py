@@ -508,6 +508,18 @@ def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
     return [prefix[:-1]]
 
 
+def _missing_file_hint(path: Path) -> str:
+    """What a missing config file argument probably was: an override typed with spaces around '=' (the shell splits
+    `optim.lr = 1e-4` into three arguments), or a file name in a folder of configs (`ARM=samfull`)."""
+    if "." in path.name and "/" not in str(path) and path.suffix.lower() not in (".yaml", ".yml"):
+        return " (an override is key=value, written without spaces)"
+    if path.parent.is_dir() and path.suffix.lower() in (".yaml", ".yml"):
+        choices = sorted(p.stem for p in path.parent.glob("*.y*ml"))
+        if choices:
+            return f"; {path.parent}/ has: {', '.join(choices)}"
+    return ""
+
+
 def load_config(
     files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = (), *, notes: Optional[list] = None
 ) -> DictConfig:
@@ -524,7 +536,7 @@ def load_config(
             if str(path).startswith("-"):
                 raise ConfigError(f"unknown option {str(path)!r}: the arguments are config files and key=value "
                                   "overrides (--help explains them)")
-            raise ConfigError(f"config file {str(path)!r}: no such file")
+            raise ConfigError(f"config file {str(path)!r}: no such file{_missing_file_hint(path)}")
         try:
             data = read_yaml_text(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as err:

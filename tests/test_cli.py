@@ -32,6 +32,22 @@ def test_an_option_the_cli_does_not_have_is_named_as_such(tiny_run, capsys):
                                                "files and key=value overrides (--help explains them)")
 
 
+@pytest.mark.parametrize("argv, said", [
+    # the shell splits `optim.lr = 1e-4` into three words; the first is taken for a config file
+    (["configs/smoke.yaml", "optim.lr", "=", "1e-4"],
+     "config error: config file 'optim.lr': no such file (an override is key=value, written without spaces)"),
+    # make run ARM=samfull
+    (["configs/smoke.yaml", "configs/arm/samfull.yaml"],
+     "config error: config file 'configs/arm/samfull.yaml': no such file; configs/arm/ has: adamw, sam_full, "
+     "sam_last, sam_micro"),
+    (["configs/smoke.yaml", "configs/nothere/x.yaml"], "config error: config file 'configs/nothere/x.yaml': no such file"),
+])
+def test_a_missing_config_file_says_what_was_probably_meant(argv, said, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == said
+
+
 @pytest.mark.parametrize("module, first_line", [
     ("experiments.data.baseline", "A no-learning floor: guess the answer type from question keywords"),
     ("experiments.data.generated", "python -m experiments.data.generated [CONFIG.yaml ...] [key=value ...]"),

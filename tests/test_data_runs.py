@@ -226,7 +226,8 @@ def test_record_faults_strict_one_line_naming_file_record_and_id(tiny_run, tmp_p
     assert main(tiny_run("adamw", *keys)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (f"error: {path}: line 2 (id 'bad-surrogate'): field 'context' holds a lone UTF-16 surrogate "
-                       "'\\ud83d' at character 0 (valid JSON escape, not valid Unicode text)")
+                       "'\\ud83d' at character 0 (valid JSON escape, not valid Unicode text); data.strict=false "
+                       "skips such records")
     assert not (tmp_path / "runs").exists()
     # without the surrogate, the next fault is found while tokenising, and named the same way
     clean = path.read_text().splitlines()

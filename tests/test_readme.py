@@ -70,3 +70,13 @@ def test_the_bench_table_is_the_committed_train_json():
         assert cells[2:] == [f"{100 * case['padding_share_at_max_length']:.1f} %",
                              f"{100 * case['product_token_share']:.1f} %", f"{case['product_examples_per_s']:.2f}",
                              f"{case['peer_examples_per_s']:.2f}", f"{case['ratio_vs_peer']:.2f}×"]
+
+
+def test_the_config_error_the_readme_shows_is_what_train_prints(capsys):
+    from experiments.train import main
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    command = "$ python -m experiments.train configs/default.yaml optim.rhoo=0.1\n"
+    shown = readme.split(command)[1].splitlines()[0]
+    assert main(["configs/default.yaml", "optim.rhoo=0.1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == shown

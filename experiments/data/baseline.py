@@ -3,8 +3,9 @@
     python -m experiments.data.baseline [CONFIG.yaml ...] [key=value ...]
 
 prints EM/F1 of the heuristic on the dev split of the configured data (default: the generated set). A trained model
-has to beat this by a wide margin for the comparison of optimizers to mean anything; the generated set is built so
-that this heuristic stays below 50 F1 (every answer type has same-type distractors in the paragraph).
+has to beat this by a wide margin for the comparison of optimizers to mean anything; the generated set gives every
+answer type same-type distractors in the paragraph, so the heuristic scores about F1 32 on the default set and 52 on
+the default ablation's (2 facts per paragraph: one distractor of the type, so about half right).
 """
 from __future__ import annotations
 

@@ -162,7 +162,8 @@ def check_record(record: Any, *, default_title: str = "", id_field: str = "id") 
 class RecordCollector:
     """Collects checked records of one source (a file or a hub split).
 
-    strict=True: the first problem raises DataError("<source>: <where>: <problem>").
+    strict=True: the first problem raises DataError("<source>: <where>: <problem>; data.strict=false skips such
+    records") (the same hint as the tokenising faults of experiments.data.loading).
     strict=False: the record is skipped, counted by reason and logged as a warning on logger "experiments.data".
     """
 
@@ -183,7 +184,7 @@ class RecordCollector:
     def problem(self, where: str, reason: str, message: str) -> None:
         line = one_line(f"{self.source}: {where}: {message}")
         if self.strict:
-            raise DataError(line)
+            raise DataError(f"{line}; data.strict=false skips such records")
         self.reasons[reason] += 1
         if self.first_problem is None:
             self.first_problem = f"{where}: {one_line(message)}"
