@@ -549,7 +549,9 @@ def _targets_section(cells: pd.DataFrame) -> list[str]:
         return lines + ["No evaluation events of completed runs.", ""]
     rows = []
     for r in cells.itertuples():
-        interval = f"[{r.ci_low:.0f}, {'∞' if math.isinf(r.ci_high) else f'{r.ci_high:.0f}'}] ({100 * r.ci_coverage:.0f} %)"
+        ends = ["∞" if math.isinf(end) else f"{end:.0f}" for end in (r.ci_low, r.ci_high)]
+        # one seed (coverage 0): no interval to give
+        interval = f"[{ends[0]}, {ends[1]}] ({100 * r.ci_coverage:.0f} %)" if r.ci_coverage > 0 else "–"
         median = f"> {r.last_update}" if r.median_censored else f"{r.median_update:.0f}"
         examples = "–" if math.isinf(r.median_examples) else f"{r.median_examples:.0f}"
         seconds = "–" if math.isinf(r.median_seconds) or _isnan(r.median_seconds) else f"{r.median_seconds:.0f}"
@@ -657,19 +659,31 @@ def _varying_keys(runs: pd.DataFrame) -> list[tuple[str, list]]:
     return out
 
 
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a final metric can take: losses [0, ∞), scores (EM, F1, ROUGE-W, in %) [0, 100]."""
+    return (0.0, math.inf) if metric.endswith("loss") else (0.0, 100.0)
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    return value if _isnan(value) else min(max(value, low), high)
+
+
 def _results_section(summary: pd.DataFrame) -> list[str]:
     lines = ["## Results", "",
              "Final metrics of completed runs per arm and accumulation k: mean ± standard deviation over seeds, "
-             "and the 95% Student-t confidence interval of the mean (mean ± t₀.₉₇₅,ₙ₋₁·s/√n; none for n = 1). "
-             "`runs` counts the cell's runs in any status, `n` the completed ones.", ""]
+             "and the 95% Student-t confidence interval of the mean (mean ± t₀.₉₇₅,ₙ₋₁·s/√n; none for n = 1), "
+             "cut to the metric's range (scores 0–100, losses ≥ 0). `runs` counts the cell's runs in any status, "
+             "`n` the completed ones.", ""]
     for metric, label, spec in METRICS + OPTIONAL_METRICS:
         table = summary[summary["metric"] == metric]
         if table.empty:
             continue
         arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
         lines += [f"### Final {label} ({arrow})", ""]
+        low, high = metric_range(metric)
         rows = [(r.arm, r.k, r.runs, r.n, fmt(r.mean, spec) + ("" if _isnan(r.std) else f" ± {fmt(r.std, spec)}"),
-                 f"[{fmt(r.ci_low, spec)}, {fmt(r.ci_high, spec)}]") for r in table.itertuples()]
+                 f"[{fmt(_clip(r.ci_low, low, high), spec)}, {fmt(_clip(r.ci_high, low, high), spec)}]")
+                for r in table.itertuples()]
         lines += [md_table(["arm", "k", "runs", "n", "mean ± std", "95% CI"], rows, "lrrrrr"), ""]
     return lines
 

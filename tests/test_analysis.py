@@ -670,3 +670,15 @@ def test_notebook_cli_names_itself_in_its_errors(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: argument 'foo' must look like key=value") and "python -m analysis.notebook" in err
     assert "analysis.report" not in err
+
+
+def test_results_tables_cut_the_t_interval_to_the_metric_range():
+    """F1 of 97.0, 99.0, 100.0: mean 98.67, s = 1.528, t₀.₉₇₅,₂ = 4.303 → 98.67 ± 3.79 = [94.87, 102.46]: shown as
+    [94.87, 100.00]. Loss 0.05, 0.10, 0.30: mean 0.15, s = 0.1323 → 0.15 ± 0.3286 = [-0.1786, 0.4786]: [0.0000, 0.4786]."""
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "arm": ["adamw"] * 3, "k": [8] * 3, "seed": [0, 1, 2],
+                         "status": ["completed"] * 3, "final.dev/f1": [97.0, 99.0, 100.0],
+                         "final.dev/em": [97.0, 99.0, 100.0], "final.dev/loss": [0.05, 0.10, 0.30],
+                         "final.train/loss": [0.05, 0.10, 0.30]})
+    text = "\n".join(report._results_section(report.summary_table(runs)))
+    assert "| adamw | 8 | 3 | 3 | 98.67 ± 1.53 | [94.87, 100.00] |" in text
+    assert "| adamw | 8 | 3 | 3 | 0.1500 ± 0.1323 | [0.0000, 0.4786] |" in text
