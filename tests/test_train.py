@@ -62,6 +62,38 @@ def test_every_config_file_loads_on_top_of_the_default(path):
         assert cfg.arm == Path(path).stem
 
 
+def test_group_files_compose_in_any_order():
+    """Files of different groups (arm, model, data) never disagree on a key, so their order on the command line
+    cannot matter. The arm files once restated optim.lr = 3e-4: `default + model/bert_base + arm/sam_full` trained
+    at 3e-4 and `default + arm/sam_full + model/bert_base` at 3e-5, and `make smoke` (smoke.yaml sets lr 1e-3, then
+    the arm file) never ran at smoke.yaml's lr."""
+    import itertools
+
+    import yaml
+
+    def keys(path):
+        return _flatten(yaml.safe_load((REPO / path).read_text()) or {})
+
+    groups = [p for p in GROUP_FILES if p.split("/")[1] in ("arm", "data", "model")] + ["configs/smoke.yaml"]
+    for a, b in itertools.combinations(groups, 2):
+        if a.split("/")[1] == b.split("/")[1]:
+            continue  # two files of one group are alternatives, never combined
+        ka, kb = keys(a), keys(b)
+        if "configs/smoke.yaml" in (a, b) and "/arm/" not in a + b:
+            continue  # smoke.yaml is a base like default.yaml: only the arm files go on top of it
+        clash = {k: (ka[k], kb[k]) for k in ka.keys() & kb.keys() if ka[k] != kb[k]}
+        assert not clash, f"{a} and {b} disagree on {clash}: their order would decide"
+    # what an arm file sets: the arm's name and its replay mode, nothing a base or model file tunes
+    for path in (p for p in groups if "/arm/" in p):
+        assert set(keys(path)) == {"arm", "optim.replay"}, path
+    smoke = load_config([REPO / "configs" / "default.yaml", REPO / "configs" / "smoke.yaml",
+                         REPO / "configs" / "arm" / "sam_full.yaml"])
+    assert smoke.optim.lr == pytest.approx(1e-3)
+    for order in (("arm/sam_full.yaml", "model/bert_base.yaml"), ("model/bert_base.yaml", "arm/sam_full.yaml")):
+        cfg = load_config([REPO / "configs" / "default.yaml", *(REPO / "configs" / f for f in order)])
+        assert cfg.optim.lr == pytest.approx(3e-5) and cfg.optim.rho == pytest.approx(0.05)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # data order
 
