@@ -59,11 +59,11 @@ def hub_access(name_or_path: str, path: str) -> dict:
     HF_HUB_OFFLINE (the libraries then decide at once); for a hub name with the hub unreachable (a short probe),
     local_files_only=True, so a cached copy still loads and a missing one fails in seconds instead of after
     ~50 s of retries."""
-    from .network import hub_offline, hub_url, reachable
+    from .network import hub_offline, hub_reachable
 
     if name_or_path in (EMBEDDED_MODEL, TINY_MODEL) or Path(path).exists() or hub_offline():
         return {}
-    return {} if reachable(hub_url()) else {"local_files_only": True}
+    return {} if hub_reachable() else {"local_files_only": True}
 
 
 def load_tokenizer(name_or_path: str):

@@ -41,6 +41,18 @@ def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     return bool(result and result[0])
 
 
+_hub_answers: dict[str, bool] = {}  # hub endpoint → reachable, asked once per process (hub_reachable)
+
+
+def hub_reachable() -> bool:
+    """reachable(hub_url()), probed once per process and endpoint: a run touches the hub for its tokenizer, its model
+    and each data split, and one probe (≤ PROBE_TIMEOUT_S) answers for all of them."""
+    url = hub_url()
+    if url not in _hub_answers:
+        _hub_answers[url] = reachable(url)
+    return _hub_answers[url]
+
+
 def hub_url() -> str:
     """The Hugging Face hub endpoint huggingface_hub uses (HF_ENDPOINT, else https://huggingface.co)."""
     from huggingface_hub import constants

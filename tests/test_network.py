@@ -29,6 +29,7 @@ def no_network(monkeypatch):
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once at import: unset it where the libraries look
+    monkeypatch.setattr(network, "_hub_answers", {})  # no answer remembered from before the network went away
 
 
 def test_a_hub_model_name_fails_in_seconds_with_the_offline_variables_unset(no_network):

@@ -20,17 +20,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..network import hub_reachable  # bounded in time, name lookup included; once per process
 from .errors import DataError, logger, one_line
 from .records import RecordCollector
-
-PROBE_TIMEOUT_S = 3.0
-
-
-def _hub_reachable() -> bool:
-    from experiments.network import hub_url, reachable  # bounded in time, name lookup included
-
-    return reachable(hub_url(), PROBE_TIMEOUT_S)
-
 
 @contextlib.contextmanager
 def _offline_mode() -> Iterator[None]:
@@ -74,7 +66,7 @@ def _load_split(hub_path: str, hub_name: Optional[str], split: str, notes: list[
 
     label = f"data.hub_path={hub_path!r}" + (f" data.hub_name={hub_name!r}" if hub_name else "")
     offline = bool(datasets.config.HF_HUB_OFFLINE)
-    probe_failed = not offline and not Path(hub_path).is_dir() and not _hub_reachable()
+    probe_failed = not offline and not Path(hub_path).is_dir() and not hub_reachable()
     try:
         with _offline_mode() if probe_failed else contextlib.nullcontext(), _library_notes() as lines:
             ds = datasets.load_dataset(hub_path, hub_name, split=split)
