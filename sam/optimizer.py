@@ -137,22 +137,27 @@ class SAM(torch.optim.Optimizer):
             # inf/NaN in the gradient (fp16 overflow, divergence): do not move; the caller skips this update
             return norm
         self._save(params)
+        # e = rho · g / ‖g‖ ; the gradients are still multiplied by the loss scale, hence inv_scale again. The
+        # scalar is read to the host once per distinct rho (one host sync per update on CUDA), not once per group.
+        alphas: dict[float, float] = {}
         for group, ps, ts in zip(self.param_groups, groups, scales):
             if not ps:
                 continue
-            # e = rho · g / ‖g‖ ; the gradients are still multiplied by the loss scale, hence inv_scale again
-            scale = group["rho"] * inv_scale / (norm + _EPS)
+            rho = group["rho"]
+            if rho not in alphas:
+                alphas[rho] = float(rho * inv_scale / (norm + _EPS))
+            alpha = alphas[rho]
             plain = [p for p, t in zip(ps, ts) if t is None]
             if plain:
-                # in place with a scalar alpha: no temporary copy of e (one host sync per update on CUDA)
-                torch._foreach_add_(plain, [p.grad for p in plain], alpha=float(scale))  # climb to w + e(w)
+                # in place with a scalar alpha: no temporary copy of e
+                torch._foreach_add_(plain, [p.grad for p in plain], alpha=alpha)  # climb to w + e(w)
             weights = [(p, t) for p, t in zip(ps, ts) if t is not None]
             if weights:
                 # ASAM: e = rho · T² g / ‖T g‖, T = |w| + eta, built in the T buffers themselves
                 w_ps, w_ts = [p for p, _ in weights], [t for _, t in weights]
                 torch._foreach_mul_(w_ts, w_ts)
                 torch._foreach_mul_(w_ts, [p.grad for p in w_ps])
-                torch._foreach_add_(w_ps, w_ts, alpha=float(scale))  # climb to the local maximum w + e(w)
+                torch._foreach_add_(w_ps, w_ts, alpha=alpha)  # climb to the local maximum w + e(w)
         del scales
         if zero_grad:
             self.zero_grad()

@@ -303,13 +303,15 @@ def _reduced_result(ddp, replay, per_rank, world, local, totals, first_losses, s
     stats = torch.stack([first, second, norm])
     torch.distributed.all_reduce(stats, group=ddp.process_group)
     total = float(sum(totals))
-    first_sum, second_sum, norm_sum = stats.cpu().tolist()
+    # one device-to-host read for the four numbers of the result
+    first_sum, second_sum, norm_sum, grad_norm_value = torch.cat(
+        [stats, grad_norm.detach().double().reshape(1).to(device)]).cpu().tolist()
     perturbed = None
     if second_losses:  # the same on every rank: none never, global full/last skip together, per_rank/micro never
         perturbed = second_sum / (totals[-1] if replay == "last" else total)
     return StepResult(
         loss=first_sum / total,
-        grad_norm=float(grad_norm.double()),
+        grad_norm=grad_norm_value,
         perturbed_loss=perturbed,
         # global and last: every rank holds the same norm, so the mean is that norm; per_rank/micro: the ranks' mean
         first_grad_norm=norm_sum / world if first_norm is not None else None,
