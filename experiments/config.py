@@ -297,16 +297,17 @@ def _check_values(cfg: DictConfig, where=lambda *keys: "") -> None:
 # W&B refuses these at `wandb sync` (or at wandb.init), so an offline run would be written and then never upload.
 # project: 128 characters, none of / \ # ? % : (wandb's own settings check); tags: 1 to 64 characters each
 # (wandb's settings check; longer ones are also shortened in experiments.tracking, see wandb_fields).
-WANDB_PROJECT_MAX = 128
+# Server-side length limits of W&B run fields (characters); experiments.tracking shortens the others to these.
+WANDB_LIMITS = {"project": 128, "job_type": 64, "tag": 64, "group": 128, "name": 128}
 WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
 
 
 def _check_wandb_fields(cfg: DictConfig, where) -> None:
-    project = cfg.tracking.project
+    project, most = cfg.tracking.project, WANDB_LIMITS["project"]
     bad = sorted({c for c in project if c in WANDB_PROJECT_FORBIDDEN})
-    if not project or len(project) > WANDB_PROJECT_MAX or bad:
-        problem = ("is empty" if not project else f"has {len(project)} characters (W&B allows {WANDB_PROJECT_MAX})"
-                   if len(project) > WANDB_PROJECT_MAX else f"contains {' '.join(bad)}, which W&B does not allow")
+    if not project or len(project) > most or bad:
+        problem = ("is empty" if not project else f"has {len(project)} characters (W&B allows {most})"
+                   if len(project) > most else f"contains {' '.join(bad)}, which W&B does not allow")
         raise ConfigError(f"tracking.project={project!r} {problem}{where('tracking.project')}")
     for tag in cfg.tracking.tags:
         if not tag:

@@ -46,6 +46,8 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from .config import WANDB_LIMITS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Statuses a finished run can have; "running" is the state between __init__ and finish.
@@ -284,8 +286,6 @@ def _now() -> str:
 # the tracker
 
 
-# Server-side length limits of W&B run fields (characters).
-WANDB_LIMITS = {"job_type": 64, "tag": 64, "group": 128, "name": 128}
 
 
 def fit_wandb(text: str, limit: int) -> str:
@@ -305,13 +305,13 @@ def _wandb_run_id(run_dir: Path) -> str:
     return f"{name[:55]}-{secrets.token_hex(4)}"
 
 
-def _signal_name(err: BaseException) -> str:
-    """SIGINT for Ctrl-C (a KeyboardInterrupt), the signal's name for an exception that carries `signum`
-    (experiments.train.Interrupted), else the exception's class name."""
+def signal_of(err: BaseException) -> tuple[str, int | None]:
+    """(name, number) of the signal behind an interrupt: SIGINT for Ctrl-C (a KeyboardInterrupt), the signal an
+    exception carries in `signum` (experiments.train.Interrupted); for any other exception (its class name, None)."""
     import signal
 
     signum = getattr(err, "signum", signal.SIGINT if isinstance(err, KeyboardInterrupt) else None)
-    return signal.Signals(signum).name if signum is not None else type(err).__name__
+    return (signal.Signals(signum).name, int(signum)) if signum is not None else (type(err).__name__, None)
 
 
 def _first_line(err: BaseException) -> str:
@@ -381,10 +381,12 @@ class RunTracker:
                 "wandb": {"mode": self.mode, "id": wandb_id if self.mode != "disabled" else None},
             }
         )
+        fields: dict = {}
         if self.mode != "disabled":
-            fields = self.wandb_fields()
+            labels = self._labels()
+            fields = self.wandb_fields(labels)
             self._summary["wandb"].update({k: fields[k] for k in ("group", "job_type", "name")})
-            for key, value in self._labels().items():
+            for key, value in labels.items():
                 if value is not None and fields[key] != value:
                     print(f"note: W&B refuses a {key} over {WANDB_LIMITS[key]} characters; {value!r} goes to W&B "
                           f"as {fields[key]!r}", file=sys.stderr)
@@ -394,7 +396,7 @@ class RunTracker:
 
         if self.mode != "disabled":
             try:
-                self._start_wandb(wandb_id)
+                self._start_wandb(wandb_id, fields)
             except Exception as err:
                 where = f"tracking.mode={self.mode}, dir={self.run_dir / 'wandb'}"
                 message = f"W&B start failed ({where}): {_first_line(err)}"
@@ -404,7 +406,7 @@ class RunTracker:
                 self._finished = True
                 raise TrackingError(message) from err
             except BaseException as err:  # Ctrl-C or a stop signal while W&B starts: the run ends here, and says so
-                name = _signal_name(err)
+                name = signal_of(err)[0]
                 self._summary.update(status="failed", reason=f"interrupted by {name} during start-up (starting W&B)",
                                      finished_at=_now(), interrupted={"signal": name, "update": 0,
                                                                       "resumable_from": None})
@@ -443,13 +445,16 @@ class RunTracker:
         return {"group": sel("tracking.group") or sel("sweep"), "job_type": sel("tracking.job_type") or sel("arm"),
                 "name": self.run_dir.name}
 
-    def wandb_fields(self) -> dict:
-        """The group, job_type, display name and tags W&B gets, each within W&B's limits (see fit_wandb)."""
-        fields = {k: None if v is None else fit_wandb(v, WANDB_LIMITS[k]) for k, v in self._labels().items()}
+    def wandb_fields(self, labels: dict | None = None) -> dict:
+        """The group, job_type, display name and tags W&B gets, each within W&B's limits (see fit_wandb); `labels`:
+        _labels() when the caller already has them."""
+        labels = self._labels() if labels is None else labels
+        fields = {k: None if v is None else fit_wandb(v, WANDB_LIMITS[k]) for k, v in labels.items()}
         fields["tags"] = self._tags()
         return fields
 
-    def _start_wandb(self, wandb_id: str) -> None:
+    def _start_wandb(self, wandb_id: str, fields: dict) -> None:
+        """wandb.init with `fields` (wandb_fields()) as group, job_type, name and tags."""
         import wandb
 
         cfg = self.cfg
@@ -463,7 +468,6 @@ class RunTracker:
         def sel(key: str) -> Any:
             return OmegaConf.select(cfg, key, default=None)
 
-        fields = self.wandb_fields()
         run = wandb.init(
             project=sel("tracking.project") or "sam-accum",
             entity=sel("tracking.entity"),

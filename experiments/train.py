@@ -35,6 +35,7 @@ from typing import Optional
 from .batches import LABELS, MODEL_INPUTS, columns_of, epoch_windows, subset_rows, to_features
 from .qa_eval import metric_keys
 from .qa_loss import span_loss
+from .tracking import signal_of
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3  # a signal ends a run with 128 + its number
 EXAMPLE_COLUMNS = ("id", "context", "answers")  # what evaluation reads of the dev examples
@@ -55,12 +56,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def _signal_of(err: BaseException) -> tuple[str, int]:
-    """(name, number) of the signal behind a KeyboardInterrupt (a plain one is Ctrl-C: SIGINT)."""
-    signum = getattr(err, "signum", signal.SIGINT)
-    return signal.Signals(signum).name, int(signum)
 
 
 @contextmanager
@@ -699,7 +694,7 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
     """Record a run stopped by a signal: failed, with a reason that says where and whether a rerun resumes."""
     from .checkpoint import resume_point
 
-    name, signum = _signal_of(err)
+    name, signum = signal_of(err)
     if tracker.finished:  # the signal came after the summary was final (e.g. while the resume state was removed)
         print(f"interrupted ({name}) after the run ended {tracker.summary['status']}: {run_dir}", file=sys.stderr)
         return 128 + signum
@@ -788,7 +783,7 @@ def _start(cfg, ctx) -> int:
         try:
             return _run(cfg, ctx, run_dir, action, touched)
         except KeyboardInterrupt as err:
-            name, signum = _signal_of(err)
+            name, signum = signal_of(err)
             if touched:  # a second signal while an earlier ending (diverged, failed) was being recorded
                 print(f"interrupted ({name}) while the run was ending; summary.json has its status ({run_dir})",
                       file=sys.stderr)
@@ -836,7 +831,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
         print(f"failed: {err} ({run_dir})", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as err:
-        name, signum = _signal_of(err)
+        name, signum = signal_of(err)
         print(f"interrupted ({name}) during start-up (starting W&B); summary.json says so ({run_dir})",
               file=sys.stderr)
         return 128 + signum

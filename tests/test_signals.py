@@ -52,7 +52,7 @@ def test_a_signal_while_model_and_data_load_exits_without_writing(tiny_run, tmp_
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_wandb_starts_is_recorded_in_the_summary(tiny_run, tmp_path, capsys, monkeypatch, sig):
     """RunTracker has already written summary.json (running) when W&B starts; the run must not stay `running`."""
-    monkeypatch.setattr(tracking.RunTracker, "_start_wandb", lambda self, wandb_id: send_to_self(sig))
+    monkeypatch.setattr(tracking.RunTracker, "_start_wandb", lambda self, wandb_id, fields: send_to_self(sig))
     assert main(tiny_run("sam_full", "train.max_updates=2", "tracking.mode=offline")) == 128 + sig
     (run,) = run_dirs(tmp_path)
     s = summary_of(run)
