@@ -362,7 +362,11 @@ def collect_curves(results_dir: str | Path, sweep: str, runs: pd.DataFrame | Non
                 if metric in STEP_KEYS or not _is_number(value):
                     continue
                 records.append((*ident, *steps, kind, metric, float(value)))
-    df = pd.DataFrame.from_records(records, columns=CURVE_COLUMNS)
+    return _curve_dtypes(pd.DataFrame.from_records(records, columns=CURVE_COLUMNS))
+
+
+def _curve_dtypes(df: pd.DataFrame) -> pd.DataFrame:
+    """The column types of a curves frame (nullable integers for counts), whether collected or read from a CSV."""
     for column in ("k", "seed", "update", "examples"):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
     for column in ("epoch", "time", "value"):
@@ -384,24 +388,22 @@ def report_dir(results_dir: str | Path, sweep: str) -> Path:
     return Path(results_dir) / ("report" if sweep == "ablation" else f"report-{sweep}")
 
 
-def load_frames(results_dir: str | Path, sweep: str, report: str | Path | None = None) -> tuple[pd.DataFrame,
-                                                                                                pd.DataFrame, str]:
+def load_frames(results_dir: str | Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """(runs, curves, where they came from) of a sweep: from its run directories when they are there, else from the
-    report's runs.csv and curves.csv (a fresh clone has the committed report but no raw runs). `report` defaults to
-    `report_dir(results_dir, sweep)`. Raises CollectError when neither exists."""
+    report's runs.csv and curves.csv in report_dir(results_dir, sweep) (a fresh clone has the committed report but
+    no raw runs). Raises CollectError when neither exists."""
     if sweep_dir(results_dir, sweep).is_dir():
         runs = collect_runs(results_dir, sweep)
         return runs, collect_curves(results_dir, sweep, runs), f"run directories in {sweep_dir(results_dir, sweep)}"
-    folder = Path(report) if report is not None else report_dir(results_dir, sweep)
+    folder = report_dir(results_dir, sweep)
     runs_csv, curves_csv = folder / "runs.csv", folder / "curves.csv"
     if not (runs_csv.is_file() and curves_csv.is_file()):
         raise CollectError(f"neither the sweep folder {str(sweep_dir(results_dir, sweep))!r} nor the report CSVs "
                            f"{str(runs_csv)!r} and {str(curves_csv)!r} exist")
     runs = pd.read_csv(runs_csv)
-    curves = pd.read_csv(curves_csv)
-    for frame in (runs, curves):
-        for column in ("k", "seed", "update", "examples"):
-            if column in frame.columns:
-                frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in ("k", "seed", "update", "examples"):  # as before: the counts as nullable integers
+        if column in runs.columns:
+            runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("Int64")
+    curves = _curve_dtypes(pd.read_csv(curves_csv))
     curves["eval_kind"] = curves["eval_kind"].astype(object).where(curves["eval_kind"].notna(), None)
     return runs, curves, f"the report's CSVs in {folder} (no run directories here)"

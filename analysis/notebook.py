@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
+from unittest import mock
 
 NOTEBOOK = Path(__file__).resolve().parent / "notebooks" / "report.ipynb"
 USAGE = "usage: python -m analysis.notebook [results_dir=results] [sweep=ablation] [out=FILE.ipynb]"
@@ -35,20 +36,12 @@ def execute(results_dir: str | Path, sweep: str, out: str | Path, timeout: int =
         (spec / "kernel.json").write_text(json.dumps({
             "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": KERNEL, "language": "python"}))
-        saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "SAM_RESULTS_DIR", "SAM_SWEEP",
-                                                 "PYDEVD_DISABLE_FILE_VALIDATION")}
-        os.environ.update(JUPYTER_PATH=tmp, SAM_RESULTS_DIR=str(results_dir), SAM_SWEEP=str(sweep),
-                          PYDEVD_DISABLE_FILE_VALIDATION="1")
-        try:
+        # the kernel inherits these; the caller's environment is as it was afterwards
+        with mock.patch.dict(os.environ, {"JUPYTER_PATH": tmp, "SAM_RESULTS_DIR": str(results_dir),
+                                          "SAM_SWEEP": str(sweep), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}):
             nb = nbformat.read(NOTEBOOK, as_version=4)
             NotebookClient(nb, kernel_name=KERNEL, timeout=timeout,
                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.collect import arm_order
-from analysis.stats import metric_label
+from analysis.stats import metric_short
 from analysis.targets import censored_median
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Fig
     else dev/rouge_w (KLUE-MRC), whichever the table has."""
     present = set(table["target_metric"]) if not table.empty else set()
     metric = metric or next((m for m in ("dev/f1", "dev/rouge_w") if m in present), "dev/f1")
-    short = metric_label(metric).split(" ", 1)[-1]  # F1, ROUGE-W
+    short = metric_short(metric)  # F1, ROUGE-W
     data = table[table["target_metric"] == metric] if not table.empty else table
     if data.empty:
         log.info("figure_time_to_target: no %s targets; figure skipped", metric)

@@ -158,6 +158,16 @@ def metric_label(metric: str) -> str:
     return f"{split} {what}".strip()
 
 
+def metric_short(metric: str) -> str:
+    """"dev/f1" → "F1", "dev/rouge_w" → "ROUGE-W": metric_label without the split."""
+    return metric_label(metric).split(" ", 1)[-1]
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take: losses [0, ∞), scores (EM, F1, ROUGE-W, in %) [0, 100]."""
+    return (0.0, math.inf) if _is_loss(metric) else (0.0, 100.0)
+
+
 def _paired_values(group: pd.DataFrame, column: str, a: str, b: str, pair_on: str, arm_col: str):
     """Aligned arrays of a's and b's values over the pair keys both have (non-missing), plus the keys of each kind."""
     values = {}

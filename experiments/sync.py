@@ -26,10 +26,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args) or len(args) > 1:
-        print(USAGE if len(args) <= 1 else f"error: one results folder at most\n{USAGE}",
-              file=sys.stdout if len(args) <= 1 else sys.stderr)
-        return 0 if len(args) <= 1 else 2
+    if len(args) > 1:
+        print(f"error: one results folder at most\n{USAGE}", file=sys.stderr)
+        return 2
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
     results = args[0] if args else "results"
     runs = offline_runs(results)
     if not runs:

@@ -7,6 +7,10 @@ import logging
 logger = logging.getLogger("experiments.data")
 
 
+# what a strict-mode record error adds, wherever the record failed (reading or tokenising)
+STRICT_HINT = "data.strict=false skips such records"
+
+
 class DataError(ValueError):
     """A data problem. The message is one line naming the file (or hub set), the record and what is wrong."""
 

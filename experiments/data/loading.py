@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from datasets import Dataset
 
-from .errors import DataError, logger, one_line
+from .errors import STRICT_HINT, DataError, logger, one_line
 from .files import read_squad_file
 from .records import MAX_WARNINGS_PER_SOURCE, records_to_dataset
 
@@ -188,7 +188,7 @@ def prepare_features(
                 fault, place = named[0]
                 more = f" ({len(named) - 1} more such records)" if len(named) > 1 else ""
                 raise DataError(one_line(f"{place} (id {fault.example_id!r}): {fault.message}{more}; "
-                                         "data.strict=false skips such records")) from None
+                                         f"{STRICT_HINT}")) from None
             bad = set()
             for n, (fault, place) in enumerate(named):
                 bad.add(fault.example_id)

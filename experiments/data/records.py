@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from datasets import Dataset, Features, List, Value
 
-from .errors import DataError, logger, one_line
+from .errors import STRICT_HINT, DataError, logger, one_line
 
 # The columns of every examples Dataset this package returns, in this order.
 EXAMPLE_FEATURES = Features(
@@ -184,7 +184,7 @@ class RecordCollector:
     def problem(self, where: str, reason: str, message: str) -> None:
         line = one_line(f"{self.source}: {where}: {message}")
         if self.strict:
-            raise DataError(f"{line}; data.strict=false skips such records")
+            raise DataError(f"{line}; {STRICT_HINT}")
         self.reasons[reason] += 1
         if self.first_problem is None:
             self.first_problem = f"{where}: {one_line(message)}"
