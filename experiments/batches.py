@@ -81,8 +81,9 @@ class Features:
         """A new Features holding only `rows` (in that order)."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         dataset = self.dataset.select(list(rows)) if self.dataset is not None else None
+        columns = self._eval_columns.select(rows) if self._eval_columns is not None else None  # not converted again
         return Features({k: v[index] for k, v in self.tensors.items()}, self.lengths[index], dataset,
-                        self.pad_to_max_length, self.pin_memory)
+                        self.pad_to_max_length, self.pin_memory, columns)
 
     def eval_batches(self, batch_size: int) -> list[Tensor]:
         """Indices of all features in batches of similar length, longest first (so memory peaks in the first

@@ -31,15 +31,24 @@ def _resume_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
     return base / "resume", base / "resume.tmp", base / "resume.old"
 
 
-def resume_point(run_dir) -> Optional[int]:
-    """The update a rerun of `run_dir` resumes from (the newest usable resume checkpoint), or None if there is none."""
+def _usable_resume(run_dir) -> Optional[tuple[Path, dict]]:
+    """(folder, its trainer.json) of the newest resume checkpoint whose trainer.json reads and names its update:
+    checkpoint/resume, else checkpoint/resume.old (left by a save that was cut short); None if neither."""
     target, _, old = _resume_dirs(Path(run_dir))
     for folder in (target, old):
         try:
-            return int(json.loads((folder / "trainer.json").read_text())["progress"]["update"])
+            meta = json.loads((folder / "trainer.json").read_text())
+            int(meta["progress"]["update"])
+            return folder, meta
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return None
+
+
+def resume_point(run_dir) -> Optional[int]:
+    """The update a rerun of `run_dir` resumes from (the newest usable resume checkpoint), or None if there is none."""
+    found = _usable_resume(run_dir)
+    return int(found[1]["progress"]["update"]) if found is not None else None
 
 
 def remove_resume_state(run_dir) -> None:
@@ -64,8 +73,8 @@ def save_resume_state(trainer) -> Optional[Path]:
     import torch
     from safetensors.torch import save_model
 
-    dist = getattr(trainer, "dist", None)
-    parallel = dist is not None and dist.world_size > 1
+    dist = trainer.dist
+    parallel = dist.world_size > 1
     rank_rng = dist.gather(_rng_state(trainer)) if parallel else None
     if parallel and not dist.is_main:
         return None
@@ -108,14 +117,13 @@ def load_resume_state(trainer) -> bool:
 
     from .train import Progress
 
-    target, _, old = _resume_dirs(trainer.run_dir)
-    folder = target if (target / "trainer.json").exists() else old if (old / "trainer.json").exists() else None
-    if folder is None:
+    found = _usable_resume(trainer.run_dir)  # the same choice resume_point reports
+    if found is None:
         return False
-    meta = json.loads((folder / "trainer.json").read_text())
+    folder, meta = found
     state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
-    dist = getattr(trainer, "dist", None)
-    parallel = dist is not None and dist.world_size > 1
+    dist = trainer.dist
+    parallel = dist.world_size > 1
     if parallel and len(state.get("rank_rng") or ()) != dist.world_size:
         return False  # not written by a run of this many processes (checked before anything is loaded)
     missing, unexpected = load_model(trainer.model, str(folder / "model.safetensors"), strict=True,

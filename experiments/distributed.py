@@ -122,7 +122,6 @@ class Dist:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     backend: Optional[str] = None  # gloo | nccl when a process group was joined
     device: Optional[torch.device] = None
 
@@ -192,7 +191,7 @@ def setup(cfg) -> Dist:
     torch.distributed.init_process_group(backend, timeout=timeout, **kwargs)
     # SIGTERM (torchrun stops every rank when one fails) ends a rank like Ctrl-C: experiments.train's
     # stop_signals_raise, the same as for a single process
-    return Dist(rank=rank, world_size=world, local_rank=local, backend=backend, device=device)
+    return Dist(rank=rank, world_size=world, backend=backend, device=device)  # LOCAL_RANK lives on in `device`
 
 
 class NullTracker:

@@ -233,7 +233,7 @@ class Trainer:
         self.dev_examples = columns_of(dev_ex, EXAMPLE_COLUMNS)
         self.train = to_features(train_ds, MODEL_INPUTS + LABELS, **batching)
         self.dev = to_features(dev_ds, MODEL_INPUTS + LABELS, **batching)
-        self.dev_subset = self._dev_subset(dev_ex, dev_ds)  # (example columns, Features) or None
+        self.dev_subset = self._dev_subset()  # (example columns, Features) or None
         self.data_stats.update(train_features=len(self.train), dev_features=len(self.dev))
         if self.dev_subset is not None:
             self.data_stats.update(dev_subset_examples=self.dev_subset[0].num_rows,
@@ -284,7 +284,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = linear_schedule(self.optimizer, self.total_updates, cfg.optim.warmup_ratio)
 
-    def _dev_subset(self, dev_ex, dev_ds):
+    def _dev_subset(self):
         """(examples, Features) of the fixed dev subset that periodic evaluations score; None when they score all."""
         size, every = self.cfg.eval.subset_size, self.cfg.train.eval_every
         if size is None:
@@ -293,9 +293,11 @@ class Trainer:
             log.warning("eval.subset_size=%s has no effect with train.eval_every=0: epoch-end and final "
                         "evaluations always score the whole dev set", size)
             return None
-        if size >= len(dev_ex):
+        if size >= self.dev_examples.num_rows:
             return None
-        example_rows, feature_rows = subset_rows(dev_ex["id"], dev_ds["example_id"], size, self.cfg.eval.subset_seed)
+        # from the columns already converted for evaluation, not from Arrow again
+        example_rows, feature_rows = subset_rows(self.dev_examples["id"], self.dev.eval_columns()["example_id"], size,
+                                                 self.cfg.eval.subset_seed)
         examples = self.dev_examples.select(example_rows)
         return examples, self.dev.select(feature_rows)
 

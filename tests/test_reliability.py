@@ -72,27 +72,34 @@ def test_kill_9_mid_run_then_same_command_resumes_to_identical_result(tmp_path, 
     assert third.returncode == 0 and "already completed" in third.stderr
 
 
-def test_data_parallel_time_based_checkpoints_look_at_the_clock_every_ddp_clock_every_updates():
+def test_data_parallel_time_based_checkpoints_look_at_the_clock_every_ddp_clock_every_updates(monkeypatch):
     """With train.checkpoint_every_minutes on several ranks, rank 0's clock decides through a broadcast (a
-    collective), taken only on updates divisible by DDP_CLOCK_EVERY (10), not at every update."""
+    collective), taken only on updates divisible by DDP_CLOCK_EVERY (10), not at every update. Here an update takes
+    5 s and a checkpoint is due after 1 min: the clock says so from update 13 on (5·13 − 5 = 60 s after the first
+    look), so the broadcasts at updates 10, 20, 30 carry False, True, True and the checkpoints fall on 20 and 30."""
     from types import SimpleNamespace
 
+    import experiments.train as train_module
     from experiments.train import DDP_CLOCK_EVERY, Trainer
 
-    calls = []
+    clock = {"now": 0.0}
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    broadcasts = []
 
-    class TwoRanks:  # the broadcast of experiments.distributed.Dist, recorded; rank 0 says "due"
+    class TwoRanks:  # experiments.distributed.Dist's broadcast as rank 0 sees it: its own value comes back
         world_size = 2
 
         def broadcast(self, obj):
-            calls.append(obj)
-            return True
+            broadcasts.append((fake.progress.update, obj))
+            return obj
 
     fake = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(checkpoint_every=0, checkpoint_every_minutes=1)),
                            progress=SimpleNamespace(update=0), dist=TwoRanks(), _last_checkpoint=None)
     due = []
     for update in range(1, 31):
+        clock["now"] = 5.0 * update
         fake.progress.update = update
         if Trainer.checkpoint_due(fake):
             due.append(update)
-    assert DDP_CLOCK_EVERY == 10 and due == [10, 20, 30] and len(calls) == 3
+    assert DDP_CLOCK_EVERY == 10
+    assert broadcasts == [(10, False), (20, True), (30, True)] and due == [20, 30]
