@@ -50,6 +50,8 @@ from .config import WANDB_LIMITS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# How long a resumed run waits for a killed process's W&B service to let go of the run id (seconds).
+WANDB_IN_USE_WAIT_S = 60.0
 # Statuses a finished run can have; "running" is the state between __init__ and finish.
 FINAL_STATUSES = ("completed", "failed", "diverged")
 # Step keys that `log` adds to every event; metric dicts may not use them.
@@ -468,7 +470,7 @@ class RunTracker:
         def sel(key: str) -> Any:
             return OmegaConf.select(cfg, key, default=None)
 
-        run = wandb.init(
+        init = dict(
             project=sel("tracking.project") or "sam-accum",
             entity=sel("tracking.entity"),
             dir=str(self.run_dir),  # the run lands in run_dir/wandb/
@@ -487,6 +489,17 @@ class RunTracker:
                 reinit="create_new",  # this tracker only uses its own run object, never the global wandb.run
             ),
         )
+        deadline = time.monotonic() + WANDB_IN_USE_WAIT_S
+        while True:
+            try:
+                run = wandb.init(**init)
+                break
+            except Exception as err:
+                # a run resumed after kill -9: the killed process's W&B service can hold the run id until it notices
+                # its parent is gone (seconds; longer on a busy machine)
+                if not (self.resumed and "is in use" in str(err)) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
         run.define_metric("update")
         run.define_metric("*", step_metric="update")  # every chart's x-axis is the optimizer update
         self._wandb_run = run

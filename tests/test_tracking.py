@@ -312,6 +312,36 @@ def test_resume_keeps_history_and_the_wandb_id(tmp_path):
     assert len(runs) == 2 and ids == {summary["wandb"]["id"]}
 
 
+def test_a_resumed_run_waits_while_a_killed_process_still_holds_its_wandb_id(tmp_path, monkeypatch):
+    """After kill -9 the dead process's W&B service can hold the run id for a while ("run ID … is in use"); a
+    resumed run retries wandb.init instead of failing. A new run, or any other error, is not retried."""
+    import wandb
+
+    from experiments import tracking
+
+    run_dir = tmp_path / "run"
+    RunTracker(make_cfg(), run_dir).finish("failed", reason="killed")
+    real, calls = wandb.init, []
+
+    def busy_twice(**kwargs):
+        calls.append(kwargs["id"])
+        if len(calls) <= 2:
+            raise wandb.errors.CommError(f"run ID {kwargs['id']} is in use")
+        return real(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", busy_twice)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    resumed = RunTracker(make_cfg(), run_dir, resume=True)
+    resumed.finish("completed")
+    assert len(calls) == 3 and len(set(calls)) == 1
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+    calls.clear()
+    with pytest.raises(tracking.TrackingError, match="is in use"):  # a new run: the id is its own, not retried
+        RunTracker(make_cfg(), tmp_path / "fresh")
+    assert len(calls) == 1
+
+
 def test_fresh_start_in_an_old_directory_starts_over(tmp_path):
     run_dir = tmp_path / "run"
     old = RunTracker(make_cfg("disabled"), run_dir)
