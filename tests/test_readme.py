@@ -80,3 +80,22 @@ def test_the_config_error_the_readme_shows_is_what_train_prints(capsys):
     shown = readme.split(command)[1].splitlines()[0]
     assert main(["configs/default.yaml", "optim.rhoo=0.1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == shown
+
+
+def test_the_default_arms_table_is_the_committed_runs_csv():
+    import csv
+
+    runs = list(csv.DictReader((REPO / "results" / "report-default_arms" / "runs.csv").open(encoding="utf-8")))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- default_arms: results/report-default_arms/runs.csv -->")[1].split("<!-- /")[0]
+    rows = table.strip().splitlines()[2:]
+    assert len(rows) == len(runs) == 4
+    for row, run in zip(rows, runs):
+        wall = float(run["wall_time_s"])
+        expected = [run["arm"], f"{float(run['final.dev/em']):.2f}", f"{float(run['final.dev/f1']):.2f}",
+                    f"{float(run['final.dev/loss']):.3f}", f"{int(wall // 60)} min {round(wall % 60)} s",
+                    f"{float(run['mean_step_time_s']):.2f}"]
+        assert [c.strip() for c in row.strip("|").split("|")] == expected
+    # the runs were made from a commit, not from uncommitted changes
+    assert {run["git_sha"] for run in runs} == {"3b9e34c31b67fe164bc2b0d4114a98d975ea412c"}
+    assert "uncommitted" not in (REPO / "results" / "report-default_arms" / "REPORT.md").read_text(encoding="utf-8")
