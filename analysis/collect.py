@@ -30,13 +30,15 @@ dotted keys), "overrides" (a {key: value} mapping or a list of "key=value" strin
 {key: value}). experiments.sweep writes {"name", ..., "runs": [{"run_id", "arm", "point", "overrides", "status",
 "reason", "run_dir", ...}]}, with statuses pending | running | completed | failed | diverged | skipped | interrupted.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,8 +51,20 @@ ARM_ORDER = ("adamw", "sam_full", "sam_last", "sam_micro")
 # The statuses a run can have (summary.json) plus the ones this module assigns when a run left less behind.
 FINAL_STATUSES = ("completed", "failed", "diverged")
 STEP_KEYS = ("update", "epoch", "examples", "time")
-CURVE_COLUMNS = ["run_id", "arm", "replay", "k", "seed", "update", "epoch", "examples", "time", "eval_kind", "metric",
-                 "value"]
+CURVE_COLUMNS = [
+    "run_id",
+    "arm",
+    "replay",
+    "k",
+    "seed",
+    "update",
+    "epoch",
+    "examples",
+    "time",
+    "eval_kind",
+    "metric",
+    "value",
+]
 
 
 class CollectError(RuntimeError):
@@ -169,8 +183,10 @@ def read_manifest(results_dir: str | Path, sweep: str) -> dict[str, dict]:
     if isinstance(data, Mapping) and "runs" in data:
         runs = data["runs"]
         if isinstance(runs, Mapping):
-            entries = [dict(v, run_id=v.get("run_id", k)) if isinstance(v, Mapping) else {"run_id": k, "status": v}
-                       for k, v in runs.items()]
+            entries = [
+                dict(v, run_id=v.get("run_id", k)) if isinstance(v, Mapping) else {"run_id": k, "status": v}
+                for k, v in runs.items()
+            ]
         else:
             entries = runs if isinstance(runs, list) else []
     elif isinstance(data, list):
@@ -300,13 +316,16 @@ def _add_aliases(df: pd.DataFrame) -> pd.DataFrame:
 def _sort_runs(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
-    keys = pd.DataFrame({
-        "arm": [_arm_sort_key(a)[0] for a in df["arm"]],
-        "arm_name": [_arm_sort_key(a)[1] for a in df["arm"]],
-        "k": pd.to_numeric(df["k"], errors="coerce").fillna(-1),
-        "seed": pd.to_numeric(df["seed"], errors="coerce").fillna(-1),
-        "run_id": df["run_id"].astype(str),
-    }, index=df.index)
+    keys = pd.DataFrame(
+        {
+            "arm": [_arm_sort_key(a)[0] for a in df["arm"]],
+            "arm_name": [_arm_sort_key(a)[1] for a in df["arm"]],
+            "k": pd.to_numeric(df["k"], errors="coerce").fillna(-1),
+            "seed": pd.to_numeric(df["seed"], errors="coerce").fillna(-1),
+            "run_id": df["run_id"].astype(str),
+        },
+        index=df.index,
+    )
     order = keys.sort_values(["arm", "arm_name", "k", "seed", "run_id"], kind="mergesort").index
     return df.loc[order].reset_index(drop=True)
 
@@ -378,8 +397,7 @@ def _curve_dtypes(df: pd.DataFrame) -> pd.DataFrame:
 # the frames without the raw runs: the committed report's CSVs
 
 # the metrics the report keeps in curves.csv: enough for every figure and table of the report and the notebook
-REPORT_CURVE_METRICS = ("train/loss", "train/step_time", "dev/loss", "dev/f1", "dev/rouge_w", "dev/em",
-                        "diag/grad_cos")
+REPORT_CURVE_METRICS = ("train/loss", "train/step_time", "dev/loss", "dev/f1", "dev/rouge_w", "dev/em", "diag/grad_cos")
 
 
 def report_dir(results_dir: str | Path, sweep: str) -> Path:
@@ -398,8 +416,10 @@ def load_frames(results_dir: str | Path, sweep: str) -> tuple[pd.DataFrame, pd.D
     folder = report_dir(results_dir, sweep)
     runs_csv, curves_csv = folder / "runs.csv", folder / "curves.csv"
     if not (runs_csv.is_file() and curves_csv.is_file()):
-        raise CollectError(f"neither the sweep folder {str(sweep_dir(results_dir, sweep))!r} nor the report CSVs "
-                           f"{str(runs_csv)!r} and {str(curves_csv)!r} exist")
+        raise CollectError(
+            f"neither the sweep folder {str(sweep_dir(results_dir, sweep))!r} nor the report CSVs "
+            f"{str(runs_csv)!r} and {str(curves_csv)!r} exist"
+        )
     runs = pd.read_csv(runs_csv)
     for column in ("k", "seed", "update", "examples"):  # as before: the counts as nullable integers
         if column in runs.columns:

@@ -40,8 +40,9 @@ import contextlib
 import hashlib
 import math
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -264,16 +265,12 @@ def _generator(seed: int) -> torch.Generator:
 
 def _gaussian_like(plist: Sequence[Tensor], gen: torch.Generator) -> list[Tensor]:
     """Standard normal draws shaped like ``plist`` (drawn on CPU in fp32, in order, then moved to each parameter)."""
-    return [
-        torch.randn(p.shape, generator=gen, dtype=torch.float32).to(device=p.device, dtype=p.dtype) for p in plist
-    ]
+    return [torch.randn(p.shape, generator=gen, dtype=torch.float32).to(device=p.device, dtype=p.dtype) for p in plist]
 
 
 def _rademacher_like(plist: Sequence[Tensor], gen: torch.Generator) -> list[Tensor]:
     """Independent +-1 entries with probability 1/2 each, shaped like ``plist``."""
-    return [
-        (torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(device=p.device, dtype=p.dtype) for p in plist
-    ]
+    return [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(device=p.device, dtype=p.dtype) for p in plist]
 
 
 _NO_DOUBLE_BACKWARD_HINT = (

@@ -8,14 +8,15 @@ this interpreter (the venv's ipykernel, registered for the run in a temporary JU
 installed for Jupyter beforehand. The executed copy opens in Jupyter, VS Code or any notebook viewer. Exit status 2
 with one line for bad arguments or a cell that fails.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 from unittest import mock
 
 NOTEBOOK = Path(__file__).resolve().parent / "notebooks" / "report.ipynb"
@@ -33,15 +34,29 @@ def execute(results_dir: str | Path, sweep: str, out: str | Path, timeout: int =
     with tempfile.TemporaryDirectory(prefix="sam-nb-") as tmp:
         spec = Path(tmp) / "kernels" / KERNEL
         spec.mkdir(parents=True)
-        (spec / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": KERNEL, "language": "python"}))
+        (spec / "kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    "display_name": KERNEL,
+                    "language": "python",
+                }
+            )
+        )
         # the kernel inherits these; the caller's environment is as it was afterwards
-        with mock.patch.dict(os.environ, {"JUPYTER_PATH": tmp, "SAM_RESULTS_DIR": str(results_dir),
-                                          "SAM_SWEEP": str(sweep), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}):
+        with mock.patch.dict(
+            os.environ,
+            {
+                "JUPYTER_PATH": tmp,
+                "SAM_RESULTS_DIR": str(results_dir),
+                "SAM_SWEEP": str(sweep),
+                "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+            },
+        ):
             nb = nbformat.read(NOTEBOOK, as_version=4)
-            NotebookClient(nb, kernel_name=KERNEL, timeout=timeout,
-                           resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+            NotebookClient(
+                nb, kernel_name=KERNEL, timeout=timeout, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+            ).execute()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)

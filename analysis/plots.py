@@ -8,13 +8,14 @@ here neither needs nor changes a global backend, and a notebook's inline display
 Colours are fixed per arm in every figure: AdamW dark grey, SAM (full replay) blue, SAM (last-batch replay, the bug)
 red, m-SAM green. Bands around a mean line span the minimum to the maximum over seeds (said in each figure).
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -130,8 +131,13 @@ def legend_below(fig: Figure, axes: Iterable, title: str | None = None) -> None:
                 handles[label] = handle
                 labels.append(label)
     if handles:
-        fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
-                   ncols=min(len(labels), 4), title=title)
+        fig.legend(
+            [handles[label] for label in labels],
+            labels,
+            loc="outside lower center",
+            ncols=min(len(labels), 4),
+            title=title,
+        )
 
 
 def _band(ax, x, low, high, color) -> None:
@@ -141,8 +147,9 @@ def _band(ax, x, low, high, color) -> None:
 def _mean_band(per_seed: pd.DataFrame, x: str) -> pd.DataFrame:
     """Mean, min and max of `value` over runs at each x."""
     grouped = per_seed.groupby(x)["value"]
-    return pd.DataFrame({"mean": grouped.mean(), "low": grouped.min(), "high": grouped.max(),
-                         "n": grouped.count()}).reset_index()
+    return pd.DataFrame(
+        {"mean": grouped.mean(), "low": grouped.min(), "high": grouped.max(), "n": grouped.count()}
+    ).reset_index()
 
 
 def seed_range(values: Sequence[float]) -> tuple[float, float, float]:
@@ -179,8 +186,9 @@ def identical_arm_groups(panel: pd.DataFrame, arms: Sequence[str], x: str, tol: 
     for arm, curve in curves.items():
         for group in groups:
             ref = curves[group[0]]
-            if curve.index.equals(ref.index) and np.allclose(curve.to_numpy(float), ref.to_numpy(float), rtol=tol,
-                                                             atol=tol, equal_nan=True):
+            if curve.index.equals(ref.index) and np.allclose(
+                curve.to_numpy(float), ref.to_numpy(float), rtol=tol, atol=tol, equal_nan=True
+            ):
                 group.append(arm)
                 break
         else:
@@ -230,8 +238,14 @@ def figure_train_loss(curves: pd.DataFrame, metric: str = "train/loss") -> Figur
             agg = _mean_band(pd.concat(parts), "update")
             color = arm_color(arm, arms)
             n_seeds = runs["run_id"].nunique()
-            ax.plot(agg["update"], agg["mean"], color=color, linewidth=1.8,
-                    linestyle=arm_linestyle(arm) if len(group) == 1 else "-", label=group_label(group, k))
+            ax.plot(
+                agg["update"],
+                agg["mean"],
+                color=color,
+                linewidth=1.8,
+                linestyle=arm_linestyle(arm) if len(group) == 1 else "-",
+                label=group_label(group, k),
+            )
             if n_seeds > 1:
                 _band(ax, agg["update"], agg["low"], agg["high"], color)
         ax.set_title(f"accumulation k = {k}")
@@ -251,8 +265,11 @@ def _eval_events(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
     return data.sort_values(["run_id", "update", "time"]).drop_duplicates(["run_id", "update"], keep="last")
 
 
-DEV_ROWS = (("dev/f1", "dev F1 (%)", (0.0, 100.5)), ("dev/rouge_w", "dev ROUGE-W (%)", (0.0, 100.5)),
-            ("dev/loss", "dev loss", (0.0, None)))
+DEV_ROWS = (
+    ("dev/f1", "dev F1 (%)", (0.0, 100.5)),
+    ("dev/rouge_w", "dev ROUGE-W (%)", (0.0, 100.5)),
+    ("dev/loss", "dev loss", (0.0, None)),
+)
 
 
 @_styled
@@ -262,8 +279,7 @@ def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
     min–max band. Arms with identical curves (k = 1) are one line."""
     rows = [(m, label, limits) for m, label, limits in DEV_ROWS if not _eval_events(curves, m).empty]
     if not rows:
-        log.info("figure_dev_curves: no evaluation events of %s; figure skipped",
-                 ", ".join(m for m, _, _ in DEV_ROWS))
+        log.info("figure_dev_curves: no evaluation events of %s; figure skipped", ", ".join(m for m, _, _ in DEV_ROWS))
         return None
     ks = _ks(pd.concat([_eval_events(curves, m) for m, _, _ in rows]))
     arms = arm_order(curves["arm"])
@@ -278,8 +294,16 @@ def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
                 runs = panel[panel["arm"] == group[0]]
                 agg = _mean_band(runs, "update")
                 color = arm_color(group[0], arms)
-                ax.plot(agg["update"], agg["mean"], color=color, marker="o", markersize=3, linewidth=1.6,
-                        linestyle=arm_linestyle(group[0]) if len(group) == 1 else "-", label=group_label(group, k))
+                ax.plot(
+                    agg["update"],
+                    agg["mean"],
+                    color=color,
+                    marker="o",
+                    markersize=3,
+                    linewidth=1.6,
+                    linestyle=arm_linestyle(group[0]) if len(group) == 1 else "-",
+                    label=group_label(group, k),
+                )
                 if runs["run_id"].nunique() > 1:
                     _band(ax, agg["update"], agg["low"], agg["high"], color)
             clip_axis(ax, low, high)
@@ -313,8 +337,15 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
             runs = panel[panel["arm"] == arm]
             agg = _mean_band(runs, "update")
             color = arm_color(arm, arms)
-            ax.plot(agg["update"], agg["mean"], color=color, linewidth=1.6, marker=".",
-                    linestyle=arm_linestyle(arm) if len(group) == 1 else "-", label=group_label(group, k))
+            ax.plot(
+                agg["update"],
+                agg["mean"],
+                color=color,
+                linewidth=1.6,
+                marker=".",
+                linestyle=arm_linestyle(arm) if len(group) == 1 else "-",
+                label=group_label(group, k),
+            )
             if runs["run_id"].nunique() > 1:
                 _band(ax, agg["update"], agg["low"], agg["high"], color)
         ax.axhline(1.0, color="#888888", linewidth=0.8, linestyle="--")
@@ -322,8 +353,10 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
         ax.set_xlabel("optimizer update")
         ax.set_ylim(min(-0.05, float(panel["value"].min()) - 0.05), 1.05)
     axes[0][0].set_ylabel("cos(g_last-replay, g_full-replay)")
-    fig.suptitle("Gradient fidelity of last-batch replay (1 = same direction as the correct SAM gradient)\n"
-                 "mean over seeds, band = min–max over seeds")
+    fig.suptitle(
+        "Gradient fidelity of last-batch replay (1 = same direction as the correct SAM gradient)\n"
+        "mean over seeds, band = min–max over seeds"
+    )
     legend_below(fig, axes)
     return fig
 
@@ -358,10 +391,19 @@ def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Fig
                 x = i + offsets[arm]
                 reached = cell["reached"].astype(bool).to_numpy()
                 updates = cell["update"].astype(float).to_numpy()
-                ax.scatter(np.full(reached.sum(), x), updates[reached], s=22, color=color, zorder=3,
-                           label=arm_label(arm))
-                ax.scatter(np.full((~reached).sum(), x), updates[~reached], s=34, marker="^", facecolors="none",
-                           edgecolors=color, zorder=3, label="not reached (drawn at the last evaluation)")
+                ax.scatter(
+                    np.full(reached.sum(), x), updates[reached], s=22, color=color, zorder=3, label=arm_label(arm)
+                )
+                ax.scatter(
+                    np.full((~reached).sum(), x),
+                    updates[~reached],
+                    s=34,
+                    marker="^",
+                    facecolors="none",
+                    edgecolors=color,
+                    zorder=3,
+                    label="not reached (drawn at the last evaluation)",
+                )
                 median = censored_median(np.where(reached, updates, np.inf))
                 if np.isfinite(median):
                     ax.hlines(median, x - 0.09, x + 0.09, color=color, linewidth=2.4, zorder=4)
@@ -371,8 +413,7 @@ def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Fig
         ax.set_title(f"accumulation k = {k}")
         ax.set_xlabel("target")
     axes[0][0].set_ylabel("optimizer updates to reach it")
-    fig.suptitle(f"Updates to reach a dev {short} target — dots: seeds, bar: median; "
-                 f"▵: not reached within the budget")
+    fig.suptitle(f"Updates to reach a dev {short} target — dots: seeds, bar: median; ▵: not reached within the budget")
     legend_below(fig, axes)
     return fig
 
@@ -392,8 +433,10 @@ def _dodge(n: int, width: float = 0.7) -> np.ndarray:
 
 
 @_styled
-def figure_final_scores(runs: pd.DataFrame, metrics: Sequence[tuple[str, str]] = (
-        ("final.dev/em", "dev exact match (%)"), ("final.dev/f1", "dev F1 (%)"))) -> Figure | None:
+def figure_final_scores(
+    runs: pd.DataFrame,
+    metrics: Sequence[tuple[str, str]] = (("final.dev/em", "dev exact match (%)"), ("final.dev/f1", "dev F1 (%)")),
+) -> Figure | None:
     """Final dev EM and F1 of completed runs: per k (x) and arm, every seed as a dot and the mean with a min–max bar
     over seeds (a score axis from 0 to 100: no interval can leave the metric's range)."""
     runs = _completed(runs)
@@ -421,11 +464,20 @@ def figure_final_scores(runs: pd.DataFrame, metrics: Sequence[tuple[str, str]] =
                 lows.append(mean - low)
                 highs.append(high - mean)
                 # single seeds just right of the error bar, so the bar does not hide them
-                ax.scatter(np.full(values.size, x + 0.06), values, s=14, color=color, alpha=0.5, linewidths=0,
-                           zorder=2)
+                ax.scatter(np.full(values.size, x + 0.06), values, s=14, color=color, alpha=0.5, linewidths=0, zorder=2)
             if xs:
-                ax.errorbar(xs, means, yerr=[lows, highs], fmt="o", color=color, markersize=6, capsize=4,
-                            elinewidth=1.6, label=arm_label(arm), zorder=3)
+                ax.errorbar(
+                    xs,
+                    means,
+                    yerr=[lows, highs],
+                    fmt="o",
+                    color=color,
+                    markersize=6,
+                    capsize=4,
+                    elinewidth=1.6,
+                    label=arm_label(arm),
+                    zorder=3,
+                )
         ax.set_xticks(range(len(ks)), [f"k = {k}" for k in ks])
         ax.grid(axis="x", visible=False)
         ax.set_xlabel("gradient accumulation steps")
@@ -459,13 +511,36 @@ def figure_step_time(runs: pd.DataFrame, metric: str = "mean_step_time_s") -> Fi
             continue
         sub = stats.loc[[k for k in ks if k in stats.index]]
         color = arm_color(arm, arms)
-        ax.bar(xs, sub["mean"], width=width * 0.92, color=color, alpha=0.85, label=arm_label(arm),
-                      hatch="//" if arm in ARM_LINESTYLES else None, edgecolor="white", linewidth=0.5)
-        ax.errorbar(xs, sub["mean"], yerr=[sub["mean"] - sub["min"], sub["max"] - sub["mean"]], fmt="none",
-                    ecolor="#222222", elinewidth=1.0, capsize=3)
+        ax.bar(
+            xs,
+            sub["mean"],
+            width=width * 0.92,
+            color=color,
+            alpha=0.85,
+            label=arm_label(arm),
+            hatch="//" if arm in ARM_LINESTYLES else None,
+            edgecolor="white",
+            linewidth=0.5,
+        )
+        ax.errorbar(
+            xs,
+            sub["mean"],
+            yerr=[sub["mean"] - sub["min"], sub["max"] - sub["mean"]],
+            fmt="none",
+            ecolor="#222222",
+            elinewidth=1.0,
+            capsize=3,
+        )
         for x, mean, top in zip(xs, sub["mean"], sub["max"]):  # the value just above its error bar
-            ax.annotate(f"{mean:.3g} s", (x, top), xytext=(0, 3), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=8)
+            ax.annotate(
+                f"{mean:.3g} s",
+                (x, top),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     ax.set_xticks(range(len(ks)), [f"k = {k}" for k in ks])
     ax.set_xlabel("gradient accumulation steps k (micro-batches per update)")
     ax.set_ylabel("seconds per optimizer update")
@@ -511,8 +586,9 @@ def plot_grad_cos(curves: pd.DataFrame, out_dir: str | Path) -> Path | None:
     return _saved(figure_grad_cos(curves), out_dir, "grad_cos")
 
 
-def plot_all(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path,
-             targets: pd.DataFrame | None = None) -> dict[str, Path | None]:
+def plot_all(
+    runs: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path, targets: pd.DataFrame | None = None
+) -> dict[str, Path | None]:
     """Every figure; {name: path or None (skipped)} in report order. `targets`: the table of
     analysis.targets.time_to_target (no updates-to-target figure without it)."""
     return {

@@ -18,6 +18,7 @@ If `out/sharpness.md` exists (written by analysis.sharpness), it becomes the rep
 images embedded in the HTML. The output depends only on the run files: no clock, no randomness beyond the fixed
 bootstrap seed. Bad arguments and a missing sweep folder are one-line errors with exit status 2.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,17 +27,34 @@ import logging
 import math
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.collect import (REPORT_CURVE_METRICS, CollectError, arm_order, collect_curves, collect_runs, read_json,
-                              report_dir, sweep_dir)
-from analysis.stats import (ci_and_test_disagree, curve_equality, equality_check, metric_label, metric_range,
-                            metric_short, paired_differences, summarize)
+from analysis.collect import (
+    REPORT_CURVE_METRICS,
+    CollectError,
+    arm_order,
+    collect_curves,
+    collect_runs,
+    read_json,
+    report_dir,
+    sweep_dir,
+)
+from analysis.stats import (
+    ci_and_test_disagree,
+    curve_equality,
+    equality_check,
+    metric_label,
+    metric_range,
+    metric_short,
+    paired_differences,
+    summarize,
+)
 from analysis.targets import DEFAULT_TARGETS, cost_ratio, target_summary, time_to_target
 
 log = logging.getLogger(__name__)
@@ -57,8 +75,13 @@ OPTIONAL_METRICS = (
     ("final.dev/has_ans_rouge_w", "dev ROUGE-W, questions with an answer (HasAns)", ".2f"),
     ("final.dev/no_ans_rouge_w", "dev ROUGE-W, questions without an answer (NoAns)", ".2f"),
 )
-HIGHER_IS_BETTER = {"final.dev/f1": True, "final.dev/em": True, "final.dev/loss": False, "final.train/loss": False,
-                    **{m: True for m, _, _ in OPTIONAL_METRICS}}
+HIGHER_IS_BETTER = {
+    "final.dev/f1": True,
+    "final.dev/em": True,
+    "final.dev/loss": False,
+    "final.train/loss": False,
+    **{m: True for m, _, _ in OPTIONAL_METRICS},
+}
 # (a, b, what the comparison asks); each is reported as a − b per k
 COMPARISONS = (
     ("sam_full", "sam_last", "the cost of the last-batch replay bug"),
@@ -68,23 +91,40 @@ COMPARISONS = (
 PAIRED_METRICS = ("final.dev/em", "final.dev/loss")  # after the primary score (paired_metrics)
 SANITY_METRICS = ("final.dev/f1", "final.dev/em", "final.dev/loss", "final.train/loss")
 FIGURE_TEXT = {
-    "dev_curves": ("Learning curves", "The dev score the runs logged and the dev loss at every evaluation against "
-                   "the optimizer update (periodic evaluations score the fixed dev subset, the epoch-end and final "
-                   "ones the whole dev set). Line: mean over seeds; band: min–max over seeds. Arms with identical "
-                   "curves (k = 1) are drawn as one line."),
-    "time_to_target": ("Updates to reach a dev F1 target", "For each run, the first evaluation at which dev F1 "
-                       "reached the target (dots; bar: median over seeds). An open triangle is a run that never "
-                       "reached it, drawn at its last evaluation: it needs more updates than that."),
-    "train_loss": ("Training loss", "Clean (first-pass) training loss against the optimizer update, one panel per "
-                   "accumulation k. Line: mean over seeds; band: min–max over seeds."),
-    "final_scores": ("Final dev EM and F1", "Mean over seeds with a min–max bar; small dots are single seeds. "
-                     "Completed runs only."),
-    "step_time": ("Time per update", "Mean wall time of one optimizer update (a window of k micro-batches), "
-                  "grouped by k with one bar per arm (mean over seeds, written above the bar); error bars span "
-                  "min–max over seeds."),
-    "grad_cos": ("Gradient fidelity", "Cosine between the gradient the last-batch replay uses and the full-replay "
-                 "SAM gradient of the same window (diag/grad_cos), against the update. 1 means the bug changes "
-                 "nothing."),
+    "dev_curves": (
+        "Learning curves",
+        "The dev score the runs logged and the dev loss at every evaluation against "
+        "the optimizer update (periodic evaluations score the fixed dev subset, the epoch-end and final "
+        "ones the whole dev set). Line: mean over seeds; band: min–max over seeds. Arms with identical "
+        "curves (k = 1) are drawn as one line.",
+    ),
+    "time_to_target": (
+        "Updates to reach a dev F1 target",
+        "For each run, the first evaluation at which dev F1 "
+        "reached the target (dots; bar: median over seeds). An open triangle is a run that never "
+        "reached it, drawn at its last evaluation: it needs more updates than that.",
+    ),
+    "train_loss": (
+        "Training loss",
+        "Clean (first-pass) training loss against the optimizer update, one panel per "
+        "accumulation k. Line: mean over seeds; band: min–max over seeds.",
+    ),
+    "final_scores": (
+        "Final dev EM and F1",
+        "Mean over seeds with a min–max bar; small dots are single seeds. Completed runs only.",
+    ),
+    "step_time": (
+        "Time per update",
+        "Mean wall time of one optimizer update (a window of k micro-batches), "
+        "grouped by k with one bar per arm (mean over seeds, written above the bar); error bars span "
+        "min–max over seeds.",
+    ),
+    "grad_cos": (
+        "Gradient fidelity",
+        "Cosine between the gradient the last-batch replay uses and the full-replay "
+        "SAM gradient of the same window (diag/grad_cos), against the update. 1 means the bug changes "
+        "nothing.",
+    ),
 }
 FIGURE_MISSING = {
     "train_loss": "no train/loss events in metrics.jsonl",
@@ -130,7 +170,7 @@ def fmt_p(p: Any) -> str:
 
 
 def p_clause(p: Any) -> str:
-    """"p = 0.012" or "p < 0.001" (never "p = < 0.001")."""
+    """ "p = 0.012" or "p < 0.001" (never "p = < 0.001")."""
     text = fmt_p(p)
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
@@ -144,8 +184,7 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str |
     """A GitHub pipe table; align is one letter per column (l, r, c), default left."""
     align = align or "l" * len(headers)
     marks = {"l": ":---", "r": "---:", "c": ":---:"}
-    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |",
-             "|" + "|".join(marks[a] for a in align) + "|"]
+    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -200,6 +239,7 @@ def reported_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
 def primary_metric(runs: pd.DataFrame) -> str:
     """The score the answer is about: dev/f1, or dev/rouge_w for runs scored by KLUE-MRC's rules (data.metric=klue
     logs ROUGE-W instead of F1)."""
+
     def logged(metric: str) -> bool:
         return f"final.{metric}" in runs.columns and runs[f"final.{metric}"].notna().any()
 
@@ -227,8 +267,13 @@ def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = tuple(m for m, _,
     out = pd.concat(frames, ignore_index=True)
     order = {a: i for i, a in enumerate(arm_order(out["arm"]))}
     metric_order = {m: i for i, m in enumerate(metrics)}
-    keys = pd.DataFrame({"m": out["metric"].map(metric_order), "a": out["arm"].map(order),
-                         "k": pd.to_numeric(out["k"], errors="coerce")})
+    keys = pd.DataFrame(
+        {
+            "m": out["metric"].map(metric_order),
+            "a": out["arm"].map(order),
+            "k": pd.to_numeric(out["k"], errors="coerce"),
+        }
+    )
     out = out.loc[keys.sort_values(["m", "a", "k"], kind="mergesort").index].reset_index(drop=True)
     return out[["metric", "arm", "k", "runs", "n", "mean", "std", "ci_low", "ci_high", "ci_half"]]
 
@@ -238,9 +283,13 @@ def paired_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
     return (f"final.{primary_metric(runs)}", *PAIRED_METRICS)
 
 
-def paired_table(runs: pd.DataFrame, metrics: Optional[Sequence[str]] = None,
-                 comparisons: Sequence[tuple] = COMPARISONS, n_boot: int = N_BOOT,
-                 seed: int = BOOT_SEED) -> pd.DataFrame:
+def paired_table(
+    runs: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    comparisons: Sequence[tuple] = COMPARISONS,
+    n_boot: int = N_BOOT,
+    seed: int = BOOT_SEED,
+) -> pd.DataFrame:
     """paired_differences() of each comparison (a − b per k, paired on seed) and metric (default:
     paired_metrics(runs)), completed runs only. A (comparison, k) cell is left out unless the sweep has runs of
     both arms at that k (in any status: a cell whose runs failed is reported with n = 0)."""
@@ -259,14 +308,30 @@ def paired_table(runs: pd.DataFrame, metrics: Optional[Sequence[str]] = None,
             both = table["k"].map(lambda k: {a, b} <= arms_at_k.get(k, set()))
             frames.append(table[both.astype(bool)])
     if not frames:
-        return pd.DataFrame(columns=["metric", "a", "b", "k", "n", "mean_diff", "std_diff", "ci_low", "ci_high",
-                                     "p_value", "verdict", "pairs", "unpaired"])
+        return pd.DataFrame(
+            columns=[
+                "metric",
+                "a",
+                "b",
+                "k",
+                "n",
+                "mean_diff",
+                "std_diff",
+                "ci_low",
+                "ci_high",
+                "p_value",
+                "verdict",
+                "pairs",
+                "unpaired",
+            ]
+        )
     out = pd.concat(frames, ignore_index=True)
     return out[["metric", "a", "b", "k", *[c for c in out.columns if c not in ("metric", "a", "b", "k")]]]
 
 
-def sanity_table(runs: pd.DataFrame, curves: pd.DataFrame, a: str = "sam_full", b: str = "sam_last",
-                 k: int = 1) -> pd.DataFrame:
+def sanity_table(
+    runs: pd.DataFrame, curves: pd.DataFrame, a: str = "sam_full", b: str = "sam_last", k: int = 1
+) -> pd.DataFrame:
     """The k = 1 equality checks (completed runs): the final metrics, and the whole train/loss curve."""
     runs = _with_metrics(runs, SANITY_METRICS)
     done = completed_runs(runs)
@@ -274,8 +339,9 @@ def sanity_table(runs: pd.DataFrame, curves: pd.DataFrame, a: str = "sam_full", 
     if not curves.empty:
         ok_ids = set(done["run_id"])
         rows.append(curve_equality(curves[curves["run_id"].isin(ok_ids)], "train/loss", a=a, b=b, k=k))
-    return pd.DataFrame(rows, columns=["metric", "a", "b", "k", "n", "pairs", "unpaired", "max_abs_diff", "tol",
-                                       "passed", "verdict"])
+    return pd.DataFrame(
+        rows, columns=["metric", "a", "b", "k", "n", "pairs", "unpaired", "max_abs_diff", "tol", "passed", "verdict"]
+    )
 
 
 def not_completed(runs: pd.DataFrame) -> pd.DataFrame:
@@ -312,8 +378,9 @@ def _direction_text(a: str, b: str, metric: str, diff: float) -> str:
 
 def _pair_sentence(row: pd.Series) -> str:
     metric, spec = row["metric"], _metric_fmt(row["metric"])
-    head = (f"At k={row['k']}, {row['a']} − {row['b']} {_metric_label(metric)} = "
-            f"{fmt(row['mean_diff'], spec, signed=True)}")
+    head = (
+        f"At k={row['k']}, {row['a']} − {row['b']} {_metric_label(metric)} = {fmt(row['mean_diff'], spec, signed=True)}"
+    )
     if row["n"] < 2:
         return f"{head} from n={row['n']} pair(s): too few seeds for a CI."
     ci = f"[95% CI {fmt(row['ci_low'], spec, signed=True)}, {fmt(row['ci_high'], spec, signed=True)}]"
@@ -323,8 +390,9 @@ def _pair_sentence(row: pd.Series) -> str:
     else:
         text = f"{head} {stats_text}: no significant difference (CI spans 0)."
     if ci_and_test_disagree(row["ci_low"], row["ci_high"], float(row["p_value"])):
-        text += (" The bootstrap CI and the t-test disagree at the 5% level"
-                 + (" (a percentile bootstrap over so few seeds is too narrow)." if row["n"] < 5 else "."))
+        text += " The bootstrap CI and the t-test disagree at the 5% level" + (
+            " (a percentile bootstrap over so few seeds is too narrow)." if row["n"] < 5 else "."
+        )
     return text
 
 
@@ -340,12 +408,16 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
         status.append(f"All {_plural(total, 'run')} completed.")
     elif len(done) == 0:
         parts = ", ".join(f"{counts[s]} {s}" for s in sorted(counts.index))
-        status.append(f"No run completed ({parts}), so there is nothing to compare; the runs and their reasons are "
-                      f"listed under 'Failed, diverged and unfinished runs'.")
+        status.append(
+            f"No run completed ({parts}), so there is nothing to compare; the runs and their reasons are "
+            f"listed under 'Failed, diverged and unfinished runs'."
+        )
     else:
         parts = ", ".join(f"{counts[s]} {s}" for s in sorted(counts.index) if s != "completed")
-        status.append(f"{len(done)} of {total} runs completed ({parts}); the tables and tests use completed runs "
-                      f"only, and every other run is listed under 'Failed, diverged and unfinished runs'.")
+        status.append(
+            f"{len(done)} of {total} runs completed ({parts}); the tables and tests use completed runs "
+            f"only, and every other run is listed under 'Failed, diverged and unfinished runs'."
+        )
 
     primary = METRICS[0][0]
     for a, b, _ in COMPARISONS:
@@ -359,14 +431,15 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
             for _, row in loss_rows[pd.to_numeric(loss_rows["k"], errors="coerce") != 1].iterrows():
                 out.append(_pair_sentence(row))
             if len(rows) >= 2:
-                trend = ", ".join(f"k={r['k']}: {fmt(r['mean_diff'], '.2f', signed=True)}"
-                                  for _, r in rows.iterrows())
+                trend = ", ".join(f"k={r['k']}: {fmt(r['mean_diff'], '.2f', signed=True)}" for _, r in rows.iterrows())
                 out.append(f"sam_full − sam_last {_metric_label(primary)} by accumulation: {trend}.")
 
     if len(paired) and (paired["n"].between(1, 4)).any():
         ns = sorted(set(int(n) for n in paired["n"] if 0 < n < 5))
-        out.append(f"Caution: the paired comparisons rest on n={'/'.join(map(str, ns))} seeds; with so few seeds "
-                   f"only large effects can show, and a 'no significant difference' is not evidence of no effect.")
+        out.append(
+            f"Caution: the paired comparisons rest on n={'/'.join(map(str, ns))} seeds; with so few seeds "
+            f"only large effects can show, and a 'no significant difference' is not evidence of no effect."
+        )
 
     if "mean_step_time_s" in done.columns and done["mean_step_time_s"].notna().any():
         times = done.groupby(["k", "arm"])["mean_step_time_s"].mean()
@@ -374,8 +447,11 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
             if ("adamw" not in arm_order(done[done["k"] == k]["arm"])) or (k, "adamw") not in times.index:
                 continue
             base = times[(k, "adamw")]
-            ratios = [f"{arm} {times[(k, arm)] / base:.2f}×" for arm in arm_order(done["arm"])
-                      if arm != "adamw" and (k, arm) in times.index and base > 0]
+            ratios = [
+                f"{arm} {times[(k, arm)] / base:.2f}×"
+                for arm in arm_order(done["arm"])
+                if arm != "adamw" and (k, arm) in times.index and base > 0
+            ]
             if ratios:
                 out.append(f"At k={k} an update takes {base:.3g} s with AdamW; relative to that: {', '.join(ratios)}.")
 
@@ -383,8 +459,10 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
     if len(cos):
         per_k = cos.groupby("k")["value"].mean()
         text = ", ".join(f"k={int(k)}: {v:.3f}" for k, v in per_k.items())
-        out.append(f"Mean cosine between the last-replay and the full-replay gradient (diag/grad_cos, all SAM runs "
-                   f"that logged it, all updates): {text}.")
+        out.append(
+            f"Mean cosine between the last-replay and the full-replay gradient (diag/grad_cos, all SAM runs "
+            f"that logged it, all updates): {text}."
+        )
     return out + status
 
 
@@ -395,8 +473,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
 def question_k(runs: pd.DataFrame, a: str = "sam_full", b: str = "sam_last") -> int | None:
     """The largest accumulation k > 1 at which both arms have completed runs: where the question is asked."""
     done = completed_runs(runs)
-    ks = [int(k) for k in _values(done["k"]) if int(k) > 1
-          and {a, b} <= set(done[done["k"] == k]["arm"])]
+    ks = [int(k) for k in _values(done["k"]) if int(k) > 1 and {a, b} <= set(done[done["k"] == k]["arm"])]
     return max(ks) if ks else None
 
 
@@ -412,30 +489,39 @@ def _cost_text(cells: pd.DataFrame, k: int, metric: str = "dev/f1") -> str:
     """The updates-to-target sentence for sam_last against sam_full at k: among the `metric` targets that sam_full
     reached in most of its runs, the one where sam_last needs the most updates relative to it (when sam_last
     reached none within the budget, that is the earliest one: it gives the largest lower bound)."""
-    reached = cells[(cells["arm"] == "sam_full") & (cells["k"] == k) & (cells["target_metric"] == metric)
-                    & ~cells["median_censored"].astype(bool)]
+    reached = cells[
+        (cells["arm"] == "sam_full")
+        & (cells["k"] == k)
+        & (cells["target_metric"] == metric)
+        & ~cells["median_censored"].astype(bool)
+    ]
     label = metric_label(metric)
     if reached.empty:
         return f"sam_full itself reached none of the {label} targets in most seeds, so no updates-to-target ratio."
-    ratios = [cost_ratio(cells, "sam_last", "sam_full", k=k, metric=metric, target=float(t))
-              for t in reached["target"]]
+    ratios = [cost_ratio(cells, "sam_last", "sam_full", k=k, metric=metric, target=float(t)) for t in reached["target"]]
     ratios = [r for r in ratios if not math.isnan(r["ratio"])]
     if not ratios:
         return f"sam_last has no {label} target cell to compare."
     r = max(ratios, key=lambda item: item["ratio"])
     target = r["target"]
-    which = (f"the largest gap among the {label} targets {', '.join(f'{t:g}' for t in sorted(reached['target']))}; "
-             f"a run reaches a target at its first evaluation at or above it, periodic dev-subset evaluations included")
+    which = (
+        f"the largest gap among the {label} targets {', '.join(f'{t:g}' for t in sorted(reached['target']))}; "
+        f"a run reaches a target at its first evaluation at or above it, periodic dev-subset evaluations included"
+    )
     if r["lower_bound"]:
         # a lower bound is rounded down, so the printed bound still holds (100/60 = 1.67 reads "more than 1.6×")
         bound = math.floor(r["ratio"] * 10 + 1e-9) / 10
-        return (f"To reach {label} {target:g}, the last-batch replay needs **more than {bound:.1f}× the updates** "
-                f"of full replay: sam_full gets there in a median {r['fast_median']:.0f} updates "
-                f"({r['fast_reached']}/{r['fast_n']} seeds), sam_last in {r['slow_reached']}/{r['slow_n']} seeds "
-                f"within the whole budget of {r['slow_budget']} updates ({which}).")
-    return (f"To reach {label} {target:g}, the last-batch replay needs **{r['ratio']:.1f}× the updates** of full "
-            f"replay (median {r['slow_median']:.0f} against {r['fast_median']:.0f}; reached by "
-            f"{r['slow_reached']}/{r['slow_n']} and {r['fast_reached']}/{r['fast_n']} seeds; {which}).")
+        return (
+            f"To reach {label} {target:g}, the last-batch replay needs **more than {bound:.1f}× the updates** "
+            f"of full replay: sam_full gets there in a median {r['fast_median']:.0f} updates "
+            f"({r['fast_reached']}/{r['fast_n']} seeds), sam_last in {r['slow_reached']}/{r['slow_n']} seeds "
+            f"within the whole budget of {r['slow_budget']} updates ({which})."
+        )
+    return (
+        f"To reach {label} {target:g}, the last-batch replay needs **{r['ratio']:.1f}× the updates** of full "
+        f"replay (median {r['slow_median']:.0f} against {r['fast_median']:.0f}; reached by "
+        f"{r['slow_reached']}/{r['slow_n']} and {r['fast_reached']}/{r['fast_n']} seeds; {which})."
+    )
 
 
 def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells: pd.DataFrame) -> dict[str, str]:
@@ -444,26 +530,42 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
     k = question_k(runs)
     metric = primary_metric(runs)
     label, short = metric_label(metric), metric_short(metric)
-    out = {"question": ("**Question.** Does replaying only the last micro-batch in SAM's second pass (the widely "
-                        "copied loop) cost accuracy, compared with replaying the whole window of k micro-batches?")}
+    out = {
+        "question": (
+            "**Question.** Does replaying only the last micro-batch in SAM's second pass (the widely "
+            "copied loop) cost accuracy, compared with replaying the whole window of k micro-batches?"
+        )
+    }
     if k is None:
-        out["answer"] = ("**Answer: not measured.** The sweep has no k > 1 with completed sam_full and sam_last "
-                         "runs, so it cannot answer the question.")
+        out["answer"] = (
+            "**Answer: not measured.** The sweep has no k > 1 with completed sam_full and sam_last "
+            "runs, so it cannot answer the question."
+        )
         out["cost"] = ""
     else:
-        rows = paired[(paired["a"] == "sam_full") & (paired["b"] == "sam_last")
-                      & (paired["metric"] == f"final.{metric}") & (pd.to_numeric(paired["k"], errors="coerce") == k)]
-        means = (f"{label} {_arm_cell(runs, 'sam_full', k, f'final.{metric}', '.1f')} with full replay against "
-                 f"{_arm_cell(runs, 'sam_last', k, f'final.{metric}', '.1f')} with last-batch replay")
+        rows = paired[
+            (paired["a"] == "sam_full")
+            & (paired["b"] == "sam_last")
+            & (paired["metric"] == f"final.{metric}")
+            & (pd.to_numeric(paired["k"], errors="coerce") == k)
+        ]
+        means = (
+            f"{label} {_arm_cell(runs, 'sam_full', k, f'final.{metric}', '.1f')} with full replay against "
+            f"{_arm_cell(runs, 'sam_last', k, f'final.{metric}', '.1f')} with last-batch replay"
+        )
         if rows.empty or rows.iloc[0]["n"] < 2:
             n = 0 if rows.empty else int(rows.iloc[0]["n"])
-            out["answer"] = (f"**Answer: too few seeds.** At k = {k}: {means}, from {n} paired seed(s); a paired "
-                             f"comparison needs at least 2.")
+            out["answer"] = (
+                f"**Answer: too few seeds.** At k = {k}: {means}, from {n} paired seed(s); a paired "
+                f"comparison needs at least 2."
+            )
         else:
             r = rows.iloc[0]
-            effect = (f"sam_full − sam_last = **{fmt(r['mean_diff'], '.1f', signed=True)} {short}** "
-                      f"[95% CI {fmt(r['ci_low'], '.1f', signed=True)}, {fmt(r['ci_high'], '.1f', signed=True)}], "
-                      f"paired t {p_clause(r['p_value'])}, n = {int(r['n'])} seeds")
+            effect = (
+                f"sam_full − sam_last = **{fmt(r['mean_diff'], '.1f', signed=True)} {short}** "
+                f"[95% CI {fmt(r['ci_low'], '.1f', signed=True)}, {fmt(r['ci_high'], '.1f', signed=True)}], "
+                f"paired t {p_clause(r['p_value'])}, n = {int(r['n'])} seeds"
+            )
             excludes = r["ci_low"] > 0 or r["ci_high"] < 0
             significant = excludes and not _isnan(r["p_value"]) and r["p_value"] < 0.05
             if significant and r["mean_diff"] > 0:
@@ -472,20 +574,29 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
                 head = "**Answer: no, the opposite.**"
             else:
                 head = "**Answer: not shown.** No significant difference at this budget:"
-            out["answer"] = f"{head} At k = {k} the last-batch replay costs accuracy: {means}; {effect}." \
-                if significant and r["mean_diff"] > 0 else f"{head} At k = {k}: {means}; {effect}."
+            out["answer"] = (
+                f"{head} At k = {k} the last-batch replay costs accuracy: {means}; {effect}."
+                if significant and r["mean_diff"] > 0
+                else f"{head} At k = {k}: {means}; {effect}."
+            )
         out["cost"] = _cost_text(cells, k, metric)
     checked = sanity[sanity["passed"].notna()] if not sanity.empty else sanity
     if checked.empty:
-        out["sanity"] = "**Sanity check (k = 1):** not possible: no seed has completed sam_full and sam_last runs at k = 1."
+        out["sanity"] = (
+            "**Sanity check (k = 1):** not possible: no seed has completed sam_full and sam_last runs at k = 1."
+        )
     elif checked["passed"].astype(bool).all():
-        out["sanity"] = ("**Sanity check (k = 1): passed.** With one micro-batch per update, full and last replay are "
-                         "the same algorithm, and sam_full and sam_last agree seed by seed on "
-                         f"{', '.join(checked['metric'])}.")
+        out["sanity"] = (
+            "**Sanity check (k = 1): passed.** With one micro-batch per update, full and last replay are "
+            "the same algorithm, and sam_full and sam_last agree seed by seed on "
+            f"{', '.join(checked['metric'])}."
+        )
     else:
         bad = checked[~checked["passed"].astype(bool)]
-        out["sanity"] = ("**Sanity check (k = 1): FAILED** on " + ", ".join(bad["metric"]) + ": full and last replay "
-                         "should compute the same thing at k = 1, so the replay code or the setup differs.")
+        out["sanity"] = (
+            "**Sanity check (k = 1): FAILED** on " + ", ".join(bad["metric"]) + ": full and last replay "
+            "should compute the same thing at k = 1, so the replay code or the setup differs."
+        )
     return out
 
 
@@ -496,27 +607,39 @@ def headline_table(runs: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     ks = [kk for kk in (k, 1) if kk is not None and kk in set(int(v) for v in _values(completed_runs(runs)["k"]))]
     metric = primary_metric(runs)
     label = metric_label(metric)
-    f1_targets = sorted(cells[cells["target_metric"] == metric]["target"].astype(float).unique()) \
-        if not cells.empty else []
-    headers = ["arm", "k", "seeds", label, "dev EM", "dev loss"] + [f"updates to {label.split(' ', 1)[-1]} {t:g}"
-                                                                     for t in f1_targets]
+    f1_targets = (
+        sorted(cells[cells["target_metric"] == metric]["target"].astype(float).unique()) if not cells.empty else []
+    )
+    headers = ["arm", "k", "seeds", label, "dev EM", "dev loss"] + [
+        f"updates to {label.split(' ', 1)[-1]} {t:g}" for t in f1_targets
+    ]
     rows = []
     done = completed_runs(runs)
     for kk in ks:
         for arm in arm_order(done[done["k"] == kk]["arm"]):
             n = int(((done["arm"] == arm) & (done["k"] == kk)).sum())
-            row = [arm, kk, n] + [_arm_cell(runs, arm, kk, m, spec) for m, spec in
-                                  ((f"final.{metric}", ".1f"), ("final.dev/em", ".1f"), ("final.dev/loss", ".3f"))]
+            row = [arm, kk, n] + [
+                _arm_cell(runs, arm, kk, m, spec)
+                for m, spec in ((f"final.{metric}", ".1f"), ("final.dev/em", ".1f"), ("final.dev/loss", ".3f"))
+            ]
             for t in f1_targets:
-                hit = cells[(cells["arm"] == arm) & (cells["k"] == kk) & (cells["target_metric"] == metric)
-                            & (cells["target"].astype(float) == t)]
+                hit = cells[
+                    (cells["arm"] == arm)
+                    & (cells["k"] == kk)
+                    & (cells["target_metric"] == metric)
+                    & (cells["target"].astype(float) == t)
+                ]
                 row.append(_median_text(hit.iloc[0]) if len(hit) else "–")
             rows.append(row)
     if not rows:
         return []
-    return [md_table(headers, rows, "lrr" + "r" * (len(headers) - 3)), "",
-            "Scores: mean ± std over seeds of the final evaluation (whole dev set). Updates to a target: median over "
-            "seeds, with how many seeds reached it; '>' when most did not (see 'Updates to target').", ""]
+    return [
+        md_table(headers, rows, "lrr" + "r" * (len(headers) - 3)),
+        "",
+        "Scores: mean ± std over seeds of the final evaluation (whole dev set). Updates to a target: median over "
+        "seeds, with how many seeds reached it; '>' when most did not (see 'Updates to target').",
+        "",
+    ]
 
 
 def _median_text(cell: pd.Series) -> str:
@@ -527,8 +650,16 @@ def _median_text(cell: pd.Series) -> str:
 
 
 def _answer_section(parts: dict[str, str], table: list[str]) -> list[str]:
-    lines = ["## The answer", "", parts["question"], "", parts["answer"] + (" " + parts["cost"] if parts["cost"] else ""),
-             "", parts["sanity"], ""]
+    lines = [
+        "## The answer",
+        "",
+        parts["question"],
+        "",
+        parts["answer"] + (" " + parts["cost"] if parts["cost"] else ""),
+        "",
+        parts["sanity"],
+        "",
+    ]
     return lines + table
 
 
@@ -539,12 +670,16 @@ def headline(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cel
 
 
 def _targets_section(cells: pd.DataFrame) -> list[str]:
-    lines = ["## Updates to target", "",
-             "The first update at which a run's dev metric reached each target (dev F1 ≥ target, dev loss ≤ target); "
-             "a run that never reached it counts as +∞ (right-censored: every run has the same budget). Median over "
-             "seeds with the distribution-free order-statistic interval [x₍ⱼ₎, x₍ₙ₊₁₋ⱼ₎] and its coverage (below "
-             "95 % with 5 or fewer seeds); examples and training seconds (the sum of train/step_time) at the median. "
-             "Per-run values: `time_to_target.csv`.", ""]
+    lines = [
+        "## Updates to target",
+        "",
+        "The first update at which a run's dev metric reached each target (dev F1 ≥ target, dev loss ≤ target); "
+        "a run that never reached it counts as +∞ (right-censored: every run has the same budget). Median over "
+        "seeds with the distribution-free order-statistic interval [x₍ⱼ₎, x₍ₙ₊₁₋ⱼ₎] and its coverage (below "
+        "95 % with 5 or fewer seeds); examples and training seconds (the sum of train/step_time) at the median. "
+        "Per-run values: `time_to_target.csv`.",
+        "",
+    ]
     if cells.empty:
         return lines + ["No evaluation events of completed runs.", ""]
     rows = []
@@ -555,10 +690,17 @@ def _targets_section(cells: pd.DataFrame) -> list[str]:
         median = f"> {r.last_update}" if r.median_censored else f"{r.median_update:.0f}"
         examples = "–" if math.isinf(r.median_examples) else f"{r.median_examples:.0f}"
         seconds = "–" if math.isinf(r.median_seconds) or _isnan(r.median_seconds) else f"{r.median_seconds:.0f}"
-        rows.append((r.target_metric, f"{r.target:g}", r.arm, r.k, f"{r.reached}/{r.n}", median, interval, examples,
-                     seconds))
-    lines += [md_table(["metric", "target", "arm", "k", "reached", "median updates", "interval", "examples",
-                        "train s"], rows, "lrlrrrrrr"), ""]
+        rows.append(
+            (r.target_metric, f"{r.target:g}", r.arm, r.k, f"{r.reached}/{r.n}", median, interval, examples, seconds)
+        )
+    lines += [
+        md_table(
+            ["metric", "target", "arm", "k", "reached", "median updates", "interval", "examples", "train s"],
+            rows,
+            "lrlrrrrrr",
+        ),
+        "",
+    ]
     return lines
 
 
@@ -581,42 +723,72 @@ def _setup_section(runs: pd.DataFrame, sweep: str, root: Path) -> list[str]:
     sources = _values(_col(runs, "data.source"))
     data_bits = [f"source {_join(sources)}"]
     if "generated" in sources:
-        data_bits.append(f"generated set: {_join(_values(_col(runs, 'data.generated.n_train')))} train / "
-                         f"{_join(_values(_col(runs, 'data.generated.n_dev')))} dev questions")
+        data_bits.append(
+            f"generated set: {_join(_values(_col(runs, 'data.generated.n_train')))} train / "
+            f"{_join(_values(_col(runs, 'data.generated.n_dev')))} dev questions"
+        )
     for key in ("data.train_file", "data.validation_file", "data.hub_path"):
         vals = _values(_col(runs, key))
         if vals:
             data_bits.append(f"{key.split('.')[-1]}: {_join(vals)}")
-    data_bits.append(f"max_seq_length {_join(_values(_col(runs, 'data.max_seq_length')))}, "
-                     f"doc_stride {_join(_values(_col(runs, 'data.doc_stride')))}")
-    stats = [(label, _values(_col(runs, f"data_stats.{key}"))) for label, key in
-             (("train examples", "train_examples"), ("train features", "train_features"),
-              ("dev examples", "dev_examples"), ("dev features", "dev_features"))]
+    data_bits.append(
+        f"max_seq_length {_join(_values(_col(runs, 'data.max_seq_length')))}, "
+        f"doc_stride {_join(_values(_col(runs, 'data.doc_stride')))}"
+    )
+    stats = [
+        (label, _values(_col(runs, f"data_stats.{key}")))
+        for label, key in (
+            ("train examples", "train_examples"),
+            ("train features", "train_features"),
+            ("dev examples", "dev_examples"),
+            ("dev features", "dev_features"),
+        )
+    ]
     if any(vals for _, vals in stats):
         data_bits.append("; ".join(f"{label} {_join([int(v) for v in vals])}" for label, vals in stats if vals))
     items.append(("Data", "; ".join(data_bits)))
-    items.append(("Grid", f"{_plural(len(arms), 'arm')} ({_join(arms)}) × {_plural(len(ks), 'accumulation value')} "
-                          f"(k = {_join(ks)}) × {_plural(len(seeds), 'seed')} ({_join(seeds)}); "
-                          f"runs per cell: {per_cell}"))
+    items.append(
+        (
+            "Grid",
+            f"{_plural(len(arms), 'arm')} ({_join(arms)}) × {_plural(len(ks), 'accumulation value')} "
+            f"(k = {_join(ks)}) × {_plural(len(seeds), 'seed')} ({_join(seeds)}); "
+            f"runs per cell: {per_cell}",
+        )
+    )
     mb = _values(_col(runs, "train.micro_batch_size"))
-    budget = [f"epochs {_join(_values(_col(runs, 'train.epochs')))}",
-              f"max_updates {_join(_values(_col(runs, 'train.max_updates')), empty='none (all epochs)')}",
-              f"micro-batch {_join(mb)} (an update sees k × micro-batch examples)"]
+    budget = [
+        f"epochs {_join(_values(_col(runs, 'train.epochs')))}",
+        f"max_updates {_join(_values(_col(runs, 'train.max_updates')), empty='none (all epochs)')}",
+        f"micro-batch {_join(mb)} (an update sees k × micro-batch examples)",
+    ]
     if len(done) and "updates" in done.columns:
         per_k = done.groupby("k")["updates"].agg(["min", "max"])
-        budget.append("updates done per run: " + ", ".join(
-            f"k={int(k)}: {int(r['min'])}" + (f"–{int(r['max'])}" if r["max"] != r["min"] else "")
-            for k, r in per_k.iterrows() if not _isnan(r["min"])))
+        budget.append(
+            "updates done per run: "
+            + ", ".join(
+                f"k={int(k)}: {int(r['min'])}" + (f"–{int(r['max'])}" if r["max"] != r["min"] else "")
+                for k, r in per_k.iterrows()
+                if not _isnan(r["min"])
+            )
+        )
     items.append(("Budget", "; ".join(budget)))
-    optim = [f"{key.split('.')[-1]} {_join(_values(_col(runs, key)))}"
-             for key in ("optim.lr", "optim.rho", "optim.weight_decay", "optim.warmup_ratio", "optim.max_grad_norm")
-             if key in runs.columns]
+    optim = [
+        f"{key.split('.')[-1]} {_join(_values(_col(runs, key)))}"
+        for key in ("optim.lr", "optim.rho", "optim.weight_decay", "optim.warmup_ratio", "optim.max_grad_norm")
+        if key in runs.columns
+    ]
     items.append(("Optimizer", "AdamW base; " + "; ".join(optim)))
     devices = []
     as_text = lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)  # noqa: E731
-    for name, dtype, threads in sorted(set(zip(_col(runs, "env.device.name").map(as_text),
-                                               _col(runs, "env.device.type").map(as_text),
-                                               _col(runs, "env.device.threads").map(as_text)))):
+    for name, dtype, threads in sorted(
+        set(
+            zip(
+                _col(runs, "env.device.name").map(as_text),
+                _col(runs, "env.device.type").map(as_text),
+                _col(runs, "env.device.threads").map(as_text),
+            )
+        )
+    ):
         if name in ("None", "nan"):
             continue
         devices.append(f"{name} ({dtype}" + (f", {threads} threads" if threads not in ("None", "nan") else "") + ")")
@@ -627,8 +799,11 @@ def _setup_section(runs: pd.DataFrame, sweep: str, root: Path) -> list[str]:
             continue
         shas.append(f"`{sha[:12]}`" + (" (uncommitted changes)" if dirty == "True" else ""))
     items.append(("Code", _join(shas, empty="unknown")))
-    pkgs = [f"{name} {_join(_values(_col(runs, f'env.packages.{name}')))}"
-            for name in ("torch", "transformers") if f"env.packages.{name}" in runs.columns]
+    pkgs = [
+        f"{name} {_join(_values(_col(runs, f'env.packages.{name}')))}"
+        for name in ("torch", "transformers")
+        if f"env.packages.{name}" in runs.columns
+    ]
     if "env.python" in runs.columns:
         pkgs.append(f"python {_join(_values(runs['env.python']))}")
     if pkgs:
@@ -642,14 +817,25 @@ def _setup_section(runs: pd.DataFrame, sweep: str, root: Path) -> list[str]:
     return lines
 
 
-_GRID_KEYS = {"arm", "seed", "optim.replay", "train.accumulation_steps", "run_name", "results_dir", "sweep",
-              "diagnostics.grad_fidelity"}
+_GRID_KEYS = {
+    "arm",
+    "seed",
+    "optim.replay",
+    "train.accumulation_steps",
+    "run_name",
+    "results_dir",
+    "sweep",
+    "diagnostics.grad_fidelity",
+}
 
 
 def _varying_keys(runs: pd.DataFrame) -> list[tuple[str, list]]:
     out = []
-    config_cols = [c for c in runs.columns if "." in c and c.split(".")[0] in
-                   ("data", "model", "optim", "train", "eval", "tracking", "diagnostics")]
+    config_cols = [
+        c
+        for c in runs.columns
+        if "." in c and c.split(".")[0] in ("data", "model", "optim", "train", "eval", "tracking", "diagnostics")
+    ]
     for column in sorted(set(config_cols) - _GRID_KEYS):
         if column.startswith("tracking."):
             continue
@@ -664,11 +850,15 @@ def _clip(value: float, low: float, high: float) -> float:
 
 
 def _results_section(summary: pd.DataFrame) -> list[str]:
-    lines = ["## Results", "",
-             "Final metrics of completed runs per arm and accumulation k: mean ± standard deviation over seeds, "
-             "and the 95% Student-t confidence interval of the mean (mean ± t₀.₉₇₅,ₙ₋₁·s/√n; none for n = 1), "
-             "cut to the metric's range (scores 0–100, losses ≥ 0). `runs` counts the cell's runs in any status, "
-             "`n` the completed ones.", ""]
+    lines = [
+        "## Results",
+        "",
+        "Final metrics of completed runs per arm and accumulation k: mean ± standard deviation over seeds, "
+        "and the 95% Student-t confidence interval of the mean (mean ± t₀.₉₇₅,ₙ₋₁·s/√n; none for n = 1), "
+        "cut to the metric's range (scores 0–100, losses ≥ 0). `runs` counts the cell's runs in any status, "
+        "`n` the completed ones.",
+        "",
+    ]
     for metric, label, spec in METRICS + OPTIONAL_METRICS:
         table = summary[summary["metric"] == metric]
         if table.empty:
@@ -676,18 +866,30 @@ def _results_section(summary: pd.DataFrame) -> list[str]:
         arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
         lines += [f"### Final {label} ({arrow})", ""]
         low, high = metric_range(metric)
-        rows = [(r.arm, r.k, r.runs, r.n, fmt(r.mean, spec) + ("" if _isnan(r.std) else f" ± {fmt(r.std, spec)}"),
-                 f"[{fmt(_clip(r.ci_low, low, high), spec)}, {fmt(_clip(r.ci_high, low, high), spec)}]")
-                for r in table.itertuples()]
+        rows = [
+            (
+                r.arm,
+                r.k,
+                r.runs,
+                r.n,
+                fmt(r.mean, spec) + ("" if _isnan(r.std) else f" ± {fmt(r.std, spec)}"),
+                f"[{fmt(_clip(r.ci_low, low, high), spec)}, {fmt(_clip(r.ci_high, low, high), spec)}]",
+            )
+            for r in table.itertuples()
+        ]
         lines += [md_table(["arm", "k", "runs", "n", "mean ± std", "95% CI"], rows, "lrrrrr"), ""]
     return lines
 
 
 def _paired_section(paired: pd.DataFrame) -> list[str]:
-    lines = ["## Paired differences", "",
-             "Runs with the same seed share data order and initialisation, so each comparison a − b is taken seed "
-             f"by seed (completed pairs only). CI: percentile bootstrap of the mean difference ({N_BOOT} resamples, "
-             f"seed {BOOT_SEED}); p: paired t-test. For the losses a negative difference means a is better.", ""]
+    lines = [
+        "## Paired differences",
+        "",
+        "Runs with the same seed share data order and initialisation, so each comparison a − b is taken seed "
+        f"by seed (completed pairs only). CI: percentile bootstrap of the mean difference ({N_BOOT} resamples, "
+        f"seed {BOOT_SEED}); p: paired t-test. For the losses a negative difference means a is better.",
+        "",
+    ]
     if paired.empty:
         return lines + ["No comparison possible: the sweep lacks the arms to compare.", ""]
     for a, b, what in COMPARISONS:
@@ -698,25 +900,45 @@ def _paired_section(paired: pd.DataFrame) -> list[str]:
         rows = []
         for r in block.itertuples():
             spec = _metric_fmt(r.metric)
-            rows.append((_metric_label(r.metric), r.k, r.n, fmt(r.mean_diff, spec, signed=True),
-                         f"[{fmt(r.ci_low, spec, signed=True)}, {fmt(r.ci_high, spec, signed=True)}]",
-                         fmt_p(r.p_value), r.verdict))
+            rows.append(
+                (
+                    _metric_label(r.metric),
+                    r.k,
+                    r.n,
+                    fmt(r.mean_diff, spec, signed=True),
+                    f"[{fmt(r.ci_low, spec, signed=True)}, {fmt(r.ci_high, spec, signed=True)}]",
+                    fmt_p(r.p_value),
+                    r.verdict,
+                )
+            )
         lines += [md_table(["metric", "k", "n", "mean diff", "95% CI", "p", "verdict"], rows, "lrrrrrl"), ""]
     return lines
 
 
 def _sanity_section(sanity: pd.DataFrame) -> list[str]:
-    lines = ["## Sanity check: k = 1", "",
-             "With one micro-batch per update, full replay and last-batch replay run the same algorithm, so "
-             "sam_full and sam_last must give the same numbers seed by seed: exactly for F1 and EM, within the "
-             "tolerance for losses.", ""]
+    lines = [
+        "## Sanity check: k = 1",
+        "",
+        "With one micro-batch per update, full replay and last-batch replay run the same algorithm, so "
+        "sam_full and sam_last must give the same numbers seed by seed: exactly for F1 and EM, within the "
+        "tolerance for losses.",
+        "",
+    ]
     if sanity.empty or sanity["passed"].isna().all():
         return lines + ["Not checked: the sweep has no seed with completed sam_full and sam_last runs at k = 1.", ""]
     rows = []
     for r in sanity.itertuples():
         state = "–" if r.passed is None or _isnan(r.passed) else ("pass" if r.passed else "FAIL")
-        rows.append((r.metric, r.n, r.pairs or "–", fmt(r.max_abs_diff, ".3g"),
-                     "exact" if r.tol == 0 else f"≤ {r.tol:g}", state))
+        rows.append(
+            (
+                r.metric,
+                r.n,
+                r.pairs or "–",
+                fmt(r.max_abs_diff, ".3g"),
+                "exact" if r.tol == 0 else f"≤ {r.tol:g}",
+                state,
+            )
+        )
     lines += [md_table(["metric", "seeds", "seed list", "max abs diff", "required", "equal?"], rows, "lrlrll"), ""]
     return lines
 
@@ -784,13 +1006,28 @@ def _sharpness_section(path: Path | None) -> list[str]:
     return [text, ""]
 
 
-def build_markdown(runs: pd.DataFrame, curves: pd.DataFrame, sweep: str, root: Path, out_dir: Path,
-                   figures: dict[str, Path | None], summary: pd.DataFrame, paired: pd.DataFrame,
-                   sanity: pd.DataFrame, sharpness: Path | None, cells: pd.DataFrame, first: list[str]) -> str:
+def build_markdown(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    sweep: str,
+    root: Path,
+    out_dir: Path,
+    figures: dict[str, Path | None],
+    summary: pd.DataFrame,
+    paired: pd.DataFrame,
+    sanity: pd.DataFrame,
+    sharpness: Path | None,
+    cells: pd.DataFrame,
+    first: list[str],
+) -> str:
     """REPORT.md; `cells` is target_summary() of the runs, `first` the headline section (`headline`)."""
-    lines = [f"# SAM under gradient accumulation — sweep `{sweep}`", "",
-             "Generated by `python -m analysis.report` from the run directories; every number and every finding "
-             "below is computed from them.", ""]
+    lines = [
+        f"# SAM under gradient accumulation — sweep `{sweep}`",
+        "",
+        "Generated by `python -m analysis.report` from the run directories; every number and every finding "
+        "below is computed from them.",
+        "",
+    ]
     lines += first
     lines += ["## Findings", ""]
     lines += [f"- {text}" for text in findings(runs, curves, paired)]
@@ -873,11 +1110,19 @@ def _table_html(lines: list[str], base: Path) -> str:
     header = _split_row(lines[0])
     aligns = []
     for mark in _split_row(lines[1]):
-        aligns.append("r" if mark.endswith(":") and not mark.startswith(":") else
-                      "c" if mark.startswith(":") and mark.endswith(":") else "l")
+        aligns.append(
+            "r"
+            if mark.endswith(":") and not mark.startswith(":")
+            else "c"
+            if mark.startswith(":") and mark.endswith(":")
+            else "l"
+        )
     cls = lambda i: f' class="{aligns[i]}"' if i < len(aligns) and aligns[i] != "l" else ""  # noqa: E731
-    out = ["<table>", "<thead><tr>" + "".join(f"<th{cls(i)}>{_inline(h, base)}</th>"
-                                             for i, h in enumerate(header)) + "</tr></thead>", "<tbody>"]
+    out = [
+        "<table>",
+        "<thead><tr>" + "".join(f"<th{cls(i)}>{_inline(h, base)}</th>" for i, h in enumerate(header)) + "</tr></thead>",
+        "<tbody>",
+    ]
     for line in lines[2:]:
         cells = _split_row(line)
         out.append("<tr>" + "".join(f"<td{cls(i)}>{_inline(c, base)}</td>" for i, c in enumerate(cells)) + "</tr>")
@@ -900,7 +1145,7 @@ def markdown_to_html(md: str, base: Path, title: str = "Report") -> str:
             j = i + 1
             while j < len(lines) and not lines[j].strip().startswith("```"):
                 j += 1
-            body.append("<pre><code>" + html.escape("\n".join(lines[i + 1:j])) + "</code></pre>")
+            body.append("<pre><code>" + html.escape("\n".join(lines[i + 1 : j])) + "</code></pre>")
             i = j + 1
             continue
         heading = re.match(r"^(#{1,6})\s+(.*)$", stripped)
@@ -920,8 +1165,10 @@ def markdown_to_html(md: str, base: Path, title: str = "Report") -> str:
         if image:
             alt, src = image.group(1), image.group(2)
             data = _embed(src, base)
-            body.append(f'<figure><img alt="{html.escape(alt)}" src="{data or html.escape(src)}">'
-                        f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+            body.append(
+                f'<figure><img alt="{html.escape(alt)}" src="{data or html.escape(src)}">'
+                f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+            )
             i += 1
             continue
         if re.match(r"^([-*]|\d+\.)\s+", stripped):
@@ -931,8 +1178,12 @@ def markdown_to_html(md: str, base: Path, title: str = "Report") -> str:
             while i < len(lines) and re.match(r"^([-*]|\d+\.)\s+", lines[i].strip()):
                 item = re.sub(r"^([-*]|\d+\.)\s+", "", lines[i].strip())
                 i += 1
-                while i < len(lines) and lines[i].startswith("  ") and lines[i].strip() and \
-                        not re.match(r"^([-*]|\d+\.)\s+", lines[i].strip()):
+                while (
+                    i < len(lines)
+                    and lines[i].startswith("  ")
+                    and lines[i].strip()
+                    and not re.match(r"^([-*]|\d+\.)\s+", lines[i].strip())
+                ):
                     item += " " + lines[i].strip()
                     i += 1
                 items.append(f"<li>{_inline(item, base)}</li>")
@@ -950,17 +1201,23 @@ def markdown_to_html(md: str, base: Path, title: str = "Report") -> str:
             i += 1
             continue
         para = []
-        while i < len(lines) and lines[i].strip() and not re.match(
-                r"^(#{1,6}\s|```|\||!\[|([-*]|\d+\.)\s+|>)", lines[i].strip()):
+        while (
+            i < len(lines)
+            and lines[i].strip()
+            and not re.match(r"^(#{1,6}\s|```|\||!\[|([-*]|\d+\.)\s+|>)", lines[i].strip())
+        ):
             para.append(lines[i].strip())
             i += 1
         if not para:  # a line no rule above took (e.g. a lone "|"): keep it as text
             para.append(stripped)
             i += 1
         body.append(f"<p>{_inline(' '.join(para), base)}</p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -970,8 +1227,19 @@ def markdown_to_html(md: str, base: Path, title: str = "Report") -> str:
 def _runs_csv(runs: pd.DataFrame) -> pd.DataFrame:
     """One line per run: enough for every table and figure of the report without the run directories (the notebook
     reads it on a clone that has the committed report but no raw runs)."""
-    columns = ["run_id", "arm", "replay", "k", "seed", "status", "reason", "final.dev/f1", "final.dev/em",
-               "final.dev/loss", "final.train/loss"]
+    columns = [
+        "run_id",
+        "arm",
+        "replay",
+        "k",
+        "seed",
+        "status",
+        "reason",
+        "final.dev/f1",
+        "final.dev/em",
+        "final.dev/loss",
+        "final.train/loss",
+    ]
     columns += sorted(c for c in runs.columns if c.startswith("final.dev/") and c not in columns)
     columns += ["updates", "examples", "wall_time_s", "mean_step_time_s", "time.eval_share", "git_sha", "device"]
     return runs.reindex(columns=columns)
@@ -991,8 +1259,9 @@ def report_targets(results_dir: str | Path, sweep: str, metric: str = "dev/f1") 
     used = report_dir(results_dir, sweep) / "time_to_target.csv"
     if not sweep_dir(results_dir, sweep).is_dir() and used.is_file():
         table = pd.read_csv(used)
-        recorded = {name: sorted(group["target"].astype(float).unique()) for name, group in
-                    table.groupby("target_metric")}
+        recorded = {
+            name: sorted(group["target"].astype(float).unique()) for name, group in table.groupby("target_metric")
+        }
         if recorded:
             return recorded
     return {metric: DEFAULT_TARGETS["dev/f1"]}  # the F1 targets, on the primary score
@@ -1031,13 +1300,20 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     written["md"] = out_dir / "REPORT.md"
     written["md"].write_text(md, encoding="utf-8")
     written["html"] = out_dir / "REPORT.html"
-    written["html"].write_text(markdown_to_html(md, out_dir, title=f"SAM accumulation report: {sweep}"),
-                               encoding="utf-8")
+    written["html"].write_text(
+        markdown_to_html(md, out_dir, title=f"SAM accumulation report: {sweep}"), encoding="utf-8"
+    )
     written["headline"] = out_dir / "headline.md"
     written["headline"].write_text("\n".join(first).rstrip() + "\n", encoding="utf-8")
-    frames = (("summary", summary), ("paired", paired), ("sanity", sanity), ("runs", _runs_csv(runs)),
-              ("time_to_target", to_target[TARGET_CSV_COLUMNS]), ("time_to_target_summary", cells),
-              ("curves", curves[curves["metric"].isin(REPORT_CURVE_METRICS)]))
+    frames = (
+        ("summary", summary),
+        ("paired", paired),
+        ("sanity", sanity),
+        ("runs", _runs_csv(runs)),
+        ("time_to_target", to_target[TARGET_CSV_COLUMNS]),
+        ("time_to_target_summary", cells),
+        ("curves", curves[curves["metric"].isin(REPORT_CURVE_METRICS)]),
+    )
     for name, frame in frames:
         written[name] = out_dir / f"{name}.csv"
         frame.to_csv(written[name], index=False, lineterminator="\n")

@@ -77,8 +77,9 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any
 
 USAGE = "usage: python -m analysis.sharpness results_dir=DIR sweep=NAME [key=value ...]  (`help` lists the keys)"
 TARGET_S = 300.0  # the default sweep's sharpness section is budgeted to 5 minutes on the 2-core CPU
@@ -107,7 +108,9 @@ class SharpnessConfig:
 
     results_dir: str = "results"
     sweep: str = "ablation"
-    out: Optional[str] = None  # where the csv, sharpness.md and figures go (null: collect.report_dir, as analysis.report)
+    out: str | None = (
+        None  # where the csv, sharpness.md and figures go (null: collect.report_dir, as analysis.report)
+    )
     train_examples: int = 32  # seeded train subset: the train loss (one forward per model)
     dev_examples: int = 32  # seeded dev subset: the dev loss (one forward per model)
     landscape_examples: int = 8  # the first N of each subset: adaptive sharpness, 1D/2D curves, interpolation
@@ -116,12 +119,12 @@ class SharpnessConfig:
     eigen_iters: int = 5  # power-iteration HVPs for lambda_max (0: skip); as many again if the shifted rerun is needed
     eigen_tol: float = 1e-3  # relative change of the Rayleigh quotient that ends power iteration early
     trace_samples: int = 3  # Rademacher probes of Hutchinson's trace (0: skip)
-    hessian_seeds: Optional[int] = None  # Hessian measures only on runs of the first N seeds (null: every run)
-    rhos_worst: List[float] = dataclasses.field(default_factory=lambda: [0.01, 0.05, 0.1])  # ||delta/|w|||_2 <= rho
-    rhos_average: List[float] = dataclasses.field(default_factory=lambda: [0.01, 0.05, 0.1])  # sigma_j = rho |w_j|
+    hessian_seeds: int | None = None  # Hessian measures only on runs of the first N seeds (null: every run)
+    rhos_worst: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.05, 0.1])  # ||delta/|w|||_2 <= rho
+    rhos_average: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.05, 0.1])  # sigma_j = rho |w_j|
     average_samples: int = 2  # antithetic Gaussian draws per rho (0: skip)
     worst_steps: int = 1  # projected gradient-ascent steps per rho (1: the SAM/ASAM step, then the ball's surface)
-    worst_step_size: Optional[float] = None  # ascent step in units of rho; null: 2 / worst_steps
+    worst_step_size: float | None = None  # ascent step in units of rho; null: 2 / worst_steps
     curve_points: int = 7  # points per 1D curve, alpha in [-curve_span, curve_span]
     curve_directions: int = 3  # filter-normalised directions, seeds seed, seed+1, ... (the same for every model)
     curve_span: float = 1.0
@@ -129,16 +132,29 @@ class SharpnessConfig:
     surface_span: float = 1.0
     interp_points: int = 7  # alphas in [0, 1] per interpolation curve (0: none)
     seed: int = 0
-    threads: Optional[int] = None  # torch CPU threads (null: torch's default)
-    max_runs: Optional[int] = None  # measure only the first N completed runs in (arm, k, seed) order
+    threads: int | None = None  # torch CPU threads (null: torch's default)
+    max_runs: int | None = None  # measure only the first N completed runs in (arm, k, seed) order
     dry_run: bool = False  # print the plan and the estimated time, then stop (nothing is written)
 
 
 # lowest allowed value of each integer key
 _MINIMUM = {
-    "train_examples": 1, "dev_examples": 1, "landscape_examples": 1, "hessian_examples": 1, "batch_size": 1,
-    "eigen_iters": 0, "trace_samples": 0, "hessian_seeds": 1, "average_samples": 0, "worst_steps": 0, "curve_points": 1,
-    "curve_directions": 0, "surface_points": 0, "interp_points": 0, "threads": 1, "max_runs": 1,
+    "train_examples": 1,
+    "dev_examples": 1,
+    "landscape_examples": 1,
+    "hessian_examples": 1,
+    "batch_size": 1,
+    "eigen_iters": 0,
+    "trace_samples": 0,
+    "hessian_seeds": 1,
+    "average_samples": 0,
+    "worst_steps": 0,
+    "curve_points": 1,
+    "curve_directions": 0,
+    "surface_points": 0,
+    "interp_points": 0,
+    "threads": 1,
+    "max_runs": 1,
 }
 
 
@@ -188,8 +204,9 @@ def parse_args(argv: Sequence[str]) -> SharpnessConfig:
         if value is None and key in NULLABLE:
             continue
         if value is None or value < low:
-            raise _error(f"{key}={value!r} is out of range; it must be >= {low}" + (" or null" if key in NULLABLE
-                                                                                     else ""))
+            raise _error(
+                f"{key}={value!r} is out of range; it must be >= {low}" + (" or null" if key in NULLABLE else "")
+            )
     for key in ("rhos_worst", "rhos_average"):
         rhos = list(getattr(opts, key))
         if not rhos or any(not math.isfinite(r) or r <= 0 for r in rhos) or len(set(rhos)) != len(rhos):
@@ -201,11 +218,15 @@ def parse_args(argv: Sequence[str]) -> SharpnessConfig:
     if opts.worst_step_size is not None and not opts.worst_step_size > 0:
         raise _error(f"worst_step_size={opts.worst_step_size!r} is out of range; it must be > 0 or null")
     if opts.landscape_examples > min(opts.train_examples, opts.dev_examples):
-        raise _error(f"landscape_examples={opts.landscape_examples} must be <= train_examples={opts.train_examples} "
-                     f"and dev_examples={opts.dev_examples} (the landscape subsets are their first features)")
+        raise _error(
+            f"landscape_examples={opts.landscape_examples} must be <= train_examples={opts.train_examples} "
+            f"and dev_examples={opts.dev_examples} (the landscape subsets are their first features)"
+        )
     if opts.hessian_examples > opts.train_examples:
-        raise _error(f"hessian_examples={opts.hessian_examples} must be <= train_examples={opts.train_examples} "
-                     f"(the Hessian subset is the first features of the train subset)")
+        raise _error(
+            f"hessian_examples={opts.hessian_examples} must be <= train_examples={opts.train_examples} "
+            f"(the Hessian subset is the first features of the train subset)"
+        )
     return opts
 
 
@@ -252,8 +273,9 @@ def find_runs(results_dir: str, sweep: str) -> tuple[list[RunInfo], list[tuple[s
             skipped.append((path.name, "no checkpoint/final (train.save_model=false?)"))
         else:
             cfg = load_run_config(path)
-            runs.append(RunInfo(path.name, path, str(cfg.arm), int(cfg.train.accumulation_steps), int(cfg.seed),
-                                cfg, summary))
+            runs.append(
+                RunInfo(path.name, path, str(cfg.arm), int(cfg.train.accumulation_steps), int(cfg.seed), cfg, summary)
+            )
     order = {arm: i for i, arm in enumerate(arm_order(r.arm for r in runs))}
     runs.sort(key=lambda r: (order[r.arm], r.k, r.seed, r.run_id))
     return runs, skipped
@@ -297,7 +319,7 @@ def planned_passes(opts: SharpnessConfig, *, hessian: bool, surface: bool) -> di
     n_worst, n_avg = len(opts.rhos_worst), len(opts.rhos_average)
     forward = (1 + 2 * opts.average_samples * n_avg) if opts.average_samples else 0
     forward += 1 + n_worst  # L(w) and the last point of every ascent
-    forward += opts.curve_directions * opts.curve_points + (opts.surface_points ** 2 if surface else 0)
+    forward += opts.curve_directions * opts.curve_points + (opts.surface_points**2 if surface else 0)
     return {
         "forward_losses": 2,
         "forward_landscape": forward,
@@ -310,8 +332,9 @@ def planned_passes(opts: SharpnessConfig, *, hessian: bool, surface: bool) -> di
     }
 
 
-def estimate_seconds(costs: dict[str, float], plans: Sequence[dict[str, int]], n_pairs: int,
-                     opts: SharpnessConfig, load_s: float) -> float:
+def estimate_seconds(
+    costs: dict[str, float], plans: Sequence[dict[str, int]], n_pairs: int, opts: SharpnessConfig, load_s: float
+) -> float:
     """Projected wall time from the timing probe: passes at their measured cost, random draws (directions, Gaussian
     perturbations), one model load per run and two per interpolation pair. An HVP call is a graph set-up (about a
     forward+backward of the Hessian subset) plus one product; the products of one power iteration or one trace
@@ -326,8 +349,11 @@ def estimate_seconds(costs: dict[str, float], plans: Sequence[dict[str, int]], n
         total += p["hvp"] * per_hvp + p["hessian_setups"] * setup
         total += p["directions"] * costs["direction"] + p["gaussian_draws"] * costs["gaussian"]
         total += 2 * p["weight_saves"] * costs["write"]  # each measurement saves the weights and restores them
-    total += n_pairs * (opts.interp_points * (costs["forward_landscape"] + costs["forward_landscape_dev"]
-                                              + 2 * costs["write"]) + 2 * load_s + 8 * costs["write"])
+    total += n_pairs * (
+        opts.interp_points * (costs["forward_landscape"] + costs["forward_landscape_dev"] + 2 * costs["write"])
+        + 2 * load_s
+        + 8 * costs["write"]
+    )
     return total
 
 
@@ -404,15 +430,22 @@ def measure_sweep(opts: SharpnessConfig) -> dict[str, Any]:
         why = "; ".join(f"{rid}: {reason}" for rid, reason in skipped[:3]) or "it holds no run directories"
         raise _error(f"no completed run with a checkpoint/final in {str(where)!r} ({why})")
     if opts.max_runs is not None and len(runs) > opts.max_runs:
-        skipped += [(r.run_id, f"beyond max_runs={opts.max_runs}") for r in runs[opts.max_runs:]]
+        skipped += [(r.run_id, f"beyond max_runs={opts.max_runs}") for r in runs[opts.max_runs :]]
         runs = runs[: opts.max_runs]
     check_same_data({r.run_id: r.cfg for r in runs})
-    data = build_subsets(runs[0].cfg, train=opts.train_examples, dev=opts.dev_examples,
-                         landscape=opts.landscape_examples, hessian=opts.hessian_examples, seed=opts.seed)
+    data = build_subsets(
+        runs[0].cfg,
+        train=opts.train_examples,
+        dev=opts.dev_examples,
+        landscape=opts.landscape_examples,
+        hessian=opts.hessian_examples,
+        seed=opts.seed,
+    )
     plan = plan_runs(runs, opts)
     surface_ids = set(plan.surface.values())
-    plans = {r.run_id: planned_passes(opts, hessian=r.run_id in plan.hessian, surface=r.run_id in surface_ids)
-             for r in runs}
+    plans = {
+        r.run_id: planned_passes(opts, hessian=r.run_id in plan.hessian, surface=r.run_id in surface_ids) for r in runs
+    }
 
     # time one forward / backward / HVP on the first model, and say how long the whole sweep will take
     model = load_qa_model(runs[0].path)  # the first load also pays one-off imports: time a second one
@@ -421,19 +454,31 @@ def measure_sweep(opts: SharpnessConfig) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     costs = probe_costs(model, data, opts)
     estimate = estimate_seconds(costs, list(plans.values()), len(plan.pairs), opts, load_s)
-    print(f"sharpness of sweep {opts.sweep!r}: {len(runs)} runs ({len(skipped)} left out), "
-          f"{torch.get_num_threads()} threads, subsets of {Subsets.size(data.train)} train / "
-          f"{Subsets.size(data.dev)} dev / {Subsets.size(data.landscape)} landscape / {Subsets.size(data.hessian)} "
-          f"Hessian features", flush=True)
-    print(f"timing probe: forward {costs['forward_train']:.3f}s (train subset), {costs['forward_dev']:.3f}s (dev), "
-          f"{costs['forward_landscape']:.3f}s (landscape); forward+backward {costs['forward_backward']:.3f}s "
-          f"(landscape); HVP call {costs['hvp_call']:.3f}s (Hessian subset); weight write {costs['write']:.3f}s, "
-          f"random direction {costs['direction']:.3f}s, Gaussian draw {costs['gaussian']:.3f}s; model load "
-          f"{load_s:.2f}s", flush=True)
-    over = (f" — over the {TARGET_S:.0f}s budget: lower hessian_seeds, eigen_iters, trace_samples, curve_points, "
-            f"curve_directions or the subset sizes" if estimate > TARGET_S else "")
-    print(f"estimated time: {estimate:.0f}s for {len(runs)} models and {len(plan.pairs)} interpolation pairs{over}",
-          flush=True)
+    print(
+        f"sharpness of sweep {opts.sweep!r}: {len(runs)} runs ({len(skipped)} left out), "
+        f"{torch.get_num_threads()} threads, subsets of {Subsets.size(data.train)} train / "
+        f"{Subsets.size(data.dev)} dev / {Subsets.size(data.landscape)} landscape / {Subsets.size(data.hessian)} "
+        f"Hessian features",
+        flush=True,
+    )
+    print(
+        f"timing probe: forward {costs['forward_train']:.3f}s (train subset), {costs['forward_dev']:.3f}s (dev), "
+        f"{costs['forward_landscape']:.3f}s (landscape); forward+backward {costs['forward_backward']:.3f}s "
+        f"(landscape); HVP call {costs['hvp_call']:.3f}s (Hessian subset); weight write {costs['write']:.3f}s, "
+        f"random direction {costs['direction']:.3f}s, Gaussian draw {costs['gaussian']:.3f}s; model load "
+        f"{load_s:.2f}s",
+        flush=True,
+    )
+    over = (
+        f" — over the {TARGET_S:.0f}s budget: lower hessian_seeds, eigen_iters, trace_samples, curve_points, "
+        f"curve_directions or the subset sizes"
+        if estimate > TARGET_S
+        else ""
+    )
+    print(
+        f"estimated time: {estimate:.0f}s for {len(runs)} models and {len(plan.pairs)} interpolation pairs{over}",
+        flush=True,
+    )
     if opts.dry_run:
         return {"opts": opts, "dry_run": True, "estimate": estimate, "costs": costs, "plans": plans}
 
@@ -447,24 +492,50 @@ def measure_sweep(opts: SharpnessConfig) -> dict[str, Any]:
                 model = load_qa_model(run.path)
             t_load = time.perf_counter() - t0
             counter = PassCounter()
-            row, run_curves = measure_model(model, data, opts, hessian=run.run_id in plan.hessian,
-                                            surface=run.run_id in surface_ids, counter=counter)
+            row, run_curves = measure_model(
+                model,
+                data,
+                opts,
+                hessian=run.run_id in plan.hessian,
+                surface=run.run_id in surface_ids,
+                counter=counter,
+            )
             model = None
             wall = time.perf_counter() - t0
             final = run.summary.get("final") or {}
             dev_s, train_s = _num(final.get("dev/loss")), _num(final.get("train/loss"))
             gap = row.pop("gap")
-            rows.append({"run_id": run.run_id, "arm": run.arm, "k": run.k, "seed": run.seed, **row, "gap_subset": gap,
-                         "summary_dev_loss": dev_s, "summary_train_loss": train_s, "gap_summary": dev_s - train_s,
-                         "hessian_measured": run.run_id in plan.hessian, "surface_measured": run.run_id in surface_ids,
-                         **counter.as_dict()})
+            rows.append(
+                {
+                    "run_id": run.run_id,
+                    "arm": run.arm,
+                    "k": run.k,
+                    "seed": run.seed,
+                    **row,
+                    "gap_subset": gap,
+                    "summary_dev_loss": dev_s,
+                    "summary_train_loss": train_s,
+                    "gap_summary": dev_s - train_s,
+                    "hessian_measured": run.run_id in plan.hessian,
+                    "surface_measured": run.run_id in surface_ids,
+                    **counter.as_dict(),
+                }
+            )
             curves[run.run_id] = run_curves
-            timing.append({"what": run.run_id, "load_s": round(t_load if i else load_s, 3), "wall_s": round(wall, 3),
-                           **counter.as_dict()})
+            timing.append(
+                {
+                    "what": run.run_id,
+                    "load_s": round(t_load if i else load_s, 3),
+                    "wall_s": round(wall, 3),
+                    **counter.as_dict(),
+                }
+            )
             _add(totals, counter)
-            progress.write(f"[{i + 1}/{len(runs)}] {run.run_id}: lambda_max {_g(row['lambda_max'])}, trace "
-                           f"{_g(row['trace'])} ± {_g(row['trace_se'], '.2g')}, gap {_g(gap)} | {counter} | "
-                           f"{wall:.1f}s")
+            progress.write(
+                f"[{i + 1}/{len(runs)}] {run.run_id}: lambda_max {_g(row['lambda_max'])}, trace "
+                f"{_g(row['trace'])} ± {_g(row['trace_se'], '.2g')}, gap {_g(gap)} | {counter} | "
+                f"{wall:.1f}s"
+            )
             progress.step()
     finally:
         progress.close()
@@ -476,13 +547,33 @@ def measure_sweep(opts: SharpnessConfig) -> dict[str, Any]:
         out = interpolation_pair(load_qa_model(a.path), load_qa_model(b.path), data, opts, counter)
         wall = time.perf_counter() - t0
         interp.append({"a": a, "b": b, **out})
-        timing.append({"what": f"interpolation {a.run_id} -> {b.run_id}", "load_s": math.nan,
-                       "wall_s": round(wall, 3), **counter.as_dict()})
+        timing.append(
+            {
+                "what": f"interpolation {a.run_id} -> {b.run_id}",
+                "load_s": math.nan,
+                "wall_s": round(wall, 3),
+                **counter.as_dict(),
+            }
+        )
         _add(totals, counter)
         print(f"interpolation {a.arm} -> {b.arm} (k={a.k}, seed={a.seed}): {counter} | {wall:.1f}s", flush=True)
-    return {"opts": opts, "runs": runs, "skipped": skipped, "rows": rows, "curves": curves, "interp": interp,
-            "timing": timing, "data": data, "plan": plan, "plans": plans, "costs": costs, "estimate": estimate,
-            "totals": totals, "measure_s": time.perf_counter() - t_start, "threads": torch.get_num_threads()}
+    return {
+        "opts": opts,
+        "runs": runs,
+        "skipped": skipped,
+        "rows": rows,
+        "curves": curves,
+        "interp": interp,
+        "timing": timing,
+        "data": data,
+        "plan": plan,
+        "plans": plans,
+        "costs": costs,
+        "estimate": estimate,
+        "totals": totals,
+        "measure_s": time.perf_counter() - t_start,
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -499,9 +590,12 @@ def measure_columns(opts: SharpnessConfig) -> list[tuple[str, str]]:
     return cols
 
 
-LOSS_COLUMNS = [("train_loss", "train loss (subset)"), ("dev_loss", "dev loss (subset)"),
-                ("gap_subset", "gap: dev − train loss (subsets)"),
-                ("gap_summary", "gap: final dev/loss − train/loss (summary.json)")]
+LOSS_COLUMNS = [
+    ("train_loss", "train loss (subset)"),
+    ("dev_loss", "dev loss (subset)"),
+    ("gap_subset", "gap: dev − train loss (subsets)"),
+    ("gap_summary", "gap: final dev/loss − train/loss (summary.json)"),
+]
 GAPS = [("gap_subset", "subset gap"), ("gap_summary", "summary gap")]
 
 
@@ -523,18 +617,19 @@ def _tau_b_rows(x, y):
         return out
     step = max(1, 2_000_000 // (n * n))
     for begin in range(0, x.shape[0], step):
-        xs, ys = x[begin:begin + step], y[begin:begin + step]
+        xs, ys = x[begin : begin + step], y[begin : begin + step]
         sx = np.sign(xs[:, :, None] - xs[:, None, :])
         sy = np.sign(ys[:, :, None] - ys[:, None, :])
         num = (sx * sy).sum(axis=(1, 2))  # every pair twice: the factor cancels in the ratio
         den = np.sqrt((sx * sx).sum(axis=(1, 2)) * (sy * sy).sum(axis=(1, 2)))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[begin:begin + step] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+            out[begin : begin + step] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
     return out
 
 
-def kendall_with_ci(x: Sequence[float], y: Sequence[float], n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-                    level: float = 0.95) -> dict[str, Any]:
+def kendall_with_ci(
+    x: Sequence[float], y: Sequence[float], n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95
+) -> dict[str, Any]:
     """tau-b over the pairs where both values are finite, with a percentile bootstrap CI (runs resampled with
     replacement, numpy Generator seeded by `seed`; resamples with an undefined tau are dropped), the number of pairs
     and the tied pairs in x and in y."""
@@ -545,8 +640,8 @@ def kendall_with_ci(x: Sequence[float], y: Sequence[float], n_boot: int = N_BOOT
     x, y = x[keep], y[keep]
     n = int(x.size)
     pairs = n * (n - 1) // 2
-    ties_x = int(sum((x[i] == x[i + 1:]).sum() for i in range(n)))
-    ties_y = int(sum((y[i] == y[i + 1:]).sum() for i in range(n)))
+    ties_x = int(sum((x[i] == x[i + 1 :]).sum() for i in range(n)))
+    ties_y = int(sum((y[i] == y[i + 1 :]).sum() for i in range(n)))
     tau = kendall_tau_b(x, y) if n >= 2 else math.nan
     low = high = math.nan
     if n >= 3 and not math.isnan(tau):
@@ -584,8 +679,16 @@ def tau_table(frame, opts: SharpnessConfig):
             if column not in frame or gap not in frame:
                 continue
             result = kendall_with_ci(frame[column], frame[gap])
-            rows.append({"measure": column, "label": label, "gap": gap, "gap_label": gap_label, **result,
-                         "verdict": tau_verdict(result)})
+            rows.append(
+                {
+                    "measure": column,
+                    "label": label,
+                    "gap": gap,
+                    "gap_label": gap_label,
+                    **result,
+                    "verdict": tau_verdict(result),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -596,8 +699,9 @@ def summary_tables(frame, opts: SharpnessConfig):
     from analysis.stats import paired_differences, summarize
 
     columns = measure_columns(opts) + LOSS_COLUMNS
-    summary = pd.concat([summarize(frame, c, by=("arm", "k")) for c, _ in columns if frame[c].notna().any()],
-                        ignore_index=True)
+    summary = pd.concat(
+        [summarize(frame, c, by=("arm", "k")) for c, _ in columns if frame[c].notna().any()], ignore_index=True
+    )
     paired = []
     arms = set(frame["arm"])
     for a, b in DIFFERENCES:
@@ -625,8 +729,11 @@ def figure_hessian(frame):
 
     from analysis.plots import arm_color, arm_label, legend_below, new_figure, seed_range
 
-    panels = [(c, label) for c, label in (("lambda_max", "λmax (top Hessian eigenvalue)"),
-                                         ("trace", "tr(H) (Hutchinson)")) if frame[c].notna().any()]
+    panels = [
+        (c, label)
+        for c, label in (("lambda_max", "λmax (top Hessian eigenvalue)"), ("trace", "tr(H) (Hutchinson)"))
+        if frame[c].notna().any()
+    ]
     if not panels:
         return None
     arms = list(dict.fromkeys(frame["arm"]))
@@ -648,8 +755,16 @@ def figure_hessian(frame):
                 err_low.append(mean - low)
                 err_high.append(high - mean)
             if xs:
-                ax.errorbar(xs, means, yerr=[err_low, err_high], fmt="o", color=arm_color(arm, arms), capsize=4,
-                            markersize=5, label=arm_label(arm))
+                ax.errorbar(
+                    xs,
+                    means,
+                    yerr=[err_low, err_high],
+                    fmt="o",
+                    color=arm_color(arm, arms),
+                    capsize=4,
+                    markersize=5,
+                    label=arm_label(arm),
+                )
         ax.set_xticks(range(len(ks)), [f"k = {k}" for k in ks])
         ax.set_xlabel("gradient accumulation steps")
         ax.set_title(label)
@@ -663,8 +778,10 @@ def figure_adaptive(frame, opts: SharpnessConfig):
     from analysis.plots import arm_color, arm_label, legend_below, new_figure, seed_range
     from analysis.sharpness_qa import rho_key
 
-    panels = [("avg_sharpness_rho", opts.rhos_average, "average-case (elementwise Gaussian, σ_j = ρ|w_j|)"),
-              ("worst_sharpness_rho", opts.rhos_worst, "worst-case (ball ‖δ/|w|‖₂ ≤ ρ, gradient ascent)")]
+    panels = [
+        ("avg_sharpness_rho", opts.rhos_average, "average-case (elementwise Gaussian, σ_j = ρ|w_j|)"),
+        ("worst_sharpness_rho", opts.rhos_worst, "worst-case (ball ‖δ/|w|‖₂ ≤ ρ, gradient ascent)"),
+    ]
     panels = [p for p in panels if any(frame[f"{p[0]}{rho_key(r)}"].notna().any() for r in p[1])]
     if not panels:
         return None
@@ -681,8 +798,17 @@ def figure_adaptive(frame, opts: SharpnessConfig):
                 means = [s[0] for s in stats]
                 lows = [s[0] - s[1] for s in stats]
                 highs = [s[2] - s[0] for s in stats]
-                ax.errorbar(rhos, means, yerr=[lows, highs], color=arm_color(arm, arms), linestyle=_k_style(ks, k),
-                            marker="o", markersize=3, capsize=3, label=f"{arm_label(arm)}, k = {k}")
+                ax.errorbar(
+                    rhos,
+                    means,
+                    yerr=[lows, highs],
+                    color=arm_color(arm, arms),
+                    linestyle=_k_style(ks, k),
+                    marker="o",
+                    markersize=3,
+                    capsize=3,
+                    label=f"{arm_label(arm)}, k = {k}",
+                )
         ax.set_xscale("log")
         ax.set_xlabel("ρ")
         ax.set_ylabel("L(w + δ) − L(w), landscape subset")
@@ -714,14 +840,17 @@ def figure_curves_1d(frame, curves: dict, opts: SharpnessConfig):
             for y in per_run:
                 ax.plot(xs, y, color=color, linestyle=_k_style(ks, k), linewidth=0.7, alpha=0.35)
             if per_run:
-                ax.plot(xs, np.mean(per_run, axis=0), color=color, linestyle=_k_style(ks, k), linewidth=2,
-                        label=f"k = {k}")
+                ax.plot(
+                    xs, np.mean(per_run, axis=0), color=color, linestyle=_k_style(ks, k), linewidth=2, label=f"k = {k}"
+                )
         ax.set_title(arm_label(arm))
         ax.set_xlabel("α (filter-normalised direction)")
         ax.set_ylabel("landscape-subset loss")
         ax.legend()
-    fig.suptitle(f"1D loss curves L(w + α d), {opts.curve_directions} directions (the same seeds for every model); "
-                 "thin: runs, thick: mean per k")
+    fig.suptitle(
+        f"1D loss curves L(w + α d), {opts.curve_directions} directions (the same seeds for every model); "
+        "thin: runs, thick: mean per k"
+    )
     return fig
 
 
@@ -825,27 +954,36 @@ def _setup_lines(result: dict, frame) -> list[str]:
     opts, data, plan, runs = result["opts"], result["data"], result["plan"], result["runs"]
     rhos_a = ", ".join(rho_key(r) for r in opts.rhos_average)
     rhos_w = ", ".join(rho_key(r) for r in opts.rhos_worst)
-    step = opts.worst_step_size if opts.worst_step_size is not None else (2.0 / opts.worst_steps
-                                                                         if opts.worst_steps else 0.0)
+    step = (
+        opts.worst_step_size
+        if opts.worst_step_size is not None
+        else (2.0 / opts.worst_steps if opts.worst_steps else 0.0)
+    )
     hess = frame[frame["hessian_measured"]]
     n_conv = int(hess["lambda_max_converged"].fillna(False).astype(bool).sum()) if len(hess) else 0
     n_shift = int(hess["lambda_max_shifted"].fillna(False).astype(bool).sum()) if len(hess) else 0
-    hess_runs = ("every run" if len(plan.hessian) == len(runs) else
-                 f"{len(plan.hessian)} of {len(runs)} runs (the first {opts.hessian_seeds} seed(s); "
-                 f"hessian_seeds={opts.hessian_seeds})")
+    hess_runs = (
+        "every run"
+        if len(plan.hessian) == len(runs)
+        else f"{len(plan.hessian)} of {len(runs)} runs (the first {opts.hessian_seeds} seed(s); "
+        f"hessian_seeds={opts.hessian_seeds})"
+    )
     surfaces = ", ".join(f"{arm}: `{rid}`" for arm, rid in plan.surface.items()) or "none"
     per_model = {key: [result["plans"][r.run_id][key] for r in runs] for key in ("forward_landscape", "hvp")}
     mean = lambda key: sum(frame[key]) / len(frame)  # noqa: E731
     defaults = _defaults()
-    diffs = [f"`{k}={v}`" for k, v in dataclasses.asdict(opts).items()
-             if k not in ("results_dir", "sweep", "out", "threads", "dry_run") and v != defaults[k]]
-    changed = (f"This call changed {', '.join(diffs)} from the defaults." if diffs
-               else "This call used the defaults.")
+    diffs = [
+        f"`{k}={v}`"
+        for k, v in dataclasses.asdict(opts).items()
+        if k not in ("results_dir", "sweep", "out", "threads", "dry_run") and v != defaults[k]
+    ]
+    changed = f"This call changed {', '.join(diffs)} from the defaults." if diffs else "This call used the defaults."
     lines = [
-        "### Setup", "",
-        f"- **Loss**: each run's `checkpoint/final` loaded with eager attention in fp32, eval mode (no dropout); the "
-        f"loss is the model's own QA loss with the start/end positions (mean of the start- and end-token "
-        f"cross-entropy) over a fixed subset, so every model is measured on the same features.",
+        "### Setup",
+        "",
+        "- **Loss**: each run's `checkpoint/final` loaded with eager attention in fp32, eval mode (no dropout); the "
+        "loss is the model's own QA loss with the start/end positions (mean of the start- and end-token "
+        "cross-entropy) over a fixed subset, so every model is measured on the same features.",
         f"- **Data**: the data of `{runs[0].run_id}`'s config (every measured run shares its data settings and "
         f"model: checked). Train subset: {Subsets.size(data.train)} of {data.train_total} train features, drawn "
         f"with seed {opts.seed}; dev subset: {Subsets.size(data.dev)} of {data.dev_total} dev features (seed "
@@ -914,12 +1052,16 @@ def _summary_lines(summary, opts: SharpnessConfig) -> list[str]:
             cells = []
             for arm in arms:
                 hit = sub[(sub["arm"] == arm) & (sub["k"] == k)]
-                cells.append("–" if hit.empty else _cell(hit.iloc[0]["mean"], hit.iloc[0]["ci_half"],
-                                                         int(hit.iloc[0]["n"])))
+                cells.append(
+                    "–" if hit.empty else _cell(hit.iloc[0]["mean"], hit.iloc[0]["ci_half"], int(hit.iloc[0]["n"]))
+                )
             rows.append([labels.get(metric, metric), k, *cells])
-    return (["### Per arm: mean ± 95% CI over seeds", "",
-             "Mean over seeds ± the half width of the 95% Student-t interval (n = runs; no interval for n < 2).", ""]
-            + [md_table(["measure", "k", *arms], rows), ""])
+    return [
+        "### Per arm: mean ± 95% CI over seeds",
+        "",
+        "Mean over seeds ± the half width of the 95% Student-t interval (n = runs; no interval for n < 2).",
+        "",
+    ] + [md_table(["measure", "k", *arms], rows), ""]
 
 
 def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
@@ -932,11 +1074,23 @@ def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
     rows = []
     for _, r in paired.iterrows():
         ci = "–" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
-        rows.append([labels.get(r["metric"], r["metric"]), int(r["k"]), f"{r['a']} − {r['b']}", int(r["n"]),
-                     _g(r["mean_diff"]), ci, r["verdict"]])
-    lines += ["Differences a − b within each seed (same data order and initialisation), mean over seeds with a "
-              "bootstrap 95% percentile CI (analysis.stats.paired_differences). Where the sweep has k = 1, sam_full "
-              "and sam_last run the same algorithm there, so their difference must be 0.", ""]
+        rows.append(
+            [
+                labels.get(r["metric"], r["metric"]),
+                int(r["k"]),
+                f"{r['a']} − {r['b']}",
+                int(r["n"]),
+                _g(r["mean_diff"]),
+                ci,
+                r["verdict"],
+            ]
+        )
+    lines += [
+        "Differences a − b within each seed (same data order and initialisation), mean over seeds with a "
+        "bootstrap 95% percentile CI (analysis.stats.paired_differences). Where the sweep has k = 1, sam_full "
+        "and sam_last run the same algorithm there, so their difference must be 0.",
+        "",
+    ]
     return lines + [md_table(["measure", "k", "difference", "pairs", "mean", "95% bootstrap CI", "verdict"], rows), ""]
 
 
@@ -944,7 +1098,8 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
     from analysis.report import md_table
 
     lines = [
-        "### Sharpness against the generalisation gap (Kendall τ)", "",
+        "### Sharpness against the generalisation gap (Kendall τ)",
+        "",
         f"Kendall τ (tau-b, which accounts for ties) between each measure and the gap across all {n_runs} measured "
         f"runs (every arm and k together), with a percentile bootstrap 95% CI ({N_BOOT} resamples of the runs, "
         f"seed {BOOT_SEED}). Caveat: sharpness is not reparametrisation-invariant (Dinh et al. 2017): rescaling the "
@@ -952,49 +1107,81 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
         "adaptive measures undo only elementwise rescaling. And in fine-tuning, sharpness often tracks the learning "
         "rate and the optimiser more than generalisation (Andriushchenko et al. 2023), so a τ here describes these "
         "runs, it is not evidence that flatter minima generalise better. A τ is called uninformative when there "
-        f"are fewer than {TAU_MIN_N} runs, when its CI spans 0, or when over a quarter of the pairs are tied.", "",
+        f"are fewer than {TAU_MIN_N} runs, when its CI spans 0, or when over a quarter of the pairs are tied.",
+        "",
     ]
     if taus.empty:
         return lines + ["No measure to correlate.", ""]
     rows = []
     for _, r in taus.iterrows():
         ci = "–" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        rows.append([r["label"], r["gap_label"], r["n"], _g(r["tau"], ".3f"), ci,
-                     f"{r['ties_x']} / {r['ties_y']} of {r['pairs']}", r["verdict"]])
-    lines.append(md_table(["measure", "gap", "runs", "Kendall τ", "95% bootstrap CI", "tied pairs (measure / gap)",
-                           "reading"], rows))
+        rows.append(
+            [
+                r["label"],
+                r["gap_label"],
+                r["n"],
+                _g(r["tau"], ".3f"),
+                ci,
+                f"{r['ties_x']} / {r['ties_y']} of {r['pairs']}",
+                r["verdict"],
+            ]
+        )
+    lines.append(
+        md_table(
+            ["measure", "gap", "runs", "Kendall τ", "95% bootstrap CI", "tied pairs (measure / gap)", "reading"], rows
+        )
+    )
     informative = taus[taus["verdict"] == "CI excludes 0"]
     if n_runs < TAU_MIN_N:
-        verdict = (f"With {n_runs} runs (fewer than {TAU_MIN_N}) every τ here is uninformative, whatever its "
-                   "interval: so few runs, several of them sharing an arm, cannot rank a measure against the gap.")
+        verdict = (
+            f"With {n_runs} runs (fewer than {TAU_MIN_N}) every τ here is uninformative, whatever its "
+            "interval: so few runs, several of them sharing an arm, cannot rank a measure against the gap."
+        )
     elif informative.empty:
-        verdict = (f"None of the {len(taus)} τ values is informative: each interval spans 0 or ties dominate "
-                   "(see the last column).")
+        verdict = (
+            f"None of the {len(taus)} τ values is informative: each interval spans 0 or ties dominate "
+            "(see the last column)."
+        )
     else:
         named = ", ".join(f"{r['label']} vs {r['gap_label']} (τ = {r['tau']:.2f})" for _, r in informative.iterrows())
-        verdict = (f"{len(informative)} of {len(taus)} τ values have a CI that excludes 0: {named}; the others are "
-                   "uninformative. Read them with the caveat above.")
+        verdict = (
+            f"{len(informative)} of {len(taus)} τ values have a CI that excludes 0: {named}; the others are "
+            "uninformative. Read them with the caveat above."
+        )
     return lines + ["", verdict, ""]
 
 
 FIGURE_TEXT = {
     "hessian": ("λmax and tr(H)", "Per k and arm: mean over seeds with a min–max bar; dots are single runs."),
-    "adaptive": ("Adaptive sharpness against ρ", "Average-case (elementwise Gaussian) and worst-case (adaptive "
-                 "ball, gradient ascent) loss increase on the landscape subset; mean and min–max over seeds."),
-    "curves_1d": ("1D loss curves", "Landscape-subset (train) loss along filter-normalised directions (the same "
-                  "seeds for every model): thin lines are runs (mean over directions), thick lines the mean per k."),
+    "adaptive": (
+        "Adaptive sharpness against ρ",
+        "Average-case (elementwise Gaussian) and worst-case (adaptive "
+        "ball, gradient ascent) loss increase on the landscape subset; mean and min–max over seeds.",
+    ),
+    "curves_1d": (
+        "1D loss curves",
+        "Landscape-subset (train) loss along filter-normalised directions (the same "
+        "seeds for every model): thin lines are runs (mean over directions), thick lines the mean per k.",
+    ),
     "surface_2d": ("2D loss contours", "One run per arm (the first seed at the largest k); shared colour levels."),
-    "interpolation": ("Interpolation between arms", "Loss on the straight line between two checkpoints of the same "
-                      "seed and k; solid: landscape (train) subset, dashed: as many dev features."),
+    "interpolation": (
+        "Interpolation between arms",
+        "Loss on the straight line between two checkpoints of the same "
+        "seed and k; solid: landscape (train) subset, dashed: as many dev features.",
+    ),
 }
 
 
 def build_markdown(result: dict, frame, summary, paired, taus, figures: dict[str, Path]) -> str:
     opts = result["opts"]
-    lines = ["## Loss-landscape sharpness", "",
-             f"Sharpness of the {len(frame)} completed runs of sweep `{opts.sweep}`, measured by "
-             "`python -m analysis.sharpness` from the checkpoints (the numbers are in `sharpness.csv`, the curves in "
-             "`sharpness_curves.csv`).", ""]
+    lines = [
+        "## Loss-landscape sharpness",
+        "",
+        f"Sharpness of the {len(frame)} completed runs of sweep `{opts.sweep}`, measured by "
+        "`python -m analysis.sharpness` from the checkpoints (the numbers are in `sharpness.csv`, the curves in "
+        "`sharpness_curves.csv`).",
+        "",
+    ]
     lines += _setup_lines(result, frame)
     lines += _summary_lines(summary, opts)
     lines += _paired_lines(paired, opts)
@@ -1008,9 +1195,25 @@ def build_markdown(result: dict, frame, summary, paired, taus, figures: dict[str
     return "\n".join(lines).rstrip() + "\n"
 
 
-CSV_FIRST = ["run_id", "arm", "k", "seed", "train_loss", "dev_loss", "gap_subset", "summary_dev_loss",
-             "summary_train_loss", "gap_summary", "lambda_max", "lambda_max_first", "lambda_max_iters",
-             "lambda_max_converged", "lambda_max_shifted", "trace", "trace_se"]
+CSV_FIRST = [
+    "run_id",
+    "arm",
+    "k",
+    "seed",
+    "train_loss",
+    "dev_loss",
+    "gap_subset",
+    "summary_dev_loss",
+    "summary_train_loss",
+    "gap_summary",
+    "lambda_max",
+    "lambda_max_first",
+    "lambda_max_iters",
+    "lambda_max_converged",
+    "lambda_max_shifted",
+    "trace",
+    "trace_se",
+]
 CSV_LAST = ["hessian_measured", "surface_measured", "forward", "backward", "hvp"]
 
 
@@ -1037,17 +1240,28 @@ def curves_frame(result: dict):
         c = result["curves"][run.run_id]
         base = {"run_id": run.run_id, "arm": run.arm, "k": run.k, "seed": run.seed}
         for d, values in enumerate(c["curve_1d"]):
-            rows += [{**base, "kind": "curve_1d", "direction": d, "alpha": a, "beta": math.nan, "loss": v}
-                     for a, v in zip(line, values)]
+            rows += [
+                {**base, "kind": "curve_1d", "direction": d, "alpha": a, "beta": math.nan, "loss": v}
+                for a, v in zip(line, values)
+            ]
         if c["surface"] is not None:
-            rows += [{**base, "kind": "surface_2d", "direction": math.nan, "alpha": a, "beta": b, "loss": v}
-                     for a, zrow in zip(grid, c["surface"]) for b, v in zip(grid, zrow)]
+            rows += [
+                {**base, "kind": "surface_2d", "direction": math.nan, "alpha": a, "beta": b, "loss": v}
+                for a, zrow in zip(grid, c["surface"])
+                for b, v in zip(grid, zrow)
+            ]
     for p in result["interp"]:
-        base = {"run_id": f"{p['a'].run_id} -> {p['b'].run_id}", "arm": f"{p['a'].arm} -> {p['b'].arm}",
-                "k": p["a"].k, "seed": p["a"].seed}
+        base = {
+            "run_id": f"{p['a'].run_id} -> {p['b'].run_id}",
+            "arm": f"{p['a'].arm} -> {p['b'].arm}",
+            "k": p["a"].k,
+            "seed": p["a"].seed,
+        }
         for split in ("train", "dev"):
-            rows += [{**base, "kind": f"interp_{split}", "direction": math.nan, "alpha": a, "beta": math.nan,
-                      "loss": v} for a, v in zip(p["alpha"], p[split])]
+            rows += [
+                {**base, "kind": f"interp_{split}", "direction": math.nan, "alpha": a, "beta": math.nan, "loss": v}
+                for a, v in zip(p["alpha"], p[split])
+            ]
     return pd.DataFrame(rows, columns=["run_id", "arm", "k", "seed", "kind", "direction", "alpha", "beta", "loss"])
 
 
@@ -1061,8 +1275,12 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     summary, paired = summary_tables(frame, result["opts"])
     taus = tau_table(frame, result["opts"])
     figures = draw_figures(result, frame, out_dir / "figures")
-    written = {"csv": out_dir / "sharpness.csv", "curves": out_dir / "sharpness_curves.csv",
-               "timing": out_dir / "sharpness_timing.csv", "md": out_dir / "sharpness.md"}
+    written = {
+        "csv": out_dir / "sharpness.csv",
+        "curves": out_dir / "sharpness_curves.csv",
+        "timing": out_dir / "sharpness_timing.csv",
+        "md": out_dir / "sharpness.md",
+    }
     frame.to_csv(written["csv"], index=False, lineterminator="\n")
     curves_frame(result).to_csv(written["curves"], index=False, lineterminator="\n")
     pd.DataFrame(result["timing"]).to_csv(written["timing"], index=False, lineterminator="\n")
@@ -1071,7 +1289,7 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     import logging
     import os
 
@@ -1100,12 +1318,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     totals, n = result["totals"], len(result["rows"])
     total_s = result["measure_s"] + time.perf_counter() - t0
-    print(f"total: {n} models + {len(result['interp'])} interpolation pairs, {totals}, "
-          f"{total_s:.0f}s wall ({total_s / max(1, n):.1f}s per model; estimated {result['estimate']:.0f}s)")
+    print(
+        f"total: {n} models + {len(result['interp'])} interpolation pairs, {totals}, "
+        f"{total_s:.0f}s wall ({total_s / max(1, n):.1f}s per model; estimated {result['estimate']:.0f}s)"
+    )
     for name in ("csv", "md"):
         print(f"wrote {written[name]}")
-    print(f"wrote {sum(1 for k in written if k.startswith('figure:'))} figures to "
-          f"{out_dir / 'figures'}")
+    print(f"wrote {sum(1 for k in written if k.startswith('figure:'))} figures to {out_dir / 'figures'}")
     return 0
 
 

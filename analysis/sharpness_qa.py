@@ -14,12 +14,14 @@ cross-entropies over real tokens (padding masked out of the softmax), averaged o
 forward chunk weighted by its size). The model is in eval mode (dropout off), so the same weights always give the same
 loss.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,7 +102,8 @@ def check_same_data(configs: Mapping[str, Any]) -> None:
             if reference.get(key) != mine.get(key):
                 raise SharpnessError(
                     f"the runs of this sweep do not share their data settings: {key}={mine.get(key)!r} in {run_id} "
-                    f"but {reference.get(key)!r} in {first_id}; measure them as separate sweeps")
+                    f"but {reference.get(key)!r} in {first_id}; measure them as separate sweeps"
+                )
 
 
 @dataclass
@@ -135,8 +138,11 @@ def _pick(n_total: int, n: int, seed: int) -> list[int]:
 
 def _tensors(dataset, index: Sequence[int]) -> dict[str, Tensor]:
     rows = dataset.select(list(index))
-    return {c: torch.from_numpy(np.asarray(rows[c], dtype=np.int64))
-            for c in INPUT_COLUMNS + LABEL_COLUMNS if c in rows.column_names}
+    return {
+        c: torch.from_numpy(np.asarray(rows[c], dtype=np.int64))
+        for c in INPUT_COLUMNS + LABEL_COLUMNS
+        if c in rows.column_names
+    }
 
 
 def _head(batch: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
@@ -162,8 +168,17 @@ def build_subsets(cfg, *, train: int, dev: int, landscape: int, hessian: int, se
     train_index = _pick(len(train_ds), train, seed)
     dev_index = _pick(len(dev_ds), dev, seed + 1)
     train_t, dev_t = _tensors(train_ds, train_index), _tensors(dev_ds, dev_index)
-    return Subsets(train_t, dev_t, _head(train_t, landscape), _head(dev_t, landscape), _head(train_t, hessian),
-                   len(train_ds), len(dev_ds), train_index, dev_index)
+    return Subsets(
+        train_t,
+        dev_t,
+        _head(train_t, landscape),
+        _head(dev_t, landscape),
+        _head(train_t, hessian),
+        len(train_ds),
+        len(dev_ds),
+        train_index,
+        dev_index,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -181,8 +196,9 @@ def load_qa_model(run_dir: str | Path, *, which: str = "final") -> torch.nn.Modu
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model would drown the per-model lines
     try:
-        model, info = AutoModelForQuestionAnswering.from_pretrained(path, attn_implementation="eager",
-                                                                    output_loading_info=True)
+        model, info = AutoModelForQuestionAnswering.from_pretrained(
+            path, attn_implementation="eager", output_loading_info=True
+        )
     except Exception as err:  # noqa: BLE001 - reported as one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SharpnessError(f"cannot load the checkpoint {path}: {first[:200]}") from None
@@ -200,14 +216,19 @@ def qa_loss_fn(model: torch.nn.Module, batch: Mapping[str, Tensor], batch_size: 
     """A closure: the training loss (`span_loss`, mean of start and end cross-entropy over real tokens) over the whole
     `batch`, computed in chunks of `batch_size` features and averaged with each chunk weighted by its size."""
     n = Subsets.size(batch)
-    chunks = [{k: v[i:i + batch_size] for k, v in batch.items()} for i in range(0, n, batch_size)]
+    chunks = [{k: v[i : i + batch_size] for k, v in batch.items()} for i in range(0, n, batch_size)]
 
     def loss_fn() -> Tensor:
         total = None
         for chunk in chunks:
             out = model(**{k: v for k, v in chunk.items() if k in INPUT_COLUMNS})
-            loss = span_loss(out.start_logits, out.end_logits, chunk["attention_mask"], chunk["start_positions"],
-                             chunk["end_positions"])
+            loss = span_loss(
+                out.start_logits,
+                out.end_logits,
+                chunk["attention_mask"],
+                chunk["start_positions"],
+                chunk["end_positions"],
+            )
             part = loss * Subsets.size(chunk)
             total = part if total is None else total + part
         return total / n
@@ -244,8 +265,9 @@ def rho_key(rho: float) -> str:
 # one model
 
 
-def measure_model(model: torch.nn.Module, data: Subsets, opts: Any, *, hessian: bool, surface: bool,
-                  counter: PassCounter) -> tuple[dict[str, Any], dict[str, Any]]:
+def measure_model(
+    model: torch.nn.Module, data: Subsets, opts: Any, *, hessian: bool, surface: bool, counter: PassCounter
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every measure of one model: returns (row of scalars, curves).
 
     ``opts`` holds the CLI settings (analysis.sharpness.SharpnessConfig). The row has train_loss and dev_loss (on
@@ -261,23 +283,42 @@ def measure_model(model: torch.nn.Module, data: Subsets, opts: Any, *, hessian: 
     row["gap"] = row["dev_loss"] - row["train_loss"]
 
     nan = math.nan
-    row.update(lambda_max=nan, lambda_max_first=nan, lambda_max_iters=0, lambda_max_converged=None,
-               lambda_max_shifted=None, trace=nan, trace_se=nan)
+    row.update(
+        lambda_max=nan,
+        lambda_max_first=nan,
+        lambda_max_iters=0,
+        lambda_max_converged=None,
+        lambda_max_shifted=None,
+        trace=nan,
+        trace_se=nan,
+    )
     hess_fn = qa_loss_fn(model, data.hessian, opts.batch_size)
     if hessian and opts.eigen_iters > 0:
-        eig = hessian_top_eigen(hess_fn, params, iters=opts.eigen_iters, tol=opts.eigen_tol, seed=opts.seed,
-                                counter=counter)
+        eig = hessian_top_eigen(
+            hess_fn, params, iters=opts.eigen_iters, tol=opts.eigen_tol, seed=opts.seed, counter=counter
+        )
         row["lambda_max_first"] = eig.eigenvalue
         iters = eig.iterations
         shifted = eig.eigenvalue < 0
         if shifted:
             # the dominant-magnitude eigenvalue is negative (off a minimum): power iteration on H - shift I with
             # shift = that value converges to lambda_max instead (analysis.landscape.hessian_top_eigen)
-            eig = hessian_top_eigen(hess_fn, params, iters=opts.eigen_iters, tol=opts.eigen_tol, seed=opts.seed,
-                                    counter=counter, shift=eig.eigenvalue)
+            eig = hessian_top_eigen(
+                hess_fn,
+                params,
+                iters=opts.eigen_iters,
+                tol=opts.eigen_tol,
+                seed=opts.seed,
+                counter=counter,
+                shift=eig.eigenvalue,
+            )
             iters += eig.iterations
-        row.update(lambda_max=eig.eigenvalue, lambda_max_iters=iters, lambda_max_converged=bool(eig.converged),
-                   lambda_max_shifted=bool(shifted))
+        row.update(
+            lambda_max=eig.eigenvalue,
+            lambda_max_iters=iters,
+            lambda_max_converged=bool(eig.converged),
+            lambda_max_shifted=bool(shifted),
+        )
     if hessian and opts.trace_samples > 0:
         trace = hutchinson_trace(hess_fn, params, samples=opts.trace_samples, seed=opts.seed, counter=counter)
         row.update(trace=trace.estimate, trace_se=trace.standard_error)
@@ -287,13 +328,27 @@ def measure_model(model: torch.nn.Module, data: Subsets, opts: Any, *, hessian: 
         row[f"avg_sharpness_rho{rho_key(rho)}"] = nan
         row[f"avg_sharpness_se_rho{rho_key(rho)}"] = nan
     if opts.average_samples > 0:
-        average = average_adaptive_sharpness(land_fn, params, opts.rhos_average, samples=opts.average_samples,
-                                             seed=opts.seed, normalization="elementwise", counter=counter)
+        average = average_adaptive_sharpness(
+            land_fn,
+            params,
+            opts.rhos_average,
+            samples=opts.average_samples,
+            seed=opts.seed,
+            normalization="elementwise",
+            counter=counter,
+        )
         for rho, result in average.items():
             row[f"avg_sharpness_rho{rho_key(rho)}"] = result.mean
             row[f"avg_sharpness_se_rho{rho_key(rho)}"] = result.standard_error
-    worst = worst_case_adaptive_sharpness(land_fn, params, opts.rhos_worst, steps=opts.worst_steps,
-                                          step_size=opts.worst_step_size, seed=opts.seed, counter=counter)
+    worst = worst_case_adaptive_sharpness(
+        land_fn,
+        params,
+        opts.rhos_worst,
+        steps=opts.worst_steps,
+        step_size=opts.worst_step_size,
+        seed=opts.seed,
+        counter=counter,
+    )
     for rho, result in worst.items():
         row[f"worst_sharpness_rho{rho_key(rho)}"] = result.increase
 
@@ -310,8 +365,9 @@ def measure_model(model: torch.nn.Module, data: Subsets, opts: Any, *, hessian: 
     return row, curves
 
 
-def interpolation_pair(model_a: torch.nn.Module, model_b: torch.nn.Module, data: Subsets, opts: Any,
-                       counter: PassCounter) -> dict[str, list[float]]:
+def interpolation_pair(
+    model_a: torch.nn.Module, model_b: torch.nn.Module, data: Subsets, opts: Any, counter: PassCounter
+) -> dict[str, list[float]]:
     """L((1 - a) theta_A + a theta_B) on the landscape train and dev subsets for a in [0, 1]
     (``opts.interp_points``), evaluated inside model_a (whose weights are restored afterwards)."""
     params = named_params(model_a)
@@ -341,8 +397,10 @@ def probe_costs(model: torch.nn.Module, data: Subsets, opts: Any) -> dict[str, f
 
     params = named_params(model)
     out: dict[str, float] = {}
-    fns = {name: qa_loss_fn(model, getattr(data, name), opts.batch_size)
-           for name in ("train", "dev", "landscape", "landscape_dev")}
+    fns = {
+        name: qa_loss_fn(model, getattr(data, name), opts.batch_size)
+        for name in ("train", "dev", "landscape", "landscape_dev")
+    }
     plain_loss(fns["landscape"])  # warm-up (allocator, kernels)
     for name, fn in fns.items():
         start = time.perf_counter()

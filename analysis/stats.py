@@ -5,11 +5,13 @@ Runs that share a seed share their data order and initialisation, so two arms ar
 design): the difference a − b is taken within each seed, and its mean gets a bootstrap percentile CI and a paired
 t-test. With the 3–5 seeds a CPU sweep affords, both are rough; every verdict says so when n < 5.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,22 +83,25 @@ def summarize(df: pd.DataFrame, metric: str, by: Sequence[str] = ("arm", "k"), l
         key = key if isinstance(key, tuple) else (key,)
         x = group["_v"].dropna().to_numpy()
         mean, low, high = t_interval(x, level)
-        rows.append({
-            **dict(zip(by, key)),
-            "metric": metric,
-            "n": int(x.size),
-            "mean": mean,
-            "std": float(np.std(x, ddof=1)) if x.size >= 2 else math.nan,
-            "ci_low": low,
-            "ci_high": high,
-            "ci_half": (high - mean) if x.size >= 2 else math.nan,
-        })
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "metric": metric,
+                "n": int(x.size),
+                "mean": mean,
+                "std": float(np.std(x, ddof=1)) if x.size >= 2 else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+                "ci_half": (high - mean) if x.size >= 2 else math.nan,
+            }
+        )
     columns = [*by, "metric", "n", "mean", "std", "ci_low", "ci_high", "ci_half"]
     return _sorted_groups(pd.DataFrame(rows, columns=columns), by)
 
 
-def bootstrap_mean_ci(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    diffs: Sequence[float], n_boot: int = 10000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of `diffs` (resampling with replacement, numpy Generator seeded by
     `seed`, so the same inputs always give the same interval). NaN bounds when fewer than 2 values."""
     x = np.asarray(diffs, dtype=float)
@@ -117,8 +122,16 @@ def ci_and_test_disagree(low: float, high: float, p_value: float, alpha: float =
     return (low > 0 or high < 0) != (p_value < alpha)
 
 
-def verdict(a: str, b: str, low: float, high: float, n: int, p_value: float = math.nan,
-            higher_is_better: bool | None = None, label: str = "") -> str:
+def verdict(
+    a: str,
+    b: str,
+    low: float,
+    high: float,
+    n: int,
+    p_value: float = math.nan,
+    higher_is_better: bool | None = None,
+    label: str = "",
+) -> str:
     """The plain-words reading of a CI of the mean difference a − b. When the paired t-test's p-value is given and
     disagrees with the CI at the 5% level (a percentile bootstrap over 3 seeds has only 10 distinct resamples and
     comes out too narrow), the verdict says so instead of letting the CI alone decide.
@@ -151,7 +164,7 @@ def _is_loss(metric: str) -> bool:
 
 
 def metric_label(metric: str) -> str:
-    """"final.dev/f1" → "dev F1", "final.dev/loss" → "dev loss": the words a sentence uses for a metric column."""
+    """ "final.dev/f1" → "dev F1", "final.dev/loss" → "dev loss": the words a sentence uses for a metric column."""
     name = metric.split(".", 1)[-1] if metric.startswith(("final.", "best.")) else metric
     split, _, what = name.rpartition("/")
     what = {"f1": "F1", "em": "EM", "rouge_w": "ROUGE-W"}.get(what, what.replace("_", " "))
@@ -159,7 +172,7 @@ def metric_label(metric: str) -> str:
 
 
 def metric_short(metric: str) -> str:
-    """"dev/f1" → "F1", "dev/rouge_w" → "ROUGE-W": metric_label without the split."""
+    """ "dev/f1" → "F1", "dev/rouge_w" → "ROUGE-W": metric_label without the split."""
     return metric_label(metric).split(" ", 1)[-1]
 
 
@@ -183,9 +196,18 @@ def _paired_values(group: pd.DataFrame, column: str, a: str, b: str, pair_on: st
     return xa, xb, shared, only
 
 
-def paired_differences(df: pd.DataFrame, metric: str, a: str, b: str, by: Sequence[str] = ("k",),
-                       pair_on: str = "seed", n_boot: int = 10000, seed: int = 0, arm_col: str = "arm",
-                       level: float = 0.95) -> pd.DataFrame:
+def paired_differences(
+    df: pd.DataFrame,
+    metric: str,
+    a: str,
+    b: str,
+    by: Sequence[str] = ("k",),
+    pair_on: str = "seed",
+    n_boot: int = 10000,
+    seed: int = 0,
+    arm_col: str = "arm",
+    level: float = 0.95,
+) -> pd.DataFrame:
     """Per group of `by`: arm a against arm b on `metric`, paired on `pair_on` (the seed).
 
     Columns: by..., metric, a, b, n (pairs), mean_diff (mean of a − b), std_diff, ci_low, ci_high (bootstrap
@@ -210,31 +232,58 @@ def paired_differences(df: pd.DataFrame, metric: str, a: str, b: str, by: Sequen
                 p = float(sps.ttest_rel(xa, xb).pvalue)
         elif n >= 2:  # every difference the same: no variance to test against
             p = 1.0 if d[0] == 0 else math.nan
-        rows.append({
-            **dict(zip(by, key)),
-            "metric": metric,
-            "a": a,
-            "b": b,
-            "n": n,
-            "mean_diff": float(d.mean()) if n else math.nan,
-            "std_diff": float(d.std(ddof=1)) if n >= 2 else math.nan,
-            "ci_low": low,
-            "ci_high": high,
-            "p_value": p,
-            "verdict": ("no difference: identical on every pair" if n and not np.any(d)
-                        else verdict(a, b, low, high, n, p, higher_is_better=not _is_loss(metric),
-                                     label=metric_label(metric))),
-            "pairs": ",".join(str(s) for s in shared),
-            "unpaired": ",".join(str(s) for s in only),
-        })
-    columns = [*by, "metric", "a", "b", "n", "mean_diff", "std_diff", "ci_low", "ci_high", "p_value", "verdict",
-               "pairs", "unpaired"]
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "metric": metric,
+                "a": a,
+                "b": b,
+                "n": n,
+                "mean_diff": float(d.mean()) if n else math.nan,
+                "std_diff": float(d.std(ddof=1)) if n >= 2 else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+                "p_value": p,
+                "verdict": (
+                    "no difference: identical on every pair"
+                    if n and not np.any(d)
+                    else verdict(
+                        a, b, low, high, n, p, higher_is_better=not _is_loss(metric), label=metric_label(metric)
+                    )
+                ),
+                "pairs": ",".join(str(s) for s in shared),
+                "unpaired": ",".join(str(s) for s in only),
+            }
+        )
+    columns = [
+        *by,
+        "metric",
+        "a",
+        "b",
+        "n",
+        "mean_diff",
+        "std_diff",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "verdict",
+        "pairs",
+        "unpaired",
+    ]
     return _sorted_groups(pd.DataFrame(rows, columns=columns), by)
 
 
-def equality_check(df: pd.DataFrame, metric: str, a: str = "sam_full", b: str = "sam_last", k: int = 1,
-                   tol: float | None = None, pair_on: str = "seed", arm_col: str = "arm",
-                   k_col: str = "k") -> dict:
+def equality_check(
+    df: pd.DataFrame,
+    metric: str,
+    a: str = "sam_full",
+    b: str = "sam_last",
+    k: int = 1,
+    tol: float | None = None,
+    pair_on: str = "seed",
+    arm_col: str = "arm",
+    k_col: str = "k",
+) -> dict:
     """At accumulation k = 1 the arms a and b run the same algorithm, so each seed's `metric` must agree.
 
     tol: largest allowed |a − b| per seed; default 0 (exact) for dev/f1 and dev/em, EQUALITY_TOL for the rest.
@@ -285,13 +334,21 @@ def equality_check(df: pd.DataFrame, metric: str, a: str = "sam_full", b: str = 
     }
 
 
-def curve_equality(curves: pd.DataFrame, metric: str = "train/loss", a: str = "sam_full", b: str = "sam_last",
-                   k: int = 1, tol: float = EQUALITY_TOL, pair_on: str = "seed") -> dict:
+def curve_equality(
+    curves: pd.DataFrame,
+    metric: str = "train/loss",
+    a: str = "sam_full",
+    b: str = "sam_last",
+    k: int = 1,
+    tol: float = EQUALITY_TOL,
+    pair_on: str = "seed",
+) -> dict:
     """The k = 1 check on a whole learning curve: per seed, the largest |a − b| of `metric` over the updates both
     runs logged (a seed whose two curves have different lengths fails). Same return shape as `equality_check`,
     with metric "<metric> (every update)"."""
-    data = curves[(curves["metric"] == metric) & (pd.to_numeric(curves["k"], errors="coerce") == k)
-                  & curves["arm"].isin([a, b])]
+    data = curves[
+        (curves["metric"] == metric) & (pd.to_numeric(curves["k"], errors="coerce") == k) & curves["arm"].isin([a, b])
+    ]
     label = f"{metric} (every update)"
     diffs, shared, only = [], [], []
     keys = sorted(set(data[pair_on].dropna()))
@@ -318,11 +375,24 @@ def curve_equality(curves: pd.DataFrame, metric: str = "train/loss", a: str = "s
     if passed is None:
         text = f"not checked: no seed has {metric} curves of both {a} and {b} at k={k}"
     elif passed:
-        text = f"pass: the {metric} curves are equal within {tol:g} at every update on all {n} seeds " \
-               f"(max |diff| = {max_diff:.3g})"
+        text = (
+            f"pass: the {metric} curves are equal within {tol:g} at every update on all {n} seeds "
+            f"(max |diff| = {max_diff:.3g})"
+        )
     else:
-        text = f"FAIL: the {metric} curves of {a} and {b} differ at k={k} (max |diff| = {max_diff:.3g}, " \
-               f"allowed: {tol:g})"
-    return {"metric": label, "a": a, "b": b, "k": k, "n": n, "pairs": ",".join(str(s) for s in shared),
-            "unpaired": ",".join(str(s) for s in only), "max_abs_diff": max_diff, "tol": tol, "passed": passed,
-            "verdict": text}
+        text = (
+            f"FAIL: the {metric} curves of {a} and {b} differ at k={k} (max |diff| = {max_diff:.3g}, allowed: {tol:g})"
+        )
+    return {
+        "metric": label,
+        "a": a,
+        "b": b,
+        "k": k,
+        "n": n,
+        "pairs": ",".join(str(s) for s in shared),
+        "unpaired": ",".join(str(s) for s in only),
+        "max_abs_diff": max_diff,
+        "tol": tol,
+        "passed": passed,
+        "verdict": text,
+    }

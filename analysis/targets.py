@@ -23,10 +23,11 @@ Rules
   Methods, §3.6); with n <= 5 no j reaches 95 % and j = 1 ([min, max]) is reported with its real coverage
   (75 % at n = 3, 93.75 % at n = 5). An upper end that is censored is +∞.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,16 +36,31 @@ from scipy import stats
 DEFAULT_TARGETS: dict[str, tuple[float, ...]] = {"dev/f1": (50.0, 80.0, 90.0)}
 LOWER_IS_BETTER = ("dev/loss",)
 TABLE_COLUMNS = ["run_id", "arm", "k", "seed", "target_metric", "target", "update", "examples", "seconds", "reached"]
-CELL_COLUMNS = ["arm", "k", "target_metric", "target", "n", "reached", "median_update", "median_censored",
-                "ci_low", "ci_high", "ci_coverage", "median_examples", "median_seconds", "last_update"]
+CELL_COLUMNS = [
+    "arm",
+    "k",
+    "target_metric",
+    "target",
+    "n",
+    "reached",
+    "median_update",
+    "median_censored",
+    "ci_low",
+    "ci_high",
+    "ci_coverage",
+    "median_examples",
+    "median_seconds",
+    "last_update",
+]
 
 
 def _reaches(metric: str, value: float, target: float) -> bool:
     return value <= target if metric in LOWER_IS_BETTER else value >= target
 
 
-def time_to_target(curves: pd.DataFrame, runs: pd.DataFrame,
-                   targets: Mapping[str, Sequence[float]] = DEFAULT_TARGETS) -> pd.DataFrame:
+def time_to_target(
+    curves: pd.DataFrame, runs: pd.DataFrame, targets: Mapping[str, Sequence[float]] = DEFAULT_TARGETS
+) -> pd.DataFrame:
     """One row per (run, metric, target): the first update at which the run's dev metric reached the target.
 
     curves: the long frame of analysis.collect.collect_curves; runs: the frame of collect_runs (for status).
@@ -57,8 +73,10 @@ def time_to_target(curves: pd.DataFrame, runs: pd.DataFrame,
         return pd.DataFrame(columns=TABLE_COLUMNS)
     mine = curves[curves["run_id"].isin(ids)]
     step_times = mine[mine["metric"] == "train/step_time"]
-    cumulative = {run_id: frame.groupby("update")["value"].sum().sort_index().cumsum()
-                  for run_id, frame in step_times.groupby("run_id")}
+    cumulative = {
+        run_id: frame.groupby("update")["value"].sum().sort_index().cumsum()
+        for run_id, frame in step_times.groupby("run_id")
+    }
     for run_id, frame in mine.groupby("run_id", sort=True):
         info = frame.iloc[0]
         seconds_by_update = cumulative.get(run_id, pd.Series(dtype=float))
@@ -72,8 +90,20 @@ def time_to_target(curves: pd.DataFrame, runs: pd.DataFrame,
                 event = hit if hit is not None else points[-1]
                 update = int(event.update)
                 done = seconds_by_update[seconds_by_update.index <= update]
-                rows.append((run_id, info["arm"], info["k"], info["seed"], metric, float(target), update,
-                             int(event.examples), float(done.iloc[-1]) if len(done) else math.nan, hit is not None))
+                rows.append(
+                    (
+                        run_id,
+                        info["arm"],
+                        info["k"],
+                        info["seed"],
+                        metric,
+                        float(target),
+                        update,
+                        int(event.examples),
+                        float(done.iloc[-1]) if len(done) else math.nan,
+                        hit is not None,
+                    )
+                )
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for column in ("k", "seed", "update", "examples"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
@@ -111,17 +141,32 @@ def target_summary(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=CELL_COLUMNS)
     for (arm, k, metric, target), cell in table.groupby(["arm", "k", "target_metric", "target"], sort=False):
         reached = cell["reached"].astype(bool).to_numpy()
-        censored = {c: np.where(reached, cell[c].astype(float).to_numpy(), np.inf)
-                    for c in ("update", "examples", "seconds")}
+        censored = {
+            c: np.where(reached, cell[c].astype(float).to_numpy(), np.inf) for c in ("update", "examples", "seconds")
+        }
         updates = censored["update"]
         n = len(updates)
         j, coverage = median_interval(n)
         ordered = np.sort(updates)
         median = censored_median(updates)
-        rows.append((arm, k, metric, target, n, int(reached.sum()), median, math.isinf(median),
-                     float(ordered[j - 1]), float(ordered[n - j]), coverage,
-                     censored_median(censored["examples"]), censored_median(censored["seconds"]),
-                     int(cell["update"].max())))
+        rows.append(
+            (
+                arm,
+                k,
+                metric,
+                target,
+                n,
+                int(reached.sum()),
+                median,
+                math.isinf(median),
+                float(ordered[j - 1]),
+                float(ordered[n - j]),
+                coverage,
+                censored_median(censored["examples"]),
+                censored_median(censored["seconds"]),
+                int(cell["update"].max()),
+            )
+        )
     out = pd.DataFrame(rows, columns=CELL_COLUMNS)
     out["k"] = pd.to_numeric(out["k"], errors="coerce").astype("Int64")
     return out
@@ -135,33 +180,58 @@ def cost_ratio(cells: pd.DataFrame, slow: str, fast: str, k: int, metric: str, t
     evaluated update), "target", "text"}; ratio NaN when `fast` itself did not reach the target in more than half
     its runs.
     """
+
     def cell(arm):
-        rows = cells[(cells["arm"] == arm) & (cells["k"] == k) & (cells["target_metric"] == metric)
-                     & (cells["target"].astype(float) == float(target))]
+        rows = cells[
+            (cells["arm"] == arm)
+            & (cells["k"] == k)
+            & (cells["target_metric"] == metric)
+            & (cells["target"].astype(float) == float(target))
+        ]
         return rows.iloc[0] if len(rows) else None
 
     s, f = cell(slow), cell(fast)
-    out = {"ratio": math.nan, "lower_bound": False, "slow_median": math.nan, "fast_median": math.nan,
-           "slow_reached": 0, "slow_n": 0, "fast_reached": 0, "fast_n": 0, "slow_budget": None,
-           "target": float(target), "text": ""}
+    out = {
+        "ratio": math.nan,
+        "lower_bound": False,
+        "slow_median": math.nan,
+        "fast_median": math.nan,
+        "slow_reached": 0,
+        "slow_n": 0,
+        "fast_reached": 0,
+        "fast_n": 0,
+        "slow_budget": None,
+        "target": float(target),
+        "text": "",
+    }
     if s is None or f is None:
         out["text"] = f"no {metric} target {target:g} cell for {slow} and {fast} at k={k}"
         return out
-    out.update(slow_reached=int(s["reached"]), slow_n=int(s["n"]), fast_reached=int(f["reached"]), fast_n=int(f["n"]),
-               slow_median=float(s["median_update"]), fast_median=float(f["median_update"]),
-               slow_budget=int(s["last_update"]))
+    out.update(
+        slow_reached=int(s["reached"]),
+        slow_n=int(s["n"]),
+        fast_reached=int(f["reached"]),
+        fast_n=int(f["n"]),
+        slow_median=float(s["median_update"]),
+        fast_median=float(f["median_update"]),
+        slow_budget=int(s["last_update"]),
+    )
     if bool(f["median_censored"]):
         out["text"] = f"{fast} did not reach {metric} {target:g} in most runs at k={k}: no ratio"
         return out
     if bool(s["median_censored"]):
         out.update(ratio=float(s["last_update"]) / float(f["median_update"]), lower_bound=True)
-        out["text"] = (f"{slow} needs more than {out['ratio']:.1f}× the updates of {fast} to reach {metric} "
-                       f"{target:g} at k={k}: {fast} in a median {f['median_update']:.0f} updates "
-                       f"({int(f['reached'])}/{int(f['n'])} runs), {slow} in only {int(s['reached'])}/{int(s['n'])} "
-                       f"runs within the budget of {int(s['last_update'])} updates")
+        out["text"] = (
+            f"{slow} needs more than {out['ratio']:.1f}× the updates of {fast} to reach {metric} "
+            f"{target:g} at k={k}: {fast} in a median {f['median_update']:.0f} updates "
+            f"({int(f['reached'])}/{int(f['n'])} runs), {slow} in only {int(s['reached'])}/{int(s['n'])} "
+            f"runs within the budget of {int(s['last_update'])} updates"
+        )
         return out
     out["ratio"] = float(s["median_update"]) / float(f["median_update"])
-    out["text"] = (f"{slow} needs {out['ratio']:.1f}× the updates of {fast} to reach {metric} {target:g} at k={k} "
-                   f"(median {s['median_update']:.0f} against {f['median_update']:.0f} updates; reached by "
-                   f"{int(s['reached'])}/{int(s['n'])} and {int(f['reached'])}/{int(f['n'])} runs)")
+    out["text"] = (
+        f"{slow} needs {out['ratio']:.1f}× the updates of {fast} to reach {metric} {target:g} at k={k} "
+        f"(median {s['median_update']:.0f} against {f['median_update']:.0f} updates; reached by "
+        f"{int(s['reached'])}/{int(s['n'])} and {int(f['reached'])}/{int(f['n'])} runs)"
+    )
     return out

@@ -12,10 +12,12 @@ real length (its attention-mask sum). A batch is cut from them in one of two way
 With the masked loss of `experiments.qa_loss` the two give the same losses, gradients and predictions up to float
 rounding: padding positions take part in neither attention (the mask) nor the softmax over answer positions.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,19 +73,25 @@ class Features:
             out[name] = part.to(device, non_blocking=True)
         return out
 
-    def eval_columns(self) -> "Columns":
+    def eval_columns(self) -> Columns:
         """example_id and offset_mapping (what post-processing reads), converted from the dataset once."""
         if self._eval_columns is None:
             self._eval_columns = columns_of(self.dataset, ("example_id", "offset_mapping"))
         return self._eval_columns
 
-    def select(self, rows: Sequence[int]) -> "Features":
+    def select(self, rows: Sequence[int]) -> Features:
         """A new Features holding only `rows` (in that order)."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         dataset = self.dataset.select(list(rows)) if self.dataset is not None else None
         columns = self._eval_columns.select(rows) if self._eval_columns is not None else None  # not converted again
-        return Features({k: v[index] for k, v in self.tensors.items()}, self.lengths[index], dataset,
-                        self.pad_to_max_length, self.pin_memory, columns)
+        return Features(
+            {k: v[index] for k, v in self.tensors.items()},
+            self.lengths[index],
+            dataset,
+            self.pad_to_max_length,
+            self.pin_memory,
+            columns,
+        )
 
     def eval_batches(self, batch_size: int) -> list[Tensor]:
         """Indices of all features in batches of similar length, longest first (so memory peaks in the first
@@ -93,8 +101,9 @@ class Features:
         return list(torch.split(order, batch_size))
 
 
-def to_features(dataset, columns: Sequence[str], *, pad_to_max_length: bool = False,
-                pin_memory: bool = False) -> Features:
+def to_features(
+    dataset, columns: Sequence[str], *, pad_to_max_length: bool = False, pin_memory: bool = False
+) -> Features:
     """A tokenised datasets.Dataset (padded to max_length, as experiments.data.features writes it) → Features."""
     present = [c for c in columns if c in dataset.column_names]
     arrays = dataset.with_format("numpy", columns=present)
@@ -111,11 +120,12 @@ def epoch_windows(n_features: int, micro_batch_size: int, k: int, seed: int, epo
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n_features, generator=generator)
     micro = list(torch.split(order, micro_batch_size))
-    return [micro[i:i + k] for i in range(0, len(micro), k)]
+    return [micro[i : i + k] for i in range(0, len(micro), k)]
 
 
-def subset_rows(example_ids: Sequence[str], feature_example_ids: Sequence[str], size: Optional[int],
-                seed: int) -> tuple[list[int], list[int]]:
+def subset_rows(
+    example_ids: Sequence[str], feature_example_ids: Sequence[str], size: int | None, seed: int
+) -> tuple[list[int], list[int]]:
     """A fixed, seeded subset of `size` examples and the rows of their features.
 
     Returns (example rows, feature rows), both ascending. The choice depends only on (the example ids, size, seed):
@@ -147,7 +157,7 @@ class Columns(dict):
         """Rows (len() of a dict counts its columns)."""
         return len(next(iter(self.values()))) if dict.__len__(self) else 0
 
-    def select(self, rows: Sequence[int]) -> "Columns":
+    def select(self, rows: Sequence[int]) -> Columns:
         """A new Columns holding only `rows` (in that order), as datasets.Dataset.select does."""
         return Columns({name: [column[i] for i in rows] for name, column in self.items()})
 

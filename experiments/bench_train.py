@@ -38,6 +38,7 @@ On CUDA the report adds model FLOPs utilisation for the AdamW cases (Chowdhery e
 with N the non-embedding parameters, t the feature's real tokens, L layers and d the hidden size, counted for real
 tokens only (padding is not useful work), over the GPU's dense bf16 peak (`--peak-tflops`, or the table below).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -80,16 +82,22 @@ SQUAD_CONTEXT_MEDIAN, SQUAD_CONTEXT_SIGMA = 137.0, 0.42
 # command line
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.bench_train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     p.add_argument("--updates", type=int, default=8, help="measured updates per side and case")
     p.add_argument("--warmup", type=int, default=2, help="updates per side dropped before measuring")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--model", default="embedded",
-                   help="model.name_or_path, or bert-base-random (a bert-base-size BERT with random weights)")
+    p.add_argument(
+        "--model",
+        default="embedded",
+        help="model.name_or_path, or bert-base-random (a bert-base-size BERT with random weights)",
+    )
     p.add_argument("--micro-batch", type=int, default=None, help="train.micro_batch_size (default: the config's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU")
@@ -109,8 +117,8 @@ def squad_like_records(n: int, tokenizer, seed: int = 0) -> list[dict]:
     other generated paragraphs until its context reaches a length drawn from LogNormal(ln 137, 0.42) word pieces
     (clipped to [24, 700]); the lengths are made-up text of real lengths, not real text.
     """
-    from .data.generated import generate_records, generator_settings
     from .config import GeneratedDataConfig
+    from .data.generated import generate_records, generator_settings
 
     settings = generator_settings(GeneratedDataConfig(n_train=n, n_dev=1, long_context_frac=0.0, seed=4321))
     records = generate_records(settings).train
@@ -145,16 +153,26 @@ def write_squad_like(folder: Path, n: int, tokenizer) -> tuple[Path, Path]:
 
 def case_config(name: str, args: argparse.Namespace, workdir: Path, tokenizer):
     files, extra, _ = CASES[name]
-    overrides = [f"results_dir={workdir}", "tracking.mode=disabled", f"train.device={args.device}",
-                 f"train.precision={args.precision}", f"train.max_updates={args.warmup + args.updates}"]
+    overrides = [
+        f"results_dir={workdir}",
+        "tracking.mode=disabled",
+        f"train.device={args.device}",
+        f"train.precision={args.precision}",
+        f"train.max_updates={args.warmup + args.updates}",
+    ]
     if args.micro_batch:
         overrides.append(f"train.micro_batch_size={args.micro_batch}")
     if args.model != "bert-base-random":
         overrides.append(f"model.name_or_path={args.model}")
     if "squad_like" in extra:
         train, dev = write_squad_like(workdir, args.squad_examples, tokenizer)
-        overrides += ["data.source=files", f"data.train_file={train}", f"data.validation_file={dev}",
-                      "data.max_seq_length=384", "data.doc_stride=128"]
+        overrides += [
+            "data.source=files",
+            f"data.train_file={train}",
+            f"data.validation_file={dev}",
+            "data.max_seq_length=384",
+            "data.doc_stride=128",
+        ]
     return load_config([REPO_ROOT / f for f in files], overrides)
 
 
@@ -236,18 +254,38 @@ def run_against_hf_trainer(trainer, model, workdir: Path, n_updates: int) -> tup
             self.mark = time.perf_counter()
 
     hf_args = TrainingArguments(
-        output_dir=str(workdir / "hf"), per_device_train_batch_size=t.micro_batch_size,
-        gradient_accumulation_steps=t.accumulation_steps, learning_rate=o.lr, weight_decay=o.weight_decay,
-        adam_beta1=o.betas[0], adam_beta2=o.betas[1], adam_epsilon=o.eps, max_grad_norm=o.max_grad_norm or 0.0,
-        lr_scheduler_type="linear", warmup_steps=o.warmup_ratio, max_steps=n_updates, seed=cfg.seed,
-        bf16=t.precision == "bf16", use_cpu=trainer.device.type == "cpu", report_to="none", disable_tqdm=True,
+        output_dir=str(workdir / "hf"),
+        per_device_train_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.accumulation_steps,
+        learning_rate=o.lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.betas[0],
+        adam_beta2=o.betas[1],
+        adam_epsilon=o.eps,
+        max_grad_norm=o.max_grad_norm or 0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=o.warmup_ratio,
+        max_steps=n_updates,
+        seed=cfg.seed,
+        bf16=t.precision == "bf16",
+        use_cpu=trainer.device.type == "cpu",
+        report_to="none",
+        disable_tqdm=True,
         save_strategy="no",
     )
-    hf = HFTrainer(model=model, args=hf_args, train_dataset=trainer.train.dataset,
-                   data_collator=default_data_collator, callbacks=[Alternate()])
+    hf = HFTrainer(
+        model=model,
+        args=hf_args,
+        train_dataset=trainer.train.dataset,
+        data_collator=default_data_collator,
+        callbacks=[Alternate()],
+    )
     hf.train()
-    facts = {"optimizer": type(hf.optimizer.optimizer if hasattr(hf.optimizer, "optimizer") else hf.optimizer).__name__,
-             "optim": str(hf_args.optim), "fused": bool(hf.optimizer.param_groups[0].get("fused"))}
+    facts = {
+        "optimizer": type(hf.optimizer.optimizer if hasattr(hf.optimizer, "optimizer") else hf.optimizer).__name__,
+        "optim": str(hf_args.optim),
+        "fused": bool(hf.optimizer.param_groups[0].get("fused")),
+    }
     return hf_times, product_times, facts
 
 
@@ -262,11 +300,23 @@ def run_against_sam_loop(trainer, model, n_updates: int) -> tuple[list[float], l
     cfg, t, o = trainer.cfg, trainer.cfg.train, trainer.cfg.optim
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
-    optimizer = ReferenceSAM([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                             torch.optim.AdamW, rho=o.rho, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    optimizer = ReferenceSAM(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        torch.optim.AdamW,
+        rho=o.rho,
+        lr=o.lr,
+        betas=tuple(o.betas),
+        eps=o.eps,
+    )
     scheduler = linear_schedule(optimizer.base_optimizer, n_updates, o.warmup_ratio)
-    loader = DataLoader(trainer.train.dataset, batch_size=t.micro_batch_size, shuffle=True, drop_last=True,
-                        collate_fn=default_data_collator, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(
+        trainer.train.dataset,
+        batch_size=t.micro_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=default_data_collator,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     micro = iter(loader)
     product = product_updates(trainer)
     dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
@@ -280,8 +330,9 @@ def run_against_sam_loop(trainer, model, n_updates: int) -> tuple[list[float], l
     def reference_update() -> float:
         sync(device)
         start = time.perf_counter()
-        window = [{k: v.to(device, non_blocking=True) for k, v in next(micro).items()}
-                  for _ in range(t.accumulation_steps)]
+        window = [
+            {k: v.to(device, non_blocking=True) for k, v in next(micro).items()} for _ in range(t.accumulation_steps)
+        ]
         for batch in window:
             loss_of(batch).backward()
         optimizer.first_step(zero_grad=True)
@@ -314,7 +365,7 @@ def model_flops_per_update(model: torch.nn.Module, lengths: list[int]) -> float:
     return float(sum(6 * n_params * t + 12 * layers * width * t * t for t in lengths))
 
 
-def gpu_peak_flops(args: argparse.Namespace, device: torch.device) -> Optional[float]:
+def gpu_peak_flops(args: argparse.Namespace, device: torch.device) -> float | None:
     if args.peak_tflops:
         return args.peak_tflops * 1e12
     if device.type != "cuda":
@@ -340,28 +391,42 @@ def run_case(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     n = args.warmup + args.updates
     features_per_update = cfg.train.micro_batch_size * cfg.train.accumulation_steps
     if n * features_per_update > len(trainer.train):
-        raise SystemExit(f"{name}: {n} updates need {n * features_per_update} features, the set has "
-                         f"{len(trainer.train)}; lower --updates or raise --squad-examples")
+        raise SystemExit(
+            f"{name}: {n} updates need {n * features_per_update} features, the set has "
+            f"{len(trainer.train)}; lower --updates or raise --squad-examples"
+        )
     peer = CASES[name][2]
-    print(f"[{name}] {len(trainer.train)} features at seq {cfg.data.max_seq_length}, micro-batch "
-          f"{cfg.train.micro_batch_size} x k {cfg.train.accumulation_steps}; {n} updates per side "
-          f"({args.warmup} warm-up) against {peer}", file=sys.stderr, flush=True)
+    print(
+        f"[{name}] {len(trainer.train)} features at seq {cfg.data.max_seq_length}, micro-batch "
+        f"{cfg.train.micro_batch_size} x k {cfg.train.accumulation_steps}; {n} updates per side "
+        f"({args.warmup} warm-up) against {peer}",
+        file=sys.stderr,
+        flush=True,
+    )
     if peer == "hf_trainer":
         peer_times, product_times, facts = run_against_hf_trainer(trainer, peer_model, workdir, n)
     else:
         peer_times, product_times, facts = run_against_sam_loop(trainer, peer_model, n)
-    peer_s = statistics.median(peer_times[args.warmup:])
-    product_s = statistics.median(product_times[args.warmup:])
+    peer_s = statistics.median(peer_times[args.warmup :])
+    product_s = statistics.median(product_times[args.warmup :])
     lengths = trainer.train.lengths
     width = trainer.train.max_seq_length
     out = {
-        "config": {"files": CASES[name][0], "max_seq_length": width, "doc_stride": cfg.data.doc_stride,
-                   "micro_batch_size": cfg.train.micro_batch_size, "k": cfg.train.accumulation_steps,
-                   "precision": cfg.train.precision, "replay": cfg.optim.replay, "model": args.model},
+        "config": {
+            "files": CASES[name][0],
+            "max_seq_length": width,
+            "doc_stride": cfg.data.doc_stride,
+            "micro_batch_size": cfg.train.micro_batch_size,
+            "k": cfg.train.accumulation_steps,
+            "precision": cfg.train.precision,
+            "replay": cfg.optim.replay,
+            "model": args.model,
+        },
         "features": len(trainer.train),
         "padding_share_at_max_length": round(1 - float(lengths.sum()) / (len(lengths) * width), 4),
         "product_token_share": round(computed_token_share(trainer.train, bench_windows(trainer)[:n]), 4),
-        "peer": peer, "peer_facts": facts,
+        "peer": peer,
+        "peer_facts": facts,
         "product_fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused")),
         "features_per_update": features_per_update,
         "peer_seconds_per_update": [round(x, 4) for x in peer_times],
@@ -369,8 +434,9 @@ def run_case(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         "peer_examples_per_s": round(features_per_update / peer_s, 3),
         "product_examples_per_s": round(features_per_update / product_s, 3),
         "ratio_vs_peer": round(peer_s / product_s, 3),
-        "median_of_paired_ratios": round(statistics.median(
-            p / q for p, q in zip(peer_times[args.warmup:], product_times[args.warmup:])), 3),
+        "median_of_paired_ratios": round(
+            statistics.median(p / q for p, q in zip(peer_times[args.warmup :], product_times[args.warmup :])), 3
+        ),
     }
     if peer == "hf_trainer":
         out.update(hf_trainer_examples_per_s=out["peer_examples_per_s"], ratio_vs_hf_trainer=out["ratio_vs_peer"])
@@ -379,41 +445,58 @@ def run_case(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         # an update of features_per_update features drawn from the set's length distribution
         sample = lengths[torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))]
         flops = model_flops_per_update(trainer.model, sample[:features_per_update].tolist())
-        out["mfu"] = {"model_flops_per_update": flops, "peak_flops": peak,
-                      "product": round(flops / product_s / peak, 4), "peer": round(flops / peer_s / peak, 4)}
+        out["mfu"] = {
+            "model_flops_per_update": flops,
+            "peak_flops": peak,
+            "product": round(flops / product_s / peak, 4),
+            "peer": round(flops / peer_s / peak, 4),
+        }
     return out
 
 
 def print_table(result: dict) -> None:
     env = result["env"]["device"]
-    print(f"\ntraining throughput, {env.get('name') or env.get('type')} ({result['settings']['threads']} threads), "
-          f"{result['settings']['updates']} measured updates per side after {result['settings']['warmup']} warm-up")
-    print(f"{'case':<14} {'peer':<11} {'pad %':>6} {'tok %':>6} {'product ex/s':>13} {'peer ex/s':>10} "
-          f"{'ratio':>7} {'paired':>7} {'target':>7}")
+    print(
+        f"\ntraining throughput, {env.get('name') or env.get('type')} ({result['settings']['threads']} threads), "
+        f"{result['settings']['updates']} measured updates per side after {result['settings']['warmup']} warm-up"
+    )
+    print(
+        f"{'case':<14} {'peer':<11} {'pad %':>6} {'tok %':>6} {'product ex/s':>13} {'peer ex/s':>10} "
+        f"{'ratio':>7} {'paired':>7} {'target':>7}"
+    )
     for name, c in result["cases"].items():
         target = TARGETS.get(name)
         verdict = "" if target is None else ("PASS" if c["ratio_vs_peer"] >= target else "MISS") + f" {target}"
-        print(f"{name:<14} {c['peer']:<11} {100 * c['padding_share_at_max_length']:>6.1f} "
-              f"{100 * c['product_token_share']:>6.1f} {c['product_examples_per_s']:>13.2f} {c['peer_examples_per_s']:>10.2f} {c['ratio_vs_peer']:>7.3f} "
-              f"{c['median_of_paired_ratios']:>7.3f} {verdict:>7}")
+        print(
+            f"{name:<14} {c['peer']:<11} {100 * c['padding_share_at_max_length']:>6.1f} "
+            f"{100 * c['product_token_share']:>6.1f} {c['product_examples_per_s']:>13.2f} {c['peer_examples_per_s']:>10.2f} {c['ratio_vs_peer']:>7.3f} "
+            f"{c['median_of_paired_ratios']:>7.3f} {verdict:>7}"
+        )
         if "mfu" in c:
-            print(f"  MFU = Σ(6·N·t + 12·L·d·t²) / s / peak: product {100 * c['mfu']['product']:.1f} %, "
-                  f"peer {100 * c['mfu']['peer']:.1f} % (peak {c['mfu']['peak_flops'] / 1e12:.0f} TFLOP/s)")
+            print(
+                f"  MFU = Σ(6·N·t + 12·L·d·t²) / s / peak: product {100 * c['mfu']['product']:.1f} %, "
+                f"peer {100 * c['mfu']['peer']:.1f} % (peak {c['mfu']['peak_flops'] / 1e12:.0f} TFLOP/s)"
+            )
     sam = [result["cases"][n] for n in ("sam_default", "default") if n in result["cases"]]
     if len(sam) == 2:
-        print(f"sam_full ÷ adamw time per update (product, default): "
-              f"{sam[1]['product_examples_per_s'] / sam[0]['product_examples_per_s']:.3f}")
+        print(
+            f"sam_full ÷ adamw time per update (product, default): "
+            f"{sam[1]['product_examples_per_s'] / sam[0]['product_examples_per_s']:.3f}"
+        )
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(key, "1")
     started = time.perf_counter()
-    result: dict[str, Any] = {"settings": {**vars(args), "threads": torch.get_num_threads()},
-                              "env": env_info(torch.device(args.device)), "cases": {}}
+    result: dict[str, Any] = {
+        "settings": {**vars(args), "threads": torch.get_num_threads()},
+        "env": env_info(torch.device(args.device)),
+        "cases": {},
+    }
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for name in args.cases:
             result["cases"][name] = run_case(name, args, Path(tmp) / name)

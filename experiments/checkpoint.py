@@ -14,6 +14,7 @@ Data-parallel: every rank calls both functions at the same update. The weights, 
 the same on every rank (DDP keeps them so), so rank 0 writes its own; the torch RNG states (each rank draws its own
 dropout masks) are gathered to rank 0 and stored per rank (`rank_rng` in state.pt), and each rank reads back its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,6 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Optional
 
 from .tracking import atomic_write_json
 
@@ -31,7 +31,7 @@ def _resume_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
     return base / "resume", base / "resume.tmp", base / "resume.old"
 
 
-def _usable_resume(run_dir) -> Optional[tuple[Path, dict]]:
+def _usable_resume(run_dir) -> tuple[Path, dict] | None:
     """(folder, its trainer.json) of the newest resume checkpoint whose trainer.json reads and names its update:
     checkpoint/resume, else checkpoint/resume.old (left by a save that was cut short); None if neither."""
     target, _, old = _resume_dirs(Path(run_dir))
@@ -45,7 +45,7 @@ def _usable_resume(run_dir) -> Optional[tuple[Path, dict]]:
     return None
 
 
-def resume_point(run_dir) -> Optional[int]:
+def resume_point(run_dir) -> int | None:
     """The update a rerun of `run_dir` resumes from (the newest usable resume checkpoint), or None if there is none."""
     found = _usable_resume(run_dir)
     return int(found[1]["progress"]["update"]) if found is not None else None
@@ -66,7 +66,7 @@ def _rng_state(trainer) -> tuple:
     return torch.get_rng_state(), cuda
 
 
-def save_resume_state(trainer) -> Optional[Path]:
+def save_resume_state(trainer) -> Path | None:
     """Write the resume checkpoint; returns its folder (None on data-parallel ranks other than 0, which only hand
     their RNG states to rank 0)."""
     import numpy as np
@@ -95,12 +95,15 @@ def save_resume_state(trainer) -> Optional[Path]:
     torch.save(state, tmp / "state.pt")
     np_state = np.random.get_state()
     py_state = random.getstate()
-    atomic_write_json(tmp / "trainer.json", {
-        "progress": dataclasses.asdict(trainer.progress),
-        "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "config_hash": trainer.tracker.summary.get("config_hash") if trainer.tracker else None,
-    })
+    atomic_write_json(
+        tmp / "trainer.json",
+        {
+            "progress": dataclasses.asdict(trainer.progress),
+            "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+            "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "config_hash": trainer.tracker.summary.get("config_hash") if trainer.tracker else None,
+        },
+    )
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
         target.rename(old)
@@ -126,8 +129,9 @@ def load_resume_state(trainer) -> bool:
     parallel = dist.world_size > 1
     if parallel and len(state.get("rank_rng") or ()) != dist.world_size:
         return False  # not written by a run of this many processes (checked before anything is loaded)
-    missing, unexpected = load_model(trainer.model, str(folder / "model.safetensors"), strict=True,
-                                     device=str(trainer.device))
+    missing, unexpected = load_model(
+        trainer.model, str(folder / "model.safetensors"), strict=True, device=str(trainer.device)
+    )
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     if trainer.scaler is not None and state["scaler"] is not None:

@@ -17,16 +17,18 @@ never by YAML 1.1's guesses. PyYAML would read `0123` as the octal number 83, `1
   `optim.lr=3e-4`, `optim.adaptive=true|false|yes|no|on|off|1|0`), lists of them as YAML flow lists
   (`optim.betas=[0.9,0.99]`), and `null` (or `~`) is None.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import dataclasses
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -58,17 +60,17 @@ class DataConfig:
     # generated: the project's own QA set; files: train_file/validation_file; hub: datasets.load_dataset(hub_path).
     # null: files when train_file/validation_file are set, else hub when hub_path is set, else generated; load_config
     # writes the resolved value back (see resolve_data_source).
-    source: Optional[str] = None
-    train_file: Optional[str] = None  # setting both file keys is enough to train on them (they win over source=hub)
-    validation_file: Optional[str] = None
-    hub_path: Optional[str] = None  # e.g. squad, rajpurkar/squad_v2, KorQuAD/squad_kor_v1, klue, or a local folder
-    hub_name: Optional[str] = None  # the hub config name (klue: mrc)
+    source: str | None = None
+    train_file: str | None = None  # setting both file keys is enough to train on them (they win over source=hub)
+    validation_file: str | None = None
+    hub_path: str | None = None  # e.g. squad, rajpurkar/squad_v2, KorQuAD/squad_kor_v1, klue, or a local folder
+    hub_name: str | None = None  # the hub config name (klue: mrc)
     hub_train_split: str = "train"
     hub_validation_split: str = "validation"
     id_field: str = "id"  # KLUE-MRC calls it guid
     version_2_with_negative: bool = False  # unanswerable questions exist: predict "" via the null score
-    max_train_examples: Optional[int] = None
-    max_eval_examples: Optional[int] = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
     strict: bool = True  # false: skip malformed records, count them in the log and summary
     max_seq_length: int = 128
     doc_stride: int = 32
@@ -84,8 +86,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = EMBEDDED_MODEL  # hub name, local folder, "embedded" or "tiny-random-bert"
-    dropout: Optional[float] = None  # override hidden/attention dropout; null keeps the model's
-    attn_implementation: Optional[str] = None  # e.g. eager, sdpa; null lets transformers choose
+    dropout: float | None = None  # override hidden/attention dropout; null keeps the model's
+    attn_implementation: str | None = None  # e.g. eager, sdpa; null lets transformers choose
 
 
 @dataclass
@@ -97,17 +99,17 @@ class OptimConfig:
     perturbation: str = "global"
     lr: float = 3e-4
     weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     rho: float = 0.05
     adaptive: bool = False  # ASAM (Kwon et al. 2021): T = |w| + eta for weights, 1 for biases
     eta: float = 0.01  # ASAM's eta (the paper's and SamsungLabs/ASAM's value); used only with adaptive=true
     warmup_ratio: float = 0.1  # linear warmup over this share of the updates, then linear decay to 0
-    max_grad_norm: Optional[float] = 1.0  # clips the gradient the base optimizer uses; null = no clipping
+    max_grad_norm: float | None = 1.0  # clips the gradient the base optimizer uses; null = no clipping
     reuse_dropout_rng: bool = True  # second pass sees the first pass's dropout masks
     # torch's fused AdamW kernel (one kernel for all parameters; 10x faster step on a 2-core CPU): null uses it where
     # the installed torch has it for the device, true requires it, false uses the default (foreach) implementation
-    fused: Optional[bool] = None
+    fused: bool | None = None
 
 
 @dataclass
@@ -115,10 +117,10 @@ class TrainConfig:
     micro_batch_size: int = 8
     accumulation_steps: int = 4
     epochs: int = 2
-    max_updates: Optional[int] = None  # cap on optimizer updates; null = run all epochs
+    max_updates: int | None = None  # cap on optimizer updates; null = run all epochs
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
     device: str = "auto"  # auto (CUDA if present) | cpu | cuda
-    num_threads: Optional[int] = None  # torch CPU threads; null keeps torch's default
+    num_threads: int | None = None  # torch CPU threads; null keeps torch's default
     eval_every: int = 0  # also evaluate every N updates (0: only at epoch ends and the end)
     log_every: int = 1  # train metrics every N updates
     checkpoint_every: int = 0  # resumable checkpoint every N updates (0: off)
@@ -141,7 +143,7 @@ class EvalConfig:
     null_score_diff_threshold: float = 0.0  # v2: predict "" when null score > best span score + this
     # periodic evaluations (train.eval_every) score a fixed, seeded subset of this many dev examples (null: all);
     # evaluations at epoch ends and the final one always score the whole dev set
-    subset_size: Optional[int] = None
+    subset_size: int | None = None
     subset_seed: int = 0  # the subset depends on this seed only, so every run of a sweep scores the same examples
 
 
@@ -149,10 +151,10 @@ class EvalConfig:
 class TrackingConfig:
     mode: str = "offline"  # offline (no account; lives in the run dir) | online | disabled
     project: str = "sam-accum"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # the sweep name when run by the sweep runner
-    job_type: Optional[str] = None  # defaults to the arm
-    tags: List[str] = field(default_factory=list)
+    entity: str | None = None
+    group: str | None = None  # the sweep name when run by the sweep runner
+    job_type: str | None = None  # defaults to the arm
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -167,18 +169,18 @@ class DistConfig:
     # processes of one data-parallel run (torchrun --nproc_per_node × nodes); null: as torchrun started the run (1
     # without torchrun), written back into the resolved config. train.micro_batch_size is per process: a window is
     # world_size × accumulation_steps micro-batches
-    world_size: Optional[int] = None
+    world_size: int | None = None
     timeout_s: float = 600.0  # a collective that waits longer fails the run (a rank that died or hangs)
 
 
 @dataclass
 class Config:
     # label for tables, run ids and W&B; null derives it from optim.replay (none→adamw, full→sam_full, ...)
-    arm: Optional[str] = None
+    arm: str | None = None
     seed: int = 0
     results_dir: str = "results"
-    run_name: Optional[str] = None  # run directory name under results_dir/runs/; null: <arm>-<config hash>
-    sweep: Optional[str] = None  # set by the sweep runner: runs go under results_dir/runs/<sweep>/
+    run_name: str | None = None  # run directory name under results_dir/runs/; null: <arm>-<config hash>
+    sweep: str | None = None  # set by the sweep runner: runs go under results_dir/runs/<sweep>/
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -277,20 +279,27 @@ def _check_values(cfg: DictConfig, where=lambda *keys: "") -> None:
             if not Path(path).is_file():
                 raise ConfigError(f"{key}={path!r}: no such file{where(key)}")
     elif cfg.data.source == "hub" and not cfg.data.hub_path:
-        raise ConfigError("data.hub_path is required when data.source=hub (e.g. data.hub_path=squad)"
-                          f"{where('data.source')}")
+        raise ConfigError(
+            f"data.hub_path is required when data.source=hub (e.g. data.hub_path=squad){where('data.source')}"
+        )
     second = "dev/rouge_w" if cfg.data.metric == "klue" else "dev/f1"
     if cfg.train.save_best_by in ("dev/f1", "dev/rouge_w") and cfg.train.save_best_by != second:
-        raise ConfigError(f"train.save_best_by={cfg.train.save_best_by} is not reported with "
-                          f"data.metric={cfg.data.metric} (it reports dev/em and {second}); set "
-                          f"train.save_best_by={second}{where('train.save_best_by', 'data.metric')}")
+        raise ConfigError(
+            f"train.save_best_by={cfg.train.save_best_by} is not reported with "
+            f"data.metric={cfg.data.metric} (it reports dev/em and {second}); set "
+            f"train.save_best_by={second}{where('train.save_best_by', 'data.metric')}"
+        )
     if cfg.optim.perturbation == "per_rank" and cfg.optim.replay != "full":
-        raise ConfigError(f"optim.perturbation=per_rank applies to optim.replay=full only (got "
-                          f"{cfg.optim.replay}): micro perturbs per micro-batch and rank anyway, last and none follow "
-                          f"their own rules; drop optim.perturbation{where('optim.perturbation', 'optim.replay')}")
+        raise ConfigError(
+            f"optim.perturbation=per_rank applies to optim.replay=full only (got "
+            f"{cfg.optim.replay}): micro perturbs per micro-batch and rank anyway, last and none follow "
+            f"their own rules; drop optim.perturbation{where('optim.perturbation', 'optim.replay')}"
+        )
     if cfg.optim.replay == "none" and cfg.diagnostics.grad_fidelity:
-        raise ConfigError("diagnostics.grad_fidelity=true needs a SAM arm (optim.replay full|last|micro)"
-                          f"{where('diagnostics.grad_fidelity', 'optim.replay')}")
+        raise ConfigError(
+            "diagnostics.grad_fidelity=true needs a SAM arm (optim.replay full|last|micro)"
+            f"{where('diagnostics.grad_fidelity', 'optim.replay')}"
+        )
     _check_wandb_fields(cfg, where)
 
 
@@ -306,8 +315,13 @@ def _check_wandb_fields(cfg: DictConfig, where) -> None:
     project, most = cfg.tracking.project, WANDB_LIMITS["project"]
     bad = sorted({c for c in project if c in WANDB_PROJECT_FORBIDDEN})
     if not project or len(project) > most or bad:
-        problem = ("is empty" if not project else f"has {len(project)} characters (W&B allows {most})"
-                   if len(project) > most else f"contains {' '.join(bad)}, which W&B does not allow")
+        problem = (
+            "is empty"
+            if not project
+            else f"has {len(project)} characters (W&B allows {most})"
+            if len(project) > most
+            else f"contains {' '.join(bad)}, which W&B does not allow"
+        )
         raise ConfigError(f"tracking.project={project!r} {problem}{where('tracking.project')}")
     for tag in cfg.tracking.tags:
         if not tag:
@@ -322,11 +336,14 @@ _HUB_KEYS = ("hub_path", "hub_name", "hub_train_split", "hub_validation_split")
 
 def _changed(node: DictConfig, defaults: Any, keys: Sequence[str], prefix: str) -> list[str]:
     """`prefix.key=value` for each of `keys` whose value differs from the schema default."""
-    return [f"{prefix}.{k}={node[k]!r}" if isinstance(node[k], str) else f"{prefix}.{k}={node[k]}"
-            for k in keys if node[k] != getattr(defaults, k)]
+    return [
+        f"{prefix}.{k}={node[k]!r}" if isinstance(node[k], str) else f"{prefix}.{k}={node[k]}"
+        for k in keys
+        if node[k] != getattr(defaults, k)
+    ]
 
 
-def resolve_data_source(cfg: DictConfig, notes: Optional[list] = None) -> None:
+def resolve_data_source(cfg: DictConfig, notes: list | None = None) -> None:
     """Decide which data a run reads, write it to data.source, and refuse or explain settings that would not apply.
 
     - data.train_file + data.validation_file set: local files, whatever else is set. Over data.source=hub (a data
@@ -349,14 +366,18 @@ def resolve_data_source(cfg: DictConfig, notes: Optional[list] = None) -> None:
             other = "validation_file" if given[0] == "train_file" else "train_file"
             raise ConfigError(f"data.{other} is required with data.{given[0]} (training on local files needs both)")
         if requested == "generated":
-            raise ConfigError("data.source=generated conflicts with data.train_file/data.validation_file: drop "
-                              "data.source (or set data.source=files) to train on the files, or drop the file keys")
+            raise ConfigError(
+                "data.source=generated conflicts with data.train_file/data.validation_file: drop "
+                "data.source (or set data.source=files) to train on the files, or drop the file keys"
+            )
         unused = _changed(d, defaults, _HUB_KEYS, "data")
         if requested == "hub" or unused:
             over = " over data.source=hub" if requested == "hub" else ""
-            notes.append(f"data: data.train_file/data.validation_file win{over} ({', '.join(unused) or 'no hub key'}"
-                         f" not read): the files are read as that set's local copy with data.id_field={d.id_field!r} "
-                         f"and scored with data.metric={d.metric}")
+            notes.append(
+                f"data: data.train_file/data.validation_file win{over} ({', '.join(unused) or 'no hub key'}"
+                f" not read): the files are read as that set's local copy with data.id_field={d.id_field!r} "
+                f"and scored with data.metric={d.metric}"
+            )
         d.source = "files"
     elif requested is None:
         d.source = "hub" if d.hub_path else "generated"
@@ -365,18 +386,24 @@ def resolve_data_source(cfg: DictConfig, notes: Optional[list] = None) -> None:
         if stray and d.hub_path is None:
             raise ConfigError(f"{stray[0]} has no effect without data.hub_path: set data.hub_path too, or drop it")
         if stray:
-            raise ConfigError(f"{stray[0]} has no effect with data.source=generated: set data.source=hub (or leave "
-                              "data.source unset) to load it, or drop it")
+            raise ConfigError(
+                f"{stray[0]} has no effect with data.source=generated: set data.source=hub (or leave "
+                "data.source unset) to load it, or drop it"
+            )
         if d.id_field != defaults.id_field:
             notes.append(f"data: data.id_field={d.id_field!r} not used: the generated set keeps its ids in 'id'")
     else:
         changed = _changed(d.generated, defaults.generated, list(d.generated.keys()), "data.generated")
         if changed:
-            notes.append(f"data: {', '.join(changed)} not used: the data come from "
-                         f"{'local files' if d.source == 'files' else 'the hub'}")
+            notes.append(
+                f"data: {', '.join(changed)} not used: the data come from "
+                f"{'local files' if d.source == 'files' else 'the hub'}"
+            )
     if not d.version_2_with_negative and cfg.eval.null_score_diff_threshold != EvalConfig().null_score_diff_threshold:
-        notes.append(f"data: eval.null_score_diff_threshold={cfg.eval.null_score_diff_threshold} not used: "
-                     "data.version_2_with_negative=false never predicts \"no answer\" from the null score")
+        notes.append(
+            f"data: eval.null_score_diff_threshold={cfg.eval.null_score_diff_threshold} not used: "
+            'data.version_2_with_negative=false never predicts "no answer" from the null score'
+        )
 
 
 def _fail_from_omegaconf(err: OmegaConfBaseException, source: str) -> ConfigError:
@@ -405,8 +432,7 @@ class _TextLoader(yaml.SafeLoader):
 
 
 _TextLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers
-            if tag in ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag in ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
@@ -443,7 +469,7 @@ def is_text_type(hint: Any) -> bool:
 
 
 def _is_list_type(hint: Any) -> bool:
-    return typing.get_origin(_strip_optional(hint)) in (list, List)
+    return typing.get_origin(_strip_optional(hint)) in (list, list)
 
 
 def _unquote(raw: str) -> str | None:
@@ -522,7 +548,7 @@ def _missing_file_hint(path: Path) -> str:
 
 
 def load_config(
-    files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = (), *, notes: Optional[list] = None
+    files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = (), *, notes: list | None = None
 ) -> DictConfig:
     """Schema defaults ← each YAML file in order ← `key=value` overrides; then resolve data.source and validate.
 
@@ -535,8 +561,10 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             if str(path).startswith("-"):
-                raise ConfigError(f"unknown option {str(path)!r}: the arguments are config files and key=value "
-                                  "overrides (--help explains them)")
+                raise ConfigError(
+                    f"unknown option {str(path)!r}: the arguments are config files and key=value "
+                    "overrides (--help explains them)"
+                )
             raise ConfigError(f"config file {str(path)!r}: no such file{_missing_file_hint(path)}")
         try:
             data = read_yaml_text(path.read_text(encoding="utf-8"))
@@ -567,8 +595,10 @@ def load_config(
 
     _derive_arm(cfg, where)
     if cfg.data.source is not None and cfg.data.source not in CHOICES["data.source"]:
-        raise ConfigError(f"data.source={cfg.data.source!r} is not allowed; choose one of: null, generated, files, hub"
-                          f"{where('data.source')}")
+        raise ConfigError(
+            f"data.source={cfg.data.source!r} is not allowed; choose one of: null, generated, files, hub"
+            f"{where('data.source')}"
+        )
     resolve_data_source(cfg, notes)
     _check_values(cfg, where)
     return cfg
@@ -585,8 +615,10 @@ def _derive_arm(cfg: DictConfig, where=lambda *keys: "") -> None:
     if cfg.arm is None:
         cfg.arm = expected
     elif cfg.arm in ARM_OF_REPLAY.values() and cfg.arm != expected:
-        raise ConfigError(f"arm={cfg.arm!r} does not match optim.replay={cfg.optim.replay!r} (that is arm "
-                          f"{expected!r}); drop the arm file or set arm=<your own label>{where('arm', 'optim.replay')}")
+        raise ConfigError(
+            f"arm={cfg.arm!r} does not match optim.replay={cfg.optim.replay!r} (that is arm "
+            f"{expected!r}); drop the arm file or set arm=<your own label>{where('arm', 'optim.replay')}"
+        )
 
 
 def split_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -604,8 +636,17 @@ def to_dict(cfg: DictConfig) -> dict:
 # Keys that do not change what a run computes: they are left out of the config hash so that the same experiment
 # keeps its id when it is written elsewhere, tracked differently, run with other thread counts or resumed (also
 # with another checkpoint interval: resuming gives bitwise the uninterrupted run, tests/test_reliability.py).
-_HASH_EXCLUDED = ("results_dir", "run_name", "sweep", "tracking", "train.num_workers", "train.num_threads",
-                  "train.checkpoint_every", "train.checkpoint_every_minutes", "dist.timeout_s")
+_HASH_EXCLUDED = (
+    "results_dir",
+    "run_name",
+    "sweep",
+    "tracking",
+    "train.num_workers",
+    "train.num_threads",
+    "train.checkpoint_every",
+    "train.checkpoint_every_minutes",
+    "dist.timeout_s",
+)
 # Keys that change nothing a single process computes: left out of the hash of a single-process run, so such a run
 # keeps the id it had before data-parallel training existed (and sweeps still skip its completed directory).
 _HASH_SINGLE_PROCESS_EXCLUDED = ("dist", "optim.perturbation")

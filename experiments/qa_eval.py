@@ -22,13 +22,15 @@ denominator (the official scripts skip it, or fail).
 
 `postprocess_predictions` is the usual n-best search over the features (doc-stride windows) of each example.
 """
+
 from __future__ import annotations
 
 import re
 import string
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from difflib import SequenceMatcher
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -129,8 +131,10 @@ def _mean_percent(values) -> float:
 
 def _aggregate(predictions, references, normalize, em_fn, f1_fn) -> dict[str, float]:
     scores = _per_example(predictions, references, normalize, em_fn, f1_fn)
-    return {"exact_match": _mean_percent(s[0] for s in scores.values()),
-            "f1": _mean_percent(s[1] for s in scores.values())}
+    return {
+        "exact_match": _mean_percent(s[0] for s in scores.values()),
+        "f1": _mean_percent(s[1] for s in scores.values()),
+    }
 
 
 def squad_scores(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
@@ -196,8 +200,12 @@ def _v2_f1(gold: str, prediction: str) -> float:
     return _overlap_f1(pred_tokens, gold_tokens)
 
 
-def _best_threshold(predictions: Mapping[str, str], scores: Mapping[str, float], null_odds: Mapping[str, float],
-                    has_answer: Mapping[str, bool]) -> tuple[float, float]:
+def _best_threshold(
+    predictions: Mapping[str, str],
+    scores: Mapping[str, float],
+    null_odds: Mapping[str, float],
+    has_answer: Mapping[str, bool],
+) -> tuple[float, float]:
     """The official `find_best_thresh`: start from "every question answered with no answer" (NoAns questions right,
     HasAns wrong), then admit questions in increasing null odds; an admitted HasAns question earns its score, an
     admitted NoAns question with a non-empty prediction loses its point. Returns (best score in %, its threshold)."""
@@ -213,7 +221,7 @@ def _best_threshold(predictions: Mapping[str, str], scores: Mapping[str, float],
 def squad_v2_scores(
     predictions: Mapping[str, str],
     references: Mapping[str, Sequence[str]],
-    null_odds: Optional[Mapping[str, float]] = None,
+    null_odds: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """The official SQuAD v2.0 evaluation (`evaluate-v2.0.py`), with its key names.
 
@@ -235,13 +243,21 @@ def squad_v2_scores(
         kept = [g for g in golds if normalize_answer(g)] or [""]
         exact[qid] = max(_v2_exact(g, prediction) for g in kept)
         f1[qid] = max(_v2_f1(g, prediction) for g in kept)
-    out: dict[str, float] = {"exact": _mean_percent(exact.values()), "f1": _mean_percent(f1.values()),
-                             "total": len(exact)}
+    out: dict[str, float] = {
+        "exact": _mean_percent(exact.values()),
+        "f1": _mean_percent(f1.values()),
+        "total": len(exact),
+    }
     for prefix, wanted in (("HasAns", True), ("NoAns", False)):
         ids = [qid for qid in exact if has_answer[qid] is wanted]
         if ids:
-            out.update({f"{prefix}_exact": _mean_percent(exact[q] for q in ids),
-                        f"{prefix}_f1": _mean_percent(f1[q] for q in ids), f"{prefix}_total": len(ids)})
+            out.update(
+                {
+                    f"{prefix}_exact": _mean_percent(exact[q] for q in ids),
+                    f"{prefix}_f1": _mean_percent(f1[q] for q in ids),
+                    f"{prefix}_total": len(ids),
+                }
+            )
     if null_odds is not None:
         missing = [qid for qid in exact if qid not in null_odds]
         if missing:
@@ -299,8 +315,10 @@ def klue_mrc_scores(predictions: Mapping[str, str], references: Mapping[str, Seq
     `klue_mrc_em`, `klue_mrc_rouge_w`). Each example takes its best score over the golds; an empty gold list (an
     unanswerable question) is scored against "" alone. Same inputs and missing-id rule as `squad_scores`."""
     scores = _per_example(predictions, references, normalize_answer_klue, klue_exact_match_score, rouge_w_score)
-    return {"exact_match": _mean_percent(s[0] for s in scores.values()),
-            "rouge_w": _mean_percent(s[1] for s in scores.values())}
+    return {
+        "exact_match": _mean_percent(s[0] for s in scores.values()),
+        "rouge_w": _mean_percent(s[1] for s in scores.values()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -310,8 +328,13 @@ def klue_mrc_scores(predictions: Mapping[str, str], references: Mapping[str, Seq
 _METRICS = {
     "squad": ("f1", normalize_answer, exact_match_score, f1_score, "SQuAD v1.1 evaluate-v1.1.py"),
     "char": ("f1", normalize_answer_char, char_exact_match_score, char_f1_score, "KorQuAD v1.0 evaluate-v1.0.py"),
-    "klue": ("rouge_w", normalize_answer_klue, klue_exact_match_score, rouge_w_score,
-             "KLUE-baseline klue_baseline/metrics (EM, ROUGE-W)"),
+    "klue": (
+        "rouge_w",
+        normalize_answer_klue,
+        klue_exact_match_score,
+        rouge_w_score,
+        "KLUE-baseline klue_baseline/metrics (EM, ROUGE-W)",
+    ),
 }
 
 
@@ -326,7 +349,7 @@ def score_predictions(
     *,
     metric: str = "squad",
     version_2_with_negative: bool = False,
-    null_odds: Optional[Mapping[str, float]] = None,
+    null_odds: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Score a run's predictions by the rules of `data.metric`; returns (logged metrics, details for summary.json).
 
@@ -355,9 +378,11 @@ def score_predictions(
         return logged, {"rules": "SQuAD v2.0 evaluate-v2.0.py", "unanswerable": unanswerable, **official}
     per_example = _per_example(predictions, references, normalize, em_fn, pair_fn)
     details: dict[str, Any] = {
-        "rules": rules, "unanswerable": unanswerable,
+        "rules": rules,
+        "unanswerable": unanswerable,
         "exact_match": _mean_percent(s[0] for s in per_example.values()),
-        second: _mean_percent(s[1] for s in per_example.values()), "total": len(per_example),
+        second: _mean_percent(s[1] for s in per_example.values()),
+        "total": len(per_example),
     }
     logged = {"dev/em": details["exact_match"], f"dev/{second}": details[second]}
     if version_2_with_negative:
@@ -365,9 +390,11 @@ def score_predictions(
             ids = [qid for qid in per_example if (len(references[qid]) > 0) is wanted]
             if ids:
                 details[f"{prefix}_exact_match"] = logged[f"dev/{key}_em"] = _mean_percent(
-                    per_example[q][0] for q in ids)
+                    per_example[q][0] for q in ids
+                )
                 details[f"{prefix}_{second}"] = logged[f"dev/{key}_{second}"] = _mean_percent(
-                    per_example[q][1] for q in ids)
+                    per_example[q][1] for q in ids
+                )
                 details[f"{prefix}_total"] = len(ids)
     return logged, details
 

@@ -14,6 +14,7 @@ micro-batches of 8 of its shortest features (96 tokens wide): padded to 128 or t
 by up to 0.92, this one by at most 1.2e-7 (relative). Question and special tokens stay in the softmax, as in HF's loss
 and run_qa: only padding changes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def span_loss(start_logits: Tensor, end_logits: Tensor, attention_mask: Tensor, start_positions: Tensor,
-              end_positions: Tensor) -> Tensor:
+def span_loss(
+    start_logits: Tensor, end_logits: Tensor, attention_mask: Tensor, start_positions: Tensor, end_positions: Tensor
+) -> Tensor:
     """Mean over the batch of ½ (CE_start + CE_end), each a cross-entropy over the real tokens only.
 
     Args:

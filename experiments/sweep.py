@@ -46,6 +46,7 @@ Without GPUs each run is N processes on the CPU (gloo), --jobs runs at a time. E
 2 for a config error, 130 after Ctrl-C (the running children get SIGINT, then SIGTERM after a grace period, and
 are recorded as interrupted).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,10 +59,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -140,8 +142,11 @@ def _is_config_file(value: Any) -> bool:
 
 def _good_name(name: Any) -> bool:
     """A sweep name is a folder name: letters, digits, dot, underscore, dash."""
-    return isinstance(name, str) and bool(name) and name not in (".", "..") and all(
-        c.isalnum() or c in "._-" for c in name
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and name not in (".", "..")
+        and all(c.isalnum() or c in "._-" for c in name)
     )
 
 
@@ -178,8 +183,9 @@ def _check_report(node: Any, where: str) -> dict:
     out = {}
     for metric, values in targets.items():
         if metric not in REPORT_TARGET_METRICS:
-            raise SweepError(f"{where}: report.targets.{metric} is not a dev metric; "
-                             f"choose from {', '.join(REPORT_TARGET_METRICS)}")
+            raise SweepError(
+                f"{where}: report.targets.{metric} is not a dev metric; choose from {', '.join(REPORT_TARGET_METRICS)}"
+            )
         # sweep files keep plain scalars as text (experiments.config.read_yaml_text): the numbers are parsed here
         try:
             numbers = [float(v) for v in values] if isinstance(values, list) and values else None
@@ -518,16 +524,14 @@ def pick_gpus(choice: str, per_run: int = 1) -> list[str]:
 def gpu_slots(gpus: list[str], per_run: int) -> list[str]:
     """Consecutive groups of `per_run` device ids, each a CUDA_VISIBLE_DEVICES value ("0,1"); a remainder is unused."""
     if len(gpus) < per_run:
-        raise SweepError(f"--gpus-per-run {per_run} needs at least {per_run} GPUs; got {len(gpus)} "
-                         f"({','.join(gpus)})")
-    return [",".join(gpus[i:i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)]
+        raise SweepError(f"--gpus-per-run {per_run} needs at least {per_run} GPUs; got {len(gpus)} ({','.join(gpus)})")
+    return [",".join(gpus[i : i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)]
 
 
 def torchrun_command(train_cmd: list[str], nproc: int) -> list[str]:
     """`python -m experiments.train` (or `python SCRIPT`) → the same under torchrun with `nproc` processes, started
     by the same interpreter (`python -m torch.distributed.run` is the `torchrun` console script)."""
-    return [train_cmd[0], "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            *train_cmd[1:]]
+    return [train_cmd[0], "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train_cmd[1:]]
 
 
 def _cpu_cores() -> int:
@@ -547,8 +551,15 @@ class _Child:
 
 
 class Runner:
-    def __init__(self, runs: list[Run], manifest: Manifest, train_cmd: list[str], jobs: int, gpus: list[str],
-                 procs_per_run: int = 1):
+    def __init__(
+        self,
+        runs: list[Run],
+        manifest: Manifest,
+        train_cmd: list[str],
+        jobs: int,
+        gpus: list[str],
+        procs_per_run: int = 1,
+    ):
         """gpus: one CUDA_VISIBLE_DEVICES value per slot ([]: --jobs slots that leave the devices alone);
         procs_per_run > 1: each run is a torchrun of that many processes."""
         self.runs, self.manifest = runs, manifest
@@ -643,13 +654,17 @@ class Runner:
             point = resume_point(run.run_dir)
             run.status = "interrupted"
             run.reason = f"interrupted by the sweep runner (exit code {code}); the next invocation " + (
-                f"resumes it from update {point}" if point is not None else "starts it over (no resume checkpoint)")
+                f"resumes it from update {point}" if point is not None else "starts it over (no resume checkpoint)"
+            )
         elif code == 0 and said == "completed":
             run.status, run.reason = "completed", None
         elif code == 0:
             run.status = "failed"
-            run.reason = (f"exited 0 but summary.json says status={said!r}" if summary else
-                          f"exited 0 but wrote no summary.json in {run.run_dir}")
+            run.reason = (
+                f"exited 0 but summary.json says status={said!r}"
+                if summary
+                else f"exited 0 but wrote no summary.json in {run.run_dir}"
+            )
         else:
             run.status = "diverged" if code == 3 or said == "diverged" else "failed"
             if said in ("failed", "diverged") and said_reason:
@@ -854,8 +869,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = Runner(runs, manifest, _train_command(args.train_cmd), args.jobs, gpus, args.gpus_per_run)
     todo = sum(run.action in ("run", "rerun") for run in runs)
     per_run = args.gpus_per_run
-    where = (f"{len(gpus)} GPU slots of {per_run}" if gpus and per_run > 1 else f"{len(gpus)} GPUs" if gpus
-             else f"{runner.jobs} at a time" + (f", {per_run} processes each" if per_run > 1 else ""))
+    where = (
+        f"{len(gpus)} GPU slots of {per_run}"
+        if gpus and per_run > 1
+        else f"{len(gpus)} GPUs"
+        if gpus
+        else f"{runner.jobs} at a time" + (f", {per_run} processes each" if per_run > 1 else "")
+    )
     print(
         f"sweep {spec.name}: {len(runs)} runs, {todo} to run ({where}), {len(runs) - todo} already done or left alone"
         f" → {manifest.path}",
@@ -868,8 +888,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.signals.append(signal.SIGINT)
     print()
     print(table(runs))
-    counts = {status: sum(run.status == status for run in runs) for status in ("completed", "failed", "diverged",
-                                                                                "skipped", "interrupted", "pending")}
+    counts = {
+        status: sum(run.status == status for run in runs)
+        for status in ("completed", "failed", "diverged", "skipped", "interrupted", "pending")
+    }
     shown = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     print(f"sweep {spec.name}: {shown} in {_duration(time.monotonic() - runner.t0)} → {manifest.path}", flush=True)
     if not finished:

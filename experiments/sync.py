@@ -6,14 +6,17 @@ Finds every `wandb/offline-run-*` folder under RESULTS_DIR/runs (default results
 0 uploaded (or nothing to upload), 1 the server is not reachable (the runs stay where they are), otherwise
 `wandb sync`'s own. The runs need `wandb login` (or WANDB_API_KEY) once; `wandb sync` asks for it when missing.
 """
+
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-USAGE = "usage: python -m experiments.sync [RESULTS_DIR]   (default: results; uploads RESULTS_DIR/runs/**/offline-run-*)"
+USAGE = (
+    "usage: python -m experiments.sync [RESULTS_DIR]   (default: results; uploads RESULTS_DIR/runs/**/offline-run-*)"
+)
 
 
 def offline_runs(results_dir: str | Path) -> list[Path]:
@@ -22,7 +25,7 @@ def offline_runs(results_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("offline-run-*") if p.is_dir()) if root.is_dir() else []
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -39,9 +42,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     url = wandb_url()
     if not reachable(url):
-        print(f"error: the W&B server {url} is not reachable within {PROBE_TIMEOUT_S:.0f} s, so nothing was uploaded; "
-              f"the {len(runs)} offline runs stay under {Path(results) / 'runs'}: run `make sync` again with network "
-              f"(or set WANDB_BASE_URL to your W&B server)", file=sys.stderr)
+        print(
+            f"error: the W&B server {url} is not reachable within {PROBE_TIMEOUT_S:.0f} s, so nothing was uploaded; "
+            f"the {len(runs)} offline runs stay under {Path(results) / 'runs'}: run `make sync` again with network "
+            f"(or set WANDB_BASE_URL to your W&B server)",
+            file=sys.stderr,
+        )
         return 1
     print(f"uploading {len(runs)} offline W&B runs to {url}", flush=True)
     return subprocess.call([sys.executable, "-m", "wandb", "sync", *map(str, runs)])

@@ -24,6 +24,7 @@ so a failure there means the installation or the disk is broken, and the run sho
 Floats that are NaN or infinite (a diverged loss) are written as the bare tokens NaN / Infinity, which Python's json
 module (and so `read_metrics`) reads back; strict JSON parsers in other languages may not.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,10 +40,11 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -288,15 +290,13 @@ def _now() -> str:
 # the tracker
 
 
-
-
 def fit_wandb(text: str, limit: int) -> str:
     """`text` if it has at most `limit` characters, else its first `limit` - 9 characters, "-" and the first 8 hex
     digits of the SHA-256 of the whole text: exactly `limit` characters, and two labels that differ only after the
     cut still differ."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit - 9]}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+    return f"{text[: limit - 9]}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
 
 
 def _wandb_run_id(run_dir: Path) -> str:
@@ -390,8 +390,11 @@ class RunTracker:
             self._summary["wandb"].update({k: fields[k] for k in ("group", "job_type", "name")})
             for key, value in labels.items():
                 if value is not None and fields[key] != value:
-                    print(f"note: W&B refuses a {key} over {WANDB_LIMITS[key]} characters; {value!r} goes to W&B "
-                          f"as {fields[key]!r}", file=sys.stderr)
+                    print(
+                        f"note: W&B refuses a {key} over {WANDB_LIMITS[key]} characters; {value!r} goes to W&B "
+                        f"as {fields[key]!r}",
+                        file=sys.stderr,
+                    )
         if resume:
             self._summary["resumed_at"] = env["started_at"]
         self._write_summary()
@@ -409,9 +412,12 @@ class RunTracker:
                 raise TrackingError(message) from err
             except BaseException as err:  # Ctrl-C or a stop signal while W&B starts: the run ends here, and says so
                 name = signal_of(err)[0]
-                self._summary.update(status="failed", reason=f"interrupted by {name} during start-up (starting W&B)",
-                                     finished_at=_now(), interrupted={"signal": name, "update": 0,
-                                                                      "resumable_from": None})
+                self._summary.update(
+                    status="failed",
+                    reason=f"interrupted by {name} during start-up (starting W&B)",
+                    finished_at=_now(),
+                    interrupted={"signal": name, "update": 0, "resumable_from": None},
+                )
                 self._write_summary()
                 self._metrics.close()
                 self._finished = True
@@ -440,12 +446,16 @@ class RunTracker:
     def _labels(self) -> dict:
         """group (tracking.group, else the sweep), job_type (tracking.job_type, else the arm) and display name (the
         run directory's name) as the config gives them, before fitting them to W&B's limits."""
+
         def sel(key: str) -> str | None:
             value = OmegaConf.select(self.cfg, key, default=None)
             return None if value is None or value == "" else str(value)
 
-        return {"group": sel("tracking.group") or sel("sweep"), "job_type": sel("tracking.job_type") or sel("arm"),
-                "name": self.run_dir.name}
+        return {
+            "group": sel("tracking.group") or sel("sweep"),
+            "job_type": sel("tracking.job_type") or sel("arm"),
+            "name": self.run_dir.name,
+        }
 
     def wandb_fields(self, labels: dict | None = None) -> dict:
         """The group, job_type, display name and tags W&B gets, each within W&B's limits (see fit_wandb); `labels`:
@@ -464,8 +474,10 @@ class RunTracker:
             from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 
             if not reachable(wandb_url()):
-                raise ConnectionError(f"the W&B server {wandb_url()} is not reachable within {PROBE_TIMEOUT_S:.0f} s; "
-                                      "use tracking.mode=offline (upload later with make sync) or set WANDB_BASE_URL")
+                raise ConnectionError(
+                    f"the W&B server {wandb_url()} is not reachable within {PROBE_TIMEOUT_S:.0f} s; "
+                    "use tracking.mode=offline (upload later with make sync) or set WANDB_BASE_URL"
+                )
 
         def sel(key: str) -> Any:
             return OmegaConf.select(cfg, key, default=None)
@@ -647,7 +659,7 @@ class RunTracker:
 
     # -- context manager -----------------------------------------------------------------------------------------------
 
-    def __enter__(self) -> "RunTracker":
+    def __enter__(self) -> RunTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -13,6 +13,7 @@ interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 Data-parallel over N processes: `torchrun --standalone --nproc_per_node=N -m experiments.train ...` (the same
 arguments); experiments/distributed.py says what each rank does.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,6 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from .batches import LABELS, MODEL_INPUTS, columns_of, epoch_windows, subset_rows, to_features
 from .qa_eval import metric_keys
@@ -64,6 +64,7 @@ def stop_signals_raise():
     as under nohup, stays ignored). The previous handlers come back on exit."""
     previous = {}
     if threading.current_thread() is threading.main_thread():
+
         def handler(signum, _frame):
             raise Interrupted(signum)
 
@@ -146,22 +147,25 @@ def build_optimizer(model, optim_cfg):
             decay.append(p)
         else:
             (no_decay_weights if name.rsplit(".", 1)[-1].endswith("weight") else biases).append(p)
-    groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay, "is_weight": True},
-              {"params": no_decay_weights, "weight_decay": 0.0, "is_weight": True},
-              {"params": biases, "weight_decay": 0.0, "is_weight": False}]
+    groups = [
+        {"params": decay, "weight_decay": optim_cfg.weight_decay, "is_weight": True},
+        {"params": no_decay_weights, "weight_decay": 0.0, "is_weight": True},
+        {"params": biases, "weight_decay": 0.0, "is_weight": False},
+    ]
     groups = [g for g in groups if g["params"]]
     device = next(model.parameters()).device
     fused = optim_cfg.fused
     if fused is None:
         fused = fused_adamw_available(device)
     elif fused and not fused_adamw_available(device):
-        raise ValueError(f"optim.fused=true but torch {torch.__version__} has no fused AdamW on {device.type}; "
-                         f"set optim.fused=null (use it where available) or false")
+        raise ValueError(
+            f"optim.fused=true but torch {torch.__version__} has no fused AdamW on {device.type}; "
+            f"set optim.fused=null (use it where available) or false"
+        )
     kwargs = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=bool(fused))
     if optim_cfg.replay == "none":
         return torch.optim.AdamW([{k: v for k, v in g.items() if k != "is_weight"} for g in groups], **kwargs)
-    return SAM(groups, torch.optim.AdamW, rho=optim_cfg.rho, adaptive=optim_cfg.adaptive, eta=optim_cfg.eta,
-               **kwargs)
+    return SAM(groups, torch.optim.AdamW, rho=optim_cfg.rho, adaptive=optim_cfg.adaptive, eta=optim_cfg.eta, **kwargs)
 
 
 def linear_schedule(optimizer, total_updates: int, warmup_ratio: float):
@@ -192,8 +196,8 @@ class Progress:
     examples: int = 0  # training examples (questions) reached: each counts once per epoch, see window_examples
     step_time_total: float = 0.0
     step_times: list = field(default_factory=list)  # per update (the median ignores warm-up outliers)
-    best: Optional[dict] = None
-    last_eval: Optional[dict] = None
+    best: dict | None = None
+    last_eval: dict | None = None
     last_train: dict = field(default_factory=dict)
     # wall seconds spent outside the training steps, kept across resumes (summary.json "time")
     eval_time: float = 0.0
@@ -226,8 +230,9 @@ class Trainer:
         if len(train_ex) == 0 or len(dev_ex) == 0:
             raise ValueError(f"no usable examples (train {len(train_ex)}, dev {len(dev_ex)}); check data.*")
         # records the tokenizer cannot handle are refused by name, or skipped and counted (data.strict=false)
-        train_ex, dev_ex, train_ds, dev_ds = prepare_features(cfg.data, self.tokenizer, train_ex, dev_ex,
-                                                              self.data_stats)
+        train_ex, dev_ex, train_ds, dev_ds = prepare_features(
+            cfg.data, self.tokenizer, train_ex, dev_ex, self.data_stats
+        )
         batching = dict(pad_to_max_length=cfg.data.pad_to_max_length, pin_memory=self.device.type == "cuda")
         # what post-processing and scoring read, converted from Arrow once: (examples, features) columns
         self.dev_examples = columns_of(dev_ex, EXAMPLE_COLUMNS)
@@ -236,8 +241,9 @@ class Trainer:
         self.dev_subset = self._dev_subset()  # (example columns, Features) or None
         self.data_stats.update(train_features=len(self.train), dev_features=len(self.dev))
         if self.dev_subset is not None:
-            self.data_stats.update(dev_subset_examples=self.dev_subset[0].num_rows,
-                                   dev_subset_features=len(self.dev_subset[1]))
+            self.data_stats.update(
+                dev_subset_examples=self.dev_subset[0].num_rows, dev_subset_features=len(self.dev_subset[1])
+            )
 
         t = cfg.train
         # one global micro-batch = world_size × micro_batch_size features, each rank a slice (see window_batches)
@@ -278,8 +284,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             # no buffer broadcast before every forward: the models here hold only constant buffers (position ids)
-            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
-                                               else None, forward_sync_buffers=False)
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False
+            )
             self.train_forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = linear_schedule(self.optimizer, self.total_updates, cfg.optim.warmup_ratio)
@@ -290,14 +297,18 @@ class Trainer:
         if size is None:
             return None
         if not every:
-            log.warning("eval.subset_size=%s has no effect with train.eval_every=0: epoch-end and final "
-                        "evaluations always score the whole dev set", size)
+            log.warning(
+                "eval.subset_size=%s has no effect with train.eval_every=0: epoch-end and final "
+                "evaluations always score the whole dev set",
+                size,
+            )
             return None
         if size >= self.dev_examples.num_rows:
             return None
         # from the columns already converted for evaluation, not from Arrow again
-        example_rows, feature_rows = subset_rows(self.dev_examples["id"], self.dev.eval_columns()["example_id"], size,
-                                                 self.cfg.eval.subset_seed)
+        example_rows, feature_rows = subset_rows(
+            self.dev_examples["id"], self.dev.eval_columns()["example_id"], size, self.cfg.eval.subset_seed
+        )
         examples = self.dev_examples.select(example_rows)
         return examples, self.dev.select(feature_rows)
 
@@ -305,17 +316,20 @@ class Trainer:
     def autocast(self):
         import torch
 
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
 
     def outputs(self, batch: dict, forward=None):
         """(model outputs, masked span loss) of one batch; see experiments.qa_loss for why not the model's loss.
         `forward`: the module to run (default self.forward, the model without DDP)."""
         with self.autocast():
-            out = (forward if forward is not None else self.forward)(**{k: batch[k] for k in MODEL_INPUTS
-                                                                        if k in batch})
-        loss = span_loss(out.start_logits, out.end_logits, batch["attention_mask"], batch["start_positions"],
-                         batch["end_positions"])
+            out = (forward if forward is not None else self.forward)(
+                **{k: batch[k] for k in MODEL_INPUTS if k in batch}
+            )
+        loss = span_loss(
+            out.start_logits, out.end_logits, batch["attention_mask"], batch["start_positions"], batch["end_positions"]
+        )
         return out, loss
 
     def loss_fn(self, batch: dict):
@@ -360,8 +374,11 @@ class Trainer:
             gathered = self.dist.gather(mine)
             if gathered is None:
                 return None
-            pieces = [(torch.from_numpy(ix), torch.from_numpy(s), torch.from_numpy(e))
-                      for part, _ in gathered for ix, s, e in part]
+            pieces = [
+                (torch.from_numpy(ix), torch.from_numpy(s), torch.from_numpy(e))
+                for part, _ in gathered
+                for ix, s, e in part
+            ]
             total_loss = torch.tensor(sum(loss_sum for _, loss_sum in gathered), dtype=torch.float64)
         # positions past a batch's width are padding: their offsets are None, so post-processing never reads them
         starts = np.full((len(features), features.max_seq_length), -np.inf, dtype=np.float32)
@@ -372,21 +389,35 @@ class Trainer:
             ends[rows, : end.shape[1]] = end.cpu().numpy()
         e, d = self.cfg.eval, self.cfg.data
         predictions, null_odds = postprocess_predictions(
-            examples, features.eval_columns(), starts, ends,
-            n_best_size=e.n_best_size, max_answer_length=e.max_answer_length,
+            examples,
+            features.eval_columns(),
+            starts,
+            ends,
+            n_best_size=e.n_best_size,
+            max_answer_length=e.max_answer_length,
             version_2_with_negative=d.version_2_with_negative,
-            null_score_diff_threshold=e.null_score_diff_threshold, return_null_odds=True,
+            null_score_diff_threshold=e.null_score_diff_threshold,
+            return_null_odds=True,
         )
         references = {ex_id: list(ans["text"]) for ex_id, ans in zip(examples["id"], examples["answers"])}
         # the official rules of data.metric (SQuAD v1.1 / v2.0, KorQuAD, KLUE-MRC); details go to summary.json
-        scores, details = score_predictions(predictions, references, metric=d.metric,
-                                            version_2_with_negative=d.version_2_with_negative,
-                                            null_odds=null_odds if d.version_2_with_negative else None)
+        scores, details = score_predictions(
+            predictions,
+            references,
+            metric=d.metric,
+            version_2_with_negative=d.version_2_with_negative,
+            null_odds=null_odds if d.version_2_with_negative else None,
+        )
         if not subset:
             self.tracker.write_json("predictions.json", predictions)
             self.tracker.update_summary(scores={"kind": kind, **details})
-        return {"dev/loss": float(total_loss) / len(features), **scores, "eval/kind": kind, "eval/subset": subset,
-                "eval/examples": examples.num_rows}
+        return {
+            "dev/loss": float(total_loss) / len(features),
+            **scores,
+            "eval/kind": kind,
+            "eval/subset": subset,
+            "eval/examples": examples.num_rows,
+        }
 
     def record_eval(self, metrics: dict) -> None:
         p = self.progress
@@ -399,7 +430,8 @@ class Trainer:
         # the best checkpoint is chosen among evaluations of the whole dev set: a subset's score is a noisier
         # estimate of the same dev score, and the maximum over noisy estimates favours the lucky ones
         better = not metrics["eval/subset"] and (
-            p.best is None or (metrics[key] < p.best["value"] if key == "dev/loss" else metrics[key] > p.best["value"]))
+            p.best is None or (metrics[key] < p.best["value"] if key == "dev/loss" else metrics[key] > p.best["value"])
+        )
         if better:
             p.best = {"metric": key, "value": metrics[key], **snapshot}
             if self.cfg.train.save_model and self.dist.is_main:
@@ -411,10 +443,12 @@ class Trainer:
         cfg = self.cfg
         em_key, second = metric_keys(cfg.data.metric)  # dev/f1, or dev/rouge_w for KLUE-MRC
         scored = f"{metrics['eval/examples']} dev examples" + (" (subset)" if metrics["eval/subset"] else "")
-        console(f"[{cfg.arm} k={cfg.train.accumulation_steps} seed={cfg.seed}] {metrics.get('eval/kind', 'eval')} "
-                f"evaluation at update {p.update} (epoch {self.epoch_float():.2f}, {scored}): "
-                f"{second} {metrics[second]:.2f}  dev/em {metrics[em_key]:.2f}  dev/loss {metrics['dev/loss']:.4f}"
-                + ("  (best so far)" if better else ""))
+        console(
+            f"[{cfg.arm} k={cfg.train.accumulation_steps} seed={cfg.seed}] {metrics.get('eval/kind', 'eval')} "
+            f"evaluation at update {p.update} (epoch {self.epoch_float():.2f}, {scored}): "
+            f"{second} {metrics[second]:.2f}  dev/em {metrics[em_key]:.2f}  dev/loss {metrics['dev/loss']:.4f}"
+            + ("  (best so far)" if better else "")
+        )
 
     def final_block(self) -> dict:
         p = self.progress
@@ -439,8 +473,12 @@ class Trainer:
     def time_summary(self, wall_s: float) -> dict:
         """Where the run's wall time went (seconds and shares of `wall_s`, the run's wall time)."""
         p = self.progress
-        parts = {"train_steps_s": p.step_time_total, "eval_s": p.eval_time, "diagnostics_s": p.diagnostic_time,
-                 "checkpoints_s": p.checkpoint_time}
+        parts = {
+            "train_steps_s": p.step_time_total,
+            "eval_s": p.eval_time,
+            "diagnostics_s": p.diagnostic_time,
+            "checkpoints_s": p.checkpoint_time,
+        }
         out = {k: round(v, 3) for k, v in parts.items()}
         out["other_s"] = round(max(0.0, wall_s - sum(parts.values())), 3)
         out["evaluations"] = p.evaluations
@@ -499,7 +537,7 @@ class Trainer:
             sizes.append(len(part))
         return batches, sizes
 
-    def step(self, batches: list, sizes: list, global_sizes: Optional[list] = None):
+    def step(self, batches: list, sizes: list, global_sizes: list | None = None):
         """One optimizer update on the window: `sam.train_step`, then the lr schedule. `global_sizes`: the global
         micro-batches' sizes when data-parallel (`sizes` are this rank's slices).
 
@@ -513,9 +551,17 @@ class Trainer:
         start = time.perf_counter()
         o = self.cfg.optim
         parallel = dict(ddp=self.ddp, perturbation=o.perturbation, global_sizes=global_sizes) if self.ddp else {}
-        result = train_step(self.loss_fn, batches, self.optimizer, replay=o.replay, sizes=sizes,
-                            max_grad_norm=o.max_grad_norm, scaler=self.scaler, reuse_dropout_rng=o.reuse_dropout_rng,
-                            **parallel)
+        result = train_step(
+            self.loss_fn,
+            batches,
+            self.optimizer,
+            replay=o.replay,
+            sizes=sizes,
+            max_grad_norm=o.max_grad_norm,
+            scaler=self.scaler,
+            reuse_dropout_rng=o.reuse_dropout_rng,
+            **parallel,
+        )
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -523,7 +569,7 @@ class Trainer:
         self.scheduler.step()
         return result, seconds, lr
 
-    def diagnose(self, batches, sizes) -> Optional[dict]:
+    def diagnose(self, batches, sizes) -> dict | None:
         """The gradient-fidelity diagnostic on this window, when it is due (before the update, at its weights)."""
         d = self.cfg.diagnostics
         if not d.grad_fidelity or self.progress.update % d.grad_fidelity_every or not self.dist.is_main:
@@ -534,12 +580,16 @@ class Trainer:
         with self.timed("diagnostic_time"):
             return last_vs_full_gradient(self.model, self.local_loss_fn, batches, sizes, self.optimizer.param_groups)
 
-    def log_update(self, result, seconds: float, lr: float, diag: Optional[dict]) -> None:
+    def log_update(self, result, seconds: float, lr: float, diag: dict | None) -> None:
         p, t = self.progress, self.cfg.train
         if not math.isfinite(result.loss) or (result.skipped and self.scaler is None):
             raise Diverged(f"non-finite loss/gradient at update {p.update} (train/loss={result.loss})")
-        metrics = {"train/loss": result.loss, "train/grad_norm": result.grad_norm, "train/lr": lr,
-                   "train/step_time": seconds}
+        metrics = {
+            "train/loss": result.loss,
+            "train/grad_norm": result.grad_norm,
+            "train/lr": lr,
+            "train/step_time": seconds,
+        }
         if result.perturbed_loss is not None:
             metrics["train/perturbed_loss"] = result.perturbed_loss
         if self.scaler is not None:
@@ -554,10 +604,15 @@ class Trainer:
         """The evaluation and resume checkpoint due after this update, if any."""
         p, t = self.progress, self.cfg.train
         done = p.update >= self.total_updates
-        kind = ("epoch" if end_of_epoch  # also the final evaluation when training ends here
-                else "final" if done
-                else "periodic" if t.eval_every and p.update % t.eval_every == 0
-                else None)
+        kind = (
+            "epoch"
+            if end_of_epoch  # also the final evaluation when training ends here
+            else "final"
+            if done
+            else "periodic"
+            if t.eval_every and p.update % t.eval_every == 0
+            else None
+        )
         if kind is not None:
             with self.timed("eval_time"):
                 metrics = self.evaluate(kind)
@@ -576,8 +631,12 @@ class Trainer:
         self.tracker = tracker
         cfg, t, p = self.cfg, self.cfg.train, self.progress
         self.model.train()
-        bar = ProgressBar(self.total_updates, p.update, f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}",
-                          enabled=self.dist.is_main)
+        bar = ProgressBar(
+            self.total_updates,
+            p.update,
+            f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}",
+            enabled=self.dist.is_main,
+        )
         # data-parallel: the single-process order of micro-batches of world_size × micro_batch_size features
         global_micro = t.micro_batch_size * self.dist.world_size
         while p.update < self.total_updates and p.epoch < t.epochs:
@@ -636,8 +695,11 @@ class ProgressBar:
             done = update - self.initial
             rate = (time.perf_counter() - self.t0) / max(1, done)
             eta = rate * (self.total - update)
-            print(f"[{self.label}] update {update}/{self.total} loss {loss:.4f} "
-                  f"{rate:.2f}s/upd ETA {eta:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"[{self.label}] update {update}/{self.total} loss {loss:.4f} {rate:.2f}s/upd ETA {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -676,8 +738,10 @@ def prepare_run_dir(cfg, run_dir: Path) -> str:
         except Exception:
             theirs = "unreadable"
     if theirs is not None and theirs != mine:
-        raise ValueError(f"run directory {run_dir} holds a different config (hash {theirs} != {mine}); "
-                         f"set run_name=... or results_dir=... to run this one elsewhere")
+        raise ValueError(
+            f"run directory {run_dir} holds a different config (hash {theirs} != {mine}); "
+            f"set run_name=... or results_dir=... to run this one elsewhere"
+        )
     if summary.get("status") in ("completed", "diverged"):
         return summary["status"]  # a diverged run is a result: rerunning the same config diverges again
     if (run_dir / "checkpoint" / "resume").exists() or (run_dir / "checkpoint" / "resume.old").exists():
@@ -707,19 +771,29 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
         outcome, advice = f"resumable from update {resumable}", "rerun the same command to resume"
     else:
         outcome = "not resumable (no resume checkpoint yet)"
-        every = ", ".join(f"{k}={v}" for k, v in (("train.checkpoint_every", t.checkpoint_every),
-                                                  ("train.checkpoint_every_minutes", t.checkpoint_every_minutes)))
-        advice = (f"a rerun starts over; {every}: set train.checkpoint_every=N (updates) to make it resumable "
-                  f"sooner")
+        every = ", ".join(
+            f"{k}={v}"
+            for k, v in (
+                ("train.checkpoint_every", t.checkpoint_every),
+                ("train.checkpoint_every_minutes", t.checkpoint_every_minutes),
+            )
+        )
+        advice = f"a rerun starts over; {every}: set train.checkpoint_every=N (updates) to make it resumable sooner"
     reason = f"interrupted by {name} {where}; {outcome}"
     tracker.write_text("error.log", traceback.format_exc())
-    tracker.finish("failed", reason=reason, updates=p.update, final=trainer.final_block(), best=p.best,
-                   interrupted={"signal": name, "update": p.update, "resumable_from": resumable})
+    tracker.finish(
+        "failed",
+        reason=reason,
+        updates=p.update,
+        final=trainer.final_block(),
+        best=p.best,
+        interrupted={"signal": name, "update": p.update, "resumable_from": resumable},
+    )
     print(f"interrupted ({name}) {where}: {outcome}; {advice} ({run_dir})", file=sys.stderr)
     return 128 + signum
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, load_config, split_args
     from .distributed import setup as setup_distributed
 
@@ -767,9 +841,12 @@ def _start(cfg, ctx) -> int:
             from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 
             if not reachable(wandb_url()):
-                decided = ("error", f"tracking.mode=online but the W&B server {wandb_url()} is not reachable within "
-                                    f"{PROBE_TIMEOUT_S:.0f} s; use tracking.mode=offline (upload later with make "
-                                    "sync) or set WANDB_BASE_URL")
+                decided = (
+                    "error",
+                    f"tracking.mode=online but the W&B server {wandb_url()} is not reachable within "
+                    f"{PROBE_TIMEOUT_S:.0f} s; use tracking.mode=offline (upload later with make "
+                    "sync) or set WANDB_BASE_URL",
+                )
     decided = ctx.broadcast(decided)
     if isinstance(decided, tuple):
         if ctx.is_main:
@@ -787,11 +864,14 @@ def _start(cfg, ctx) -> int:
         except KeyboardInterrupt as err:
             name, signum = signal_of(err)
             if touched:  # a second signal while an earlier ending (diverged, failed) was being recorded
-                print(f"interrupted ({name}) while the run was ending; summary.json has its status ({run_dir})",
-                      file=sys.stderr)
+                print(
+                    f"interrupted ({name}) while the run was ending; summary.json has its status ({run_dir})",
+                    file=sys.stderr,
+                )
             else:  # model and data loading: the run directory was not touched
-                print(f"interrupted ({name}) during start-up, before anything was written to {run_dir}",
-                      file=sys.stderr)
+                print(
+                    f"interrupted ({name}) during start-up, before anything was written to {run_dir}", file=sys.stderr
+                )
             return 128 + signum
 
 
@@ -834,8 +914,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt as err:
         name, signum = signal_of(err)
-        print(f"interrupted ({name}) during start-up (starting W&B); summary.json says so ({run_dir})",
-              file=sys.stderr)
+        print(f"interrupted ({name}) during start-up (starting W&B); summary.json says so ({run_dir})", file=sys.stderr)
         return 128 + signum
     touched.append(run_dir)
     try:
@@ -843,33 +922,52 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
             tracker.rewind(trainer.progress.update)
         from .model import count_parameters
 
-        tracker.update_summary(data=trainer.data_stats, parameters=count_parameters(trainer.model),
-                               total_updates=trainer.total_updates,
-                               optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))},
-                               **({"dist": ctx.describe()} if ctx.enabled else {}))
+        tracker.update_summary(
+            data=trainer.data_stats,
+            parameters=count_parameters(trainer.model),
+            total_updates=trainer.total_updates,
+            optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))},
+            **({"dist": ctx.describe()} if ctx.enabled else {}),
+        )
         if ctx.is_main:
             print(describe_data(trainer.data_stats), file=sys.stderr)
             where = f"resuming at update {trainer.progress.update}" if resume else "starting"
             ranks = f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
-            print(f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} "
-                  f"train features, device {trainer.device}{ranks})", file=sys.stderr)
+            print(
+                f"{where}: {run_dir} ({trainer.total_updates} updates, {trainer.data_stats['train_features']} "
+                f"train features, device {trainer.device}{ranks})",
+                file=sys.stderr,
+            )
         trainer.run(tracker)
         p = trainer.progress
         wall = tracker.elapsed()
         summary = tracker.finish(
-            "completed", final=trainer.final_block(), best=p.best, updates=p.update, examples=p.examples,
+            "completed",
+            final=trainer.final_block(),
+            best=p.best,
+            updates=p.update,
+            examples=p.examples,
             mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
             median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
-            wall_time_s=round(wall, 3), time=trainer.time_summary(wall),
+            wall_time_s=round(wall, 3),
+            time=trainer.time_summary(wall),
         )
         if ctx.is_main:
             remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is the model + optimizer
     except Diverged as err:
         p = trainer.progress
         wall = tracker.elapsed()
-        tracker.finish("diverged", reason=str(err), final=trainer.final_block(), best=p.best, updates=p.update,
-                       examples=p.examples, diverged_at=p.update, wall_time_s=round(wall, 3),
-                       time=trainer.time_summary(wall))
+        tracker.finish(
+            "diverged",
+            reason=str(err),
+            final=trainer.final_block(),
+            best=p.best,
+            updates=p.update,
+            examples=p.examples,
+            diverged_at=p.update,
+            wall_time_s=round(wall, 3),
+            time=trainer.time_summary(wall),
+        )
         if ctx.is_main:
             remove_resume_state(run_dir)  # a diverged run is final: never resumed
         print(f"diverged: {err} ({run_dir})", file=sys.stderr)
@@ -887,9 +985,12 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
     f = summary.get("final", {})
     em_key, second = metric_keys(cfg.data.metric)
     split = "".join(f"  {k} {f[k]:.2f}" for k in (f"dev/has_ans_{second[4:]}", f"dev/no_ans_{second[4:]}") if k in f)
-    print(f"completed: {run_dir}\n  {second} {f.get(second, float('nan')):.2f}  dev/em {f.get(em_key, float('nan')):.2f}"
-          f"{split}  dev/loss {f.get('dev/loss', float('nan')):.4f}  train/loss {f.get('train/loss', float('nan')):.4f}"
-          f"  updates {p.update}  wall {summary.get('wall_time_s', 0):.0f}s", file=sys.stderr)
+    print(
+        f"completed: {run_dir}\n  {second} {f.get(second, float('nan')):.2f}  dev/em {f.get(em_key, float('nan')):.2f}"
+        f"{split}  dev/loss {f.get('dev/loss', float('nan')):.4f}  train/loss {f.get('train/loss', float('nan')):.4f}"
+        f"  updates {p.update}  wall {summary.get('wall_time_s', 0):.0f}s",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

@@ -28,9 +28,10 @@ Design choices that differ from most public implementations, each covered by a t
   scheduler attached to SAM drives the base optimizer;
 - the norm and the perturbation use `torch._foreach_*` kernels, not a Python loop over parameters.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -48,7 +49,7 @@ def is_weight(p: Tensor, group: Mapping) -> bool:
     return p.ndim >= 2 if flag is None else bool(flag)
 
 
-def asam_scales(group: Mapping, params: Sequence[Tensor]) -> list[Optional[Tensor]]:
+def asam_scales(group: Mapping, params: Sequence[Tensor]) -> list[Tensor | None]:
     """T for each of `params` (the group's parameters that take part): |w| + eta (a new tensor) for a weight of an
     adaptive group, None (meaning T = 1) for a bias or when the group is not adaptive (plain SAM)."""
     if not group.get("adaptive", False):
@@ -87,8 +88,16 @@ class SAM(torch.optim.Optimizer):
     around your own second forward/backward; with gradient accumulation use `sam.train_step`.
     """
 
-    def __init__(self, params: Iterable, base_optimizer: type, *, rho: float = 0.05, adaptive: bool = False,
-                 eta: float = ETA, **base_kwargs):
+    def __init__(
+        self,
+        params: Iterable,
+        base_optimizer: type,
+        *,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        eta: float = ETA,
+        **base_kwargs,
+    ):
         if rho < 0.0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         if eta < 0.0:
@@ -104,7 +113,7 @@ class SAM(torch.optim.Optimizer):
     # ----------------------------------------------------------------------------------------------------------
     # the two halves of an update
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False, *, grad_scale: Optional[float | Tensor] = None) -> Tensor:
+    def first_step(self, zero_grad: bool = False, *, grad_scale: float | Tensor | None = None) -> Tensor:
         """Save w and move to w + e. Returns ‖g‖ (unscaled, a 0-d tensor; the ASAM norm ‖Tg‖ when adaptive).
 
         If ‖g‖ is not finite the weights are not moved (`is_perturbed` stays False) and the norm is returned so the
@@ -185,7 +194,7 @@ class SAM(torch.optim.Optimizer):
         self._opt_called = True
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Tensor:
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:
         """Full SAM update. `closure` does forward + backward and returns the loss (torch convention)."""
         if closure is None:
             raise RuntimeError("SAM.step needs a closure that does forward + backward; or use first/second_step")
@@ -226,8 +235,9 @@ class SAM(torch.optim.Optimizer):
         if not hasattr(self, "base_optimizer"):  # called by Optimizer.__init__ before the base exists
             super().add_param_group(param_group)
             return
-        self.base_optimizer.add_param_group({**{k: v for k, v in self.defaults.items() if k not in param_group},
-                                             **param_group})
+        self.base_optimizer.add_param_group(
+            {**{k: v for k, v in self.defaults.items() if k not in param_group}, **param_group}
+        )
 
     def __repr__(self) -> str:
         adaptive = f", adaptive=True, eta={self.defaults['eta']}" if self.defaults["adaptive"] else ""
@@ -235,8 +245,10 @@ class SAM(torch.optim.Optimizer):
 
 
 @torch.no_grad()
-def perturbation(param_groups: Sequence[Mapping], grads: Optional[Mapping[Tensor, Tensor]] = None,
-                 ) -> tuple[dict[Tensor, Tensor], Tensor]:
+def perturbation(
+    param_groups: Sequence[Mapping],
+    grads: Mapping[Tensor, Tensor] | None = None,
+) -> tuple[dict[Tensor, Tensor], Tensor]:
     """The perturbation e that `SAM.first_step` would apply, without moving anything: ({param: e}, ‖T g‖).
 
     param_groups: SAM's `param_groups` (or dicts with `params`, `rho` and, for ASAM, `adaptive`, `eta`, `is_weight`).

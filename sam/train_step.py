@@ -32,11 +32,13 @@ when only the backward sits inside). Per window:
 plus one all-reduce of three numbers for the reported losses and norm. A rank whose slice of a micro-batch is empty
 passes any batch with size 0 (weight 0), so that every rank runs the same passes.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,10 +52,10 @@ PERTURBATIONS = ("global", "per_rank")  # data-parallel `full`: one e for all ra
 @dataclass
 class StepResult:
     loss: float  # first pass at w, weighted mean over the window (what the model "is" before the update)
-    perturbed_loss: Optional[float]  # second pass at w + e, averaged like the gradient it produced; None for none
+    perturbed_loss: float | None  # second pass at w + e, averaged like the gradient it produced; None for none
     grad_norm: float  # ‖g‖ of the gradient the base optimizer used, unscaled, before clipping
     skipped: bool  # the update was skipped (inf/NaN gradient; with a GradScaler the scale backed off)
-    first_grad_norm: Optional[float] = None  # ‖∇L(w)‖ that normalised e (micro: of the last micro-batch)
+    first_grad_norm: float | None = None  # ‖∇L(w)‖ that normalised e (micro: of the last micro-batch)
 
 
 class _DropoutRng:
@@ -67,7 +69,7 @@ class _DropoutRng:
         self.enabled = enabled
         self.cuda = enabled and device.type == "cuda"
         self.device = device
-        self.states: dict[int, tuple[Tensor, Optional[Tensor]]] = {}
+        self.states: dict[int, tuple[Tensor, Tensor | None]] = {}
 
     def save(self, i: int) -> None:
         if self.enabled:
@@ -88,13 +90,13 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     *,
     replay: str,
-    sizes: Optional[Sequence[int]] = None,
-    max_grad_norm: Optional[float] = None,
-    scaler: Optional[torch.amp.GradScaler] = None,
+    sizes: Sequence[int] | None = None,
+    max_grad_norm: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
     reuse_dropout_rng: bool = True,
-    ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None,
+    ddp: torch.nn.parallel.DistributedDataParallel | None = None,
     perturbation: str = "global",
-    global_sizes: Optional[Sequence[int]] = None,
+    global_sizes: Sequence[int] | None = None,
 ) -> StepResult:
     """Run one accumulation window and its update; see the module docstring for the gradient of each mode.
 
@@ -140,8 +142,10 @@ def train_step(
     if perturbation not in PERTURBATIONS:
         raise ValueError(f"perturbation={perturbation!r}; choose one of {PERTURBATIONS}")
     if perturbation == "per_rank" and replay != "full":
-        raise ValueError(f"perturbation='per_rank' applies to replay='full' only (got replay={replay!r}): micro "
-                         f"perturbs per micro-batch and rank anyway, last synchronises like the copied loop")
+        raise ValueError(
+            f"perturbation='per_rank' applies to replay='full' only (got replay={replay!r}): micro "
+            f"perturbs per micro-batch and rank anyway, last synchronises like the copied loop"
+        )
     k = len(micro_batches)
     if k == 0:
         raise ValueError("an accumulation window needs at least one micro-batch")
@@ -149,16 +153,20 @@ def train_step(
         raise TypeError(f"replay={replay!r} needs a sam.SAM optimizer, got {type(optimizer).__name__}")
     lowest = 0 if ddp is not None else 1  # a rank may hold an empty slice (weight 0); one process may not
     if sizes is not None and (len(sizes) != k or any(n < lowest for n in sizes)):
-        raise ValueError(f"sizes must hold {k} {'non-negative' if ddp is not None else 'positive'} counts, "
-                         f"got {list(sizes)}")
+        raise ValueError(
+            f"sizes must hold {k} {'non-negative' if ddp is not None else 'positive'} counts, got {list(sizes)}"
+        )
     if ddp is None and global_sizes is not None:
         raise ValueError("global_sizes is only for data-parallel windows (ddp=...)")
     if ddp is not None and (sizes is None) != (global_sizes is None):
         raise ValueError("with ddp, give sizes and global_sizes together (or neither: equal micro-batches)")
-    if global_sizes is not None and (len(global_sizes) != k or any(g <= 0 or n > g
-                                                                   for n, g in zip(sizes, global_sizes))):
-        raise ValueError(f"global_sizes must hold {k} counts, each > 0 and >= this rank's size; got "
-                         f"{list(global_sizes)} for sizes {list(sizes)}")
+    if global_sizes is not None and (
+        len(global_sizes) != k or any(g <= 0 or n > g for n, g in zip(sizes, global_sizes))
+    ):
+        raise ValueError(
+            f"global_sizes must hold {k} counts, each > 0 and >= this rank's size; got "
+            f"{list(global_sizes)} for sizes {list(sizes)}"
+        )
 
     world = torch.distributed.get_world_size(ddp.process_group) if ddp is not None else 1
     per_rank = ddp is not None and perturbation == "per_rank"
@@ -201,7 +209,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     first_losses: list[Tensor] = []
     second_losses: list[Tensor] = []
-    first_norm: Optional[Tensor] = None
+    first_norm: Tensor | None = None
 
     if replay == "micro":
         accumulated: dict[Tensor, Tensor] = {}
@@ -259,15 +267,15 @@ def train_step(
                 else:  # "last": `for _ in range(k): (loss(B_k) / k).backward()`, as the copied loop does
                     for _ in range(k):
                         rng.restore(k - 1)
-                        second_losses.append(forward_backward(micro_batches[-1], last_numerator,
-                                                              last_denominator))
+                        second_losses.append(forward_backward(micro_batches[-1], last_numerator, last_denominator))
                 optimizer.restore()
 
     grad_norm, skipped = _update(optimizer, params, max_grad_norm, scaler)
 
     if ddp is not None:
-        return _reduced_result(ddp, replay, per_rank, world, local, totals, first_losses, second_losses,
-                               first_norm, grad_norm, skipped)
+        return _reduced_result(
+            ddp, replay, per_rank, world, local, totals, first_losses, second_losses, first_norm, grad_norm, skipped
+        )
     loss = sum(l.double() * n for l, n in zip(first_losses, numerators)) / sum(numerators[: len(first_losses)])
     perturbed = None
     if second_losses:
@@ -276,9 +284,14 @@ def train_step(
         else:
             used = numerators[: len(second_losses)]
             perturbed = sum(l.double() * n for l, n in zip(second_losses, used)) / sum(used)
-    numbers = torch.stack([t.detach().double().cpu() for t in (loss, grad_norm)
-                           + ((perturbed,) if perturbed is not None else ())
-                           + ((first_norm,) if first_norm is not None else ())]).tolist()
+    numbers = torch.stack(
+        [
+            t.detach().double().cpu()
+            for t in (loss, grad_norm)
+            + ((perturbed,) if perturbed is not None else ())
+            + ((first_norm,) if first_norm is not None else ())
+        ]
+    ).tolist()
     return StepResult(
         loss=numbers[0],
         grad_norm=numbers[1],
@@ -288,8 +301,9 @@ def train_step(
     )
 
 
-def _reduced_result(ddp, replay, per_rank, world, local, totals, first_losses, second_losses, first_norm,
-                    grad_norm, skipped) -> StepResult:
+def _reduced_result(
+    ddp, replay, per_rank, world, local, totals, first_losses, second_losses, first_norm, grad_norm, skipped
+) -> StepResult:
     """The window's numbers over all ranks, from one all-reduce of (Σ n_{r,i} L_{r,i}, the same for the second
     pass, the first-pass norm). The gradient (hence grad_norm and skipped) is already the same on every rank."""
     device = grad_norm.device
@@ -304,8 +318,9 @@ def _reduced_result(ddp, replay, per_rank, world, local, totals, first_losses, s
     torch.distributed.all_reduce(stats, group=ddp.process_group)
     total = float(sum(totals))
     # one device-to-host read for the four numbers of the result
-    first_sum, second_sum, norm_sum, grad_norm_value = torch.cat(
-        [stats, grad_norm.detach().double().reshape(1).to(device)]).cpu().tolist()
+    first_sum, second_sum, norm_sum, grad_norm_value = (
+        torch.cat([stats, grad_norm.detach().double().reshape(1).to(device)]).cpu().tolist()
+    )
     perturbed = None
     if second_losses:  # the same on every rank: none never, global full/last skip together, per_rank/micro never
         perturbed = second_sum / (totals[-1] if replay == "last" else total)

@@ -10,6 +10,7 @@ The made-up effect: final dev F1 = base(arm) − penalty(k) for sam_last + seed 
 seed and the *algorithm*, so that at k = 1 sam_last is bitwise the same run as sam_full (the built-in sanity row),
 and at k > 1 sam_full beats sam_last by about 3·log2(k) points.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,10 +78,11 @@ def config_dict(arm: str, k: int, seed: int, results_dir: str, sweep: str) -> di
 
 
 def run_id_of(cfg: dict) -> str:
-    blob = json.dumps({k: v for k, v in cfg.items() if k not in ("results_dir", "sweep", "tracking")},
-                      sort_keys=True)
-    return f"{cfg['arm']}-k{cfg['train']['accumulation_steps']}-s{cfg['seed']}-" \
-           f"{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    blob = json.dumps({k: v for k, v in cfg.items() if k not in ("results_dir", "sweep", "tracking")}, sort_keys=True)
+    return (
+        f"{cfg['arm']}-k{cfg['train']['accumulation_steps']}-s{cfg['seed']}-"
+        f"{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    )
 
 
 def algorithm(arm: str, k: int) -> str:
@@ -117,9 +119,19 @@ class SyntheticRun:
     final: dict = field(default_factory=dict)
 
 
-def write_run(runs_root: Path, arm: str, k: int, seed: int, *, results_dir: str, sweep: str,
-              status: str = "completed", reason: str | None = None, stop_at: int | None = None,
-              torn_tail: bool = False) -> SyntheticRun:
+def write_run(
+    runs_root: Path,
+    arm: str,
+    k: int,
+    seed: int,
+    *,
+    results_dir: str,
+    sweep: str,
+    status: str = "completed",
+    reason: str | None = None,
+    stop_at: int | None = None,
+    torn_tail: bool = False,
+) -> SyntheticRun:
     """One run directory under runs_root. status completed: full training with epoch and final evals; failed: stops
     after `stop_at` updates with no final metrics; diverged: the loss turns NaN at update `stop_at`."""
     cfg = config_dict(arm, k, seed, results_dir, sweep)
@@ -152,28 +164,68 @@ def write_run(runs_root: Path, arm: str, k: int, seed: int, *, results_dir: str,
         loss = final["train/loss"] + 3.0 * math.exp(-update / (total / 4)) + rng.normal(0.0, 0.05)
         if status == "diverged" and update == last:
             loss = math.nan
-        event = {"update": update, "epoch": epoch, "examples": examples, "time": round(update * step_time, 3),
-                 "train/loss": loss, "train/grad_norm": 1.0 + rng.random(), "train/lr": 3e-4 * (1 - update / total),
-                 "train/step_time": step_time}
+        event = {
+            "update": update,
+            "epoch": epoch,
+            "examples": examples,
+            "time": round(update * step_time, 3),
+            "train/loss": loss,
+            "train/grad_norm": 1.0 + rng.random(),
+            "train/lr": 3e-4 * (1 - update / total),
+            "train/step_time": step_time,
+        }
         if sam:
             event["train/perturbed_loss"] = loss + 0.05 if not math.isnan(loss) else loss
         lines.append(_dump(event))
         if sam and update % 2 == 0:
             cos = 1.0 if k == 1 else float(np.clip(1.0 / math.sqrt(k) + rng.normal(0.0, 0.05), -1, 1))
-            lines.append(_dump({"update": update, "epoch": epoch, "examples": examples,
-                                "time": round(update * step_time, 3), "diag/grad_cos": cos,
-                                "diag/grad_norm_ratio": 1.0 if k == 1 else math.sqrt(k)}))
+            lines.append(
+                _dump(
+                    {
+                        "update": update,
+                        "epoch": epoch,
+                        "examples": examples,
+                        "time": round(update * step_time, 3),
+                        "diag/grad_cos": cos,
+                        "diag/grad_norm_ratio": 1.0 if k == 1 else math.sqrt(k),
+                    }
+                )
+            )
         if update % per_epoch == 0 and status == "completed":
             e = update // per_epoch
             frac = e / EPOCHS
-            dev = {"dev/loss": final["dev/loss"] + 0.5 * (1 - frac), "dev/em": final["dev/em"] - 10 * (1 - frac),
-                   "dev/f1": final["dev/f1"] - 10 * (1 - frac), "eval/kind": "epoch"}
-            lines.append(_dump({"update": update, "epoch": float(e), "examples": examples,
-                                "time": round(update * step_time + 1, 3), **dev}))
+            dev = {
+                "dev/loss": final["dev/loss"] + 0.5 * (1 - frac),
+                "dev/em": final["dev/em"] - 10 * (1 - frac),
+                "dev/f1": final["dev/f1"] - 10 * (1 - frac),
+                "eval/kind": "epoch",
+            }
+            lines.append(
+                _dump(
+                    {
+                        "update": update,
+                        "epoch": float(e),
+                        "examples": examples,
+                        "time": round(update * step_time + 1, 3),
+                        **dev,
+                    }
+                )
+            )
     if status == "completed":
-        lines.append(_dump({"update": total, "epoch": float(EPOCHS), "examples": total * MICRO_BATCH * k,
-                            "time": round(total * step_time + 2, 3), "dev/loss": final["dev/loss"],
-                            "dev/em": final["dev/em"], "dev/f1": final["dev/f1"], "eval/kind": "final"}))
+        lines.append(
+            _dump(
+                {
+                    "update": total,
+                    "epoch": float(EPOCHS),
+                    "examples": total * MICRO_BATCH * k,
+                    "time": round(total * step_time + 2, 3),
+                    "dev/loss": final["dev/loss"],
+                    "dev/em": final["dev/em"],
+                    "dev/f1": final["dev/f1"],
+                    "eval/kind": "final",
+                }
+            )
+        )
     text = "".join(line + "\n" for line in lines)
     if torn_tail:
         text += '{"update": 999, "epoch": 9.9, "train/lo'  # a write cut short by the crash
@@ -190,15 +242,27 @@ def write_run(runs_root: Path, arm: str, k: int, seed: int, *, results_dir: str,
         "examples": last * MICRO_BATCH * k,
         "wall_time_s": round(last * step_time + 3, 3),
         "mean_step_time_s": step_time,
-        "data": {"train_examples": TRAIN_EXAMPLES, "dev_examples": 24, "train_features": 110, "dev_features": 30,
-                 "skipped_records": 0},
+        "data": {
+            "train_examples": TRAIN_EXAMPLES,
+            "dev_examples": 24,
+            "train_features": 110,
+            "dev_features": 30,
+            "skipped_records": 0,
+        },
         "started_at": "2025-01-01T00:00:00+00:00",
         "finished_at": "2025-01-01T00:10:00+00:00",
     }
     if status == "completed":
         summary["final"] = {**final, "update": total, "epoch": float(EPOCHS)}
-        summary["best"] = {"metric": "dev/f1", "value": final["dev/f1"], "update": total, "epoch": float(EPOCHS),
-                           "dev/loss": final["dev/loss"], "dev/em": final["dev/em"], "dev/f1": final["dev/f1"]}
+        summary["best"] = {
+            "metric": "dev/f1",
+            "value": final["dev/f1"],
+            "update": total,
+            "epoch": float(EPOCHS),
+            "dev/loss": final["dev/loss"],
+            "dev/em": final["dev/em"],
+            "dev/f1": final["dev/f1"],
+        }
     elif status == "diverged":
         summary["final"] = {"train/loss": math.nan, "update": last, "epoch": last / per_epoch}
         final = {}
@@ -228,8 +292,15 @@ DIVERGED = ("adamw", 4, 1, "non-finite train/loss (nan) at update 7")
 NEVER_STARTED = ("sam_micro", 1, 2, "killed (signal 9) before the run directory was written")
 
 
-def make_sweep(results_dir: str | Path, sweep: str = "synth", arms=tuple(REPLAY), ks=(1, 4), seeds=(0, 1, 2),
-               special: bool = True, manifest: bool = True) -> SyntheticSweep:
+def make_sweep(
+    results_dir: str | Path,
+    sweep: str = "synth",
+    arms=tuple(REPLAY),
+    ks=(1, 4),
+    seeds=(0, 1, 2),
+    special: bool = True,
+    manifest: bool = True,
+) -> SyntheticSweep:
     """The synthetic grid arms × ks × seeds under results_dir/runs/<sweep>/ plus sweep.json. With `special`, three
     cells are not completed runs: FAILED, DIVERGED and NEVER_STARTED (only in sweep.json)."""
     results_dir = Path(results_dir)
@@ -253,15 +324,29 @@ def make_sweep(results_dir: str | Path, sweep: str = "synth", arms=tuple(REPLAY)
                     run = write_run(root, arm, k, seed, results_dir=str(results_dir), sweep=sweep, **kwargs)
                 runs.append(run)
                 # the entry shape experiments.sweep writes (no k/seed fields: they are in point and overrides)
-                entries.append({"run_id": run.run_id, "index": len(entries) + 1, "arm": arm,
-                                "point": {"arm": arm, "train.accumulation_steps": str(k), "seed": str(seed)},
-                                "files": ["configs/default.yaml", f"configs/arm/{arm}.yaml"],
-                                "overrides": [f"train.accumulation_steps={k}", f"seed={seed}", f"sweep={sweep}"],
-                                "action": "run", "status": run.status, "reason": run.reason,
-                                "exit_code": 0 if run.status == "completed" else 1, "wall_time_s": None,
-                                "run_dir": str(root / run.run_id), "log": str(root / "logs" / f"{run.run_id}.log")})
+                entries.append(
+                    {
+                        "run_id": run.run_id,
+                        "index": len(entries) + 1,
+                        "arm": arm,
+                        "point": {"arm": arm, "train.accumulation_steps": str(k), "seed": str(seed)},
+                        "files": ["configs/default.yaml", f"configs/arm/{arm}.yaml"],
+                        "overrides": [f"train.accumulation_steps={k}", f"seed={seed}", f"sweep={sweep}"],
+                        "action": "run",
+                        "status": run.status,
+                        "reason": run.reason,
+                        "exit_code": 0 if run.status == "completed" else 1,
+                        "wall_time_s": None,
+                        "run_dir": str(root / run.run_id),
+                        "log": str(root / "logs" / f"{run.run_id}.log"),
+                    }
+                )
     if manifest:
-        (root / "sweep.json").write_text(json.dumps({"name": sweep, "sweep_file": f"configs/sweep/{sweep}.yaml",
-                                                     "cli_overrides": [], "runs": entries}, indent=2),
-                                         encoding="utf-8")
+        (root / "sweep.json").write_text(
+            json.dumps(
+                {"name": sweep, "sweep_file": f"configs/sweep/{sweep}.yaml", "cli_overrides": [], "runs": entries},
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
     return SyntheticSweep(results_dir, sweep, runs)

@@ -1,4 +1,5 @@
 """Shared test set-up: offline everywhere, private Hugging Face caches, and one shrinking fixture for end-to-end runs."""
+
 import atexit
 import os
 import shutil
@@ -10,8 +11,12 @@ import pytest
 
 # Before anything imports transformers/datasets/wandb: a hub name must fail in a second, never hang.
 for _key, _value in {
-    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-    "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_ERROR_REPORTING": "false",
+    "WANDB_SILENT": "true",
+    "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(_key, _value)
 
@@ -40,8 +45,16 @@ def tiny_run(tmp_path):
     """
 
     def args(arm: str = "sam_full", *extra: str) -> list:
-        return [SMOKE, arm_file(arm), f"results_dir={tmp_path}", "data.generated.n_train=16",
-                "data.generated.n_dev=8", "train.epochs=2", "tracking.mode=disabled", *extra]
+        return [
+            SMOKE,
+            arm_file(arm),
+            f"results_dir={tmp_path}",
+            "data.generated.n_train=16",
+            "data.generated.n_dev=8",
+            "train.epochs=2",
+            "tracking.mode=disabled",
+            *extra,
+        ]
 
     return args
 

@@ -3,6 +3,7 @@
 The statistics are checked against values written out here (mean, std, Student-t interval, paired t); collect, the
 figures, the report and the notebook run on a synthetic sweep (tests/analysis_fixtures.py) whose numbers are known.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,17 @@ from tests.analysis_fixtures import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "analysis" / "notebooks" / "report.ipynb"
-SECTIONS = ["## The answer", "## Findings", "## Setup", "## Results", "## Updates to target", "## Paired differences",
-            "## Sanity check: k = 1",
-            "## Figures", "## Failed, diverged and unfinished runs"]
+SECTIONS = [
+    "## The answer",
+    "## Findings",
+    "## Setup",
+    "## Results",
+    "## Updates to target",
+    "## Paired differences",
+    "## Sanity check: k = 1",
+    "## Figures",
+    "## Failed, diverged and unfinished runs",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -75,7 +84,7 @@ def test_summarize_skips_missing_values_and_groups_by_k():
     assert list(table["mean"]) == [2.0, 12.0]
     # n=2: t_{0.975,1} = 12.7062, s = sqrt(2), half = 12.7062·sqrt(2)/sqrt(2) = 12.7062
     assert table.iloc[0]["ci_half"] == pytest.approx(12.7062, abs=1e-4)
-    assert t_interval([5.0]) [0] == 5.0 and math.isnan(t_interval([5.0])[1])
+    assert t_interval([5.0])[0] == 5.0 and math.isnan(t_interval([5.0])[1])
 
 
 def _paired_frame(a_vals, b_vals, k=4, a="sam_full", b="sam_last", seeds=None):
@@ -113,30 +122,38 @@ def test_paired_differences_verdicts_both_ways_and_low_power():
     swapped = paired_differences(_paired_frame(a_vals, b_vals), "final.dev/f1", "sam_last", "sam_full").iloc[0]
     assert swapped["verdict"] == "sam_last better (higher dev F1; CI excludes 0) (n=3: low power)"
     # on a loss, higher is worse: the verdict says so instead of a bare ">"
-    frame = _paired_frame(b_vals, a_vals, a="sam_micro", b="sam_full").rename(columns={"final.dev/f1": "final.dev/loss"})
+    frame = _paired_frame(b_vals, a_vals, a="sam_micro", b="sam_full").rename(
+        columns={"final.dev/f1": "final.dev/loss"}
+    )
     loss = paired_differences(frame, "final.dev/loss", "sam_micro", "sam_full").iloc[0]
     assert loss["verdict"] == "sam_micro worse (higher dev loss; CI excludes 0) (n=3: low power)"
-    spans = paired_differences(_paired_frame([1.0, 2.0, 3.0], [2.0, 1.0, 3.5]), "final.dev/f1",
-                               "sam_full", "sam_last").iloc[0]
+    spans = paired_differences(
+        _paired_frame([1.0, 2.0, 3.0], [2.0, 1.0, 3.5]), "final.dev/f1", "sam_full", "sam_last"
+    ).iloc[0]
     assert spans["verdict"] == "no significant difference (CI spans 0) (n=3: low power)"
     assert spans["ci_low"] < 0 < spans["ci_high"]
     assert verdict("x", "y", 0.1, 0.5, 3) == "x > y (CI excludes 0) (n=3: low power)"
     assert verdict("x", "y", -0.5, -0.1, 8) == "x < y (CI excludes 0)"
     assert verdict("x", "y", -0.5, 0.1, 8) == "no significant difference (CI spans 0)"
     # the CI and the paired t-test disagree at the 5% level: the verdict says so rather than trusting the CI alone
-    assert verdict("x", "y", 2.08, 10.42, 3, 0.109) == ("x > y (CI excludes 0); the paired t-test disagrees (p=0.11) "
-                                                        "(n=3: low power)")
-    assert verdict("x", "y", -0.5, 0.1, 8, 0.01) == ("no significant difference (CI spans 0); the paired t-test "
-                                                      "disagrees (p=0.01)")
+    assert verdict("x", "y", 2.08, 10.42, 3, 0.109) == (
+        "x > y (CI excludes 0); the paired t-test disagrees (p=0.11) (n=3: low power)"
+    )
+    assert verdict("x", "y", -0.5, 0.1, 8, 0.01) == (
+        "no significant difference (CI spans 0); the paired t-test disagrees (p=0.01)"
+    )
     assert verdict("x", "y", 0.1, 0.5, 8, 0.01) == "x > y (CI excludes 0)"
 
 
 def test_paired_differences_pairs_by_seed_per_k_and_handles_too_few():
-    df = pd.concat([
-        _paired_frame([5.0, 6.0, 7.0], [4.0, 4.0, 4.0], k=2, seeds=[0, 1, 2]),
-        _paired_frame([9.0], [1.0], k=8, seeds=[0]),
-        pd.DataFrame([{"arm": "sam_full", "k": 2, "seed": 9, "final.dev/f1": 100.0}]),  # seed 9 has no partner
-    ], ignore_index=True)
+    df = pd.concat(
+        [
+            _paired_frame([5.0, 6.0, 7.0], [4.0, 4.0, 4.0], k=2, seeds=[0, 1, 2]),
+            _paired_frame([9.0], [1.0], k=8, seeds=[0]),
+            pd.DataFrame([{"arm": "sam_full", "k": 2, "seed": 9, "final.dev/f1": 100.0}]),  # seed 9 has no partner
+        ],
+        ignore_index=True,
+    )
     table = paired_differences(df, "dev/f1", "sam_full", "sam_last", by=("k",))
     assert list(table["k"]) == [2, 8]
     k2, k8 = table.iloc[0], table.iloc[1]
@@ -183,8 +200,17 @@ def test_curve_equality_on_long_frame():
     rows = []
     for arm, shift in (("sam_full", 0.0), ("sam_last", 0.0), ("adamw", 5.0)):
         for update in (1, 2, 3):
-            rows.append({"run_id": arm, "arm": arm, "k": 1, "seed": 0, "update": update, "metric": "train/loss",
-                         "value": 1.0 / update + shift})
+            rows.append(
+                {
+                    "run_id": arm,
+                    "arm": arm,
+                    "k": 1,
+                    "seed": 0,
+                    "update": update,
+                    "metric": "train/loss",
+                    "value": 1.0 / update + shift,
+                }
+            )
     curves = pd.DataFrame(rows)
     assert curve_equality(curves)["passed"] is True
     curves.loc[(curves["arm"] == "sam_last") & (curves["update"] == 3), "value"] += 1e-4
@@ -218,7 +244,8 @@ def built(sweep, frames):
     (out / "sharpness.md").write_text(
         "# Sharpness of the final checkpoints\n\nTop Hessian eigenvalue per arm.\n\n"
         "![lambda_max per arm](figures/sharpness_lambda.png)\n\n## Method\n\nPower iteration, 20 steps.\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return report.build_report(sweep.results_dir, sweep.sweep)
 
 
@@ -233,11 +260,37 @@ def test_fixture_config_uses_the_real_schema_keys():
 def test_collect_runs_rows_columns_and_values(sweep, frames):
     runs, _ = frames
     assert len(runs) == 24  # 4 arms × 2 k × 3 seeds, the never-started run included
-    for column in ["run_id", "run_dir", "arm", "k", "seed", "optim.replay", "optim.rho", "optim.lr",
-                   "train.accumulation_steps", "model.name_or_path", "data.source", "data.generated.n_train",
-                   "status", "reason", "final.dev/f1", "final.dev/em", "final.dev/loss", "final.train/loss",
-                   "best.dev/f1", "best.metric", "wall_time_s", "mean_step_time_s", "updates", "examples",
-                   "git_sha", "device", "env.git.dirty", "env.packages.torch", "data_stats.train_examples"]:
+    for column in [
+        "run_id",
+        "run_dir",
+        "arm",
+        "k",
+        "seed",
+        "optim.replay",
+        "optim.rho",
+        "optim.lr",
+        "train.accumulation_steps",
+        "model.name_or_path",
+        "data.source",
+        "data.generated.n_train",
+        "status",
+        "reason",
+        "final.dev/f1",
+        "final.dev/em",
+        "final.dev/loss",
+        "final.train/loss",
+        "best.dev/f1",
+        "best.metric",
+        "wall_time_s",
+        "mean_step_time_s",
+        "updates",
+        "examples",
+        "git_sha",
+        "device",
+        "env.git.dirty",
+        "env.packages.torch",
+        "data_stats.train_examples",
+    ]:
         assert column in runs.columns, column
     assert list(runs["arm"].unique()) == ["adamw", "sam_full", "sam_last", "sam_micro"]
     run = sweep.get("sam_last", 4, 1)
@@ -343,7 +396,7 @@ def test_report_files_sections_and_figures(sweep, built):
         assert f"](figures/{path.name})" in md  # relative links
     html = (out / "REPORT.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == len(figures) == 7  # six figures + the sharpness one
-    assert "<table>" in html and "src=\"figures/" not in html  # self-contained
+    assert "<table>" in html and 'src="figures/' not in html  # self-contained
     # the sharpness section comes in, its title nested one level down
     assert "## Sharpness of the final checkpoints" in md and "### Method" in md
     assert md.index("## Sharpness of the final checkpoints") > md.index("## Failed, diverged")
@@ -351,7 +404,7 @@ def test_report_files_sections_and_figures(sweep, built):
 
 def test_report_lists_every_run_that_did_not_complete(sweep, built):
     md = (report_dir(sweep.results_dir, sweep.sweep) / "REPORT.md").read_text(encoding="utf-8")
-    failures = md[md.index("## Failed, diverged and unfinished runs"):]
+    failures = md[md.index("## Failed, diverged and unfinished runs") :]
     for run in sweep.not_completed:
         line = next(ln for ln in failures.splitlines() if run.run_id in ln)
         assert run.status in line and run.reason in line
@@ -369,25 +422,30 @@ def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
     assert (micro["runs"].item(), micro["n"].item()) == (3, 2)  # the failed run counts as a run, not as a value
 
     paired = pd.read_csv(out / "paired.csv")
-    row = paired[(paired["metric"] == "final.dev/f1") & (paired["a"] == "sam_full") & (paired["b"] == "sam_last")
-                 & (paired["k"] == 4)].iloc[0]
-    diff = np.mean([expected_final("sam_full", 4, s)["dev/f1"] - expected_final("sam_last", 4, s)["dev/f1"]
-                    for s in (0, 1, 2)])
+    row = paired[
+        (paired["metric"] == "final.dev/f1")
+        & (paired["a"] == "sam_full")
+        & (paired["b"] == "sam_last")
+        & (paired["k"] == 4)
+    ].iloc[0]
+    diff = np.mean(
+        [expected_final("sam_full", 4, s)["dev/f1"] - expected_final("sam_last", 4, s)["dev/f1"] for s in (0, 1, 2)]
+    )
     assert row["mean_diff"] == pytest.approx(diff)
     assert row["verdict"] == "sam_full better (higher dev F1; CI excludes 0) (n=3: low power)"
 
     md = (out / "REPORT.md").read_text(encoding="utf-8")
-    findings = md[md.index("## Findings"):md.index("## Setup")]
+    findings = md[md.index("## Findings") : md.index("## Setup")]
     assert f"At k=4, sam_full − sam_last dev F1 = {diff:+.2f} [95% CI" in findings
     assert "replaying only the last micro-batch costs dev F1" in findings
-    answer = md[md.index("## The answer"):md.index("## Findings")]
+    answer = md[md.index("## The answer") : md.index("## Findings")]
     assert md.index("## The answer") < md.index("## Findings") < md.index("## Setup")  # the answer leads
     assert "**Sanity check (k = 1): passed.**" in answer
     assert f"sam_full − sam_last = **{diff:+.1f} F1**" in answer and "At k = 4" in answer
     assert "no significant difference (CI spans 0)" in findings  # sam_micro vs sam_full: no built-in effect
     sanity = pd.read_csv(out / "sanity.csv")
     assert sanity["passed"].all() and (sanity["n"] == 3).all()
-    setup = md[md.index("## Setup"):md.index("## Results")]
+    setup = md[md.index("## Setup") : md.index("## Results")]
     assert DEVICE_NAME in setup and GIT_SHA[:12] in setup and "k = 1, 4" in setup
 
 
@@ -403,7 +461,7 @@ def test_report_is_deterministic(sweep, built, tmp_path):
     assert again["html"].read_text(encoding="utf-8").count("data:image/png;base64,") == 6
     first_md = (first / "REPORT.md").read_text(encoding="utf-8")
     assert "## Sharpness of the final checkpoints" in first_md
-    assert md == first_md[:first_md.index("## Sharpness")].rstrip() + "\n"
+    assert md == first_md[: first_md.index("## Sharpness")].rstrip() + "\n"
 
 
 def test_sanity_failure_is_reported(frames):
@@ -428,8 +486,13 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert "unknown key 'bogus'" in capsys.readouterr().err
     assert report.main(["results_dir"]) == 2
     assert "key=value" in capsys.readouterr().err
-    done = subprocess.run([sys.executable, "-m", "analysis.report", f"results_dir={tmp_path}", "sweep=nope"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis.report", f"results_dir={tmp_path}", "sweep=nope"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error:")
 
 
@@ -452,8 +515,12 @@ def _executed_outputs(results_dir, sweep_name, out):
     nb = notebook.execute(results_dir, sweep_name, out)  # raises CellExecutionError on any failing cell
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
-                     + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    text = "\n".join(
+        str(o.get("text", ""))
+        + str(o.get("data", {}).get("text/plain", ""))
+        + str(o.get("data", {}).get("text/markdown", ""))
+        for o in outputs
+    )
     return outputs, text
 
 
@@ -490,16 +557,41 @@ def test_collect_reads_run_directories_written_by_the_tracker(tmp_path, monkeypa
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
     made = {}
     for arm, replay, status in (("sam_full", "full", "completed"), ("sam_last", "last", "diverged")):
-        cfg = load_config([], [f"arm={arm}", f"optim.replay={replay}", "train.accumulation_steps=4", "seed=3",
-                               "sweep=real", f"results_dir={tmp_path}", "tracking.mode=disabled"])
+        cfg = load_config(
+            [],
+            [
+                f"arm={arm}",
+                f"optim.replay={replay}",
+                "train.accumulation_steps=4",
+                "seed=3",
+                "sweep=real",
+                f"results_dir={tmp_path}",
+                "tracking.mode=disabled",
+            ],
+        )
         with tracking.RunTracker(cfg, run_dir(cfg)) as tracker:
             tracker.log({"train/loss": 2.5, "train/step_time": 0.7}, update=1, epoch=0.5, examples=32)
             if status == "completed":
-                tracker.log({"dev/loss": 1.9, "dev/em": 40.0, "dev/f1": 52.5, "eval/kind": "final"},
-                            update=2, epoch=1.0, examples=64)
-                tracker.finish("completed", final={"dev/loss": 1.9, "dev/em": 40.0, "dev/f1": 52.5,
-                                                   "train/loss": 2.1, "update": 2, "epoch": 1.0},
-                               updates=2, examples=64, mean_step_time_s=0.7)
+                tracker.log(
+                    {"dev/loss": 1.9, "dev/em": 40.0, "dev/f1": 52.5, "eval/kind": "final"},
+                    update=2,
+                    epoch=1.0,
+                    examples=64,
+                )
+                tracker.finish(
+                    "completed",
+                    final={
+                        "dev/loss": 1.9,
+                        "dev/em": 40.0,
+                        "dev/f1": 52.5,
+                        "train/loss": 2.1,
+                        "update": 2,
+                        "epoch": 1.0,
+                    },
+                    updates=2,
+                    examples=64,
+                    mean_step_time_s=0.7,
+                )
             else:
                 tracker.log({"train/loss": float("nan")}, update=2, epoch=1.0, examples=64)
                 tracker.finish("diverged", "non-finite loss at update 2", updates=2)
@@ -527,8 +619,17 @@ def test_report_of_sparse_sweeps(tmp_path):
     assert "Not checked: the sweep has no seed with completed sam_full and sam_last runs at k = 1." in md
     assert "None: every run completed." in md
     # every run failed: the cells are still in the tables, with n = 0, and nothing is claimed
-    write_run(tmp_path / "runs" / "dead", "adamw", 2, 0, results_dir=str(tmp_path), sweep="dead", status="failed",
-              reason="boom", stop_at=3)
+    write_run(
+        tmp_path / "runs" / "dead",
+        "adamw",
+        2,
+        0,
+        results_dir=str(tmp_path),
+        sweep="dead",
+        status="failed",
+        reason="boom",
+        stop_at=3,
+    )
     written = report.build_report(tmp_path, "dead", out_dir=tmp_path / "dead")
     md = written["md"].read_text(encoding="utf-8")
     assert "No run completed (1 failed)" in md and "| adamw | 2 | 1 | 0 | – | [–, –] |" in md
@@ -565,8 +666,17 @@ def test_report_writes_the_headline_and_the_time_to_target_table(sweep, built):
     md = (out / "REPORT.md").read_text(encoding="utf-8")
     assert headline.startswith("## The answer\n") and headline.strip() in md
     table = pd.read_csv(out / "time_to_target.csv")
-    assert list(table.columns) == ["arm", "k", "seed", "target_metric", "target", "update", "examples", "seconds",
-                                   "reached"]
+    assert list(table.columns) == [
+        "arm",
+        "k",
+        "seed",
+        "target_metric",
+        "target",
+        "update",
+        "examples",
+        "seconds",
+        "reached",
+    ]
     assert set(table["target"]) == {50.0, 80.0, 90.0}  # analysis.targets.DEFAULT_TARGETS: no report block here
     assert (out / "figures" / "time_to_target.png").is_file()
 
@@ -578,18 +688,31 @@ def _curve_frame(values_by_arm: dict, k: int = 1) -> pd.DataFrame:
             for update, value in enumerate(values, start=1):
                 for metric in ("dev/f1", "dev/loss"):
                     v = value if metric == "dev/f1" else 5.0 - value / 25
-                    rows.append({"run_id": f"{arm}-{seed}", "arm": arm, "replay": None, "k": k, "seed": seed,
-                                 "update": update * 4, "epoch": 0.0, "examples": update * 32, "time": float(update),
-                                 "eval_kind": "periodic", "metric": metric, "value": v + seed * 0.5})
+                    rows.append(
+                        {
+                            "run_id": f"{arm}-{seed}",
+                            "arm": arm,
+                            "replay": None,
+                            "k": k,
+                            "seed": seed,
+                            "update": update * 4,
+                            "epoch": 0.0,
+                            "examples": update * 32,
+                            "time": float(update),
+                            "eval_kind": "periodic",
+                            "metric": metric,
+                            "value": v + seed * 0.5,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
 def test_identical_arms_at_k1_are_one_line_and_axes_stay_inside_the_metric_range():
     same = [0.0, 40.0, 99.9]
     curves = _curve_frame({"adamw": [10.0, 60.0, 100.0], "sam_full": same, "sam_last": same, "sam_micro": same})
-    assert plots.identical_arm_groups(curves[curves["metric"] == "dev/f1"], ["adamw", "sam_full", "sam_last",
-                                                                             "sam_micro"], "update") == [
-        ["adamw"], ["sam_full", "sam_last", "sam_micro"]]
+    assert plots.identical_arm_groups(
+        curves[curves["metric"] == "dev/f1"], ["adamw", "sam_full", "sam_last", "sam_micro"], "update"
+    ) == [["adamw"], ["sam_full", "sam_last", "sam_micro"]]
     fig = plots.figure_dev_curves(curves)
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert "sam_full = sam_last = sam_micro (identical at k = 1)" in labels and len(labels) == 2
@@ -599,8 +722,16 @@ def test_identical_arms_at_k1_are_one_line_and_axes_stay_inside_the_metric_range
 
 
 def test_final_scores_draw_min_max_of_seeds_not_a_t_interval_below_zero():
-    runs = pd.DataFrame({"arm": ["adamw"] * 3, "k": [4] * 3, "seed": [0, 1, 2], "status": ["completed"] * 3,
-                         "final.dev/f1": [2.0, 3.0, 70.0], "final.dev/em": [1.0, 2.0, 60.0]})
+    runs = pd.DataFrame(
+        {
+            "arm": ["adamw"] * 3,
+            "k": [4] * 3,
+            "seed": [0, 1, 2],
+            "status": ["completed"] * 3,
+            "final.dev/f1": [2.0, 3.0, 70.0],
+            "final.dev/em": [1.0, 2.0, 60.0],
+        }
+    )
     fig = plots.figure_final_scores(runs)
     for ax in fig.axes:
         low, high = ax.get_ylim()
@@ -619,10 +750,15 @@ def test_manifest_overrides_are_read_as_the_run_read_them():
     keeps its text (YAML 1.1 would make 0777 the number 511), a number key gets its number."""
     from analysis.collect import _parse_overrides
 
-    parsed = _parse_overrides(["tracking.project=0777", "train.accumulation_steps=04", "tracking.tags=[on]",
-                               "seed=oops"])
-    assert parsed == {"tracking.project": "0777", "train.accumulation_steps": 4, "tracking.tags": ("on",),
-                      "seed": "oops"}
+    parsed = _parse_overrides(
+        ["tracking.project=0777", "train.accumulation_steps=04", "tracking.tags=[on]", "seed=oops"]
+    )
+    assert parsed == {
+        "tracking.project": "0777",
+        "train.accumulation_steps": 4,
+        "tracking.tags": ("on",),
+        "seed": "oops",
+    }
 
 
 def test_the_answer_of_klue_runs_is_about_rouge_w():
@@ -630,8 +766,18 @@ def test_the_answer_of_klue_runs_is_about_rouge_w():
     rows = []
     for seed, (full, last) in enumerate([(70.0, 40.0), (72.0, 41.0), (69.0, 45.0)]):
         for arm, value in (("sam_full", full), ("sam_last", last)):
-            rows.append({"run_id": f"{arm}-{seed}", "arm": arm, "k": 4, "seed": seed, "status": "completed",
-                         "final.dev/rouge_w": value, "final.dev/em": value - 10, "final.dev/loss": 1.0})
+            rows.append(
+                {
+                    "run_id": f"{arm}-{seed}",
+                    "arm": arm,
+                    "k": 4,
+                    "seed": seed,
+                    "status": "completed",
+                    "final.dev/rouge_w": value,
+                    "final.dev/em": value - 10,
+                    "final.dev/loss": 1.0,
+                }
+            )
     runs = pd.DataFrame(rows)
     assert report.primary_metric(runs) == "dev/rouge_w"
     paired = report.paired_table(runs, n_boot=200)  # the default metrics follow the primary score (the notebook)
@@ -647,20 +793,35 @@ def test_paired_table_leaves_out_a_k_where_one_arm_has_no_run():
     """The default ablation has sam_micro only at k = 1: no 'sam_micro − sam_full at k = 8, n = 0' row (the committed
     report once had one). A cell whose runs exist but failed stays, with n = 0."""
     rows = []
-    for k, arms in ((1, ("sam_full", "sam_last", "sam_micro")), (8, ("sam_full", "sam_last")),
-                    (4, ("sam_full", "sam_last"))):
+    for k, arms in (
+        (1, ("sam_full", "sam_last", "sam_micro")),
+        (8, ("sam_full", "sam_last")),
+        (4, ("sam_full", "sam_last")),
+    ):
         for arm in arms:
             for seed in range(2):
                 failed = k == 4 and arm == "sam_last"
-                rows.append({"run_id": f"{arm}-{k}-{seed}", "arm": arm, "k": k, "seed": seed,
-                             "status": "failed" if failed else "completed",
-                             "final.dev/f1": float(seed + (arm == "sam_full")), "final.dev/em": 1.0,
-                             "final.dev/loss": 1.0})
+                rows.append(
+                    {
+                        "run_id": f"{arm}-{k}-{seed}",
+                        "arm": arm,
+                        "k": k,
+                        "seed": seed,
+                        "status": "failed" if failed else "completed",
+                        "final.dev/f1": float(seed + (arm == "sam_full")),
+                        "final.dev/em": 1.0,
+                        "final.dev/loss": 1.0,
+                    }
+                )
     paired = report.paired_table(pd.DataFrame(rows), n_boot=50)
     f1 = paired[paired["metric"] == "final.dev/f1"]
     cells = {(r.a, r.b, int(r.k)): int(r.n) for r in f1.itertuples()}
-    assert cells == {("sam_full", "sam_last", 1): 2, ("sam_full", "sam_last", 4): 0, ("sam_full", "sam_last", 8): 2,
-                     ("sam_micro", "sam_full", 1): 2}
+    assert cells == {
+        ("sam_full", "sam_last", 1): 2,
+        ("sam_full", "sam_last", 4): 0,
+        ("sam_full", "sam_last", 8): 2,
+        ("sam_micro", "sam_full", 1): 2,
+    }
 
 
 def test_notebook_cli_names_itself_in_its_errors(capsys):
@@ -675,10 +836,19 @@ def test_notebook_cli_names_itself_in_its_errors(capsys):
 def test_results_tables_cut_the_t_interval_to_the_metric_range():
     """F1 of 97.0, 99.0, 100.0: mean 98.67, s = 1.528, t₀.₉₇₅,₂ = 4.303 → 98.67 ± 3.79 = [94.87, 102.46]: shown as
     [94.87, 100.00]. Loss 0.05, 0.10, 0.30: mean 0.15, s = 0.1323 → 0.15 ± 0.3286 = [-0.1786, 0.4786]: [0.0000, 0.4786]."""
-    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "arm": ["adamw"] * 3, "k": [8] * 3, "seed": [0, 1, 2],
-                         "status": ["completed"] * 3, "final.dev/f1": [97.0, 99.0, 100.0],
-                         "final.dev/em": [97.0, 99.0, 100.0], "final.dev/loss": [0.05, 0.10, 0.30],
-                         "final.train/loss": [0.05, 0.10, 0.30]})
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "arm": ["adamw"] * 3,
+            "k": [8] * 3,
+            "seed": [0, 1, 2],
+            "status": ["completed"] * 3,
+            "final.dev/f1": [97.0, 99.0, 100.0],
+            "final.dev/em": [97.0, 99.0, 100.0],
+            "final.dev/loss": [0.05, 0.10, 0.30],
+            "final.train/loss": [0.05, 0.10, 0.30],
+        }
+    )
     text = "\n".join(report._results_section(report.summary_table(runs)))
     assert "| adamw | 8 | 3 | 3 | 98.67 ± 1.53 | [94.87, 100.00] |" in text
     assert "| adamw | 8 | 3 | 3 | 0.1500 ± 0.1323 | [0.0000, 0.4786] |" in text

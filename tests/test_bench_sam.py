@@ -1,4 +1,5 @@
 """experiments/bench_sam.py on a tiny random BERT: the whole code path, the JSON it writes, and the memory method."""
+
 import json
 import math
 
@@ -11,6 +12,7 @@ RHO = 0.05
 
 def test_cpu_profiled_peak_sees_every_live_byte():
     """The CPU memory method: 4 kB kept + a 40 kB temporary inside the window → peak ≥ 44 kB, < 44 kB + slack."""
+
     def build():
         return torch.ones(1000)  # 4000 bytes, alive through both windows
 
@@ -26,9 +28,32 @@ def test_tiny_bench_writes_every_field(tmp_path):
     out = tmp_path / "bench" / "sam.json"  # the folder does not exist yet
     threads = torch.get_num_threads()
     try:  # one thread: on a loaded 2-core machine two OpenMP threads make even a tiny model 10x slower
-        returned = bench_sam.main(["--model", "tiny", "--device", "cpu", "--seq", "16", "--micro-batch", "2",
-                                   "--k", "2", "--warmup", "0", "--windows", "2", "--perturb-reps", "3",
-                                   "--threads", "1", "--rho", str(RHO), "--out", str(out)])
+        returned = bench_sam.main(
+            [
+                "--model",
+                "tiny",
+                "--device",
+                "cpu",
+                "--seq",
+                "16",
+                "--micro-batch",
+                "2",
+                "--k",
+                "2",
+                "--warmup",
+                "0",
+                "--windows",
+                "2",
+                "--perturb-reps",
+                "3",
+                "--threads",
+                "1",
+                "--rho",
+                str(RHO),
+                "--out",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())

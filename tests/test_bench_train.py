@@ -1,5 +1,6 @@
 """experiments/bench_train.py on the tiny random BERT: the whole code path and its JSON, the SQuAD-like data, the FLOP
 count of the MFU formula."""
+
 import json
 import math
 
@@ -16,8 +17,10 @@ def test_squad_like_contexts_keep_their_answers_and_have_squad_like_lengths():
     assert len(records) == 200
     for r in records:
         start, text = r["answers"]["answer_start"][0], r["answers"]["text"][0]
-        assert r["context"][start:start + len(text)] == text
-    lengths = sorted(len(ids) for ids in tokenizer([r["context"] for r in records], add_special_tokens=False)["input_ids"])
+        assert r["context"][start : start + len(text)] == text
+    lengths = sorted(
+        len(ids) for ids in tokenizer([r["context"] for r in records], add_special_tokens=False)["input_ids"]
+    )
     median = lengths[len(lengths) // 2]
     assert 110 <= median <= 175  # LogNormal(ln 137, 0.42): the sample median of 200 draws lies well inside this
     assert lengths[0] >= 24
@@ -28,9 +31,26 @@ def test_tiny_bench_writes_every_case(tmp_path):
     out = tmp_path / "bench" / "train.json"
     threads = torch.get_num_threads()
     try:
-        returned = bench_train.main(["--cases", "default", "squad384", "sam_default", "--model", "tiny-random-bert",
-                                     "--updates", "2", "--warmup", "1", "--squad-examples", "120", "--threads", "1",
-                                     "--out", str(out)])
+        returned = bench_train.main(
+            [
+                "--cases",
+                "default",
+                "squad384",
+                "sam_default",
+                "--model",
+                "tiny-random-bert",
+                "--updates",
+                "2",
+                "--warmup",
+                "1",
+                "--squad-examples",
+                "120",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())
@@ -43,7 +63,8 @@ def test_tiny_bench_writes_every_case(tmp_path):
         product_s = sorted(case["product_seconds_per_update"][1:])
         assert case["product_examples_per_s"] == pytest.approx(32 / (sum(product_s) / 2), rel=2e-3)
         assert case["ratio_vs_peer"] == pytest.approx(
-            case["product_examples_per_s"] / case["peer_examples_per_s"], rel=2e-3)
+            case["product_examples_per_s"] / case["peer_examples_per_s"], rel=2e-3
+        )
         assert 0 < case["product_token_share"] <= 1
     for name in ("default", "squad384"):
         case = result["cases"][name]
@@ -82,8 +103,9 @@ def test_the_product_side_trains_the_model_the_bench_swapped_in(tmp_path, monkey
         return made[-1]
 
     monkeypatch.setattr(bench_train, "bert_base_random", tiny_stand_in)
-    args = bench_train.parse_args(["--model", "bert-base-random", "--cases", "default", "--updates", "1",
-                                   "--warmup", "0"])
+    args = bench_train.parse_args(
+        ["--model", "bert-base-random", "--cases", "default", "--updates", "1", "--warmup", "0"]
+    )
     cfg = bench_train.case_config("default", args, tmp_path, load_tokenizer("embedded"))
     trainer = bench_train.build_trainer(cfg, tmp_path, args)
     (swapped,) = made

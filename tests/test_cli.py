@@ -1,5 +1,6 @@
 """Small traps of the entry points: a bare command, --help anywhere, an option the CLI does not have, and what a run
 says on the console."""
+
 import json
 import re
 import subprocess
@@ -14,8 +15,9 @@ def test_no_arguments_runs_nothing_and_shows_how_to_start(tmp_path, capsys, monk
     monkeypatch.chdir(tmp_path)  # a bare default run would write results/ here
     assert main([]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: python -m experiments.train CONFIG.yaml [CONFIG.yaml ...] [key=value ...]\n"
-                          "No arguments: nothing is run")
+    assert err.startswith(
+        "usage: python -m experiments.train CONFIG.yaml [CONFIG.yaml ...] [key=value ...]\nNo arguments: nothing is run"
+    )
     assert "configs/smoke.yaml" in err and "configs/default.yaml" in err
     assert list(tmp_path.iterdir()) == []
 
@@ -28,31 +30,46 @@ def test_help_anywhere_prints_the_usage_and_runs_nothing(argv, capsys):
 
 def test_an_option_the_cli_does_not_have_is_named_as_such(tiny_run, capsys):
     assert main(tiny_run("sam_full", "--dry-run")) == 2
-    assert capsys.readouterr().err.strip() == ("config error: unknown option '--dry-run': the arguments are config "
-                                               "files and key=value overrides (--help explains them)")
+    assert capsys.readouterr().err.strip() == (
+        "config error: unknown option '--dry-run': the arguments are config "
+        "files and key=value overrides (--help explains them)"
+    )
 
 
-@pytest.mark.parametrize("argv, said", [
-    # the shell splits `optim.lr = 1e-4` into three words; the first is taken for a config file
-    (["configs/smoke.yaml", "optim.lr", "=", "1e-4"],
-     "config error: config file 'optim.lr': no such file (an override is key=value, written without spaces)"),
-    # make run ARM=samfull
-    (["configs/smoke.yaml", "configs/arm/samfull.yaml"],
-     "config error: config file 'configs/arm/samfull.yaml': no such file; configs/arm/ has: adamw, sam_full, "
-     "sam_last, sam_micro"),
-    (["configs/smoke.yaml", "configs/nothere/x.yaml"], "config error: config file 'configs/nothere/x.yaml': no such file"),
-])
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        # the shell splits `optim.lr = 1e-4` into three words; the first is taken for a config file
+        (
+            ["configs/smoke.yaml", "optim.lr", "=", "1e-4"],
+            "config error: config file 'optim.lr': no such file (an override is key=value, written without spaces)",
+        ),
+        # make run ARM=samfull
+        (
+            ["configs/smoke.yaml", "configs/arm/samfull.yaml"],
+            "config error: config file 'configs/arm/samfull.yaml': no such file; configs/arm/ has: adamw, sam_full, "
+            "sam_last, sam_micro",
+        ),
+        (
+            ["configs/smoke.yaml", "configs/nothere/x.yaml"],
+            "config error: config file 'configs/nothere/x.yaml': no such file",
+        ),
+    ],
+)
 def test_a_missing_config_file_says_what_was_probably_meant(argv, said, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == said
 
 
-@pytest.mark.parametrize("module, first_line", [
-    ("experiments.data.baseline", "A no-learning floor: guess the answer type from question keywords"),
-    ("experiments.data.generated", "python -m experiments.data.generated [CONFIG.yaml ...] [key=value ...]"),
-    ("experiments.sync", "usage: python -m experiments.sync [RESULTS_DIR]"),
-])
+@pytest.mark.parametrize(
+    "module, first_line",
+    [
+        ("experiments.data.baseline", "A no-learning floor: guess the answer type from question keywords"),
+        ("experiments.data.generated", "python -m experiments.data.generated [CONFIG.yaml ...] [key=value ...]"),
+        ("experiments.sync", "usage: python -m experiments.sync [RESULTS_DIR]"),
+    ],
+)
 def test_module_help_is_help_not_a_file_name(module, first_line):
     done = subprocess.run([PYTHON, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -61,11 +78,17 @@ def test_module_help_is_help_not_a_file_name(module, first_line):
 
 
 def test_the_data_generator_refuses_a_bad_value_in_one_line():
-    done = subprocess.run([PYTHON, "-m", "experiments.data.generated", "data.generated.n_train=0"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [PYTHON, "-m", "experiments.data.generated", "data.generated.n_train=0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip() == ("config error: data.generated.n_train=0 is out of range; it must be >= 1 "
-                                   "(override 'data.generated.n_train=0')")
+    assert done.stderr.strip() == (
+        "config error: data.generated.n_train=0 is out of range; it must be >= 1 (override 'data.generated.n_train=0')"
+    )
 
 
 def test_every_evaluation_is_printed_on_the_console(tiny_run, tmp_path, capsys):
@@ -73,9 +96,12 @@ def test_every_evaluation_is_printed_on_the_console(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     (run,) = run_dirs(tmp_path)
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"dev/f1"' in line]
-    printed = re.findall(r"\] (\w+) evaluation at update (\d+) \(epoch [\d.]+, \d+ dev examples\): dev/f1 ([\d.]+)  "
-                         r"dev/em ([\d.]+)  "
-                         r"dev/loss ([\d.]+)", err)
+    printed = re.findall(
+        r"\] (\w+) evaluation at update (\d+) \(epoch [\d.]+, \d+ dev examples\): dev/f1 ([\d.]+)  "
+        r"dev/em ([\d.]+)  "
+        r"dev/loss ([\d.]+)",
+        err,
+    )
     assert [(kind, int(update)) for kind, update, *_ in printed] == [(e["eval/kind"], e["update"]) for e in evals]
     assert {e["eval/kind"] for e in evals} >= {"periodic", "epoch"}
     for (_, _, f1, em, loss), e in zip(printed, evals):

@@ -1,4 +1,5 @@
 """What the user typed is what runs: values are typed by the schema, never by YAML 1.1's guesses (0123 → 83)."""
+
 import json
 from pathlib import Path
 
@@ -49,8 +50,10 @@ def test_overrides_keep_the_text_of_string_keys_and_type_the_others(override, ke
 
 def test_a_yaml_file_is_read_the_same_way(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("run_name: 0123\ntracking:\n  project: 0777\n  tags: [on, 0123]\nseed: 010\n"
-                    "optim:\n  adaptive: yes\n  lr: 3e-4\n")
+    path.write_text(
+        "run_name: 0123\ntracking:\n  project: 0777\n  tags: [on, 0123]\nseed: 010\n"
+        "optim:\n  adaptive: yes\n  lr: 3e-4\n"
+    )
     cfg = load_config([path])
     assert (cfg.run_name, cfg.tracking.project, list(cfg.tracking.tags)) == ("0123", "0777", ["on", "0123"])
     assert (cfg.seed, cfg.optim.adaptive, cfg.optim.lr) == (10, True, 0.0003)
@@ -65,14 +68,21 @@ def test_the_run_lands_in_the_directory_named_as_typed(tiny_run, tmp_path):
 
 
 ECHOED = [
-    (["tracking.mode=on"], "tracking.mode='on' is not allowed; choose one of: offline, online, disabled "
-                           "(override 'tracking.mode=on')"),
+    (
+        ["tracking.mode=on"],
+        "tracking.mode='on' is not allowed; choose one of: offline, online, disabled (override 'tracking.mode=on')",
+    ),
     (["train.epochs=00"], "train.epochs=0 is out of range; it must be >= 1 (override 'train.epochs=00')"),
     (["seed=1:30"], "(override 'seed=1:30')"),
-    (["tracking.tags=foo"], "tracking.tags: 'foo' is not a list; write a list like [foo] (override 'tracking.tags=foo')"),
-    (["data.max_seq_length=64", "data.doc_stride=040"],
-     "data.doc_stride=40 must be < data.max_seq_length/2 (32) so windows advance "
-     "(override 'data.doc_stride=040'; override 'data.max_seq_length=64')"),
+    (
+        ["tracking.tags=foo"],
+        "tracking.tags: 'foo' is not a list; write a list like [foo] (override 'tracking.tags=foo')",
+    ),
+    (
+        ["data.max_seq_length=64", "data.doc_stride=040"],
+        "data.doc_stride=40 must be < data.max_seq_length/2 (32) so windows advance "
+        "(override 'data.doc_stride=040'; override 'data.max_seq_length=64')",
+    ),
     (["optim.replay=none", "arm=sam_full"], "(override 'arm=sam_full'; override 'optim.replay=none')"),
 ]
 
@@ -87,13 +97,17 @@ def test_config_errors_echo_the_override_as_typed(overrides, message):
 def test_a_bad_value_in_a_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  epochs: 0\n")
-    with pytest.raises(ConfigError, match=r"train.epochs=0 is out of range; it must be >= 1 \(config file '.*bad.yaml'\)"):
+    with pytest.raises(
+        ConfigError, match=r"train.epochs=0 is out of range; it must be >= 1 \(config file '.*bad.yaml'\)"
+    ):
         load_config([path])
 
 
 def test_cli_exits_2_and_prints_the_users_text(tiny_run, tmp_path, capsys):
     assert main(tiny_run("sam_full", "tracking.mode=on")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["config error: tracking.mode='on' is not allowed; choose one of: offline, online, disabled "
-                   "(override 'tracking.mode=on')"]
+    assert err == [
+        "config error: tracking.mode='on' is not allowed; choose one of: offline, online, disabled "
+        "(override 'tracking.mode=on')"
+    ]
     assert not Path(tmp_path / "runs").exists()

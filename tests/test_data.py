@@ -1,4 +1,5 @@
 """experiments.data: raw examples from local files, the hub and the generated set; the heuristic floor."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,10 +34,16 @@ def generated_cfg(tmp_path: Path, *extra: str):
 # ------------------------------------------------------------------------------------------ one data set, 4 layouts
 # Two fictional paragraphs written once; the nested and the flat layouts are built from this table independently.
 PARAGRAPHS = [
-    ("Ambrel", "The mill of Ambrel was built by Tova Rusk in 1702. Its wheel turned for ninety years.",
-     [("a1", "Who built the mill of Ambrel?", ["Tova Rusk"]), ("a2", "When was the mill built?", ["1702"])]),
-    ("Ambrel", "Ferries leave Ambrel for the island of Quenby twice a day.",
-     [("a3", "Where do the ferries go?", ["Quenby", "the island of Quenby"])]),
+    (
+        "Ambrel",
+        "The mill of Ambrel was built by Tova Rusk in 1702. Its wheel turned for ninety years.",
+        [("a1", "Who built the mill of Ambrel?", ["Tova Rusk"]), ("a2", "When was the mill built?", ["1702"])],
+    ),
+    (
+        "Ambrel",
+        "Ferries leave Ambrel for the island of Quenby twice a day.",
+        [("a3", "Where do the ferries go?", ["Quenby", "the island of Quenby"])],
+    ),
     ("Dorrow", "Dorrow is known for blue glass.", [("d1", "What is Dorrow known for?", ["blue glass"])]),
 ]
 
@@ -49,8 +56,8 @@ def nested_doc() -> dict:
     articles: dict[str, list] = {}
     for title, context, qas in PARAGRAPHS:
         articles.setdefault(title, []).append(
-            {"context": context,
-             "qas": [{"id": i, "question": q, "answers": _answers(context, a)} for i, q, a in qas]})
+            {"context": context, "qas": [{"id": i, "question": q, "answers": _answers(context, a)} for i, q, a in qas]}
+        )
     return {"version": "1.1", "data": [{"title": t, "paragraphs": ps} for t, ps in articles.items()]}
 
 
@@ -59,9 +66,15 @@ def flat_records() -> list[dict]:
     for title, context, qas in PARAGRAPHS:
         for i, q, a in qas:
             spans = _answers(context, a)
-            out.append({"id": i, "title": title, "context": context, "question": q,
-                        "answers": {"text": [s["text"] for s in spans],
-                                    "answer_start": [s["answer_start"] for s in spans]}})
+            out.append(
+                {
+                    "id": i,
+                    "title": title,
+                    "context": context,
+                    "question": q,
+                    "answers": {"text": [s["text"] for s in spans], "answer_start": [s["answer_start"] for s in spans]},
+                }
+            )
     return out
 
 
@@ -72,14 +85,23 @@ def test_nested_flat_and_jsonl_layouts_load_to_identical_examples(tmp_path):
     (tmp_path / "lines.jsonl").write_text("\n".join(json.dumps(r) for r in flat_records()) + "\n")
     (tmp_path / "lines.txt").write_text("\n\n".join(json.dumps(r) for r in flat_records()))  # detected by content
 
-    loaded = {name: load_examples(files_cfg(tmp_path / name).data)[0].to_list()
-              for name in ("nested.json", "list.json", "wrapped.json", "lines.jsonl", "lines.txt")}
+    loaded = {
+        name: load_examples(files_cfg(tmp_path / name).data)[0].to_list()
+        for name in ("nested.json", "list.json", "wrapped.json", "lines.jsonl", "lines.txt")
+    }
     reference = loaded.pop("nested.json")
     assert len(reference) == 4
     ferry = PARAGRAPHS[1][1]
-    assert reference[2] == {"id": "a3", "title": "Ambrel", "context": ferry, "question": "Where do the ferries go?",
-                            "answers": {"text": ["Quenby", "the island of Quenby"],
-                                        "answer_start": [ferry.index("Quenby"), ferry.index("the island")]}}
+    assert reference[2] == {
+        "id": "a3",
+        "title": "Ambrel",
+        "context": ferry,
+        "question": "Where do the ferries go?",
+        "answers": {
+            "text": ["Quenby", "the island of Quenby"],
+            "answer_start": [ferry.index("Quenby"), ferry.index("the island")],
+        },
+    }
     for name, examples in loaded.items():
         assert examples == reference, name
 
@@ -89,12 +111,23 @@ def test_shipped_sample_pair_and_limits():
     train, dev, stats = load_examples(cfg.data)
     assert train.column_names == ["id", "title", "context", "question", "answers"]
     used = stats.pop("used")
-    assert stats == {"source": "files", "train_examples": 8, "dev_examples": 5,
-                     "skipped_records": {"train": 0, "dev": 0}, "skip_reasons": {}, "unanswerable": {"train": 0, "dev": 0}}
+    assert stats == {
+        "source": "files",
+        "train_examples": 8,
+        "dev_examples": 5,
+        "skipped_records": {"train": 0, "dev": 0},
+        "skip_reasons": {},
+        "unanswerable": {"train": 0, "dev": 0},
+    }
     # what was read, as summary.json records it: the resolved path, its size and content hash, the examples kept
-    assert used["train"] == {"kind": "file", "key": "data.train_file", "path": str(SAMPLE_TRAIN),
-                             "bytes": SAMPLE_TRAIN.stat().st_size,
-                             "sha256": hashlib.sha256(SAMPLE_TRAIN.read_bytes()).hexdigest(), "examples": 8}
+    assert used["train"] == {
+        "kind": "file",
+        "key": "data.train_file",
+        "path": str(SAMPLE_TRAIN),
+        "bytes": SAMPLE_TRAIN.stat().st_size,
+        "sha256": hashlib.sha256(SAMPLE_TRAIN.read_bytes()).hexdigest(),
+        "examples": 8,
+    }
     assert used["dev"]["path"] == str(SAMPLE_DEV) and used["dev"]["key"] == "data.validation_file"
     train3, dev2, stats = load_examples(
         load_config(["configs/data/local_files.yaml"], ["data.max_train_examples=3", "data.max_eval_examples=2"]).data
@@ -105,22 +138,51 @@ def test_shipped_sample_pair_and_limits():
 
 def test_squad_v2_is_impossible_gives_empty_answers(tmp_path):
     context = "The bell of Harrow rang at dawn."
-    doc = {"version": "v2.0", "data": [{"title": "Harrow", "paragraphs": [{"context": context, "qas": [
-        {"id": "v1", "question": "What rang at dawn?", "is_impossible": False,
-         "answers": [{"text": "The bell of Harrow", "answer_start": 0}]},
-        {"id": "v2", "question": "Who cast the bell?", "is_impossible": True, "answers": [],
-         "plausible_answers": [{"text": "Harrow", "answer_start": 12}]},
-    ]}]}]}
+    doc = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "Harrow",
+                "paragraphs": [
+                    {
+                        "context": context,
+                        "qas": [
+                            {
+                                "id": "v1",
+                                "question": "What rang at dawn?",
+                                "is_impossible": False,
+                                "answers": [{"text": "The bell of Harrow", "answer_start": 0}],
+                            },
+                            {
+                                "id": "v2",
+                                "question": "Who cast the bell?",
+                                "is_impossible": True,
+                                "answers": [],
+                                "plausible_answers": [{"text": "Harrow", "answer_start": 12}],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
     (tmp_path / "v2.json").write_text(json.dumps(doc))
     records, reasons = read_squad_file(tmp_path / "v2.json")
     assert [r["answers"] for r in records] == [
-        {"text": ["The bell of Harrow"], "answer_start": [0]}, {"text": [], "answer_start": []}]
+        {"text": ["The bell of Harrow"], "answer_start": [0]},
+        {"text": [], "answer_start": []},
+    ]
     assert not reasons
 
 
 # ------------------------------------------------------------------------------------------------------ bad files
-GOOD = {"id": "q1", "title": "T", "context": "Nella Brisk sailed in 1810.", "question": "Who sailed?",
-        "answers": {"text": ["Nella Brisk"], "answer_start": [0]}}
+GOOD = {
+    "id": "q1",
+    "title": "T",
+    "context": "Nella Brisk sailed in 1810.",
+    "question": "Who sailed?",
+    "answers": {"text": ["Nella Brisk"], "answer_start": [0]},
+}
 LAST = {**GOOD, "id": "q3"}
 
 
@@ -130,52 +192,142 @@ def _jsonl(*records) -> bytes:
 
 def _nested_with(bad_qa: dict) -> bytes:
     good = {"id": "q1", "question": "Who sailed?", "answers": [{"text": "Nella Brisk", "answer_start": 0}]}
-    return json.dumps({"data": [{"title": "T", "paragraphs": [
-        {"context": GOOD["context"], "qas": [good, bad_qa, {**good, "id": "q3"}]}]}]}).encode()
+    return json.dumps(
+        {
+            "data": [
+                {
+                    "title": "T",
+                    "paragraphs": [{"context": GOOD["context"], "qas": [good, bad_qa, {**good, "id": "q3"}]}],
+                }
+            ]
+        }
+    ).encode()
 
 
 # (file name, content, error the strict load must raise, skip reason with strict=false or None = always raises)
 BAD_FILES = [
-    ("broken.json", b'{"data": [{"title": "T", "paragraphs": [', r"broken\.json: not valid JSON \(.*line 1 column",
-     None),
-    ("badline.jsonl", _jsonl(GOOD, b'{"id": "q2", "context": "x", ', LAST),
-     r"badline\.jsonl: line 2: malformed JSON \(", "malformed_json"),
-    ("missing.jsonl", _jsonl(GOOD, {k: v for k, v in {**GOOD, "id": "q2"}.items() if k != "question"}, LAST),
-     r"missing\.jsonl: line 2 \(id 'q2'\): missing field 'question'", "missing_field"),
-    ("offset.json", _nested_with({"id": "q2", "question": "When?", "answers": [{"text": "1810", "answer_start": 5}]}),
-     r"offset\.json: data\[0\]\.paragraphs\[0\]\.qas\[1\] \(id 'q2'\): answer 0 answer_start=5 does not point at "
-     r"the answer text: context\[5:9\]=' Bri' != '1810'", "answer_mismatch"),
-    ("nocontext.json", json.dumps([GOOD, {**GOOD, "id": "q2", "context": "  "}, LAST]).encode(),
-     r"nocontext\.json: record 1 \(id 'q2'\): empty context", "empty_context"),
-    ("noquestion.jsonl", _jsonl(GOOD, {**GOOD, "id": "q2", "question": ""}, LAST),
-     r"noquestion\.jsonl: line 2 \(id 'q2'\): empty question", "empty_question"),
-    ("bytes.jsonl", _jsonl(GOOD, b'{"id": "q2", "context": "caf\xe9", "question": "x"}', LAST),
-     r"bytes\.jsonl: line 2: undecodable bytes \(not UTF-8\)", "undecodable"),
-    ("latin1.json", json.dumps([GOOD]).encode().replace(b"sailed", b"sa\xefled"),
-     r"latin1\.json: undecodable bytes \(not UTF-8\) at byte 54 \(line 1\)", None),
+    (
+        "broken.json",
+        b'{"data": [{"title": "T", "paragraphs": [',
+        r"broken\.json: not valid JSON \(.*line 1 column",
+        None,
+    ),
+    (
+        "badline.jsonl",
+        _jsonl(GOOD, b'{"id": "q2", "context": "x", ', LAST),
+        r"badline\.jsonl: line 2: malformed JSON \(",
+        "malformed_json",
+    ),
+    (
+        "missing.jsonl",
+        _jsonl(GOOD, {k: v for k, v in {**GOOD, "id": "q2"}.items() if k != "question"}, LAST),
+        r"missing\.jsonl: line 2 \(id 'q2'\): missing field 'question'",
+        "missing_field",
+    ),
+    (
+        "offset.json",
+        _nested_with({"id": "q2", "question": "When?", "answers": [{"text": "1810", "answer_start": 5}]}),
+        r"offset\.json: data\[0\]\.paragraphs\[0\]\.qas\[1\] \(id 'q2'\): answer 0 answer_start=5 does not point at "
+        r"the answer text: context\[5:9\]=' Bri' != '1810'",
+        "answer_mismatch",
+    ),
+    (
+        "nocontext.json",
+        json.dumps([GOOD, {**GOOD, "id": "q2", "context": "  "}, LAST]).encode(),
+        r"nocontext\.json: record 1 \(id 'q2'\): empty context",
+        "empty_context",
+    ),
+    (
+        "noquestion.jsonl",
+        _jsonl(GOOD, {**GOOD, "id": "q2", "question": ""}, LAST),
+        r"noquestion\.jsonl: line 2 \(id 'q2'\): empty question",
+        "empty_question",
+    ),
+    (
+        "bytes.jsonl",
+        _jsonl(GOOD, b'{"id": "q2", "context": "caf\xe9", "question": "x"}', LAST),
+        r"bytes\.jsonl: line 2: undecodable bytes \(not UTF-8\)",
+        "undecodable",
+    ),
+    (
+        "latin1.json",
+        json.dumps([GOOD]).encode().replace(b"sailed", b"sa\xefled"),
+        r"latin1\.json: undecodable bytes \(not UTF-8\) at byte 54 \(line 1\)",
+        None,
+    ),
     ("dupe.jsonl", _jsonl(GOOD, GOOD, LAST), r"dupe\.jsonl: line 2 \(id 'q1'\): duplicate id 'q1'", "duplicate_id"),
     # a lone UTF-16 surrogate escape: valid JSON, not valid Unicode (Arrow cannot store it), in every layout and field
-    ("surrogate_nested.json", json.dumps({"data": [{"title": "T", "paragraphs": [
-        {"context": GOOD["context"], "qas": [{"id": "q1", "question": "Who?", "answers": [{"text": "Nella",
-                                                                                         "answer_start": 0}]}]},
-        {"context": "Ship \ud83d Nella", "qas": [{"id": "q2", "question": "Who?", "answers": [
-            {"text": "Nella", "answer_start": 7}]}]},
-        {"context": GOOD["context"], "qas": [{"id": "q3", "question": "Who?", "answers": [{"text": "Nella",
-                                                                                         "answer_start": 0}]}]},
-    ]}]}).encode(),
-     r"surrogate_nested\.json: data\[0\]\.paragraphs\[1\]\.qas\[0\] \(id 'q2'\): field 'context' holds a lone "
-     r"UTF-16 surrogate '\\ud83d' at character 5", "invalid_unicode"),
-    ("surrogate.jsonl", _jsonl(GOOD, {**GOOD, "id": "q2", "question": "Who \ud83d sailed?"}, LAST),
-     r"surrogate\.jsonl: line 2 \(id 'q2'\): field 'question' holds a lone UTF-16 surrogate '\\ud83d' at "
-     r"character 4", "invalid_unicode"),
-    ("surrogate_answer.json", json.dumps([GOOD, {**GOOD, "id": "q2", "context": "Nella \udc00 sailed.",
-                                                 "answers": {"text": ["\udc00"], "answer_start": [6]}}, LAST]).encode(),
-     r"surrogate_answer\.json: record 1 \(id 'q2'\): field 'context' holds a lone UTF-16 surrogate", "invalid_unicode"),
-    ("surrogate_id.jsonl", _jsonl(GOOD, {**GOOD, "id": "q\ud800"}, LAST),
-     r"surrogate_id\.jsonl: line 2 \(id 'q\\ud800'\): field 'id' holds a lone UTF-16 surrogate", "invalid_unicode"),
-    ("impossible_text.jsonl", _jsonl(GOOD, {**GOOD, "id": "q2", "is_impossible": "yes"}, LAST),
-     r"impossible_text\.jsonl: line 2 \(id 'q2'\): field 'is_impossible' must be true or false, got 'yes'",
-     "wrong_type"),
+    (
+        "surrogate_nested.json",
+        json.dumps(
+            {
+                "data": [
+                    {
+                        "title": "T",
+                        "paragraphs": [
+                            {
+                                "context": GOOD["context"],
+                                "qas": [
+                                    {"id": "q1", "question": "Who?", "answers": [{"text": "Nella", "answer_start": 0}]}
+                                ],
+                            },
+                            {
+                                "context": "Ship \ud83d Nella",
+                                "qas": [
+                                    {"id": "q2", "question": "Who?", "answers": [{"text": "Nella", "answer_start": 7}]}
+                                ],
+                            },
+                            {
+                                "context": GOOD["context"],
+                                "qas": [
+                                    {"id": "q3", "question": "Who?", "answers": [{"text": "Nella", "answer_start": 0}]}
+                                ],
+                            },
+                        ],
+                    }
+                ]
+            }
+        ).encode(),
+        r"surrogate_nested\.json: data\[0\]\.paragraphs\[1\]\.qas\[0\] \(id 'q2'\): field 'context' holds a lone "
+        r"UTF-16 surrogate '\\ud83d' at character 5",
+        "invalid_unicode",
+    ),
+    (
+        "surrogate.jsonl",
+        _jsonl(GOOD, {**GOOD, "id": "q2", "question": "Who \ud83d sailed?"}, LAST),
+        r"surrogate\.jsonl: line 2 \(id 'q2'\): field 'question' holds a lone UTF-16 surrogate '\\ud83d' at "
+        r"character 4",
+        "invalid_unicode",
+    ),
+    (
+        "surrogate_answer.json",
+        json.dumps(
+            [
+                GOOD,
+                {
+                    **GOOD,
+                    "id": "q2",
+                    "context": "Nella \udc00 sailed.",
+                    "answers": {"text": ["\udc00"], "answer_start": [6]},
+                },
+                LAST,
+            ]
+        ).encode(),
+        r"surrogate_answer\.json: record 1 \(id 'q2'\): field 'context' holds a lone UTF-16 surrogate",
+        "invalid_unicode",
+    ),
+    (
+        "surrogate_id.jsonl",
+        _jsonl(GOOD, {**GOOD, "id": "q\ud800"}, LAST),
+        r"surrogate_id\.jsonl: line 2 \(id 'q\\ud800'\): field 'id' holds a lone UTF-16 surrogate",
+        "invalid_unicode",
+    ),
+    (
+        "impossible_text.jsonl",
+        _jsonl(GOOD, {**GOOD, "id": "q2", "is_impossible": "yes"}, LAST),
+        r"impossible_text\.jsonl: line 2 \(id 'q2'\): field 'is_impossible' must be true or false, got 'yes'",
+        "wrong_type",
+    ),
 ]
 
 
@@ -236,7 +388,8 @@ def test_hub_offline_fails_fast_and_names_the_local_file_keys(monkeypatch):
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(
-        "data.hub_path='sam-accum-tests/no-such-qa-set' could not be loaded (offline or not found")
+        "data.hub_path='sam-accum-tests/no-such-qa-set' could not be loaded (offline or not found"
+    )
     assert "data.source=files data.train_file=... data.validation_file=..." in message
 
 
@@ -246,10 +399,16 @@ def test_hub_records_are_mapped_and_checked(monkeypatch):
 
     context = "Hanul Bae opened the tea house in Seomun."
     rows = {
-        "guid": ["klue-1", "klue-2", "klue-3"], "title": ["Tea", "Tea", "Tea"], "context": [context] * 3,
-        "news_category": ["life"] * 3, "question": ["Who opened the tea house?", "When did it close?", "Where?"],
-        "answers": [{"text": ["Hanul Bae"], "answer_start": [0]}, {"text": [], "answer_start": []},
-                    {"text": ["Seomun"], "answer_start": [3]}],
+        "guid": ["klue-1", "klue-2", "klue-3"],
+        "title": ["Tea", "Tea", "Tea"],
+        "context": [context] * 3,
+        "news_category": ["life"] * 3,
+        "question": ["Who opened the tea house?", "When did it close?", "Where?"],
+        "answers": [
+            {"text": ["Hanul Bae"], "answer_start": [0]},
+            {"text": [], "answer_start": []},
+            {"text": ["Seomun"], "answer_start": [3]},
+        ],
         "is_impossible": [False, True, False],
     }
     calls = []
@@ -292,7 +451,7 @@ def test_generated_examples_load_through_the_file_loader(tmp_path):
     assert (len(train), len(dev)) == (30, 12) and stats["skipped_records"] == {"train": 0, "dev": 0}
     for example in train:
         (text,), (start,) = example["answers"]["text"], example["answers"]["answer_start"]
-        assert example["context"][start:start + len(text)] == text
+        assert example["context"][start : start + len(text)] == text
         assert 1 <= len(text.split()) <= 4
 
 
@@ -324,8 +483,12 @@ QUESTION_WORDS = {"When", "What", "Which", "Where", "From", "Under", "Bridge"}
 
 
 def test_generated_unanswerable_questions_ask_about_absent_entities():
-    settings = {**generator_settings(load_config().data.generated), "n_train": 200, "n_dev": 20,
-                "unanswerable_frac": 0.3}
+    settings = {
+        **generator_settings(load_config().data.generated),
+        "n_train": 200,
+        "n_dev": 20,
+        "unanswerable_frac": 0.3,
+    }
     splits = generate_records(settings)
     empty = [r for r in splits.train if not r["answers"]["text"]]
     assert 0.15 * 200 < len(empty) < 0.45 * 200
@@ -354,8 +517,9 @@ def test_heuristic_baseline_stays_below_50_f1_on_the_default_dev_set(tmp_path):
 
 # ------------------------------------------------------------------------------------------ data.id_field everywhere
 def _klue_cfg(train: Path, dev: Path, *extra: str):
-    return load_config(["configs/data/klue_mrc.yaml"], [f"data.train_file={train}", f"data.validation_file={dev}",
-                                                        *extra])
+    return load_config(
+        ["configs/data/klue_mrc.yaml"], [f"data.train_file={train}", f"data.validation_file={dev}", *extra]
+    )
 
 
 def test_official_klue_mrc_json_loads_from_local_files_with_its_id_field(tmp_path):
@@ -366,7 +530,14 @@ def test_official_klue_mrc_json_loads_from_local_files_with_its_id_field(tmp_pat
     train_ex, dev_ex, stats = load_examples(cfg.data)
     assert train_ex["id"] == [guid for _, _, qas in KLUE_TRAIN for guid, *_ in qas]
     # is_impossible questions are unanswerable: plausible_answers are not answers
-    assert [a["text"] for a in train_ex["answers"]] == [["박서진"], ["《푸른 종》"], [], ["〈겨울 강〉"], ["열두 점"], []]
+    assert [a["text"] for a in train_ex["answers"]] == [
+        ["박서진"],
+        ["《푸른 종》"],
+        [],
+        ["〈겨울 강〉"],
+        ["열두 점"],
+        [],
+    ]
     context = KLUE_TRAIN[0][1]
     assert train_ex[1]["answers"] == {"text": ["《푸른 종》"], "answer_start": [context.index("《푸른 종》")]}
     assert stats["unanswerable"] == {"train": 2, "dev": 1} and stats["skipped_records"] == {"train": 0, "dev": 0}
@@ -376,11 +547,17 @@ def test_official_klue_mrc_json_loads_from_local_files_with_its_id_field(tmp_pat
 @pytest.mark.parametrize("layout", ["nested", "flat", "jsonl"])
 def test_id_field_holds_for_every_layout_and_a_wrong_one_names_the_key(tmp_path, layout):
     nested = klue_doc(KLUE_TRAIN)
-    flat = [{**qa, "title": article["title"], "context": paragraph["context"]}
-            for article in nested["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    flat = [
+        {**qa, "title": article["title"], "context": paragraph["context"]}
+        for article in nested["data"]
+        for paragraph in article["paragraphs"]
+        for qa in paragraph["qas"]
+    ]
     for record in flat:  # the flat shape of answers
-        record["answers"] = {"text": [a["text"] for a in record["answers"]],
-                             "answer_start": [a["answer_start"] for a in record["answers"]]}
+        record["answers"] = {
+            "text": [a["text"] for a in record["answers"]],
+            "answer_start": [a["answer_start"] for a in record["answers"]],
+        }
     if layout == "nested":
         path = write_json(tmp_path, "train.json", nested)
     elif layout == "flat":
@@ -391,12 +568,17 @@ def test_id_field_holds_for_every_layout_and_a_wrong_one_names_the_key(tmp_path,
     records, reasons = read_squad_file(path, id_field="guid")
     assert [r["id"] for r in records] == [guid for _, _, qas in KLUE_TRAIN for guid, *_ in qas] and not reasons
     first = {"nested": r"data\[0\]\.paragraphs\[0\]\.qas\[0\]", "flat": r"record 0", "jsonl": r"line 1"}[layout]
-    expected = (rf"train\.jsonl?: {first}: missing field 'id' \(the question id, data\.id_field=id\); the record has "
-                r"'guid': set data\.id_field=guid")
+    expected = (
+        rf"train\.jsonl?: {first}: missing field 'id' \(the question id, data\.id_field=id\); the record has "
+        r"'guid': set data\.id_field=guid"
+    )
     with pytest.raises(DataError, match=expected):
         read_squad_file(path)  # the default id field, as a SQuAD config would read it
-    with pytest.raises(DataError, match=r"none of its 6 records is usable \(missing_field=6\); the first: .*"
-                                        r"set data\.id_field=guid"):
+    with pytest.raises(
+        DataError,
+        match=r"none of its 6 records is usable \(missing_field=6\); the first: .*"
+        r"set data\.id_field=guid",
+    ):
         read_squad_file(path, strict=False)
 
 
@@ -407,13 +589,18 @@ def test_squad_v2_file_in_v1_mode_warns_once_and_counts_unanswerable(tmp_path, c
     # SQUAD_V2_QAS: v2-3 and v2-6 have empty answers, in both splits (the same file)
     assert stats["unanswerable"] == {"train": 2, "dev": 2}
     warnings = [r.getMessage() for r in caplog.records if "no answer" in r.getMessage()]
-    assert warnings == ["data: 2 train / 2 dev questions have no answer but data.version_2_with_negative=false: they "
-                        "are trained to point at [CLS] and can never be answered right at evaluation; set "
-                        "data.version_2_with_negative=true to predict \"no answer\""]
+    assert warnings == [
+        "data: 2 train / 2 dev questions have no answer but data.version_2_with_negative=false: they "
+        "are trained to point at [CLS] and can never be answered right at evaluation; set "
+        'data.version_2_with_negative=true to predict "no answer"'
+    ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="experiments.data"):
-        load_examples(load_config(["configs/data/squad_v2.yaml"], [f"data.train_file={path}",
-                                                                   f"data.validation_file={path}"]).data)
+        load_examples(
+            load_config(
+                ["configs/data/squad_v2.yaml"], [f"data.train_file={path}", f"data.validation_file={path}"]
+            ).data
+        )
     assert not [r for r in caplog.records if "no answer" in r.getMessage()]
 
 
@@ -472,8 +659,13 @@ def test_offline_hub_name_served_from_the_cache_is_recorded_and_warned(tmp_path,
     assert used["cache_dir"].startswith(str(cache / "squad")) and used["revision"] is None
     assert any("Using the latest cached version" in note for note in used["library_notes"])
     warnings = [r.getMessage() for r in caplog.records]
-    assert any(w.startswith("data.hub_path='squad' split train was served from the local datasets cache "
-                            f"{used['cache_dir']} without checking the hub") for w in warnings), warnings
+    assert any(
+        w.startswith(
+            "data.hub_path='squad' split train was served from the local datasets cache "
+            f"{used['cache_dir']} without checking the hub"
+        )
+        for w in warnings
+    ), warnings
     line = describe_data(stats)
     assert line.startswith("data: hub train=squad:train (4 examples; from ") and used["cache_dir"] in line
 
@@ -503,8 +695,17 @@ def test_heuristic_baseline_is_scored_by_the_configured_metric():
     from datasets import Dataset
 
     context = "Tal Vesk was born in 1801. Dar Mion was born in 1799."
-    dev = Dataset.from_list([{"id": "q", "title": "", "context": context, "question": "When was Dar Mion born?",
-                              "answers": {"text": ["1799"], "answer_start": [context.index("1799")]}}])
+    dev = Dataset.from_list(
+        [
+            {
+                "id": "q",
+                "title": "",
+                "context": context,
+                "question": "When was Dar Mion born?",
+                "answers": {"text": ["1799"], "answer_start": [context.index("1799")]},
+            }
+        ]
+    )
     # the heuristic answers "1801" (the first year). SQuAD: no shared token -> F1 0. KLUE ROUGE-W: the longest
     # common run of "1801" and "1799" is "1" (1 of 4 characters each side) -> 2 * 1/4 * 1/4 / (1/4 + 1/4) = 0.25
     assert heuristic_baseline(dev) == {"exact_match": 0.0, "f1": 0.0}

@@ -1,5 +1,6 @@
 """Real-shaped MRC data through the training entry point: which data a run uses (and says it uses), KLUE-MRC and
 SQuAD v2 from local files scored by their official rules, and record-level faults that never sink a run."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,17 @@ from experiments.config import ConfigError, load_config
 from experiments.qa_eval import klue_mrc_scores, squad_v2_scores
 from experiments.train import main
 from tests.conftest import REPO, run_dirs
-from tests.qa_samples import (KLUE_DEV, KLUE_TRAIN, KORQUAD_QAS, LONG_QUESTION_CONTEXT, SQUAD_V2_QAS, klue_doc,
-                              korquad_doc, squad_v2_doc, write_json)
+from tests.qa_samples import (
+    KLUE_DEV,
+    KLUE_TRAIN,
+    KORQUAD_QAS,
+    LONG_QUESTION_CONTEXT,
+    SQUAD_V2_QAS,
+    klue_doc,
+    korquad_doc,
+    squad_v2_doc,
+    write_json,
+)
 
 SAMPLE_TRAIN = REPO / "tests" / "data" / "sample_train.json"
 SAMPLE_DEV = REPO / "tests" / "data" / "sample_dev.jsonl"
@@ -43,31 +53,42 @@ def test_file_keys_are_enough_on_top_of_any_config():
     notes: list = []
     cfg = load_config([KLUE], FILES, notes=notes)
     assert (cfg.data.source, cfg.data.id_field, cfg.data.metric) == ("files", "guid", "klue")
-    assert notes == ["data: data.train_file/data.validation_file win over data.source=hub (data.hub_path='klue', "
-                     "data.hub_name='mrc' not read): the files are read as that set's local copy with "
-                     "data.id_field='guid' and scored with data.metric=klue"]
+    assert notes == [
+        "data: data.train_file/data.validation_file win over data.source=hub (data.hub_path='klue', "
+        "data.hub_name='mrc' not read): the files are read as that set's local copy with "
+        "data.id_field='guid' and scored with data.metric=klue"
+    ]
     notes.clear()
     load_config([REPO / "configs" / "smoke.yaml"], FILES, notes=notes)
-    assert notes == ["data: data.generated.n_train=48, data.generated.n_dev=24 not used: the data come from local "
-                     "files"]
-    assert load_config([], []).data.source == "generated" and load_config([], ["data.hub_path=squad"]).data.source == "hub"
+    assert notes == [
+        "data: data.generated.n_train=48, data.generated.n_dev=24 not used: the data come from local files"
+    ]
+    assert (
+        load_config([], []).data.source == "generated" and load_config([], ["data.hub_path=squad"]).data.source == "hub"
+    )
     notes.clear()
     load_config([], ["data.id_field=guid", "eval.null_score_diff_threshold=1.5"], notes=notes)
-    assert notes == ["data: data.id_field='guid' not used: the generated set keeps its ids in 'id'",
-                     "data: eval.null_score_diff_threshold=1.5 not used: data.version_2_with_negative=false never "
-                     "predicts \"no answer\" from the null score"]
+    assert notes == [
+        "data: data.id_field='guid' not used: the generated set keeps its ids in 'id'",
+        "data: eval.null_score_diff_threshold=1.5 not used: data.version_2_with_negative=false never "
+        'predicts "no answer" from the null score',
+    ]
 
 
 CONFLICTS = [
     ([f"data.train_file={SAMPLE_TRAIN}"], "data.validation_file is required with data.train_file"),
     ([f"data.validation_file={SAMPLE_DEV}"], "data.train_file is required with data.validation_file"),
     (["data.source=generated", *FILES], "data.source=generated conflicts with data.train_file/data.validation_file"),
-    (["data.source=generated", "data.hub_path=squad"], "data.hub_path='squad' has no effect with "
-                                                        "data.source=generated"),
+    (
+        ["data.source=generated", "data.hub_path=squad"],
+        "data.hub_path='squad' has no effect with data.source=generated",
+    ),
     (["data.hub_name=mrc"], "data.hub_name='mrc' has no effect without data.hub_path"),
     (["data.hub_train_split=train[:10%]"], "data.hub_train_split='train[:10%]' has no effect without data.hub_path"),
-    (["data.train_file=/nonexistent/t.json", f"data.validation_file={SAMPLE_DEV}"],
-     "data.train_file='/nonexistent/t.json': no such file"),
+    (
+        ["data.train_file=/nonexistent/t.json", f"data.validation_file={SAMPLE_DEV}"],
+        "data.train_file='/nonexistent/t.json': no such file",
+    ),
     (["data.metric=klue"], "train.save_best_by=dev/f1 is not reported with data.metric=klue"),
     (["train.save_best_by=dev/rouge_w"], "train.save_best_by=dev/rouge_w is not reported with data.metric=squad"),
 ]
@@ -91,8 +112,10 @@ def test_default_config_with_file_keys_trains_on_the_files_and_says_so(tiny_run,
     assert s["data"]["used"]["train"]["path"] == str(SAMPLE_TRAIN)
     assert s["data"]["used"]["dev"]["path"] == str(SAMPLE_DEV)
     line = [x for x in err.splitlines() if x.startswith("data: files ")]
-    assert line == [f"data: files train={SAMPLE_TRAIN} (8 examples, sha256 {s['data']['used']['train']['sha256'][:12]})"
-                    f" dev={SAMPLE_DEV} (5 examples, sha256 {s['data']['used']['dev']['sha256'][:12]})"]
+    assert line == [
+        f"data: files train={SAMPLE_TRAIN} (8 examples, sha256 {s['data']['used']['train']['sha256'][:12]})"
+        f" dev={SAMPLE_DEV} (5 examples, sha256 {s['data']['used']['dev']['sha256'][:12]})"
+    ]
     assert "data: data.generated.n_train=16, data.generated.n_dev=8 not used" in err  # the fixture's generated keys
 
 
@@ -108,8 +131,16 @@ def test_klue_mrc_from_the_official_json_scored_with_em_and_rouge_w(tiny_run, tm
     train = write_json(tmp_path, "klue-mrc-v1.1_train.json", klue_doc(KLUE_TRAIN))
     dev = write_json(tmp_path, "klue-mrc-v1.1_dev.json", klue_doc(KLUE_DEV))
     results = tmp_path / "results"
-    args = tiny_run("sam_full", KLUE, f"data.train_file={train}", f"data.validation_file={dev}",
-                    "data.max_seq_length=64", "data.doc_stride=16", "train.max_updates=2", f"results_dir={results}")
+    args = tiny_run(
+        "sam_full",
+        KLUE,
+        f"data.train_file={train}",
+        f"data.validation_file={dev}",
+        "data.max_seq_length=64",
+        "data.doc_stride=16",
+        "train.max_updates=2",
+        f"results_dir={results}",
+    )
     code = main(args)
     err = capsys.readouterr().err
     assert code == 0, err
@@ -128,15 +159,26 @@ def test_klue_mrc_from_the_official_json_scored_with_em_and_rouge_w(tiny_run, tm
     assert set(predictions) == {guid for _, _, qas in KLUE_DEV for guid, *_ in qas}
     golds = {guid: ([answer] if answer else []) for _, _, qas in KLUE_DEV for guid, _, answer, *_ in qas}
     assert s["final"]["dev/rouge_w"] == pytest.approx(klue_mrc_scores(predictions, golds)["rouge_w"])
-    assert re.search(r"completed: .*\n  dev/rouge_w [0-9.]+  dev/em [0-9.]+  dev/has_ans_rouge_w [0-9.]+  "
-                     r"dev/no_ans_rouge_w [0-9.]+  dev/loss", err), err
+    assert re.search(
+        r"completed: .*\n  dev/rouge_w [0-9.]+  dev/em [0-9.]+  dev/has_ans_rouge_w [0-9.]+  "
+        r"dev/no_ans_rouge_w [0-9.]+  dev/loss",
+        err,
+    ), err
 
 
 def test_korquad_style_file_is_scored_with_character_f1(tiny_run, tmp_path):
     path = write_json(tmp_path, "KorQuAD_v1.0_dev.json", korquad_doc())
-    code = main(tiny_run("adamw", str(REPO / "configs" / "data" / "korquad.yaml"), f"data.train_file={path}",
-                         f"data.validation_file={path}", "data.max_seq_length=64", "data.doc_stride=16",
-                         "train.max_updates=1"))
+    code = main(
+        tiny_run(
+            "adamw",
+            str(REPO / "configs" / "data" / "korquad.yaml"),
+            f"data.train_file={path}",
+            f"data.validation_file={path}",
+            "data.max_seq_length=64",
+            "data.doc_stride=16",
+            "train.max_updates=1",
+        )
+    )
     assert code == 0
     s = summary(only_run(tmp_path))
     assert s["scores"]["rules"] == "KorQuAD v1.0 evaluate-v1.0.py" and s["data"]["dev_examples"] == len(KORQUAD_QAS)
@@ -145,15 +187,29 @@ def test_korquad_style_file_is_scored_with_character_f1(tiny_run, tmp_path):
 # ----------------------------------------------------------------------------------------- item 4: SQuAD v2 rules
 def test_squad_v2_run_logs_the_breakdown_and_puts_it_in_the_summary(tiny_run, tmp_path):
     path = write_json(tmp_path, "dev-v2.0.json", squad_v2_doc())
-    code = main(tiny_run("adamw", str(REPO / "configs" / "data" / "squad_v2.yaml"), f"data.train_file={path}",
-                         f"data.validation_file={path}", "data.max_seq_length=64", "data.doc_stride=16",
-                         "train.max_updates=1"))
+    code = main(
+        tiny_run(
+            "adamw",
+            str(REPO / "configs" / "data" / "squad_v2.yaml"),
+            f"data.train_file={path}",
+            f"data.validation_file={path}",
+            "data.max_seq_length=64",
+            "data.doc_stride=16",
+            "train.max_updates=1",
+        )
+    )
     assert code == 0
     run = only_run(tmp_path)
     s = summary(run)
     final = [e for e in events(run) if "dev/em" in e][-1]
-    assert {"dev/has_ans_em", "dev/has_ans_f1", "dev/no_ans_em", "dev/no_ans_f1", "dev/best_f1",
-            "dev/best_f1_thresh"} <= set(final)
+    assert {
+        "dev/has_ans_em",
+        "dev/has_ans_f1",
+        "dev/no_ans_em",
+        "dev/no_ans_f1",
+        "dev/best_f1",
+        "dev/best_f1_thresh",
+    } <= set(final)
     # SQUAD_V2_QAS: 4 questions with answers, 2 without
     assert (s["scores"]["HasAns_total"], s["scores"]["NoAns_total"], s["scores"]["total"]) == (4, 2, 6)
     predictions = json.loads((run / "predictions.json").read_text())
@@ -166,8 +222,10 @@ def test_squad_v2_run_logs_the_breakdown_and_puts_it_in_the_summary(tiny_run, tm
 def test_v1_run_on_unanswerable_data_warns_and_counts(tiny_run, tmp_path, caplog):
     path = write_json(tmp_path, "dev-v2.0.json", squad_v2_doc())
     with caplog.at_level(logging.WARNING, logger="experiments.data"):
-        assert main(tiny_run("adamw", f"data.train_file={path}", f"data.validation_file={path}",
-                             "train.max_updates=1")) == 0
+        assert (
+            main(tiny_run("adamw", f"data.train_file={path}", f"data.validation_file={path}", "train.max_updates=1"))
+            == 0
+        )
     assert caplog.text.count("questions have no answer but data.version_2_with_negative=false") == 1
     assert summary(only_run(tmp_path))["data"]["unanswerable"] == {"train": 2, "dev": 2}
 
@@ -177,10 +235,18 @@ def _long_question_file(tmp_path: Path) -> Path:
     """Flat JSON: one question of 31 tokens (31 'lamp') over a long context, one ordinary question."""
     c = LONG_QUESTION_CONTEXT
     records = [
-        {"id": "long-q", "context": c, "question": " ".join(["lamp"] * 31), "answers": {
-            "text": ["Brisk Hadde"], "answer_start": [c.index("Brisk Hadde")]}},
-        {"id": "short-q", "context": c, "question": "Who wrote the tower book?", "answers": {
-            "text": ["Ferris Galloway"], "answer_start": [c.index("Ferris Galloway")]}},
+        {
+            "id": "long-q",
+            "context": c,
+            "question": " ".join(["lamp"] * 31),
+            "answers": {"text": ["Brisk Hadde"], "answer_start": [c.index("Brisk Hadde")]},
+        },
+        {
+            "id": "short-q",
+            "context": c,
+            "question": "Who wrote the tower book?",
+            "answers": {"text": ["Ferris Galloway"], "answer_start": [c.index("Ferris Galloway")]},
+        },
     ]
     return write_json(tmp_path, "long_question.json", records)
 
@@ -189,8 +255,15 @@ def test_doc_stride_the_config_accepts_never_crashes_the_tokenizer(tiny_run, tmp
     """smoke.yaml (max_seq_length 64) with data.doc_stride=30 and a 31-token question: a Rust panic before."""
     path = _long_question_file(tmp_path)
     with caplog.at_level(logging.WARNING, logger="experiments.data"):
-        code = main(tiny_run("adamw", f"data.train_file={path}", f"data.validation_file={SAMPLE_DEV}",
-                             "data.doc_stride=30", "train.max_updates=1"))
+        code = main(
+            tiny_run(
+                "adamw",
+                f"data.train_file={path}",
+                f"data.validation_file={SAMPLE_DEV}",
+                "data.doc_stride=30",
+                "train.max_updates=1",
+            )
+        )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "Traceback" not in err and "panicked" not in err
@@ -205,12 +278,26 @@ def _faulty_file(tmp_path: Path) -> Path:
     good = json.loads(SAMPLE_DEV.read_text().splitlines()[0])
     lines = [
         json.dumps({**good, "id": "ok-1"}),
-        json.dumps({**good, "id": "bad-surrogate", "context": "\ud83d" + good["context"],
-                    "answers": {"text": good["answers"]["text"],
-                                "answer_start": [s + 1 for s in good["answers"]["answer_start"]]}}),
+        json.dumps(
+            {
+                **good,
+                "id": "bad-surrogate",
+                "context": "\ud83d" + good["context"],
+                "answers": {
+                    "text": good["answers"]["text"],
+                    "answer_start": [s + 1 for s in good["answers"]["answer_start"]],
+                },
+            }
+        ),
         json.dumps({**good, "id": "ok-2"}),
-        json.dumps({"id": "bad-blank", "context": "\u200b\u200b\u200b", "question": "Who?",
-                    "answers": {"text": [], "answer_start": []}}),
+        json.dumps(
+            {
+                "id": "bad-blank",
+                "context": "\u200b\u200b\u200b",
+                "question": "Who?",
+                "answers": {"text": [], "answer_start": []},
+            }
+        ),
         json.dumps({**good, "id": "ok-3"}),
     ]
     path = tmp_path / "faulty.jsonl"
@@ -221,13 +308,18 @@ def _faulty_file(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("split", ["train", "dev"])
 def test_record_faults_strict_one_line_naming_file_record_and_id(tiny_run, tmp_path, capsys, split):
     path = _faulty_file(tmp_path)
-    keys = ([f"data.train_file={path}", f"data.validation_file={SAMPLE_DEV}"] if split == "train"
-            else [f"data.train_file={SAMPLE_TRAIN}", f"data.validation_file={path}"])
+    keys = (
+        [f"data.train_file={path}", f"data.validation_file={SAMPLE_DEV}"]
+        if split == "train"
+        else [f"data.train_file={SAMPLE_TRAIN}", f"data.validation_file={path}"]
+    )
     assert main(tiny_run("adamw", *keys)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"error: {path}: line 2 (id 'bad-surrogate'): field 'context' holds a lone UTF-16 surrogate "
-                       "'\\ud83d' at character 0 (valid JSON escape, not valid Unicode text); data.strict=false "
-                       "skips such records")
+    assert err[-1] == (
+        f"error: {path}: line 2 (id 'bad-surrogate'): field 'context' holds a lone UTF-16 surrogate "
+        "'\\ud83d' at character 0 (valid JSON escape, not valid Unicode text); data.strict=false "
+        "skips such records"
+    )
     assert not (tmp_path / "runs").exists()
     # without the surrogate, the next fault is found while tokenising, and named the same way
     clean = path.read_text().splitlines()
@@ -235,9 +327,11 @@ def test_record_faults_strict_one_line_naming_file_record_and_id(tiny_run, tmp_p
     path.write_text("\n".join(clean) + "\n")
     assert main(tiny_run("adamw", *keys)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"error: {path}: line 3 (id 'bad-blank'): the context has no token this tokenizer keeps "
-                       "(only characters it drops, e.g. zero-width, control or combining marks); data.strict=false "
-                       "skips such records")
+    assert err[-1] == (
+        f"error: {path}: line 3 (id 'bad-blank'): the context has no token this tokenizer keeps "
+        "(only characters it drops, e.g. zero-width, control or combining marks); data.strict=false "
+        "skips such records"
+    )
     assert not [line for line in err if "Traceback" in line]
     assert not (tmp_path / "runs").exists()
 
@@ -245,8 +339,15 @@ def test_record_faults_strict_one_line_naming_file_record_and_id(tiny_run, tmp_p
 def test_record_faults_lenient_are_skipped_counted_and_the_run_goes_on(tiny_run, tmp_path, capsys, caplog):
     path = _faulty_file(tmp_path)
     with caplog.at_level(logging.WARNING, logger="experiments.data"):
-        code = main(tiny_run("adamw", f"data.train_file={path}", f"data.validation_file={path}",
-                             "data.strict=false", "train.max_updates=1"))
+        code = main(
+            tiny_run(
+                "adamw",
+                f"data.train_file={path}",
+                f"data.validation_file={path}",
+                "data.strict=false",
+                "train.max_updates=1",
+            )
+        )
     err = capsys.readouterr().err
     assert code == 0, err
     s = summary(only_run(tmp_path))

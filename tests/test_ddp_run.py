@@ -5,6 +5,7 @@ port): a 2-process run equals the single-process run with a doubled micro-batch;
 rank ends the run `failed` within seconds and the same command resumes it to the uninterrupted run's weights, bitwise.
 The fast ones check the pieces: rank slices, evaluation shards, the torchrun environment, config and run ids.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,17 @@ from experiments.train import main
 from tests.conftest import PYTHON, REPO, SMOKE, arm_file
 
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-TRAIN = ["-m", "experiments.train", SMOKE, arm_file("sam_full"), "data.generated.n_train=32",
-         "data.generated.n_dev=16", "train.epochs=3", "train.num_threads=1", "dist.timeout_s=60"]
+TRAIN = [
+    "-m",
+    "experiments.train",
+    SMOKE,
+    arm_file("sam_full"),
+    "data.generated.n_train=32",
+    "data.generated.n_dev=16",
+    "train.epochs=3",
+    "train.num_threads=1",
+    "dist.timeout_s=60",
+]
 
 
 def env() -> dict:
@@ -88,8 +98,10 @@ def test_single_process_run_ids_ignore_the_data_parallel_keys():
     """dist.* and optim.perturbation change nothing one process computes: its run id (and so a sweep's skip of a
     completed run) is the one it had before these keys existed."""
     base = load_config([SMOKE])
-    same = [load_config([SMOKE], extra) for extra in (["dist.world_size=1"], ["dist.timeout_s=5"],
-                                                      ["optim.perturbation=per_rank"])]
+    same = [
+        load_config([SMOKE], extra)
+        for extra in (["dist.world_size=1"], ["dist.timeout_s=5"], ["optim.perturbation=per_rank"])
+    ]
     assert {run_id(c) for c in same} == {run_id(base)}
     two = load_config([SMOKE], ["dist.world_size=2"])
     two_per_rank = load_config([SMOKE], ["dist.world_size=2", "optim.perturbation=per_rank"])
@@ -102,15 +114,20 @@ def test_rank_seeds_are_distinct_and_reproducible():
     seeds = [rank_seed(s, r) for s in (0, 1, 7) for r in range(4)]
     assert len(set(seeds)) == len(seeds)
     # numpy's SeedSequence([seed, rank]).generate_state(1)[0]: these values, on every machine and numpy version
-    assert (rank_seed(3, 1), rank_seed(0, 0)) == (457190280, 2968811710) and all(0 <= s < 2 ** 32 for s in seeds)
+    assert (rank_seed(3, 1), rank_seed(0, 0)) == (457190280, 2968811710) and all(0 <= s < 2**32 for s in seeds)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["dist.world_size=2"], "dist.world_size=2 but this process was not started by torchrun"),
-    (["optim.perturbation=per_rank", "arm=x", "optim.replay=last"],
-     "optim.perturbation=per_rank applies to optim.replay=full"),
-    (["dist.timeout_s=0"], "dist.timeout_s=0"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["dist.world_size=2"], "dist.world_size=2 but this process was not started by torchrun"),
+        (
+            ["optim.perturbation=per_rank", "arm=x", "optim.replay=last"],
+            "optim.perturbation=per_rank applies to optim.replay=full",
+        ),
+        (["dist.timeout_s=0"], "dist.timeout_s=0"),
+    ],
+)
 def test_bad_data_parallel_settings_are_refused_in_one_line(tiny_run, tmp_path, capsys, extra, message):
     assert main([*tiny_run("sam_full"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -123,8 +140,14 @@ def test_bad_data_parallel_settings_are_refused_in_one_line(tiny_run, tmp_path, 
 
 
 def run_torchrun(results: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*TORCHRUN, *TRAIN, f"results_dir={results}", *extra], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*TORCHRUN, *TRAIN, f"results_dir={results}", *extra],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def only_run_dir(results: Path) -> Path:
@@ -139,9 +162,21 @@ def ddp_and_single(tmp_path_factory):
     root = tmp_path_factory.mktemp("equal")
     ddp = run_torchrun(root / "ddp", "model.dropout=0", "tracking.mode=offline")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run([PYTHON, *TRAIN, f"results_dir={root / 'single'}", "model.dropout=0",
-                             "train.micro_batch_size=8", "tracking.mode=disabled"], cwd=REPO, env=env(),
-                            capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [
+            PYTHON,
+            *TRAIN,
+            f"results_dir={root / 'single'}",
+            "model.dropout=0",
+            "train.micro_batch_size=8",
+            "tracking.mode=disabled",
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     return only_run_dir(root / "ddp"), only_run_dir(root / "single"), ddp
 
@@ -157,8 +192,9 @@ def test_two_processes_equal_one_process_with_the_micro_batch_doubled(ddp_and_si
     for key in ("train/loss", "dev/loss"):
         assert a["final"][key] == pytest.approx(b["final"][key], rel=1e-5), key
     assert (a["final"]["dev/em"], a["final"]["dev/f1"]) == (b["final"]["dev/em"], b["final"]["dev/f1"])
-    assert (json.loads((ddp_dir / "predictions.json").read_text())
-            == json.loads((single_dir / "predictions.json").read_text()))
+    assert json.loads((ddp_dir / "predictions.json").read_text()) == json.loads(
+        (single_dir / "predictions.json").read_text()
+    )
     ea, eb = train_events(ddp_dir), train_events(single_dir)
     assert [e["examples"] for e in ea] == [e["examples"] for e in eb]  # the same windows, update by update
     for x, y in zip(ea, eb):
@@ -195,8 +231,9 @@ def start_until_first_resume_checkpoint(command: list[str], run_dir: Path) -> tu
     """Start `command` (a torchrun launch) and wait until the run's first resume checkpoint is on disk; returns
     (the launcher, the pid of its rank-1 worker). The launcher is killed if that fails; otherwise the caller stops
     it."""
-    launcher = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
+    launcher = subprocess.Popen(
+        command, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "checkpoint" / "resume" / "trainer.json").exists():
@@ -247,8 +284,9 @@ def test_kill_9_of_one_rank_fails_the_run_quickly_and_the_same_command_resumes(t
     assert done["status"] == "completed" and done["resumes"] == 1
     assert done["final"] == reference["final"] and done["updates"] == reference["updates"]
     wa = load_file(target / "checkpoint" / "final" / "model.safetensors")
-    wb = load_file(tmp_path / "straight" / "runs" / "adhoc" / "ddp-resumable" / "checkpoint" / "final"
-                   / "model.safetensors")
+    wb = load_file(
+        tmp_path / "straight" / "runs" / "adhoc" / "ddp-resumable" / "checkpoint" / "final" / "model.safetensors"
+    )
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [e["update"] for e in train_events(target)] == list(range(1, done["updates"] + 1))
 
@@ -260,8 +298,15 @@ def test_a_stuck_rank_fails_the_run_after_the_collective_timeout(tmp_path):
     dist.timeout_s, records `failed`, exits; torchrun then stops the stuck rank. Nothing waits forever."""
     timeout_s = 8
     results = tmp_path / "stuck"
-    command = [*TORCHRUN, *TRAIN, f"results_dir={results}", "train.checkpoint_every=3", "run_name=stuck",
-               "tracking.mode=disabled", f"dist.timeout_s={timeout_s}"]
+    command = [
+        *TORCHRUN,
+        *TRAIN,
+        f"results_dir={results}",
+        "train.checkpoint_every=3",
+        "run_name=stuck",
+        "tracking.mode=disabled",
+        f"dist.timeout_s={timeout_s}",
+    ]
     target = results / "runs" / "adhoc" / "stuck"
     launcher, victim = start_until_first_resume_checkpoint(command, target)
     try:
@@ -283,5 +328,7 @@ def test_a_stuck_rank_fails_the_run_after_the_collective_timeout(tmp_path):
     failed = summary_of(target)
     assert code != 0 and failed["status"] == "failed", failed
     assert recorded >= timeout_s - 1  # it was the timeout, not something else, that ended the wait
-    print(f"SIGSTOP of rank 1: failed recorded after {recorded:.1f} s (timeout {timeout_s} s), torchrun ended after "
-          f"{ended:.1f} s; reason: {failed['reason'][:160]}")
+    print(
+        f"SIGSTOP of rank 1: failed recorded after {recorded:.1f} s (timeout {timeout_s} s), torchrun ended after "
+        f"{ended:.1f} s; reason: {failed['reason'][:160]}"
+    )

@@ -1,5 +1,6 @@
 """The fast loop: dynamic padding, the masked QA loss, fused AdamW, length-sorted evaluation, the dev subset of
 periodic evaluations and the time breakdown in summary.json."""
+
 import copy
 import json
 import math
@@ -7,8 +8,7 @@ import math
 import pytest
 import torch
 
-from experiments.batches import (LABELS, MODEL_INPUTS, Features, columns_of, padded_length, subset_rows,
-                                 to_features)
+from experiments.batches import LABELS, MODEL_INPUTS, Features, columns_of, padded_length, subset_rows, to_features
 from experiments.config import load_config
 from experiments.model import load_model, load_tokenizer
 from experiments.qa_loss import span_loss
@@ -28,8 +28,10 @@ def _summary(run):
 # padding arithmetic
 
 
-@pytest.mark.parametrize("longest,max_len,expected", [(1, 128, 8), (8, 128, 8), (9, 128, 16), (121, 128, 128),
-                                                      (128, 128, 128), (99, 100, 100), (33, 36, 36)])
+@pytest.mark.parametrize(
+    "longest,max_len,expected",
+    [(1, 128, 8), (8, 128, 8), (9, 128, 16), (121, 128, 128), (128, 128, 128), (99, 100, 100), (33, 36, 36)],
+)
 def test_padded_length_rounds_up_to_a_multiple_of_8_capped_at_max_seq_length(longest, max_len, expected):
     assert padded_length(longest, max_len) == expected
 
@@ -72,8 +74,17 @@ def test_span_loss_is_the_cross_entropy_over_real_tokens_only(dtype):
     end = (torch.randn(3, 10, generator=g) * 3).to(dtype)
     mask = torch.tensor([[1] * 10, [1] * 6 + [0] * 4, [1] * 3 + [0] * 7])
     starts, ends = torch.tensor([0, 5, 2]), torch.tensor([9, 5, 1])
-    expected = sum((_masked_nll_by_hand(start[i].float(), mask[i], starts[i])
-                    + _masked_nll_by_hand(end[i].float(), mask[i], ends[i])) / 2 for i in range(3)) / 3
+    expected = (
+        sum(
+            (
+                _masked_nll_by_hand(start[i].float(), mask[i], starts[i])
+                + _masked_nll_by_hand(end[i].float(), mask[i], ends[i])
+            )
+            / 2
+            for i in range(3)
+        )
+        / 3
+    )
     got = span_loss(start, end, mask, starts, ends)
     assert got.dtype == torch.float32
     assert float(got) == pytest.approx(expected, rel=1e-6)
@@ -84,8 +95,16 @@ def test_span_loss_is_the_cross_entropy_over_real_tokens_only(dtype):
 
 
 def _smoke_features(max_seq_length=128):
-    cfg = load_config([SMOKE], ["model.name_or_path=embedded", f"data.max_seq_length={max_seq_length}",
-                                "data.doc_stride=32", "data.generated.n_train=16", "data.generated.n_dev=8"])
+    cfg = load_config(
+        [SMOKE],
+        [
+            "model.name_or_path=embedded",
+            f"data.max_seq_length={max_seq_length}",
+            "data.doc_stride=32",
+            "data.generated.n_train=16",
+            "data.generated.n_dev=8",
+        ],
+    )
     from experiments.data import load_examples, prepare_train_features
 
     tokenizer = load_tokenizer(cfg.model.name_or_path)
@@ -109,8 +128,9 @@ def test_the_same_micro_batch_padded_to_128_or_to_its_length_gives_the_same_loss
     def loss_and_grads(batch):
         model.zero_grad()
         out = model(**{k: batch[k] for k in MODEL_INPUTS})
-        loss = span_loss(out.start_logits, out.end_logits, batch["attention_mask"], batch["start_positions"],
-                         batch["end_positions"])
+        loss = span_loss(
+            out.start_logits, out.end_logits, batch["attention_mask"], batch["start_positions"], batch["end_positions"]
+        )
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -180,8 +200,14 @@ def test_fused_is_used_where_torch_has_it_and_required_only_when_asked(monkeypat
 
 @pytest.mark.slow
 def test_dynamic_and_fixed_padding_runs_agree_on_losses_predictions_and_scores(tiny_run, tmp_path):
-    common = ("model.dropout=0", "train.epochs=1", "data.generated.n_train=24", "data.max_seq_length=128",
-              "data.doc_stride=32", "optim.lr=3e-3")
+    common = (
+        "model.dropout=0",
+        "train.epochs=1",
+        "data.generated.n_train=24",
+        "data.max_seq_length=128",
+        "data.doc_stride=32",
+        "optim.lr=3e-3",
+    )
     assert main(tiny_run("sam_full", *common, "run_name=dynamic")) == 0
     assert main(tiny_run("sam_full", *common, "run_name=fixed", "data.pad_to_max_length=true")) == 0
     dynamic, fixed = (tmp_path / "runs" / "adhoc" / n for n in ("dynamic", "fixed"))
@@ -189,7 +215,9 @@ def test_dynamic_and_fixed_padding_runs_agree_on_losses_predictions_and_scores(t
     assert a["dev/loss"] == pytest.approx(b["dev/loss"], rel=1e-5)
     assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
     assert (a["dev/em"], a["dev/f1"]) == (b["dev/em"], b["dev/f1"])
-    assert json.loads((dynamic / "predictions.json").read_text()) == json.loads((fixed / "predictions.json").read_text())
+    assert json.loads((dynamic / "predictions.json").read_text()) == json.loads(
+        (fixed / "predictions.json").read_text()
+    )
     losses = lambda run: [e["train/loss"] for e in _events(run) if "train/loss" in e]  # noqa: E731
     assert losses(dynamic) == pytest.approx(losses(fixed), rel=1e-5)
 
@@ -200,10 +228,18 @@ def test_length_sorted_evaluation_maps_every_answer_to_its_example(tmp_path):
     from experiments.qa_eval import postprocess_predictions
     from experiments.tracking import RunTracker
 
-    cfg = load_config([SMOKE, arm_file("adamw")], [f"results_dir={tmp_path}", "tracking.mode=disabled",
-                                                   "data.generated.n_train=8", "data.generated.n_dev=16",
-                                                   "data.max_seq_length=96", "data.doc_stride=16",
-                                                   "train.eval_batch_size=5"])
+    cfg = load_config(
+        [SMOKE, arm_file("adamw")],
+        [
+            f"results_dir={tmp_path}",
+            "tracking.mode=disabled",
+            "data.generated.n_train=8",
+            "data.generated.n_dev=16",
+            "data.max_seq_length=96",
+            "data.doc_stride=16",
+            "train.eval_batch_size=5",
+        ],
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     assert len(set(trainer.dev.lengths.tolist())) > 3  # lengths vary, so sorting reorders
     trainer.tracker = RunTracker(cfg, tmp_path / "run")
@@ -212,8 +248,10 @@ def test_length_sorted_evaluation_maps_every_answer_to_its_example(tmp_path):
     fixed = to_features(trainer.dev.dataset, MODEL_INPUTS + LABELS, pad_to_max_length=True)
     trainer.model.eval()
     with torch.no_grad():
-        outs = [trainer.model(**{k: v for k, v in fixed.batch(torch.tensor([i]), "cpu").items() if k in MODEL_INPUTS})
-                for i in range(len(fixed))]
+        outs = [
+            trainer.model(**{k: v for k, v in fixed.batch(torch.tensor([i]), "cpu").items() if k in MODEL_INPUTS})
+            for i in range(len(fixed))
+        ]
     starts = torch.cat([o.start_logits for o in outs]).numpy()
     ends = torch.cat([o.end_logits for o in outs]).numpy()
     expected = postprocess_predictions(trainer.dev_examples, fixed.dataset, starts, ends)
@@ -240,10 +278,14 @@ def test_subset_rows_depends_only_on_its_seed_and_keeps_every_feature_of_a_chose
 
 def test_eval_columns_are_python_lists_read_once_and_select_keeps_row_order():
     datasets = pytest.importorskip("datasets")
-    dataset = datasets.Dataset.from_dict({"example_id": ["a", "b", "c"],
-                                          "offset_mapping": [[[0, 1]], [[0, 2], [2, 3]], [[1, 4]]],
-                                          "input_ids": [[1, 0], [2, 3], [4, 0]],
-                                          "attention_mask": [[1, 0], [1, 1], [1, 0]]})
+    dataset = datasets.Dataset.from_dict(
+        {
+            "example_id": ["a", "b", "c"],
+            "offset_mapping": [[[0, 1]], [[0, 2], [2, 3]], [[1, 4]]],
+            "input_ids": [[1, 0], [2, 3], [4, 0]],
+            "attention_mask": [[1, 0], [1, 1], [1, 0]],
+        }
+    )
     columns = columns_of(dataset, ("example_id", "offset_mapping", "not_there"))
     # lists, not datasets' lazy Column (which converts from Arrow again at every pass)
     assert {name: type(column) for name, column in columns.items()} == {"example_id": list, "offset_mapping": list}
@@ -256,12 +298,26 @@ def test_eval_columns_are_python_lists_read_once_and_select_keeps_row_order():
 
 
 def test_periodic_evaluations_score_the_subset_and_the_final_one_the_whole_dev_set(tiny_run, tmp_path):
-    assert main(tiny_run("sam_full", "train.epochs=1", "data.generated.n_dev=12", "train.eval_every=2",
-                         "eval.subset_size=5", "train.max_updates=5")) == 0
+    assert (
+        main(
+            tiny_run(
+                "sam_full",
+                "train.epochs=1",
+                "data.generated.n_dev=12",
+                "train.eval_every=2",
+                "eval.subset_size=5",
+                "train.max_updates=5",
+            )
+        )
+        == 0
+    )
     run = run_dirs(tmp_path)[0]
     evals = [e for e in _events(run) if "dev/f1" in e]
     assert [(e["update"], e["eval/kind"], e["eval/subset"], e["eval/examples"]) for e in evals] == [
-        (2, "periodic", True, 5), (4, "periodic", True, 5), (5, "final", False, 12)]
+        (2, "periodic", True, 5),
+        (4, "periodic", True, 5),
+        (5, "final", False, 12),
+    ]
     s = _summary(run)
     assert s["best"]["update"] == 5 and s["best"]["eval/examples"] == 12  # the best is chosen on the whole set
     assert s["data"]["dev_subset_examples"] == 5

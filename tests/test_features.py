@@ -1,4 +1,5 @@
 """experiments.data.features: doc-stride windows, start/end labels, eval offsets and the tokenisation cache."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,19 +27,47 @@ def _examples(records: list[dict]) -> Dataset:
 
 
 def _record(rid: str, context: str, question: str, answer: str | None) -> dict:
-    answers = ({"text": [answer], "answer_start": [context.index(answer)]} if answer
-               else {"text": [], "answer_start": []})
+    answers = (
+        {"text": [answer], "answer_start": [context.index(answer)]} if answer else {"text": [], "answer_start": []}
+    )
     return {"id": rid, "title": "t", "context": context, "question": question, "answers": answers}
 
 
 # A hand-written long paragraph (~450 tokens): one answer near the start, one near the end, one question unanswerable.
-LONG = " ".join(
-    f"The lamp of tower {n} was lit each night by a keeper called {name}."
-    for n, name in enumerate(["Orla Fenn", "Brisk Hadde", "Tamsin Roe", "Edda Vorl", "Kip Marrow", "Lune Abbot",
-                              "Saffa Doyle", "Wren Tolley", "Maro Quist", "Ivo Hartle", "Pell Sarne", "Nix Ember",
-                              "Oda Crane", "Rhun Tabor", "Selk Morrow", "Una Vell", "Garo Pike", "Hesk Lorn",
-                              "Ilsa Brant", "Jory Keel", "Tova Rusk", "Quen Harl", "Dax Pollen", "Yara Stoat"])
-) + " The last keeper of all, Ferris Galloway, wrote the tower book in 1791."
+LONG = (
+    " ".join(
+        f"The lamp of tower {n} was lit each night by a keeper called {name}."
+        for n, name in enumerate(
+            [
+                "Orla Fenn",
+                "Brisk Hadde",
+                "Tamsin Roe",
+                "Edda Vorl",
+                "Kip Marrow",
+                "Lune Abbot",
+                "Saffa Doyle",
+                "Wren Tolley",
+                "Maro Quist",
+                "Ivo Hartle",
+                "Pell Sarne",
+                "Nix Ember",
+                "Oda Crane",
+                "Rhun Tabor",
+                "Selk Morrow",
+                "Una Vell",
+                "Garo Pike",
+                "Hesk Lorn",
+                "Ilsa Brant",
+                "Jory Keel",
+                "Tova Rusk",
+                "Quen Harl",
+                "Dax Pollen",
+                "Yara Stoat",
+            ]
+        )
+    )
+    + " The last keeper of all, Ferris Galloway, wrote the tower book in 1791."
+)
 HAND = [
     _record("near-start", LONG, "Who lit the lamp of tower 1?", "Brisk Hadde"),
     _record("near-end", LONG, "Who wrote the tower book?", "Ferris Galloway"),
@@ -49,8 +78,7 @@ HAND = [
 
 @pytest.fixture(scope="module")
 def examples():
-    settings = {**generator_settings(load_config().data.generated), "n_train": 45, "n_dev": 3,
-                "long_context_frac": 0.5}
+    settings = {**generator_settings(load_config().data.generated), "n_train": 45, "n_dev": 3, "long_context_frac": 0.5}
     return _examples(HAND + generate_records(settings).train)
 
 
@@ -63,8 +91,14 @@ def feats(tokenizer, examples):
 
 def test_columns_and_window_counts(feats, examples):
     train, evals = feats
-    assert train.column_names == ["input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions",
-                                  "example_id"]
+    assert train.column_names == [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "start_positions",
+        "end_positions",
+        "example_id",
+    ]
     assert evals.column_names == train.column_names + ["offset_mapping"]
     assert train["example_id"] == evals["example_id"]  # each window knows its example (training counts examples)
     assert len(train) == len(evals) > len(examples)  # long contexts give several windows
@@ -106,8 +140,8 @@ def test_labels_round_trip_to_the_gold_text_or_point_at_cls(feats, examples, tok
             continue
         assert 0 < start <= end
         span = feature["offset_mapping"]
-        assert example["context"][span[start][0]:span[end][1]] == text
-        assert tokenizer.decode(feature["input_ids"][start:end + 1]) == text.lower()  # uncased tokenizer
+        assert example["context"][span[start][0] : span[end][1]] == text
+        assert tokenizer.decode(feature["input_ids"][start : end + 1]) == text.lower()  # uncased tokenizer
         labelled += 1
     assert labelled >= len(examples) - 1 and cls_while_answerable > 0
     # the long hand-made paragraph: the late answer is CLS in the first window and labelled in a later one
@@ -183,8 +217,9 @@ def test_the_issue_case_doc_stride_30_at_64_tokens_and_a_31_token_question(token
     # before: the question kept 31 tokens (cut at 64 // 2 = 32), the context got 64 - 3 - 31 = 30 = stride: panic
     question = " ".join(["lamp"] * 31)
     assert len(tokenizer(question, add_special_tokens=False)["input_ids"]) == 31
-    out = prepare_train_features(_examples([_record("q", LONG, question, "Brisk Hadde")]), tokenizer, 64, 30,
-                                 use_cache=False)
+    out = prepare_train_features(
+        _examples([_record("q", LONG, question, "Brisk Hadde")]), tokenizer, 64, 30, use_cache=False
+    )
     sep = tokenizer.sep_token_id
     # now cut to 64 - 3 - 30 - 1 = 30 tokens: 31 context tokens per window, and the windows advance
     assert all(ids.index(sep) - 1 == 30 for ids in out["input_ids"])
@@ -194,12 +229,18 @@ def test_the_issue_case_doc_stride_30_at_64_tokens_and_a_31_token_question(token
 def test_a_context_with_no_token_is_a_named_record_fault(tokenizer):
     from experiments.data import TokenisationFaults
 
-    records = HAND[:2] + [_record("blank", "\u200b\u200b\u200b", "Who?", None), _record("ctrl", "\x00\x01", "Who?",
-                                                                                       None)]
+    records = HAND[:2] + [
+        _record("blank", "\u200b\u200b\u200b", "Who?", None),
+        _record("ctrl", "\x00\x01", "Who?", None),
+    ]
     for prepare in (prepare_train_features, prepare_eval_features):
         with pytest.raises(TokenisationFaults) as info:
             prepare(_examples(records), tokenizer, SEQ, STRIDE, use_cache=False)
-        assert [(f.example_id, f.reason) for f in info.value.faults] == [("blank", "no_context_tokens"),
-                                                                          ("ctrl", "no_context_tokens")]
-        assert str(info.value).endswith("example id 'blank': the context has no token this tokenizer keeps (only "
-                                        "characters it drops, e.g. zero-width, control or combining marks) (1 more)")
+        assert [(f.example_id, f.reason) for f in info.value.faults] == [
+            ("blank", "no_context_tokens"),
+            ("ctrl", "no_context_tokens"),
+        ]
+        assert str(info.value).endswith(
+            "example id 'blank': the context has no token this tokenizer keeps (only "
+            "characters it drops, e.g. zero-width, control or combining marks) (1 more)"
+        )

@@ -5,6 +5,7 @@
 report targets is parsed by that module's own argument parser, and the output folder is checked: the default sweep
 reports into results/report/, any other sweep next to it, never over the committed report.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -23,24 +24,28 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 
 def _analysis_commands(*make_args: str) -> list[tuple[str, list[str]]]:
     """(module, [key=value ...]) of each `-m analysis.<module>` line `make -n` prints (nothing is run)."""
-    done = subprocess.run(["make", "-n", "--no-print-directory", *make_args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        ["make", "-n", "--no-print-directory", *make_args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     commands = []
     for line in done.stdout.splitlines():
         words = shlex.split(line)
         if "-m" in words and words[words.index("-m") + 1].startswith("analysis."):
             at = words.index("-m") + 1
-            commands.append((words[at], words[at + 1:]))
+            commands.append((words[at], words[at + 1 :]))
     return commands
 
 
-@pytest.mark.parametrize("target, sweep, out", [
-    ("report", "ablation", "results/report"),
-    ("report", "smoke", "results/report-smoke"),
-    ("sharpness", "ablation", "results/report"),
-    ("sharpness", "smoke", "results/report-smoke"),
-])
+@pytest.mark.parametrize(
+    "target, sweep, out",
+    [
+        ("report", "ablation", "results/report"),
+        ("report", "smoke", "results/report-smoke"),
+        ("sharpness", "ablation", "results/report"),
+        ("sharpness", "smoke", "results/report-smoke"),
+    ],
+)
 def test_report_targets_pass_keys_the_modules_accept(target, sweep, out):
     commands = _analysis_commands(target, f"SWEEP={sweep}")
     expected = ["analysis.sharpness", "analysis.report"] if target == "report" else ["analysis.sharpness"]
@@ -78,8 +83,9 @@ def test_phony_names_are_the_documented_targets():
 def test_make_help_lists_every_target_and_every_variable():
     import re
 
-    done = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     listed_targets = set(re.findall(r"^  make (\S+)", done.stdout, re.M))
     listed_variables = set(re.findall(r"^  ([A-Z_]+) ", done.stdout, re.M))
@@ -89,17 +95,31 @@ def test_make_help_lists_every_target_and_every_variable():
     settable = set(re.findall(r"^([A-Z_]+)\s*\?=", text, re.M))
     assert {"ARM", "ARGS", "RESULTS", "JOBS", "SWEEP"} <= settable == listed_variables
     # and no value carries a trailing comment's blanks (ARM=sam_full must name configs/arm/sam_full.yaml)
-    dry = subprocess.run(["make", "-n", "--no-print-directory", "run"], cwd=REPO, capture_output=True, text=True,
-                         timeout=60)
+    dry = subprocess.run(
+        ["make", "-n", "--no-print-directory", "run"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert "configs/arm/sam_full.yaml results_dir=results" in dry.stdout
 
 
-@pytest.mark.parametrize("nproc, launcher", [
-    (None, [".venv/bin/python", "-m", "experiments.train"]),
-    ("1", [".venv/bin/python", "-m", "experiments.train"]),
-    ("2", [".venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "experiments.train"]),
-])
+@pytest.mark.parametrize(
+    "nproc, launcher",
+    [
+        (None, [".venv/bin/python", "-m", "experiments.train"]),
+        ("1", [".venv/bin/python", "-m", "experiments.train"]),
+        (
+            "2",
+            [
+                ".venv/bin/python",
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "experiments.train",
+            ],
+        ),
+    ],
+)
 @pytest.mark.parametrize("target", ["run", "smoke"])
 def test_nproc_runs_one_run_under_torchrun(target, nproc, launcher):
     """make run NPROC=N: one run data-parallel over N processes (torchrun picks a free port: --standalone)."""
@@ -107,5 +127,5 @@ def test_nproc_runs_one_run_under_torchrun(target, nproc, launcher):
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     words = shlex.split(done.stdout.strip().splitlines()[-1])
-    assert words[:len(launcher)] == launcher
+    assert words[: len(launcher)] == launcher
     assert words[len(launcher)].startswith("configs/") and words[-1] == "seed=3"

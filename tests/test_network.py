@@ -4,6 +4,7 @@ The network is faked away the way a machine without it behaves: every name looku
 gaierror, as on this CPU machine), and the Hugging Face offline variables are unset, which is the case that used to
 retry for about 50 s.
 """
+
 import socket
 import time
 
@@ -13,7 +14,6 @@ from experiments import network, tracking
 from experiments.config import load_config
 from experiments.model import ModelError, load_tokenizer
 from experiments.train import main
-from tests.conftest import run_dirs
 
 LIMIT_S = 10.0  # a generous bound: the probe gives up after 3 s, a name lookup that fails at once far sooner
 
@@ -39,8 +39,10 @@ def test_a_hub_model_name_fails_in_seconds_with_the_offline_variables_unset(no_n
     assert time.perf_counter() - began < LIMIT_S
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("model.name_or_path='sam-accum-tests/no-such-model' could not be loaded: the hub "
-                              "(https://huggingface.co) is not reachable within 3 s and the local cache has no copy")
+    assert message.startswith(
+        "model.name_or_path='sam-accum-tests/no-such-model' could not be loaded: the hub "
+        "(https://huggingface.co) is not reachable within 3 s and the local cache has no copy"
+    )
     assert "model.name_or_path=embedded" in message
 
 
@@ -58,8 +60,10 @@ def test_online_tracking_is_refused_in_seconds_before_anything_loads(tiny_run, t
     assert main(tiny_run("sam_full", "tracking.mode=online")) == 2
     assert time.perf_counter() - began < LIMIT_S
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: tracking.mode=online but the W&B server https://api.wandb.ai is not reachable within 3 s; "
-                   "use tracking.mode=offline (upload later with make sync) or set WANDB_BASE_URL"]
+    assert err == [
+        "error: tracking.mode=online but the W&B server https://api.wandb.ai is not reachable within 3 s; "
+        "use tracking.mode=offline (upload later with make sync) or set WANDB_BASE_URL"
+    ]
     assert not (tmp_path / "runs").exists()
 
 
@@ -107,6 +111,7 @@ def test_local_and_embedded_models_never_probe(monkeypatch, tmp_path):
     from experiments.model import hub_access
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
     def fail(*args, **kwargs):
         raise AssertionError("probed the network for a local model")
 
@@ -122,5 +127,7 @@ def test_the_sam_benchmark_refuses_a_hub_model_in_seconds(no_network):
     with pytest.raises(SystemExit) as info:
         load_model("sam-accum-tests/no-such-model", 64)
     assert time.perf_counter() - began < LIMIT_S
-    assert str(info.value) == ("error: --model 'sam-accum-tests/no-such-model' could not be loaded (the hub is not "
-                               "reachable and the local cache has no copy); use --model embedded, tiny or a local folder")
+    assert str(info.value) == (
+        "error: --model 'sam-accum-tests/no-such-model' could not be loaded (the hub is not "
+        "reachable and the local cache has no copy); use --model embedded, tiny or a local folder"
+    )

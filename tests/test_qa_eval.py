@@ -1,4 +1,5 @@
 """EM/F1 against values worked out by hand from the official rules, and the n-best span search on made-up logits."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -302,13 +303,24 @@ def test_squad_v2_breakdown_and_best_threshold_by_hand():
 
 def test_score_predictions_names_per_metric():
     predictions, references, null_odds = thresholds_case()
-    logged, details = score_predictions(predictions, references, metric="squad", version_2_with_negative=True,
-                                        null_odds=null_odds)
+    logged, details = score_predictions(
+        predictions, references, metric="squad", version_2_with_negative=True, null_odds=null_odds
+    )
     f1_b = f1_of(1 / 2, 1)
-    assert logged == pytest.approx({
-        "dev/em": 50.0, "dev/f1": 100 * (2 + f1_b) / 4, "dev/has_ans_em": 50.0, "dev/has_ans_f1": 100 * (1 + f1_b) / 2,
-        "dev/no_ans_em": 50.0, "dev/no_ans_f1": 50.0, "dev/best_em": 50.0, "dev/best_em_thresh": 0.0,
-        "dev/best_f1": 100 * (2 + f1_b) / 4, "dev/best_f1_thresh": 1.0})
+    assert logged == pytest.approx(
+        {
+            "dev/em": 50.0,
+            "dev/f1": 100 * (2 + f1_b) / 4,
+            "dev/has_ans_em": 50.0,
+            "dev/has_ans_f1": 100 * (1 + f1_b) / 2,
+            "dev/no_ans_em": 50.0,
+            "dev/no_ans_f1": 50.0,
+            "dev/best_em": 50.0,
+            "dev/best_em_thresh": 0.0,
+            "dev/best_f1": 100 * (2 + f1_b) / 4,
+            "dev/best_f1_thresh": 1.0,
+        }
+    )
     assert details["rules"] == "SQuAD v2.0 evaluate-v2.0.py" and details["HasAns_total"] == 2
     assert details["unanswerable"] == 2
     # v1 mode: the v1.1 rules, no breakdown
@@ -318,9 +330,16 @@ def test_score_predictions_names_per_metric():
     # a: 1/1; b: "paris france" (12) vs "paris" (5), run 5 -> P=5/12 R=1; c: "" (1/1); d: (0/0)
     logged, details = score_predictions(predictions, references, metric="klue", version_2_with_negative=True)
     rw_b = 2 * (5 / 12) / (5 / 12 + 1)
-    assert logged == pytest.approx({"dev/em": 50.0, "dev/rouge_w": 100 * (2 + rw_b) / 4, "dev/has_ans_em": 50.0,
-                                    "dev/has_ans_rouge_w": 100 * (1 + rw_b) / 2, "dev/no_ans_em": 50.0,
-                                    "dev/no_ans_rouge_w": 50.0})
+    assert logged == pytest.approx(
+        {
+            "dev/em": 50.0,
+            "dev/rouge_w": 100 * (2 + rw_b) / 4,
+            "dev/has_ans_em": 50.0,
+            "dev/has_ans_rouge_w": 100 * (1 + rw_b) / 2,
+            "dev/no_ans_em": 50.0,
+            "dev/no_ans_rouge_w": 50.0,
+        }
+    )
     assert details["rules"].startswith("KLUE-baseline klue_baseline/metrics")
     with pytest.raises(ValueError, match="unknown metric"):
         score_predictions(predictions, references, metric="bleu")
@@ -445,8 +464,9 @@ def test_v2_null_odds_are_null_score_minus_best_span():
     rows = [logits_for(6, start={0: 4.0, 4: 3.0}, end={0: 4.0, 4: 3.0}), logits_for(6, start={0: 1.0}, end={0: 1.0})]
     start, end = stack(rows)
     # null = min(8, 2) = 2, best span beta = 6: odds 2 - 6 = -4
-    answers, odds = postprocess_predictions(examples, features, start, end, version_2_with_negative=True,
-                                            return_null_odds=True)
+    answers, odds = postprocess_predictions(
+        examples, features, start, end, version_2_with_negative=True, return_null_odds=True
+    )
     assert answers == {"x": "beta"} and odds == {"x": -4.0}
 
 

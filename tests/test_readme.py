@@ -1,4 +1,5 @@
 """The README's numbers come from committed results: its one-sentence answer is the committed report's, word for word."""
+
 from tests.conftest import REPO
 
 
@@ -67,9 +68,13 @@ def test_the_bench_table_is_the_committed_train_json():
     for row, (name, case) in zip(rows, bench["cases"].items()):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[0].split(" ")[0] == name
-        assert cells[2:] == [f"{100 * case['padding_share_at_max_length']:.1f} %",
-                             f"{100 * case['product_token_share']:.1f} %", f"{case['product_examples_per_s']:.2f}",
-                             f"{case['peer_examples_per_s']:.2f}", f"{case['ratio_vs_peer']:.2f}×"]
+        assert cells[2:] == [
+            f"{100 * case['padding_share_at_max_length']:.1f} %",
+            f"{100 * case['product_token_share']:.1f} %",
+            f"{case['product_examples_per_s']:.2f}",
+            f"{case['peer_examples_per_s']:.2f}",
+            f"{case['ratio_vs_peer']:.2f}×",
+        ]
 
 
 def test_the_config_error_the_readme_shows_is_what_train_prints(capsys):
@@ -92,9 +97,14 @@ def test_the_default_arms_table_is_the_committed_runs_csv():
     assert len(rows) == len(runs) == 4
     for row, run in zip(rows, runs):
         wall = float(run["wall_time_s"])
-        expected = [run["arm"], f"{float(run['final.dev/em']):.2f}", f"{float(run['final.dev/f1']):.2f}",
-                    f"{float(run['final.dev/loss']):.3f}", f"{int(wall // 60)} min {round(wall % 60)} s",
-                    f"{float(run['mean_step_time_s']):.2f}"]
+        expected = [
+            run["arm"],
+            f"{float(run['final.dev/em']):.2f}",
+            f"{float(run['final.dev/f1']):.2f}",
+            f"{float(run['final.dev/loss']):.3f}",
+            f"{int(wall // 60)} min {round(wall % 60)} s",
+            f"{float(run['mean_step_time_s']):.2f}",
+        ]
         assert [c.strip() for c in row.strip("|").split("|")] == expected
     # the runs were made from a commit, not from uncommitted changes
     assert {run["git_sha"] for run in runs} == {"3b9e34c31b67fe164bc2b0d4114a98d975ea412c"}

@@ -1,4 +1,5 @@
 """A run killed with SIGKILL resumes from its last checkpoint and ends exactly where an uninterrupted run ends."""
+
 import json
 import os
 import signal
@@ -10,17 +11,31 @@ import pytest
 from safetensors.torch import load_file
 
 from experiments.config import load_config, run_dir
-from tests.conftest import PYTHON, REPO, SMOKE, arm_file
+from tests.conftest import PYTHON, SMOKE, arm_file
 
 pytestmark = pytest.mark.slow
 
-ARGS = [SMOKE, "data.generated.n_train=32", "data.generated.n_dev=8", "train.epochs=8",
-        "train.checkpoint_every=4", "run_name=resumable"]
+ARGS = [
+    SMOKE,
+    "data.generated.n_train=32",
+    "data.generated.n_dev=8",
+    "train.epochs=8",
+    "train.checkpoint_every=4",
+    "run_name=resumable",
+]
 
 
 def train_cmd(arm, results_dir, *extra):
-    return [PYTHON, "-m", "experiments.train", *ARGS[:1], arm_file(arm), *ARGS[1:], f"results_dir={results_dir}",
-            *extra]
+    return [
+        PYTHON,
+        "-m",
+        "experiments.train",
+        *ARGS[:1],
+        arm_file(arm),
+        *ARGS[1:],
+        f"results_dir={results_dir}",
+        *extra,
+    ]
 
 
 def read_events(path: Path):
@@ -31,8 +46,9 @@ def read_events(path: Path):
 def test_kill_9_mid_run_then_same_command_resumes_to_identical_result(tmp_path, arm):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = subprocess.run(train_cmd(arm, straight, "tracking.mode=disabled"), env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        train_cmd(arm, straight, "tracking.mode=disabled"), env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
     cmd = train_cmd(arm, killed, "tracking.mode=offline")
@@ -93,8 +109,12 @@ def test_data_parallel_time_based_checkpoints_look_at_the_clock_every_ddp_clock_
             broadcasts.append((fake.progress.update, obj))
             return obj
 
-    fake = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(checkpoint_every=0, checkpoint_every_minutes=1)),
-                           progress=SimpleNamespace(update=0), dist=TwoRanks(), _last_checkpoint=None)
+    fake = SimpleNamespace(
+        cfg=SimpleNamespace(train=SimpleNamespace(checkpoint_every=0, checkpoint_every_minutes=1)),
+        progress=SimpleNamespace(update=0),
+        dist=TwoRanks(),
+        _last_checkpoint=None,
+    )
     due = []
     for update in range(1, 31):
         clock["now"] = 5.0 * update

@@ -2,6 +2,7 @@
 
 Skipped without a GPU (CI has none); run on a GPU machine with `pytest tests/test_sam_cuda.py`.
 """
+
 import pytest
 import torch
 from torch import nn
@@ -54,10 +55,10 @@ def test_fp16_grad_scaler_on_cuda_skips_overflowing_update(at_call):
     model, x, y = on_cuda(make_model(dtype=torch.float32), *make_data(8, dtype=torch.float32))
     before = [p.detach().clone() for p in model.parameters()]
     opt = SAM(model.parameters(), torch.optim.AdamW, rho=0.05, lr=1e-2)
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 10)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10)
     with torch.autocast("cuda", dtype=torch.float16):
         r = train_step(InjectInf(model, at_call), split(x, y, [4, 4]), opt, replay="full", scaler=scaler)
-    assert r.skipped and scaler.get_scale() == 2.0 ** 9
+    assert r.skipped and scaler.get_scale() == 2.0**9
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     with torch.autocast("cuda", dtype=torch.float16):
         r2 = train_step(mse_fn(model), split(x, y, [4, 4]), opt, replay="full", scaler=scaler)

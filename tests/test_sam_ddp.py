@@ -9,10 +9,11 @@ The two ranks run every case in one spawn (a few seconds) and save what they saw
 All-reduces are counted with a DDP communication hook: it runs once per gradient bucket that DDP all-reduces, and
 the toy model fits in one bucket, so the count is the number of gradient all-reduces of the window.
 """
+
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 import pytest
@@ -20,11 +21,20 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.testing import assert_close
 
 from sam import SAM, train_step
-from tests.test_sam_train_step import (LR, RHO, MaskRecorder, grads_at, make_data, make_model, mse_fn, rel_err,
-                                       sam_e, weighted_sum)
+from tests.test_sam_train_step import (
+    LR,
+    RHO,
+    MaskRecorder,
+    grads_at,
+    make_data,
+    make_model,
+    mse_fn,
+    rel_err,
+    sam_e,
+    weighted_sum,
+)
 
 WORLD = 2
 
@@ -50,8 +60,10 @@ CASES = [
     *ks("none", "none"),
     *ks("last", "last"),
     # per-rank perturbations have no single-process twin: checked against their formulas (SGD, one window)
-    *[Case(f"full-per_rank-k{k}", "full", (6,) * k, perturbation="per_rank", optimizer="sgd", windows=1)
-      for k in (1, 2, 4)],
+    *[
+        Case(f"full-per_rank-k{k}", "full", (6,) * k, perturbation="per_rank", optimizer="sgd", windows=1)
+        for k in (1, 2, 4)
+    ],
     *[Case(f"micro-formula-k{k}", "micro", (6,) * k, optimizer="sgd", windows=1) for k in (1, 2, 4)],
     *[Case(f"last-formula-k{k}", "last", (6,) * k, optimizer="sgd", windows=1) for k in (2, 4)],
     # uneven slices: 7 rows split 4/3, and a micro-batch of 1 row that leaves rank 1 with an empty slice
@@ -73,7 +85,7 @@ def global_micro_batches(case: Case, window: int):
     x, y = window_data(case, window)
     out, start = [], 0
     for n in case.global_sizes:
-        out.append((x[start:start + n], y[start:start + n]))
+        out.append((x[start : start + n], y[start : start + n]))
         start += n
     return out
 
@@ -100,11 +112,17 @@ def build(case: Case):
     else:
         model = make_model()
     if case.replay == "none":
-        opt = (torch.optim.AdamW(model.parameters(), lr=1e-2) if case.optimizer == "adamw"
-               else torch.optim.SGD(model.parameters(), lr=LR))
+        opt = (
+            torch.optim.AdamW(model.parameters(), lr=1e-2)
+            if case.optimizer == "adamw"
+            else torch.optim.SGD(model.parameters(), lr=LR)
+        )
     else:
-        opt = (SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2) if case.optimizer == "adamw"
-               else SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR))
+        opt = (
+            SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
+            if case.optimizer == "adamw"
+            else SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+        )
     return model, opt
 
 
@@ -118,8 +136,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     from experiments.distributed import count_allreduces
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+    )
     out = {}
     for case in CASES:
         model, opt = build(case)
@@ -130,10 +149,16 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         for window in range(case.windows):
             batches, sizes = rank_slices(case, window, rank)
             buckets.clear()
-            result = train_step(mse_fn(ddp), batches, opt, replay=case.replay, perturbation=case.perturbation,
-                                sizes=None if case.equal_sizes_as_none else sizes,
-                                global_sizes=None if case.equal_sizes_as_none else list(case.global_sizes),
-                                ddp=ddp)
+            result = train_step(
+                mse_fn(ddp),
+                batches,
+                opt,
+                replay=case.replay,
+                perturbation=case.perturbation,
+                sizes=None if case.equal_sizes_as_none else sizes,
+                global_sizes=None if case.equal_sizes_as_none else list(case.global_sizes),
+                ddp=ddp,
+            )
             record["counts"].append(len(buckets))
             record["results"].append(asdict(result))
         record["params"] = [p.detach().clone() for p in model.parameters()]
@@ -163,8 +188,9 @@ def single_process(case: Case):
     model, opt = build(case)
     results = []
     for window in range(case.windows):
-        r = train_step(mse_fn(model), global_micro_batches(case, window), opt, replay=case.replay,
-                       sizes=list(case.global_sizes))
+        r = train_step(
+            mse_fn(model), global_micro_batches(case, window), opt, replay=case.replay, sizes=list(case.global_sizes)
+        )
         results.append(asdict(r))
     return [p.detach().clone() for p in model.parameters()], results
 
@@ -234,8 +260,9 @@ def test_per_rank_perturbation_equals_its_formula(ranks, name):
         x_r = torch.cat([b[0] for b in mine.values()])
         y_r = torch.cat([b[1] for b in mine.values()])
         e_r = sam_e(grads_at(model, (x_r, y_r)))
-        term = weighted_sum([grads_at(model, b, shift=e_r) for b in mine.values()],
-                            [len(b[0]) / total for b in mine.values()])
+        term = weighted_sum(
+            [grads_at(model, b, shift=e_r) for b in mine.values()], [len(b[0]) / total for b in mine.values()]
+        )
         expected = term if expected is None else [a + b for a, b in zip(expected, term)]
     check_sgd_update(ranks, name, expected)
     # and it is not the global perturbation (k = 1 included: each rank has half of the micro-batch)
@@ -255,8 +282,10 @@ def test_last_equals_its_formula(ranks, name):
     k = len(case.global_sizes)
     parts = split_rows(case)
     n_k = case.global_sizes[-1]
-    expected = weighted_sum([grads_at(model, parts[r, k - 1], shift=e) for r in range(WORLD)],
-                            [len(parts[r, k - 1][0]) / n_k for r in range(WORLD)])
+    expected = weighted_sum(
+        [grads_at(model, parts[r, k - 1], shift=e) for r in range(WORLD)],
+        [len(parts[r, k - 1][0]) / n_k for r in range(WORLD)],
+    )
     check_sgd_update(ranks, name, expected)
     assert rel_err(expected, grads_at(model, global_micro_batches(case, 0)[-1], shift=e)) <= 1e-12
 
@@ -271,8 +300,12 @@ def test_micro_equals_its_formula(ranks, name):
     # first_grad_norm: the ranks' mean of ‖(n_{r,k}/N) ∇L_{r,k}(w)‖ (single process: ‖(n_k/N) ∇L_k(w)‖); an empty
     # slice has no gradient: norm 0
     k = len(case.global_sizes)
-    norms = [torch.sqrt(sum((g ** 2).sum() for g in grads_at(model, parts[r, k - 1]))).item()
-             * len(parts[r, k - 1][0]) / total if (r, k - 1) in parts else 0.0 for r in range(WORLD)]
+    norms = [
+        torch.sqrt(sum((g**2).sum() for g in grads_at(model, parts[r, k - 1]))).item() * len(parts[r, k - 1][0]) / total
+        if (r, k - 1) in parts
+        else 0.0
+        for r in range(WORLD)
+    ]
     assert ranks[0][name]["results"][0]["first_grad_norm"] == pytest.approx(sum(norms) / WORLD, rel=1e-10)
 
 

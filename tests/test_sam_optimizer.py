@@ -1,4 +1,5 @@
 """SAM the optimizer: the perturbation formula, restoring, missing gradients, state and schedulers."""
+
 import copy
 
 import pytest
@@ -28,9 +29,9 @@ def test_perturbation_has_norm_rho_and_direction_of_gradient(rho):
     opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=0.1)
     opt.first_step()
     e = [p.detach() - w0 for p, w0 in zip(model.parameters(), w)]
-    norm_e = torch.sqrt(sum((t ** 2).sum() for t in e))
+    norm_e = torch.sqrt(sum((t**2).sum() for t in e))
     assert norm_e.item() == pytest.approx(rho, rel=1e-9, abs=1e-15)
-    norm_g = torch.sqrt(sum((t ** 2).sum() for t in g))
+    norm_g = torch.sqrt(sum((t**2).sum() for t in g))
     assert_close(e, [rho * t / (norm_g + 1e-12) for t in g], rtol=1e-9, atol=1e-15)
 
 
@@ -63,7 +64,7 @@ def test_asam_follows_the_authors_formula_on_a_zero_bias_and_a_zero_weight(eta):
     norm = opt.first_step()
 
     tw = w.abs() + eta  # T of the weight
-    tg_norm = torch.sqrt(((tw * gw) ** 2).sum() + (gb ** 2).sum())  # T = 1 for the bias
+    tg_norm = torch.sqrt(((tw * gw) ** 2).sum() + (gb**2).sum())  # T = 1 for the bias
     assert_close(norm, tg_norm, rtol=1e-12, atol=0)
     e_w = rho * tw * tw * gw / (tg_norm + 1e-12)
     e_b = rho * gb / (tg_norm + 1e-12)
@@ -75,10 +76,10 @@ def test_asam_follows_the_authors_formula_on_a_zero_bias_and_a_zero_weight(eta):
     if eta == 0.0:
         assert moved == 0.0
     else:
-        assert moved == pytest.approx(rho * eta ** 2 * gw[0, 1].item() / tg_norm.item(), rel=1e-9)
+        assert moved == pytest.approx(rho * eta**2 * gw[0, 1].item() / tg_norm.item(), rel=1e-9)
     # and ‖T⁻¹ e‖ = rho: the perturbation sits on the boundary of the adaptive ball (a coordinate with T = 0,
     # possible only with eta = 0, has e = 0 and adds nothing)
-    inv = torch.sqrt((torch.where(tw > 0, e_w / tw, 0.0) ** 2).sum() + (e_b ** 2).sum())
+    inv = torch.sqrt((torch.where(tw > 0, e_w / tw, 0.0) ** 2).sum() + (e_b**2).sum())
     assert inv.item() == pytest.approx(rho, rel=1e-9)
 
 
@@ -93,7 +94,7 @@ def test_is_weight_flag_of_a_param_group_overrides_the_shape_rule():
     opt = SAM(groups, torch.optim.SGD, rho=rho, adaptive=True, eta=eta, lr=0.1)
     opt.first_step()
     tb = b.abs() + eta  # the bias is 0, so T = eta
-    norm = torch.sqrt((gw ** 2).sum() + ((tb * gb) ** 2).sum())
+    norm = torch.sqrt((gw**2).sum() + ((tb * gb) ** 2).sum())
     assert_close(layer.weight.detach() - w, rho * gw / (norm + 1e-12), rtol=1e-9, atol=1e-15)
     assert_close(layer.bias.detach() - b, rho * tb * tb * gb / (norm + 1e-12), rtol=1e-9, atol=1e-15)
 
@@ -203,8 +204,13 @@ def test_parameter_without_gradient_in_one_pass_ends_where_it_started(first_uses
 
 def test_param_groups_are_the_base_optimizers_also_after_load_state_dict():
     model = make_model()
-    opt = SAM([{"params": model[0].parameters(), "weight_decay": 0.0},
-               {"params": model[2].parameters()}], torch.optim.AdamW, rho=RHO, lr=1e-3, weight_decay=0.1)
+    opt = SAM(
+        [{"params": model[0].parameters(), "weight_decay": 0.0}, {"params": model[2].parameters()}],
+        torch.optim.AdamW,
+        rho=RHO,
+        lr=1e-3,
+        weight_decay=0.1,
+    )
     assert opt.param_groups is opt.base_optimizer.param_groups
     assert opt.param_groups[0]["rho"] == RHO and opt.param_groups[1]["weight_decay"] == 0.1
     state = copy.deepcopy(opt.state_dict())
@@ -220,7 +226,7 @@ def test_param_groups_are_the_base_optimizers_also_after_load_state_dict():
 @pytest.mark.parametrize("replay", ["full", "last", "micro"])
 def test_resume_from_state_dict_mid_training_matches_uninterrupted(replay):
     x, y = make_data(24)
-    windows = [split(x[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8], [4, 4]) for i in range(3)] * 2
+    windows = [split(x[i * 8 : (i + 1) * 8], y[i * 8 : (i + 1) * 8], [4, 4]) for i in range(3)] * 2
 
     def new(model):
         opt = SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2, weight_decay=0.01)

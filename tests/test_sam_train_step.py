@@ -2,6 +2,7 @@
 
 Notation (as in sam/train_step.py): window of k micro-batches, a_i = n_i / N, L = Σ a_i L_i.
 """
+
 import copy
 import warnings
 
@@ -33,7 +34,7 @@ def make_data(n, seed=1, dtype=torch.float64):
 def split(x, y, sizes):
     out, start = [], 0
     for n in sizes:
-        out.append((x[start:start + n], y[start:start + n]))
+        out.append((x[start : start + n], y[start : start + n]))
         start += n
     return out
 
@@ -60,7 +61,7 @@ def grads_at(model, batch, shift=None):
 
 def sam_e(g, rho=RHO):
     """e = rho · g / ‖g‖ with ‖g‖ the global norm."""
-    norm = torch.sqrt(sum((t ** 2).sum() for t in g))
+    norm = torch.sqrt(sum((t**2).sum() for t in g))
     return [rho * t / (norm + 1e-12) for t in g]
 
 
@@ -70,7 +71,7 @@ def weighted_sum(grad_lists, weights):
 
 def rel_err(a, b):
     num = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(a, b)))
-    den = torch.sqrt(sum((y ** 2).sum() for y in b))
+    den = torch.sqrt(sum((y**2).sum() for y in b))
     return (num / den).item()
 
 
@@ -87,17 +88,20 @@ def test_full_equals_sam_on_concatenated_batch(sizes):
     ref_opt = SAM(ref.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=0.9)
     for window in range(3):
         x_w, y_w = x + window, y  # a different window each update
+
         # reference: SAM.step on the concatenated batch, loss = mean over all N examples
         def closure():
             loss = mse_fn(ref)((x_w, y_w))
             loss.backward()
             return loss
+
         ref_opt.zero_grad()
         g_w = grads_at(ref, (x_w, y_w))
         expected_grad = grads_at(ref, (x_w, y_w), shift=sam_e(g_w))
         ref_opt.step(closure)
-        train_step(mse_fn(model), split(x_w, y_w, sizes), opt, replay="full",
-                   sizes=sizes if len(set(sizes)) > 1 else None)
+        train_step(
+            mse_fn(model), split(x_w, y_w, sizes), opt, replay="full", sizes=sizes if len(set(sizes)) > 1 else None
+        )
         assert rel_err([p.grad for p in model.parameters()], expected_grad) < 1e-10
         assert rel_err(list(model.parameters()), list(ref.parameters())) < 1e-10
 
@@ -120,7 +124,7 @@ def literal_copied_loop(model, opt, windows, k):
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_last_is_the_copied_loop_bitwise(k):
     x, y = make_data(4 * k * 3)
-    windows = [split(x[w * 4 * k:(w + 1) * 4 * k], y[w * 4 * k:(w + 1) * 4 * k], [4] * k) for w in range(3)]
+    windows = [split(x[w * 4 * k : (w + 1) * 4 * k], y[w * 4 * k : (w + 1) * 4 * k], [4] * k) for w in range(3)]
     model, ref = make_model(), make_model()
     opt = SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
     ref_opt = SAM(ref.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
@@ -218,9 +222,9 @@ def test_reported_numbers_follow_their_definitions():
     r = train_step(mse_fn(model), window, opt, replay="full", max_grad_norm=1e-3)
     assert r.loss == pytest.approx(loss_w, rel=1e-12)
     assert r.perturbed_loss == pytest.approx(loss_we, rel=1e-12)
-    assert r.first_grad_norm == pytest.approx(torch.sqrt(sum((t ** 2).sum() for t in g)).item(), rel=1e-12)
+    assert r.first_grad_norm == pytest.approx(torch.sqrt(sum((t**2).sum() for t in g)).item(), rel=1e-12)
     # grad_norm is the second-pass norm BEFORE clipping
-    assert r.grad_norm == pytest.approx(torch.sqrt(sum((t ** 2).sum() for t in g2)).item(), rel=1e-12)
+    assert r.grad_norm == pytest.approx(torch.sqrt(sum((t**2).sum() for t in g2)).item(), rel=1e-12)
     assert not r.skipped
 
 
@@ -230,7 +234,7 @@ def test_max_grad_norm_clips_the_second_pass_gradient():
     window = split(x, y, [4, 4])
     model = make_model()
     g2 = grads_at(model, (x, y), shift=sam_e(grads_at(model, (x, y))))
-    norm2 = torch.sqrt(sum((t ** 2).sum() for t in g2))
+    norm2 = torch.sqrt(sum((t**2).sum() for t in g2))
     max_norm = 0.5 * norm2.item()
     clipped = [t * max_norm / (norm2 + 1e-6) for t in g2]
     expected = [p - LR * c for p, c in zip(model.parameters(), clipped)]
@@ -327,22 +331,27 @@ class InjectInf:
         return loss
 
 
-@pytest.mark.parametrize("replay,at_call", [("full", 0), ("full", 1), ("full", 2), ("full", 3),
-                                            ("last", 3), ("micro", 0), ("micro", 3), ("none", 1)])
+@pytest.mark.parametrize(
+    "replay,at_call",
+    [("full", 0), ("full", 1), ("full", 2), ("full", 3), ("last", 3), ("micro", 0), ("micro", 3), ("none", 1)],
+)
 def test_grad_scaler_overflow_skips_whole_update(replay, at_call):
     """k = 2: calls 0,1 are the first pass (micro: 0,2), 2,3 the second pass (micro: 1,3)."""
     model = make_model(dtype=torch.float32)
     x, y = make_data(8, dtype=torch.float32)
     window = split(x, y, [4, 4])
     before = [p.detach().clone() for p in model.parameters()]
-    opt = (torch.optim.AdamW(model.parameters(), lr=1e-2) if replay == "none"
-           else SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2))
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    opt = (
+        torch.optim.AdamW(model.parameters(), lr=1e-2)
+        if replay == "none"
+        else SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     r = train_step(InjectInf(model, at_call), window, opt, replay=replay, scaler=scaler)
     assert r.skipped
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q)
-    assert scaler.get_scale() == 2.0 ** 9  # backed off by the default factor 0.5
+    assert scaler.get_scale() == 2.0**9  # backed off by the default factor 0.5
     # the next, clean window updates normally with the smaller scale
     r2 = train_step(mse_fn(model), window, opt, replay=replay, scaler=scaler)
     assert not r2.skipped
@@ -355,10 +364,13 @@ def test_grad_scaler_update_equals_unscaled_update(replay):
     x, y = make_data(8, dtype=torch.float32)
     window = split(x, y, [4, 4])
     out = []
-    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)):
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**8)):
         model = make_model(dtype=torch.float32)
-        opt = (torch.optim.SGD(model.parameters(), lr=LR) if replay == "none"
-               else SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR))
+        opt = (
+            torch.optim.SGD(model.parameters(), lr=LR)
+            if replay == "none"
+            else SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+        )
         train_step(mse_fn(model), window, opt, replay=replay, scaler=scaler, max_grad_norm=0.5)
         out.append([p.detach().clone() for p in model.parameters()])
     assert_close(out[0], out[1], rtol=1e-6, atol=1e-7)

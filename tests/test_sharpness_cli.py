@@ -7,13 +7,13 @@ figure a non-blank PNG; the same numbers on a second call; the run directories b
 errors with exit status 2 for a bad key, a bad value, a sweep without completed runs and runs with different data.
 Kendall's tau-b is checked against scipy.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +27,40 @@ from tests.conftest import PYTHON, REPO, SMOKE, arm_file
 
 ARMS = ("adamw", "sam_full", "sam_last")
 SEEDS = (0, 1)
-TINY_BUDGET = ["train_examples=8", "dev_examples=8", "landscape_examples=4", "hessian_examples=4", "eigen_iters=3",
-               "trace_samples=2", "average_samples=2", "worst_steps=2", "curve_points=5", "curve_directions=2",
-               "surface_points=4", "interp_points=3", "threads=1"]
-MEASURES = ["train_loss", "dev_loss", "gap_subset", "lambda_max", "trace", "trace_se",
-            *(f"avg_sharpness_rho{r}" for r in ("0.01", "0.05", "0.1")),
-            *(f"worst_sharpness_rho{r}" for r in ("0.01", "0.05", "0.1"))]
+TINY_BUDGET = [
+    "train_examples=8",
+    "dev_examples=8",
+    "landscape_examples=4",
+    "hessian_examples=4",
+    "eigen_iters=3",
+    "trace_samples=2",
+    "average_samples=2",
+    "worst_steps=2",
+    "curve_points=5",
+    "curve_directions=2",
+    "surface_points=4",
+    "interp_points=3",
+    "threads=1",
+]
+MEASURES = [
+    "train_loss",
+    "dev_loss",
+    "gap_subset",
+    "lambda_max",
+    "trace",
+    "trace_se",
+    *(f"avg_sharpness_rho{r}" for r in ("0.01", "0.05", "0.1")),
+    *(f"worst_sharpness_rho{r}" for r in ("0.01", "0.05", "0.1")),
+]
 
 
 def _snapshot(root: Path) -> dict[str, str]:
     """sha256 of every file under the sweep's run directories."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((root / "runs").rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((root / "runs").rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +71,33 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharpness")
     for arm in ARMS:
         for seed in SEEDS:
-            code = train([SMOKE, arm_file(arm), f"results_dir={root}", "sweep=tiny", "data.generated.n_train=16",
-                          "data.generated.n_dev=8", "train.max_updates=3", "train.epochs=1", "tracking.mode=disabled",
-                          f"seed={seed}"])
+            code = train(
+                [
+                    SMOKE,
+                    arm_file(arm),
+                    f"results_dir={root}",
+                    "sweep=tiny",
+                    "data.generated.n_train=16",
+                    "data.generated.n_dev=8",
+                    "train.max_updates=3",
+                    "train.epochs=1",
+                    "tracking.mode=disabled",
+                    f"seed={seed}",
+                ]
+            )
             assert code == 0
     before = _snapshot(root)
     assert any(name.endswith(".safetensors") for name in before)
     code = sharpness.main([f"results_dir={root}", "sweep=tiny", *TINY_BUDGET])
     assert code == 0
     report = report_dir(root, "tiny")
-    return {"root": root, "before": before, "csv": (report / "sharpness.csv").read_text(),
-            "curves": (report / "sharpness_curves.csv").read_text(), "md": (report / "sharpness.md").read_text()}
+    return {
+        "root": root,
+        "before": before,
+        "csv": (report / "sharpness.csv").read_text(),
+        "curves": (report / "sharpness_curves.csv").read_text(),
+        "md": (report / "sharpness.md").read_text(),
+    }
 
 
 def test_csv_has_one_row_per_run_with_finite_measures_and_pass_counts(sweep):
@@ -124,14 +162,17 @@ def test_same_seed_gives_the_same_numbers_and_the_runs_stay_untouched(sweep):
     assert _snapshot(sweep["root"]) == sweep["before"]  # checkpoints, configs, summaries: not a byte changed
 
 
-@pytest.mark.parametrize("args, message", [
-    (["bogus_key=1"], "unknown key 'bogus_key'"),
-    (["eigen_iters=-1"], "eigen_iters=-1 is out of range"),
-    (["rhos_worst=[]"], "rhos_worst"),
-    (["curve_points=many"], "curve_points"),
-    (["hessian_examples=64"], "hessian_examples=64 must be <= train_examples"),
-    (["novalue"], "must look like key=value"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bogus_key=1"], "unknown key 'bogus_key'"),
+        (["eigen_iters=-1"], "eigen_iters=-1 is out of range"),
+        (["rhos_worst=[]"], "rhos_worst"),
+        (["curve_points=many"], "curve_points"),
+        (["hessian_examples=64"], "hessian_examples=64 must be <= train_examples"),
+        (["novalue"], "must look like key=value"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors_with_exit_2(tmp_path, capsys, args, message):
     assert sharpness.main([f"results_dir={tmp_path}", "sweep=tiny", *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -140,15 +181,21 @@ def test_bad_arguments_are_one_line_errors_with_exit_2(tmp_path, capsys, args, m
 
 def test_arguments_are_typed_by_the_key_not_by_yaml_1_1():
     """max_runs=010 is ten (YAML 1.1: octal 8), out=0123 is the folder 0123 (YAML 1.1: 83), lists are read as lists."""
-    opts = sharpness.parse_args(["max_runs=010", "out=0123", "sweep=1.10", "rhos_worst=[0.1, 0.01]", "dry_run=yes",
-                                 "threads="])
+    opts = sharpness.parse_args(
+        ["max_runs=010", "out=0123", "sweep=1.10", "rhos_worst=[0.1, 0.01]", "dry_run=yes", "threads="]
+    )
     assert (opts.max_runs, opts.out, opts.sweep, opts.rhos_worst) == (10, "0123", "1.10", [0.01, 0.1])
     assert opts.dry_run is True and opts.threads is None
 
 
 def test_module_entry_point_reports_a_bad_key_in_one_line(tmp_path):
-    proc = subprocess.run([PYTHON, "-m", "analysis.sharpness", f"results_dir={tmp_path}", "sweep=x", "nope=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-m", "analysis.sharpness", f"results_dir={tmp_path}", "sweep=x", "nope=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "unknown key 'nope'" in proc.stderr
 
@@ -175,11 +222,14 @@ def test_runs_with_different_data_are_refused():
         check_same_data({"a": a, "b": b})
 
 
-@pytest.mark.parametrize("x, y", [
-    ([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]),
-    ([1, 1, 2, 3, 3, 4], [0.5, 0.7, 0.7, 0.1, 2.0, 2.0]),  # ties in both
-    ([3, 1, 2], [1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        ([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]),
+        ([1, 1, 2, 3, 3, 4], [0.5, 0.7, 0.7, 0.1, 2.0, 2.0]),  # ties in both
+        ([3, 1, 2], [1, 2, 3]),
+    ],
+)
 def test_kendall_tau_b_matches_scipy(x, y):
     from scipy.stats import kendalltau
 
@@ -205,9 +255,25 @@ def test_defaults_and_help_list_every_key(capsys):
     assert len(opts.rhos_worst) >= 3 and len(opts.rhos_average) >= 3
     assert sharpness.main(["help"]) == 0
     out = capsys.readouterr().out
-    for key in ("results_dir", "sweep", "train_examples", "dev_examples", "eigen_iters", "trace_samples",
-                "rhos_worst", "rhos_average", "average_samples", "worst_steps", "curve_points", "curve_directions",
-                "surface_points", "interp_points", "seed", "threads", "max_runs"):
+    for key in (
+        "results_dir",
+        "sweep",
+        "train_examples",
+        "dev_examples",
+        "eigen_iters",
+        "trace_samples",
+        "rhos_worst",
+        "rhos_average",
+        "average_samples",
+        "worst_steps",
+        "curve_points",
+        "curve_directions",
+        "surface_points",
+        "interp_points",
+        "seed",
+        "threads",
+        "max_runs",
+    ):
         assert f"  {key}=" in out
 
 

@@ -1,5 +1,6 @@
 """Every run ends honestly: SIGTERM (a scheduler, the sweep runner) and Ctrl-C, mid-training or during start-up, leave
 summary.json `failed` with a reason, and "resumable" is said only when a resume checkpoint exists."""
+
 import json
 import os
 import signal
@@ -76,15 +77,28 @@ def test_a_signal_after_the_summary_is_final_does_not_rewrite_it(tiny_run, tmp_p
 # ----------------------------------------------------------------------------------------------------------------------
 # mid-training (a real process, killed from outside)
 
-ARGS = [SMOKE, arm_file("sam_full"), "data.generated.n_train=32", "data.generated.n_dev=8", "train.epochs=200",
-        "tracking.mode=offline", "run_name=killed"]
+ARGS = [
+    SMOKE,
+    arm_file("sam_full"),
+    "data.generated.n_train=32",
+    "data.generated.n_dev=8",
+    "train.epochs=200",
+    "tracking.mode=offline",
+    "run_name=killed",
+]
 
 
 def start(results: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     args = [*ARGS, f"results_dir={results}", *extra]
     target = run_dir(load_config(args[:2], args[2:]))
-    proc = subprocess.Popen([PYTHON, "-m", "experiments.train", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "experiments.train", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     return proc, target
 
 
@@ -116,12 +130,19 @@ def test_sigterm_mid_training_with_a_checkpoint_says_resumable_from_its_update(t
     stopped = s["interrupted"]["update"]
     assert saved % 3 == 0 and stopped >= saved
     assert s["status"] == "failed"
-    assert s["reason"] == f"interrupted by SIGTERM at update {stopped} of {s['total_updates']}; " \
-                          f"resumable from update {saved}"
+    assert (
+        s["reason"] == f"interrupted by SIGTERM at update {stopped} of {s['total_updates']}; "
+        f"resumable from update {saved}"
+    )
     assert s["interrupted"] == {"signal": "SIGTERM", "update": stopped, "resumable_from": saved}
-    assert err.strip().splitlines()[-1].startswith(
-        f"interrupted (SIGTERM) at update {stopped} of {s['total_updates']}: resumable from update {saved}; "
-        "rerun the same command to resume")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"interrupted (SIGTERM) at update {stopped} of {s['total_updates']}: resumable from update {saved}; "
+            "rerun the same command to resume"
+        )
+    )
     assert "Interrupted: SIGTERM" in (target / "error.log").read_text()  # where it stopped
 
 
@@ -137,8 +158,10 @@ def test_sigterm_mid_training_without_a_checkpoint_says_it_starts_over(tmp_path)
     assert s["reason"].startswith("interrupted by SIGTERM at update ")
     assert s["reason"].endswith("; not resumable (no resume checkpoint yet)")
     last = err.strip().splitlines()[-1]
-    assert "not resumable (no resume checkpoint yet); a rerun starts over; train.checkpoint_every=0, " \
-           "train.checkpoint_every_minutes=0.0: set train.checkpoint_every=N" in last
+    assert (
+        "not resumable (no resume checkpoint yet); a rerun starts over; train.checkpoint_every=0, "
+        "train.checkpoint_every_minutes=0.0: set train.checkpoint_every=N" in last
+    )
     assert not (target / "checkpoint" / "resume").exists()
 
 
@@ -146,14 +169,18 @@ def test_sigterm_mid_training_without_a_checkpoint_says_it_starts_over(tmp_path)
 # when resume checkpoints are written
 
 
-@pytest.mark.parametrize("extra, saved_at", [
-    (("train.checkpoint_every_minutes=0.00001",), [2, 3]),  # due at every update after the first; none at the end
-    (("train.checkpoint_every=2", "train.checkpoint_every_minutes=0"), [2]),
-    (("train.checkpoint_every_minutes=0",), []),
-    ((), []),  # the default: every 10 minutes, so a run this short never pays for one
-])
-def test_resume_checkpoints_by_updates_and_by_minutes_and_none_left_after_completion(tiny_run, tmp_path, monkeypatch,
-                                                                                     extra, saved_at):
+@pytest.mark.parametrize(
+    "extra, saved_at",
+    [
+        (("train.checkpoint_every_minutes=0.00001",), [2, 3]),  # due at every update after the first; none at the end
+        (("train.checkpoint_every=2", "train.checkpoint_every_minutes=0"), [2]),
+        (("train.checkpoint_every_minutes=0",), []),
+        ((), []),  # the default: every 10 minutes, so a run this short never pays for one
+    ],
+)
+def test_resume_checkpoints_by_updates_and_by_minutes_and_none_left_after_completion(
+    tiny_run, tmp_path, monkeypatch, extra, saved_at
+):
     import experiments.checkpoint
 
     real, seen = experiments.checkpoint.save_resume_state, []

@@ -2,6 +2,7 @@
 Ctrl-C, parallel slots. Most tests drive a stand-in trainer (a small script that keeps train.py's contract: run
 directory from the config, summary.json, exit codes) so that they take seconds; the slow test runs the real smoke sweep.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from experiments import sweep
-from experiments.config import config_hash, load_config, parse_override, run_id, split_args
+from experiments.config import config_hash, load_config, run_id, split_args
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = "configs/smoke.yaml"
@@ -32,7 +33,7 @@ ARMS = {arm: f"configs/arm/{arm}.yaml" for arm in ("adamw", "sam_full", "sam_las
 #   STANDIN_FAIL   "prefix=mode,...": runs whose id starts with prefix crash (summary failed, exit 1),
 #                  die (no summary update, exit 1) or diverge (summary diverged, exit 3)
 STANDIN = textwrap.dedent(
-    '''
+    """
     import json, os, sys, time
     from experiments.config import ConfigError, config_hash, load_config, run_dir, run_id, split_args
     from experiments.tracking import atomic_write_json
@@ -95,7 +96,7 @@ STANDIN = textwrap.dedent(
         return 0
 
     sys.exit(main())
-    '''
+    """
 )
 
 
@@ -150,11 +151,31 @@ def file_times(directory: Path) -> dict:
 
 @pytest.mark.parametrize(
     "key, value",
-    [("seed", 1), ("seed", 0), ("seed", -3), ("optim.lr", 3e-4), ("optim.eps", 1e-8), ("optim.rho", 0.1),
-     ("optim.adaptive", True), ("optim.adaptive", False), ("train.max_updates", None), ("arm", "none"),
-     ("arm", "full"), ("arm", "null"), ("run_name", "3"), ("run_name", "true"), ("run_name", "a b"),
-     ("run_name", "0123"), ("run_name", "on"), ("run_name", "'x'"), ("run_name", " x "), ("run_name", "a: b"),
-     ("optim.betas", [0.9, 0.999]), ("tracking.tags", []), ("tracking.tags", ["0123", "on", "null", "a, b"])],
+    [
+        ("seed", 1),
+        ("seed", 0),
+        ("seed", -3),
+        ("optim.lr", 3e-4),
+        ("optim.eps", 1e-8),
+        ("optim.rho", 0.1),
+        ("optim.adaptive", True),
+        ("optim.adaptive", False),
+        ("train.max_updates", None),
+        ("arm", "none"),
+        ("arm", "full"),
+        ("arm", "null"),
+        ("run_name", "3"),
+        ("run_name", "true"),
+        ("run_name", "a b"),
+        ("run_name", "0123"),
+        ("run_name", "on"),
+        ("run_name", "'x'"),
+        ("run_name", " x "),
+        ("run_name", "a: b"),
+        ("optim.betas", [0.9, 0.999]),
+        ("tracking.tags", []),
+        ("tracking.tags", ["0123", "on", "null", "a, b"]),
+    ],
 )
 def test_values_become_overrides_that_read_back_the_same(key, value):
     """What the sweep passes on the command line is what the run's config holds, whatever the key's type."""
@@ -214,7 +235,11 @@ def test_run_ids_are_the_same_in_another_process(tmp_path):
     ids = [r.run_id for r in sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])]
     out = subprocess.run(
         [sys.executable, "-m", "experiments.sweep", str(path), f"results_dir={tmp_path}", "--dry-run"],
-        capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, "PYTHONHASHSEED": "123"},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
     ).stdout
     listed = [line.split()[2] for line in out.splitlines()[2:]]
     assert listed == ids
@@ -329,7 +354,7 @@ def test_sweep_runs_everything_and_writes_the_manifest(tmp_path, standin, env, c
     assert sum(" start " in line for line in progress) == 6
     assert sum(" completed in " in line for line in progress) == 6
     assert "ETA" in out
-    table = out[out.index("run id"):]
+    table = out[out.index("run id") :]
     assert "dev/f1" in table and "50" in table and "1.25" in table
     assert "6 completed" in out.splitlines()[-1]
 
@@ -508,10 +533,27 @@ def test_several_gpus_per_run_make_each_run_one_torchrun(tmp_path, standin, env,
 def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, standin, env):
     path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2, 3]})
     results = tmp_path / "results"
-    command = [sys.executable, "-m", "experiments.sweep", str(path), f"results_dir={results}", "--jobs", "2",
-               "--gpus", "none", "--train-cmd", standin]
-    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "STANDIN_SLEEP": "60"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        str(path),
+        f"results_dir={results}",
+        "--jobs",
+        "2",
+        "--gpus",
+        "none",
+        "--train-cmd",
+        standin,
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, "STANDIN_SLEEP": "60"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     manifest = results / "runs" / "t" / "sweep.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until both slots run (their summary.json says running)
@@ -526,8 +568,10 @@ def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, sta
     statuses = [r["status"] for r in json.loads(manifest.read_text())["runs"]]
     assert statuses == ["interrupted", "interrupted", "pending", "pending"], out
     # the stand-in saves no resume checkpoint, so the manifest must not promise a resume
-    assert all(r["reason"].endswith("the next invocation starts it over (no resume checkpoint)")
-               for r in json.loads(manifest.read_text())["runs"][:2])
+    assert all(
+        r["reason"].endswith("the next invocation starts it over (no resume checkpoint)")
+        for r in json.loads(manifest.read_text())["runs"][:2]
+    )
     for entry in json.loads(manifest.read_text())["runs"][:2]:
         summary = json.loads((Path(entry["run_dir"]) / "summary.json").read_text())
         assert summary["reason"] == "interrupted (KeyboardInterrupt)"  # the child got SIGINT and saved its state
@@ -624,9 +668,21 @@ def test_the_wandb_sweep_command_is_accepted_by_the_training_entry_point():
 def test_the_smoke_sweep_end_to_end(tmp_path):
     """configs/sweep/smoke.yaml with the real trainer, shrunk a little: 12 runs, then a second invocation runs none."""
     results = tmp_path / "results"
-    command = [sys.executable, "-m", "experiments.sweep", "configs/sweep/smoke.yaml", f"results_dir={results}",
-               "tracking.mode=disabled", "train.max_updates=2", "data.generated.n_train=16", "data.generated.n_dev=8",
-               "--jobs", "2", "--gpus", "none"]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        "configs/sweep/smoke.yaml",
+        f"results_dir={results}",
+        "tracking.mode=disabled",
+        "train.max_updates=2",
+        "data.generated.n_train=16",
+        "data.generated.n_dev=8",
+        "--jobs",
+        "2",
+        "--gpus",
+        "none",
+    ]
     started = time.monotonic()
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

@@ -1,5 +1,6 @@
 """Updates-to-target on hand-made learning curves: reached, never reached (censored), reached at the first point;
 the censoring-aware median, its order-statistic interval, and the cost ratio."""
+
 import math
 
 import pandas as pd
@@ -7,8 +8,20 @@ import pytest
 
 from analysis.targets import cost_ratio, median_interval, target_summary, time_to_target
 
-COLUMNS = ["run_id", "arm", "replay", "k", "seed", "update", "epoch", "examples", "time", "eval_kind", "metric",
-           "value"]
+COLUMNS = [
+    "run_id",
+    "arm",
+    "replay",
+    "k",
+    "seed",
+    "update",
+    "epoch",
+    "examples",
+    "time",
+    "eval_kind",
+    "metric",
+    "value",
+]
 
 
 def curve_rows(run_id, arm, seed, f1_by_update, step_time=0.5, k=8, per_update=32):
@@ -18,7 +31,9 @@ def curve_rows(run_id, arm, seed, f1_by_update, step_time=0.5, k=8, per_update=3
         rows.append((run_id, arm, None, k, seed, u, 0.0, u * per_update, float(u), None, "train/step_time", step_time))
     for u, f1 in f1_by_update.items():
         rows.append((run_id, arm, None, k, seed, u, 0.0, u * per_update, float(u), "periodic", "dev/f1", f1))
-        rows.append((run_id, arm, None, k, seed, u, 0.0, u * per_update, float(u), "periodic", "dev/loss", 5.0 - f1 / 25))
+        rows.append(
+            (run_id, arm, None, k, seed, u, 0.0, u * per_update, float(u), "periodic", "dev/loss", 5.0 - f1 / 25)
+        )
     return rows
 
 
@@ -26,15 +41,19 @@ def curve_rows(run_id, arm, seed, f1_by_update, step_time=0.5, k=8, per_update=3
 def frames():
     rows = []
     rows += curve_rows("full-0", "sam_full", 0, {8: 40.0, 16: 85.0, 24: 95.0})
-    rows += curve_rows("full-1", "sam_full", 1, {8: 55.0, 16: 79.9, 24: 91.0})   # 50 reached at the first point
-    rows += curve_rows("full-2", "sam_full", 2, {8: 30.0, 16: 60.0, 24: 88.0})   # never reaches 90
+    rows += curve_rows("full-1", "sam_full", 1, {8: 55.0, 16: 79.9, 24: 91.0})  # 50 reached at the first point
+    rows += curve_rows("full-2", "sam_full", 2, {8: 30.0, 16: 60.0, 24: 88.0})  # never reaches 90
     rows += curve_rows("last-0", "sam_last", 0, {8: 30.0, 16: 35.0, 24: 52.0})
-    rows += curve_rows("last-1", "sam_last", 1, {8: 31.0, 16: 33.0, 24: 40.0})   # never reaches 50
-    rows += curve_rows("last-2", "sam_last", 2, {8: 29.0, 16: 36.0, 24: 38.0})   # never reaches 50
+    rows += curve_rows("last-1", "sam_last", 1, {8: 31.0, 16: 33.0, 24: 40.0})  # never reaches 50
+    rows += curve_rows("last-2", "sam_last", 2, {8: 29.0, 16: 36.0, 24: 38.0})  # never reaches 50
     rows += curve_rows("failed-0", "sam_last", 3, {8: 99.0})  # a failed run: left out
     curves = pd.DataFrame(rows, columns=COLUMNS)
-    runs = pd.DataFrame({"run_id": ["full-0", "full-1", "full-2", "last-0", "last-1", "last-2", "failed-0"],
-                         "status": ["completed"] * 5 + ["diverged", "failed"]})
+    runs = pd.DataFrame(
+        {
+            "run_id": ["full-0", "full-1", "full-2", "last-0", "last-1", "last-2", "failed-0"],
+            "status": ["completed"] * 5 + ["diverged", "failed"],
+        }
+    )
     return curves, runs
 
 
@@ -42,10 +61,11 @@ def test_first_update_that_reaches_each_target_and_censoring_at_the_last_evaluat
     curves, runs = frames
     table = time_to_target(curves, runs, {"dev/f1": (50, 90), "dev/loss": (2.0,)})
     assert "failed-0" not in set(table["run_id"])
-    got = {(r.run_id, r.target_metric, r.target): (r.update, r.examples, r.seconds, r.reached)
-           for r in table.itertuples()}
-    assert got[("full-0", "dev/f1", 50.0)] == (16, 16 * 32, 8.0, True)    # 40 < 50 at 8, 85 at 16; 16 × 0.5 s
-    assert got[("full-1", "dev/f1", 50.0)] == (8, 8 * 32, 4.0, True)      # reached at the first evaluation
+    got = {
+        (r.run_id, r.target_metric, r.target): (r.update, r.examples, r.seconds, r.reached) for r in table.itertuples()
+    }
+    assert got[("full-0", "dev/f1", 50.0)] == (16, 16 * 32, 8.0, True)  # 40 < 50 at 8, 85 at 16; 16 × 0.5 s
+    assert got[("full-1", "dev/f1", 50.0)] == (8, 8 * 32, 4.0, True)  # reached at the first evaluation
     assert got[("full-2", "dev/f1", 90.0)] == (24, 24 * 32, 12.0, False)  # censored at the last evaluation
     assert got[("last-1", "dev/f1", 50.0)] == (24, 768, 12.0, False)
     # loss: reached when <= target. full-0: 5 − 85/25 = 1.6 at update 16 (5 − 40/25 = 3.4 at 8)
@@ -83,11 +103,12 @@ def test_cost_ratio_is_a_lower_bound_when_the_slow_arm_is_censored(frames):
     assert not r2["lower_bound"] and r2["ratio"] == pytest.approx(8 / 16)
 
 
-@pytest.mark.parametrize("n,j,coverage", [(3, 1, 0.75), (5, 1, 0.9375), (6, 1, 0.96875), (9, 2, 0.9609375),
-                                          (20, 6, 0.9586105346679688)])
+@pytest.mark.parametrize(
+    "n,j,coverage", [(3, 1, 0.75), (5, 1, 0.9375), (6, 1, 0.96875), (9, 2, 0.9609375), (20, 6, 0.9586105346679688)]
+)
 def test_order_statistic_interval_of_the_median(n, j, coverage):
     # coverage = 1 − 2·Σ_{i<j} C(n, i)/2^n, written out
-    expected = 1 - 2 * sum(math.comb(n, i) for i in range(j)) / 2 ** n
+    expected = 1 - 2 * sum(math.comb(n, i) for i in range(j)) / 2**n
     assert coverage == pytest.approx(expected)
     assert median_interval(n) == (j, pytest.approx(coverage))
 

@@ -1,4 +1,5 @@
 """The run directory written by RunTracker, and the offline W&B run read back from its transaction log."""
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,12 @@ def log_three(tracker: RunTracker) -> list[dict]:
     for metrics, update, epoch, examples in sent:
         tracker.log(metrics, update=update, epoch=epoch, examples=examples)
     return [
-        {**{k: (float(v) if isinstance(v, np.floating) else v) for k, v in m.items()},
-         "update": u, "epoch": e, "examples": n}
+        {
+            **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in m.items()},
+            "update": u,
+            "epoch": e,
+            "examples": n,
+        }
         for m, u, e, n in sent
     ]
 
@@ -191,7 +196,7 @@ def test_fields_over_wandbs_limits_are_shortened_distinctly_in_the_offline_recor
     import hashlib
 
     def short(text, limit):  # the rule, written out
-        return text[:limit - 9] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+        return text[: limit - 9] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
     arm = "my-own-arm-label-" + "x" * 60  # 77 characters, a user's arm label
     group = "g" * 130
@@ -204,8 +209,16 @@ def test_fields_over_wandbs_limits_are_shortened_distinctly_in_the_offline_recor
     assert run["job_type"] == short(arm, 64) and len(run["job_type"]) == 64
     assert run["run_group"] == short(group, 128) and len(run["run_group"]) == 128
     assert run["display_name"] == short(name, 128)
-    assert set(run["tags"]) == {short(arm, 64), "replay=last", "k=4", "rho=0.1", "seed=3", short(tag_a, 64),
-                                short(tag_b, 64), "ok"}
+    assert set(run["tags"]) == {
+        short(arm, 64),
+        "replay=last",
+        "k=4",
+        "rho=0.1",
+        "seed=3",
+        short(tag_a, 64),
+        short(tag_b, 64),
+        "ok",
+    }
     assert len(run["tags"]) == 8 and all(len(t) <= 64 for t in run["tags"])  # none lost, none doubled
     wandb_block = json.loads((tmp_path / name / "summary.json").read_text())["wandb"]
     assert (wandb_block["job_type"], wandb_block["group"]) == (short(arm, 64), short(group, 128))
@@ -213,12 +226,15 @@ def test_fields_over_wandbs_limits_are_shortened_distinctly_in_the_offline_recor
     assert tracking.fit_wandb("a" * 64, 64) == "a" * 64
 
 
-@pytest.mark.parametrize("override, message", [
-    ("tracking.project=" + "p" * 129, "has 129 characters (W&B allows 128)"),
-    ("tracking.project=my/project", "contains /, which W&B does not allow"),
-    ("tracking.tags=[ok, '']", "tracking.tags has an empty tag, which W&B refuses"),
-    ("tracking.job_type=", "tracking.job_type is empty"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tracking.project=" + "p" * 129, "has 129 characters (W&B allows 128)"),
+        ("tracking.project=my/project", "contains /, which W&B does not allow"),
+        ("tracking.tags=[ok, '']", "tracking.tags has an empty tag, which W&B refuses"),
+        ("tracking.job_type=", "tracking.job_type is empty"),
+    ],
+)
 def test_wandb_fields_that_cannot_be_shortened_are_refused_at_config_time(override, message):
     from experiments.config import ConfigError
 
@@ -400,6 +416,7 @@ def test_env_info_git_matches_git():
 
 def test_git_info_names_the_files_that_make_a_tree_dirty(tmp_path):
     """A dirty flag alone does not say whether a run's code differed (a stray report folder) or not: the names do."""
+
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 

@@ -1,4 +1,5 @@
 """The training entry point end to end on the tiny model: every arm, evaluation, run directory, failures."""
+
 import json
 import math
 from pathlib import Path
@@ -7,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from experiments.config import Config, config_hash, load_config
 from experiments.batches import epoch_windows
+from experiments.config import Config, config_hash, load_config
 from experiments.train import main
 from tests.conftest import REPO, SMOKE, arm_file, run_dirs
 
@@ -50,8 +51,11 @@ def test_default_yaml_holds_every_key_of_the_schema_with_its_default():
     assert default == schema
 
 
-GROUP_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
-                     if p.parent.name in ("arm", "data", "model") or p.parent.name == "configs" and p.name != "wandb_sweep.yaml")
+GROUP_FILES = sorted(
+    str(p.relative_to(REPO))
+    for p in (REPO / "configs").rglob("*.yaml")
+    if p.parent.name in ("arm", "data", "model") or p.parent.name == "configs" and p.name != "wandb_sweep.yaml"
+)
 
 
 @pytest.mark.parametrize("path", GROUP_FILES)
@@ -86,8 +90,9 @@ def test_group_files_compose_in_any_order():
     # what an arm file sets: the arm's name and its replay mode, nothing a base or model file tunes
     for path in (p for p in groups if "/arm/" in p):
         assert set(keys(path)) == {"arm", "optim.replay"}, path
-    smoke = load_config([REPO / "configs" / "default.yaml", REPO / "configs" / "smoke.yaml",
-                         REPO / "configs" / "arm" / "sam_full.yaml"])
+    smoke = load_config(
+        [REPO / "configs" / "default.yaml", REPO / "configs" / "smoke.yaml", REPO / "configs" / "arm" / "sam_full.yaml"]
+    )
     assert smoke.optim.lr == pytest.approx(1e-3)
     for order in (("arm/sam_full.yaml", "model/bert_base.yaml"), ("model/bert_base.yaml", "arm/sam_full.yaml")):
         cfg = load_config([REPO / "configs" / "default.yaml", *(REPO / "configs" / f for f in order)])
@@ -130,8 +135,10 @@ def test_tiny_run_of_each_arm_completes_and_writes_the_run_directory(tiny_run, t
     evs = events(run)
     train_events = [e for e in evs if "train/loss" in e]
     assert [e["update"] for e in train_events] == [1, 2, 3]
-    assert all({"update", "epoch", "examples", "train/lr", "train/grad_norm", "train/step_time"} <= set(e)
-               for e in train_events)
+    assert all(
+        {"update", "epoch", "examples", "train/lr", "train/grad_norm", "train/step_time"} <= set(e)
+        for e in train_events
+    )
     assert ("train/perturbed_loss" in train_events[0]) == (arm != "adamw")
     final_eval = [e for e in evs if "dev/f1" in e][-1]
     assert final_eval["eval/kind"] == "final" and final_eval["update"] == 3
@@ -146,9 +153,9 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
     which must equal the dev loss recomputed from the final checkpoint (the weights of the last evaluation)."""
     from transformers import BertForQuestionAnswering
 
+    from experiments.batches import LABELS, MODEL_INPUTS, to_features
     from experiments.data import load_examples, prepare_eval_features
     from experiments.model import load_tokenizer
-    from experiments.batches import LABELS, MODEL_INPUTS, to_features
 
     assert main(tiny_run("adamw", "optim.lr=3e-3")) == 0
     run = only_run(tmp_path)
@@ -159,8 +166,11 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
     cfg = load_config([run / "config.yaml"])
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     _, dev, _ = load_examples(cfg.data)
-    feats = to_features(prepare_eval_features(dev, tokenizer, cfg.data.max_seq_length, cfg.data.doc_stride),
-                        MODEL_INPUTS + LABELS, pad_to_max_length=True)
+    feats = to_features(
+        prepare_eval_features(dev, tokenizer, cfg.data.max_seq_length, cfg.data.doc_stride),
+        MODEL_INPUTS + LABELS,
+        pad_to_max_length=True,
+    )
     model = BertForQuestionAnswering.from_pretrained(run / "checkpoint" / "final").eval()
     losses = []
     with torch.no_grad():  # one feature at a time, padded to max_seq_length, softmax over its real tokens only
@@ -168,8 +178,10 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
             b = feats.batch(torch.tensor([i]), "cpu")
             out = model(**{k: b[k] for k in MODEL_INPUTS})
             real = b["attention_mask"][0].bool()
-            nll = [-torch.log_softmax(logits[0][real].double(), 0)[int(b[label][0])]
-                   for logits, label in ((out.start_logits, "start_positions"), (out.end_logits, "end_positions"))]
+            nll = [
+                -torch.log_softmax(logits[0][real].double(), 0)[int(b[label][0])]
+                for logits, label in ((out.start_logits, "start_positions"), (out.end_logits, "end_positions"))
+            ]
             losses.append(float(sum(nll) / 2))
     recomputed = sum(losses) / len(losses)
     assert epoch_evals[1]["dev/loss"] == pytest.approx(recomputed, rel=1e-5)
@@ -178,8 +190,18 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
 
 
 def test_one_epoch_consumes_every_train_feature_once_and_counts_examples_not_features(tiny_run, tmp_path):
-    assert main(tiny_run("sam_full", "train.epochs=1", "train.micro_batch_size=3", "train.accumulation_steps=4",
-                         "data.generated.long_context_frac=1.0")) == 0
+    assert (
+        main(
+            tiny_run(
+                "sam_full",
+                "train.epochs=1",
+                "train.micro_batch_size=3",
+                "train.accumulation_steps=4",
+                "data.generated.long_context_frac=1.0",
+            )
+        )
+        == 0
+    )
     run = only_run(tmp_path)
     s = summary(run)
     assert s["data"]["train_features"] > s["data"]["train_examples"]  # long contexts: several windows per example
@@ -196,8 +218,9 @@ def test_window_examples_counts_each_example_at_its_first_window_of_the_epoch():
 
     from experiments.train import Trainer
 
-    fake = SimpleNamespace(train=SimpleNamespace(dataset={"example_id": ["a", "a", "b", "c", "c", "c"]}),
-                           _example_index=None)
+    fake = SimpleNamespace(
+        train=SimpleNamespace(dataset={"example_id": ["a", "a", "b", "c", "c", "c"]}), _example_index=None
+    )
     windows = [[torch.tensor([1, 3]), torch.tensor([0])], [torch.tensor([4, 2]), torch.tensor([5])]]
     assert Trainer.window_examples(fake, windows) == [2, 1]
 
@@ -205,8 +228,18 @@ def test_window_examples_counts_each_example_at_its_first_window_of_the_epoch():
 def test_grad_fidelity_is_logged_and_does_not_change_the_trajectory(tiny_run, tmp_path):
     common = ("train.max_updates=4", "train.epochs=1", "train.accumulation_steps=2")
     assert main(tiny_run("sam_full", *common, "run_name=plain")) == 0
-    assert main(tiny_run("sam_full", *common, "run_name=diag", "diagnostics.grad_fidelity=true",
-                         "diagnostics.grad_fidelity_every=2")) == 0
+    assert (
+        main(
+            tiny_run(
+                "sam_full",
+                *common,
+                "run_name=diag",
+                "diagnostics.grad_fidelity=true",
+                "diagnostics.grad_fidelity_every=2",
+            )
+        )
+        == 0
+    )
     plain, diag = (tmp_path / "runs" / "adhoc" / n for n in ("plain", "diag"))
     assert summary(plain)["final"] == summary(diag)["final"]
     cos = [e for e in events(diag) if "diag/grad_cos" in e]
@@ -215,8 +248,18 @@ def test_grad_fidelity_is_logged_and_does_not_change_the_trajectory(tiny_run, tm
 
 
 def test_grad_fidelity_is_exactly_one_when_the_window_has_one_micro_batch(tiny_run, tmp_path):
-    assert main(tiny_run("sam_last", "train.max_updates=2", "train.accumulation_steps=1",
-                         "diagnostics.grad_fidelity=true", "diagnostics.grad_fidelity_every=1")) == 0
+    assert (
+        main(
+            tiny_run(
+                "sam_last",
+                "train.max_updates=2",
+                "train.accumulation_steps=1",
+                "diagnostics.grad_fidelity=true",
+                "diagnostics.grad_fidelity_every=1",
+            )
+        )
+        == 0
+    )
     cos = [e for e in events(only_run(tmp_path)) if "diag/grad_cos" in e]
     assert len(cos) == 2
     for e in cos:
@@ -274,8 +317,10 @@ BAD_CONFIGS = [
     (["train.accumulation_steps=0"], "train.accumulation_steps=0 is out of range; it must be >= 1"),
     (["optim.warmup_ratio=1.5"], "optim.warmup_ratio=1.5 is out of range"),
     (["tracking.mode=cloud"], "tracking.mode='cloud' is not allowed"),
-    (["data.source=files", "data.train_file=/nonexistent/train.json", "data.validation_file=/nonexistent/dev.json"],
-     "data.train_file='/nonexistent/train.json': no such file"),
+    (
+        ["data.source=files", "data.train_file=/nonexistent/train.json", "data.validation_file=/nonexistent/dev.json"],
+        "data.train_file='/nonexistent/train.json': no such file",
+    ),
     (["configs/arm/sam_fulll.yaml"], "config file 'configs/arm/sam_fulll.yaml': no such file"),
     (["train.device=cuda"] if not torch.cuda.is_available() else ["train.device=tpu"], "train.device"),
     (["model.name_or_path=bert-base-uncased"], "model.name_or_path='bert-base-uncased' could not be loaded"),
@@ -297,10 +342,11 @@ def test_broken_data_file_is_refused_naming_file_and_record(tiny_run, tmp_path, 
     good = REPO / "tests" / "data"
     dev = sorted(good.glob("sample_dev*"))[0]
     broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"id": "q1", "context": "Ana lives in Oslo.", "question": "Where?", '
-                      '"answers": {"text": ["Oslo"], "answer_start": [3]}}\n')
-    code = main(tiny_run("sam_full", "data.source=files", f"data.train_file={broken}",
-                         f"data.validation_file={dev}"))
+    broken.write_text(
+        '{"id": "q1", "context": "Ana lives in Oslo.", "question": "Where?", '
+        '"answers": {"text": ["Oslo"], "answer_start": [3]}}\n'
+    )
+    code = main(tiny_run("sam_full", "data.source=files", f"data.train_file={broken}", f"data.validation_file={dev}"))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "broken.jsonl" in err and "q1" in err and "answer_start" in err
     assert not (tmp_path / "runs").exists()

@@ -8,9 +8,18 @@
 Every problem with the data is a DataError (a ValueError) with a one-line message; skipped records (data.strict=false)
 are logged on logger "experiments.data" and counted in stats.
 """
+
 from .errors import DataError
 from .features import FEATURES_VERSION, TokenisationFaults, prepare_eval_features, prepare_train_features
 from .loading import describe_data, load_examples, prepare_features
 
-__all__ = ["DataError", "FEATURES_VERSION", "TokenisationFaults", "describe_data", "load_examples",
-           "prepare_eval_features", "prepare_features", "prepare_train_features"]
+__all__ = [
+    "DataError",
+    "FEATURES_VERSION",
+    "TokenisationFaults",
+    "describe_data",
+    "load_examples",
+    "prepare_eval_features",
+    "prepare_features",
+    "prepare_train_features",
+]

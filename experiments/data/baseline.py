@@ -7,18 +7,42 @@ has to beat this by a wide margin for the comparison of optimizers to mean anyth
 answer type same-type distractors in the paragraph, so the heuristic scores about F1 32 on the default set and 52 on
 the default ablation's (2 facts per paragraph: one distractor of the type, so about half right).
 """
+
 from __future__ import annotations
 
 import re
 import sys
-from typing import Optional
 
 from .generated import COLOURS, DEVICE_ADJECTIVES, DEVICE_NOUNS, JOBS
 
 # Capitalised words that start English sentences, not names.
 _NOT_NAMES = {
-    "the", "a", "an", "in", "by", "born", "these", "what", "some", "old", "nobody", "children", "songs", "travellers",
-    "fishermen", "engineers", "members", "scholars", "about", "when", "who", "which", "where", "how", "this", "it",
+    "the",
+    "a",
+    "an",
+    "in",
+    "by",
+    "born",
+    "these",
+    "what",
+    "some",
+    "old",
+    "nobody",
+    "children",
+    "songs",
+    "travellers",
+    "fishermen",
+    "engineers",
+    "members",
+    "scholars",
+    "about",
+    "when",
+    "who",
+    "which",
+    "where",
+    "how",
+    "this",
+    "it",
 }
 
 
@@ -84,13 +108,14 @@ def heuristic_baseline(dev_dataset, metric: str = "squad", version_2_with_negati
         title = example.get("title") or ""
         predictions[example["id"]] = heuristic_answer(example["question"], example["context"], title)
         references[example["id"]] = list(example["answers"]["text"])
-    logged, _ = score_predictions(predictions, references, metric=metric,
-                                  version_2_with_negative=version_2_with_negative)
+    logged, _ = score_predictions(
+        predictions, references, metric=metric, version_2_with_negative=version_2_with_negative
+    )
     em_key, second = metric_keys(metric)
     return {"exact_match": float(logged[em_key]), second[4:]: float(logged[second])}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from experiments.config import ConfigError, load_config, split_args
 
     from .errors import DataError

@@ -1,4 +1,5 @@
 """The one exception type of the data layer, and the logger every data module writes to."""
+
 from __future__ import annotations
 
 import logging

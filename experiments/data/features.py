@@ -17,15 +17,15 @@ DataError that lists every such example by id; `loading.prepare_features` names 
 Tokenising is cached: `Dataset.map` writes an Arrow file under .cache/features/ named by a hash of everything that
 changes the result, and a rerun loads that file instead of tokenising again.
 """
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
-from pathlib import Path
-from typing import Any, Optional
-
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, Features, List, Value
 
@@ -76,15 +76,18 @@ def question_token_limit(tokenizer: Any, max_seq_length: int, doc_stride: int) -
     special = tokenizer.num_special_tokens_to_add(pair=True)
     limit = min(max_seq_length // 2, max_seq_length - special - doc_stride - 1)
     if limit < 1:
-        raise DataError(f"data.doc_stride={doc_stride} leaves no room for a question: a window of "
-                        f"data.max_seq_length={max_seq_length} tokens holds {special} special tokens and needs more "
-                        f"than doc_stride tokens of context; lower data.doc_stride")
+        raise DataError(
+            f"data.doc_stride={doc_stride} leaves no room for a question: a window of "
+            f"data.max_seq_length={max_seq_length} tokens holds {special} special tokens and needs more "
+            f"than doc_stride tokens of context; lower data.doc_stride"
+        )
     return limit
 
 
 def _question_lengths(questions: list[str], tokenizer: Any) -> list:
     return tokenizer([q.lstrip() for q in questions], add_special_tokens=False, return_offsets_mapping=True)[
-        "offset_mapping"]
+        "offset_mapping"
+    ]
 
 
 def count_long_questions(dataset: Dataset, tokenizer: Any, limit: int) -> int:
@@ -104,8 +107,11 @@ def _shorten_long_questions(questions: list[str], tokenizer: Any, limit: int) ->
 def _context_span(sequence_ids: list) -> tuple[int, int]:
     """First and last token index of the context (sequence id 1) in one window."""
     if 1 not in sequence_ids:
-        raise _RecordFault("no_context_tokens", "the context has no token this tokenizer keeps (only characters it "
-                                                "drops, e.g. zero-width, control or combining marks)")
+        raise _RecordFault(
+            "no_context_tokens",
+            "the context has no token this tokenizer keeps (only characters it "
+            "drops, e.g. zero-width, control or combining marks)",
+        )
     first = sequence_ids.index(1)
     last = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
     return first, last
@@ -197,12 +203,19 @@ def features_cache_key(dataset: Dataset, tokenizer: Any, max_seq_length: int, do
 
 
 def _prepare(
-    dataset: Dataset, tokenizer: Any, max_seq_length: int, doc_stride: int, kind: str,
-    cache_dir: Optional[str | Path], use_cache: bool,
+    dataset: Dataset,
+    tokenizer: Any,
+    max_seq_length: int,
+    doc_stride: int,
+    kind: str,
+    cache_dir: str | Path | None,
+    use_cache: bool,
 ) -> Dataset:
     if not getattr(tokenizer, "is_fast", False):
-        raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} is not a fast tokenizer; "
-                        "offsets (needed for QA labels) come only from fast tokenizers")
+        raise DataError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} is not a fast tokenizer; "
+            "offsets (needed for QA labels) come only from fast tokenizers"
+        )
     if doc_stride >= max_seq_length // 2:
         raise DataError(f"doc_stride={doc_stride} must be < max_seq_length/2 ({max_seq_length // 2})")
     question_token_limit(tokenizer, max_seq_length, doc_stride)  # a window with no room is a config error, said once
@@ -210,8 +223,13 @@ def _prepare(
         _tokenise, tokenizer=tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride, kind=kind
     )
     key = features_cache_key(dataset, tokenizer, max_seq_length, doc_stride, kind)
-    kwargs: dict[str, Any] = {"batched": True, "remove_columns": dataset.column_names, "new_fingerprint": key,
-                              "features": feature_schema(tokenizer, kind), "desc": f"tokenising {kind} examples"}
+    kwargs: dict[str, Any] = {
+        "batched": True,
+        "remove_columns": dataset.column_names,
+        "new_fingerprint": key,
+        "features": feature_schema(tokenizer, kind),
+        "desc": f"tokenising {kind} examples",
+    }
     if use_cache:
         folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
@@ -237,21 +255,25 @@ def _find_faults(dataset: Dataset, function: Any) -> list[Fault]:
     on its own is a Fault. Only runs after a failed map, so its cost (one more pass) is paid only then."""
     faults = []
     for begin in range(0, len(dataset), _SCAN_CHUNK):
-        chunk = dataset[begin:begin + _SCAN_CHUNK]
+        chunk = dataset[begin : begin + _SCAN_CHUNK]
         if _fails(function, chunk) is None:
             continue
         for offset, example_id in enumerate(chunk["id"]):
-            error = _fails(function, {name: values[offset:offset + 1] for name, values in chunk.items()})
+            error = _fails(function, {name: values[offset : offset + 1] for name, values in chunk.items()})
             if isinstance(error, _RecordFault):
                 faults.append(Fault(str(example_id), error.reason, error.message))
             elif error is not None:
-                faults.append(Fault(str(example_id), "tokenizer_error",
-                                    f"the tokenizer failed on this record ({type(error).__name__}: "
-                                    f"{one_line(error)[:200]})"))
+                faults.append(
+                    Fault(
+                        str(example_id),
+                        "tokenizer_error",
+                        f"the tokenizer failed on this record ({type(error).__name__}: {one_line(error)[:200]})",
+                    )
+                )
     return faults
 
 
-def _fails(function: Any, batch: dict) -> Optional[BaseException]:
+def _fails(function: Any, batch: dict) -> BaseException | None:
     try:
         function(batch)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
@@ -262,8 +284,13 @@ def _fails(function: Any, batch: dict) -> Optional[BaseException]:
 
 
 def prepare_train_features(
-    dataset: Dataset, tokenizer: Any, max_seq_length: int, doc_stride: int, *,
-    cache_dir: Optional[str | Path] = None, use_cache: bool = True,
+    dataset: Dataset,
+    tokenizer: Any,
+    max_seq_length: int,
+    doc_stride: int,
+    *,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
 ) -> Dataset:
     """Examples → train features: input_ids, attention_mask, token_type_ids (if the tokenizer has them),
     start_positions, end_positions, example_id."""
@@ -271,8 +298,13 @@ def prepare_train_features(
 
 
 def prepare_eval_features(
-    dataset: Dataset, tokenizer: Any, max_seq_length: int, doc_stride: int, *,
-    cache_dir: Optional[str | Path] = None, use_cache: bool = True,
+    dataset: Dataset,
+    tokenizer: Any,
+    max_seq_length: int,
+    doc_stride: int,
+    *,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
 ) -> Dataset:
     """Examples → eval features: the train columns plus offset_mapping (None outside the context)."""
     return _prepare(dataset, tokenizer, max_seq_length, doc_stride, "eval", cache_dir, use_cache)

@@ -13,6 +13,7 @@ Problems with one record (a bad JSON line, a missing field, an answer_start that
 question, undecodable bytes on a line) raise DataError under strict mode and are skipped + counted otherwise. Problems
 with the whole file (not JSON at all, not UTF-8, no records) always raise.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -132,7 +133,7 @@ def read_squad_file(
     except OSError as err:
         raise DataError(f"{name}: cannot read the file ({one_line(err.strerror or err)})") from None
     if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+        raw = raw[len(codecs.BOM_UTF8) :]
     collector = RecordCollector(name, strict, id_field)
 
     as_jsonl = path.suffix.lower() in JSONL_SUFFIXES

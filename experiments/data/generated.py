@@ -15,6 +15,7 @@ Why it is built this way
 The set is a pure function of the generator settings and GENERATOR_VERSION; `ensure_generated` writes it once as flat
 JSON lines under the cache dir (atomically) and the normal local-file loader reads it back.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,17 +25,48 @@ import random
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 GENERATOR_VERSION = 1  # bump whenever the output for the same settings changes
 SETTING_KEYS = (
-    "seed", "n_train", "n_dev", "facts_per_context", "questions_per_context", "long_context_frac", "unanswerable_frac",
+    "seed",
+    "n_train",
+    "n_dev",
+    "facts_per_context",
+    "questions_per_context",
+    "long_context_frac",
+    "unanswerable_frac",
 )
 
 # ---------------------------------------------------------------------------------------------------------- names
 # Short, pronounceable syllables keep names at 2-4 word pieces, so six facts still fit one 128-token window.
-_ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "st",
-           "th", "sh", "tr", "j", "w")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gr",
+    "kr",
+    "st",
+    "th",
+    "sh",
+    "tr",
+    "j",
+    "w",
+)
 _NUCLEI = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ei")
 _CODAS = ("", "", "", "", "n", "r", "l", "s", "m", "k")
 
@@ -45,7 +77,7 @@ class NameRegistry:
     def __init__(self) -> None:
         self.used: set[str] = set()
 
-    def word(self, rng: random.Random, syllables: Optional[int] = None) -> str:
+    def word(self, rng: random.Random, syllables: int | None = None) -> str:
         while True:
             count = syllables or rng.choice((2, 2, 2, 2, 3))
             parts = [rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(count)]
@@ -62,15 +94,72 @@ def _entity(kind: str, rng: random.Random, names: NameRegistry) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ relations
-COLOURS = ("crimson", "pale blue", "dark green", "amber", "violet", "silver", "ochre", "scarlet", "teal", "grey",
-           "golden yellow", "white", "black", "indigo", "rust brown", "sea green")
-JOBS = ("glassblower", "rope maker", "cartographer", "beekeeper", "clockmaker", "weaver", "stonemason", "shipwright",
-        "herbalist", "bookbinder", "blacksmith", "potter", "tanner", "lamplighter", "astronomer", "miller", "cooper",
-        "salt merchant")
-DEVICE_ADJECTIVES = ("brass", "folding", "steam", "humming", "copper", "spring", "floating", "mirrored", "clockwork",
-                     "tidal", "glass", "wind")
-DEVICE_NOUNS = ("loom", "lantern", "telescope", "compass", "pump", "kettle", "sextant", "bellows", "press", "plough",
-                "barometer", "crane")
+COLOURS = (
+    "crimson",
+    "pale blue",
+    "dark green",
+    "amber",
+    "violet",
+    "silver",
+    "ochre",
+    "scarlet",
+    "teal",
+    "grey",
+    "golden yellow",
+    "white",
+    "black",
+    "indigo",
+    "rust brown",
+    "sea green",
+)
+JOBS = (
+    "glassblower",
+    "rope maker",
+    "cartographer",
+    "beekeeper",
+    "clockmaker",
+    "weaver",
+    "stonemason",
+    "shipwright",
+    "herbalist",
+    "bookbinder",
+    "blacksmith",
+    "potter",
+    "tanner",
+    "lamplighter",
+    "astronomer",
+    "miller",
+    "cooper",
+    "salt merchant",
+)
+DEVICE_ADJECTIVES = (
+    "brass",
+    "folding",
+    "steam",
+    "humming",
+    "copper",
+    "spring",
+    "floating",
+    "mirrored",
+    "clockwork",
+    "tidal",
+    "glass",
+    "wind",
+)
+DEVICE_NOUNS = (
+    "loom",
+    "lantern",
+    "telescope",
+    "compass",
+    "pump",
+    "kettle",
+    "sextant",
+    "bellows",
+    "press",
+    "plough",
+    "barometer",
+    "crane",
+)
 
 
 @dataclass(frozen=True)
@@ -83,50 +172,128 @@ class Relation:
 
 
 RELATIONS: tuple[Relation, ...] = (
-    Relation("born", "person", "year",
-             ("{s} was born in {a}.", "Born in {a}, {s} grew up far from the sea.",
-              "The parish book records that {s} was born in {a}."),
-             ("In which year was {s} born?", "When was {s} born?", "What year saw the birth of {s}?",
-              "{s} was born in what year?")),
-    Relation("died", "person", "year",
-             ("{s} died in {a}.", "{s} passed away in the winter of {a}.", "In {a} the death of {s} was mourned."),
-             ("In which year did {s} die?", "When did {s} die?", "What year did {s} pass away?")),
-    Relation("founded", "town", "person",
-             ("The town of {s} was founded by {a}.", "{a} founded the town of {s}.",
-              "{s} was established by {a} on the bank of a river."),
-             ("Who founded {s}?", "Who was the founder of {s}?", "By whom was the town of {s} established?")),
-    Relation("teacher", "person", "person",
-             ("{s} studied under {a}.", "{a} was the teacher of {s}.", "{s} learned the craft from {a}."),
-             ("Who taught {s}?", "Who was the teacher of {s}?", "Under whom did {s} study?")),
-    Relation("home_port", "ship", "place",
-             ("The ship {s} sailed from its home port of {a}.", "{a} was the home port of the ship {s}.",
-              "The ship {s} was based in the harbour of {a}."),
-             ("What is the home port of the ship {s}?", "From which port did the {s} sail?",
-              "Where was the ship {s} based?")),
-    Relation("lives_in", "person", "place",
-             ("{s} lives in {a}.", "{s} has made a home in {a}.", "These days {s} lives in the town of {a}."),
-             ("Where does {s} live?", "In which town does {s} live?", "Which town is home to {s}?")),
-    Relation("invented", "person", "device",
-             ("{s} invented the {a}.", "The {a} was invented by {s}.", "{s} is remembered for inventing the {a}."),
-             ("What did {s} invent?", "What was invented by {s}?", "Which device is {s} known for inventing?")),
-    Relation("banner", "guild", "colour",
-             ("The banner of the {s} guild is {a}.", "Members of the {s} guild carry a {a} banner.",
-              "The {s} guild chose {a} for its banner."),
-             ("What colour is the banner of the {s} guild?", "Which colour does the {s} guild's banner have?",
-              "The banner of the {s} guild is what colour?")),
-    Relation("population", "town", "number",
-             ("The village of {s} has {a} inhabitants.", "About {a} people live in the village of {s}.",
-              "{s} counted {a} residents at the last census."),
-             ("How many people live in {s}?", "What is the population of {s}?", "How many inhabitants does {s} have?")),
-    Relation("occupation", "person", "job",
-             ("{s} works as {a_article} {a}.", "{s} earns a living as {a_article} {a}.",
-              "By trade, {s} is {a_article} {a}."),
-             ("What is the profession of {s}?", "What does {s} do for a living?", "What job does {s} have?")),
-    Relation("bridge_length", "bridge", "length",
-             ("The {s} Bridge is {a} long.", "The {s} Bridge stretches {a} across the river.",
-              "Engineers measured the {s} Bridge at {a}."),
-             ("How long is the {s} Bridge?", "What is the length of the {s} Bridge?",
-              "How many metres does the {s} Bridge span?")),
+    Relation(
+        "born",
+        "person",
+        "year",
+        (
+            "{s} was born in {a}.",
+            "Born in {a}, {s} grew up far from the sea.",
+            "The parish book records that {s} was born in {a}.",
+        ),
+        (
+            "In which year was {s} born?",
+            "When was {s} born?",
+            "What year saw the birth of {s}?",
+            "{s} was born in what year?",
+        ),
+    ),
+    Relation(
+        "died",
+        "person",
+        "year",
+        ("{s} died in {a}.", "{s} passed away in the winter of {a}.", "In {a} the death of {s} was mourned."),
+        ("In which year did {s} die?", "When did {s} die?", "What year did {s} pass away?"),
+    ),
+    Relation(
+        "founded",
+        "town",
+        "person",
+        (
+            "The town of {s} was founded by {a}.",
+            "{a} founded the town of {s}.",
+            "{s} was established by {a} on the bank of a river.",
+        ),
+        ("Who founded {s}?", "Who was the founder of {s}?", "By whom was the town of {s} established?"),
+    ),
+    Relation(
+        "teacher",
+        "person",
+        "person",
+        ("{s} studied under {a}.", "{a} was the teacher of {s}.", "{s} learned the craft from {a}."),
+        ("Who taught {s}?", "Who was the teacher of {s}?", "Under whom did {s} study?"),
+    ),
+    Relation(
+        "home_port",
+        "ship",
+        "place",
+        (
+            "The ship {s} sailed from its home port of {a}.",
+            "{a} was the home port of the ship {s}.",
+            "The ship {s} was based in the harbour of {a}.",
+        ),
+        (
+            "What is the home port of the ship {s}?",
+            "From which port did the {s} sail?",
+            "Where was the ship {s} based?",
+        ),
+    ),
+    Relation(
+        "lives_in",
+        "person",
+        "place",
+        ("{s} lives in {a}.", "{s} has made a home in {a}.", "These days {s} lives in the town of {a}."),
+        ("Where does {s} live?", "In which town does {s} live?", "Which town is home to {s}?"),
+    ),
+    Relation(
+        "invented",
+        "person",
+        "device",
+        ("{s} invented the {a}.", "The {a} was invented by {s}.", "{s} is remembered for inventing the {a}."),
+        ("What did {s} invent?", "What was invented by {s}?", "Which device is {s} known for inventing?"),
+    ),
+    Relation(
+        "banner",
+        "guild",
+        "colour",
+        (
+            "The banner of the {s} guild is {a}.",
+            "Members of the {s} guild carry a {a} banner.",
+            "The {s} guild chose {a} for its banner.",
+        ),
+        (
+            "What colour is the banner of the {s} guild?",
+            "Which colour does the {s} guild's banner have?",
+            "The banner of the {s} guild is what colour?",
+        ),
+    ),
+    Relation(
+        "population",
+        "town",
+        "number",
+        (
+            "The village of {s} has {a} inhabitants.",
+            "About {a} people live in the village of {s}.",
+            "{s} counted {a} residents at the last census.",
+        ),
+        ("How many people live in {s}?", "What is the population of {s}?", "How many inhabitants does {s} have?"),
+    ),
+    Relation(
+        "occupation",
+        "person",
+        "job",
+        (
+            "{s} works as {a_article} {a}.",
+            "{s} earns a living as {a_article} {a}.",
+            "By trade, {s} is {a_article} {a}.",
+        ),
+        ("What is the profession of {s}?", "What does {s} do for a living?", "What job does {s} have?"),
+    ),
+    Relation(
+        "bridge_length",
+        "bridge",
+        "length",
+        (
+            "The {s} Bridge is {a} long.",
+            "The {s} Bridge stretches {a} across the river.",
+            "Engineers measured the {s} Bridge at {a}.",
+        ),
+        (
+            "How long is the {s} Bridge?",
+            "What is the length of the {s} Bridge?",
+            "How many metres does the {s} Bridge span?",
+        ),
+    ),
 )
 RELATIONS_BY_NAME = {r.name: r for r in RELATIONS}
 
@@ -344,8 +511,15 @@ def _split(name: str, n_questions: int, rng: random.Random, names: NameRegistry,
             if len(records) == n_questions:
                 break
             rid = f"gen-{name}-p{p:05d}-q{q}"
-            records.append({"id": rid, "title": paragraph.title, "context": paragraph.context,
-                            "question": qa["question"], "answers": qa["answers"]})
+            records.append(
+                {
+                    "id": rid,
+                    "title": paragraph.title,
+                    "context": paragraph.context,
+                    "question": qa["question"],
+                    "answers": qa["answers"],
+                }
+            )
             meta[rid] = (qa["relation"], qa["phrasing"])
         p += 1
     return records, entities, meta
@@ -360,8 +534,9 @@ def generate_records(settings: dict) -> GeneratedSplits:
     if s["facts_per_context"] > MAX_FACTS_PER_CONTEXT:
         from .errors import DataError
 
-        raise DataError(f"data.generated.facts_per_context={s['facts_per_context']} is too many; "
-                        f"at most {MAX_FACTS_PER_CONTEXT}")
+        raise DataError(
+            f"data.generated.facts_per_context={s['facts_per_context']} is too many; at most {MAX_FACTS_PER_CONTEXT}"
+        )
     names = NameRegistry()  # shared: dev draws only words train never used
     train, train_entities, meta_train = _split("train", s["n_train"], random.Random(f"{s['seed']}:train"), names, s)
     dev, dev_entities, meta_dev = _split("dev", s["n_dev"], random.Random(f"{s['seed']}:dev"), names, s)
@@ -378,7 +553,7 @@ def _write_atomic(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def cache_folder(gen_cfg: Any, root: Optional[Path] = None) -> Path:
+def cache_folder(gen_cfg: Any, root: Path | None = None) -> Path:
     from experiments.config import REPO_ROOT
 
     base = Path(_get(gen_cfg, "cache_dir"))
@@ -387,7 +562,7 @@ def cache_folder(gen_cfg: Any, root: Optional[Path] = None) -> Path:
     return base / f"v{GENERATOR_VERSION}-{settings_key(generator_settings(gen_cfg))}"
 
 
-def ensure_generated(gen_cfg: Any, root: Optional[Path] = None) -> tuple[Path, Path]:
+def ensure_generated(gen_cfg: Any, root: Path | None = None) -> tuple[Path, Path]:
     """Write the generated set once (train.jsonl, dev.jsonl, settings.json) and return the two file paths."""
     folder = cache_folder(gen_cfg, root)
     train_path, dev_path = folder / "train.jsonl", folder / "dev.jsonl"
@@ -405,7 +580,7 @@ def ensure_generated(gen_cfg: Any, root: Optional[Path] = None) -> tuple[Path, P
     return train_path, dev_path
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """`python -m experiments.data.generated [CONFIG.yaml ...] [key=value ...]`: write the set, show a sample."""
     import sys
 

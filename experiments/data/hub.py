@@ -11,18 +11,21 @@ builders read it): useful offline. What the library actually handed over is reco
 start: offline, `datasets` serves a name from whatever its cache holds under that name (a local folder loaded once
 as "squad" is then "squad"), and a relative name that is also a folder in the working directory loads that folder.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from ..network import hub_reachable  # bounded in time, name lookup included; once per process
 from .errors import DataError, logger, one_line
 from .records import RecordCollector
+
 
 @contextlib.contextmanager
 def _offline_mode() -> Iterator[None]:
@@ -61,7 +64,7 @@ def _library_notes() -> Iterator[list[str]]:
         library.removeHandler(handler)
 
 
-def _load_split(hub_path: str, hub_name: Optional[str], split: str, notes: list[str]):
+def _load_split(hub_path: str, hub_name: str | None, split: str, notes: list[str]):
     import datasets
 
     label = f"data.hub_path={hub_path!r}" + (f" data.hub_name={hub_name!r}" if hub_name else "")
@@ -88,7 +91,7 @@ def _load_split(hub_path: str, hub_name: Optional[str], split: str, notes: list[
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
-def hub_record(ds: Any, hub_path: str, hub_name: Optional[str], split: str, notes: list[str]) -> dict:
+def hub_record(ds: Any, hub_path: str, hub_name: str | None, split: str, notes: list[str]) -> dict:
     """What `load_dataset` handed over for one split, for summary.json and the start-up line.
 
     local_folder: the absolute path when hub_path is a folder (relative names are tried against the working
@@ -123,17 +126,30 @@ def _warn_about_resolution(record: dict) -> None:
     """One line when the library did not load the named hub set itself: a cached copy offline, or a local folder."""
     label = f"data.hub_path={record['hub_path']!r}"
     if record["local_folder"] and not Path(record["hub_path"]).is_absolute():
-        logger.warning("%s is the local folder %s (a folder of that name in the working directory wins over the hub)",
-                       label, record["local_folder"])
+        logger.warning(
+            "%s is the local folder %s (a folder of that name in the working directory wins over the hub)",
+            label,
+            record["local_folder"],
+        )
     elif any("cached" in line for line in record["library_notes"]):
-        logger.warning("%s split %s was served from the local datasets cache %s without checking the hub (offline); "
-                       "a different dataset loaded earlier under this name would be served the same way",
-                       label, record["split"], record["cache_dir"])
+        logger.warning(
+            "%s split %s was served from the local datasets cache %s without checking the hub (offline); "
+            "a different dataset loaded earlier under this name would be served the same way",
+            label,
+            record["split"],
+            record["cache_dir"],
+        )
 
 
 def read_hub_split(
-    hub_path: str, hub_name: Optional[str], split: str, *, id_field: str = "id", strict: bool = True,
-    where: Optional[dict] = None, record: Optional[dict] = None,
+    hub_path: str,
+    hub_name: str | None,
+    split: str,
+    *,
+    id_field: str = "id",
+    strict: bool = True,
+    where: dict | None = None,
+    record: dict | None = None,
 ) -> tuple[list[dict], Counter]:
     """One split of a hub QA set (or a local folder in the hub schema) → (checked records, Counter of skip reasons).
 
@@ -150,10 +166,12 @@ def read_hub_split(
     source = f"hub {hub_path}" + (f"/{hub_name}" if hub_name else "") + f" split {split}"
     missing = [c for c in (id_field, "context", "question", "answers") if c not in ds.column_names]
     if missing:
-        hint = (f"; set data.id_field to the set's id column (data.id_field={id_field} now)" if id_field in missing
-                else "")
-        raise DataError(f"{source}: missing column(s) {', '.join(missing)} (columns: {', '.join(ds.column_names)})"
-                        f"{hint}")
+        hint = (
+            f"; set data.id_field to the set's id column (data.id_field={id_field} now)" if id_field in missing else ""
+        )
+        raise DataError(
+            f"{source}: missing column(s) {', '.join(missing)} (columns: {', '.join(ds.column_names)}){hint}"
+        )
     keep = [c for c in (id_field, "title", "context", "question", "answers", "is_impossible") if c in ds.column_names]
     collector = RecordCollector(source, strict, id_field)
     for index, row in enumerate(ds.select_columns(keep)):

@@ -1,12 +1,13 @@
 """`load_examples(cfg.data)`: the one entry from a data config to raw train/dev examples, and `prepare_features`, the
 step from examples to tokenised windows that turns any record-level fault of tokenising into a named, countable
 record problem. Both record what was actually used in the stats that go to summary.json."""
+
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from datasets import Dataset
 
@@ -30,7 +31,7 @@ def _file_record(path: str | Path) -> dict:
     return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
-def _read(data_cfg: Any, split: str, where: Optional[dict] = None) -> tuple[list[dict], Counter, dict]:
+def _read(data_cfg: Any, split: str, where: dict | None = None) -> tuple[list[dict], Counter, dict]:
     """One split of the resolved source → (checked records, skip reasons, what was read)."""
     source = data_cfg.source
     strict = bool(data_cfg.strict)
@@ -55,8 +56,15 @@ def _read(data_cfg: Any, split: str, where: Optional[dict] = None) -> tuple[list
             raise DataError("data.hub_path is required when data.source=hub (e.g. data.hub_path=squad)")
         hub_split = data_cfg.hub_train_split if split == "train" else data_cfg.hub_validation_split
         record: dict = {}
-        records, reasons = read_hub_split(data_cfg.hub_path, data_cfg.hub_name, hub_split,
-                                          id_field=data_cfg.id_field, strict=strict, where=where, record=record)
+        records, reasons = read_hub_split(
+            data_cfg.hub_path,
+            data_cfg.hub_name,
+            hub_split,
+            id_field=data_cfg.id_field,
+            strict=strict,
+            where=where,
+            record=record,
+        )
         return records, reasons, {"kind": "hub", **record}
     raise DataError(f"data.source={source!r} is not allowed; choose one of: generated, files, hub")
 
@@ -77,8 +85,9 @@ def load_examples(data_cfg: Any) -> tuple[Dataset, Dataset, dict]:
     train = records_to_dataset(train_records, data_cfg.max_train_examples, source=_label(train_used, "train"))
     dev = records_to_dataset(dev_records, data_cfg.max_eval_examples, source=_label(dev_used, "dev"))
     reasons = train_reasons + dev_reasons
-    unanswerable = {split: sum(1 for a in ds["answers"] if not a["text"]) for split, ds in (("train", train),
-                                                                                           ("dev", dev))}
+    unanswerable = {
+        split: sum(1 for a in ds["answers"] if not a["text"]) for split, ds in (("train", train), ("dev", dev))
+    }
     for used, ds in ((train_used, train), (dev_used, dev)):
         used["examples"] = len(ds)
     stats = {
@@ -94,14 +103,20 @@ def load_examples(data_cfg: Any) -> tuple[Dataset, Dataset, dict]:
         logger.warning(
             "data: %d train / %d dev questions have no answer but data.version_2_with_negative=false: they are "
             "trained to point at [CLS] and can never be answered right at evaluation; set "
-            "data.version_2_with_negative=true to predict \"no answer\"", unanswerable["train"], unanswerable["dev"])
+            'data.version_2_with_negative=true to predict "no answer"',
+            unanswerable["train"],
+            unanswerable["dev"],
+        )
     return train, dev, stats
 
 
 def _label(used: dict, split: str) -> str:
     if used.get("kind") == "hub":
-        return f"hub {used['hub_path']}" + (f"/{used['hub_name']}" if used.get("hub_name") else "") + \
-            f" split {used['split']}"
+        return (
+            f"hub {used['hub_path']}"
+            + (f"/{used['hub_name']}" if used.get("hub_name") else "")
+            + f" split {used['split']}"
+        )
     return used.get("path") or split
 
 
@@ -115,13 +130,19 @@ def describe_data(stats: dict) -> str:
         if u.get("kind") == "hub":
             where = u.get("local_folder") or u.get("cache_dir") or "memory"
             rev = f", revision {u['revision']}" if u.get("revision") else ""
-            parts.append(f"{split}={u['hub_path']}" + (f"/{u['hub_name']}" if u.get("hub_name") else "")
-                         + f":{u['split']} ({n} examples; from {where}{rev}; fingerprint {u.get('fingerprint')})")
+            parts.append(
+                f"{split}={u['hub_path']}"
+                + (f"/{u['hub_name']}" if u.get("hub_name") else "")
+                + f":{u['split']} ({n} examples; from {where}{rev}; fingerprint {u.get('fingerprint')})"
+            )
         else:
             parts.append(f"{split}={u.get('path')} ({n} examples, sha256 {str(u.get('sha256'))[:12]})")
     skipped = stats.get("skipped_records", {})
-    tail = f"; skipped {skipped.get('train', 0)} train / {skipped.get('dev', 0)} dev records" if any(
-        skipped.values()) else ""
+    tail = (
+        f"; skipped {skipped.get('train', 0)} train / {skipped.get('dev', 0)} dev records"
+        if any(skipped.values())
+        else ""
+    )
     return f"data: {stats.get('source')} " + " ".join(parts) + tail
 
 
@@ -159,8 +180,14 @@ class _NonStrict:
 
 
 def prepare_features(
-    data_cfg: Any, tokenizer: Any, train_ex: Dataset, dev_ex: Dataset, stats: dict, *,
-    cache_dir: Optional[str | Path] = None, use_cache: bool = True,
+    data_cfg: Any,
+    tokenizer: Any,
+    train_ex: Dataset,
+    dev_ex: Dataset,
+    stats: dict,
+    *,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
 ) -> tuple[Dataset, Dataset, Dataset, Dataset]:
     """Examples → (train examples, dev examples, train features, dev features), with record-level faults handled.
 
@@ -170,14 +197,21 @@ def prepare_features(
     no_context_tokens) and stats["skipped_records"], and logged, and the run goes on. Questions longer than the
     window leaves room for (see `features.question_token_limit`) are cut; how many is stats["questions_cut"].
     """
-    from .features import TokenisationFaults, count_long_questions, prepare_eval_features, prepare_train_features
-    from .features import question_token_limit
+    from .features import (
+        TokenisationFaults,
+        count_long_questions,
+        prepare_eval_features,
+        prepare_train_features,
+        question_token_limit,
+    )
 
     d = data_cfg
     limit = question_token_limit(tokenizer, d.max_seq_length, d.doc_stride)
     out = {}
-    for split, examples, prepare in (("train", train_ex, prepare_train_features),
-                                     ("dev", dev_ex, prepare_eval_features)):
+    for split, examples, prepare in (
+        ("train", train_ex, prepare_train_features),
+        ("dev", dev_ex, prepare_eval_features),
+    ):
         kwargs = dict(cache_dir=cache_dir, use_cache=use_cache)
         try:
             features = prepare(examples, tokenizer, d.max_seq_length, d.doc_stride, **kwargs)
@@ -187,8 +221,9 @@ def prepare_features(
             if d.strict:
                 fault, place = named[0]
                 more = f" ({len(named) - 1} more such records)" if len(named) > 1 else ""
-                raise DataError(one_line(f"{place} (id {fault.example_id!r}): {fault.message}{more}; "
-                                         f"{STRICT_HINT}")) from None
+                raise DataError(
+                    one_line(f"{place} (id {fault.example_id!r}): {fault.message}{more}; {STRICT_HINT}")
+                ) from None
             bad = set()
             for n, (fault, place) in enumerate(named):
                 bad.add(fault.example_id)
@@ -199,10 +234,13 @@ def prepare_features(
             stats["skipped_records"][split] += len(bad)
             examples = examples.select([i for i, ex_id in enumerate(examples["id"]) if ex_id not in bad])
             if len(examples) == 0:
-                raise DataError(f"{split}: none of its examples can be tokenised (the first: {named[0][1]}: "
-                                f"{one_line(named[0][0].message)})") from None
-            logger.warning("%s: skipped %d record(s) the tokenizer cannot handle and kept %d", split, len(bad),
-                           len(examples))
+                raise DataError(
+                    f"{split}: none of its examples can be tokenised (the first: {named[0][1]}: "
+                    f"{one_line(named[0][0].message)})"
+                ) from None
+            logger.warning(
+                "%s: skipped %d record(s) the tokenizer cannot handle and kept %d", split, len(bad), len(examples)
+            )
             features = prepare(examples, tokenizer, d.max_seq_length, d.doc_stride, **kwargs)
             stats[f"{split}_examples"] = len(examples)
             stats.get("used", {}).get(split, {})["examples"] = len(examples)
@@ -210,7 +248,14 @@ def prepare_features(
     cut = {split: count_long_questions(out[split][0], tokenizer, limit) for split in SPLITS}
     stats["questions_cut"] = {**cut, "limit_tokens": limit}
     if any(cut.values()):
-        logger.warning("data: %d train / %d dev questions are longer than %d tokens and are cut to %d, so that the "
-                       "context keeps more room than data.doc_stride=%d in data.max_seq_length=%d",
-                       cut["train"], cut["dev"], limit, limit, d.doc_stride, d.max_seq_length)
+        logger.warning(
+            "data: %d train / %d dev questions are longer than %d tokens and are cut to %d, so that the "
+            "context keeps more room than data.doc_stride=%d in data.max_seq_length=%d",
+            cut["train"],
+            cut["dev"],
+            limit,
+            limit,
+            d.doc_stride,
+            d.max_seq_length,
+        )
     return out["train"][0], out["dev"][0], out["train"][1], out["dev"][1]

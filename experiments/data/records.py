@@ -9,10 +9,11 @@ for SQuAD and KorQuAD, "guid" for KLUE-MRC) and stored as "id".
 Every string must be valid Unicode: JSON can spell a lone UTF-16 surrogate ("\ud83d"), which Python reads into a str
 but Arrow (and so `datasets`) cannot store; such a record is a record-level problem like any other.
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Optional
+from typing import Any
 
 from datasets import Dataset, Features, List, Value
 
@@ -56,9 +57,7 @@ def _answer_lists(answers: Any) -> tuple[list, list]:
         if not isinstance(texts, list) or not isinstance(starts, list):
             raise RecordProblem("bad_answers", "answers 'text' and 'answer_start' must be lists")
         if len(texts) != len(starts):
-            raise RecordProblem(
-                "bad_answers", f"answers has {len(texts)} texts but {len(starts)} answer_start values"
-            )
+            raise RecordProblem("bad_answers", f"answers has {len(texts)} texts but {len(starts)} answer_start values")
         return texts, starts
     if isinstance(answers, list):
         texts, starts = [], []
@@ -74,9 +73,14 @@ def _answer_lists(answers: Any) -> tuple[list, list]:
 def _missing_id(record: dict, id_field: str) -> RecordProblem:
     """The error for a record without its id field; it names data.id_field and, if it can, the value to set."""
     others = [name for name in ID_FIELD_CANDIDATES if name != id_field and record.get(name) is not None]
-    hint = (f"; the record has {others[0]!r}: set data.id_field={others[0]}" if others
-            else "; set data.id_field to the field that holds the question id")
-    return RecordProblem("missing_field", f"missing field {id_field!r} (the question id, data.id_field={id_field}){hint}")
+    hint = (
+        f"; the record has {others[0]!r}: set data.id_field={others[0]}"
+        if others
+        else "; set data.id_field to the field that holds the question id"
+    )
+    return RecordProblem(
+        "missing_field", f"missing field {id_field!r} (the question id, data.id_field={id_field}){hint}"
+    )
 
 
 def _valid_unicode(name: str, value: str) -> None:
@@ -122,8 +126,12 @@ def check_record(record: Any, *, default_title: str = "", id_field: str = "id") 
     for name, value in (("title", title), ("context", record["context"]), ("question", record["question"])):
         if not isinstance(value, str):
             raise RecordProblem("wrong_type", f"field {name!r} must be a string, got {type(value).__name__}")
-    for name, value in ((repr(id_field), rid), ("'title'", title), ("'context'", record["context"]),
-                        ("'question'", record["question"])):
+    for name, value in (
+        (repr(id_field), rid),
+        ("'title'", title),
+        ("'context'", record["context"]),
+        ("'question'", record["question"]),
+    ):
         _valid_unicode(name, value)
     context, question = record["context"], record["question"]
     if not context.strip():
@@ -175,7 +183,7 @@ class RecordCollector:
         self.reasons: Counter = Counter()
         self._seen: dict[str, str] = {}
         self._warned = 0
-        self.first_problem: Optional[str] = None  # the first skipped record's line, for "none is usable" errors
+        self.first_problem: str | None = None  # the first skipped record's line, for "none is usable" errors
 
     @property
     def skipped(self) -> int:
@@ -216,8 +224,12 @@ class RecordCollector:
     def nothing_usable(self) -> DataError:
         """The error for a source whose every record was skipped: counts by reason and the first problem."""
         kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items()))
-        return DataError(one_line(f"{self.source}: none of its {self.skipped} records is usable ({kinds}); the first: "
-                                  f"{self.first_problem}"))
+        return DataError(
+            one_line(
+                f"{self.source}: none of its {self.skipped} records is usable ({kinds}); the first: "
+                f"{self.first_problem}"
+            )
+        )
 
     def summary(self) -> None:
         """Log one line per source that lost records (strict=False only)."""
@@ -225,7 +237,10 @@ class RecordCollector:
             kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items()))
             logger.warning(
                 "%s: skipped %d malformed record(s) and kept %d (%s)",
-                self.source, self.skipped, len(self.records), kinds,
+                self.source,
+                self.skipped,
+                len(self.records),
+                kinds,
             )
 
 
@@ -234,7 +249,7 @@ def _to_dataset(records: list[dict]) -> Dataset:
     return Dataset.from_dict(columns, features=EXAMPLE_FEATURES)
 
 
-def records_to_dataset(records: list[dict], limit: Optional[int] = None, *, source: str = "examples") -> Dataset:
+def records_to_dataset(records: list[dict], limit: int | None = None, *, source: str = "examples") -> Dataset:
     """Checked records → a Dataset with EXAMPLE_FEATURES; `limit` keeps the first N (deterministic).
 
     `check_record` rules out what Arrow is known to refuse; should Arrow still refuse something, the record it refuses
@@ -249,6 +264,10 @@ def records_to_dataset(records: list[dict], limit: Optional[int] = None, *, sour
             try:
                 _to_dataset([record])
             except Exception as one:  # noqa: BLE001 - reported as one line below
-                raise DataError(one_line(f"{source}: id {record['id']!r}: the record cannot be stored "
-                                         f"({type(one).__name__}: {str(one)[:200]})")) from None
+                raise DataError(
+                    one_line(
+                        f"{source}: id {record['id']!r}: the record cannot be stored "
+                        f"({type(one).__name__}: {str(one)[:200]})"
+                    )
+                ) from None
         raise DataError(one_line(f"{source}: the examples cannot be stored ({type(err).__name__}: {str(err)[:200]})"))
