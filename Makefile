@@ -26,7 +26,7 @@ NPROC   ?= 1
 TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast run smoke run-all run-all-gpu smoke-all report sharpness notebook sync bench-sam bench-train bench-ddp clean
+.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu smoke-all report sharpness notebook sync bench-sam bench-train bench-ddp clean
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -46,6 +46,17 @@ $(STAMP): requirements.lock pyproject.toml
 
 test: $(STAMP)  ## run the test suite (CPU, about 6 min on 2 shared cores)
 	$(PY) -m pytest -q tests $(ARGS)
+
+# ruff's settings live in pyproject.toml; CI runs this after the tests.
+LINTED := sam experiments analysis tests results
+
+lint: $(STAMP)  ## ruff: formatting and lint checks (CI runs it; `make format` applies the formatting)
+	$(PY) -m ruff format --check $(LINTED)
+	$(PY) -m ruff check $(LINTED)
+
+format: $(STAMP)  ## ruff format + safe lint fixes, in place
+	$(PY) -m ruff format $(LINTED)
+	$(PY) -m ruff check --fix $(LINTED)
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow" tests $(ARGS)

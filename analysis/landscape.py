@@ -42,14 +42,13 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 from torch import Tensor
 
 LossFn = Callable[[], Tensor]
-Params = Union[Sequence[Tensor], Mapping[str, Tensor]]
-Vectors = Union[Sequence[Tensor], Mapping[str, Tensor]]
+Params = Sequence[Tensor] | Mapping[str, Tensor]
+Vectors = Sequence[Tensor] | Mapping[str, Tensor]
 
 #: Names whose parameters get a zero filter-normalised direction (matched with ``re.search``).
 DEFAULT_EXCLUDE: tuple[str, ...] = (r"LayerNorm", r"layer_norm", r"layernorm")
@@ -87,7 +86,8 @@ class PassCounter:
     * ``hvp``: Hessian-vector products, i.e. double-backward passes (``autograd.grad`` of ``g . v``).
 
     A Hessian-vector product needs a forward and a graph-keeping backward first; those are counted under
-    ``forward``/``backward``. With ``reuse_graph=True`` (default) one forward+backward serves all the products of a call.
+    ``forward``/``backward``. With ``reuse_graph=True`` (default) one forward+backward serves all the products of a
+    call.
     """
 
     forward: int = 0

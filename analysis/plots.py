@@ -36,7 +36,8 @@ ARM_LABELS = {
     "sam_last": "SAM, last-batch replay (bug)",
     "sam_micro": "m-SAM",
 }
-# sam_last is dashed so that at k = 1, where it must equal sam_full exactly, both lines stay visible on top of each other.
+# sam_last is dashed so that at k = 1, where it must equal sam_full exactly, both lines stay visible on top of
+# each other.
 ARM_LINESTYLES = {"sam_last": (0, (4, 2))}
 _EXTRA_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 STYLE = {

@@ -305,7 +305,7 @@ def paired_table(
             if not any({a, b} <= arms for arms in arms_at_k.values()):
                 continue
             table = paired_differences(done, metric, a, b, by=("k",), n_boot=n_boot, seed=seed)
-            both = table["k"].map(lambda k: {a, b} <= arms_at_k.get(k, set()))
+            both = table["k"].map(lambda k, pair={a, b}: pair <= arms_at_k.get(k, set()))
             frames.append(table[both.astype(bool)])
     if not frames:
         return pd.DataFrame(

@@ -61,8 +61,8 @@ def _sorted_groups(frame: pd.DataFrame, by: tuple) -> pd.DataFrame:
     keys = {}
     for column in by:
         if column == "arm":
-            order = {a: i for i, a in enumerate(arm_order(frame["arm"]))}
-            keys[column] = frame["arm"].map(lambda a: order.get(str(a), len(order)))
+            rank = {a: i for i, a in enumerate(arm_order(frame["arm"]))}
+            keys[column] = frame["arm"].map(lambda a, rank=rank: rank.get(str(a), len(rank)))
         else:
             keys[column] = frame[column]
     order = pd.DataFrame(keys, index=frame.index).sort_values(list(by), kind="mergesort").index

@@ -19,6 +19,7 @@ train mode with dropout, AdamW, rho 0.05, clip 1.0. It writes every timing, the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
         for variant in order:
             buckets.clear()
-            seconds = timed(lambda: run(variant))
+            seconds = timed(functools.partial(run, variant))
             counts[variant] = len(buckets)
             if rep >= args.warmup:
                 raw[variant].append(seconds)

@@ -412,8 +412,9 @@ def bench_memory(model, args, device) -> dict:
     variants = ("none", "full", "last", "micro")
     peaks = {}
     for variant in variants:
+        window = make_window(model, args, device)
 
-        def build():
+        def build(variant=variant):
             m = copy.deepcopy(model)
             opt = (
                 torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=0.01)
@@ -422,11 +423,10 @@ def bench_memory(model, args, device) -> dict:
             )
             return m, opt, make_loss_fn(m, device, args.dtype)
 
-        def run(state):
+        def run(state, variant=variant, window=window):
             m, opt, loss_fn = state
             train_step(loss_fn, window, opt, replay=variant, max_grad_norm=args.max_grad_norm)
 
-        window = make_window(model, args, device)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -569,7 +569,7 @@ def print_report(result: dict) -> None:
         extra = "" if v == "none" else f"   {v} - none = {mem['minus_none_copies'][v]:+.3f} copies"
         print(f"  {v:<6} {mem['peak_bytes'][v] / 2**20:9.1f} MiB = {c:6.3f} parameter copies{extra}")
     print("targets:")
-    for name, t in result["targets"].items():
+    for t in result["targets"].values():
         verdict = "N/A " if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
         value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
         print(f"  {verdict}  {t['what']:<58} {value:>7}  (target ≤ {t['target']})")

@@ -469,7 +469,8 @@ def print_table(result: dict) -> None:
         verdict = "" if target is None else ("PASS" if c["ratio_vs_peer"] >= target else "MISS") + f" {target}"
         print(
             f"{name:<14} {c['peer']:<11} {100 * c['padding_share_at_max_length']:>6.1f} "
-            f"{100 * c['product_token_share']:>6.1f} {c['product_examples_per_s']:>13.2f} {c['peer_examples_per_s']:>10.2f} {c['ratio_vs_peer']:>7.3f} "
+            f"{100 * c['product_token_share']:>6.1f} {c['product_examples_per_s']:>13.2f} "
+            f"{c['peer_examples_per_s']:>10.2f} {c['ratio_vs_peer']:>7.3f} "
             f"{c['median_of_paired_ratios']:>7.3f} {verdict:>7}"
         )
         if "mfu" in c:

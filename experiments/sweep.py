@@ -42,9 +42,9 @@ recorded with its reason and the sweep goes on.
 `--gpus-per-run N` (N > 1) makes each run data-parallel: one `torchrun --standalone --nproc_per_node=N` per run
 (`python -m torch.distributed.run`, a free port each), `dist.world_size=N` added to every run's overrides (so its run
 id says so), and the GPUs cut into slots of N (`CUDA_VISIBLE_DEVICES=0,1`, `2,3`, ...; GPUs left over are unused).
-Without GPUs each run is N processes on the CPU (gloo), --jobs runs at a time. Exit code: 0 when every run is completed, 1 when any is not,
-2 for a config error, 130 after Ctrl-C (the running children get SIGINT, then SIGTERM after a grace period, and
-are recorded as interrupted).
+Without GPUs each run is N processes on the CPU (gloo), --jobs runs at a time. Exit code: 0 when every run is
+completed, 1 when any is not, 2 for a config error, 130 after Ctrl-C (the running children get SIGINT, then SIGTERM
+after a grace period, and are recorded as interrupted).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ when only the backward sits inside). Per window:
     full, global          e from the all-reduced ∇L(w), the same on every rank; g = Σ (n_{r,i}/N) ∇L_{r,i}(w + e)
                           = single-process `full` on the whole W·k-micro-batch window                 2 all-reduces
     full, per_rank        e_r = rho·∇L^r(w)/‖∇L^r(w)‖ from rank r's own part L^r = Σ_i (n_{r,i}/N_r) L_{r,i}
-                          (N_r = Σ_i n_{r,i}); g = Σ_{r,i} (n_{r,i}/N) ∇L_{r,i}(w + e_r)   (m-SAM per rank)  1 all-reduce
+                          (N_r = Σ_i n_{r,i}); g = Σ_{r,i} (n_{r,i}/N) ∇L_{r,i}(w + e_r)  (m-SAM per rank)  1 all-reduce
     last                  the copied loop wrapped in DDP, every backward synchronising: e as in full/global,
                           g = Σ_r (n_{r,k}/n_k) ∇L_{r,k}(w + e) = ∇L_k(w + e) of global micro-batch k     2k all-reduces
     micro                 e_{r,i} from ∇L_{r,i}(w) alone; g = Σ_{r,i} (n_{r,i}/N) ∇L_{r,i}(w + e_{r,i})  1 all-reduce
@@ -276,14 +276,14 @@ def train_step(
         return _reduced_result(
             ddp, replay, per_rank, world, local, totals, first_losses, second_losses, first_norm, grad_norm, skipped
         )
-    loss = sum(l.double() * n for l, n in zip(first_losses, numerators)) / sum(numerators[: len(first_losses)])
+    loss = sum(x.double() * n for x, n in zip(first_losses, numerators)) / sum(numerators[: len(first_losses)])
     perturbed = None
     if second_losses:
         if replay == "last":
-            perturbed = torch.stack([l.double() for l in second_losses]).mean()
+            perturbed = torch.stack([x.double() for x in second_losses]).mean()
         else:
             used = numerators[: len(second_losses)]
-            perturbed = sum(l.double() * n for l, n in zip(second_losses, used)) / sum(used)
+            perturbed = sum(x.double() * n for x, n in zip(second_losses, used)) / sum(used)
     numbers = torch.stack(
         [
             t.detach().double().cpu()
@@ -308,11 +308,11 @@ def _reduced_result(
     pass, the first-pass norm). The gradient (hence grad_norm and skipped) is already the same on every rank."""
     device = grad_norm.device
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    first = sum((l.double() * n for l, n in zip(first_losses, local)), zero)
+    first = sum((x.double() * n for x, n in zip(first_losses, local)), zero)
     if replay == "last":  # the k replays of this rank's slice of micro-batch k, averaged, weighted by its size
-        second = sum((l.double() for l in second_losses), zero) * local[-1] / max(1, len(second_losses))
+        second = sum((x.double() for x in second_losses), zero) * local[-1] / max(1, len(second_losses))
     else:
-        second = sum((l.double() * n for l, n in zip(second_losses, local)), zero)
+        second = sum((x.double() * n for x, n in zip(second_losses, local)), zero)
     norm = first_norm.detach().double().to(device) if first_norm is not None else zero
     stats = torch.stack([first, second, norm])
     torch.distributed.all_reduce(stats, group=ddp.process_group)

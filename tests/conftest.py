@@ -1,4 +1,4 @@
-"""Shared test set-up: offline everywhere, private Hugging Face caches, and one shrinking fixture for end-to-end runs."""
+"""Shared test set-up: offline everywhere, private Hugging Face caches, one shrinking fixture for end-to-end runs."""
 
 import atexit
 import os

@@ -835,7 +835,8 @@ def test_notebook_cli_names_itself_in_its_errors(capsys):
 
 def test_results_tables_cut_the_t_interval_to_the_metric_range():
     """F1 of 97.0, 99.0, 100.0: mean 98.67, s = 1.528, t₀.₉₇₅,₂ = 4.303 → 98.67 ± 3.79 = [94.87, 102.46]: shown as
-    [94.87, 100.00]. Loss 0.05, 0.10, 0.30: mean 0.15, s = 0.1323 → 0.15 ± 0.3286 = [-0.1786, 0.4786]: [0.0000, 0.4786]."""
+    [94.87, 100.00]. Loss 0.05, 0.10, 0.30: mean 0.15, s = 0.1323 → 0.15 ± 0.3286 = [-0.1786, 0.4786]:
+    [0.0000, 0.4786]."""
     runs = pd.DataFrame(
         {
             "run_id": ["a", "b", "c"],

@@ -198,7 +198,8 @@ def test_feature_cache_is_hit_on_the_second_call(tokenizer, monkeypatch, tmp_pat
 @pytest.mark.parametrize("seq, stride", [(64, 30), (64, 16), (32, 15), (128, 63), (384, 128)])
 def test_every_stride_the_config_accepts_leaves_the_context_more_room_than_the_stride(tokenizer, seq, stride):
     """The rule: a window is [CLS] question [SEP] context [SEP], so the context gets seq - 3 - q tokens, and the fast
-    tokenizer needs that to be > stride (else it panics). Questions are cut to q <= min(seq // 2, seq - 3 - stride - 1)."""
+    tokenizer needs that to be > stride (else it panics). Questions are cut to
+    q <= min(seq // 2, seq - 3 - stride - 1)."""
     from experiments.data.features import question_token_limit
 
     limit = min(seq // 2, seq - 3 - stride - 1)

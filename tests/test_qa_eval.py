@@ -147,11 +147,12 @@ def test_char_f1_missing_prediction():
 # ---------------------------------------------------------------------------------------------------------------------
 # KLUE-MRC: EM and ROUGE-W (KLUE-baseline klue_baseline/metrics/utils.py)
 #
-# Rules written out: normalise both strings (lowercase; the five-character sequence <one of '"《》<>〈〉> + "()‘’" becomes
-# a space; ASCII punctuation dropped; whitespace collapsed — so 《》〈〉‘’ stay, spaces stay). EM: the normalised strings
-# are equal. ROUGE-W: L = length of the longest common run of consecutive characters (spaces count), P = L/len(pred),
-# R = L/len(gold), score = 2PR/(P+R), 0 when L = 0. A gold that normalises to "" (or an empty gold list) scores 1 only
-# against a prediction that normalises to "". The best over the golds counts.
+# Rules written out: normalise both strings (lowercase; the five-character sequence
+# <one of '"《》<>〈〉> + "()‘’" becomes a space; ASCII punctuation dropped; whitespace collapsed — so 《》〈〉‘’
+# stay, spaces stay). EM: the normalised strings are equal. ROUGE-W: L = length of the longest common run of
+# consecutive characters (spaces count), P = L/len(pred), R = L/len(gold), score = 2PR/(P+R), 0 when L = 0. A gold
+# that normalises to "" (or an empty gold list) scores 1 only against a prediction that normalises to "". The best
+# over the golds counts.
 
 
 def rouge_w_of(longest: int, len_pred: int, len_gold: int) -> float:

@@ -1,4 +1,4 @@
-"""The README's numbers come from committed results: its one-sentence answer is the committed report's, word for word."""
+"""The README's numbers come from committed results: its one-sentence answer is the committed report's, verbatim."""
 
 from tests.conftest import REPO
 

@@ -90,7 +90,7 @@ def test_full_equals_sam_on_concatenated_batch(sizes):
         x_w, y_w = x + window, y  # a different window each update
 
         # reference: SAM.step on the concatenated batch, loss = mean over all N examples
-        def closure():
+        def closure(x_w=x_w, y_w=y_w):
             loss = mse_fn(ref)((x_w, y_w))
             loss.backward()
             return loss

@@ -260,7 +260,7 @@ def test_failed_run_in_context_manager(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with RunTracker(make_cfg(), run_dir) as tracker:
             tracker.log({"train/loss": float("nan")}, update=1, epoch=0.1, examples=8)
-            1 / 0
+            raise ZeroDivisionError("division by zero")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["reason"].startswith("ZeroDivisionError")
     assert "ZeroDivisionError" in (run_dir / "error.log").read_text()

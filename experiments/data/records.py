@@ -270,4 +270,6 @@ def records_to_dataset(records: list[dict], limit: int | None = None, *, source:
                         f"({type(one).__name__}: {str(one)[:200]})"
                     )
                 ) from None
-        raise DataError(one_line(f"{source}: the examples cannot be stored ({type(err).__name__}: {str(err)[:200]})"))
+        raise DataError(
+            one_line(f"{source}: the examples cannot be stored ({type(err).__name__}: {str(err)[:200]})")
+        ) from err

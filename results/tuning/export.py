@@ -1,4 +1,6 @@
-"""Export the tuning sweeps' dev F1 curves (run from the repository root: python results/tuning/export.py RESULTS_DIR)."""
+"""Export the tuning sweeps' dev F1 curves.
+
+Run from the repository root: python results/tuning/export.py RESULTS_DIR."""
 
 import sys
 
