@@ -25,20 +25,11 @@ from matplotlib.figure import Figure
 from analysis.collect import arm_order
 from analysis.stats import metric_short
 from analysis.targets import censored_median
+from experiments.arms import BY_NAME
 
 log = logging.getLogger(__name__)
 
 DPI = 120
-ARM_COLORS = {"adamw": "#3a3a3a", "sam_full": "#1f63c6", "sam_last": "#d62728", "sam_micro": "#2ca02c"}
-ARM_LABELS = {
-    "adamw": "AdamW",
-    "sam_full": "SAM, full replay",
-    "sam_last": "SAM, last-batch replay (bug)",
-    "sam_micro": "m-SAM",
-}
-# sam_last is dashed so that at k = 1, where it must equal sam_full exactly, both lines stay visible on top of
-# each other.
-ARM_LINESTYLES = {"sam_last": (0, (4, 2))}
 _EXTRA_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 STYLE = {
     "axes.spines.top": False,
@@ -64,19 +55,19 @@ FIGURES = {
 
 def arm_color(arm: str, arms: Sequence[str] = ()) -> str:
     """The arm's fixed colour; an arm outside the four known ones gets a colour by its place among the extra arms."""
-    if arm in ARM_COLORS:
-        return ARM_COLORS[arm]
-    extra = [a for a in arms if a not in ARM_COLORS]
+    if arm in BY_NAME:
+        return BY_NAME[arm].color
+    extra = [a for a in arms if a not in BY_NAME]
     index = extra.index(arm) if arm in extra else len(extra)
     return _EXTRA_COLORS[index % len(_EXTRA_COLORS)]
 
 
 def arm_linestyle(arm: str):
-    return ARM_LINESTYLES.get(arm, "-")
+    return BY_NAME[arm].linestyle if arm in BY_NAME else "-"
 
 
 def arm_label(arm: str) -> str:
-    return ARM_LABELS.get(arm, arm)
+    return BY_NAME[arm].label if arm in BY_NAME else arm
 
 
 def new_figure(ncols: int, nrows: int = 1, width: float = 4.6, height: float = 3.4) -> tuple[Figure, np.ndarray]:
@@ -519,7 +510,7 @@ def figure_step_time(runs: pd.DataFrame, metric: str = "mean_step_time_s") -> Fi
             color=color,
             alpha=0.85,
             label=arm_label(arm),
-            hatch="//" if arm in ARM_LINESTYLES else None,
+            hatch="//" if arm_linestyle(arm) != "-" else None,
             edgecolor="white",
             linewidth=0.5,
         )

