@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -459,7 +460,8 @@ def schema_type(key: str, schema: type = None) -> Any:
 
 
 def _strip_optional(hint: Any) -> Any:
-    if typing.get_origin(hint) is typing.Union:
+    """X for `X | None` (types.UnionType) or `Optional[X]` (typing.Union); any other hint unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0] if len(args) == 1 else hint
     return hint
@@ -471,7 +473,7 @@ def is_text_type(hint: Any) -> bool:
 
 
 def _is_list_type(hint: Any) -> bool:
-    return typing.get_origin(_strip_optional(hint)) in (list, list)
+    return typing.get_origin(_strip_optional(hint)) is list
 
 
 def _unquote(raw: str) -> str | None:
