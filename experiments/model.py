@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .config import EMBEDDED_MODEL, TINY_MODEL
+from .schema import EMBEDDED_MODEL, TINY_MODEL
 
 log = logging.getLogger("experiments.model")
 

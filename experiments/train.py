@@ -80,7 +80,7 @@ def stop_signals_raise():
 
 def _offline_defaults(cfg) -> None:
     """The embedded default needs no hub: make hub look-ups fail in a second instead of hanging on retries."""
-    from .config import EMBEDDED_MODEL, TINY_MODEL
+    from .schema import EMBEDDED_MODEL, TINY_MODEL
 
     local_model = cfg.model.name_or_path in (EMBEDDED_MODEL, TINY_MODEL) or Path(cfg.model.name_or_path).is_dir()
     if local_model and cfg.data.source != "hub":

@@ -34,7 +34,7 @@ DEVICE_NAME = "Synthetic CPU @ 2 threads"
 
 
 def config_dict(arm: str, k: int, seed: int, results_dir: str, sweep: str) -> dict:
-    """A small config with the real schema's key names (tests check it merges into experiments.config.Config)."""
+    """A small config with the real schema's key names (tests check it merges into experiments.schema.Config)."""
     sam = arm != "adamw"
     return {
         "arm": arm,

@@ -250,7 +250,7 @@ def built(sweep, frames):
 
 
 def test_fixture_config_uses_the_real_schema_keys():
-    from experiments.config import Config
+    from experiments.schema import Config
 
     schema = OmegaConf.structured(Config)
     OmegaConf.set_struct(schema, True)

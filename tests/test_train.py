@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from experiments.batches import epoch_windows
-from experiments.config import Config, config_hash, load_config
+from experiments.config import config_hash, load_config
+from experiments.schema import Config
 from experiments.train import main
 from tests.conftest import REPO, SMOKE, arm_file, run_dirs
 
