@@ -117,8 +117,8 @@ def squad_like_records(n: int, tokenizer, seed: int = 0) -> list[dict]:
     other generated paragraphs until its context reaches a length drawn from LogNormal(ln 137, 0.42) word pieces
     (clipped to [24, 700]); the lengths are made-up text of real lengths, not real text.
     """
-    from .schema import GeneratedDataConfig
     from .data.generated import generate_records, generator_settings
+    from .schema import GeneratedDataConfig
 
     settings = generator_settings(GeneratedDataConfig(n_train=n, n_dev=1, long_context_frac=0.0, seed=4321))
     records = generate_records(settings).train

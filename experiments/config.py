@@ -1,10 +1,10 @@
-"""The one config schema of a run, and how YAML files + `key=value` overrides become a validated config.
+"""How YAML files + `key=value` overrides become a validated config of a run.
 
-Every key lives here with its default; `configs/default.yaml` repeats them all (a test keeps the two equal) and the
-groups under `configs/` are small deltas. OmegaConf's structured mode rejects unknown keys and wrong types; the range
-and choice checks below cover what a type cannot say. Every failure is a `ConfigError` whose message is one line that
-names the key, what is allowed and where the value came from (the override as the user typed it, or the file); the
-entry points turn it into exit code 2 before anything is written.
+Every key lives in experiments.schema with its default; `configs/default.yaml` repeats them all (a test keeps the
+two equal) and the groups under `configs/` are small deltas. OmegaConf's structured mode rejects unknown keys and wrong
+types; the range and choice checks below cover what a type cannot say. Every failure is a `ConfigError` whose
+message is one line that names the key, what is allowed and where the value came from (the override as the user
+typed it, or the file); the entry points turn it into exit code 2 before anything is written.
 
 How a value is read (YAML files and `key=value` overrides alike): the text is typed by the key's type in the schema,
 never by YAML 1.1's guesses. PyYAML would read `0123` as the octal number 83, `1.10` as 1.1, `on`/`yes` as true and
