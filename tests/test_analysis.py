@@ -19,6 +19,9 @@ from omegaconf import OmegaConf
 
 from analysis import plots, report
 from analysis.collect import CollectError, collect_curves, collect_runs, read_events, report_dir
+from analysis.report.sections import _results_section
+from analysis.report.tables import paired_table, primary_metric, sanity_table, summary_table
+from analysis.report.text import answer, headline_table
 from analysis.stats import (
     bootstrap_mean_ci,
     curve_equality,
@@ -28,6 +31,7 @@ from analysis.stats import (
     t_interval,
     verdict,
 )
+from analysis.targets import target_summary, time_to_target
 from tests.analysis_fixtures import (
     DEVICE_NAME,
     DIVERGED,
@@ -469,12 +473,12 @@ def test_sanity_failure_is_reported(frames):
     runs = runs.copy()
     mask = (runs["arm"] == "sam_last") & (runs["k"] == 1) & (runs["seed"] == 0)
     runs.loc[mask, "final.dev/f1"] = runs.loc[mask, "final.dev/f1"] + 0.5
-    sanity = report.sanity_table(runs, curves)
+    sanity = sanity_table(runs, curves)
     f1 = sanity[sanity["metric"] == "final.dev/f1"].iloc[0]
     assert f1["passed"] is False or f1["passed"] == False  # noqa: E712
     assert f1["max_abs_diff"] == pytest.approx(0.5)
-    paired = report.paired_table(runs, n_boot=200)
-    text = report.answer(runs, paired, sanity, report.target_summary(report.time_to_target(curves, runs)))["sanity"]
+    paired = paired_table(runs, n_boot=200)
+    text = answer(runs, paired, sanity, target_summary(time_to_target(curves, runs)))["sanity"]
     assert "**Sanity check (k = 1): FAILED** on final.dev/f1" in text
 
 
@@ -779,14 +783,14 @@ def test_the_answer_of_klue_runs_is_about_rouge_w():
                 }
             )
     runs = pd.DataFrame(rows)
-    assert report.primary_metric(runs) == "dev/rouge_w"
-    paired = report.paired_table(runs, n_boot=200)  # the default metrics follow the primary score (the notebook)
+    assert primary_metric(runs) == "dev/rouge_w"
+    paired = paired_table(runs, n_boot=200)  # the default metrics follow the primary score (the notebook)
     assert list(paired["metric"].unique()) == ["final.dev/rouge_w", "final.dev/em", "final.dev/loss"]
-    cells = report.target_summary(pd.DataFrame())
-    parts = report.answer(runs, paired, report.sanity_table(runs, pd.DataFrame()), cells)
+    cells = target_summary(pd.DataFrame())
+    parts = answer(runs, paired, sanity_table(runs, pd.DataFrame()), cells)
     # (70 − 40 + 72 − 41 + 69 − 45) / 3 = 28.33
     assert "dev ROUGE-W 70.3 ± 1.5 with full replay" in parts["answer"] and "**+28.3 ROUGE-W**" in parts["answer"]
-    assert "dev ROUGE-W" in report.headline_table(runs, cells)[0]
+    assert "dev ROUGE-W" in headline_table(runs, cells)[0]
 
 
 def test_paired_table_leaves_out_a_k_where_one_arm_has_no_run():
@@ -813,7 +817,7 @@ def test_paired_table_leaves_out_a_k_where_one_arm_has_no_run():
                         "final.dev/loss": 1.0,
                     }
                 )
-    paired = report.paired_table(pd.DataFrame(rows), n_boot=50)
+    paired = paired_table(pd.DataFrame(rows), n_boot=50)
     f1 = paired[paired["metric"] == "final.dev/f1"]
     cells = {(r.a, r.b, int(r.k)): int(r.n) for r in f1.itertuples()}
     assert cells == {
@@ -850,6 +854,6 @@ def test_results_tables_cut_the_t_interval_to_the_metric_range():
             "final.train/loss": [0.05, 0.10, 0.30],
         }
     )
-    text = "\n".join(report._results_section(report.summary_table(runs)))
+    text = "\n".join(_results_section(summary_table(runs)))
     assert "| adamw | 8 | 3 | 3 | 98.67 ± 1.53 | [94.87, 100.00] |" in text
     assert "| adamw | 8 | 3 | 3 | 0.1500 ± 0.1323 | [0.0000, 0.4786] |" in text
