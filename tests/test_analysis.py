@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from omegaconf import OmegaConf
 
 from analysis import plots, report
 from analysis.collect import CollectError, collect_curves, collect_runs, read_events, report_dir
+from analysis.report.formatting import md_table
+from analysis.report.html import markdown_to_html
 from analysis.report.sections import _results_section
 from analysis.report.tables import paired_table, primary_metric, sanity_table, summary_table
 from analysis.report.text import answer, headline_table
@@ -401,9 +404,54 @@ def test_report_files_sections_and_figures(sweep, built):
     html = (out / "REPORT.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == len(figures) == 7  # six figures + the sharpness one
     assert "<table>" in html and 'src="figures/' not in html  # self-contained
+    assert html.count("<table>") == md.count("\n|:---") + md.count("\n|---:")  # every pipe table is an HTML table
+    for heading in ("The answer", "Findings", "Sharpness of the final checkpoints", "Method"):
+        assert re.search(rf"<h[1-6]>{heading}</h[1-6]>", html), heading
+    assert "**" not in html and "![" not in html and "|---" not in html and "|:---" not in html  # no raw markdown
     # the sharpness section comes in, its title nested one level down
     assert "## Sharpness of the final checkpoints" in md and "### Method" in md
     assert md.index("## Sharpness of the final checkpoints") > md.index("## Failed, diverged")
+
+
+def test_html_is_standalone_with_tables_embedded_figures_and_escaped_text(tmp_path):
+    (tmp_path / "figures").mkdir()
+    fig = plots.Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    plots.save(fig, tmp_path / "figures" / "a b.png")
+    md = "\n".join(
+        [
+            "# Report `x`",
+            "",
+            "## Results",
+            "",
+            md_table(["arm", "n", "mean"], [["sam|full", 3, "1.50"], ["<script>alert(1)</script>", 2, "–"]], "lrr"),
+            "",
+            "![Learning curves](figures/a%20b.png)",
+            "",
+            "Text with **bold**, *italics*, `a < b` and p < 0.001; ![web](https://example.org/w.png).",
+            "",
+            "- a list item",
+            "  that goes on",
+            "- [a link](https://example.org)",
+        ]
+    )
+    page = markdown_to_html(md, tmp_path, title="T <1>")
+    assert page.startswith("<!DOCTYPE html>") and "<title>T &lt;1&gt;</title>" in page and "<style>" in page
+    assert "<h1>Report <code>x</code></h1>" in page and "<h2>Results</h2>" in page
+    # the table with its cells: the escaped pipe stays in its cell, right-aligned columns stay right-aligned
+    cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", page)
+    assert cells == ["arm", "n", "mean", "sam|full", "3", "1.50", "&lt;script&gt;alert(1)&lt;/script&gt;", "2", "–"]
+    assert re.search(r'<td style="text-align:\s*right"[^>]*>3</td>', page)
+    assert "<script>" not in page  # raw HTML in the Markdown is shown as text, never passed through
+    # the local PNG is embedded (its name has a space), a web image keeps its link, the figure has its caption
+    assert page.count("data:image/png;base64,") == 1 and 'src="https://example.org/w.png"' in page
+    assert re.search(
+        r"<figure><img [^>]*alt=\"Learning curves\"[^>]*><figcaption>Learning curves</figcaption></figure>", page
+    )
+    assert "<strong>bold</strong>" in page and "<em>italics</em>" in page and "<code>a &lt; b</code>" in page
+    assert "p &lt; 0.001" in page and '<a href="https://example.org">a link</a>' in page
+    assert re.search(r"<li>a list item\s+that goes on</li>", page)
+    assert "**" not in page and "![" not in page and "](" not in page and "|---" not in page
 
 
 def test_report_lists_every_run_that_did_not_complete(sweep, built):

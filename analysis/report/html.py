@@ -1,15 +1,21 @@
-"""REPORT.md as one self-contained HTML page."""
+"""REPORT.md as one self-contained HTML page: markdown-it-py (CommonMark + GitHub pipe tables) renders the body,
+local PNG images become base64 data URIs, and an image alone in its paragraph becomes a figure with its alt text as
+the caption. Raw HTML in the Markdown is escaped, not passed through (html=False): run names and failure reasons
+come from run files and are shown as text."""
 
 from __future__ import annotations
 
 import base64
 import html
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Markdown → self-contained HTML (the subset this report writes: headings, paragraphs, lists, pipe tables, images,
-# code, emphasis, links)
+from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
@@ -20,7 +26,6 @@ table { border-collapse: collapse; margin: .8em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 4px 10px; }
 th { background: #f4f6f8; }
 tr:nth-child(even) td { background: #fafafa; }
-td.r, th.r { text-align: right; } td.c, th.c { text-align: center; }
 code { background: #f2f2f2; padding: 1px 4px; border-radius: 3px; font-size: 0.92em; }
 pre { background: #f6f8fa; padding: .8em; overflow-x: auto; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -38,147 +43,48 @@ def _embed(src: str, base: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _inline(text: str, base: Path) -> str:
-    """Inline Markdown → HTML: code spans first (their content stays literal), then images, links, bold, italics."""
-    parts = re.split(r"(`[^`]+`)", text)
-    out = []
-    for part in parts:
-        if part.startswith("`") and part.endswith("`") and len(part) > 1:
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-            continue
-        s = html.escape(part, quote=False).replace("\\|", "|")
-
-        def image(m):
-            alt, src = m.group(1), m.group(2)
-            data = _embed(html.unescape(src), base)
-            return f'<img alt="{alt}" src="{data or src}">'
-
-        s = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", image, s)
-        s = re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', s)
-        s = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
-        s = re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"<em>\1</em>", s)
-        out.append(s)
-    return "".join(out)
+def _lone_image(inline: Token) -> Token | None:
+    """The image token when an inline block holds one image and nothing else (surrounding spaces aside)."""
+    children = [c for c in inline.children or [] if not (c.type == "text" and not c.content.strip())]
+    return children[0] if len(children) == 1 and children[0].type == "image" else None
 
 
-def _split_row(line: str) -> list[str]:
-    line = line.strip()
-    if line.startswith("|"):
-        line = line[1:]
-    if line.endswith("|") and not line.endswith("\\|"):
-        line = line[:-1]
-    return [c.strip() for c in re.split(r"(?<!\\)\|", line)]
+def _renderer(base: Path) -> MarkdownIt:
+    """CommonMark with pipe tables, raw HTML off; images embedded from `base`, lone images drawn as figures."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    # add_render_rule binds each rule to the renderer: rules take (renderer, tokens, idx, options, env)
+    default_image = md.renderer.rules["image"]
 
+    def image(renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
+        token = tokens[idx]
+        # markdown-it stores the link percent-encoded (a space as %20); the file on disk has the plain name
+        data = _embed(unquote(str(token.attrGet("src") or "")), base)
+        if data is not None:
+            token.attrSet("src", data)
+        return default_image(tokens, idx, options, env)
 
-def _table_html(lines: list[str], base: Path) -> str:
-    header = _split_row(lines[0])
-    aligns = []
-    for mark in _split_row(lines[1]):
-        aligns.append(
-            "r"
-            if mark.endswith(":") and not mark.startswith(":")
-            else "c"
-            if mark.startswith(":") and mark.endswith(":")
-            else "l"
-        )
-    cls = lambda i: f' class="{aligns[i]}"' if i < len(aligns) and aligns[i] != "l" else ""  # noqa: E731
-    out = [
-        "<table>",
-        "<thead><tr>" + "".join(f"<th{cls(i)}>{_inline(h, base)}</th>" for i, h in enumerate(header)) + "</tr></thead>",
-        "<tbody>",
-    ]
-    for line in lines[2:]:
-        cells = _split_row(line)
-        out.append("<tr>" + "".join(f"<td{cls(i)}>{_inline(c, base)}</td>" for i, c in enumerate(cells)) + "</tr>")
-    out += ["</tbody>", "</table>"]
-    return "\n".join(out)
+    def paragraph_open(renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
+        if not tokens[idx].hidden and tokens[idx + 1].type == "inline" and _lone_image(tokens[idx + 1]):
+            return "<figure>"
+        return renderer.renderToken(tokens, idx, options, env)
+
+    def paragraph_close(renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
+        lone = None if tokens[idx].hidden or tokens[idx - 1].type != "inline" else _lone_image(tokens[idx - 1])
+        if lone is not None:
+            return f"<figcaption>{html.escape(lone.content)}</figcaption></figure>\n"
+        return renderer.renderToken(tokens, idx, options, env)
+
+    md.add_render_rule("image", image)
+    md.add_render_rule("paragraph_open", paragraph_open)
+    md.add_render_rule("paragraph_close", paragraph_close)
+    return md
 
 
 def markdown_to_html(md: str, base: Path, title: str = "Report") -> str:
-    """The report's Markdown as one self-contained HTML page; local PNG images become base64 data URIs."""
-    lines = md.splitlines()
-    body: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        if not stripped:
-            i += 1
-            continue
-        if stripped.startswith("```"):
-            j = i + 1
-            while j < len(lines) and not lines[j].strip().startswith("```"):
-                j += 1
-            body.append("<pre><code>" + html.escape("\n".join(lines[i + 1 : j])) + "</code></pre>")
-            i = j + 1
-            continue
-        heading = re.match(r"^(#{1,6})\s+(.*)$", stripped)
-        if heading:
-            level = len(heading.group(1))
-            body.append(f"<h{level}>{_inline(heading.group(2), base)}</h{level}>")
-            i += 1
-            continue
-        if stripped.startswith("|") and i + 1 < len(lines) and re.match(r"^\|?\s*:?-{3,}", lines[i + 1].strip()):
-            j = i
-            while j < len(lines) and lines[j].strip().startswith("|"):
-                j += 1
-            body.append(_table_html([ln.strip() for ln in lines[i:j]], base))
-            i = j
-            continue
-        image = re.match(r"^!\[([^\]]*)\]\(([^)\s]+)\)$", stripped)
-        if image:
-            alt, src = image.group(1), image.group(2)
-            data = _embed(src, base)
-            body.append(
-                f'<figure><img alt="{html.escape(alt)}" src="{data or html.escape(src)}">'
-                f"<figcaption>{html.escape(alt)}</figcaption></figure>"
-            )
-            i += 1
-            continue
-        if re.match(r"^([-*]|\d+\.)\s+", stripped):
-            ordered = bool(re.match(r"^\d+\.", stripped))
-            tag = "ol" if ordered else "ul"
-            items = []
-            while i < len(lines) and re.match(r"^([-*]|\d+\.)\s+", lines[i].strip()):
-                item = re.sub(r"^([-*]|\d+\.)\s+", "", lines[i].strip())
-                i += 1
-                while (
-                    i < len(lines)
-                    and lines[i].startswith("  ")
-                    and lines[i].strip()
-                    and not re.match(r"^([-*]|\d+\.)\s+", lines[i].strip())
-                ):
-                    item += " " + lines[i].strip()
-                    i += 1
-                items.append(f"<li>{_inline(item, base)}</li>")
-            body.append(f"<{tag}>" + "".join(items) + f"</{tag}>")
-            continue
-        if stripped.startswith(">"):
-            quote = []
-            while i < len(lines) and lines[i].strip().startswith(">"):
-                quote.append(lines[i].strip()[1:].strip())
-                i += 1
-            body.append(f"<blockquote>{_inline(' '.join(quote), base)}</blockquote>")
-            continue
-        if re.match(r"^(-{3,}|\*{3,})$", stripped):
-            body.append("<hr>")
-            i += 1
-            continue
-        para = []
-        while (
-            i < len(lines)
-            and lines[i].strip()
-            and not re.match(r"^(#{1,6}\s|```|\||!\[|([-*]|\d+\.)\s+|>)", lines[i].strip())
-        ):
-            para.append(lines[i].strip())
-            i += 1
-        if not para:  # a line no rule above took (e.g. a lone "|"): keep it as text
-            para.append(stripped)
-            i += 1
-        body.append(f"<p>{_inline(' '.join(para), base)}</p>")
+    """The report's Markdown as one self-contained HTML page; local PNG images (paths relative to `base`, the
+    report folder) become base64 data URIs, other images keep their link."""
+    body = _renderer(base).render(md)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + body + "</body>\n</html>\n"
     )
