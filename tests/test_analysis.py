@@ -22,7 +22,7 @@ from analysis import plots, report
 from analysis.collect import CollectError, collect_curves, collect_runs, read_events, report_dir
 from analysis.report.formatting import md_table
 from analysis.report.html import markdown_to_html
-from analysis.report.sections import _results_section
+from analysis.report.sections import _results_section, find_sharpness
 from analysis.report.tables import paired_table, primary_metric, sanity_table, summary_table
 from analysis.report.text import answer, headline_table
 from analysis.stats import (
@@ -688,6 +688,25 @@ def test_report_of_sparse_sweeps(tmp_path):
     assert "| failed | boom |" in md
     assert "figure:train_loss" in written and "figure:final_scores" not in written
     assert "Final dev EM and F1: not drawn" in md
+
+
+def test_a_report_never_embeds_the_sharpness_section_of_another_sweep(tmp_path):
+    # the leak once fixed: with no sharpness.md of its own, the report of sweep `foo` fell back to the default
+    # sweep's results/report/sharpness.md and embedded the sharpness section of sweep `ablation`
+    make_sweep(tmp_path, "foo", arms=("sam_full", "sam_last"), ks=(4,), seeds=(0,), special=False, manifest=False)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "sharpness.md").write_text(
+        "# Sharpness of the ablation checkpoints\n\nlambda_max of sweep ablation: 123.456\n", encoding="utf-8"
+    )
+    assert report_dir(tmp_path, "foo") == tmp_path / "report-foo"
+    written = report.build_report(tmp_path, "foo")
+    assert written["md"].parent == tmp_path / "report-foo" and not (tmp_path / "report-foo" / "sharpness.md").exists()
+    assert find_sharpness(tmp_path / "report-foo") is None
+    for name in ("md", "html"):
+        text = written[name].read_text(encoding="utf-8")
+        assert "123.456" not in text and "ablation checkpoints" not in text
+        # no sharpness.md of its own: the report has no sharpness section at all (it says nothing about one)
+        assert "sharpness" not in text.lower()
 
 
 def test_report_shows_the_v2_breakdown_and_rouge_w_only_when_runs_logged_them(tmp_path):
