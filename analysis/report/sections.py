@@ -28,14 +28,12 @@ from analysis.report.tables import (
     METRICS,
     N_BOOT,
     OPTIONAL_METRICS,
+    _metric_fmt,
+    _metric_label,
     completed_runs,
     not_completed,
 )
-from analysis.report.text import (
-    _metric_fmt,
-    _metric_label,
-    findings,
-)
+from analysis.report.text import findings
 from analysis.stats import (
     metric_range,
 )

@@ -56,6 +56,14 @@ BOOT_SEED = 0
 # the numbers
 
 
+def _metric_label(metric: str) -> str:
+    return next((label for m, label, _ in METRICS + OPTIONAL_METRICS if m == metric), metric)
+
+
+def _metric_fmt(metric: str) -> str:
+    return next((spec for m, _, spec in METRICS + OPTIONAL_METRICS if m == metric), ".3g")
+
+
 def completed_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["status"] == "completed"]
 

@@ -21,7 +21,8 @@ from analysis.report.tables import (
     COMPARISONS,
     HIGHER_IS_BETTER,
     METRICS,
-    OPTIONAL_METRICS,
+    _metric_fmt,
+    _metric_label,
     completed_runs,
     primary_metric,
 )
@@ -34,14 +35,6 @@ from analysis.targets import cost_ratio
 
 # ---------------------------------------------------------------------------------------------------------------------
 # findings: sentences generated from the tables
-
-
-def _metric_label(metric: str) -> str:
-    return next((label for m, label, _ in METRICS + OPTIONAL_METRICS if m == metric), metric)
-
-
-def _metric_fmt(metric: str) -> str:
-    return next((spec for m, _, spec in METRICS + OPTIONAL_METRICS if m == metric), ".3g")
 
 
 def _direction_text(a: str, b: str, metric: str, diff: float) -> str:
