@@ -9,11 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# ---------------------------------------------------------------------------------------------------------------------
-# formatting
 
-
-def _isnan(x: Any) -> bool:
+def is_missing(x: Any) -> bool:
+    """None, pd.NA or a float NaN (what a table cell shows as "–")."""
     try:
         return x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x))
     except TypeError:
@@ -21,7 +19,8 @@ def _isnan(x: Any) -> bool:
 
 
 def fmt(x: Any, spec: str = ".2f", signed: bool = False) -> str:
-    if _isnan(x):
+    """`x` in format `spec` ("+" in front when `signed`); "–" when missing, "inf"/"-inf" for infinities."""
+    if is_missing(x):
         return "–"
     if isinstance(x, float) and math.isinf(x):
         return "inf" if x > 0 else "-inf"
@@ -29,7 +28,8 @@ def fmt(x: Any, spec: str = ".2f", signed: bool = False) -> str:
 
 
 def fmt_p(p: Any) -> str:
-    if _isnan(p):
+    """A p-value to three decimals, "< 0.001" below that, "–" when missing."""
+    if is_missing(p):
         return "–"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
@@ -41,7 +41,7 @@ def p_clause(p: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    text = "" if _isnan(value) else str(value)
+    text = "" if is_missing(value) else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -54,13 +54,13 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str |
     return "\n".join(lines)
 
 
-def _values(series: pd.Series) -> list:
+def distinct_values(series: pd.Series) -> list:
     """Distinct non-missing values in a stable order."""
     seen = []
     for value in series.tolist():
         if isinstance(value, (float, np.floating)) and not math.isnan(value) and float(value).is_integer():
             value = int(value)  # a column with a missing entry turns ints into floats; 128 should read 128
-        if not _isnan(value) and value not in seen:
+        if not is_missing(value) and value not in seen:
             seen.append(value)
     try:
         return sorted(seen)
@@ -68,13 +68,16 @@ def _values(series: pd.Series) -> list:
         return sorted(seen, key=str)
 
 
-def _join(values: Sequence[Any], empty: str = "–") -> str:
+def join_values(values: Sequence[Any], empty: str = "–") -> str:
+    """ "a, b, c", or `empty` when there is no value."""
     return ", ".join(str(v) for v in values) if len(values) else empty
 
 
-def _col(runs: pd.DataFrame, name: str) -> pd.Series:
+def column_or_empty(runs: pd.DataFrame, name: str) -> pd.Series:
+    """runs[name], or a column of None when no run has that key (e.g. data.hub_path on a generated-data sweep)."""
     return runs[name] if name in runs.columns else pd.Series([None] * len(runs), index=runs.index, dtype=object)
 
 
-def _plural(n: int, word: str, many: str | None = None) -> str:
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """ "1 run", "3 runs" (`many` for an irregular plural)."""
     return f"{n} {word if n == 1 else (many or word + 's')}"

@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import (
-    arm_order,
-)
+from analysis.collect import arm_order
 from analysis.report.formatting import (
-    _col,
-    _isnan,
-    _join,
-    _plural,
-    _values,
+    column_or_empty,
+    distinct_values,
     fmt,
     fmt_p,
+    is_missing,
+    join_values,
     md_table,
+    plural,
 )
 from analysis.report.tables import (
     BOOT_SEED,
@@ -28,15 +26,13 @@ from analysis.report.tables import (
     METRICS,
     N_BOOT,
     OPTIONAL_METRICS,
-    _metric_fmt,
-    _metric_label,
     completed_runs,
     not_completed,
+    table_format,
+    table_label,
 )
 from analysis.report.text import findings
-from analysis.stats import (
-    metric_range,
-)
+from analysis.stats import metric_range
 
 FIGURE_TEXT = {
     "dev_curves": (
@@ -88,35 +84,39 @@ FIGURE_MISSING = {
 # the document
 
 
+def _listed(runs: pd.DataFrame, key: str, empty: str = "–") -> str:
+    """The distinct values of the runs' column `key`, joined ("128, 256"); `empty` when no run has one."""
+    return join_values(distinct_values(column_or_empty(runs, key)), empty)
+
+
 def _setup_section(runs: pd.DataFrame, sweep: str, root: Path) -> list[str]:
     lines = ["## Setup", ""]
     done = completed_runs(runs)
     arms = arm_order(runs["arm"])
-    ks = [int(k) for k in _values(runs["k"])]
-    seeds = [int(s) for s in _values(runs["seed"])]
+    ks = [int(k) for k in distinct_values(runs["k"])]
+    seeds = [int(s) for s in distinct_values(runs["seed"])]
     cell_sizes = runs.groupby(["arm", "k"]).size()
-    per_cell = _join([int(v) for v in sorted(set(cell_sizes.tolist()))])
+    per_cell = join_values([int(v) for v in sorted(set(cell_sizes.tolist()))])
     items = [
-        ("Sweep", f"`{sweep}` ({_plural(len(runs), 'run')} in `{root}`)"),
-        ("Model", _join([f"`{v}`" for v in _values(_col(runs, "model.name_or_path"))])),
+        ("Sweep", f"`{sweep}` ({plural(len(runs), 'run')} in `{root}`)"),
+        ("Model", join_values([f"`{v}`" for v in distinct_values(column_or_empty(runs, "model.name_or_path"))])),
     ]
-    sources = _values(_col(runs, "data.source"))
-    data_bits = [f"source {_join(sources)}"]
+    sources = distinct_values(column_or_empty(runs, "data.source"))
+    data_bits = [f"source {join_values(sources)}"]
     if "generated" in sources:
         data_bits.append(
-            f"generated set: {_join(_values(_col(runs, 'data.generated.n_train')))} train / "
-            f"{_join(_values(_col(runs, 'data.generated.n_dev')))} dev questions"
+            f"generated set: {_listed(runs, 'data.generated.n_train')} train / "
+            f"{_listed(runs, 'data.generated.n_dev')} dev questions"
         )
     for key in ("data.train_file", "data.validation_file", "data.hub_path"):
-        vals = _values(_col(runs, key))
+        vals = distinct_values(column_or_empty(runs, key))
         if vals:
-            data_bits.append(f"{key.split('.')[-1]}: {_join(vals)}")
+            data_bits.append(f"{key.split('.')[-1]}: {join_values(vals)}")
     data_bits.append(
-        f"max_seq_length {_join(_values(_col(runs, 'data.max_seq_length')))}, "
-        f"doc_stride {_join(_values(_col(runs, 'data.doc_stride')))}"
+        f"max_seq_length {_listed(runs, 'data.max_seq_length')}, doc_stride {_listed(runs, 'data.doc_stride')}"
     )
     stats = [
-        (label, _values(_col(runs, f"data_stats.{key}")))
+        (label, distinct_values(column_or_empty(runs, f"data_stats.{key}")))
         for label, key in (
             ("train examples", "train_examples"),
             ("train features", "train_features"),
@@ -125,21 +125,21 @@ def _setup_section(runs: pd.DataFrame, sweep: str, root: Path) -> list[str]:
         )
     ]
     if any(vals for _, vals in stats):
-        data_bits.append("; ".join(f"{label} {_join([int(v) for v in vals])}" for label, vals in stats if vals))
+        data_bits.append("; ".join(f"{label} {join_values([int(v) for v in vals])}" for label, vals in stats if vals))
     items.append(("Data", "; ".join(data_bits)))
     items.append(
         (
             "Grid",
-            f"{_plural(len(arms), 'arm')} ({_join(arms)}) × {_plural(len(ks), 'accumulation value')} "
-            f"(k = {_join(ks)}) × {_plural(len(seeds), 'seed')} ({_join(seeds)}); "
+            f"{plural(len(arms), 'arm')} ({join_values(arms)}) × {plural(len(ks), 'accumulation value')} "
+            f"(k = {join_values(ks)}) × {plural(len(seeds), 'seed')} ({join_values(seeds)}); "
             f"runs per cell: {per_cell}",
         )
     )
-    mb = _values(_col(runs, "train.micro_batch_size"))
+    mb = distinct_values(column_or_empty(runs, "train.micro_batch_size"))
     budget = [
-        f"epochs {_join(_values(_col(runs, 'train.epochs')))}",
-        f"max_updates {_join(_values(_col(runs, 'train.max_updates')), empty='none (all epochs)')}",
-        f"micro-batch {_join(mb)} (an update sees k × micro-batch examples)",
+        f"epochs {_listed(runs, 'train.epochs')}",
+        f"max_updates {_listed(runs, 'train.max_updates', empty='none (all epochs)')}",
+        f"micro-batch {join_values(mb)} (an update sees k × micro-batch examples)",
     ]
     if len(done) and "updates" in done.columns:
         per_k = done.groupby("k")["updates"].agg(["min", "max"])
@@ -148,12 +148,12 @@ def _setup_section(runs: pd.DataFrame, sweep: str, root: Path) -> list[str]:
             + ", ".join(
                 f"k={int(k)}: {int(r['min'])}" + (f"–{int(r['max'])}" if r["max"] != r["min"] else "")
                 for k, r in per_k.iterrows()
-                if not _isnan(r["min"])
+                if not is_missing(r["min"])
             )
         )
     items.append(("Budget", "; ".join(budget)))
     optim = [
-        f"{key.split('.')[-1]} {_join(_values(_col(runs, key)))}"
+        f"{key.split('.')[-1]} {_listed(runs, key)}"
         for key in ("optim.lr", "optim.rho", "optim.weight_decay", "optim.warmup_ratio", "optim.max_grad_norm")
         if key in runs.columns
     ]
@@ -163,36 +163,38 @@ def _setup_section(runs: pd.DataFrame, sweep: str, root: Path) -> list[str]:
     for name, dtype, threads in sorted(
         set(
             zip(
-                _col(runs, "env.device.name").map(as_text),
-                _col(runs, "env.device.type").map(as_text),
-                _col(runs, "env.device.threads").map(as_text),
+                column_or_empty(runs, "env.device.name").map(as_text),
+                column_or_empty(runs, "env.device.type").map(as_text),
+                column_or_empty(runs, "env.device.threads").map(as_text),
             )
         )
     ):
         if name in ("None", "nan"):
             continue
         devices.append(f"{name} ({dtype}" + (f", {threads} threads" if threads not in ("None", "nan") else "") + ")")
-    items.append(("Hardware", _join(devices, empty="unknown (no env.json)")))
+    items.append(("Hardware", join_values(devices, empty="unknown (no env.json)")))
     shas = []
-    for sha, dirty in sorted(set(zip(_col(runs, "env.git.sha").map(str), _col(runs, "env.git.dirty").map(str)))):
+    for sha, dirty in sorted(
+        set(zip(column_or_empty(runs, "env.git.sha").map(str), column_or_empty(runs, "env.git.dirty").map(str)))
+    ):
         if sha in ("None", "nan"):
             continue
         shas.append(f"`{sha[:12]}`" + (" (uncommitted changes)" if dirty == "True" else ""))
-    items.append(("Code", _join(shas, empty="unknown")))
+    items.append(("Code", join_values(shas, empty="unknown")))
     pkgs = [
-        f"{name} {_join(_values(_col(runs, f'env.packages.{name}')))}"
+        f"{name} {_listed(runs, f'env.packages.{name}')}"
         for name in ("torch", "transformers")
         if f"env.packages.{name}" in runs.columns
     ]
     if "env.python" in runs.columns:
-        pkgs.append(f"python {_join(_values(runs['env.python']))}")
+        pkgs.append(f"python {join_values(distinct_values(runs['env.python']))}")
     if pkgs:
         items.append(("Versions", "; ".join(pkgs)))
     lines += [f"- **{label}:** {text}" for label, text in items]
     varying = _varying_keys(runs)
     if varying:
         lines += ["", "Other config keys that differ between runs:", ""]
-        lines += [f"- `{key}`: {_join(values)}" for key, values in varying]
+        lines += [f"- `{key}`: {join_values(values)}" for key, values in varying]
     lines.append("")
     return lines
 
@@ -219,14 +221,14 @@ def _varying_keys(runs: pd.DataFrame) -> list[tuple[str, list]]:
     for column in sorted(set(config_cols) - _GRID_KEYS):
         if column.startswith("tracking."):
             continue
-        values = _values(runs[column].map(lambda v: v if not isinstance(v, (list, tuple)) else str(v)))
+        values = distinct_values(runs[column].map(lambda v: v if not isinstance(v, (list, tuple)) else str(v)))
         if len(values) > 1:
             out.append((column, values))
     return out
 
 
 def _clip(value: float, low: float, high: float) -> float:
-    return value if _isnan(value) else min(max(value, low), high)
+    return value if is_missing(value) else min(max(value, low), high)
 
 
 def _results_section(summary: pd.DataFrame) -> list[str]:
@@ -252,7 +254,7 @@ def _results_section(summary: pd.DataFrame) -> list[str]:
                 r.k,
                 r.runs,
                 r.n,
-                fmt(r.mean, spec) + ("" if _isnan(r.std) else f" ± {fmt(r.std, spec)}"),
+                fmt(r.mean, spec) + ("" if is_missing(r.std) else f" ± {fmt(r.std, spec)}"),
                 f"[{fmt(_clip(r.ci_low, low, high), spec)}, {fmt(_clip(r.ci_high, low, high), spec)}]",
             )
             for r in table.itertuples()
@@ -279,10 +281,10 @@ def _paired_section(paired: pd.DataFrame) -> list[str]:
         lines += [f"### {a} − {b} ({what})", ""]
         rows = []
         for r in block.itertuples():
-            spec = _metric_fmt(r.metric)
+            spec = table_format(r.metric)
             rows.append(
                 (
-                    _metric_label(r.metric),
+                    table_label(r.metric),
                     r.k,
                     r.n,
                     fmt(r.mean_diff, spec, signed=True),
@@ -308,7 +310,7 @@ def _sanity_section(sanity: pd.DataFrame) -> list[str]:
         return lines + ["Not checked: the sweep has no seed with completed sam_full and sam_last runs at k = 1.", ""]
     rows = []
     for r in sanity.itertuples():
-        state = "–" if r.passed is None or _isnan(r.passed) else ("pass" if r.passed else "FAIL")
+        state = "–" if r.passed is None or is_missing(r.passed) else ("pass" if r.passed else "FAIL")
         rows.append(
             (
                 r.metric,
@@ -345,7 +347,7 @@ def _failures_section(rest: pd.DataFrame) -> list[str]:
     lines += ["These runs are not in the tables above (they have no final metrics to compare).", ""]
     rows = []
     for r in rest.itertuples():
-        reason = "(no reason recorded)" if _isnan(r.reason) else str(r.reason).strip().splitlines()[0][:300]
+        reason = "(no reason recorded)" if is_missing(r.reason) else str(r.reason).strip().splitlines()[0][:300]
         rows.append((f"`{r.run_id}`", r.arm, r.k, r.seed, r.status, reason))
     lines += [md_table(["run", "arm", "k", "seed", "status", "reason"], rows, "llrrll"), ""]
     return lines
@@ -443,7 +445,7 @@ def _targets_section(cells: pd.DataFrame) -> list[str]:
         interval = f"[{ends[0]}, {ends[1]}] ({100 * r.ci_coverage:.0f} %)" if r.ci_coverage > 0 else "–"
         median = f"> {r.last_update}" if r.median_censored else f"{r.median_update:.0f}"
         examples = "–" if math.isinf(r.median_examples) else f"{r.median_examples:.0f}"
-        seconds = "–" if math.isinf(r.median_seconds) or _isnan(r.median_seconds) else f"{r.median_seconds:.0f}"
+        seconds = "–" if math.isinf(r.median_seconds) or is_missing(r.median_seconds) else f"{r.median_seconds:.0f}"
         rows.append(
             (r.target_metric, f"{r.target:g}", r.arm, r.k, f"{r.reached}/{r.n}", median, interval, examples, seconds)
         )

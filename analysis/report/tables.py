@@ -7,9 +7,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.collect import (
-    arm_order,
-)
+from analysis.collect import arm_order
 from analysis.stats import (
     curve_equality,
     equality_check,
@@ -56,15 +54,18 @@ BOOT_SEED = 0
 # the numbers
 
 
-def _metric_label(metric: str) -> str:
+def table_label(metric: str) -> str:
+    """The label of a METRICS/OPTIONAL_METRICS column ("final.dev/f1" → "dev F1"); other names as they are."""
     return next((label for m, label, _ in METRICS + OPTIONAL_METRICS if m == metric), metric)
 
 
-def _metric_fmt(metric: str) -> str:
+def table_format(metric: str) -> str:
+    """The number format of a METRICS/OPTIONAL_METRICS column; ".3g" for others."""
     return next((spec for m, _, spec in METRICS + OPTIONAL_METRICS if m == metric), ".3g")
 
 
 def completed_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose status is completed (the only ones with final metrics to compare)."""
     return runs[runs["status"] == "completed"]
 
 

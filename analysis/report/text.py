@@ -6,25 +6,23 @@ import math
 
 import pandas as pd
 
-from analysis.collect import (
-    arm_order,
-)
+from analysis.collect import arm_order
 from analysis.report.formatting import (
-    _isnan,
-    _plural,
-    _values,
+    distinct_values,
     fmt,
+    is_missing,
     md_table,
     p_clause,
+    plural,
 )
 from analysis.report.tables import (
     COMPARISONS,
     HIGHER_IS_BETTER,
     METRICS,
-    _metric_fmt,
-    _metric_label,
     completed_runs,
     primary_metric,
+    table_format,
+    table_label,
 )
 from analysis.stats import (
     ci_and_test_disagree,
@@ -38,7 +36,7 @@ from analysis.targets import cost_ratio
 
 
 def _direction_text(a: str, b: str, metric: str, diff: float) -> str:
-    label = _metric_label(metric)
+    label = table_label(metric)
     higher = diff > 0
     better = higher == HIGHER_IS_BETTER.get(metric, True)
     if (a, b) == ("sam_full", "sam_last"):
@@ -52,9 +50,9 @@ def _direction_text(a: str, b: str, metric: str, diff: float) -> str:
 
 
 def _pair_sentence(row: pd.Series) -> str:
-    metric, spec = row["metric"], _metric_fmt(row["metric"])
+    metric, spec = row["metric"], table_format(row["metric"])
     head = (
-        f"At k={row['k']}, {row['a']} − {row['b']} {_metric_label(metric)} = {fmt(row['mean_diff'], spec, signed=True)}"
+        f"At k={row['k']}, {row['a']} − {row['b']} {table_label(metric)} = {fmt(row['mean_diff'], spec, signed=True)}"
     )
     if row["n"] < 2:
         return f"{head} from n={row['n']} pair(s): too few seeds for a CI."
@@ -80,7 +78,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
     counts = runs["status"].value_counts()
     status: list[str] = []  # how many runs completed: said last, after the findings about the question
     if len(done) == total:
-        status.append(f"All {_plural(total, 'run')} completed.")
+        status.append(f"All {plural(total, 'run')} completed.")
     elif len(done) == 0:
         parts = ", ".join(f"{counts[s]} {s}" for s in sorted(counts.index))
         status.append(
@@ -107,7 +105,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
                 out.append(_pair_sentence(row))
             if len(rows) >= 2:
                 trend = ", ".join(f"k={r['k']}: {fmt(r['mean_diff'], '.2f', signed=True)}" for _, r in rows.iterrows())
-                out.append(f"sam_full − sam_last {_metric_label(primary)} by accumulation: {trend}.")
+                out.append(f"sam_full − sam_last {table_label(primary)} by accumulation: {trend}.")
 
     if len(paired) and (paired["n"].between(1, 4)).any():
         ns = sorted(set(int(n) for n in paired["n"] if 0 < n < 5))
@@ -148,7 +146,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
 def question_k(runs: pd.DataFrame, a: str = "sam_full", b: str = "sam_last") -> int | None:
     """The largest accumulation k > 1 at which both arms have completed runs: where the question is asked."""
     done = completed_runs(runs)
-    ks = [int(k) for k in _values(done["k"]) if int(k) > 1 and {a, b} <= set(done[done["k"] == k]["arm"])]
+    ks = [int(k) for k in distinct_values(done["k"]) if int(k) > 1 and {a, b} <= set(done[done["k"] == k]["arm"])]
     return max(ks) if ks else None
 
 
@@ -242,7 +240,7 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
                 f"paired t {p_clause(r['p_value'])}, n = {int(r['n'])} seeds"
             )
             excludes = r["ci_low"] > 0 or r["ci_high"] < 0
-            significant = excludes and not _isnan(r["p_value"]) and r["p_value"] < 0.05
+            significant = excludes and not is_missing(r["p_value"]) and r["p_value"] < 0.05
             if significant and r["mean_diff"] > 0:
                 head = "**Answer: yes.**"
             elif significant:
@@ -279,7 +277,9 @@ def headline_table(runs: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     """Per arm at the question's k (and k = 1): the final primary score (dev F1, or ROUGE-W for KLUE-MRC), EM and
     loss over seeds, and the median updates to each target of the primary score (reached/n)."""
     k = question_k(runs)
-    ks = [kk for kk in (k, 1) if kk is not None and kk in set(int(v) for v in _values(completed_runs(runs)["k"]))]
+    ks = [
+        kk for kk in (k, 1) if kk is not None and kk in set(int(v) for v in distinct_values(completed_runs(runs)["k"]))
+    ]
     metric = primary_metric(runs)
     label = metric_label(metric)
     f1_targets = (
