@@ -32,6 +32,11 @@ Example closure for an extractive-QA checkpoint (what the CLI builds)::
     params = dict(model.named_parameters())
     counter = PassCounter()
     lam = hessian_top_eigenvalue(loss_fn, params, counter=counter)
+
+Modules: ``core`` (PassCounter, the result types, parameter lists, seeded draws), ``hessian`` (Hessian-vector
+products, top eigenvalue, Hutchinson trace), ``adaptive`` (average and worst-case adaptive sharpness), ``directions``
+(filter-normalised directions, 1D/2D loss curves, interpolation). Import from the package: the names below are its
+public API; the ``_`` helpers of ``core`` are shared by the modules only.
 """
 
 from analysis.landscape.adaptive import average_adaptive_sharpness, worst_case_adaptive_sharpness

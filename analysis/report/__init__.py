@@ -17,6 +17,10 @@ reads `<results_dir>/runs/<sweep>/` (see analysis.collect) and writes into `out`
 If `out/sharpness.md` exists (written by analysis.sharpness), it becomes the report's sharpness section, with its
 images embedded in the HTML. The output depends only on the run files: no clock, no randomness beyond the fixed
 bootstrap seed. Bad arguments and a missing sweep folder are one-line errors with exit status 2.
+
+This module collects, computes and writes (build_report) and is the command line (parse_args, main; __main__.py runs
+it). The parts: formatting (numbers, markdown tables), tables (summary, paired, sanity), text (findings, the answer,
+the headline), sections (the markdown sections and REPORT.md), html (REPORT.md → REPORT.html).
 """
 
 from __future__ import annotations
