@@ -49,8 +49,6 @@ from analysis.report.tables import paired_table, primary_metric, reported_metric
 from analysis.report.text import headline
 from analysis.targets import DEFAULT_TARGETS, target_summary, time_to_target
 
-log = logging.getLogger(__name__)
-
 KNOWN_KEYS = ("results_dir", "sweep", "out")
 USAGE = "usage: python -m analysis.report results_dir=DIR sweep=NAME [out=DIR/report or DIR/report-NAME]"
 
