@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,11 @@ from omegaconf import OmegaConf
 
 from analysis import plots, report
 from analysis.collect import CollectError, collect_curves, collect_runs, read_events, report_dir
+from analysis.report.formatting import md_table
+from analysis.report.html import markdown_to_html
+from analysis.report.sections import _results_section, find_sharpness
+from analysis.report.tables import paired_table, primary_metric, sanity_table, summary_table
+from analysis.report.text import answer, headline_table
 from analysis.stats import (
     bootstrap_mean_ci,
     curve_equality,
@@ -28,6 +34,7 @@ from analysis.stats import (
     t_interval,
     verdict,
 )
+from analysis.targets import target_summary, time_to_target
 from tests.analysis_fixtures import (
     DEVICE_NAME,
     DIVERGED,
@@ -397,9 +404,54 @@ def test_report_files_sections_and_figures(sweep, built):
     html = (out / "REPORT.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == len(figures) == 7  # six figures + the sharpness one
     assert "<table>" in html and 'src="figures/' not in html  # self-contained
+    assert html.count("<table>") == md.count("\n|:---") + md.count("\n|---:")  # every pipe table is an HTML table
+    for heading in ("The answer", "Findings", "Sharpness of the final checkpoints", "Method"):
+        assert re.search(rf"<h[1-6]>{heading}</h[1-6]>", html), heading
+    assert "**" not in html and "![" not in html and "|---" not in html and "|:---" not in html  # no raw markdown
     # the sharpness section comes in, its title nested one level down
     assert "## Sharpness of the final checkpoints" in md and "### Method" in md
     assert md.index("## Sharpness of the final checkpoints") > md.index("## Failed, diverged")
+
+
+def test_html_is_standalone_with_tables_embedded_figures_and_escaped_text(tmp_path):
+    (tmp_path / "figures").mkdir()
+    fig = plots.Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    plots.save(fig, tmp_path / "figures" / "a b.png")
+    md = "\n".join(
+        [
+            "# Report `x`",
+            "",
+            "## Results",
+            "",
+            md_table(["arm", "n", "mean"], [["sam|full", 3, "1.50"], ["<script>alert(1)</script>", 2, "–"]], "lrr"),
+            "",
+            "![Learning curves](figures/a%20b.png)",
+            "",
+            "Text with **bold**, *italics*, `a < b` and p < 0.001; ![web](https://example.org/w.png).",
+            "",
+            "- a list item",
+            "  that goes on",
+            "- [a link](https://example.org)",
+        ]
+    )
+    page = markdown_to_html(md, tmp_path, title="T <1>")
+    assert page.startswith("<!DOCTYPE html>") and "<title>T &lt;1&gt;</title>" in page and "<style>" in page
+    assert "<h1>Report <code>x</code></h1>" in page and "<h2>Results</h2>" in page
+    # the table with its cells: the escaped pipe stays in its cell, right-aligned columns stay right-aligned
+    cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", page)
+    assert cells == ["arm", "n", "mean", "sam|full", "3", "1.50", "&lt;script&gt;alert(1)&lt;/script&gt;", "2", "–"]
+    assert re.search(r'<td style="text-align:\s*right"[^>]*>3</td>', page)
+    assert "<script>" not in page  # raw HTML in the Markdown is shown as text, never passed through
+    # the local PNG is embedded (its name has a space), a web image keeps its link, the figure has its caption
+    assert page.count("data:image/png;base64,") == 1 and 'src="https://example.org/w.png"' in page
+    assert re.search(
+        r"<figure><img [^>]*alt=\"Learning curves\"[^>]*><figcaption>Learning curves</figcaption></figure>", page
+    )
+    assert "<strong>bold</strong>" in page and "<em>italics</em>" in page and "<code>a &lt; b</code>" in page
+    assert "p &lt; 0.001" in page and '<a href="https://example.org">a link</a>' in page
+    assert re.search(r"<li>a list item\s+that goes on</li>", page)
+    assert "**" not in page and "![" not in page and "](" not in page and "|---" not in page
 
 
 def test_report_lists_every_run_that_did_not_complete(sweep, built):
@@ -469,12 +521,12 @@ def test_sanity_failure_is_reported(frames):
     runs = runs.copy()
     mask = (runs["arm"] == "sam_last") & (runs["k"] == 1) & (runs["seed"] == 0)
     runs.loc[mask, "final.dev/f1"] = runs.loc[mask, "final.dev/f1"] + 0.5
-    sanity = report.sanity_table(runs, curves)
+    sanity = sanity_table(runs, curves)
     f1 = sanity[sanity["metric"] == "final.dev/f1"].iloc[0]
     assert f1["passed"] is False or f1["passed"] == False  # noqa: E712
     assert f1["max_abs_diff"] == pytest.approx(0.5)
-    paired = report.paired_table(runs, n_boot=200)
-    text = report.answer(runs, paired, sanity, report.target_summary(report.time_to_target(curves, runs)))["sanity"]
+    paired = paired_table(runs, n_boot=200)
+    text = answer(runs, paired, sanity, target_summary(time_to_target(curves, runs)))["sanity"]
     assert "**Sanity check (k = 1): FAILED** on final.dev/f1" in text
 
 
@@ -638,6 +690,25 @@ def test_report_of_sparse_sweeps(tmp_path):
     assert "Final dev EM and F1: not drawn" in md
 
 
+def test_a_report_never_embeds_the_sharpness_section_of_another_sweep(tmp_path):
+    # the leak once fixed: with no sharpness.md of its own, the report of sweep `foo` fell back to the default
+    # sweep's results/report/sharpness.md and embedded the sharpness section of sweep `ablation`
+    make_sweep(tmp_path, "foo", arms=("sam_full", "sam_last"), ks=(4,), seeds=(0,), special=False, manifest=False)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "sharpness.md").write_text(
+        "# Sharpness of the ablation checkpoints\n\nlambda_max of sweep ablation: 123.456\n", encoding="utf-8"
+    )
+    assert report_dir(tmp_path, "foo") == tmp_path / "report-foo"
+    written = report.build_report(tmp_path, "foo")
+    assert written["md"].parent == tmp_path / "report-foo" and not (tmp_path / "report-foo" / "sharpness.md").exists()
+    assert find_sharpness(tmp_path / "report-foo") is None
+    for name in ("md", "html"):
+        text = written[name].read_text(encoding="utf-8")
+        assert "123.456" not in text and "ablation checkpoints" not in text
+        # no sharpness.md of its own: the report has no sharpness section at all (it says nothing about one)
+        assert "sharpness" not in text.lower()
+
+
 def test_report_shows_the_v2_breakdown_and_rouge_w_only_when_runs_logged_them(tmp_path):
     make_sweep(tmp_path, "v2", arms=("sam_full", "sam_last"), ks=(4,), seeds=(0,), special=False, manifest=False)
     md = report.build_report(tmp_path, "v2", out_dir=tmp_path / "plain")["md"].read_text(encoding="utf-8")
@@ -779,14 +850,14 @@ def test_the_answer_of_klue_runs_is_about_rouge_w():
                 }
             )
     runs = pd.DataFrame(rows)
-    assert report.primary_metric(runs) == "dev/rouge_w"
-    paired = report.paired_table(runs, n_boot=200)  # the default metrics follow the primary score (the notebook)
+    assert primary_metric(runs) == "dev/rouge_w"
+    paired = paired_table(runs, n_boot=200)  # the default metrics follow the primary score (the notebook)
     assert list(paired["metric"].unique()) == ["final.dev/rouge_w", "final.dev/em", "final.dev/loss"]
-    cells = report.target_summary(pd.DataFrame())
-    parts = report.answer(runs, paired, report.sanity_table(runs, pd.DataFrame()), cells)
+    cells = target_summary(pd.DataFrame())
+    parts = answer(runs, paired, sanity_table(runs, pd.DataFrame()), cells)
     # (70 − 40 + 72 − 41 + 69 − 45) / 3 = 28.33
     assert "dev ROUGE-W 70.3 ± 1.5 with full replay" in parts["answer"] and "**+28.3 ROUGE-W**" in parts["answer"]
-    assert "dev ROUGE-W" in report.headline_table(runs, cells)[0]
+    assert "dev ROUGE-W" in headline_table(runs, cells)[0]
 
 
 def test_paired_table_leaves_out_a_k_where_one_arm_has_no_run():
@@ -813,7 +884,7 @@ def test_paired_table_leaves_out_a_k_where_one_arm_has_no_run():
                         "final.dev/loss": 1.0,
                     }
                 )
-    paired = report.paired_table(pd.DataFrame(rows), n_boot=50)
+    paired = paired_table(pd.DataFrame(rows), n_boot=50)
     f1 = paired[paired["metric"] == "final.dev/f1"]
     cells = {(r.a, r.b, int(r.k)): int(r.n) for r in f1.itertuples()}
     assert cells == {
@@ -850,6 +921,6 @@ def test_results_tables_cut_the_t_interval_to_the_metric_range():
             "final.train/loss": [0.05, 0.10, 0.30],
         }
     )
-    text = "\n".join(report._results_section(report.summary_table(runs)))
+    text = "\n".join(_results_section(summary_table(runs)))
     assert "| adamw | 8 | 3 | 3 | 98.67 ± 1.53 | [94.87, 100.00] |" in text
     assert "| adamw | 8 | 3 | 3 | 0.1500 ± 0.1323 | [0.0000, 0.4786] |" in text

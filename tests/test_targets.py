@@ -114,7 +114,8 @@ def test_order_statistic_interval_of_the_median(n, j, coverage):
 
 
 def test_the_report_states_the_target_with_the_largest_cost(frames):
-    from analysis.report import _cost_text, p_clause
+    from analysis.report.formatting import p_clause
+    from analysis.report.text import _cost_text
 
     curves, runs = frames
     cells = target_summary(time_to_target(curves, runs, {"dev/f1": (50, 90)}))
@@ -127,7 +128,7 @@ def test_the_report_states_the_target_with_the_largest_cost(frames):
 
 
 def test_a_lower_bound_is_rounded_down_so_the_printed_bound_holds():
-    from analysis.report import _cost_text
+    from analysis.report.text import _cost_text
 
     rows = []
     for seed in range(3):

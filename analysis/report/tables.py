@@ -1,0 +1,196 @@
+"""The report's tables: per-cell summaries, paired differences between arms and the k = 1 sanity checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.collect import arm_order
+from analysis.stats import (
+    curve_equality,
+    equality_check,
+    paired_differences,
+    summarize,
+)
+
+# (column of collect_runs, label, number format); the first is the primary metric of the findings
+METRICS = (
+    ("final.dev/f1", "dev F1", ".2f"),
+    ("final.dev/em", "dev EM", ".2f"),
+    ("final.dev/loss", "dev loss", ".4f"),
+    ("final.train/loss", "train loss", ".4f"),
+)
+# Reported only when some run logged them: KLUE-MRC's ROUGE-W (data.metric=klue) and the SQuAD v2 breakdown
+# (data.version_2_with_negative) into questions with and without an answer.
+OPTIONAL_METRICS = (
+    ("final.dev/rouge_w", "dev ROUGE-W (KLUE-MRC)", ".2f"),
+    ("final.dev/has_ans_f1", "dev F1, questions with an answer (HasAns)", ".2f"),
+    ("final.dev/no_ans_f1", "dev F1, questions without an answer (NoAns)", ".2f"),
+    ("final.dev/has_ans_rouge_w", "dev ROUGE-W, questions with an answer (HasAns)", ".2f"),
+    ("final.dev/no_ans_rouge_w", "dev ROUGE-W, questions without an answer (NoAns)", ".2f"),
+)
+HIGHER_IS_BETTER = {
+    "final.dev/f1": True,
+    "final.dev/em": True,
+    "final.dev/loss": False,
+    "final.train/loss": False,
+    **{m: True for m, _, _ in OPTIONAL_METRICS},
+}
+# (a, b, what the comparison asks); each is reported as a − b per k
+COMPARISONS = (
+    ("sam_full", "sam_last", "the cost of the last-batch replay bug"),
+    ("sam_full", "adamw", "what correct SAM buys over AdamW"),
+    ("sam_micro", "sam_full", "m-SAM against SAM"),
+)
+PAIRED_METRICS = ("final.dev/em", "final.dev/loss")  # after the primary score (paired_metrics)
+SANITY_METRICS = ("final.dev/f1", "final.dev/em", "final.dev/loss", "final.train/loss")
+N_BOOT = 10000
+BOOT_SEED = 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the numbers
+
+
+def table_label(metric: str) -> str:
+    """The label of a METRICS/OPTIONAL_METRICS column ("final.dev/f1" → "dev F1"); other names as they are."""
+    return next((label for m, label, _ in METRICS + OPTIONAL_METRICS if m == metric), metric)
+
+
+def table_format(metric: str) -> str:
+    """The number format of a METRICS/OPTIONAL_METRICS column; ".3g" for others."""
+    return next((spec for m, _, spec in METRICS + OPTIONAL_METRICS if m == metric), ".3g")
+
+
+def completed_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose status is completed (the only ones with final metrics to compare)."""
+    return runs[runs["status"] == "completed"]
+
+
+def _with_metrics(runs: pd.DataFrame, metrics: Iterable[str]) -> pd.DataFrame:
+    """runs with every metric column present (all NaN when no run wrote it, e.g. a sweep where every run failed),
+    so that the tables still show each grid cell with n = 0."""
+    missing = [m for m in metrics if m not in runs.columns]
+    return runs.assign(**{m: np.nan for m in missing}) if missing else runs
+
+
+def reported_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
+    """METRICS, then each of OPTIONAL_METRICS that at least one run wrote."""
+    optional = tuple(m for m, _, _ in OPTIONAL_METRICS if m in runs.columns and runs[m].notna().any())
+    return tuple(m for m, _, _ in METRICS) + optional
+
+
+def primary_metric(runs: pd.DataFrame) -> str:
+    """The score the answer is about: dev/f1, or dev/rouge_w for runs scored by KLUE-MRC's rules (data.metric=klue
+    logs ROUGE-W instead of F1)."""
+
+    def logged(metric: str) -> bool:
+        return f"final.{metric}" in runs.columns and runs[f"final.{metric}"].notna().any()
+
+    return "dev/rouge_w" if logged("dev/rouge_w") and not logged("dev/f1") else "dev/f1"
+
+
+def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = tuple(m for m, _, _ in METRICS)) -> pd.DataFrame:
+    """summarize() of each metric over the completed runs, per arm × k, with every grid cell present (n = 0 when
+    no run of the cell completed) and `runs` = how many runs the cell has in any status."""
+    runs = _with_metrics(runs, metrics)
+    done = completed_runs(runs)
+    cells = runs.dropna(subset=["arm"]).groupby(["arm", "k"], dropna=False).size().rename("runs").reset_index()
+    frames = []
+    for metric in metrics:
+        if metric not in runs.columns:
+            continue
+        table = summarize(done, metric, by=("arm", "k")).drop(columns=["metric"])
+        table["k"] = pd.to_numeric(table["k"], errors="coerce").astype("Int64")
+        table = cells.merge(table, on=["arm", "k"], how="left")
+        table.insert(0, "metric", metric)
+        table["n"] = table["n"].fillna(0).astype(int)
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=["metric", "arm", "k", "runs", "n", "mean", "std", "ci_low", "ci_high", "ci_half"])
+    out = pd.concat(frames, ignore_index=True)
+    order = {a: i for i, a in enumerate(arm_order(out["arm"]))}
+    metric_order = {m: i for i, m in enumerate(metrics)}
+    keys = pd.DataFrame(
+        {
+            "m": out["metric"].map(metric_order),
+            "a": out["arm"].map(order),
+            "k": pd.to_numeric(out["k"], errors="coerce"),
+        }
+    )
+    out = out.loc[keys.sort_values(["m", "a", "k"], kind="mergesort").index].reset_index(drop=True)
+    return out[["metric", "arm", "k", "runs", "n", "mean", "std", "ci_low", "ci_high", "ci_half"]]
+
+
+def paired_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
+    """The metrics of the paired tests: the primary score (primary_metric), then PAIRED_METRICS."""
+    return (f"final.{primary_metric(runs)}", *PAIRED_METRICS)
+
+
+def paired_table(
+    runs: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    comparisons: Sequence[tuple] = COMPARISONS,
+    n_boot: int = N_BOOT,
+    seed: int = BOOT_SEED,
+) -> pd.DataFrame:
+    """paired_differences() of each comparison (a − b per k, paired on seed) and metric (default:
+    paired_metrics(runs)), completed runs only. A (comparison, k) cell is left out unless the sweep has runs of
+    both arms at that k (in any status: a cell whose runs failed is reported with n = 0)."""
+    metrics = paired_metrics(runs) if metrics is None else tuple(metrics)
+    runs = _with_metrics(runs, metrics)
+    done = completed_runs(runs)
+    arms_at_k = runs.dropna(subset=["arm"]).groupby("k", dropna=False)["arm"].agg(set).to_dict()
+    frames = []
+    for metric in metrics:
+        if metric not in runs.columns:
+            continue
+        for a, b, _ in comparisons:
+            if not any({a, b} <= arms for arms in arms_at_k.values()):
+                continue
+            table = paired_differences(done, metric, a, b, by=("k",), n_boot=n_boot, seed=seed)
+            both = table["k"].map(lambda k, pair={a, b}: pair <= arms_at_k.get(k, set()))
+            frames.append(table[both.astype(bool)])
+    if not frames:
+        return pd.DataFrame(
+            columns=[
+                "metric",
+                "a",
+                "b",
+                "k",
+                "n",
+                "mean_diff",
+                "std_diff",
+                "ci_low",
+                "ci_high",
+                "p_value",
+                "verdict",
+                "pairs",
+                "unpaired",
+            ]
+        )
+    out = pd.concat(frames, ignore_index=True)
+    return out[["metric", "a", "b", "k", *[c for c in out.columns if c not in ("metric", "a", "b", "k")]]]
+
+
+def sanity_table(
+    runs: pd.DataFrame, curves: pd.DataFrame, a: str = "sam_full", b: str = "sam_last", k: int = 1
+) -> pd.DataFrame:
+    """The k = 1 equality checks (completed runs): the final metrics, and the whole train/loss curve."""
+    runs = _with_metrics(runs, SANITY_METRICS)
+    done = completed_runs(runs)
+    rows = [equality_check(done, metric, a=a, b=b, k=k) for metric in SANITY_METRICS]
+    if not curves.empty:
+        ok_ids = set(done["run_id"])
+        rows.append(curve_equality(curves[curves["run_id"].isin(ok_ids)], "train/loss", a=a, b=b, k=k))
+    return pd.DataFrame(
+        rows, columns=["metric", "a", "b", "k", "n", "pairs", "unpaired", "max_abs_diff", "tol", "passed", "verdict"]
+    )
+
+
+def not_completed(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run whose status is not completed (failed, diverged, running, unknown), with its reason."""
+    rest = runs[runs["status"] != "completed"]
+    return rest[["run_id", "arm", "k", "seed", "status", "reason"]].reset_index(drop=True)
