@@ -21,7 +21,6 @@ from analysis.report.formatting import (
 )
 from analysis.report.tables import (
     BOOT_SEED,
-    COMPARISONS,
     HIGHER_IS_BETTER,
     METRICS,
     N_BOOT,
@@ -33,6 +32,7 @@ from analysis.report.tables import (
 )
 from analysis.report.text import findings
 from analysis.stats import metric_range
+from experiments.arms import COMPARISONS
 
 FIGURE_TEXT = {
     "dev_curves": (

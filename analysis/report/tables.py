@@ -14,6 +14,7 @@ from analysis.stats import (
     paired_differences,
     summarize,
 )
+from experiments.arms import BUGGY, COMPARISONS, CORRECT
 
 # (column of collect_runs, label, number format); the first is the primary metric of the findings
 METRICS = (
@@ -38,12 +39,6 @@ HIGHER_IS_BETTER = {
     "final.train/loss": False,
     **{m: True for m, _, _ in OPTIONAL_METRICS},
 }
-# (a, b, what the comparison asks); each is reported as a − b per k
-COMPARISONS = (
-    ("sam_full", "sam_last", "the cost of the last-batch replay bug"),
-    ("sam_full", "adamw", "what correct SAM buys over AdamW"),
-    ("sam_micro", "sam_full", "m-SAM against SAM"),
-)
 PAIRED_METRICS = ("final.dev/em", "final.dev/loss")  # after the primary score (paired_metrics)
 SANITY_METRICS = ("final.dev/f1", "final.dev/em", "final.dev/loss", "final.train/loss")
 N_BOOT = 10000
@@ -176,7 +171,7 @@ def paired_table(
 
 
 def sanity_table(
-    runs: pd.DataFrame, curves: pd.DataFrame, a: str = "sam_full", b: str = "sam_last", k: int = 1
+    runs: pd.DataFrame, curves: pd.DataFrame, a: str = CORRECT, b: str = BUGGY, k: int = 1
 ) -> pd.DataFrame:
     """The k = 1 equality checks (completed runs): the final metrics, and the whole train/loss curve."""
     runs = _with_metrics(runs, SANITY_METRICS)

@@ -16,7 +16,6 @@ from analysis.report.formatting import (
     plural,
 )
 from analysis.report.tables import (
-    COMPARISONS,
     HIGHER_IS_BETTER,
     METRICS,
     completed_runs,
@@ -30,6 +29,7 @@ from analysis.stats import (
     metric_short,
 )
 from analysis.targets import cost_ratio
+from experiments.arms import BUGGY, COMPARISONS, CORRECT
 
 # ---------------------------------------------------------------------------------------------------------------------
 # findings: sentences generated from the tables
@@ -39,7 +39,7 @@ def _direction_text(a: str, b: str, metric: str, diff: float) -> str:
     label = table_label(metric)
     higher = diff > 0
     better = higher == HIGHER_IS_BETTER.get(metric, True)
-    if (a, b) == ("sam_full", "sam_last"):
+    if (a, b) == (CORRECT, BUGGY):
         if better:
             hurt = "costs" if HIGHER_IS_BETTER.get(metric, True) else "raises"
             return f"replaying only the last micro-batch {hurt} {label}"
@@ -95,11 +95,11 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
     primary = METRICS[0][0]
     for a, b, _ in COMPARISONS:
         rows = paired[(paired["a"] == a) & (paired["b"] == b) & (paired["metric"] == primary)]
-        if (a, b) == ("sam_full", "sam_last"):
+        if (a, b) == (CORRECT, BUGGY):
             rows = rows[pd.to_numeric(rows["k"], errors="coerce") != 1]  # k=1 is the sanity row above
         for _, row in rows.iterrows():
             out.append(_pair_sentence(row))
-        if (a, b) == ("sam_full", "sam_last"):
+        if (a, b) == (CORRECT, BUGGY):
             loss_rows = paired[(paired["a"] == a) & (paired["b"] == b) & (paired["metric"] == "final.dev/loss")]
             for _, row in loss_rows[pd.to_numeric(loss_rows["k"], errors="coerce") != 1].iterrows():
                 out.append(_pair_sentence(row))
@@ -143,7 +143,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
 # the answer: what the sweep says about the question the repo exists for
 
 
-def question_k(runs: pd.DataFrame, a: str = "sam_full", b: str = "sam_last") -> int | None:
+def question_k(runs: pd.DataFrame, a: str = CORRECT, b: str = BUGGY) -> int | None:
     """The largest accumulation k > 1 at which both arms have completed runs: where the question is asked."""
     done = completed_runs(runs)
     ks = [int(k) for k in distinct_values(done["k"]) if int(k) > 1 and {a, b} <= set(done[done["k"] == k]["arm"])]
@@ -163,7 +163,7 @@ def _cost_text(cells: pd.DataFrame, k: int, metric: str = "dev/f1") -> str:
     reached in most of its runs, the one where sam_last needs the most updates relative to it (when sam_last
     reached none within the budget, that is the earliest one: it gives the largest lower bound)."""
     reached = cells[
-        (cells["arm"] == "sam_full")
+        (cells["arm"] == CORRECT)
         & (cells["k"] == k)
         & (cells["target_metric"] == metric)
         & ~cells["median_censored"].astype(bool)
@@ -171,7 +171,7 @@ def _cost_text(cells: pd.DataFrame, k: int, metric: str = "dev/f1") -> str:
     label = metric_label(metric)
     if reached.empty:
         return f"sam_full itself reached none of the {label} targets in most seeds, so no updates-to-target ratio."
-    ratios = [cost_ratio(cells, "sam_last", "sam_full", k=k, metric=metric, target=float(t)) for t in reached["target"]]
+    ratios = [cost_ratio(cells, BUGGY, CORRECT, k=k, metric=metric, target=float(t)) for t in reached["target"]]
     ratios = [r for r in ratios if not math.isnan(r["ratio"])]
     if not ratios:
         return f"sam_last has no {label} target cell to compare."
@@ -217,14 +217,14 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
         out["cost"] = ""
     else:
         rows = paired[
-            (paired["a"] == "sam_full")
-            & (paired["b"] == "sam_last")
+            (paired["a"] == CORRECT)
+            & (paired["b"] == BUGGY)
             & (paired["metric"] == f"final.{metric}")
             & (pd.to_numeric(paired["k"], errors="coerce") == k)
         ]
         means = (
-            f"{label} {_arm_cell(runs, 'sam_full', k, f'final.{metric}', '.1f')} with full replay against "
-            f"{_arm_cell(runs, 'sam_last', k, f'final.{metric}', '.1f')} with last-batch replay"
+            f"{label} {_arm_cell(runs, CORRECT, k, f'final.{metric}', '.1f')} with full replay against "
+            f"{_arm_cell(runs, BUGGY, k, f'final.{metric}', '.1f')} with last-batch replay"
         )
         if rows.empty or rows.iloc[0]["n"] < 2:
             n = 0 if rows.empty else int(rows.iloc[0]["n"])
