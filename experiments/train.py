@@ -574,7 +574,7 @@ class Trainer:
         d = self.cfg.diagnostics
         if not d.grad_fidelity or self.progress.update % d.grad_fidelity_every or not self.dist.is_main:
             return None
-        from .diagnostics import last_vs_full_gradient
+        from sam.diagnostics import last_vs_full_gradient
 
         # data-parallel: rank 0 alone, on its slices of the window, without DDP (a single-process window of them)
         with self.timed("diagnostic_time"):
