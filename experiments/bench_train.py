@@ -184,7 +184,7 @@ def bert_base_random(tokenizer) -> torch.nn.Module:
 
 
 def build_trainer(cfg, workdir: Path, args: argparse.Namespace):
-    from .train import Trainer
+    from .trainer import Trainer
 
     trainer = Trainer(cfg, workdir / "run")
     if args.model == "bert-base-random":
@@ -295,7 +295,7 @@ def run_against_sam_loop(trainer, model, n_updates: int) -> tuple[list[float], l
     from torch.utils.data import DataLoader
     from transformers import default_data_collator
 
-    from .train import linear_schedule
+    from .optim_setup import linear_schedule
 
     cfg, t, o = trainer.cfg, trainer.cfg.train, trainer.cfg.optim
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]

@@ -118,7 +118,7 @@ def load_resume_state(trainer) -> bool:
     import torch
     from safetensors.torch import load_model
 
-    from .train import Progress
+    from .progress import Progress
 
     found = _usable_resume(trainer.run_dir)  # the same choice resume_point reports
     if found is None:

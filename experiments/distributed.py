@@ -183,7 +183,7 @@ def setup(cfg) -> Dist:
     env = resolve_world_size(cfg)
     if env is None:
         return Dist()
-    from .train import pick_device
+    from .device import pick_device
 
     rank, world, local = env
     device = pick_device(cfg.train.device)

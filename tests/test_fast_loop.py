@@ -11,8 +11,10 @@ import torch
 from experiments.batches import LABELS, MODEL_INPUTS, Features, columns_of, padded_length, subset_rows, to_features
 from experiments.config import load_config
 from experiments.model import load_model, load_tokenizer
+from experiments.optim_setup import build_optimizer
 from experiments.qa_loss import span_loss
-from experiments.train import Trainer, build_optimizer, main
+from experiments.train import main
+from experiments.trainer import Trainer
 from tests.conftest import SMOKE, arm_file, run_dirs
 
 
@@ -183,12 +185,12 @@ def _with(optim_cfg, **values):
 
 
 def test_fused_is_used_where_torch_has_it_and_required_only_when_asked(monkeypatch):
-    from experiments import train as train_module
+    from experiments import optim_setup
 
     cfg = load_config([], [])
     assert cfg.optim.fused is None
     assert build_optimizer(_tiny_model(), cfg.optim).param_groups[0]["fused"] is True  # torch 2.13 has it on CPU
-    monkeypatch.setattr(train_module, "fused_adamw_available", lambda device: False)
+    monkeypatch.setattr(optim_setup, "fused_adamw_available", lambda device: False)
     assert build_optimizer(_tiny_model(), cfg.optim).param_groups[0]["fused"] is False
     with pytest.raises(ValueError, match="optim.fused=true but torch .* has no fused AdamW on cpu"):
         build_optimizer(_tiny_model(), _with(cfg.optim, fused=True))

@@ -216,7 +216,7 @@ def test_window_examples_counts_each_example_at_its_first_window_of_the_epoch():
     in the second: the first reaches a and c, the second only b (c was already reached)."""
     from types import SimpleNamespace
 
-    from experiments.train import Trainer
+    from experiments.trainer import Trainer
 
     fake = SimpleNamespace(
         train=SimpleNamespace(dataset={"example_id": ["a", "a", "b", "c", "c", "c"]}), _example_index=None
@@ -272,7 +272,7 @@ def test_asam_scales_weights_by_name_and_moves_the_zero_bias_of_the_new_qa_head(
     T = |w| + eta, and every bias as T = 1 (SamsungLabs/ASAM's name rule); the new QA head's bias starts at exactly 0
     and still moves. Checked against e = rho · T²g / ‖Tg‖ written out over the real (tiny) BERT."""
     from experiments.model import load_model, load_tokenizer
-    from experiments.train import build_optimizer
+    from experiments.optim_setup import build_optimizer
 
     rho, eta = 0.5, 0.01
     cfg = load_config([SMOKE, arm_file("sam_full")], ["optim.adaptive=true", f"optim.rho={rho}"])
@@ -365,12 +365,12 @@ def test_diverged_run_is_recorded_with_update_and_last_good_metrics(tiny_run, tm
 
 
 def test_exception_is_recorded_as_failed_with_traceback(tiny_run, tmp_path, monkeypatch):
-    from experiments import train as train_module
+    from experiments import trainer as trainer_module
 
     def broken_eval(self, kind):
         raise RuntimeError("evaluation exploded\nsecond line")
 
-    monkeypatch.setattr(train_module.Trainer, "evaluate", broken_eval)
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate", broken_eval)
     assert main(tiny_run("adamw", "train.max_updates=2")) == 1
     run = only_run(tmp_path)
     s = summary(run)
