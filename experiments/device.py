@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import torch
+
 
 def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def pick_device(choice: str):
-    import torch
-
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):

@@ -3,12 +3,14 @@ and its linear warmup/decay schedule."""
 
 from __future__ import annotations
 
+import torch
+
+from sam import SAM
+
 
 def fused_adamw_available(device) -> bool:
     """Whether the installed torch has a fused AdamW kernel for fp32 parameters on `device` (asked of torch itself:
     constructing one raises RuntimeError where there is none)."""
-    import torch
-
     try:
         torch.optim.AdamW([torch.zeros(1, device=device, requires_grad=True)], fused=True)
     except RuntimeError:
@@ -25,10 +27,6 @@ def build_optimizer(model, optim_cfg):
     For ASAM the param groups also say which tensors are weights (`is_weight`, T = |w| + eta) and which are biases
     (T = 1), by name as the authors' code does (SamsungLabs/ASAM: "weight" in the parameter's name), so LayerNorm
     scales count as weights and every bias, the new QA head's included, as a bias."""
-    import torch
-
-    from sam import SAM
-
     decay, no_decay_weights, biases = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -60,8 +58,6 @@ def build_optimizer(model, optim_cfg):
 
 def linear_schedule(optimizer, total_updates: int, warmup_ratio: float):
     """lr × u/W during warmup (W updates), then linear decay to 0 at `total_updates`; stepped once per update."""
-    import torch
-
     warmup = int(round(warmup_ratio * total_updates))
 
     def factor(update: int) -> float:

@@ -6,6 +6,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from tqdm import tqdm
+
 
 @dataclass
 class Progress:
@@ -29,8 +31,6 @@ class Progress:
 
 def console(line: str) -> None:
     """One line on stderr that does not tear a progress bar drawn on a terminal (tqdm.write)."""
-    from tqdm import tqdm
-
     tqdm.write(line, file=sys.stderr)
 
 
@@ -45,8 +45,6 @@ class ProgressBar:
         self.t0, self.initial = time.perf_counter(), initial
         self.bar = None
         if self.tty:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=initial, desc=label, unit="upd", dynamic_ncols=True)
 
     def step(self, loss: float, update: int) -> None:

@@ -9,11 +9,22 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from sam import train_step
+from sam.diagnostics import last_vs_full_gradient
+
 from .batches import LABELS, MODEL_INPUTS, columns_of, epoch_windows, subset_rows, to_features
+from .checkpoint import save_resume_state
+from .data import load_examples, prepare_features
 from .device import pick_device, seed_everything
+from .distributed import Dist, rank_seed, rank_slice, shard
+from .model import load_model, load_tokenizer, save_pretrained_atomic
 from .optim_setup import build_optimizer, linear_schedule
 from .progress import Progress, ProgressBar, console
-from .qa_eval import metric_keys
+from .qa_eval import metric_keys, postprocess_predictions, score_predictions
 from .qa_loss import span_loss
 
 EXAMPLE_COLUMNS = ("id", "context", "answers")  # what evaluation reads of the dev examples
@@ -27,12 +38,6 @@ class Diverged(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg, run_dir: Path, dist=None):
-        import torch
-
-        from .data import load_examples, prepare_features
-        from .distributed import Dist
-        from .model import load_model, load_tokenizer
-
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.dist = dist if dist is not None else Dist()  # one process unless torchrun started several
@@ -78,8 +83,6 @@ class Trainer:
         seed_everything(cfg.seed)  # the new QA head (or the tiny model) is initialised from the run seed
         self.set_model(load_model(cfg.model, self.tokenizer))
         if self.dist.world_size > 1:
-            from .distributed import rank_seed
-
             seed_everything(rank_seed(cfg.seed, self.dist.rank))  # each rank its own dropout masks
         self.progress = Progress()
         self.tracker = None
@@ -89,8 +92,6 @@ class Trainer:
     def set_model(self, model) -> None:
         """Train `model` (moved to the device): the forward modules (torch.compile, DDP), a fresh optimizer and lr
         schedule. __init__ calls it with the config's model; the training benchmark with a bert-base-size one."""
-        import torch
-
         cfg = self.cfg
         self.model = model.to(self.device)
         # the module that runs forward passes; save_pretrained and the optimizer keep using self.model
@@ -100,8 +101,6 @@ class Trainer:
         self.ddp = None
         self.train_forward = self.forward
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             # no buffer broadcast before every forward: the models here hold only constant buffers (position ids)
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False
@@ -133,8 +132,6 @@ class Trainer:
 
     # -- pieces ------------------------------------------------------------------------------------------------------
     def autocast(self):
-        import torch
-
         return torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         )
@@ -167,10 +164,6 @@ class Trainer:
         maps each answer to its example id exactly as with unsorted batches. Data-parallel: each rank runs its
         round-robin share of the batches, rank 0 gathers them all and scores; returns None on the other ranks.
         """
-        import numpy as np
-        import torch
-
-        from .qa_eval import postprocess_predictions, score_predictions
 
         subset = kind == "periodic" and self.dev_subset is not None
         examples, features = self.dev_subset if subset else (self.dev_examples, self.dev)
@@ -179,8 +172,6 @@ class Trainer:
         pieces = []
         batches = features.eval_batches(self.cfg.train.eval_batch_size)
         if self.dist.enabled:
-            from .distributed import shard
-
             batches = shard(batches, self.dist.rank, self.dist.world_size)
         with torch.inference_mode():
             for index in batches:
@@ -254,8 +245,6 @@ class Trainer:
         if better:
             p.best = {"metric": key, "value": metrics[key], **snapshot}
             if self.cfg.train.save_model and self.dist.is_main:
-                from .model import save_pretrained_atomic
-
                 with self.timed("checkpoint_time"):
                     save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "best")
         self.tracker.update_summary(best=p.best, final=self.final_block())
@@ -310,8 +299,6 @@ class Trainer:
         once per epoch, at the window holding the first of its features (a long context gives one example several
         features, possibly in different windows), so over a whole epoch the counts add up to the number of examples
         that have features. Features carry `example_id` (experiments.data.features)."""
-        import numpy as np
-        import torch
 
         if self._example_index is None:
             ids = self.train.dataset["example_id"]
@@ -347,8 +334,6 @@ class Trainer:
         micro-batch's first row with size 0 (weight 0 in train_step), so every rank runs the same passes."""
         if not self.dist.enabled:
             return [self.train.batch(ix, self.device) for ix in window], [len(ix) for ix in window]
-        from .distributed import rank_slice
-
         batches, sizes = [], []
         for ix in window:
             part = rank_slice(ix, self.dist.rank, self.dist.world_size)
@@ -363,10 +348,6 @@ class Trainer:
         Returns (StepResult, wall seconds of train_step, the lr the update used). No host synchronisation per
         micro-batch: train_step reads its numbers once, at the end of the window.
         """
-        import torch
-
-        from sam import train_step
-
         start = time.perf_counter()
         o = self.cfg.optim
         parallel = dict(ddp=self.ddp, perturbation=o.perturbation, global_sizes=global_sizes) if self.ddp else {}
@@ -393,8 +374,6 @@ class Trainer:
         d = self.cfg.diagnostics
         if not d.grad_fidelity or self.progress.update % d.grad_fidelity_every or not self.dist.is_main:
             return None
-        from sam.diagnostics import last_vs_full_gradient
-
         # data-parallel: rank 0 alone, on its slices of the window, without DDP (a single-process window of them)
         with self.timed("diagnostic_time"):
             return last_vs_full_gradient(self.model, self.local_loss_fn, batches, sizes, self.optimizer.param_groups)
@@ -419,66 +398,72 @@ class Trainer:
         if diag is not None:
             self.tracker.log(diag, update=p.update, epoch=self.epoch_float(), examples=p.examples)
 
-    def after_update(self, end_of_epoch: bool) -> None:
-        """The evaluation and resume checkpoint due after this update, if any."""
+    def evaluation_due(self, end_of_epoch: bool) -> str | None:
+        """The evaluation due after this update: "epoch" at every epoch end (also the final one when training ends
+        there), "final" when training ends inside an epoch, "periodic" every train.eval_every updates, else None."""
         p, t = self.progress, self.cfg.train
-        done = p.update >= self.total_updates
-        kind = (
-            "epoch"
-            if end_of_epoch  # also the final evaluation when training ends here
-            else "final"
-            if done
-            else "periodic"
-            if t.eval_every and p.update % t.eval_every == 0
-            else None
-        )
+        if end_of_epoch:
+            return "epoch"
+        if p.update >= self.total_updates:
+            return "final"
+        if t.eval_every and p.update % t.eval_every == 0:
+            return "periodic"
+        return None
+
+    def after_update(self, end_of_epoch: bool) -> None:
+        """The evaluation and resume checkpoint due after this update, if any (none after the last update: the run
+        is complete, and a completed run is never resumed)."""
+        p = self.progress
+        kind = self.evaluation_due(end_of_epoch)
         if kind is not None:
             with self.timed("eval_time"):
                 metrics = self.evaluate(kind)
             p.evaluations += 1
             if metrics is not None:  # None on data-parallel ranks other than 0
                 self.record_eval(metrics)
-        if not done and self.checkpoint_due():
-            from .checkpoint import save_resume_state
-
+        if p.update < self.total_updates and self.checkpoint_due():
             with self.timed("checkpoint_time"):
                 save_resume_state(self)
             self._last_checkpoint = time.monotonic()
 
+    def train_window(self, window: list, reached: int):
+        """One update on `window` (lists of global feature indices), its diagnostic first when due; counted in
+        progress (`reached`: the examples this window reaches first in its epoch) and logged. Returns the
+        StepResult; raises Diverged on a non-finite loss."""
+        p = self.progress
+        batches, sizes = self.window_batches(window)
+        diag = self.diagnose(batches, sizes)
+        result, seconds, lr = self.step(batches, sizes, [len(ix) for ix in window])
+        p.update, p.window, p.examples = p.update + 1, p.window + 1, p.examples + reached
+        p.step_time_total += seconds
+        p.step_times.append(round(seconds, 5))
+        self.log_update(result, seconds, lr, diag)
+        return result
+
+    def save_final(self) -> None:
+        if self.cfg.train.save_model and self.dist.is_main:
+            with self.timed("checkpoint_time"):
+                save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "final")
+
     # -- loop --------------------------------------------------------------------------------------------------------
     def run(self, tracker) -> None:
+        """Train from `progress` to total_updates (or the last epoch): one update per window, then what is due."""
         self.tracker = tracker
         cfg, t, p = self.cfg, self.cfg.train, self.progress
         self.model.train()
-        bar = ProgressBar(
-            self.total_updates,
-            p.update,
-            f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}",
-            enabled=self.dist.is_main,
-        )
+        label = f"{cfg.arm} k={t.accumulation_steps} seed={cfg.seed}"
+        bar = ProgressBar(self.total_updates, p.update, label, enabled=self.dist.is_main)
         # data-parallel: the single-process order of micro-batches of world_size × micro_batch_size features
         global_micro = t.micro_batch_size * self.dist.world_size
         while p.update < self.total_updates and p.epoch < t.epochs:
             windows = epoch_windows(len(self.train), global_micro, t.accumulation_steps, cfg.seed, p.epoch)
             new_examples = self.window_examples(windows)  # examples each window reaches first this epoch
             while p.window < len(windows) and p.update < self.total_updates:
-                batches, sizes = self.window_batches(windows[p.window])
-                global_sizes = [len(ix) for ix in windows[p.window]]
-                diag = self.diagnose(batches, sizes)
-                result, seconds, lr = self.step(batches, sizes, global_sizes)
-                reached = new_examples[p.window]
-                p.update, p.window, p.examples = p.update + 1, p.window + 1, p.examples + reached
-                p.step_time_total += seconds
-                p.step_times.append(round(seconds, 5))
-                self.log_update(result, seconds, lr, diag)
+                result = self.train_window(windows[p.window], new_examples[p.window])
                 bar.step(result.loss, p.update)
                 end_of_epoch = p.window == len(windows)
                 if end_of_epoch:
                     p.epoch, p.window = p.epoch + 1, 0
                 self.after_update(end_of_epoch)
         bar.close()
-        if cfg.train.save_model and self.dist.is_main:
-            from .model import save_pretrained_atomic
-
-            with self.timed("checkpoint_time"):
-                save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "final")
+        self.save_final()
