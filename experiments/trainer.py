@@ -16,9 +16,10 @@ from torch.nn.parallel import DistributedDataParallel
 from sam import train_step
 from sam.diagnostics import last_vs_full_gradient
 
-from .batches import LABELS, MODEL_INPUTS, columns_of, epoch_windows, subset_rows, to_features
+from .batches import columns_of, epoch_windows, subset_rows, to_features
 from .checkpoint import save_resume_state
 from .data import load_examples, prepare_features
+from .data.features import LABELS, MODEL_INPUTS
 from .device import pick_device, seed_everything
 from .distributed import Dist, rank_seed, rank_slice, shard
 from .model import load_model, load_tokenizer, save_pretrained_atomic

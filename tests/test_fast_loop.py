@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from experiments.batches import LABELS, MODEL_INPUTS, Features, columns_of, padded_length, subset_rows, to_features
+from experiments.batches import Features, columns_of, padded_length, subset_rows, to_features
 from experiments.config import load_config
+from experiments.data.features import LABELS, MODEL_INPUTS
 from experiments.model import load_model, load_tokenizer
 from experiments.optim_setup import build_optimizer
 from experiments.qa_loss import span_loss

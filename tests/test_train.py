@@ -153,8 +153,9 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
     which must equal the dev loss recomputed from the final checkpoint (the weights of the last evaluation)."""
     from transformers import BertForQuestionAnswering
 
-    from experiments.batches import LABELS, MODEL_INPUTS, to_features
+    from experiments.batches import to_features
     from experiments.data import load_examples, prepare_eval_features
+    from experiments.data.features import LABELS, MODEL_INPUTS
     from experiments.model import load_tokenizer
 
     assert main(tiny_run("adamw", "optim.lr=3e-3")) == 0

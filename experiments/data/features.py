@@ -35,6 +35,8 @@ from .errors import DataError, one_line
 # keep example_id)
 FEATURES_VERSION = 3
 TRAIN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LABELS = ("start_positions", "end_positions")
 
 
 def _default_cache_dir() -> Path:
