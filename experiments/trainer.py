@@ -16,10 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 from sam import train_step
 from sam.diagnostics import last_vs_full_gradient
 
-from .batches import columns_of, epoch_windows, subset_rows, to_features
+from .batches import epoch_windows, subset_rows
 from .checkpoint import save_resume_state
-from .data import load_examples, prepare_features
-from .data.features import LABELS, MODEL_INPUTS
+from .data.features import MODEL_INPUTS
 from .device import pick_device, seed_everything
 from .distributed import Dist, rank_seed, rank_slice, shard
 from .model import load_model, load_tokenizer, save_pretrained_atomic
@@ -27,8 +26,8 @@ from .optim_setup import build_optimizer, linear_schedule
 from .progress import Progress, ProgressBar, console
 from .qa_eval import metric_keys, postprocess_predictions, score_predictions
 from .qa_loss import span_loss
+from .run_data import build_features
 
-EXAMPLE_COLUMNS = ("id", "context", "answers")  # what evaluation reads of the dev examples
 DDP_CLOCK_EVERY = 10  # data-parallel: updates between two looks at the clock for time-based resume checkpoints
 log = logging.getLogger("experiments.train")
 
@@ -51,20 +50,9 @@ class Trainer:
         seed_everything(cfg.seed)
 
         self.tokenizer = load_tokenizer(cfg.model.name_or_path)
-        train_ex, dev_ex, self.data_stats = load_examples(cfg.data)
-        if len(train_ex) == 0 or len(dev_ex) == 0:
-            raise ValueError(f"no usable examples (train {len(train_ex)}, dev {len(dev_ex)}); check data.*")
-        # records the tokenizer cannot handle are refused by name, or skipped and counted (data.strict=false)
-        train_ex, dev_ex, train_ds, dev_ds = prepare_features(
-            cfg.data, self.tokenizer, train_ex, dev_ex, self.data_stats
-        )
-        batching = dict(pad_to_max_length=cfg.data.pad_to_max_length, pin_memory=self.device.type == "cuda")
-        # what post-processing and scoring read, converted from Arrow once: (examples, features) columns
-        self.dev_examples = columns_of(dev_ex, EXAMPLE_COLUMNS)
-        self.train = to_features(train_ds, MODEL_INPUTS + LABELS, **batching)
-        self.dev = to_features(dev_ds, MODEL_INPUTS + LABELS, **batching)
+        data = build_features(cfg.data, self.tokenizer, pin_memory=self.device.type == "cuda")
+        self.train, self.dev, self.dev_examples, self.data_stats = data.train, data.dev, data.dev_examples, data.stats
         self.dev_subset = self._dev_subset()  # (example columns, Features) or None
-        self.data_stats.update(train_features=len(self.train), dev_features=len(self.dev))
         if self.dev_subset is not None:
             self.data_stats.update(
                 dev_subset_examples=self.dev_subset[0].num_rows, dev_subset_features=len(self.dev_subset[1])

@@ -155,7 +155,7 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
 
     from experiments.batches import to_features
     from experiments.data import load_examples, prepare_eval_features
-    from experiments.data.features import LABELS, MODEL_INPUTS
+    from experiments.data.features import FEATURE_COLUMNS, MODEL_INPUTS
     from experiments.model import load_tokenizer
 
     assert main(tiny_run("adamw", "optim.lr=3e-3")) == 0
@@ -169,7 +169,7 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
     _, dev, _ = load_examples(cfg.data)
     feats = to_features(
         prepare_eval_features(dev, tokenizer, cfg.data.max_seq_length, cfg.data.doc_stride),
-        MODEL_INPUTS + LABELS,
+        FEATURE_COLUMNS,
         pad_to_max_length=True,
     )
     model = BertForQuestionAnswering.from_pretrained(run / "checkpoint" / "final").eval()
