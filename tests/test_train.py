@@ -148,15 +148,30 @@ def test_tiny_run_of_each_arm_completes_and_writes_the_run_directory(tiny_run, t
     assert (run / "checkpoint" / "best" / "config.json").is_file()
 
 
+def test_load_checkpoint_refuses_a_missing_folder_and_a_model_without_its_qa_head(tmp_path):
+    """A checkpoint that lacks weights of its own architecture would measure a partly random model: ModelError, one
+    line, as for a folder that is not there; a complete one comes back in eval mode with fp32 weights."""
+    from transformers import BertForQuestionAnswering, BertModel
+
+    from experiments.model import ModelError, load_checkpoint, tiny_config
+
+    with pytest.raises(ModelError, match="cannot load the checkpoint .*nowhere"):
+        load_checkpoint(tmp_path / "nowhere")
+    BertModel(tiny_config(64)).save_pretrained(tmp_path / "encoder_only")  # no qa_outputs
+    with pytest.raises(ModelError, match="lacks weights of its own architecture: qa_outputs"):
+        load_checkpoint(tmp_path / "encoder_only")
+    BertForQuestionAnswering(tiny_config(64)).half().save_pretrained(tmp_path / "qa")
+    model = load_checkpoint(tmp_path / "qa", attn_implementation="eager")
+    assert not model.training and {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.config._attn_implementation == "eager"
+
+
 def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run, tmp_path):
     """The copied loop reports mean(dev_step_losses) over ALL epochs so far. Ours: each evaluation's own mean,
     which must equal the dev loss recomputed from the final checkpoint (the weights of the last evaluation)."""
-    from transformers import BertForQuestionAnswering
-
-    from experiments.batches import to_features
-    from experiments.data import load_examples, prepare_eval_features
-    from experiments.data.features import FEATURE_COLUMNS, MODEL_INPUTS
-    from experiments.model import load_tokenizer
+    from experiments.data.features import MODEL_INPUTS
+    from experiments.model import load_checkpoint, load_tokenizer
+    from experiments.run_data import build_features
 
     assert main(tiny_run("adamw", "optim.lr=3e-3")) == 0
     run = only_run(tmp_path)
@@ -166,13 +181,8 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
 
     cfg = load_config([run / "config.yaml"])
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    _, dev, _ = load_examples(cfg.data)
-    feats = to_features(
-        prepare_eval_features(dev, tokenizer, cfg.data.max_seq_length, cfg.data.doc_stride),
-        FEATURE_COLUMNS,
-        pad_to_max_length=True,
-    )
-    model = BertForQuestionAnswering.from_pretrained(run / "checkpoint" / "final").eval()
+    feats = build_features(cfg.data, tokenizer, pad_to_max_length=True).dev
+    model = load_checkpoint(run / "checkpoint" / "final")
     losses = []
     with torch.no_grad():  # one feature at a time, padded to max_seq_length, softmax over its real tokens only
         for i in range(len(feats)):
