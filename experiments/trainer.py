@@ -29,7 +29,7 @@ from .qa_loss import span_loss
 from .run_data import build_features
 
 DDP_CLOCK_EVERY = 10  # data-parallel: updates between two looks at the clock for time-based resume checkpoints
-log = logging.getLogger("experiments.train")
+log = logging.getLogger("experiments.trainer")
 
 
 class Diverged(RuntimeError):

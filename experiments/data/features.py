@@ -29,6 +29,7 @@ from typing import Any
 
 from datasets import Dataset, Features, List, Value
 
+from ..config import REPO_ROOT
 from .errors import DataError, one_line
 
 # bump whenever the features for the same inputs change (2: questions cut to leave stride room; 3: train features
@@ -40,8 +41,6 @@ FEATURE_COLUMNS = MODEL_INPUTS + LABELS  # the columns held as tensors for train
 
 
 def _default_cache_dir() -> Path:
-    from experiments.config import REPO_ROOT
-
     return REPO_ROOT / ".cache" / "features"
 
 
