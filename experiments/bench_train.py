@@ -19,7 +19,7 @@ Peers
 - SAM cases: the loop a user writes around `pytorch_optimizer.SAM(params, torch.optim.AdamW, rho=...)`: the same
   pre-padded batches from a DataLoader, k first-pass backward passes of loss/k, `first_step`, k second-pass
   backward passes, clipping, `second_step`, the lr schedule.
-- The product: `experiments.train.Trainer.window_batches` + `Trainer.step` (dynamic padding, the masked loss,
+- The product: `experiments.trainer.Trainer.window_batches` + `Trainer.step` (dynamic padding, the masked loss,
   `sam.train_step`, fused AdamW where torch has it), exactly what a training run executes per update.
 
 Timing: the two alternate update by update. For the HF cases the product's update runs inside a Trainer callback
