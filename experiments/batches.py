@@ -23,8 +23,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-LABELS = ("start_positions", "end_positions")
 PAD_MULTIPLE = 8
 
 

@@ -24,14 +24,17 @@ import json
 import statistics
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sam import SAM, train_step
 
 from .bench_sam import environment, load_model, make_window, param_bytes
+from .distributed import count_allreduces, torchrun_environment
 
 VARIANTS = ("none", "full/global", "full/per_rank")
 
@@ -68,10 +71,6 @@ def timed(fn) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from .distributed import count_allreduces, torchrun_environment
-
     args = parse_args(argv)
     if torchrun_environment() is None:
         raise SystemExit(
@@ -79,8 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
             "-m experiments.bench_ddp"
         )
     torch.set_num_threads(args.threads)
-    from datetime import timedelta
-
     dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cpu")

@@ -19,7 +19,7 @@ Peers
 - SAM cases: the loop a user writes around `pytorch_optimizer.SAM(params, torch.optim.AdamW, rho=...)`: the same
   pre-padded batches from a DataLoader, k first-pass backward passes of loss/k, `first_step`, k second-pass
   backward passes, clipping, `second_step`, the lr schedule.
-- The product: `experiments.train.Trainer.window_batches` + `Trainer.step` (dynamic padding, the masked loss,
+- The product: `experiments.trainer.Trainer.window_batches` + `Trainer.step` (dynamic padding, the masked loss,
   `sam.train_step`, fused AdamW where torch has it), exactly what a training run executes per update.
 
 Timing: the two alternate update by update. For the HF cases the product's update runs inside a Trainer callback
@@ -56,10 +56,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from .batches import epoch_windows
 from .config import REPO_ROOT, load_config
+from .data.generated import generate_records, generator_settings
+from .model import load_tokenizer
+from .optim_setup import linear_schedule
+from .schema import GeneratedDataConfig
 from .tracking import atomic_write_json, env_info
+from .trainer import Trainer
 
 CASES = {  # name: (config files, overrides, peer)
     "default": (["configs/default.yaml", "configs/arm/adamw.yaml"], [], "hf_trainer"),
@@ -117,9 +123,6 @@ def squad_like_records(n: int, tokenizer, seed: int = 0) -> list[dict]:
     other generated paragraphs until its context reaches a length drawn from LogNormal(ln 137, 0.42) word pieces
     (clipped to [24, 700]); the lengths are made-up text of real lengths, not real text.
     """
-    from .data.generated import generate_records, generator_settings
-    from .schema import GeneratedDataConfig
-
     settings = generator_settings(GeneratedDataConfig(n_train=n, n_dev=1, long_context_frac=0.0, seed=4321))
     records = generate_records(settings).train
     sentences = sorted({s.strip() + "." for r in records for s in r["context"].split(". ") if s.strip()})
@@ -184,8 +187,6 @@ def bert_base_random(tokenizer) -> torch.nn.Module:
 
 
 def build_trainer(cfg, workdir: Path, args: argparse.Namespace):
-    from .train import Trainer
-
     trainer = Trainer(cfg, workdir / "run")
     if args.model == "bert-base-random":
         torch.manual_seed(cfg.seed)
@@ -291,11 +292,10 @@ def run_against_hf_trainer(trainer, model, workdir: Path, n_updates: int) -> tup
 
 def run_against_sam_loop(trainer, model, n_updates: int) -> tuple[list[float], list[float], dict]:
     """A plain loop around pytorch_optimizer.SAM and the product alternating update by update."""
+    # the peers' libraries are imported where they are used: pytorch_optimizer is needed by this comparison only,
+    # and transformers takes seconds to import
     from pytorch_optimizer import SAM as ReferenceSAM
-    from torch.utils.data import DataLoader
     from transformers import default_data_collator
-
-    from .train import linear_schedule
 
     cfg, t, o = trainer.cfg, trainer.cfg.train, trainer.cfg.optim
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
@@ -382,8 +382,6 @@ def gpu_peak_flops(args: argparse.Namespace, device: torch.device) -> float | No
 
 
 def run_case(name: str, args: argparse.Namespace, workdir: Path) -> dict:
-    from .model import load_tokenizer
-
     tokenizer = load_tokenizer("embedded" if args.model == "bert-base-random" else args.model)
     cfg = case_config(name, args, workdir, tokenizer)
     trainer = build_trainer(cfg, workdir, args)

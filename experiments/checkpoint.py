@@ -8,7 +8,8 @@
 The directory is written as resume.tmp and swapped in with renames; a crash between the renames leaves resume.old,
 which `load_resume_state` falls back to. The data order is a function of (seed, epoch), so (epoch, window) is the
 whole data position. `resume_point` says from which update a run directory can resume without loading anything
-(torch is imported only to save or load).
+(torch, numpy and safetensors are imported inside the functions that save or load: the sweep runner asks
+`resume_point` of many run directories and should not pay torch's import for it).
 
 Data-parallel: every rank calls both functions at the same update. The weights, optimizer, scheduler and scaler are
 the same on every rank (DDP keeps them so), so rank 0 writes its own; the torch RNG states (each rank draws its own
@@ -23,6 +24,7 @@ import random
 import shutil
 from pathlib import Path
 
+from .progress import Progress
 from .tracking import atomic_write_json
 
 
@@ -117,8 +119,6 @@ def load_resume_state(trainer) -> bool:
     import numpy as np
     import torch
     from safetensors.torch import load_model
-
-    from .train import Progress
 
     found = _usable_resume(trainer.run_dir)  # the same choice resume_point reports
     if found is None:

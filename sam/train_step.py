@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -137,6 +137,191 @@ def train_step(
         ValueError: unknown replay or perturbation, empty window, bad sizes/global_sizes, perturbation="per_rank"
             with a replay other than full. TypeError: a SAM mode with a plain optimizer.
     """
+    _check_arguments(micro_batches, optimizer, replay, sizes, ddp, perturbation, global_sizes)
+    window = _Window(
+        loss_fn, micro_batches, optimizer, replay, sizes, scaler, reuse_dropout_rng, ddp, perturbation, global_sizes
+    )
+    optimizer.zero_grad(set_to_none=True)
+    passes = _MODES[replay](window, optimizer)
+    grad_norm, skipped = _update(optimizer, window.params, max_grad_norm, scaler)
+    if ddp is not None:
+        return _reduced_result(window, replay, passes, grad_norm, skipped)
+    return _result(window, replay, passes, grad_norm, skipped)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# one function per row of the module docstring's table
+
+
+@dataclass
+class _Passes:
+    """The detached losses of a window's passes, in order, and the norm ‖∇L(w)‖ that normalised e (None for none)."""
+
+    first: list[Tensor] = field(default_factory=list)  # at w
+    second: list[Tensor] = field(default_factory=list)  # at w + e (empty for none, or when the update is skipped)
+    first_norm: Tensor | None = None
+
+
+def _none(w: _Window, optimizer: torch.optim.Optimizer) -> _Passes:
+    """g = Σ a_i ∇L_i(w): AdamW with accumulation (DDP: all-reduce on the last backward)."""
+    return _Passes(first=w.first_passes(sync_each=False))
+
+
+def _full(w: _Window, optimizer: SAM) -> _Passes:
+    """e = rho·∇L(w)/‖∇L(w)‖ (DDP per_rank: each rank's e_r from its own part), g = Σ a_i ∇L_i(w + e)."""
+    passes = _Passes(first=w.first_passes(sync_each=False))
+    passes.first_norm = optimizer.first_step(grad_scale=w.norm_scale)
+    # per_rank: the ranks' decisions can differ, so a rank with a non-finite gradient runs the second pass anyway
+    # (at w) with that gradient kept: the all-reduce hands it to every rank and all skip together
+    if optimizer.is_perturbed or w.per_rank:
+        if optimizer.is_perturbed:
+            optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(w.batches):
+            w.rng.restore(i)
+            passes.second.append(w.forward_backward(batch, w.numerators[i], w.denominator, sync=i == w.k - 1))
+        optimizer.restore()
+    return passes
+
+
+def _last(w: _Window, optimizer: SAM) -> _Passes:
+    """e as in full, g = Σ_{j=1..k} (1/k) ∇L_k(w + e): the copied loop, `for _ in range(k): (loss(B_k) / k).backward()`
+    (DDP: every backward synchronises, as the copied loop wrapped in DDP does)."""
+    passes = _Passes(first=w.first_passes(sync_each=True))
+    passes.first_norm = optimizer.first_step(grad_scale=w.norm_scale)
+    if optimizer.is_perturbed:
+        optimizer.zero_grad(set_to_none=True)
+        for _ in range(w.k):
+            w.rng.restore(w.k - 1)
+            passes.second.append(w.forward_backward(w.batches[-1], w.last_numerator, w.last_denominator))
+        optimizer.restore()
+    return passes
+
+
+def _micro(w: _Window, optimizer: SAM) -> _Passes:
+    """e_i = rho·∇L_i(w)/‖∇L_i(w)‖, g = Σ a_i ∇L_i(w + e_i): m-SAM, each micro-batch its own perturbation.
+
+    Each micro-batch's ∇L_i(w + e_i) is moved aside before the next first pass, which must start from clean
+    gradients; the sum goes back into `.grad` at the end (DDP: it rides on the one backward that all-reduces)."""
+    passes = _Passes()
+    params, ddp, k = w.params, w.ddp, w.k
+    accumulated: dict[Tensor, Tensor] = {}
+    stopped = False
+    for i, batch in enumerate(w.batches):
+        final = i == k - 1
+        w.rng.save(i)
+        passes.first.append(w.forward_backward(batch, w.numerators[i], w.denominator, sync=False))
+        passes.first_norm = optimizer.first_step(grad_scale=w.norm_scale)  # e_i from this micro-batch alone
+        if optimizer.is_perturbed:
+            optimizer.zero_grad(set_to_none=True)
+        elif ddp is None:
+            stopped = True
+            break  # non-finite gradient: hand it to _update, which skips
+        # (DDP: a non-finite gradient stays in .grad, joins the sum and reaches every rank through the
+        # all-reduce, so all ranks skip together; leaving the loop here would leave the others waiting)
+        if ddp is not None and final:
+            # the sum of the earlier micro-batches rides on the one backward that all-reduces
+            for p, g in accumulated.items():
+                p.grad = g if p.grad is None else p.grad.add_(g)
+            accumulated = {}
+        w.rng.restore(i)
+        passes.second.append(w.forward_backward(batch, w.numerators[i], w.denominator, sync=final))
+        optimizer.restore()
+        if ddp is not None and final:
+            break
+        # move this micro-batch's ∇L_i(w + e_i) aside (no copy for the first) so the next first pass starts clean
+        fresh = [p for p in params if p.grad is not None]
+        old = [p for p in fresh if p in accumulated]
+        if old:
+            torch._foreach_add_([accumulated[p] for p in old], [p.grad for p in old])
+        for p in fresh:
+            accumulated.setdefault(p, p.grad)
+            p.grad = None
+    if not stopped:
+        for p, g in accumulated.items():
+            p.grad = g
+    return passes
+
+
+_MODES = {"none": _none, "full": _full, "last": _last, "micro": _micro}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# what the modes share
+
+
+class _Window:
+    """One window's micro-batches with their loss weights, the dropout RNG, the loss scale and the DDP module.
+
+    Weights: micro-batch i's loss is multiplied by numerators[i] / denominator before its backward, so the summed
+    gradients are Σ a_i ∇L_i (DDP: W·n_{r,i}/N per rank, which DDP's average over ranks turns into n_{r,i}/N);
+    `last` replays B_k with last_numerator / last_denominator."""
+
+    def __init__(
+        self,
+        loss_fn,
+        micro_batches,
+        optimizer,
+        replay,
+        sizes,
+        scaler,
+        reuse_dropout_rng,
+        ddp,
+        perturbation,
+        global_sizes,
+    ):
+        k = len(micro_batches)
+        self.loss_fn, self.batches, self.k, self.scaler, self.ddp = loss_fn, micro_batches, k, scaler, ddp
+        self.world = world = torch.distributed.get_world_size(ddp.process_group) if ddp is not None else 1
+        self.per_rank = ddp is not None and perturbation == "per_rank"
+        # this rank's examples per micro-batch (n_{r,i}) and each global micro-batch's (n_i); equal: 1 and W
+        self.local = local = list(sizes) if sizes is not None else [1] * k
+        self.totals = totals = list(global_sizes) if global_sizes is not None else [world] * k
+        if ddp is None:
+            # (loss * n_i) / N: with sizes=None this is loss * 1 / k, bitwise the loss / k of the copied loop
+            self.numerators, self.denominator = (list(sizes), sum(sizes)) if sizes is not None else ([1] * k, k)
+            self.last_numerator, self.last_denominator = 1, k
+        else:
+            # DDP divides the sum over ranks by W: rank r weights micro-batch i by W·n_{r,i}/N
+            self.numerators, self.denominator = [world * n for n in local], sum(totals)
+            # `last` replays: W·n_{r,k}/(n_k·k), so the k replays average to ∇L_k(w + e) of global micro-batch k
+            self.last_numerator, self.last_denominator = world * local[-1], totals[-1] * k
+
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.rng = _DropoutRng(reuse_dropout_rng and replay != "none", device)
+        grad_scale = scaler.get_scale() if scaler is not None else None
+        # the factor a rank's first-pass gradient carries over the mean gradient it stands for, so that first_step
+        # reports that gradient's norm (e = rho·g/‖g‖ does not depend on it): per_rank, W·N_r/N over ∇L^r; micro, W
+        carried = 1.0
+        if self.per_rank and sum(local) > 0:
+            carried = world * sum(local) / self.denominator
+        elif ddp is not None and replay == "micro":
+            carried = float(world)
+        self.norm_scale = grad_scale if carried == 1.0 else (grad_scale or 1.0) * carried
+
+    def forward_backward(self, batch: Any, weight_num: int, weight_den: int, sync: bool = True) -> Tensor:
+        """loss_fn(batch), backward of loss · weight_num / weight_den (scaled by the GradScaler, if any); returns the
+        detached loss. DDP decides in the forward whether the backward all-reduces: both sit inside no_sync, or
+        neither."""
+        ddp = self.ddp
+        with ddp.no_sync() if ddp is not None and not sync else contextlib.nullcontext():
+            loss = self.loss_fn(batch)
+            weighted = loss * weight_num / weight_den
+            (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
+        return loss.detach()
+
+    def first_passes(self, sync_each: bool) -> list[Tensor]:
+        """Every micro-batch's pass at w, its RNG state saved first. DDP all-reduces on every backward (sync_each,
+        the copied loop), else on the last one only, or on none (per_rank: the second pass synchronises)."""
+        losses = []
+        for i, batch in enumerate(self.batches):
+            sync = sync_each or (i == self.k - 1 and not self.per_rank)
+            self.rng.save(i)
+            losses.append(self.forward_backward(batch, self.numerators[i], self.denominator, sync=sync))
+        return losses
+
+
+def _check_arguments(micro_batches, optimizer, replay, sizes, ddp, perturbation, global_sizes) -> None:
     if replay not in REPLAY_MODES:
         raise ValueError(f"replay={replay!r}; choose one of {REPLAY_MODES}")
     if perturbation not in PERTURBATIONS:
@@ -168,114 +353,11 @@ def train_step(
             f"{list(global_sizes)} for sizes {list(sizes)}"
         )
 
-    world = torch.distributed.get_world_size(ddp.process_group) if ddp is not None else 1
-    per_rank = ddp is not None and perturbation == "per_rank"
-    # this rank's examples per micro-batch (n_{r,i}) and each global micro-batch's (n_i); equal: 1 and W
-    local = list(sizes) if sizes is not None else [1] * k
-    totals = list(global_sizes) if global_sizes is not None else [world] * k
-    if ddp is None:
-        # (loss * n_i) / N: with sizes=None this is loss * 1 / k, bitwise the loss / k of the copied loop
-        numerators, denominator = (list(sizes), sum(sizes)) if sizes is not None else ([1] * k, k)
-        last_numerator, last_denominator = 1, k
-    else:
-        # DDP divides the sum over ranks by W: rank r weights micro-batch i by W·n_{r,i}/N
-        numerators, denominator = [world * n for n in local], sum(totals)
-        # `last` replays: W·n_{r,k}/(n_k·k), so the k replays average to ∇L_k(w + e) of global micro-batch k
-        last_numerator, last_denominator = world * local[-1], totals[-1] * k
 
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    device = params[0].device if params else torch.device("cpu")
-    rng = _DropoutRng(reuse_dropout_rng and replay != "none", device)
-    grad_scale = scaler.get_scale() if scaler is not None else None
-    # the factor a rank's first-pass gradient carries over the mean gradient it stands for, so that first_step
-    # reports that gradient's norm (e = rho·g/‖g‖ does not depend on it): per_rank, W·N_r/N over ∇L^r; micro, W
-    carried = 1.0
-    if per_rank and sum(local) > 0:
-        carried = world * sum(local) / denominator
-    elif ddp is not None and replay == "micro":
-        carried = float(world)
-    norm_scale = grad_scale if carried == 1.0 else (grad_scale or 1.0) * carried
-
-    def backward(loss: Tensor) -> None:
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-
-    def forward_backward(batch: Any, weight_num: int, weight_den: int, sync: bool = True) -> Tensor:
-        # DDP decides in the forward whether the backward all-reduces: both sit inside no_sync, or neither
-        with ddp.no_sync() if ddp is not None and not sync else contextlib.nullcontext():
-            loss = loss_fn(batch)
-            backward(loss * weight_num / weight_den)
-        return loss.detach()
-
-    optimizer.zero_grad(set_to_none=True)
-    first_losses: list[Tensor] = []
-    second_losses: list[Tensor] = []
-    first_norm: Tensor | None = None
-
-    if replay == "micro":
-        accumulated: dict[Tensor, Tensor] = {}
-        stopped = False
-        for i, batch in enumerate(micro_batches):
-            final = i == k - 1
-            rng.save(i)
-            first_losses.append(forward_backward(batch, numerators[i], denominator, sync=False))
-            first_norm = optimizer.first_step(grad_scale=norm_scale)  # e_i from this micro-batch alone
-            if optimizer.is_perturbed:
-                optimizer.zero_grad(set_to_none=True)
-            elif ddp is None:
-                stopped = True
-                break  # non-finite gradient: hand it to _update, which skips
-            # (DDP: a non-finite gradient stays in .grad, joins the sum and reaches every rank through the
-            # all-reduce, so all ranks skip together; leaving the loop here would leave the others waiting)
-            if ddp is not None and final:
-                # the sum of the earlier micro-batches rides on the one backward that all-reduces
-                for p, g in accumulated.items():
-                    p.grad = g if p.grad is None else p.grad.add_(g)
-                accumulated = {}
-            rng.restore(i)
-            second_losses.append(forward_backward(batch, numerators[i], denominator, sync=final))
-            optimizer.restore()
-            if ddp is not None and final:
-                break
-            # move this micro-batch's ∇L_i(w + e_i) aside (no copy for the first) so the next first pass starts clean
-            fresh = [p for p in params if p.grad is not None]
-            old = [p for p in fresh if p in accumulated]
-            if old:
-                torch._foreach_add_([accumulated[p] for p in old], [p.grad for p in old])
-            for p in fresh:
-                accumulated.setdefault(p, p.grad)
-                p.grad = None
-        if not stopped:
-            for p, g in accumulated.items():
-                p.grad = g
-    else:
-        for i, batch in enumerate(micro_batches):
-            # none, full/global: all-reduce on the last backward; last: on every one (the copied loop); per_rank: none
-            sync = replay == "last" or (i == k - 1 and not per_rank)
-            rng.save(i)
-            first_losses.append(forward_backward(batch, numerators[i], denominator, sync=sync))
-        if replay != "none":
-            first_norm = optimizer.first_step(grad_scale=norm_scale)
-            # per_rank: the ranks' decisions can differ, so a rank with a non-finite gradient runs the second pass
-            # anyway (at w) with that gradient kept: the all-reduce hands it to every rank and all skip together
-            if optimizer.is_perturbed or per_rank:
-                if optimizer.is_perturbed:
-                    optimizer.zero_grad(set_to_none=True)
-                if replay == "full":
-                    for i, batch in enumerate(micro_batches):
-                        rng.restore(i)
-                        second_losses.append(forward_backward(batch, numerators[i], denominator, sync=i == k - 1))
-                else:  # "last": `for _ in range(k): (loss(B_k) / k).backward()`, as the copied loop does
-                    for _ in range(k):
-                        rng.restore(k - 1)
-                        second_losses.append(forward_backward(micro_batches[-1], last_numerator, last_denominator))
-                optimizer.restore()
-
-    grad_norm, skipped = _update(optimizer, params, max_grad_norm, scaler)
-
-    if ddp is not None:
-        return _reduced_result(
-            ddp, replay, per_rank, world, local, totals, first_losses, second_losses, first_norm, grad_norm, skipped
-        )
+def _result(w: _Window, replay: str, passes: _Passes, grad_norm: Tensor, skipped: bool) -> StepResult:
+    """The window's numbers in one process, read to the host at once."""
+    numerators = w.numerators
+    first_losses, second_losses, first_norm = passes.first, passes.second, passes.first_norm
     loss = sum(x.double() * n for x, n in zip(first_losses, numerators)) / sum(numerators[: len(first_losses)])
     perturbed = None
     if second_losses:
@@ -301,11 +383,11 @@ def train_step(
     )
 
 
-def _reduced_result(
-    ddp, replay, per_rank, world, local, totals, first_losses, second_losses, first_norm, grad_norm, skipped
-) -> StepResult:
+def _reduced_result(w: _Window, replay: str, passes: _Passes, grad_norm: Tensor, skipped: bool) -> StepResult:
     """The window's numbers over all ranks, from one all-reduce of (Σ n_{r,i} L_{r,i}, the same for the second
     pass, the first-pass norm). The gradient (hence grad_norm and skipped) is already the same on every rank."""
+    ddp, world, local, totals = w.ddp, w.world, w.local, w.totals
+    first_losses, second_losses, first_norm = passes.first, passes.second, passes.first_norm
     device = grad_norm.device
     zero = torch.zeros((), dtype=torch.float64, device=device)
     first = sum((x.double() * n for x, n in zip(first_losses, local)), zero)

@@ -8,11 +8,14 @@ import math
 import pytest
 import torch
 
-from experiments.batches import LABELS, MODEL_INPUTS, Features, columns_of, padded_length, subset_rows, to_features
+from experiments.batches import Features, columns_of, padded_length, subset_rows, to_features
 from experiments.config import load_config
+from experiments.data.features import FEATURE_COLUMNS, MODEL_INPUTS
 from experiments.model import load_model, load_tokenizer
+from experiments.optim_setup import build_optimizer
 from experiments.qa_loss import span_loss
-from experiments.train import Trainer, build_optimizer, main
+from experiments.train import main
+from experiments.trainer import Trainer
 from tests.conftest import SMOKE, arm_file, run_dirs
 
 
@@ -113,12 +116,34 @@ def _smoke_features(max_seq_length=128):
     return cfg, tokenizer, ds
 
 
+def test_build_features_is_the_tokenised_data_of_the_config_with_every_feature_column():
+    """build_features: the examples load_examples reads, tokenised by prepare_features, held as tensors of
+    FEATURE_COLUMNS, with the kept dev examples' columns and the feature counts in the stats."""
+    from experiments.data import load_examples, prepare_features
+    from experiments.run_data import EXAMPLE_COLUMNS, build_features
+
+    cfg = load_config([SMOKE], ["model.name_or_path=embedded", "data.generated.n_train=16", "data.generated.n_dev=8"])
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    data = build_features(cfg.data, tokenizer)
+    train_ex, dev_ex, stats = load_examples(cfg.data)
+    _, dev_kept, train_ds, dev_ds = prepare_features(cfg.data, tokenizer, train_ex, dev_ex, stats)
+    assert tuple(data.train.tensors) == FEATURE_COLUMNS
+    assert set(MODEL_INPUTS) <= set(data.dev.tensors) <= set(FEATURE_COLUMNS)
+    for name in FEATURE_COLUMNS:
+        assert torch.equal(data.train.tensors[name], torch.tensor(train_ds[name], dtype=torch.int64))
+    assert torch.equal(data.dev.tensors["input_ids"], torch.tensor(dev_ds["input_ids"], dtype=torch.int64))
+    assert tuple(data.dev_examples) == EXAMPLE_COLUMNS and data.dev_examples["id"] == dev_kept["id"]
+    assert (data.stats["train_features"], data.stats["dev_features"]) == (len(train_ds), len(dev_ds))
+    assert data.train.pad_to_max_length == cfg.data.pad_to_max_length
+    assert build_features(cfg.data, tokenizer, pad_to_max_length=True).train.pad_to_max_length
+
+
 def test_the_same_micro_batch_padded_to_128_or_to_its_length_gives_the_same_loss_and_gradients():
     """With the masked loss the padding of a batch changes nothing (≤ 1e-6 on the loss, ≤ 1e-5 on gradients), on
     the embedded MiniLM; HF's own QA loss, which puts padding in the softmax, does change."""
     cfg, tokenizer, ds = _smoke_features(128)
-    fixed = to_features(ds, MODEL_INPUTS + LABELS, pad_to_max_length=True)
-    dynamic = to_features(ds, MODEL_INPUTS + LABELS, pad_to_max_length=False)
+    fixed = to_features(ds, FEATURE_COLUMNS, pad_to_max_length=True)
+    dynamic = to_features(ds, FEATURE_COLUMNS, pad_to_max_length=False)
     index = torch.argsort(fixed.lengths)[:8]  # the 8 shortest features: the most padding
     short, full = dynamic.batch(index, "cpu"), fixed.batch(index, "cpu")
     assert short["input_ids"].shape[1] < 128 and full["input_ids"].shape[1] == 128
@@ -183,12 +208,12 @@ def _with(optim_cfg, **values):
 
 
 def test_fused_is_used_where_torch_has_it_and_required_only_when_asked(monkeypatch):
-    from experiments import train as train_module
+    from experiments import optim_setup
 
     cfg = load_config([], [])
     assert cfg.optim.fused is None
     assert build_optimizer(_tiny_model(), cfg.optim).param_groups[0]["fused"] is True  # torch 2.13 has it on CPU
-    monkeypatch.setattr(train_module, "fused_adamw_available", lambda device: False)
+    monkeypatch.setattr(optim_setup, "fused_adamw_available", lambda device: False)
     assert build_optimizer(_tiny_model(), cfg.optim).param_groups[0]["fused"] is False
     with pytest.raises(ValueError, match="optim.fused=true but torch .* has no fused AdamW on cpu"):
         build_optimizer(_tiny_model(), _with(cfg.optim, fused=True))
@@ -245,7 +270,7 @@ def test_length_sorted_evaluation_maps_every_answer_to_its_example(tmp_path):
     trainer.tracker = RunTracker(cfg, tmp_path / "run")
     got = trainer.evaluate("final")
     predicted = json.loads((tmp_path / "run" / "predictions.json").read_text())
-    fixed = to_features(trainer.dev.dataset, MODEL_INPUTS + LABELS, pad_to_max_length=True)
+    fixed = to_features(trainer.dev.dataset, FEATURE_COLUMNS, pad_to_max_length=True)
     trainer.model.eval()
     with torch.no_grad():
         outs = [

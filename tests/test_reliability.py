@@ -95,11 +95,11 @@ def test_data_parallel_time_based_checkpoints_look_at_the_clock_every_ddp_clock_
     look), so the broadcasts at updates 10, 20, 30 carry False, True, True and the checkpoints fall on 20 and 30."""
     from types import SimpleNamespace
 
-    import experiments.train as train_module
-    from experiments.train import DDP_CLOCK_EVERY, Trainer
+    import experiments.trainer as trainer_module
+    from experiments.trainer import DDP_CLOCK_EVERY, Trainer
 
     clock = {"now": 0.0}
-    monkeypatch.setattr(train_module, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
     broadcasts = []
 
     class TwoRanks:  # experiments.distributed.Dist's broadcast as rank 0 sees it: its own value comes back

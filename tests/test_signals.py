@@ -32,16 +32,16 @@ def send_to_self(sig):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_model_and_data_load_exits_without_writing(tiny_run, tmp_path, capsys, monkeypatch, sig):
-    import experiments.model
+    import experiments.trainer
 
-    real = experiments.model.load_model
+    real = experiments.trainer.load_model
 
     def load_then_signal(*args, **kwargs):
         model = real(*args, **kwargs)
         send_to_self(sig)
         return model
 
-    monkeypatch.setattr(experiments.model, "load_model", load_then_signal)
+    monkeypatch.setattr(experiments.trainer, "load_model", load_then_signal)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     assert main(tiny_run("sam_full", "train.max_updates=2")) == 128 + sig
     err = capsys.readouterr().err.strip().splitlines()
@@ -181,15 +181,15 @@ def test_sigterm_mid_training_without_a_checkpoint_says_it_starts_over(tmp_path)
 def test_resume_checkpoints_by_updates_and_by_minutes_and_none_left_after_completion(
     tiny_run, tmp_path, monkeypatch, extra, saved_at
 ):
-    import experiments.checkpoint
+    import experiments.trainer
 
-    real, seen = experiments.checkpoint.save_resume_state, []
+    real, seen = experiments.trainer.save_resume_state, []
 
     def counting(trainer):
         seen.append(trainer.progress.update)
         return real(trainer)
 
-    monkeypatch.setattr(experiments.checkpoint, "save_resume_state", counting)
+    monkeypatch.setattr(experiments.trainer, "save_resume_state", counting)
     assert main(tiny_run("sam_full", "train.max_updates=4", "train.epochs=1", *extra)) == 0
     assert seen == saved_at
     (run,) = run_dirs(tmp_path)

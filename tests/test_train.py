@@ -149,14 +149,30 @@ def test_tiny_run_of_each_arm_completes_and_writes_the_run_directory(tiny_run, t
     assert (run / "checkpoint" / "best" / "config.json").is_file()
 
 
+def test_load_checkpoint_refuses_a_missing_folder_and_a_model_without_its_qa_head(tmp_path):
+    """A checkpoint that lacks weights of its own architecture would measure a partly random model: ModelError, one
+    line, as for a folder that is not there; a complete one comes back in eval mode with fp32 weights."""
+    from transformers import BertForQuestionAnswering, BertModel
+
+    from experiments.model import ModelError, load_checkpoint, tiny_config
+
+    with pytest.raises(ModelError, match="cannot load the checkpoint .*nowhere"):
+        load_checkpoint(tmp_path / "nowhere")
+    BertModel(tiny_config(64)).save_pretrained(tmp_path / "encoder_only")  # no qa_outputs
+    with pytest.raises(ModelError, match="lacks weights of its own architecture: qa_outputs"):
+        load_checkpoint(tmp_path / "encoder_only")
+    BertForQuestionAnswering(tiny_config(64)).half().save_pretrained(tmp_path / "qa")
+    model = load_checkpoint(tmp_path / "qa", attn_implementation="eager")
+    assert not model.training and {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.config._attn_implementation == "eager"
+
+
 def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run, tmp_path):
     """The copied loop reports mean(dev_step_losses) over ALL epochs so far. Ours: each evaluation's own mean,
     which must equal the dev loss recomputed from the final checkpoint (the weights of the last evaluation)."""
-    from transformers import BertForQuestionAnswering
-
-    from experiments.batches import LABELS, MODEL_INPUTS, to_features
-    from experiments.data import load_examples, prepare_eval_features
-    from experiments.model import load_tokenizer
+    from experiments.data.features import MODEL_INPUTS
+    from experiments.model import load_checkpoint, load_tokenizer
+    from experiments.run_data import build_features
 
     assert main(tiny_run("adamw", "optim.lr=3e-3")) == 0
     run = only_run(tmp_path)
@@ -166,13 +182,8 @@ def test_dev_loss_is_the_mean_of_that_evaluation_not_a_running_average(tiny_run,
 
     cfg = load_config([run / "config.yaml"])
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    _, dev, _ = load_examples(cfg.data)
-    feats = to_features(
-        prepare_eval_features(dev, tokenizer, cfg.data.max_seq_length, cfg.data.doc_stride),
-        MODEL_INPUTS + LABELS,
-        pad_to_max_length=True,
-    )
-    model = BertForQuestionAnswering.from_pretrained(run / "checkpoint" / "final").eval()
+    feats = build_features(cfg.data, tokenizer, pad_to_max_length=True).dev
+    model = load_checkpoint(run / "checkpoint" / "final")
     losses = []
     with torch.no_grad():  # one feature at a time, padded to max_seq_length, softmax over its real tokens only
         for i in range(len(feats)):
@@ -217,7 +228,7 @@ def test_window_examples_counts_each_example_at_its_first_window_of_the_epoch():
     in the second: the first reaches a and c, the second only b (c was already reached)."""
     from types import SimpleNamespace
 
-    from experiments.train import Trainer
+    from experiments.trainer import Trainer
 
     fake = SimpleNamespace(
         train=SimpleNamespace(dataset={"example_id": ["a", "a", "b", "c", "c", "c"]}), _example_index=None
@@ -273,7 +284,7 @@ def test_asam_scales_weights_by_name_and_moves_the_zero_bias_of_the_new_qa_head(
     T = |w| + eta, and every bias as T = 1 (SamsungLabs/ASAM's name rule); the new QA head's bias starts at exactly 0
     and still moves. Checked against e = rho · T²g / ‖Tg‖ written out over the real (tiny) BERT."""
     from experiments.model import load_model, load_tokenizer
-    from experiments.train import build_optimizer
+    from experiments.optim_setup import build_optimizer
 
     rho, eta = 0.5, 0.01
     cfg = load_config([SMOKE, arm_file("sam_full")], ["optim.adaptive=true", f"optim.rho={rho}"])
@@ -366,12 +377,12 @@ def test_diverged_run_is_recorded_with_update_and_last_good_metrics(tiny_run, tm
 
 
 def test_exception_is_recorded_as_failed_with_traceback(tiny_run, tmp_path, monkeypatch):
-    from experiments import train as train_module
+    from experiments import trainer as trainer_module
 
     def broken_eval(self, kind):
         raise RuntimeError("evaluation exploded\nsecond line")
 
-    monkeypatch.setattr(train_module.Trainer, "evaluate", broken_eval)
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate", broken_eval)
     assert main(tiny_run("adamw", "train.max_updates=2")) == 1
     run = only_run(tmp_path)
     s = summary(run)

@@ -29,17 +29,18 @@ from typing import Any
 
 from datasets import Dataset, Features, List, Value
 
+from ..config import REPO_ROOT
 from .errors import DataError, one_line
 
 # bump whenever the features for the same inputs change (2: questions cut to leave stride room; 3: train features
 # keep example_id)
 FEATURES_VERSION = 3
-TRAIN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what the model reads of a feature
+LABELS = ("start_positions", "end_positions")  # token indices of the answer span ([CLS] = 0: no answer here)
+FEATURE_COLUMNS = MODEL_INPUTS + LABELS  # the columns held as tensors for training and evaluation
 
 
 def _default_cache_dir() -> Path:
-    from experiments.config import REPO_ROOT
-
     return REPO_ROOT / ".cache" / "features"
 
 

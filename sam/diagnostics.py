@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from sam.optimizer import perturbation
+from .optimizer import perturbation
 
 
 def _dot(a, b) -> torch.Tensor:
