@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis import report, sharpness
+from analysis import report
 from analysis.collect import report_dir
+from analysis.sharpness import section as sharpness
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")

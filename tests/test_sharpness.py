@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from analysis.sharpness import (
+from analysis.landscape import (
     PassCounter,
     average_adaptive_sharpness,
     filter_normalized_direction,

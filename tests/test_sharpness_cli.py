@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import sharpness
 from analysis.collect import report_dir
-from analysis.sharpness_qa import SharpnessError, check_same_data
+from analysis.sharpness import section as sharpness
+from analysis.sharpness.qa import SharpnessError, check_same_data
 from tests.conftest import PYTHON, REPO, SMOKE, arm_file
 
 ARMS = ("adamw", "sam_full", "sam_last")

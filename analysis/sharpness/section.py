@@ -60,7 +60,7 @@ __all__ = [
 #
 #     python -m analysis.sharpness results_dir=DIR sweep=NAME [key=value ...]      (`help` lists the keys)
 #
-# measures every completed run of DIR/runs/NAME/ on one fixed, seeded data subset (analysis.sharpness_qa: data,
+# measures every completed run of DIR/runs/NAME/ on one fixed, seeded data subset (analysis.sharpness.qa: data,
 # checkpoints, the measurements of one model) and writes into `out` (default analysis.collect.report_dir:
 # DIR/report/ for the default sweep, DIR/report-NAME/ for any other):
 #
@@ -157,7 +157,7 @@ _MINIMUM = {
 
 
 def _error(message: str) -> Exception:
-    from analysis.sharpness_qa import SharpnessError
+    from analysis.sharpness.qa import SharpnessError
 
     return SharpnessError(message)
 
@@ -254,7 +254,7 @@ class RunInfo:
 def find_runs(results_dir: str, sweep: str) -> tuple[list[RunInfo], list[tuple[str, str]]]:
     """(completed runs that have checkpoint/final, in arm, k, seed order; [(run_id, why it is left out)])."""
     from analysis.collect import CollectError, arm_order, read_json, run_dirs
-    from analysis.sharpness_qa import load_run_config
+    from analysis.sharpness.qa import load_run_config
 
     try:
         dirs = run_dirs(results_dir, sweep)
@@ -408,7 +408,7 @@ def measure_sweep(opts: SharpnessConfig) -> dict[str, Any]:
     per interpolation pair, and the total."""
     import torch
 
-    from analysis.sharpness_qa import (
+    from analysis.sharpness.qa import (
         PassCounter,
         Subsets,
         build_subsets,
@@ -580,7 +580,7 @@ def measure_sweep(opts: SharpnessConfig) -> dict[str, Any]:
 
 def measure_columns(opts: SharpnessConfig) -> list[tuple[str, str]]:
     """(column, label) of the sharpness measures, in table order."""
-    from analysis.sharpness_qa import rho_key
+    from analysis.sharpness.qa import rho_key
 
     cols = [("lambda_max", "λmax"), ("trace", "tr(H)")]
     cols += [(f"avg_sharpness_rho{rho_key(r)}", f"average sharpness ρ={rho_key(r)}") for r in opts.rhos_average]
@@ -774,7 +774,7 @@ def figure_hessian(frame):
 def figure_adaptive(frame, opts: SharpnessConfig):
     """Average- and worst-case adaptive sharpness against ρ: per arm and k the mean over seeds with min–max bars."""
     from analysis.plots import arm_color, arm_label, legend_below, new_figure, seed_range
-    from analysis.sharpness_qa import rho_key
+    from analysis.sharpness.qa import rho_key
 
     panels = [
         ("avg_sharpness_rho", opts.rhos_average, "average-case (elementwise Gaussian, σ_j = ρ|w_j|)"),
@@ -822,7 +822,7 @@ def figure_curves_1d(frame, curves: dict, opts: SharpnessConfig):
     import numpy as np
 
     from analysis.plots import arm_color, arm_label, new_figure
-    from analysis.sharpness_qa import alphas
+    from analysis.sharpness.qa import alphas
 
     if opts.curve_directions == 0:
         return None
@@ -857,7 +857,7 @@ def figure_surface_2d(frame, curves: dict, plan: Plan, opts: SharpnessConfig):
     import numpy as np
 
     from analysis.plots import arm_label, new_figure
-    from analysis.sharpness_qa import alphas
+    from analysis.sharpness.qa import alphas
 
     items = [(arm, rid) for arm, rid in plan.surface.items() if curves.get(rid, {}).get("surface") is not None]
     if not items:
@@ -947,7 +947,7 @@ def _cell(mean: float, half: float, n: int) -> str:
 
 
 def _setup_lines(result: dict, frame) -> list[str]:
-    from analysis.sharpness_qa import Subsets, rho_key
+    from analysis.sharpness.qa import Subsets, rho_key
 
     opts, data, plan, runs = result["opts"], result["data"], result["plan"], result["runs"]
     rhos_a = ", ".join(rho_key(r) for r in opts.rhos_average)
@@ -1228,7 +1228,7 @@ def curves_frame(result: dict):
     direction, alpha, beta, loss."""
     import pandas as pd
 
-    from analysis.sharpness_qa import alphas
+    from analysis.sharpness.qa import alphas
 
     opts = result["opts"]
     line = alphas(opts.curve_points, opts.curve_span)
@@ -1291,7 +1291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
     import os
 
-    from analysis.sharpness_qa import SharpnessError
+    from analysis.sharpness.qa import SharpnessError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
