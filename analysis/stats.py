@@ -396,3 +396,59 @@ def curve_equality(
         "passed": passed,
         "verdict": text,
     }
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b of two equally long samples: sum_{i<j} sgn(dx) sgn(dy) / sqrt(#pairs untied in x *
+    #pairs untied in y); NaN when either sample is constant or has fewer than 2 values."""
+    import numpy as np
+
+    return float(_tau_b_rows(np.asarray(x, dtype=float)[None, :], np.asarray(y, dtype=float)[None, :])[0])
+
+
+def _tau_b_rows(x, y):
+    """tau-b of every row pair of two (B, n) arrays, in chunks of rows (B * n * n sign products in all)."""
+    import numpy as np
+
+    n = x.shape[1]
+    out = np.full(x.shape[0], np.nan)
+    if n < 2:
+        return out
+    step = max(1, 2_000_000 // (n * n))
+    for begin in range(0, x.shape[0], step):
+        xs, ys = x[begin : begin + step], y[begin : begin + step]
+        sx = np.sign(xs[:, :, None] - xs[:, None, :])
+        sy = np.sign(ys[:, :, None] - ys[:, None, :])
+        num = (sx * sy).sum(axis=(1, 2))  # every pair twice: the factor cancels in the ratio
+        den = np.sqrt((sx * sx).sum(axis=(1, 2)) * (sy * sy).sum(axis=(1, 2)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[begin : begin + step] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return out
+
+
+def kendall_with_ci(
+    x: Sequence[float], y: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """tau-b over the pairs where both values are finite, with a percentile bootstrap CI (runs resampled with
+    replacement, numpy Generator seeded by `seed`; resamples with an undefined tau are dropped), the number of pairs
+    and the tied pairs in x and in y."""
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = int(x.size)
+    pairs = n * (n - 1) // 2
+    ties_x = int(sum((x[i] == x[i + 1 :]).sum() for i in range(n)))
+    ties_y = int(sum((y[i] == y[i + 1 :]).sum() for i in range(n)))
+    tau = kendall_tau_b(x, y) if n >= 2 else math.nan
+    low = high = math.nan
+    if n >= 3 and not math.isnan(tau):
+        rng = np.random.default_rng(seed)
+        index = rng.integers(0, n, size=(int(n_boot), n))
+        taus = _tau_b_rows(x[index], y[index])
+        taus = taus[np.isfinite(taus)]
+        if taus.size:
+            tail = 100 * (1 - level) / 2
+            low, high = (float(v) for v in np.percentile(taus, [tail, 100 - tail]))
+    return {"n": n, "tau": tau, "ci_low": low, "ci_high": high, "pairs": pairs, "ties_x": ties_x, "ties_y": ties_y}

@@ -2,6 +2,6 @@
 
 import sys
 
-from analysis.sharpness.section import main
+from analysis.sharpness.cli import main
 
 sys.exit(main())
