@@ -23,8 +23,8 @@ import pytest
 from analysis.collect import report_dir
 from analysis.sharpness.cli import main
 from analysis.sharpness.figures import FIGURES
-from analysis.sharpness.options import parse_args
-from analysis.sharpness.qa import SharpnessError, check_same_data
+from analysis.sharpness.options import SharpnessError, parse_args
+from analysis.sharpness.qa import check_same_data
 from analysis.sharpness.tables import tau_verdict
 from analysis.stats import kendall_tau_b, kendall_with_ci
 from tests.conftest import PYTHON, REPO, SMOKE, arm_file

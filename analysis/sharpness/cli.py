@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
     import os
 
-    from analysis.sharpness.qa import SharpnessError
+    from analysis.sharpness.options import SharpnessError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):

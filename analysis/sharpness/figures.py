@@ -74,7 +74,7 @@ def figure_hessian(frame):
 def figure_adaptive(frame, opts: SharpnessConfig):
     """Average- and worst-case adaptive sharpness against ρ: per arm and k the mean over seeds with min–max bars."""
     from analysis.plots import arm_color, arm_label, legend_below, new_figure, seed_range
-    from analysis.sharpness.qa import rho_key
+    from analysis.sharpness.options import rho_key
 
     panels = [
         ("avg_sharpness_rho", opts.rhos_average, "average-case (elementwise Gaussian, σ_j = ρ|w_j|)"),
@@ -122,7 +122,7 @@ def figure_curves_1d(frame, curves: dict, opts: SharpnessConfig):
     import numpy as np
 
     from analysis.plots import arm_color, arm_label, new_figure
-    from analysis.sharpness.qa import alphas
+    from analysis.sharpness.options import alphas
 
     if opts.curve_directions == 0:
         return None
@@ -157,7 +157,7 @@ def figure_surface_2d(frame, curves: dict, plan: Plan, opts: SharpnessConfig):
     import numpy as np
 
     from analysis.plots import arm_label, new_figure
-    from analysis.sharpness.qa import alphas
+    from analysis.sharpness.options import alphas
 
     items = [(arm, rid) for arm, rid in plan.surface.items() if curves.get(rid, {}).get("surface") is not None]
     if not items:

@@ -5,6 +5,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 USAGE = "usage: python -m analysis.sharpness results_dir=DIR sweep=NAME [key=value ...]  (`help` lists the keys)"
 NULLABLE = ("hessian_seeds", "worst_step_size", "threads", "max_runs")
 
@@ -67,9 +69,11 @@ _MINIMUM = {
 }
 
 
-def _error(message: str) -> Exception:
-    from analysis.sharpness.qa import SharpnessError
+class SharpnessError(RuntimeError):
+    """A problem with the sweep or the arguments that stops the sharpness CLI; the message is one line."""
 
+
+def _error(message: str) -> Exception:
     return SharpnessError(message)
 
 
@@ -145,3 +149,15 @@ def help_text() -> str:
         shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
         lines.append(f"  {key}={shown}")
     return "\n".join(lines)
+
+
+def alphas(points: int, span: float) -> list[float]:
+    """`points` evenly spaced values in [-span, span] (an odd count includes 0 exactly)."""
+    if points == 1:
+        return [0.0]
+    return [float(x) for x in np.linspace(-span, span, points)]
+
+
+def rho_key(rho: float) -> str:
+    """A column-name-safe spelling of a radius: 0.05 -> '0.05'."""
+    return f"{rho:g}"

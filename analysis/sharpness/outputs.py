@@ -43,7 +43,7 @@ def curves_frame(result: dict):
     direction, alpha, beta, loss."""
     import pandas as pd
 
-    from analysis.sharpness.qa import alphas
+    from analysis.sharpness.options import alphas
 
     opts = result["opts"]
     line = alphas(opts.curve_points, opts.curve_span)

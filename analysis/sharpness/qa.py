@@ -39,6 +39,7 @@ from analysis.landscape import (
     loss_surface_2d,
     worst_case_adaptive_sharpness,
 )
+from analysis.sharpness.options import SharpnessError, alphas, rho_key
 from experiments.qa_loss import span_loss
 
 # the columns a QA model takes (inputs and labels); token_type_ids only where the tokenizer makes them
@@ -46,10 +47,6 @@ INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_COLUMNS = ("start_positions", "end_positions")
 # config keys that must agree across the runs of a sweep for one shared data subset to make sense
 SHARED_KEYS = ("data", "model.name_or_path")
-
-
-class SharpnessError(RuntimeError):
-    """A problem with the sweep or the arguments that stops the sharpness CLI; the message is one line."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -247,18 +244,6 @@ def plain_loss(loss_fn: Callable[[], Tensor], counter: PassCounter | None = None
 def named_params(model: torch.nn.Module) -> dict[str, Tensor]:
     """The trainable parameters by name (never buffers), in the model's order."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def alphas(points: int, span: float) -> list[float]:
-    """`points` evenly spaced values in [-span, span] (an odd count includes 0 exactly)."""
-    if points == 1:
-        return [0.0]
-    return [float(x) for x in np.linspace(-span, span, points)]
-
-
-def rho_key(rho: float) -> str:
-    """A column-name-safe spelling of a radius: 0.05 -> '0.05'."""
-    return f"{rho:g}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ def _cell(mean: float, half: float, n: int) -> str:
 
 
 def _setup_lines(result: dict, frame) -> list[str]:
-    from analysis.sharpness.qa import Subsets, rho_key
+    from analysis.sharpness.options import rho_key
+    from analysis.sharpness.qa import Subsets
 
     opts, data, plan, runs = result["opts"], result["data"], result["plan"], result["runs"]
     rhos_a = ", ".join(rho_key(r) for r in opts.rhos_average)

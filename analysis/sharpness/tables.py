@@ -15,7 +15,7 @@ DIFFERENCES = (("sam_full", "adamw"), ("sam_full", "sam_last"))  # paired differ
 
 def measure_columns(opts: SharpnessConfig) -> list[tuple[str, str]]:
     """(column, label) of the sharpness measures, in table order."""
-    from analysis.sharpness.qa import rho_key
+    from analysis.sharpness.options import rho_key
 
     cols = [("lambda_max", "λmax"), ("trace", "tr(H)")]
     cols += [(f"avg_sharpness_rho{rho_key(r)}", f"average sharpness ρ={rho_key(r)}") for r in opts.rhos_average]
