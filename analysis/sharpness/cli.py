@@ -15,22 +15,18 @@
 #
 # It never writes into a run directory. Bad arguments and a sweep without completed runs are one-line errors, exit 2.
 
+import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.sharpness.measure import measure_sweep
-from analysis.sharpness.options import help_text, parse_args
-from analysis.sharpness.outputs import write_outputs
+from analysis.collect import report_dir
+from analysis.sharpness.options import SharpnessError, help_text, parse_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import logging
-    import os
-
-    from analysis.sharpness.options import SharpnessError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
         print(help_text())
@@ -41,12 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         opts = parse_args(argv)
+        # Imported here, not at the top: huggingface_hub and datasets read the *_OFFLINE variables set above when
+        # they are first imported (measure and outputs import transformers and datasets through qa), and `help` and
+        # argument errors answer without the seconds that torch and transformers take to import.
+        from analysis.sharpness.measure import measure_sweep
+        from analysis.sharpness.outputs import write_outputs
+
         result = measure_sweep(opts)
         if result.get("dry_run"):
             return 0
         t0 = time.perf_counter()
-        from analysis.collect import report_dir
-
         out_dir = Path(opts.out) if opts.out else report_dir(opts.results_dir, opts.sweep)
         written = write_outputs(result, out_dir)
     except SharpnessError as err:

@@ -3,7 +3,11 @@
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.sharpness.options import SharpnessConfig
+import matplotlib
+import numpy as np
+
+from analysis.plots import STYLE, arm_color, arm_label, legend_below, new_figure, save, seed_range
+from analysis.sharpness.options import SharpnessConfig, alphas, rho_key
 from analysis.sharpness.plan import Plan
 
 FIGURES = {
@@ -23,10 +27,6 @@ def _k_style(ks: Sequence[int], k: int):
 
 def figure_hessian(frame):
     """λmax and tr(H) per k (x) and arm: mean with a min–max bar over seeds, single runs as dots."""
-    import numpy as np
-
-    from analysis.plots import arm_color, arm_label, legend_below, new_figure, seed_range
-
     panels = [
         (c, label)
         for c, label in (("lambda_max", "λmax (top Hessian eigenvalue)"), ("trace", "tr(H) (Hutchinson)"))
@@ -73,8 +73,6 @@ def figure_hessian(frame):
 
 def figure_adaptive(frame, opts: SharpnessConfig):
     """Average- and worst-case adaptive sharpness against ρ: per arm and k the mean over seeds with min–max bars."""
-    from analysis.plots import arm_color, arm_label, legend_below, new_figure, seed_range
-    from analysis.sharpness.options import rho_key
 
     panels = [
         ("avg_sharpness_rho", opts.rhos_average, "average-case (elementwise Gaussian, σ_j = ρ|w_j|)"),
@@ -119,10 +117,6 @@ def figure_adaptive(frame, opts: SharpnessConfig):
 def figure_curves_1d(frame, curves: dict, opts: SharpnessConfig):
     """One panel per arm: each run's loss along the filter-normalised directions (thin, mean over directions) and the
     mean over runs per k (thick)."""
-    import numpy as np
-
-    from analysis.plots import arm_color, arm_label, new_figure
-    from analysis.sharpness.options import alphas
 
     if opts.curve_directions == 0:
         return None
@@ -154,10 +148,6 @@ def figure_curves_1d(frame, curves: dict, opts: SharpnessConfig):
 
 def figure_surface_2d(frame, curves: dict, plan: Plan, opts: SharpnessConfig):
     """One filled contour per arm on shared levels: L(w + α d1 + β d2) on the landscape subset."""
-    import numpy as np
-
-    from analysis.plots import arm_label, new_figure
-    from analysis.sharpness.options import alphas
 
     items = [(arm, rid) for arm, rid in plan.surface.items() if curves.get(rid, {}).get("surface") is not None]
     if not items:
@@ -187,10 +177,6 @@ def figure_surface_2d(frame, curves: dict, plan: Plan, opts: SharpnessConfig):
 
 def figure_interpolation(interp: list):
     """One panel per arm pair: L((1 − α) θ_a + α θ_b) on the train (solid) and dev (dashed) subsets, per k and seed."""
-    import matplotlib
-
-    from analysis.plots import arm_label, legend_below, new_figure
-
     if not interp:
         return None
     kinds = list(dict.fromkeys((p["a"].arm, p["b"].arm) for p in interp))
@@ -212,10 +198,6 @@ def figure_interpolation(interp: list):
 
 
 def draw_figures(result: dict, frame, fig_dir: Path) -> dict[str, Path]:
-    import matplotlib
-
-    from analysis.plots import STYLE, save
-
     opts = result["opts"]
     for name in FIGURES.values():  # a figure that is no longer drawn must not linger from an earlier call
         (fig_dir / name).unlink(missing_ok=True)

@@ -7,8 +7,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from analysis.sharpness.options import SharpnessConfig, _error
+import torch
+from tqdm import tqdm
+
+from analysis.sharpness.options import SharpnessConfig, SharpnessError
 from analysis.sharpness.plan import estimate_seconds, find_runs, plan_runs, planned_passes
+from analysis.sharpness.qa import (
+    PassCounter,
+    Subsets,
+    build_subsets,
+    check_same_data,
+    interpolation_pair,
+    load_qa_model,
+    measure_model,
+    probe_costs,
+)
 
 TARGET_S = 300.0  # the default sweep's sharpness section is budgeted to 5 minutes on the 2-core CPU
 
@@ -19,8 +32,6 @@ class _Progress:
     def __init__(self, total: int, label: str):
         self.bar = None
         if sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=label, unit="model", dynamic_ncols=True, file=sys.stderr)
 
     def write(self, text: str) -> None:
@@ -60,19 +71,6 @@ def _add(total, counter) -> None:
 def measure_sweep(opts: SharpnessConfig) -> dict[str, Any]:
     """Find, plan, time and measure; returns everything the writers need. Prints the estimate, one line per model and
     per interpolation pair, and the total."""
-    import torch
-
-    from analysis.sharpness.qa import (
-        PassCounter,
-        Subsets,
-        build_subsets,
-        check_same_data,
-        interpolation_pair,
-        load_qa_model,
-        measure_model,
-        probe_costs,
-    )
-
     t_start = time.perf_counter()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -80,7 +78,7 @@ def measure_sweep(opts: SharpnessConfig) -> dict[str, Any]:
     where = Path(opts.results_dir) / "runs" / opts.sweep
     if not runs:
         why = "; ".join(f"{rid}: {reason}" for rid, reason in skipped[:3]) or "it holds no run directories"
-        raise _error(f"no completed run with a checkpoint/final in {str(where)!r} ({why})")
+        raise SharpnessError(f"no completed run with a checkpoint/final in {str(where)!r} ({why})")
     if opts.max_runs is not None and len(runs) > opts.max_runs:
         skipped += [(r.run_id, f"beyond max_runs={opts.max_runs}") for r in runs[opts.max_runs :]]
         runs = runs[: opts.max_runs]

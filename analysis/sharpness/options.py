@@ -6,6 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from experiments.config import ConfigError, is_text_type, parse_value, schema_type
 
 USAGE = "usage: python -m analysis.sharpness results_dir=DIR sweep=NAME [key=value ...]  (`help` lists the keys)"
 NULLABLE = ("hessian_seeds", "worst_step_size", "threads", "max_runs")
@@ -73,10 +77,6 @@ class SharpnessError(RuntimeError):
     """A problem with the sweep or the arguments that stops the sharpness CLI; the message is one line."""
 
 
-def _error(message: str) -> Exception:
-    return SharpnessError(message)
-
-
 def _defaults() -> dict[str, Any]:
     return dataclasses.asdict(SharpnessConfig())
 
@@ -86,57 +86,52 @@ def parse_args(argv: Sequence[str]) -> SharpnessConfig:
     does (experiments.config.parse_value): text keys (results_dir, sweep, out) as typed, numbers by Python's rules
     (max_runs=010 is 10, not YAML 1.1's octal 8), lists as YAML flow lists ([0.01, 0.1]), null (or nothing) is None.
     Raises SharpnessError (one line) for a malformed argument, an unknown key or a value out of range."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from experiments.config import ConfigError, is_text_type, parse_value, schema_type
-
     known = list(_defaults())
     cfg = OmegaConf.structured(SharpnessConfig)
     OmegaConf.set_struct(cfg, True)
     for arg in argv:
         if "=" not in arg or arg.startswith("="):
-            raise _error(f"argument {arg!r} must look like key=value; {USAGE}")
+            raise SharpnessError(f"argument {arg!r} must look like key=value; {USAGE}")
         key, raw = arg.split("=", 1)
         key = key.strip()
         if key not in known:
-            raise _error(f"unknown key {key!r}; known keys: {', '.join(known)}")
+            raise SharpnessError(f"unknown key {key!r}; known keys: {', '.join(known)}")
         try:
             hint = schema_type(key, SharpnessConfig)
             value = parse_value(raw, hint) if raw.strip() or is_text_type(hint) else None
             OmegaConf.update(cfg, key, value, merge=False)  # converts the text by the field's type
         except (OmegaConfBaseException, ValueError, ConfigError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise _error(f"{key}={raw!r}: {first}") from None
+            raise SharpnessError(f"{key}={raw!r}: {first}") from None
     opts = OmegaConf.to_object(cfg)
     for key in ("results_dir", "sweep"):
         if not getattr(opts, key):
-            raise _error(f"{key} needs a value ({key}=...)")
+            raise SharpnessError(f"{key} needs a value ({key}=...)")
     for key, low in _MINIMUM.items():
         value = getattr(opts, key)
         if value is None and key in NULLABLE:
             continue
         if value is None or value < low:
-            raise _error(
+            raise SharpnessError(
                 f"{key}={value!r} is out of range; it must be >= {low}" + (" or null" if key in NULLABLE else "")
             )
     for key in ("rhos_worst", "rhos_average"):
         rhos = list(getattr(opts, key))
         if not rhos or any(not math.isfinite(r) or r <= 0 for r in rhos) or len(set(rhos)) != len(rhos):
-            raise _error(f"{key}={rhos!r} must be a non-empty list of distinct radii > 0")
+            raise SharpnessError(f"{key}={rhos!r} must be a non-empty list of distinct radii > 0")
         setattr(opts, key, sorted(float(r) for r in rhos))
     for key in ("eigen_tol", "curve_span", "surface_span"):
         if not getattr(opts, key) > 0:
-            raise _error(f"{key}={getattr(opts, key)!r} is out of range; it must be > 0")
+            raise SharpnessError(f"{key}={getattr(opts, key)!r} is out of range; it must be > 0")
     if opts.worst_step_size is not None and not opts.worst_step_size > 0:
-        raise _error(f"worst_step_size={opts.worst_step_size!r} is out of range; it must be > 0 or null")
+        raise SharpnessError(f"worst_step_size={opts.worst_step_size!r} is out of range; it must be > 0 or null")
     if opts.landscape_examples > min(opts.train_examples, opts.dev_examples):
-        raise _error(
+        raise SharpnessError(
             f"landscape_examples={opts.landscape_examples} must be <= train_examples={opts.train_examples} "
             f"and dev_examples={opts.dev_examples} (the landscape subsets are their first features)"
         )
     if opts.hessian_examples > opts.train_examples:
-        raise _error(
+        raise SharpnessError(
             f"hessian_examples={opts.hessian_examples} must be <= train_examples={opts.train_examples} "
             f"(the Hessian subset is the first features of the train subset)"
         )

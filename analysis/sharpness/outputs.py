@@ -4,7 +4,10 @@ the figures and sharpness.md."""
 import math
 from pathlib import Path
 
+import pandas as pd
+
 from analysis.sharpness.figures import draw_figures
+from analysis.sharpness.options import alphas
 from analysis.sharpness.section import build_markdown
 from analysis.sharpness.tables import summary_tables, tau_table
 
@@ -31,8 +34,6 @@ CSV_LAST = ["hessian_measured", "surface_measured", "forward", "backward", "hvp"
 
 
 def results_frame(rows: list[dict]):
-    import pandas as pd
-
     frame = pd.DataFrame(rows)
     middle = [c for c in frame.columns if c not in CSV_FIRST + CSV_LAST]
     return frame[CSV_FIRST + middle + CSV_LAST]
@@ -41,9 +42,6 @@ def results_frame(rows: list[dict]):
 def curves_frame(result: dict):
     """Long format: kind (curve_1d | surface_2d | interp_train | interp_dev), run_id (a -> b for interpolation),
     direction, alpha, beta, loss."""
-    import pandas as pd
-
-    from analysis.sharpness.options import alphas
 
     opts = result["opts"]
     line = alphas(opts.curve_points, opts.curve_span)
@@ -81,7 +79,6 @@ def curves_frame(result: dict):
 def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     """Tables, figures and sharpness.md under out_dir (analysis.collect.report_dir unless `out` is given);
     returns {name: path}."""
-    import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = results_frame(result["rows"])

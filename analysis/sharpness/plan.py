@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.sharpness.options import SharpnessConfig, _error
+from analysis.collect import CollectError, arm_order, read_json, run_dirs
+from analysis.sharpness.options import SharpnessConfig, SharpnessError
+from analysis.sharpness.qa import load_run_config
 
 INTERP_PAIRS = (("adamw", "sam_full"), ("sam_full", "sam_last"))  # endpoints of the interpolation curves
 
@@ -24,13 +26,10 @@ class RunInfo:
 
 def find_runs(results_dir: str, sweep: str) -> tuple[list[RunInfo], list[tuple[str, str]]]:
     """(completed runs that have checkpoint/final, in arm, k, seed order; [(run_id, why it is left out)])."""
-    from analysis.collect import CollectError, arm_order, read_json, run_dirs
-    from analysis.sharpness.qa import load_run_config
-
     try:
         dirs = run_dirs(results_dir, sweep)
     except CollectError as err:
-        raise _error(str(err)) from None
+        raise SharpnessError(str(err)) from None
     runs, skipped = [], []
     for path in dirs:
         summary = read_json(path / "summary.json")

@@ -4,9 +4,12 @@ import dataclasses
 import math
 from pathlib import Path
 
+from analysis.collect import arm_order
+from analysis.report import md_table
 from analysis.sharpness.figures import FIGURES
 from analysis.sharpness.measure import _g
-from analysis.sharpness.options import SharpnessConfig, _defaults
+from analysis.sharpness.options import SharpnessConfig, _defaults, rho_key
+from analysis.sharpness.qa import Subsets
 from analysis.sharpness.tables import BOOT_SEED, LOSS_COLUMNS, N_BOOT, TAU_MIN_N, measure_columns
 
 
@@ -19,9 +22,6 @@ def _cell(mean: float, half: float, n: int) -> str:
 
 
 def _setup_lines(result: dict, frame) -> list[str]:
-    from analysis.sharpness.options import rho_key
-    from analysis.sharpness.qa import Subsets
-
     opts, data, plan, runs = result["opts"], result["data"], result["plan"], result["runs"]
     rhos_a = ", ".join(rho_key(r) for r in opts.rhos_average)
     rhos_w = ", ".join(rho_key(r) for r in opts.rhos_worst)
@@ -109,9 +109,6 @@ def _setup_lines(result: dict, frame) -> list[str]:
 
 
 def _summary_lines(summary, opts: SharpnessConfig) -> list[str]:
-    from analysis.collect import arm_order
-    from analysis.report import md_table
-
     if summary.empty:
         return []
     arms = arm_order(summary["arm"])
@@ -136,8 +133,6 @@ def _summary_lines(summary, opts: SharpnessConfig) -> list[str]:
 
 
 def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
-    from analysis.report import md_table
-
     lines = ["### Paired differences (same seed and k)", ""]
     if paired.empty:
         return lines + ["No seed has both arms of a comparison (sam_full − adamw, sam_full − sam_last).", ""]
@@ -166,8 +161,6 @@ def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
 
 
 def _tau_lines(taus, n_runs: int) -> list[str]:
-    from analysis.report import md_table
-
     lines = [
         "### Sharpness against the generalisation gap (Kendall τ)",
         "",

@@ -4,8 +4,10 @@ tau of every measure against the generalisation gap."""
 import math
 from typing import Any
 
-from analysis.sharpness.options import SharpnessConfig
-from analysis.stats import kendall_with_ci
+import pandas as pd
+
+from analysis.sharpness.options import SharpnessConfig, rho_key
+from analysis.stats import kendall_with_ci, paired_differences, summarize
 
 N_BOOT = 2000  # bootstrap resamples for Kendall's tau
 BOOT_SEED = 0
@@ -15,8 +17,6 @@ DIFFERENCES = (("sam_full", "adamw"), ("sam_full", "sam_last"))  # paired differ
 
 def measure_columns(opts: SharpnessConfig) -> list[tuple[str, str]]:
     """(column, label) of the sharpness measures, in table order."""
-    from analysis.sharpness.options import rho_key
-
     cols = [("lambda_max", "λmax"), ("trace", "tr(H)")]
     cols += [(f"avg_sharpness_rho{rho_key(r)}", f"average sharpness ρ={rho_key(r)}") for r in opts.rhos_average]
     cols += [(f"worst_sharpness_rho{rho_key(r)}", f"worst-case sharpness ρ={rho_key(r)}") for r in opts.rhos_worst]
@@ -48,8 +48,6 @@ def tau_verdict(result: dict[str, Any]) -> str:
 
 
 def tau_table(frame, opts: SharpnessConfig):
-    import pandas as pd
-
     rows = []
     for column, label in measure_columns(opts):
         for gap, gap_label in GAPS:
@@ -71,10 +69,6 @@ def tau_table(frame, opts: SharpnessConfig):
 
 def summary_tables(frame, opts: SharpnessConfig):
     """(per arm × k mean and t CI of every measure, paired differences sam_full − adamw and sam_full − sam_last)."""
-    import pandas as pd
-
-    from analysis.stats import paired_differences, summarize
-
     columns = measure_columns(opts) + LOSS_COLUMNS
     summary = pd.concat(
         [summarize(frame, c, by=("arm", "k")) for c, _ in columns if frame[c].notna().any()], ignore_index=True
