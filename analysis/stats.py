@@ -99,19 +99,49 @@ def summarize(df: pd.DataFrame, metric: str, by: Sequence[str] = ("arm", "k"), l
     return _sorted_groups(pd.DataFrame(rows, columns=columns), by)
 
 
+def _bootstrap_distribution(
+    samples: tuple[np.ndarray, ...], statistic, n_boot: int, seed: int, paired: bool = False
+) -> np.ndarray:
+    """`statistic` of `n_boot` resamples (scipy.stats.bootstrap, percentile method): one vectorised batch whose
+    indices are numpy's Generator seeded by `seed` drawing integers(0, n, (n_boot, n)), so the same inputs always give
+    the same distribution. `paired`: the samples are resampled together (the same indices for each)."""
+    with warnings.catch_warnings():
+        # scipy warns when its own interval is NaN (a resample with an undefined statistic); the callers take the
+        # percentiles themselves (_percentile_interval) and drop what they must
+        warnings.simplefilter("ignore", sps.DegenerateDataWarning)
+        result = sps.bootstrap(
+            samples,
+            statistic,
+            n_resamples=int(n_boot),
+            paired=paired,
+            vectorized=True,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    return np.asarray(result.bootstrap_distribution, dtype=float)
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The (1 − level)/2 and (1 + level)/2 percentiles of `values` (np.percentile, linear interpolation).
+
+    scipy.stats.bootstrap's own confidence_interval takes the same two quantiles with scipy.stats.quantile, whose
+    interpolation rounds differently (up to ~1e-15 apart); np.percentile keeps the intervals bit for bit what the
+    committed tables (results/report*/paired.csv, sharpness.md) were made with."""
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return (float(low), float(high))
+
+
 def bootstrap_mean_ci(
     diffs: Sequence[float], n_boot: int = 10000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of `diffs` (resampling with replacement, numpy Generator seeded by
-    `seed`, so the same inputs always give the same interval). NaN bounds when fewer than 2 values."""
+    """Percentile bootstrap CI of the mean of `diffs` (scipy.stats.bootstrap: `n_boot` resamples with replacement,
+    numpy Generator seeded by `seed`, so the same inputs always give the same interval). NaN bounds when fewer than
+    2 values."""
     x = np.asarray(diffs, dtype=float)
     if x.size < 2:
         return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(int(n_boot), x.size))].mean(axis=1)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return (float(low), float(high))
+    return _percentile_interval(_bootstrap_distribution((x,), np.mean, n_boot, seed), level)
 
 
 def ci_and_test_disagree(low: float, high: float, p_value: float, alpha: float = 0.05) -> bool:
@@ -396,3 +426,44 @@ def curve_equality(
         "passed": passed,
         "verdict": text,
     }
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b of two equally long samples (scipy.stats.kendalltau, variant "b"): (concordant − discordant
+    pairs) / sqrt(pairs untied in x · pairs untied in y); NaN when either sample is constant, has a NaN or has fewer
+    than 2 values."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 2:  # scipy would warn that the sample is too small and give NaN too
+        return math.nan
+    return float(sps.kendalltau(x, y, variant="b").statistic)
+
+
+def _tau_b_along_last_axis(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """tau-b of every pair of rows of two (B, n) arrays, n >= 3: the vectorised statistic scipy.stats.bootstrap calls.
+    scipy loops over the rows (about 0.5 ms each); method="asymptotic" skips the exact p-value, which is not used and
+    would cost a third more."""
+    return sps.kendalltau(x, y, variant="b", method="asymptotic", axis=axis).statistic
+
+
+def kendall_with_ci(
+    x: Sequence[float], y: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """tau-b over the pairs where both values are finite, with a percentile bootstrap CI (the runs resampled with
+    replacement, x and y together: scipy.stats.bootstrap with paired=True, numpy Generator seeded by `seed`;
+    resamples with an undefined tau, e.g. all one run, are dropped before the percentiles), the number of pairs and
+    the tied pairs in x and in y. NaN bounds with fewer than 3 pairs or an undefined tau."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = int(x.size)
+    pairs = n * (n - 1) // 2
+    ties_x = int(sum((x[i] == x[i + 1 :]).sum() for i in range(n)))
+    ties_y = int(sum((y[i] == y[i + 1 :]).sum() for i in range(n)))
+    tau = kendall_tau_b(x, y)
+    low = high = math.nan
+    if n >= 3 and not math.isnan(tau):
+        taus = _bootstrap_distribution((x, y), _tau_b_along_last_axis, n_boot, seed, paired=True)
+        taus = taus[np.isfinite(taus)]
+        if taus.size:
+            low, high = _percentile_interval(taus, level)
+    return {"n": n, "tau": tau, "ci_low": low, "ci_high": high, "pairs": pairs, "ties_x": ties_x, "ties_y": ties_y}

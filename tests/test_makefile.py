@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis import report, sharpness
+from analysis import report
 from analysis.collect import report_dir
+from analysis.sharpness.options import parse_args
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
@@ -52,7 +53,7 @@ def test_report_targets_pass_keys_the_modules_accept(target, sweep, out):
     assert [module for module, _ in commands] == expected
     for module, args in commands:
         if module == "analysis.sharpness":
-            opts = sharpness.parse_args(args)  # raises SharpnessError on a key it does not know
+            opts = parse_args(args)  # raises SharpnessError on a key it does not know
             assert (opts.results_dir, opts.sweep) == ("results", sweep)
             given = opts.out
         else:

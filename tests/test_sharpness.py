@@ -1,4 +1,4 @@
-"""Loss-landscape primitives (analysis.landscape, re-exported by analysis.sharpness), checked against closed forms.
+"""Loss-landscape primitives (analysis.landscape), checked against closed forms.
 
 * a quadratic 1/2 w^T A w split over two tensors with a known spectrum: lambda_max, tr(H), H v, and the exact
   average- and worst-case adaptive sharpness (a Gaussian expectation and a trust-region maximum);
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from analysis.sharpness import (
+from analysis.landscape import (
     PassCounter,
     average_adaptive_sharpness,
     filter_normalized_direction,

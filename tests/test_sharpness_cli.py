@@ -20,9 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import sharpness
 from analysis.collect import report_dir
-from analysis.sharpness_qa import SharpnessError, check_same_data
+from analysis.sharpness.cli import main
+from analysis.sharpness.figures import FIGURES
+from analysis.sharpness.options import SharpnessError, parse_args
+from analysis.sharpness.qa import check_same_data
+from analysis.sharpness.tables import tau_verdict
+from analysis.stats import kendall_tau_b, kendall_with_ci
 from tests.conftest import PYTHON, REPO, SMOKE, arm_file
 
 ARMS = ("adamw", "sam_full", "sam_last")
@@ -88,7 +92,7 @@ def sweep(tmp_path_factory):
             assert code == 0
     before = _snapshot(root)
     assert any(name.endswith(".safetensors") for name in before)
-    code = sharpness.main([f"results_dir={root}", "sweep=tiny", *TINY_BUDGET])
+    code = main([f"results_dir={root}", "sweep=tiny", *TINY_BUDGET])
     assert code == 0
     report = report_dir(root, "tiny")
     return {
@@ -137,13 +141,13 @@ def test_markdown_section_has_setup_tables_differences_and_kendall_tau_with_cave
     assert "Dinh et al. 2017" in md and "Andriushchenko et al. 2023" in md
     assert "uninformative" in md  # 6 runs: fewer than the 10 a tau needs
     images = [line.split("](", 1)[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
-    assert sorted(images) == sorted(f"figures/{name}" for name in sharpness.FIGURES.values())
+    assert sorted(images) == sorted(f"figures/{name}" for name in FIGURES.values())
 
 
 def test_every_figure_is_a_non_blank_png(sweep):
     import matplotlib.image as mpimg
 
-    for name in sharpness.FIGURES.values():
+    for name in FIGURES.values():
         path = report_dir(sweep["root"], "tiny") / "figures" / name
         assert path.is_file(), name
         pixels = mpimg.imread(path)
@@ -153,7 +157,7 @@ def test_every_figure_is_a_non_blank_png(sweep):
 def test_same_seed_gives_the_same_numbers_and_the_runs_stay_untouched(sweep):
     # the second call writes into out= (as `make report` does for sweeps other than the default one)
     report = sweep["root"] / "report-again"
-    code = sharpness.main([f"results_dir={sweep['root']}", "sweep=tiny", f"out={report}", *TINY_BUDGET])
+    code = main([f"results_dir={sweep['root']}", "sweep=tiny", f"out={report}", *TINY_BUDGET])
     assert code == 0
     assert (report / "figures").is_dir()
     assert (report / "sharpness.csv").read_text() == sweep["csv"]
@@ -174,16 +178,14 @@ def test_same_seed_gives_the_same_numbers_and_the_runs_stay_untouched(sweep):
     ],
 )
 def test_bad_arguments_are_one_line_errors_with_exit_2(tmp_path, capsys, args, message):
-    assert sharpness.main([f"results_dir={tmp_path}", "sweep=tiny", *args]) == 2
+    assert main([f"results_dir={tmp_path}", "sweep=tiny", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
 
 
 def test_arguments_are_typed_by_the_key_not_by_yaml_1_1():
     """max_runs=010 is ten (YAML 1.1: octal 8), out=0123 is the folder 0123 (YAML 1.1: 83), lists are read as lists."""
-    opts = sharpness.parse_args(
-        ["max_runs=010", "out=0123", "sweep=1.10", "rhos_worst=[0.1, 0.01]", "dry_run=yes", "threads="]
-    )
+    opts = parse_args(["max_runs=010", "out=0123", "sweep=1.10", "rhos_worst=[0.1, 0.01]", "dry_run=yes", "threads="])
     assert (opts.max_runs, opts.out, opts.sweep, opts.rhos_worst) == (10, "0123", "1.10", [0.01, 0.1])
     assert opts.dry_run is True and opts.threads is None
 
@@ -201,12 +203,12 @@ def test_module_entry_point_reports_a_bad_key_in_one_line(tmp_path):
 
 
 def test_a_sweep_without_completed_runs_is_a_one_line_error(tmp_path, capsys):
-    assert sharpness.main([f"results_dir={tmp_path}", "sweep=missing"]) == 2
+    assert main([f"results_dir={tmp_path}", "sweep=missing"]) == 2
     assert "no sweep folder" in capsys.readouterr().err
     run = tmp_path / "runs" / "broken" / "sam_full-k2-s0-abc"
     run.mkdir(parents=True)
     (run / "summary.json").write_text(json.dumps({"status": "failed", "reason": "boom"}))
-    assert sharpness.main([f"results_dir={tmp_path}", "sweep=broken"]) == 2
+    assert main([f"results_dir={tmp_path}", "sweep=broken"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no completed run" in err and "status failed" in err
     assert not report_dir(tmp_path, "broken").exists() and not (tmp_path / "report").exists()
@@ -233,27 +235,27 @@ def test_runs_with_different_data_are_refused():
 def test_kendall_tau_b_matches_scipy(x, y):
     from scipy.stats import kendalltau
 
-    assert sharpness.kendall_tau_b(x, y) == pytest.approx(kendalltau(x, y, variant="b").statistic)
+    assert kendall_tau_b(x, y) == pytest.approx(kendalltau(x, y, variant="b").statistic)
 
 
 def test_kendall_interval_and_verdict():
     rng = np.random.default_rng(0)
     x = np.arange(30.0)
-    result = sharpness.kendall_with_ci(x, x + rng.normal(0, 1, 30))
+    result = kendall_with_ci(x, x + rng.normal(0, 1, 30))
     assert result["n"] == 30 and result["ci_low"] <= result["tau"] <= result["ci_high"] and result["ci_low"] > 0.5
-    assert sharpness.tau_verdict(result) == "CI excludes 0"
-    small = sharpness.kendall_with_ci([1, 2, 3, 4], [1, 2, 3, 4])
-    assert small["tau"] == 1.0 and sharpness.tau_verdict(small).startswith("uninformative (n = 4 < 10")
-    constant = sharpness.kendall_with_ci([1, 1, 1], [1, 2, 3])
-    assert math.isnan(constant["tau"]) and sharpness.tau_verdict(constant).startswith("undefined")
-    assert sharpness.kendall_with_ci([1, float("nan"), 3], [1, 2, 3])["n"] == 2  # missing values are dropped
+    assert tau_verdict(result) == "CI excludes 0"
+    small = kendall_with_ci([1, 2, 3, 4], [1, 2, 3, 4])
+    assert small["tau"] == 1.0 and tau_verdict(small).startswith("uninformative (n = 4 < 10")
+    constant = kendall_with_ci([1, 1, 1], [1, 2, 3])
+    assert math.isnan(constant["tau"]) and tau_verdict(constant).startswith("undefined")
+    assert kendall_with_ci([1, float("nan"), 3], [1, 2, 3])["n"] == 2  # missing values are dropped
 
 
 def test_defaults_and_help_list_every_key(capsys):
-    opts = sharpness.parse_args([])
+    opts = parse_args([])
     assert opts.hessian_examples <= opts.landscape_examples <= opts.train_examples
     assert len(opts.rhos_worst) >= 3 and len(opts.rhos_average) >= 3
-    assert sharpness.main(["help"]) == 0
+    assert main(["help"]) == 0
     out = capsys.readouterr().out
     for key in (
         "results_dir",
@@ -280,7 +282,7 @@ def test_defaults_and_help_list_every_key(capsys):
 def test_dry_run_prints_the_estimate_and_writes_nothing(sweep, capsys):
     report = report_dir(sweep["root"], "tiny")
     stamp = (report / "sharpness.csv").stat().st_mtime_ns
-    assert sharpness.main([f"results_dir={sweep['root']}", "sweep=tiny", "dry_run=true", *TINY_BUDGET]) == 0
+    assert main([f"results_dir={sweep['root']}", "sweep=tiny", "dry_run=true", *TINY_BUDGET]) == 0
     out = capsys.readouterr().out
     assert "timing probe:" in out and "estimated time:" in out and "[1/6]" not in out
     assert (report / "sharpness.csv").stat().st_mtime_ns == stamp

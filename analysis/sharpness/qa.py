@@ -18,6 +18,7 @@ loss.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
+from transformers import AutoModelForQuestionAnswering
+from transformers.utils import logging as hf_logging
 
 from analysis.landscape import (
     PassCounter,
@@ -39,6 +43,10 @@ from analysis.landscape import (
     loss_surface_2d,
     worst_case_adaptive_sharpness,
 )
+from analysis.sharpness.options import SharpnessError, alphas, rho_key
+from experiments.config import ConfigError, load_config
+from experiments.data import load_examples, prepare_features
+from experiments.model import load_tokenizer
 from experiments.qa_loss import span_loss
 
 # the columns a QA model takes (inputs and labels); token_type_ids only where the tokenizer makes them
@@ -48,18 +56,12 @@ LABEL_COLUMNS = ("start_positions", "end_positions")
 SHARED_KEYS = ("data", "model.name_or_path")
 
 
-class SharpnessError(RuntimeError):
-    """A problem with the sweep or the arguments that stops the sharpness CLI; the message is one line."""
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # configs and data
 
 
 def load_run_config(run_dir: str | Path):
     """The run's resolved config (``config.yaml``), validated by experiments.config; SharpnessError if unreadable."""
-    from experiments.config import ConfigError, load_config
-
     path = Path(run_dir) / "config.yaml"
     try:
         return load_config([path])
@@ -78,8 +80,6 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def shared_settings(cfg) -> dict[str, Any]:
     """The flattened values of SHARED_KEYS (data block, model name) of a config."""
-    from omegaconf import OmegaConf
-
     out: dict[str, Any] = {}
     for key in SHARED_KEYS:
         value = OmegaConf.select(cfg, key)
@@ -153,9 +153,6 @@ def build_subsets(cfg, *, train: int, dev: int, landscape: int, hessian: int, se
     """The seeded train/dev feature subsets of a run's data, built as the run built them (same examples, tokenizer,
     max_seq_length and doc_stride). Train positions come from a generator seeded by `seed`, dev positions from one
     seeded by `seed + 1`; the landscape and Hessian subsets are prefixes of those (see Subsets)."""
-    from experiments.data import load_examples, prepare_features
-    from experiments.model import load_tokenizer
-
     try:
         tokenizer = load_tokenizer(cfg.model.name_or_path)
         train_ex, dev_ex, stats = load_examples(cfg.data)
@@ -188,9 +185,6 @@ def build_subsets(cfg, *, train: int, dev: int, landscape: int, hessian: int, se
 def load_qa_model(run_dir: str | Path, *, which: str = "final") -> torch.nn.Module:
     """``checkpoint/<which>/`` of a run as an fp32 eval-mode QA model with eager attention (needed for double
     backward). Reads only."""
-    from transformers import AutoModelForQuestionAnswering
-    from transformers.utils import logging as hf_logging
-
     path = Path(run_dir) / "checkpoint" / which
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -249,18 +243,6 @@ def named_params(model: torch.nn.Module) -> dict[str, Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def alphas(points: int, span: float) -> list[float]:
-    """`points` evenly spaced values in [-span, span] (an odd count includes 0 exactly)."""
-    if points == 1:
-        return [0.0]
-    return [float(x) for x in np.linspace(-span, span, points)]
-
-
-def rho_key(rho: float) -> str:
-    """A column-name-safe spelling of a radius: 0.05 -> '0.05'."""
-    return f"{rho:g}"
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # one model
 
@@ -270,7 +252,7 @@ def measure_model(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every measure of one model: returns (row of scalars, curves).
 
-    ``opts`` holds the CLI settings (analysis.sharpness.SharpnessConfig). The row has train_loss and dev_loss (on
+    ``opts`` holds the CLI settings (options.SharpnessConfig). The row has train_loss and dev_loss (on
     the train and dev subsets) and their difference ``gap``; lambda_max (with the first estimate, the products used,
     whether it converged and whether the shifted rerun was needed) and the trace ± SE on the Hessian subset, NaN
     when ``hessian`` is False; the average- and worst-case adaptive sharpness per rho on the landscape subset.
@@ -393,8 +375,6 @@ def probe_costs(model: torch.nn.Module, data: Subsets, opts: Any) -> dict[str, f
     landscape subset; one filter-normalised direction; one Gaussian draw over all weights; one write of all the
     weights (what each perturbed evaluation does first); one Hessian-vector-product call (graph set-up + one
     product) on the Hessian subset. Timed once on `model`, after a warm-up forward."""
-    import time
-
     params = named_params(model)
     out: dict[str, float] = {}
     fns = {
