@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis.collect import arm_order
+from experiments.arms import BUGGY, CORRECT
 
 LOW_POWER_N = 5  # below this many seeds (pairs) a verdict carries a low-power note
 # Metrics whose k=1 values must match exactly (counts of exact matches and token overlaps on the same predictions);
@@ -306,8 +307,8 @@ def paired_differences(
 def equality_check(
     df: pd.DataFrame,
     metric: str,
-    a: str = "sam_full",
-    b: str = "sam_last",
+    a: str = CORRECT,
+    b: str = BUGGY,
     k: int = 1,
     tol: float | None = None,
     pair_on: str = "seed",
@@ -367,8 +368,8 @@ def equality_check(
 def curve_equality(
     curves: pd.DataFrame,
     metric: str = "train/loss",
-    a: str = "sam_full",
-    b: str = "sam_last",
+    a: str = CORRECT,
+    b: str = BUGGY,
     k: int = 1,
     tol: float = EQUALITY_TOL,
     pair_on: str = "seed",

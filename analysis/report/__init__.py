@@ -42,7 +42,6 @@ from analysis.collect import (
     report_dir,
     sweep_dir,
 )
-from analysis.report.formatting import md_table  # noqa: F401  (analysis.sharpness imports it from analysis.report)
 from analysis.report.html import markdown_to_html
 from analysis.report.sections import build_markdown, find_sharpness
 from analysis.report.tables import paired_table, primary_metric, reported_metrics, sanity_table, summary_table

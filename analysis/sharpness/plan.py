@@ -9,8 +9,7 @@ from typing import Any
 from analysis.collect import CollectError, arm_order, read_json, run_dirs
 from analysis.sharpness.options import SharpnessConfig, SharpnessError
 from analysis.sharpness.qa import load_run_config
-
-INTERP_PAIRS = (("adamw", "sam_full"), ("sam_full", "sam_last"))  # endpoints of the interpolation curves
+from experiments.arms import INTERPOLATION_PAIRS
 
 
 @dataclasses.dataclass
@@ -73,7 +72,7 @@ def plan_runs(runs: Sequence[RunInfo], opts: SharpnessConfig) -> Plan:
         cell = {}
         for r in runs:
             cell.setdefault((r.arm, r.k, r.seed), r)  # a rerun of the same cell: the first one stands for it
-        for a, b in INTERP_PAIRS:
+        for a, b in INTERPOLATION_PAIRS:
             for (arm, k, seed), run in cell.items():
                 if arm == a and (b, k, seed) in cell:
                     pairs.append((run, cell[(b, k, seed)]))

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from analysis.collect import arm_order
-from analysis.report import md_table
+from analysis.report.formatting import md_table
 from analysis.sharpness.figures import FIGURES
 from analysis.sharpness.measure import _g
 from analysis.sharpness.options import SharpnessConfig, _defaults, rho_key

@@ -8,11 +8,11 @@ import pandas as pd
 
 from analysis.sharpness.options import SharpnessConfig, rho_key
 from analysis.stats import kendall_with_ci, paired_differences, summarize
+from experiments.arms import SHARPNESS_DIFFERENCES
 
 N_BOOT = 2000  # bootstrap resamples for Kendall's tau
 BOOT_SEED = 0
 TAU_MIN_N = 10  # with fewer runs a Kendall tau is called uninformative whatever its interval
-DIFFERENCES = (("sam_full", "adamw"), ("sam_full", "sam_last"))  # paired differences a − b on the same seed and k
 
 
 def measure_columns(opts: SharpnessConfig) -> list[tuple[str, str]]:
@@ -75,7 +75,7 @@ def summary_tables(frame, opts: SharpnessConfig):
     )
     paired = []
     arms = set(frame["arm"])
-    for a, b in DIFFERENCES:
+    for a, b in SHARPNESS_DIFFERENCES:
         if a in arms and b in arms:
             for c, _ in measure_columns(opts) + LOSS_COLUMNS[2:3]:
                 if frame[c].notna().any():
