@@ -43,10 +43,7 @@ def build_features(
 
     Raises DataError (a ValueError; bad or unreadable data, a record the tokenizer refuses with data.strict=true)
     or ValueError when a split has no usable examples."""
-    train_ex, dev_ex, stats = load_examples(data_cfg)
-    if len(train_ex) == 0 or len(dev_ex) == 0:
-        raise ValueError(f"no usable examples (train {len(train_ex)}, dev {len(dev_ex)}); check data.*")
-    train_ex, dev_ex, train_ds, dev_ds = prepare_features(data_cfg, tokenizer, train_ex, dev_ex, stats)
+    train_ex, dev_ex, train_ds, dev_ds, stats = tokenize_splits(data_cfg, tokenizer)
     pad = data_cfg.pad_to_max_length if pad_to_max_length is None else pad_to_max_length
     batching = dict(pad_to_max_length=pad, pin_memory=pin_memory)
     dev_examples = columns_of(dev_ex, EXAMPLE_COLUMNS)
@@ -54,3 +51,14 @@ def build_features(
     dev = to_features(dev_ds, FEATURE_COLUMNS, **batching)
     stats.update(train_features=len(train), dev_features=len(dev))
     return RunFeatures(train, dev, dev_examples, stats)
+
+
+def tokenize_splits(data_cfg: Any, tokenizer: Any) -> tuple[Any, Any, Any, Any, dict]:
+    """(train examples, dev examples, train features, dev features, stats) as Arrow datasets: the step of
+    `build_features` before any tensor exists, for callers that need only a few rows (the sharpness analysis picks
+    seeded subsets, so it does not turn a whole SQuAD split into tensors). Raises as `build_features`."""
+    train_ex, dev_ex, stats = load_examples(data_cfg)
+    if len(train_ex) == 0 or len(dev_ex) == 0:
+        raise ValueError(f"no usable examples (train {len(train_ex)}, dev {len(dev_ex)}); check data.*")
+    train_ex, dev_ex, train_ds, dev_ds = prepare_features(data_cfg, tokenizer, train_ex, dev_ex, stats)
+    return train_ex, dev_ex, train_ds, dev_ds, stats

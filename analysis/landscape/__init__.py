@@ -22,7 +22,7 @@ Contract kept by every function here:
 
 Example closure for an extractive-QA checkpoint (what the CLI builds)::
 
-    model = AutoModelForQuestionAnswering.from_pretrained(path, attn_implementation="eager").float().eval()
+    model = experiments.model.load_checkpoint(path, attn_implementation="eager")  # fp32, eval mode
     batches = [...]  # a fixed list of tokenised dev batches with start/end positions
 
     def loss_fn():

@@ -28,8 +28,6 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor
-from transformers import AutoModelForQuestionAnswering
-from transformers.utils import logging as hf_logging
 
 from analysis.landscape import (
     PassCounter,
@@ -45,13 +43,12 @@ from analysis.landscape import (
 )
 from analysis.sharpness.options import SharpnessError, alphas, rho_key
 from experiments.config import ConfigError, load_config
-from experiments.data import load_examples, prepare_features
-from experiments.model import load_tokenizer
+from experiments.data.features import FEATURE_COLUMNS, MODEL_INPUTS
+from experiments.model import ModelError, load_checkpoint, load_tokenizer
 from experiments.qa_loss import span_loss
+from experiments.run_data import tokenize_splits
 
 # the columns a QA model takes (inputs and labels); token_type_ids only where the tokenizer makes them
-INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
-LABEL_COLUMNS = ("start_positions", "end_positions")
 # config keys that must agree across the runs of a sweep for one shared data subset to make sense
 SHARED_KEYS = ("data", "model.name_or_path")
 
@@ -138,11 +135,7 @@ def _pick(n_total: int, n: int, seed: int) -> list[int]:
 
 def _tensors(dataset, index: Sequence[int]) -> dict[str, Tensor]:
     rows = dataset.select(list(index))
-    return {
-        c: torch.from_numpy(np.asarray(rows[c], dtype=np.int64))
-        for c in INPUT_COLUMNS + LABEL_COLUMNS
-        if c in rows.column_names
-    }
+    return {c: torch.from_numpy(np.asarray(rows[c], dtype=np.int64)) for c in FEATURE_COLUMNS if c in rows.column_names}
 
 
 def _head(batch: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
@@ -155,9 +148,8 @@ def build_subsets(cfg, *, train: int, dev: int, landscape: int, hessian: int, se
     seeded by `seed + 1`; the landscape and Hessian subsets are prefixes of those (see Subsets)."""
     try:
         tokenizer = load_tokenizer(cfg.model.name_or_path)
-        train_ex, dev_ex, stats = load_examples(cfg.data)
         # as the run did: records the tokenizer cannot handle are skipped (data.strict=false) or refused by name
-        _, _, train_ds, dev_ds = prepare_features(cfg.data, tokenizer, train_ex, dev_ex, stats)
+        _, _, train_ds, dev_ds, _ = tokenize_splits(cfg.data, tokenizer)
     except ValueError as err:  # DataError, ModelError
         raise SharpnessError(f"cannot rebuild the sweep's data: {str(err).splitlines()[0]}") from None
     if len(train_ds) == 0 or len(dev_ds) == 0:
@@ -185,25 +177,10 @@ def build_subsets(cfg, *, train: int, dev: int, landscape: int, hessian: int, se
 def load_qa_model(run_dir: str | Path, *, which: str = "final") -> torch.nn.Module:
     """``checkpoint/<which>/`` of a run as an fp32 eval-mode QA model with eager attention (needed for double
     backward). Reads only."""
-    path = Path(run_dir) / "checkpoint" / which
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model would drown the per-model lines
     try:
-        model, info = AutoModelForQuestionAnswering.from_pretrained(
-            path, attn_implementation="eager", output_loading_info=True
-        )
-    except Exception as err:  # noqa: BLE001 - reported as one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SharpnessError(f"cannot load the checkpoint {path}: {first[:200]}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:  # a weight the checkpoint lacks would be random: measuring that model would mean nothing
-        raise SharpnessError(f"the checkpoint {path} lacks weights of its own architecture: {', '.join(missing[:5])}")
-    return model.float().eval()
+        return load_checkpoint(Path(run_dir) / "checkpoint" / which, attn_implementation="eager")
+    except ModelError as err:  # the folder cannot be loaded, or lacks weights of its own architecture
+        raise SharpnessError(str(err)) from None
 
 
 def qa_loss_fn(model: torch.nn.Module, batch: Mapping[str, Tensor], batch_size: int) -> Callable[[], Tensor]:
@@ -215,7 +192,7 @@ def qa_loss_fn(model: torch.nn.Module, batch: Mapping[str, Tensor], batch_size: 
     def loss_fn() -> Tensor:
         total = None
         for chunk in chunks:
-            out = model(**{k: v for k, v in chunk.items() if k in INPUT_COLUMNS})
+            out = model(**{k: v for k, v in chunk.items() if k in MODEL_INPUTS})
             loss = span_loss(
                 out.start_logits,
                 out.end_logits,
