@@ -5,43 +5,39 @@ frame holds nothing to draw. The matching `figure_*` function returns the matplo
 Figures are built with `matplotlib.figure.Figure` and the Agg renderer directly, never through pyplot, so drawing
 here neither needs nor changes a global backend, and a notebook's inline display keeps working.
 
-Colours are fixed per arm in every figure: AdamW dark grey, SAM (full replay) blue, SAM (last-batch replay, the bug)
-red, m-SAM green. Bands around a mean line span the minimum to the maximum over seeds (said in each figure).
+Colours are fixed per arm in every figure (analysis.figure_style, from experiments.arms): AdamW dark grey, SAM
+(full replay) blue, SAM (last-batch replay, the bug) red, m-SAM green. Bands around a mean line span the minimum to the
+maximum over seeds (said in each figure).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.collect import arm_order
+from analysis.figure_style import (
+    _band,
+    _styled,
+    arm_color,
+    arm_label,
+    arm_linestyle,
+    clip_axis,
+    legend_below,
+    new_figure,
+    save,
+    seed_range,
+)
 from analysis.stats import metric_short
 from analysis.targets import censored_median
-from experiments.arms import BY_NAME
 
 log = logging.getLogger(__name__)
 
-DPI = 120
-_EXTRA_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-STYLE = {
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
-    "legend.frameon": False,
-    "figure.titlesize": 13,
-}
 # File names, in the order the report shows them.
 FIGURES = {
     "dev_curves": "dev_curves.png",
@@ -53,87 +49,8 @@ FIGURES = {
 }
 
 
-def arm_color(arm: str, arms: Sequence[str] = ()) -> str:
-    """The arm's fixed colour; an arm outside the four known ones gets a colour by its place among the extra arms."""
-    if arm in BY_NAME:
-        return BY_NAME[arm].color
-    extra = [a for a in arms if a not in BY_NAME]
-    index = extra.index(arm) if arm in extra else len(extra)
-    return _EXTRA_COLORS[index % len(_EXTRA_COLORS)]
-
-
-def arm_linestyle(arm: str):
-    return BY_NAME[arm].linestyle if arm in BY_NAME else "-"
-
-
-def arm_label(arm: str) -> str:
-    return BY_NAME[arm].label if arm in BY_NAME else arm
-
-
-def new_figure(ncols: int, nrows: int = 1, width: float = 4.6, height: float = 3.4) -> tuple[Figure, np.ndarray]:
-    import matplotlib
-
-    with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(max(width * ncols, 8.0), height * nrows + 0.9), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
-
-def _styled(fn):
-    """Draw inside the house style (rc settings apply to artists made while they are active)."""
-    import functools
-
-    import matplotlib
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with matplotlib.rc_context(STYLE):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def save(fig: Figure | None, path: str | Path) -> Path | None:
-    """Write `fig` as a PNG (dpi 120, no timestamped metadata, so the bytes repeat run to run)."""
-    if fig is None:
-        return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
-    return path
-
-
-def png_bytes(fig: Figure) -> bytes:
-    """The PNG of `fig` as bytes (for IPython.display.Image in a notebook)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return buffer.getvalue()
-
-
 def _ks(frame: pd.DataFrame) -> list[int]:
     return sorted(int(k) for k in pd.unique(frame["k"].dropna()))
-
-
-def legend_below(fig: Figure, axes: Iterable, title: str | None = None) -> None:
-    handles, labels = {}, []
-    for ax in np.ravel(list(axes)):
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in handles:
-                handles[label] = handle
-                labels.append(label)
-    if handles:
-        fig.legend(
-            [handles[label] for label in labels],
-            labels,
-            loc="outside lower center",
-            ncols=min(len(labels), 4),
-            title=title,
-        )
-
-
-def _band(ax, x, low, high, color) -> None:
-    ax.fill_between(x, low, high, color=color, alpha=0.18, linewidth=0)
 
 
 def _mean_band(per_seed: pd.DataFrame, x: str) -> pd.DataFrame:
@@ -142,27 +59,6 @@ def _mean_band(per_seed: pd.DataFrame, x: str) -> pd.DataFrame:
     return pd.DataFrame(
         {"mean": grouped.mean(), "low": grouped.min(), "high": grouped.max(), "n": grouped.count()}
     ).reset_index()
-
-
-def seed_range(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, min, max) of a cell's values over seeds: the interval every figure draws. Unlike a Student-t interval
-    from 3 seeds it never leaves the range the values can take (an F1 below 0, a negative λmax)."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return (math.nan, math.nan, math.nan)
-    return (float(x.mean()), float(x.min()), float(x.max()))
-
-
-def clip_axis(ax, low: float | None, high: float | None) -> None:
-    """Keep the y axis inside the metric's range [low, high] (None: open), after autoscaling: no F1 axis below 0 %
-    or above 100 %, no loss or λmax axis below 0."""
-    bottom, top = ax.get_ylim()
-    if low is not None and bottom < low:
-        bottom = low
-    if high is not None and top > high:
-        top = high
-    ax.set_ylim(bottom, top)
 
 
 def identical_arm_groups(panel: pd.DataFrame, arms: Sequence[str], x: str, tol: float = 1e-9) -> list[list[str]]:

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from analysis import plots, report
+from analysis import figure_style, plots, report
 from analysis.collect import CollectError, collect_curves, collect_runs, read_events, report_dir
 from analysis.report.formatting import md_table
 from analysis.report.html import markdown_to_html
@@ -245,9 +245,9 @@ def built(sweep, frames):
     # a sharpness section as analysis.sharpness would leave it, with one figure of its own
     out = report_dir(sweep.results_dir, sweep.sweep)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    fig = plots.Figure(figsize=(3, 2))
+    fig = figure_style.Figure(figsize=(3, 2))
     fig.add_subplot().plot([0, 1, 2], [3, 1, 2], color="tab:purple")
-    plots.save(fig, out / "figures" / "sharpness_lambda.png")
+    figure_style.save(fig, out / "figures" / "sharpness_lambda.png")
     (out / "sharpness.md").write_text(
         "# Sharpness of the final checkpoints\n\nTop Hessian eigenvalue per arm.\n\n"
         "![lambda_max per arm](figures/sharpness_lambda.png)\n\n## Method\n\nPower iteration, 20 steps.\n",
@@ -371,7 +371,7 @@ def test_plots_skip_cleanly_without_data(tmp_path, frames):
     assert plots.plot_final_scores(runs[runs["status"] != "completed"], tmp_path) is None
     assert plots.plot_step_time(runs.drop(columns=["mean_step_time_s"]), tmp_path) is None
     assert list(tmp_path.iterdir()) == []
-    assert plots.arm_color("sam_full") != plots.arm_color("sam_last")
+    assert figure_style.arm_color("sam_full") != figure_style.arm_color("sam_last")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -415,9 +415,9 @@ def test_report_files_sections_and_figures(sweep, built):
 
 def test_html_is_standalone_with_tables_embedded_figures_and_escaped_text(tmp_path):
     (tmp_path / "figures").mkdir()
-    fig = plots.Figure(figsize=(2, 2))
+    fig = figure_style.Figure(figsize=(2, 2))
     fig.add_subplot().plot([0, 1], [1, 0])
-    plots.save(fig, tmp_path / "figures" / "a b.png")
+    figure_style.save(fig, tmp_path / "figures" / "a b.png")
     md = "\n".join(
         [
             "# Report `x`",
@@ -813,7 +813,7 @@ def test_final_scores_draw_min_max_of_seeds_not_a_t_interval_below_zero():
         ys = sorted(float(y) for segment in bars.get_segments() for _, y in segment)
         assert ys[0] == pytest.approx(1.0 if "exact" in ax.get_ylabel() else 2.0)
         assert ys[-1] == pytest.approx(60.0 if "exact" in ax.get_ylabel() else 70.0)
-    assert plots.seed_range([2.0, 3.0, 70.0]) == (25.0, 2.0, 70.0)
+    assert figure_style.seed_range([2.0, 3.0, 70.0]) == (25.0, 2.0, 70.0)
 
 
 def test_manifest_overrides_are_read_as_the_run_read_them():

@@ -6,7 +6,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from analysis.plots import STYLE, arm_color, arm_label, legend_below, new_figure, save, seed_range
+from analysis.figure_style import STYLE, arm_color, arm_label, legend_below, new_figure, save, seed_range
 from analysis.sharpness.options import SharpnessConfig, alphas, rho_key
 from analysis.sharpness.plan import Plan
 
