@@ -61,7 +61,7 @@ def new_figure(ncols: int, nrows: int = 1, width: float = 4.6, height: float = 3
     return fig, axes
 
 
-def _styled(fn):
+def styled(fn):
     """Draw inside the house style (rc settings apply to artists made while they are active)."""
     import functools
 
@@ -109,7 +109,8 @@ def legend_below(fig: Figure, axes: Iterable, title: str | None = None) -> None:
         )
 
 
-def _band(ax, x, low, high, color) -> None:
+def band(ax, x, low, high, color) -> None:
+    """Shade [low, high] over x in the line's colour (the min-max band over seeds)."""
     ax.fill_between(x, low, high, color=color, alpha=0.18, linewidth=0)
 
 

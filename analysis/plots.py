@@ -22,16 +22,16 @@ from matplotlib.figure import Figure
 
 from analysis.collect import arm_order
 from analysis.figure_style import (
-    _band,
-    _styled,
     arm_color,
     arm_label,
     arm_linestyle,
+    band,
     clip_axis,
     legend_below,
     new_figure,
     save,
     seed_range,
+    styled,
 )
 from analysis.stats import metric_short
 from analysis.targets import censored_median
@@ -99,7 +99,7 @@ def _smooth_window(n_updates: int) -> int:
 # learning curves
 
 
-@_styled
+@styled
 def figure_train_loss(curves: pd.DataFrame, metric: str = "train/loss") -> Figure | None:
     """Training loss against the optimizer update: one panel per accumulation k, per arm the mean over seeds (each
     seed smoothed with a rolling mean first) and a min–max band over seeds."""
@@ -135,7 +135,7 @@ def figure_train_loss(curves: pd.DataFrame, metric: str = "train/loss") -> Figur
                 label=group_label(group, k),
             )
             if n_seeds > 1:
-                _band(ax, agg["update"], agg["low"], agg["high"], color)
+                band(ax, agg["update"], agg["low"], agg["high"], color)
         ax.set_title(f"accumulation k = {k}")
         ax.set_xlabel("optimizer update")
     axes[0][0].set_ylabel("training loss (first pass)")
@@ -160,7 +160,7 @@ DEV_ROWS = (
 )
 
 
-@_styled
+@styled
 def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
     """The learning curves: one row per dev metric the runs logged (DEV_ROWS: F1, ROUGE-W for KLUE-MRC, loss) at
     every evaluation against the optimizer update, one column per accumulation k; per arm the mean over seeds with a
@@ -193,7 +193,7 @@ def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
                     label=group_label(group, k),
                 )
                 if runs["run_id"].nunique() > 1:
-                    _band(ax, agg["update"], agg["low"], agg["high"], color)
+                    band(ax, agg["update"], agg["low"], agg["high"], color)
             clip_axis(ax, low, high)
             if r == 0:
                 ax.set_title(f"accumulation k = {k}")
@@ -206,7 +206,7 @@ def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
     return fig
 
 
-@_styled
+@styled
 def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figure | None:
     """Gradient fidelity: cosine between the last-batch-replay gradient and the full-replay gradient on the same
     window, against the update; one panel per k, SAM arms that logged it."""
@@ -235,7 +235,7 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
                 label=group_label(group, k),
             )
             if runs["run_id"].nunique() > 1:
-                _band(ax, agg["update"], agg["low"], agg["high"], color)
+                band(ax, agg["update"], agg["low"], agg["high"], color)
         ax.axhline(1.0, color="#888888", linewidth=0.8, linestyle="--")
         ax.set_title(f"accumulation k = {k}")
         ax.set_xlabel("optimizer update")
@@ -249,7 +249,7 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
     return fig
 
 
-@_styled
+@styled
 def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Figure | None:
     """Updates each run needed to first reach each target of `metric` (analysis.targets.time_to_target): one panel
     per accumulation k, targets on x, per arm the seeds as dots and the median as a bar; a run that never reached the
@@ -320,7 +320,7 @@ def _dodge(n: int, width: float = 0.7) -> np.ndarray:
     return np.linspace(-width / 2, width / 2, n)
 
 
-@_styled
+@styled
 def figure_final_scores(
     runs: pd.DataFrame,
     metrics: Sequence[tuple[str, str]] = (("final.dev/em", "dev exact match (%)"), ("final.dev/f1", "dev F1 (%)")),
@@ -377,7 +377,7 @@ def figure_final_scores(
     return fig
 
 
-@_styled
+@styled
 def figure_step_time(runs: pd.DataFrame, metric: str = "mean_step_time_s") -> Figure | None:
     """Mean wall time of one optimizer update, grouped by k (x) with one bar per arm: the mean over seeds (labelled
     on the bar) and error bars from the fastest to the slowest seed."""
