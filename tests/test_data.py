@@ -15,7 +15,8 @@ from experiments.config import load_config
 from experiments.data import DataError, load_examples
 from experiments.data.baseline import _TYPE_PATTERNS, heuristic_answer, heuristic_baseline, question_type
 from experiments.data.files import read_squad_file
-from experiments.data.generated import RELATIONS, ensure_generated, generate_records, generator_settings
+from experiments.data.generated import ensure_generated, generate_records, generator_settings
+from experiments.data.generated_text import RELATIONS
 from tests.qa_samples import KLUE_DEV, KLUE_TRAIN, klue_doc, squad_v2_doc, write_json
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import sys
 
-from .generated import COLOURS, DEVICE_ADJECTIVES, DEVICE_NOUNS, JOBS
+from .generated_text import COLOURS, DEVICE_ADJECTIVES, DEVICE_NOUNS, JOBS
 
 # Capitalised words that start English sentences, not names.
 _NOT_NAMES = {
