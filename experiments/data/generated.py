@@ -28,15 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from .generated_text import (
-    _CODAS,
-    _NUCLEI,
-    _ONSETS,
+    CODAS,
     COLOURS,
     DEVICE_ADJECTIVES,
     DEVICE_NOUNS,
     FILLERS,
     INTROS,
     JOBS,
+    NUCLEI,
+    ONSETS,
     RELATIONS,
     TITLES,
     Relation,
@@ -63,7 +63,7 @@ class NameRegistry:
     def word(self, rng: random.Random, syllables: int | None = None) -> str:
         while True:
             count = syllables or rng.choice((2, 2, 2, 2, 3))
-            parts = [rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(count)]
+            parts = [rng.choice(ONSETS) + rng.choice(NUCLEI) + rng.choice(CODAS) for _ in range(count)]
             word = "".join(parts).capitalize()
             if len(word) >= 4 and word.lower() not in self.used:
                 self.used.add(word.lower())

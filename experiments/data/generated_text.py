@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------------------------------------- names
 # Short, pronounceable syllables keep names at 2-4 word pieces, so six facts still fit one 128-token window.
-_ONSETS = (
+ONSETS = (
     "b",
     "d",
     "f",
@@ -37,10 +37,10 @@ _ONSETS = (
 )
 
 
-_NUCLEI = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ei")
+NUCLEI = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ei")
 
 
-_CODAS = ("", "", "", "", "n", "r", "l", "s", "m", "k")
+CODAS = ("", "", "", "", "n", "r", "l", "s", "m", "k")
 
 
 # ------------------------------------------------------------------------------------------------------ relations
