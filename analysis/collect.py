@@ -44,6 +44,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from experiments.rundir import report_dir, sweep_dir
+
 log = logging.getLogger(__name__)
 
 # The arms in the order every table and figure lists them; unknown arms follow in alphabetical order.
@@ -131,10 +133,6 @@ def read_events(path: str | Path) -> list[dict]:
     from experiments.tracking import read_metrics
 
     return read_metrics(path, strict=False)
-
-
-def sweep_dir(results_dir: str | Path, sweep: str) -> Path:
-    return Path(results_dir) / "runs" / str(sweep)
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -398,12 +396,6 @@ def _curve_dtypes(df: pd.DataFrame) -> pd.DataFrame:
 
 # the metrics the report keeps in curves.csv: enough for every figure and table of the report and the notebook
 REPORT_CURVE_METRICS = ("train/loss", "train/step_time", "dev/loss", "dev/f1", "dev/rouge_w", "dev/em", "diag/grad_cos")
-
-
-def report_dir(results_dir: str | Path, sweep: str) -> Path:
-    """Where `make report` writes a sweep's report: <results_dir>/report for the default sweep (ablation), else
-    <results_dir>/report-<sweep>."""
-    return Path(results_dir) / ("report" if sweep == "ablation" else f"report-{sweep}")
 
 
 def load_frames(results_dir: str | Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:

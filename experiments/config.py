@@ -676,8 +676,3 @@ def run_id(cfg: DictConfig) -> str:
         return str(cfg.run_name)
     world = "" if single_process(cfg) else f"-w{cfg.dist.world_size}"
     return f"{cfg.arm}-k{cfg.train.accumulation_steps}-s{cfg.seed}{world}-{config_hash(cfg)}"
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    """results_dir/runs/<sweep or 'adhoc'>/<run id>/ — the run directory of the contract."""
-    return Path(cfg.results_dir) / "runs" / (cfg.sweep or "adhoc") / run_id(cfg)

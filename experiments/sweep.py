@@ -75,11 +75,10 @@ from experiments.config import (
     load_config,
     parse_value,
     read_yaml_text,
-    run_dir,
     run_id,
     typed_value,
 )
-from experiments.tracking import atomic_write_json
+from experiments.rundir import DONE_STATUSES, _read_json, atomic_write_json, run_dir
 
 SWEEP_KEYS = ("name", "description", "base", "grid", "overrides", "when", "exclude", "include", "report")
 # what the report of a sweep may be told (recorded in sweep.json for analysis.report)
@@ -93,7 +92,6 @@ POLL_S = 0.1
 
 # Manifest statuses: pending (not started yet), running, completed, failed, diverged, skipped (its directory holds a
 # different config: not touched), interrupted (stopped by Ctrl-C; the next invocation resumes it).
-DONE_STATUSES = ("completed", "diverged")
 
 
 class SweepError(ValueError):
@@ -379,14 +377,6 @@ def expand(spec: SweepSpec, cli_overrides: Sequence[str] = ()) -> list[Run]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # what is on disk already
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def plan(run: Run) -> None:

@@ -35,9 +35,9 @@ from pathlib import Path
 from .batches import LABELS, MODEL_INPUTS, columns_of, epoch_windows, subset_rows, to_features
 from .qa_eval import metric_keys
 from .qa_loss import span_loss
+from .rundir import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, EXIT_OK
 from .tracking import signal_of
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3  # a signal ends a run with 128 + its number
 EXAMPLE_COLUMNS = ("id", "context", "answers")  # what evaluation reads of the dev examples
 DDP_CLOCK_EVERY = 10  # data-parallel: updates between two looks at the clock for time-based resume checkpoints
 log = logging.getLogger("experiments.train")
@@ -827,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
 def _start(cfg, ctx) -> int:
     """What to do with the run directory (rank 0 decides and tells the other ranks), then the run, with Ctrl-C,
     SIGTERM and SIGHUP ending it honestly (stop_signals_raise)."""
-    from .config import run_dir as run_dir_of
+    from .rundir import run_dir as run_dir_of
 
     run_dir = run_dir_of(cfg)
     decided = None

@@ -18,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis import plots, report
-from analysis.collect import CollectError, collect_curves, collect_runs, read_events, report_dir
+from analysis.collect import CollectError, collect_curves, collect_runs, read_events
 from analysis.stats import (
     bootstrap_mean_ci,
     curve_equality,
@@ -28,6 +28,7 @@ from analysis.stats import (
     t_interval,
     verdict,
 )
+from experiments.rundir import report_dir
 from tests.analysis_fixtures import (
     DEVICE_NAME,
     DIVERGED,
@@ -552,7 +553,8 @@ def test_notebook_runs_on_a_fresh_clone_from_the_report_csvs_alone(sweep, built,
 
 def test_collect_reads_run_directories_written_by_the_tracker(tmp_path, monkeypatch):
     tracking = pytest.importorskip("experiments.tracking")
-    from experiments.config import load_config, run_dir
+    from experiments.config import load_config
+    from experiments.rundir import run_dir
 
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
     made = {}

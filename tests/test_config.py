@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from experiments.config import ConfigError, load_config, run_dir
+from experiments.config import ConfigError, load_config
+from experiments.rundir import run_dir
 from experiments.train import main
 from tests.conftest import run_dirs
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from analysis import report, sharpness
-from analysis.collect import report_dir
+from experiments.rundir import report_dir
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")

@@ -35,8 +35,8 @@ ARMS = {arm: f"configs/arm/{arm}.yaml" for arm in ("adamw", "sam_full", "sam_las
 STANDIN = textwrap.dedent(
     """
     import json, os, sys, time
-    from experiments.config import ConfigError, config_hash, load_config, run_dir, run_id, split_args
-    from experiments.tracking import atomic_write_json
+    from experiments.config import ConfigError, config_hash, load_config, run_id, split_args
+    from experiments.rundir import atomic_write_json, run_dir
 
     def main():
         files, overrides = split_args(sys.argv[1:])

@@ -15,14 +15,8 @@ import yaml
 
 from experiments import tracking
 from experiments.config import config_hash, load_config
-from experiments.tracking import (
-    RunTracker,
-    TrackingError,
-    atomic_write_json,
-    atomic_write_text,
-    env_info,
-    read_metrics,
-)
+from experiments.rundir import atomic_write_json, atomic_write_text, read_metrics
+from experiments.tracking import RunTracker, TrackingError, env_info
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
