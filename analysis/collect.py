@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from experiments.rundir import report_dir, sweep_dir
+from experiments.rundir import read_metrics, report_dir, sweep_dir
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,6 @@ def read_events(path: str | Path) -> list[dict]:
     """The events of a metrics.jsonl file (or run directory). A torn last line (a crash in the middle of a write) is
     skipped quietly; a bad line elsewhere is skipped with a warning, because the analysis should still see the rest
     of the run. The format's reader lives with its writer, experiments.tracking."""
-    from experiments.tracking import read_metrics
-
     return read_metrics(path, strict=False)
 
 

@@ -476,7 +476,7 @@ def _git(*cmd: str) -> str | None:
 
 
 def device_name(device: torch.device) -> str:
-    from .tracking import cpu_name
+    from .provenance import cpu_name
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 

@@ -59,7 +59,8 @@ import torch
 
 from .batches import epoch_windows
 from .config import REPO_ROOT, load_config
-from .tracking import atomic_write_json, env_info
+from .provenance import env_info
+from .rundir import atomic_write_json
 
 CASES = {  # name: (config files, overrides, peer)
     "default": (["configs/default.yaml", "configs/arm/adamw.yaml"], [], "hf_trainer"),
