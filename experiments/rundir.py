@@ -1,10 +1,16 @@
 """The run directory: where a run's files live, what its status words and exit codes are, how its files are read
-and written (docs/CONTRACTS.md lists what each file holds).
+and written, and what a new start does with a folder that is already there (docs/CONTRACTS.md lists what each
+file holds).
 
-    <results_dir>/runs/<sweep or "adhoc">/<run_id>/   run_dir(cfg): config.yaml, env.json, metrics.jsonl, summary.json,
-                                                      checkpoint/, error.log, wandb/
-    <results_dir>/runs/<sweep>/                       sweep_dir: the runs of one sweep (+ sweep.json, logs/)
-    <results_dir>/report/, report-<sweep>/            report_dir: the report of the default sweep, of any other
+    <results_dir>/runs/                                runs_root: every run (experiments.sync uploads from here)
+    <results_dir>/runs/<sweep>/                        sweep_dir: the runs of one sweep, its sweep.json and logs/
+    <results_dir>/runs/<sweep or "adhoc">/<run_id>/    run_dir(cfg): config.yaml, env.json, metrics.jsonl,
+                                                       summary.json, checkpoint/, error.log, wandb/
+    <results_dir>/report/, report-<sweep>/             report_dir: the report of the default sweep, of any other
+
+Writers and readers of the run's files live here too, so the analysis reads a run without the W&B wrapper:
+`atomic_write_text`/`atomic_write_json` (the file holds its old or all of its new content, never a part),
+`read_metrics` (metrics.jsonl), `read_json`/`read_summary` (summary.json, sweep.json).
 """
 
 from __future__ import annotations
@@ -13,34 +19,63 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import run_id
+from .config import config_hash, load_config, run_id
 
-# Statuses a finished run can have; "running" is the state between __init__ and finish.
-FINAL_STATUSES = ("completed", "failed", "diverged")
+RUNS = "runs"  # <results_dir>/runs/
+ADHOC_SWEEP = "adhoc"  # the sweep folder of a run started without sweep=NAME
+DEFAULT_SWEEP = "ablation"  # its report goes to <results_dir>/report/ (committed), any other to report-<sweep>/
+CONFIG_FILE, SUMMARY_FILE, METRICS_FILE = "config.yaml", "summary.json", "metrics.jsonl"
+MANIFEST_FILE = "sweep.json"  # in the sweep folder, written by experiments.sweep
 
-DONE_STATUSES = ("completed", "diverged")
+# summary.json's status: running between the start and the end, then one of FINAL_STATUSES.
+RUNNING, COMPLETED, FAILED, DIVERGED = "running", "completed", "failed", "diverged"
+FINAL_STATUSES = (COMPLETED, FAILED, DIVERGED)
+# A run with one of these is never started again: a diverged run is a result (the same config diverges again).
+DONE_STATUSES = (COMPLETED, DIVERGED)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3  # a signal ends a run with 128 + its number
+# Exit codes of python -m experiments.train (and of the sweep: 0 all completed, 1 any not, 2 bad input).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_SIGNAL_BASE = 128  # a run ended by a signal exits 128 + its number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)
+
+
+def signal_exit_code(signum: int) -> int:
+    """The exit code of a process ended by signal `signum`, as a shell reports it: 128 + signum."""
+    return EXIT_SIGNAL_BASE + int(signum)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# layout
+
+
+def runs_root(results_dir: str | os.PathLike) -> Path:
+    """<results_dir>/runs: the folder that holds every sweep's runs."""
+    return Path(results_dir) / RUNS
+
+
+def sweep_dir(results_dir: str | os.PathLike, sweep: str) -> Path:
+    """<results_dir>/runs/<sweep>: the runs of one sweep (and, from the sweep runner, sweep.json and logs/)."""
+    return runs_root(results_dir) / str(sweep)
 
 
 def run_dir(cfg: DictConfig) -> Path:
     """results_dir/runs/<sweep or 'adhoc'>/<run id>/ — the run directory of the contract."""
-    return Path(cfg.results_dir) / "runs" / (cfg.sweep or "adhoc") / run_id(cfg)
+    return sweep_dir(cfg.results_dir, cfg.sweep or ADHOC_SWEEP) / run_id(cfg)
 
 
-def sweep_dir(results_dir: str | Path, sweep: str) -> Path:
-    return Path(results_dir) / "runs" / str(sweep)
-
-
-def report_dir(results_dir: str | Path, sweep: str) -> Path:
+def report_dir(results_dir: str | os.PathLike, sweep: str) -> Path:
     """Where `make report` writes a sweep's report: <results_dir>/report for the default sweep (ablation), else
     <results_dir>/report-<sweep>."""
-    return Path(results_dir) / ("report" if sweep == "ablation" else f"report-{sweep}")
+    return Path(results_dir) / ("report" if sweep == DEFAULT_SWEEP else f"report-{sweep}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# files
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -58,7 +93,9 @@ def _to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
 
 
-def _dumps(obj: Any, *, indent: int | None = None) -> str:
+def to_json(obj: Any, *, indent: int | None = None) -> str:
+    """`obj` as JSON text: numpy/torch scalars and arrays, paths, sets and OmegaConf containers become plain JSON;
+    NaN and infinities are written as the bare tokens NaN / Infinity (Python's json reads them back)."""
     return json.dumps(obj, default=_to_jsonable, ensure_ascii=False, indent=indent)
 
 
@@ -88,7 +125,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """`atomic_write_text` of `obj` as indented JSON (numpy/torch scalars become numbers)."""
-    atomic_write_text(path, _dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
 def read_metrics(run_dir: str | os.PathLike, *, strict: bool = True) -> list[dict]:
@@ -100,7 +137,7 @@ def read_metrics(run_dir: str | os.PathLike, *, strict: bool = True) -> list[dic
     """
     path = Path(run_dir)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = path / METRICS_FILE
     if not strict and not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8", errors="strict" if strict else "replace").splitlines()
@@ -126,7 +163,7 @@ def read_metrics(run_dir: str | os.PathLike, *, strict: bool = True) -> list[dic
     return events
 
 
-def _cut_torn_tail(path: Path) -> None:
+def cut_torn_tail(path: Path) -> None:
     """Drop a last line without its newline (a write cut short), so that appending starts on a fresh line."""
     if not path.exists():
         return
@@ -137,9 +174,96 @@ def _cut_torn_tail(path: Path) -> None:
             handle.truncate(keep)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: str | os.PathLike) -> dict | None:
+    """The JSON object in `path`; None when the file is missing, unreadable, not JSON or not an object."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict | None:
+    """summary.json of a run directory as a dict; None when there is none or it cannot be read (see read_json)."""
+    return read_json(Path(run_dir) / SUMMARY_FILE)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# what a new start does with the folder: one decision for experiments.train and experiments.sweep
+
+NEW, RESUME, RESTART, CONFLICT = "new", "resume", "restart", "conflict"
+UNREADABLE_HASH = "unreadable"  # the stored hash when the folder's config.yaml does not load
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What is in a run directory, and what starting `cfg` there does.
+
+    decision: new | resume | restart | completed | diverged | conflict (see `run_state`).
+    own_hash: config_hash(cfg). stored_hash: the hash the folder holds (summary.json's config_hash, else its
+    config.yaml's, UNREADABLE_HASH when that does not load; None when neither is there).
+    summary: summary.json as read_summary returns it (None: missing or unreadable).
+    """
+
+    decision: str
+    own_hash: str
+    stored_hash: str | None
+    summary: dict | None
+
+    @property
+    def summary_hash(self) -> str | None:
+        """The config hash summary.json itself records (None without a summary or without the key)."""
+        return (self.summary or {}).get("config_hash")
+
+
+def _stored_config_hash(folder: Path, summary: dict | None) -> str | None:
+    stored = (summary or {}).get("config_hash")
+    if stored is None and (folder / CONFIG_FILE).exists():
+        try:
+            stored = config_hash(load_config([folder / CONFIG_FILE]))
+        except Exception:  # noqa: BLE001 - any config.yaml that does not load is "another config"
+            stored = UNREADABLE_HASH
+    return stored
+
+
+def run_state(cfg: DictConfig, folder: str | os.PathLike) -> RunState:
+    """Read `folder` (the run directory of `cfg`) and decide what a start of `cfg` does there; first match wins:
+
+    | state of the folder                                                            | decision            |
+    |--------------------------------------------------------------------------------|---------------------|
+    | missing, or empty                                                              | new                 |
+    | the stored config hash (summary.json's, else config.yaml's) differs from cfg's | conflict            |
+    | (a config.yaml that does not load counts as another config)                    |                     |
+    | summary.json says completed or diverged                                        | completed, diverged |
+    | checkpoint/resume/ or checkpoint/resume.old/ exists (experiments.checkpoint)   | resume              |
+    | anything else: running (killed), failed, interrupted, no summary.json          | restart             |
+
+    experiments.train acts on the decision as it stands: conflict is refused (exit code 2), completed and diverged
+    exit at once, resume loads the checkpoint (and starts over when it turns out unusable), restart starts over.
+    experiments.sweep (`plan`) trusts only a summary.json that carries a hash, and leaves every other case to train:
+
+    | RunState                                                     | sweep action (manifest status)         |
+    |--------------------------------------------------------------|----------------------------------------|
+    | no readable summary.json                                     | run (pending)                          |
+    | conflict, and summary.json carries the other hash            | conflict (skipped): never touched      |
+    | completed or diverged, and summary.json carries cfg's hash   | skip (completed, diverged)             |
+    | anything else                                                | rerun (pending): train resumes/decides |
+
+    A summary.json that is not a JSON object counts as no summary (read_summary); the folder's files are only read.
+    """
+    folder = Path(folder)
+    own = config_hash(cfg)
+    if not folder.exists() or not any(folder.iterdir()):
+        return RunState(NEW, own, None, None)
+    summary = read_summary(folder)
+    stored = _stored_config_hash(folder, summary)
+    status = (summary or {}).get("status")
+    if stored is not None and stored != own:
+        decision = CONFLICT
+    elif status in DONE_STATUSES:
+        decision = status  # a diverged run is a result: rerunning the same config diverges again
+    elif (folder / "checkpoint" / "resume").exists() or (folder / "checkpoint" / "resume.old").exists():
+        decision = RESUME
+    else:
+        decision = RESTART
+    return RunState(decision, own, stored, summary)

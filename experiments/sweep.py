@@ -34,8 +34,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.config import config_hash
-from experiments.rundir import DONE_STATUSES, _read_json
+from experiments.rundir import (
+    CONFLICT,
+    DONE_STATUSES,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    read_summary,
+    run_state,
+    signal_exit_code,
+    sweep_dir,
+)
 from experiments.sweep_runner import Manifest, Runner, _duration, _metric, pick_gpus
 from experiments.sweep_spec import Run, SweepError, SweepSpec, _good_name, expand, load_sweep
 
@@ -52,18 +61,20 @@ TRAIN_CMD_ENV = "SWEEP_TRAIN_CMD"  # a shell-quoted command that replaces `pytho
 
 def plan(run: Run) -> None:
     """Set run.action/status/reason from its run directory: skip (done), rerun (failed or interrupted),
-    conflict (the directory holds another config), run (nothing there yet)."""
-    summary = _read_json(run.run_dir / "summary.json")
+    conflict (the directory holds another config), run (nothing there yet); experiments.rundir.run_state decides
+    (its docstring has the table for the sweep)."""
+    state = run_state(run.cfg, run.run_dir)
+    summary = state.summary
     run.summary = summary or {}
     if summary is None:
         run.action, run.status, run.reason = "run", "pending", None
         return
     status, reason = summary.get("status"), summary.get("reason")
-    stored_hash, own_hash = summary.get("config_hash"), config_hash(run.cfg)
-    if stored_hash is not None and stored_hash != own_hash:
+    stored_hash, own_hash = state.summary_hash, state.own_hash
+    if state.decision == CONFLICT and stored_hash is not None:
         run.action, run.status = "conflict", "skipped"
         run.reason = f"its directory holds another config (hash {stored_hash}, this run's is {own_hash}); left as is"
-    elif status in DONE_STATUSES and stored_hash == own_hash:
+    elif state.decision in DONE_STATUSES and stored_hash == own_hash:
         run.action, run.status, run.reason = "skip", status, reason
         run.wall_time_s = summary.get("wall_time_s")
     else:  # running (interrupted), failed, or a summary without a hash: train.py decides (it resumes or says done)
@@ -80,7 +91,7 @@ def table(runs: list[Run]) -> str:
     header = ("run id", "arm", "k", "seed", "status", "dev/f1", "dev/loss", "wall")
     rows = [header]
     for run in runs:
-        summary = _read_json(run.run_dir / "summary.json") or run.summary or {}
+        summary = read_summary(run.run_dir) or run.summary or {}
         wall = summary.get("wall_time_s", run.wall_time_s)
         rows.append(
             (
@@ -104,12 +115,12 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def dry_run_listing(spec: SweepSpec, runs: list[Run], sweep_dir: Path, cli: Sequence[str]) -> str:
+def dry_run_listing(spec: SweepSpec, runs: list[Run], folder: Path, cli: Sequence[str]) -> str:
     """What `--dry-run` prints: the shared part once, then one line per run (number, action, id, its own part)."""
     counts = {action: sum(run.action == action for run in runs) for action in ("run", "rerun", "skip", "conflict")}
     shown = ", ".join(f"{n} to {a}" if a != "conflict" else f"{n} left alone" for a, n in counts.items() if n)
     lines = [
-        f"sweep {spec.name}: {len(runs)} runs ({shown}) in {sweep_dir}",
+        f"sweep {spec.name}: {len(runs)} runs ({shown}) in {folder}",
         f"  every run: {' '.join(spec.base)}  {' '.join([*spec.overrides, *cli, f'sweep={spec.name}'])}",
     ]
     width = max(len(run.run_id) for run in runs)
@@ -159,10 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [item for item in args.overrides if "=" not in item]
     if bad:
         print(f"sweep: error: {bad[0]!r} is not key=value (the sweep file comes first, once)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if args.jobs < 1 or args.gpus_per_run < 1:
         print(f"sweep: error: {'--jobs' if args.jobs < 1 else '--gpus-per-run'} must be >= 1", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         spec = load_sweep(args.sweep_file)
         cli = []
@@ -180,15 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpus = [] if args.dry_run else pick_gpus(args.gpus, args.gpus_per_run)
     except SweepError as err:
         print(f"sweep: error: {err}", file=sys.stderr)
-        return 2
-    sweep_dir = Path(runs[0].cfg.results_dir) / "runs" / spec.name
+        return EXIT_BAD_INPUT
+    folder = sweep_dir(runs[0].cfg.results_dir, spec.name)
     for run in runs:
         plan(run)
     if args.dry_run:
-        print(dry_run_listing(spec, runs, sweep_dir, cli))
-        return 0
+        print(dry_run_listing(spec, runs, folder, cli))
+        return EXIT_OK
 
-    manifest = Manifest(spec, runs, sweep_dir, cli)
+    manifest = Manifest(spec, runs, folder, cli)
     manifest.write()
     runner = Runner(runs, manifest, _train_command(args.train_cmd), args.jobs, gpus, args.gpus_per_run)
     todo = sum(run.action in ("run", "rerun") for run in runs)
@@ -219,8 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     print(f"sweep {spec.name}: {shown} in {_duration(time.monotonic() - runner.t0)} → {manifest.path}", flush=True)
     if not finished:
-        return 128 + int(runner.signals[0])  # 130 after Ctrl-C (SIGINT), 143 after SIGTERM
-    return 0 if counts["completed"] == len(runs) else 1
+        return signal_exit_code(runner.signals[0])  # 130 after Ctrl-C (SIGINT), 143 after SIGTERM
+    return EXIT_OK if counts["completed"] == len(runs) else EXIT_FAILED
 
 
 if __name__ == "__main__":

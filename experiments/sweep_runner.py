@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, config_hash, load_config
-from experiments.rundir import _read_json, atomic_write_json
+from experiments.rundir import (
+    COMPLETED,
+    DIVERGED,
+    EXIT_DIVERGED,
+    FAILED,
+    MANIFEST_FILE,
+    atomic_write_json,
+    read_json,
+    read_summary,
+)
 from experiments.sweep_spec import Run, SweepError, SweepSpec, _point_label
 
 INTERRUPT_GRACE_S = 30.0  # after Ctrl-C, how long children get to save a resume checkpoint before SIGTERM
@@ -35,9 +44,9 @@ class Manifest:
     """`<sweep dir>/sweep.json`: the sweep's runs and their states, rewritten atomically at every change."""
 
     def __init__(self, spec: SweepSpec, runs: list[Run], sweep_dir: Path, cli_overrides: Sequence[str]):
-        self.path = sweep_dir / "sweep.json"
+        self.path = sweep_dir / MANIFEST_FILE
         self.spec, self.runs, self.cli = spec, runs, list(cli_overrides)
-        previous = _read_json(self.path) or {}
+        previous = read_json(self.path) or {}
         self.created = previous.get("created") or _now()
         self.log_dir = sweep_dir / "logs"
 
@@ -258,10 +267,10 @@ class Runner:
         run = child.run
         run.exit_code = code
         run.wall_time_s = time.monotonic() - child.started
-        summary = _read_json(run.run_dir / "summary.json") or {}
+        summary = read_summary(run.run_dir) or {}
         run.summary = summary
         said, said_reason = summary.get("status"), summary.get("reason")
-        if interrupted and not (code == 0 and said == "completed"):  # one that finished in the grace period counts
+        if interrupted and not (code == 0 and said == COMPLETED):  # one that finished in the grace period counts
             from experiments.checkpoint import resume_point
 
             point = resume_point(run.run_dir)
@@ -269,8 +278,8 @@ class Runner:
             run.reason = f"interrupted by the sweep runner (exit code {code}); the next invocation " + (
                 f"resumes it from update {point}" if point is not None else "starts it over (no resume checkpoint)"
             )
-        elif code == 0 and said == "completed":
-            run.status, run.reason = "completed", None
+        elif code == 0 and said == COMPLETED:
+            run.status, run.reason = COMPLETED, None
         elif code == 0:
             run.status = "failed"
             run.reason = (
@@ -279,8 +288,8 @@ class Runner:
                 else f"exited 0 but wrote no summary.json in {run.run_dir}"
             )
         else:
-            run.status = "diverged" if code == 3 or said == "diverged" else "failed"
-            if said in ("failed", "diverged") and said_reason:
+            run.status = DIVERGED if code == EXIT_DIVERGED or said == DIVERGED else FAILED
+            if said in (FAILED, DIVERGED) and said_reason:
                 run.reason = str(said_reason)
             elif code < 0:
                 run.reason = f"killed by signal {-code}"

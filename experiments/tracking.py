@@ -44,12 +44,18 @@ from omegaconf import DictConfig, OmegaConf
 from .config import WANDB_LIMITS
 from .provenance import _now, env_info
 from .rundir import (
+    COMPLETED,
+    FAILED,
     FINAL_STATUSES,
-    _cut_torn_tail,
-    _dumps,
+    METRICS_FILE,
+    RUNNING,
+    SUMMARY_FILE,
     atomic_write_json,
     atomic_write_text,
+    cut_torn_tail,
     read_metrics,
+    read_summary,
+    to_json,
 )
 
 # How long a resumed run waits for a killed process's W&B service to let go of the run id (seconds).
@@ -131,9 +137,9 @@ class RunTracker:
             resumes = 0
             atomic_write_json(self.run_dir / "env.json", env)
 
-        metrics_path = self.run_dir / "metrics.jsonl"
+        metrics_path = self.run_dir / METRICS_FILE
         if resume:
-            _cut_torn_tail(metrics_path)
+            cut_torn_tail(metrics_path)
             done = read_metrics(metrics_path) if metrics_path.exists() else []
             self._time_offset = float(done[-1].get("time", 0.0)) if done else 0.0
         else:
@@ -147,7 +153,7 @@ class RunTracker:
         self._summary.pop("wandb_error", None)  # from an earlier attempt
         self._summary.update(
             {
-                "status": "running",
+                "status": RUNNING,
                 "reason": None,
                 "run_id": self.run_dir.name,
                 "arm": OmegaConf.select(cfg, "arm", default=None),
@@ -181,7 +187,7 @@ class RunTracker:
             except Exception as err:
                 where = f"tracking.mode={self.mode}, dir={self.run_dir / 'wandb'}"
                 message = f"W&B start failed ({where}): {_first_line(err)}"
-                self._summary.update(status="failed", reason=message, finished_at=_now())
+                self._summary.update(status=FAILED, reason=message, finished_at=_now())
                 self._write_summary()
                 self._metrics.close()
                 self._finished = True
@@ -189,7 +195,7 @@ class RunTracker:
             except BaseException as err:  # Ctrl-C or a stop signal while W&B starts: the run ends here, and says so
                 name = signal_of(err)[0]
                 self._summary.update(
-                    status="failed",
+                    status=FAILED,
                     reason=f"interrupted by {name} during start-up (starting W&B)",
                     finished_at=_now(),
                     interrupted={"signal": name, "update": 0, "resumable_from": None},
@@ -308,22 +314,15 @@ class RunTracker:
             return None
 
     def _read_summary(self) -> dict:
-        path = self.run_dir / "summary.json"
-        if not path.exists():
-            return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_summary(self.run_dir) or {}
 
     def _write_summary(self) -> None:
-        atomic_write_json(self.run_dir / "summary.json", self._summary)
+        atomic_write_json(self.run_dir / SUMMARY_FILE, self._summary)
 
     @property
     def summary(self) -> dict:
         """A copy of what summary.json holds."""
-        return json.loads(_dumps(self._summary))
+        return json.loads(to_json(self._summary))
 
     @property
     def finished(self) -> bool:
@@ -361,7 +360,7 @@ class RunTracker:
             "time": round(self.elapsed(), 3),
         }
         event.update(metrics)
-        line = _dumps(event)  # numpy/torch scalars become plain numbers here
+        line = to_json(event)  # numpy/torch scalars become plain numbers here
         self._metrics.write(line + "\n")
         self._metrics.flush()
         event = json.loads(line)
@@ -375,10 +374,10 @@ class RunTracker:
         if self._finished:
             raise RuntimeError(f"rewind() after finish() on run {self.run_dir.name}")
         self._metrics.close()
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / METRICS_FILE
         events = read_metrics(path)
         kept = [e for e in events if e.get("update", 0) <= update]
-        atomic_write_text(path, "".join(_dumps(e) + "\n" for e in kept))
+        atomic_write_text(path, "".join(to_json(e) + "\n" for e in kept))
         self._metrics = open(path, "a", encoding="utf-8")
         return len(events) - len(kept)
 
@@ -389,14 +388,14 @@ class RunTracker:
         `update_summary({"final": {"dev/f1": 71.2}}, updates=120)`."""
         merged = dict(fields or {})
         merged.update(more)
-        if "status" in merged and merged["status"] not in ("running", *FINAL_STATUSES):
+        if "status" in merged and merged["status"] not in (RUNNING, *FINAL_STATUSES):
             raise ValueError(f"status {merged['status']!r} is not one of running, {', '.join(FINAL_STATUSES)}")
-        self._summary.update(json.loads(_dumps(merged)))
+        self._summary.update(json.loads(to_json(merged)))
         self._write_summary()
         if self._wandb_run is not None:
             self._wandb_run.summary.update({k: v for k, v in merged.items() if v is not None})
 
-    def finish(self, status: str = "completed", reason: str | None = None, **fields: Any) -> dict:
+    def finish(self, status: str = COMPLETED, reason: str | None = None, **fields: Any) -> dict:
         """Close the run: final summary.json (status, reason, finished_at, wall_time_s unless given, fields), then the
         W&B summary and `wandb.finish` (exit code 0 for completed and diverged — the run ended as designed and
         diverging is a result — and 1 for failed).
@@ -417,7 +416,7 @@ class RunTracker:
         final = {"status": status, "reason": reason, "finished_at": _now()}
         final.setdefault("wall_time_s", round(self.elapsed(), 3))
         final.update(fields)
-        self._summary.update(json.loads(_dumps(final)))
+        self._summary.update(json.loads(to_json(final)))
         self._write_summary()
 
         run, self._wandb_run = self._wandb_run, None
@@ -425,7 +424,7 @@ class RunTracker:
             try:
                 skip = ("wandb",)
                 run.summary.update({k: v for k, v in self._summary.items() if v is not None and k not in skip})
-                run.finish(exit_code=1 if status == "failed" else 0)
+                run.finish(exit_code=1 if status == FAILED else 0)
             except Exception as err:  # noqa: BLE001 - see the docstring
                 message = f"W&B finish failed: {_first_line(err)}"
                 print(f"warning: {message} (the run directory is complete)", file=sys.stderr)
@@ -443,8 +442,8 @@ class RunTracker:
         An explicit earlier finish (e.g. "diverged") is kept."""
         if not self._finished:
             if exc is None:
-                self.finish("completed")
+                self.finish(COMPLETED)
             else:
                 self.write_text("error.log", "".join(traceback.format_exception(exc_type, exc, tb)))
-                self.finish("failed", reason=_first_line(exc))
+                self.finish(FAILED, reason=_first_line(exc))
         return False
