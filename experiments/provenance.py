@@ -71,18 +71,22 @@ def git_info(path: str | os.PathLike = REPO_ROOT) -> dict:
     }
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of distribution `name` from its metadata (nothing is imported); None if missing."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
     """Installed versions from the package metadata (nothing is imported); missing packages are left out."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    versions = {name: package_version(name) for name in names}
+    return {name: version for name, version in versions.items() if version is not None}
 
 
 def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what the platform module says)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -95,7 +99,7 @@ def cpu_name() -> str:
 def device_info(device: Any = None) -> dict:
     """{"type", "name", "index", "threads", "cuda", "cudnn", "cuda_available", "cuda_devices"} for a torch device
     (a torch.device, a string such as "cuda:0", or None for the CPU)."""
-    import torch
+    import torch  # here, not at the top: reading git and package versions needs no torch
 
     dev = torch.device(device if device is not None else "cpu")
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -129,9 +133,17 @@ def env_info(device: Any = None) -> dict:
         "device": device_info(device),
         "argv": list(sys.argv),
         "hostname": socket.gethostname(),
-        "started_at": _now(),
+        "started_at": utc_now(),
     }
 
 
-def _now() -> str:
+def device_name(device: Any) -> str:
+    """The GPU's name for a CUDA torch.device, else the CPU's model name (the benchmarks' "device_name")."""
+    import torch  # see device_info
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def utc_now() -> str:
+    """The current time in UTC, ISO 8601 to the second (e.g. 2026-01-31T12:00:00+00:00)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -41,7 +41,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import (
-    REPO_ROOT,
     ConfigError,
     config_hash,
     load_config,
@@ -50,6 +49,7 @@ from experiments.config import (
     run_id,
     typed_value,
 )
+from experiments.provenance import REPO_ROOT
 from experiments.rundir import run_dir
 
 SWEEP_KEYS = ("name", "description", "base", "grid", "overrides", "when", "exclude", "include", "report")

@@ -42,7 +42,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import WANDB_LIMITS
-from .provenance import _now, env_info
+from .provenance import env_info, utc_now
 from .rundir import (
     COMPLETED,
     FAILED,
@@ -187,7 +187,7 @@ class RunTracker:
             except Exception as err:
                 where = f"tracking.mode={self.mode}, dir={self.run_dir / 'wandb'}"
                 message = f"W&B start failed ({where}): {_first_line(err)}"
-                self._summary.update(status=FAILED, reason=message, finished_at=_now())
+                self._summary.update(status=FAILED, reason=message, finished_at=utc_now())
                 self._write_summary()
                 self._metrics.close()
                 self._finished = True
@@ -197,7 +197,7 @@ class RunTracker:
                 self._summary.update(
                     status=FAILED,
                     reason=f"interrupted by {name} during start-up (starting W&B)",
-                    finished_at=_now(),
+                    finished_at=utc_now(),
                     interrupted={"signal": name, "update": 0, "resumable_from": None},
                 )
                 self._write_summary()
@@ -413,7 +413,7 @@ class RunTracker:
             self._metrics.close()
         except OSError:
             pass
-        final = {"status": status, "reason": reason, "finished_at": _now()}
+        final = {"status": status, "reason": reason, "finished_at": utc_now()}
         final.setdefault("wall_time_s", round(self.elapsed(), 3))
         final.update(fields)
         self._summary.update(json.loads(to_json(final)))

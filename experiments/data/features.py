@@ -38,7 +38,7 @@ TRAIN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "start_positio
 
 
 def _default_cache_dir() -> Path:
-    from experiments.config import REPO_ROOT
+    from experiments.provenance import REPO_ROOT
 
     return REPO_ROOT / ".cache" / "features"
 
