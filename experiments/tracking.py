@@ -5,9 +5,9 @@ studied (and the report rebuilt) with no W&B account and no network:
 
     config.yaml     the resolved config (OmegaConf YAML)
     env.json        where the run came from: git sha, dirty flag and the dirty files' names, Python and package
-                    versions, device, argv, host
+                    versions, device, argv, host (experiments.provenance.env_info)
     metrics.jsonl   one JSON object per `log` call, appended and flushed at once (a crash loses at most the line
-                    being written; `read_metrics` skips such a torn last line)
+                    being written; `experiments.rundir.read_metrics` skips such a torn last line)
     summary.json    status running → completed | failed | diverged, plus whatever the trainer merges in; rewritten
                     atomically (temporary file in the same folder + os.replace), so a reader never sees half a file
     wandb/          the W&B run (offline: wandb/offline-run-<time>-<id>/, uploaded later by `make sync`)
