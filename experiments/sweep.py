@@ -45,8 +45,8 @@ from experiments.rundir import (
     signal_exit_code,
     sweep_dir,
 )
-from experiments.sweep_runner import Manifest, Runner, _duration, _metric, pick_gpus
-from experiments.sweep_spec import Run, SweepError, SweepSpec, _good_name, expand, load_sweep
+from experiments.sweep_runner import Manifest, Runner, format_duration, format_metric, pick_gpus
+from experiments.sweep_spec import Run, SweepError, SweepSpec, expand, is_sweep_name, load_sweep
 
 TRAIN_CMD_ENV = "SWEEP_TRAIN_CMD"  # a shell-quoted command that replaces `python -m experiments.train` (tests)
 
@@ -100,9 +100,9 @@ def table(runs: list[Run]) -> str:
                 str(run.cfg.train.accumulation_steps),
                 str(run.cfg.seed),
                 run.status,
-                _metric(summary, "dev/f1"),
-                _metric(summary, "dev/loss"),
-                _duration(wall) if isinstance(wall, (int, float)) else "-",
+                format_metric(summary, "dev/f1"),
+                format_metric(summary, "dev/loss"),
+                format_duration(wall) if isinstance(wall, (int, float)) else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for item in args.overrides:
             key, value = item.split("=", 1)
             if key.strip() == "sweep":  # `sweep=NAME` renames the sweep
-                if not _good_name(value.strip()):
+                if not is_sweep_name(value.strip()):
                     raise SweepError(f"sweep={value!r}: a sweep name is letters, digits, . _ -")
                 spec.name = value.strip()
             else:
@@ -228,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for status in ("completed", "failed", "diverged", "skipped", "interrupted", "pending")
     }
     shown = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-    print(f"sweep {spec.name}: {shown} in {_duration(time.monotonic() - runner.t0)} → {manifest.path}", flush=True)
+    print(
+        f"sweep {spec.name}: {shown} in {format_duration(time.monotonic() - runner.t0)} → {manifest.path}", flush=True
+    )
     if not finished:
         return signal_exit_code(runner.signals[0])  # 130 after Ctrl-C (SIGINT), 143 after SIGTERM
     return EXIT_OK if counts["completed"] == len(runs) else EXIT_FAILED

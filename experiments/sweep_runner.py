@@ -25,7 +25,7 @@ from experiments.rundir import (
     read_json,
     read_summary,
 )
-from experiments.sweep_spec import Run, SweepError, SweepSpec, _point_label
+from experiments.sweep_spec import Run, SweepError, SweepSpec, point_label
 
 INTERRUPT_GRACE_S = 30.0  # after Ctrl-C, how long children get to save a resume checkpoint before SIGTERM
 KILL_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
@@ -58,7 +58,7 @@ class Manifest:
             "run_id": run.run_id,
             "index": run.index,
             "arm": run.cfg.arm,
-            "point": {key: _point_label(value) for key, value in run.point.items()},
+            "point": {key: point_label(value) for key, value in run.point.items()},
             "files": list(run.files),
             "overrides": list(run.overrides),
             "action": run.action,
@@ -89,7 +89,8 @@ class Manifest:
 # running
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """Seconds as the progress lines show them: 12.3s, 4m05s, 2h07m."""
     seconds = max(0.0, float(seconds))
     if seconds < 60:
         return f"{seconds:.1f}s"
@@ -100,7 +101,8 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def _metric(summary: dict, key: str) -> str:
+def format_metric(summary: dict, key: str) -> str:
+    """summary["final"][key] to 4 significant digits ("nan" for NaN, "-" when missing or not a number)."""
     value = (summary.get("final") or {}).get(key) if isinstance(summary.get("final"), dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.4g}"
@@ -216,7 +218,7 @@ class Runner:
             if estimate is None:
                 return "?"
             left += max(0.0, estimate - (now - child.started))
-        return _duration(left / self.jobs)
+        return format_duration(left / self.jobs)
 
     def _say(self, text: str) -> None:
         print(text, flush=True)
@@ -301,13 +303,14 @@ class Runner:
 
     def _progress(self, child: _Child, queue: list[Run], running: list[_Child]) -> None:
         run = child.run
-        metrics = f"dev/f1={_metric(run.summary, 'dev/f1')} dev/loss={_metric(run.summary, 'dev/loss')}"
+        metrics = f"dev/f1={format_metric(run.summary, 'dev/f1')} dev/loss={format_metric(run.summary, 'dev/loss')}"
         why = f"  ({run.reason})" if run.status != "completed" and run.reason else ""
         done = len(self.walls)
         to_run = done + len(queue) + len(running)
+        wall, elapsed = format_duration(run.wall_time_s), format_duration(time.monotonic() - self.t0)
         self._say(
-            f"[{run.index}/{self.total}] {run.run_id} {run.status} in {_duration(run.wall_time_s)}  {metrics}{why}"
-            f" | {done}/{to_run} done, elapsed {_duration(time.monotonic() - self.t0)}, ETA {self._eta(queue, running)}"
+            f"[{run.index}/{self.total}] {run.run_id} {run.status} in {wall}  {metrics}{why}"
+            f" | {done}/{to_run} done, elapsed {elapsed}, ETA {self._eta(queue, running)}"
         )
 
     def _on_signal(self, signum: int, _frame: Any) -> None:

@@ -103,7 +103,7 @@ def _is_config_file(value: Any) -> bool:
     return isinstance(value, str) and value.endswith(CONFIG_SUFFIXES) and "=" not in value
 
 
-def _good_name(name: Any) -> bool:
+def is_sweep_name(name: Any) -> bool:
     """A sweep name is a folder name: letters, digits, dot, underscore, dash."""
     return (
         isinstance(name, str)
@@ -185,7 +185,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
             f"sweep file {str(path)!r}: unknown key(s) {', '.join(unknown)}; known: {', '.join(SWEEP_KEYS)}"
         )
     name = data.get("name")
-    if not _good_name(name):
+    if not is_sweep_name(name):
         raise SweepError(f"sweep file {str(path)!r}: name must be a non-empty string of letters, digits, . _ -")
     base = data.get("base") or []
     base = [base] if isinstance(base, str) else base
@@ -244,10 +244,11 @@ class Run:
 
     @property
     def label(self) -> str:
-        return " ".join(f"{key}={_point_label(value)}" for key, value in self.point.items())
+        return " ".join(f"{key}={point_label(value)}" for key, value in self.point.items())
 
 
-def _point_label(value: Any) -> str:
+def point_label(value: Any) -> str:
+    """A grid value as the manifest and the listings show it: a config file by its stem, else key=value text."""
     if _is_config_file(value):
         return Path(value).stem
     if isinstance(value, dict):
@@ -309,7 +310,7 @@ def expand(spec: SweepSpec, cli_overrides: Sequence[str] = ()) -> list[Run]:
     runs: list[Run] = []
     seen: dict[Path, Run] = {}
     for number, (point, from_grid) in enumerate(_points(spec), start=1):
-        where = f"run {number} ({' '.join(f'{k}={_point_label(v)}' for k, v in point.items())})"
+        where = f"run {number} ({' '.join(f'{k}={point_label(v)}' for k, v in point.items())})"
         files, point_overrides = _point_args(point, where)
         files = spec.base + files
         tail = [f"sweep={spec.name}"]
