@@ -457,6 +457,8 @@ def bench_memory(model, args, device) -> dict:
 
 
 def environment(device: torch.device, args) -> dict:
+    """The "env" block of a benchmark's JSON (bench_sam, bench_ddp); git, versions, names and time come from
+    experiments.provenance, as env.json's do."""
     git = git_info(REPO_ROOT)
     return {
         "git_sha": git["sha"],

@@ -815,7 +815,6 @@ def main(argv: list[str] | None = None) -> int:
 def _start(cfg, ctx) -> int:
     """What to do with the run directory (rank 0 decides and tells the other ranks), then the run, with Ctrl-C,
     SIGTERM and SIGHUP ending it honestly (stop_signals_raise)."""
-
     run_dir = run_dir_of(cfg)
     decided = None
     if ctx.is_main:  # before anyone writes
