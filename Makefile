@@ -84,7 +84,7 @@ run-all-gpu: $(STAMP)  ## the same question at a paper-size budget on CUDA (conf
 smoke-all: $(STAMP)  ## the smoke sweep and its report (about 1.5 min)
 	@$(call sweep_then_report,configs/sweep/smoke.yaml,smoke)
 
-# Both modules write to analysis.collect.report_dir: the committed report of the default sweep in results/report/,
+# Both modules write to experiments.rundir.report_dir: the committed report of the default sweep in results/report/,
 # other sweeps next to it in results/report-<sweep>/ (git-ignored, so a smoke sweep's report does not mark later
 # runs' env.json dirty).
 report: $(STAMP)  ## sharpness + REPORT.md/.html of a sweep from its runs (SWEEP=ablation)

@@ -2,7 +2,7 @@
 
 A sweep lives in `<results_dir>/runs/<sweep>/`: one folder per run (see docs/CONTRACTS.md for what a run directory
 holds) and, when the sweep runner wrote one, a manifest `sweep.json`. This module only reads those files; it never
-imports the training code (the metrics reader comes from experiments.tracking, the owner of the format).
+imports the training code (the layout and the metrics reader come from experiments.rundir, the owner of the format).
 
     collect_runs(results_dir, sweep)    one row per run: the flattened config, the summary, the environment
     collect_curves(results_dir, sweep)  one row per (event, metric) of every metrics.jsonl: the learning curves
@@ -44,12 +44,20 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from experiments.rundir import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    read_metrics,
+    report_dir,
+    sweep_dir,
+)
+
 log = logging.getLogger(__name__)
 
 # The arms in the order every table and figure lists them; unknown arms follow in alphabetical order.
 ARM_ORDER = ("adamw", "sam_full", "sam_last", "sam_micro")
-# The statuses a run can have (summary.json) plus the ones this module assigns when a run left less behind.
-FINAL_STATUSES = ("completed", "failed", "diverged")
 STEP_KEYS = ("update", "epoch", "examples", "time")
 CURVE_COLUMNS = [
     "run_id",
@@ -127,18 +135,12 @@ def _read_yaml(path: Path) -> dict:
 def read_events(path: str | Path) -> list[dict]:
     """The events of a metrics.jsonl file (or run directory). A torn last line (a crash in the middle of a write) is
     skipped quietly; a bad line elsewhere is skipped with a warning, because the analysis should still see the rest
-    of the run. The format's reader lives with its writer, experiments.tracking."""
-    from experiments.tracking import read_metrics
-
+    of the run. The format's reader lives with its writer, experiments.rundir."""
     return read_metrics(path, strict=False)
 
 
-def sweep_dir(results_dir: str | Path, sweep: str) -> Path:
-    return Path(results_dir) / "runs" / str(sweep)
-
-
 def _is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "summary.json").is_file() or (path / "config.yaml").is_file())
+    return path.is_dir() and ((path / SUMMARY_FILE).is_file() or (path / CONFIG_FILE).is_file())
 
 
 def run_dirs(results_dir: str | Path, sweep: str) -> list[Path]:
@@ -175,7 +177,7 @@ def _parse_overrides(overrides: Any) -> dict[str, Any]:
 
 def read_manifest(results_dir: str | Path, sweep: str) -> dict[str, dict]:
     """{run_id: flattened entry} from `<sweep>/sweep.json`; {} when there is none (see the module docstring)."""
-    path = sweep_dir(results_dir, sweep) / "sweep.json"
+    path = sweep_dir(results_dir, sweep) / MANIFEST_FILE
     data = read_json(path)
     if data is None:
         return {}
@@ -249,15 +251,15 @@ def _env_columns(env: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _run_row(path: Path, manifest_entry: Mapping[str, Any] | None) -> dict[str, Any]:
-    config = flatten(_read_yaml(path / "config.yaml"))
-    summary = read_json(path / "summary.json")
+    config = flatten(_read_yaml(path / CONFIG_FILE))
+    summary = read_json(path / SUMMARY_FILE)
     env = read_json(path / "env.json")
     row: dict[str, Any] = {"run_id": path.name, "run_dir": str(path)}
     if manifest_entry:  # the manifest fills in only what the run's own files do not say
         row.update({k: v for k, v in manifest_entry.items() if k not in ("status", "reason", "run_dir")})
     row.update(config)
     row["has_summary"] = isinstance(summary, Mapping)
-    row["has_metrics"] = (path / "metrics.jsonl").is_file()
+    row["has_metrics"] = (path / METRICS_FILE).is_file()
     row["in_manifest"] = manifest_entry is not None
     if isinstance(summary, Mapping):
         row.update(_summary_columns(summary, set(config)))
@@ -370,7 +372,7 @@ def collect_curves(results_dir: str | Path, sweep: str, runs: pd.DataFrame | Non
     records: list[tuple] = []
     wanted = ["run_id", "run_dir", "arm", "replay", "k", "seed"]
     for run in runs.reindex(columns=wanted).to_dict("records"):
-        path = Path(run["run_dir"]) / "metrics.jsonl"
+        path = Path(run["run_dir"]) / METRICS_FILE
         if not path.is_file():
             continue
         ident = (run["run_id"], run.get("arm"), run.get("replay"), run.get("k"), run.get("seed"))
@@ -398,12 +400,6 @@ def _curve_dtypes(df: pd.DataFrame) -> pd.DataFrame:
 
 # the metrics the report keeps in curves.csv: enough for every figure and table of the report and the notebook
 REPORT_CURVE_METRICS = ("train/loss", "train/step_time", "dev/loss", "dev/f1", "dev/rouge_w", "dev/em", "diag/grad_cos")
-
-
-def report_dir(results_dir: str | Path, sweep: str) -> Path:
-    """Where `make report` writes a sweep's report: <results_dir>/report for the default sweep (ablation), else
-    <results_dir>/report-<sweep>."""
-    return Path(results_dir) / ("report" if sweep == "ablation" else f"report-{sweep}")
 
 
 def load_frames(results_dir: str | Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:

@@ -39,12 +39,9 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +49,8 @@ import torch
 
 from sam import SAM, train_step
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .provenance import REPO_ROOT, device_name, git_info, package_version, utc_now
+
 VARIANTS = ("none", "none+fb", "full", "last", "micro")  # none+fb: none plus one more fwd/bwd pass of the window
 TARGETS = {  # name: (target, description)
     "full_over_none_plus_fb": (1.03, "time  full / (none + extra fwd/bwd)"),
@@ -364,7 +362,7 @@ def bench_perturb(model, loss_fn, window, args, device) -> dict:
         "sanity": sanity,
         "base": "torch.optim.SGD(lr=1e-8, foreach=True) for every optimizer; base_only = that step alone",
         "warmup_calls": warmup,
-        "pytorch_optimizer": _version("pytorch_optimizer"),
+        "pytorch_optimizer": package_version("pytorch_optimizer"),
     }
     if device.type == "cpu":
         result["cpu_seconds"] = cpu
@@ -458,46 +456,25 @@ def bench_memory(model, args, device) -> dict:
 # provenance
 
 
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*cmd: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def device_name(device: torch.device) -> str:
-    from .tracking import cpu_name
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-
-
 def environment(device: torch.device, args) -> dict:
-    status = _git("status", "--porcelain")
+    """The "env" block of a benchmark's JSON (bench_sam, bench_ddp); git, versions, names and time come from
+    experiments.provenance, as env.json's do."""
+    git = git_info(REPO_ROOT)
     return {
-        "git_sha": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        "git_sha": git["sha"],
+        "git_dirty": git["dirty"],
         "device": device.type,
         "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "pytorch_optimizer": _version("pytorch_optimizer"),
+        "transformers": package_version("transformers"),
+        "pytorch_optimizer": package_version("pytorch_optimizer"),
         "cuda": torch.version.cuda,
         "host": platform.node(),
         "argv": sys.argv,
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": utc_now(),
     }
 
 

@@ -59,12 +59,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from .batches import epoch_windows
-from .config import REPO_ROOT, load_config
+from .config import load_config
 from .data.generated import generate_records, generator_settings
 from .model import load_tokenizer
 from .optim_setup import linear_schedule
+from .provenance import REPO_ROOT, env_info
+from .rundir import atomic_write_json
 from .schema import GeneratedDataConfig
-from .tracking import atomic_write_json, env_info
 from .trainer import Trainer
 
 CASES = {  # name: (config files, overrides, peer)

@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 
 from .progress import Progress
-from .tracking import atomic_write_json
+from .rundir import atomic_write_json
 
 
 def _resume_dirs(run_dir: Path) -> tuple[Path, Path, Path]:

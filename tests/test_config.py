@@ -8,7 +8,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from experiments.arms import ARM_OF_REPLAY, ARM_ORDER, ARMS, BUGGY, BY_NAME, COMPARISONS, CORRECT
-from experiments.config import ConfigError, load_config, run_dir
+from experiments.config import ConfigError, load_config
+from experiments.rundir import run_dir
 from experiments.train import main
 from tests.conftest import REPO, run_dirs
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from analysis import report
-from analysis.collect import report_dir
 from analysis.sharpness.options import parse_args
+from experiments.rundir import report_dir
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from experiments.config import load_config, run_dir
+from experiments.config import load_config
+from experiments.rundir import run_dir
 from tests.conftest import PYTHON, SMOKE, arm_file
 
 pytestmark = pytest.mark.slow

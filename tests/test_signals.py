@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from experiments import tracking
-from experiments.config import load_config, run_dir
+from experiments.config import load_config
+from experiments.rundir import run_dir
 from experiments.train import main
 from tests.conftest import PYTHON, REPO, SMOKE, arm_file, run_dirs
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from experiments import sweep
+from experiments import sweep, sweep_runner, sweep_spec
 from experiments.config import config_hash, load_config, run_id, split_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,8 +35,8 @@ ARMS = {arm: f"configs/arm/{arm}.yaml" for arm in ("adamw", "sam_full", "sam_las
 STANDIN = textwrap.dedent(
     """
     import json, os, sys, time
-    from experiments.config import ConfigError, config_hash, load_config, run_dir, run_id, split_args
-    from experiments.tracking import atomic_write_json
+    from experiments.config import ConfigError, config_hash, load_config, run_id, split_args
+    from experiments.rundir import atomic_write_json, run_dir
 
     def main():
         files, overrides = split_args(sys.argv[1:])
@@ -179,7 +179,7 @@ def file_times(directory: Path) -> dict:
 )
 def test_values_become_overrides_that_read_back_the_same(key, value):
     """What the sweep passes on the command line is what the run's config holds, whatever the key's type."""
-    text = f"{key}={sweep._format_value(value)}"
+    text = f"{key}={sweep_spec._format_value(value)}"
     cfg = load_config([], [text, "optim.replay=full"] if key != "arm" else [text])
     got = OmegaConf.select(cfg, key)
     got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
@@ -195,13 +195,13 @@ def test_sweep_file_values_keep_their_text_for_string_keys_and_type_for_the_othe
         "overrides:\n  tracking.group: 1.10\n  tracking.tags: [on, 0123]\n  optim.adaptive: yes\n"
         "exclude:\n  - {seed: 10, tracking.project: 511}\n"  # 511 is not what the file says: nothing excluded
     )
-    (run,) = sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])
+    (run,) = sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])
     assert run.cfg.tracking.project == "0777" and run.cfg.seed == 10
     assert run.cfg.tracking.group == "1.10" and list(run.cfg.tracking.tags) == ["on", "0123"]
     assert run.cfg.optim.adaptive is True
     path.write_text(path.read_text().replace("tracking.project: 511}", "tracking.project: 0777}"))
-    with pytest.raises(sweep.SweepError, match="no runs left"):  # and a match compares typed values: 010 == 10
-        sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])
+    with pytest.raises(sweep_spec.SweepError, match="no runs left"):  # and a match compares typed values: 010 == 10
+        sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])
 
 
 GRID12 = {
@@ -212,8 +212,8 @@ GRID12 = {
 
 
 def test_grid_expands_in_a_fixed_order_first_key_slowest(tmp_path):
-    spec = sweep.load_sweep(write_sweep(tmp_path, grid=GRID12))
-    runs = sweep.expand(spec, [f"results_dir={tmp_path}"])
+    spec = sweep_spec.load_sweep(write_sweep(tmp_path, grid=GRID12))
+    runs = sweep_spec.expand(spec, [f"results_dir={tmp_path}"])
     got = [(r.cfg.arm, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs]
     assert got == list(itertools.product(["adamw", "sam_full", "sam_last"], [1, 4], [0, 1]))
     assert [r.index for r in runs] == list(range(1, 13))
@@ -225,14 +225,14 @@ def test_grid_expands_in_a_fixed_order_first_key_slowest(tmp_path):
     assert first.run_id == run_id(cfg) and first.run_id.startswith("adamw-k1-s0-")
     assert first.run_dir == tmp_path / "runs" / "t" / first.run_id
     # deterministic: the same sweep expands to the same ids, and all ids differ
-    again = sweep.expand(sweep.load_sweep(write_sweep(tmp_path, grid=GRID12)), [f"results_dir={tmp_path}"])
+    again = sweep_spec.expand(sweep_spec.load_sweep(write_sweep(tmp_path, grid=GRID12)), [f"results_dir={tmp_path}"])
     assert [r.run_id for r in again] == [r.run_id for r in runs]
     assert len({r.run_id for r in runs}) == 12
 
 
 def test_run_ids_are_the_same_in_another_process(tmp_path):
     path = write_sweep(tmp_path, grid=GRID12)
-    ids = [r.run_id for r in sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])]
+    ids = [r.run_id for r in sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])]
     out = subprocess.run(
         [sys.executable, "-m", "experiments.sweep", str(path), f"results_dir={tmp_path}", "--dry-run"],
         capture_output=True,
@@ -255,7 +255,7 @@ def test_when_exclude_include(tmp_path):
         exclude=[{"arm": "sam_micro", "train.accumulation_steps": 1}],
         include=[{"arm": ARMS["sam_micro"], "train.accumulation_steps": 8, "seed": 5}],
     )
-    runs = sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])
+    runs = sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])
     got = [(r.cfg.arm, r.cfg.train.accumulation_steps, r.cfg.seed, r.cfg.diagnostics.grad_fidelity) for r in runs]
     assert got == [
         ("adamw", 1, 0, False),
@@ -271,7 +271,7 @@ def test_when_exclude_include(tmp_path):
 
 def test_command_line_overrides_win_and_collapsed_runs_run_once(tmp_path):
     path = write_sweep(tmp_path, grid=GRID12, overrides={"optim.rho": 0.1})
-    runs = sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}", "optim.rho=0.2", "seed=7"])
+    runs = sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}", "optim.rho=0.2", "seed=7"])
     assert all(r.cfg.optim.rho == 0.2 and r.cfg.seed == 7 for r in runs)
     assert len(runs) == 6  # the two seeds of the grid became one
 
@@ -284,7 +284,7 @@ def test_mapping_values_set_several_keys_together(tmp_path):
             "opt": [{"optim.lr": 1e-4, "optim.rho": 0.1}, {"optim.lr": 3e-4, "optim.rho": 0.2}],
         },
     )
-    runs = sweep.expand(sweep.load_sweep(path), [f"results_dir={tmp_path}"])
+    runs = sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])
     assert [(r.cfg.optim.lr, r.cfg.optim.rho) for r in runs] == [(1e-4, 0.1), (3e-4, 0.2)]
 
 
@@ -338,7 +338,7 @@ def test_sweep_runs_everything_and_writes_the_manifest(tmp_path, standin, env, c
     assert manifest["name"] == "t" and manifest["sweep_file"] == str(path)
     assert manifest["created"] <= manifest["updated"]
     runs = manifest["runs"]
-    expected = sweep.expand(sweep.load_sweep(path), [f"results_dir={results}"])
+    expected = sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={results}"])
     assert [r["run_id"] for r in runs] == [r.run_id for r in expected]
     for entry, run in zip(runs, expected):
         assert entry["status"] == "completed" and entry["exit_code"] == 0 and entry["reason"] is None
@@ -414,7 +414,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, standin, env, mon
 def test_a_run_dir_with_another_config_is_never_touched(tmp_path, standin, env, capsys):
     path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1]})
     results = tmp_path / "results"
-    runs = sweep.expand(sweep.load_sweep(path), [f"results_dir={results}"])
+    runs = sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={results}"])
     theirs = runs[0].run_dir
     theirs.mkdir(parents=True)
     (theirs / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": "0123456789"}))
@@ -433,13 +433,13 @@ def test_a_config_file_edited_mid_sweep_fails_that_run_only(tmp_path, standin, e
     arm.write_text("arm: mine\noptim: {replay: full, rho: 0.05}\n")
     path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"], str(arm)]})
     results = tmp_path / "results"
-    spec = sweep.load_sweep(path)
-    runs = sweep.expand(spec, [f"results_dir={results}"])
+    spec = sweep_spec.load_sweep(path)
+    runs = sweep_spec.expand(spec, [f"results_dir={results}"])
     for run in runs:
         sweep.plan(run)
     arm.write_text("arm: mine\noptim: {replay: full, rho: 0.5}\n")  # after planning, before it starts
-    manifest = sweep.Manifest(spec, runs, results / "runs" / "t", [])
-    runner = sweep.Runner(runs, manifest, standin.split(), jobs=1, gpus=[])
+    manifest = sweep_runner.Manifest(spec, runs, results / "runs" / "t", [])
+    runner = sweep_runner.Runner(runs, manifest, standin.split(), jobs=1, gpus=[])
     assert runner.run()
     assert runs[0].status == "completed"
     assert runs[1].status == "failed" and "changed since the sweep started" in runs[1].reason
@@ -475,14 +475,14 @@ def test_jobs_share_the_cpu_cores(tmp_path, standin, env, monkeypatch):
     assert run_sweep(path, results, standin, "--jobs", "2") == 0
     calls = calls_of(env)
     assert len(calls) == 4
-    assert {c["omp"] for c in calls} == {str(max(1, sweep._cpu_cores() // 2))}
+    assert {c["omp"] for c in calls} == {str(max(1, sweep_runner._cpu_cores() // 2))}
     # the user's thread count (config or environment) is left alone
     assert run_sweep(path, tmp_path / "r2", standin, "--jobs", "2", "train.num_threads=1") == 0
     assert {c["omp"] for c in calls_of(env)[4:]} == {None}
 
 
 def test_one_run_per_gpu(tmp_path, standin, env, monkeypatch):
-    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 2)
+    monkeypatch.setattr(sweep_runner, "_cuda_device_count", lambda: 2)
     monkeypatch.setenv("STANDIN_SLEEP", "0.3")
     path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2, 3]})
     args = [str(path), f"results_dir={tmp_path / 'a'}", "--gpus", "auto", "--train-cmd", standin]
@@ -493,15 +493,15 @@ def test_one_run_per_gpu(tmp_path, standin, env, monkeypatch):
     args = [str(path), f"results_dir={tmp_path / 'b'}", "--gpus", "auto", "--train-cmd", standin]
     assert sweep.main(args) == 0
     assert {c["cuda"] for c in calls_of(env)[4:]} == {"4", "6"}
-    assert sweep.pick_gpus("none") == [] and sweep.pick_gpus("2,3") == ["2", "3"]
-    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 1)
-    assert sweep.pick_gpus("auto") == []
+    assert sweep_runner.pick_gpus("none") == [] and sweep_runner.pick_gpus("2,3") == ["2", "3"]
+    monkeypatch.setattr(sweep_runner, "_cuda_device_count", lambda: 1)
+    assert sweep_runner.pick_gpus("auto") == []
 
 
 def test_several_gpus_per_run_make_each_run_one_torchrun(tmp_path, standin, env, monkeypatch):
     """--gpus-per-run 2: each run is `torchrun --nproc_per_node=2` with dist.world_size=2 in its overrides (a run id
     of its own), on a slot of 2 GPUs; without GPUs, 2 CPU processes."""
-    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 5)
+    monkeypatch.setattr(sweep_runner, "_cuda_device_count", lambda: 5)
     path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2]})
     args = [str(path), f"results_dir={tmp_path / 'a'}", "--gpus", "auto", "--gpus-per-run", "2", "--train-cmd", standin]
     assert sweep.main(args) == 0
@@ -515,15 +515,15 @@ def test_several_gpus_per_run_make_each_run_one_torchrun(tmp_path, standin, env,
     manifest = manifest_of(tmp_path / "a")
     assert all(r["status"] == "completed" and "dist.world_size=2" in r["overrides"] for r in manifest["runs"])
     # CPU: each run 2 processes; 2 runs at a time share the cores among 4 processes
-    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(sweep_runner, "_cuda_device_count", lambda: 0)
     args = [str(path), f"results_dir={tmp_path / 'b'}", "--jobs", "2", "--gpus-per-run", "2", "--train-cmd", standin]
     assert sweep.main(args) == 0
     cpu_calls = calls_of(env)[6:]
     assert len(cpu_calls) == 6 and {c["cuda"] for c in cpu_calls} == {None}
-    assert {c["omp"] for c in cpu_calls} == {str(max(1, sweep._cpu_cores() // 4))}
-    assert sweep.gpu_slots(["0", "1", "2", "3"], 2) == ["0,1", "2,3"]
-    with pytest.raises(sweep.SweepError, match="needs at least 2 GPUs"):
-        sweep.pick_gpus("3", 2)
+    assert {c["omp"] for c in cpu_calls} == {str(max(1, sweep_runner._cpu_cores() // 4))}
+    assert sweep_runner.gpu_slots(["0", "1", "2", "3"], 2) == ["0,1", "2,3"]
+    with pytest.raises(sweep_spec.SweepError, match="needs at least 2 GPUs"):
+        sweep_runner.pick_gpus("3", 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -586,8 +586,8 @@ def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, sta
 
 
 def test_the_ablation_sweep_resolves(tmp_path):
-    spec = sweep.load_sweep(REPO / "configs/sweep/ablation.yaml")
-    runs = sweep.expand(spec, [f"results_dir={tmp_path}"])
+    spec = sweep_spec.load_sweep(REPO / "configs/sweep/ablation.yaml")
+    runs = sweep_spec.expand(spec, [f"results_dir={tmp_path}"])
     # k = 8: adamw, sam_full, sam_last x seeds 0-2; k = 1 (the sanity row): every arm, seed 0
     assert len(runs) == 13
     cells = {(r.cfg.arm, r.cfg.optim.replay, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs}
@@ -606,7 +606,9 @@ def test_the_ablation_sweep_resolves(tmp_path):
 
 
 def test_the_gpu_sweep_resolves_to_the_paper_size_grid(tmp_path):
-    runs = sweep.expand(sweep.load_sweep(REPO / "configs/sweep/ablation_gpu.yaml"), [f"results_dir={tmp_path}"])
+    runs = sweep_spec.expand(
+        sweep_spec.load_sweep(REPO / "configs/sweep/ablation_gpu.yaml"), [f"results_dir={tmp_path}"]
+    )
     cells = {(r.cfg.arm, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs}
     assert cells == set(itertools.product(["sam_full", "sam_last", "sam_micro", "adamw"], [8, 4, 1], range(5)))
     assert all(r.cfg.train.precision == "bf16" and r.cfg.data.generated.n_train == 4800 for r in runs)
@@ -615,15 +617,15 @@ def test_the_gpu_sweep_resolves_to_the_paper_size_grid(tmp_path):
 def test_a_sweep_report_block_is_checked_when_read(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: s\nbase: [configs/default.yaml]\ngrid: {seed: [0]}\nreport: {targets: {dev/acc: [1]}}\n")
-    with pytest.raises(sweep.SweepError, match="report.targets.dev/acc is not a dev metric"):
-        sweep.load_sweep(path)
+    with pytest.raises(sweep_spec.SweepError, match="report.targets.dev/acc is not a dev metric"):
+        sweep_spec.load_sweep(path)
     path.write_text("name: s\nbase: [configs/default.yaml]\ngrid: {seed: [0]}\nreport: {targets: {dev/f1: 90}}\n")
-    with pytest.raises(sweep.SweepError, match="report.targets.dev/f1 must be a non-empty list of numbers"):
-        sweep.load_sweep(path)
+    with pytest.raises(sweep_spec.SweepError, match="report.targets.dev/f1 must be a non-empty list of numbers"):
+        sweep_spec.load_sweep(path)
 
 
 def test_the_smoke_sweep_resolves(tmp_path):
-    runs = sweep.expand(sweep.load_sweep(REPO / "configs/sweep/smoke.yaml"), [f"results_dir={tmp_path}"])
+    runs = sweep_spec.expand(sweep_spec.load_sweep(REPO / "configs/sweep/smoke.yaml"), [f"results_dir={tmp_path}"])
     assert len(runs) == 12
     cells = {(r.cfg.arm, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs}
     assert cells == set(itertools.product(["adamw", "sam_full", "sam_last"], [1, 4], [0, 1]))

@@ -15,14 +15,9 @@ import yaml
 
 from experiments import tracking
 from experiments.config import config_hash, load_config
-from experiments.tracking import (
-    RunTracker,
-    TrackingError,
-    atomic_write_json,
-    atomic_write_text,
-    env_info,
-    read_metrics,
-)
+from experiments.provenance import env_info, git_info
+from experiments.rundir import atomic_write_json, atomic_write_text, read_metrics
+from experiments.tracking import RunTracker, TrackingError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -403,7 +398,7 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
 
 
 def test_env_info_outside_a_repository(tmp_path):
-    assert tracking.git_info(tmp_path) == {"sha": None, "dirty": None, "dirty_files": None, "dirty_files_total": None}
+    assert git_info(tmp_path) == {"sha": None, "dirty": None, "dirty_files": None, "dirty_files_total": None}
     info = env_info("cpu")
     assert info["argv"] == sys.argv and "torch" in info["packages"]
     assert info["device"]["cuda_available"] in (True, False)
@@ -427,10 +422,10 @@ def test_git_info_names_the_files_that_make_a_tree_dirty(tmp_path):
     (tmp_path / "notes.md").write_text("n\n")
     git("add", ".")
     git("commit", "-q", "-m", "first")
-    assert tracking.git_info(tmp_path)["dirty"] is False and tracking.git_info(tmp_path)["dirty_files"] == []
+    assert git_info(tmp_path)["dirty"] is False and git_info(tmp_path)["dirty_files"] == []
     (tmp_path / "train.py").write_text("a = 2\n")  # modified
     (tmp_path / "report-smoke").mkdir()
     (tmp_path / "report-smoke" / "REPORT.md").write_text("r\n")  # an untracked folder
-    info = tracking.git_info(tmp_path)
+    info = git_info(tmp_path)
     assert info["dirty"] is True
     assert info["dirty_files"] == ["train.py", "report-smoke/"] and info["dirty_files_total"] == 2  # git's order

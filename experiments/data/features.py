@@ -29,7 +29,7 @@ from typing import Any
 
 from datasets import Dataset, Features, List, Value
 
-from ..config import REPO_ROOT
+from ..provenance import REPO_ROOT
 from .errors import DataError, one_line
 
 # bump whenever the features for the same inputs change (2: questions cut to leave stride room; 3: train features

@@ -303,7 +303,7 @@ def _write_atomic(path: Path, records: list[dict]) -> None:
 
 
 def cache_folder(gen_cfg: Any, root: Path | None = None) -> Path:
-    from experiments.config import REPO_ROOT
+    from experiments.provenance import REPO_ROOT
 
     base = Path(_get(gen_cfg, "cache_dir"))
     if not base.is_absolute():
