@@ -23,12 +23,10 @@ Column names of `collect_runs`:
     git_sha, device                    short aliases of env.git.sha and env.device.name
     has_summary, has_metrics, in_manifest
 
-The manifest is read leniently because it is only a fallback: `sweep.json` may be a list of entries, or an object
-whose "runs" is such a list or a {run_id: entry} mapping. An entry is an object with a run id ("run_id", "id" or
-"name", or the last part of "run_dir"), and optionally "status", "reason", "arm", "seed", "k", "config" (nested or
-dotted keys), "overrides" (a {key: value} mapping or a list of "key=value" strings) and "point" (the grid point,
-{key: value}). experiments.sweep writes {"name", ..., "runs": [{"run_id", "arm", "point", "overrides", "status",
-"reason", "run_dir", ...}]}, with statuses pending | running | completed | failed | diverged | skipped | interrupted.
+The manifest is only a fallback for what a run's own files do not say. It is read in the shape experiments.sweep
+writes, {"name", ..., "runs": [{"run_id", "arm", "point", "overrides", "status", "reason", "run_dir", ...}]} with
+statuses pending | running | completed | failed | diverged | skipped | interrupted; an entry without a run_id is
+skipped, and a file of another shape is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -44,6 +42,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from experiments.arms import ARM_ORDER
+from experiments.config import ConfigError, parse_override, schema_type, typed_value
 from experiments.rundir import (
     CONFIG_FILE,
     MANIFEST_FILE,
@@ -56,8 +56,6 @@ from experiments.rundir import (
 
 log = logging.getLogger(__name__)
 
-# The arms in the order every table and figure lists them; unknown arms follow in alphabetical order.
-ARM_ORDER = ("adamw", "sam_full", "sam_last", "sam_micro")
 STEP_KEYS = ("update", "epoch", "examples", "time")
 CURVE_COLUMNS = [
     "run_id",
@@ -156,12 +154,9 @@ def run_dirs(results_dir: str | Path, sweep: str) -> list[Path]:
 
 
 def _parse_overrides(overrides: Any) -> dict[str, Any]:
-    if isinstance(overrides, Mapping):
-        return flatten(overrides)
-    from experiments.config import ConfigError, parse_override, schema_type, typed_value
-
+    """The sweep's "key=value" override strings of one run, typed as the run read them."""
     parsed: dict[str, Any] = {}
-    if isinstance(overrides, (list, tuple)):
+    if isinstance(overrides, list):
         for text in overrides:
             if isinstance(text, str) and "=" in text:
                 key, raw = text.split("=", 1)
@@ -181,45 +176,21 @@ def read_manifest(results_dir: str | Path, sweep: str) -> dict[str, dict]:
     data = read_json(path)
     if data is None:
         return {}
-    entries: Iterable[Any]
-    if isinstance(data, Mapping) and "runs" in data:
-        runs = data["runs"]
-        if isinstance(runs, Mapping):
-            entries = [
-                dict(v, run_id=v.get("run_id", k)) if isinstance(v, Mapping) else {"run_id": k, "status": v}
-                for k, v in runs.items()
-            ]
-        else:
-            entries = runs if isinstance(runs, list) else []
-    elif isinstance(data, list):
-        entries = data
-    else:
-        log.warning("%s: neither a list of runs nor an object with 'runs'; ignored", path)
+    if not (isinstance(data, Mapping) and isinstance(data.get("runs"), list)):
+        log.warning("%s: not the object with a 'runs' list that experiments.sweep writes; ignored", path)
         return {}
     manifest: dict[str, dict] = {}
-    for entry in entries:
-        if not isinstance(entry, Mapping):
-            continue
-        run_id = entry.get("run_id") or entry.get("id") or entry.get("name")
-        if not run_id and entry.get("run_dir"):
-            run_id = Path(str(entry["run_dir"])).name
+    for entry in data["runs"]:
+        run_id = entry.get("run_id") if isinstance(entry, Mapping) else None
         if not run_id:
             continue
-        flat: dict[str, Any] = {}
-        if isinstance(entry.get("config"), Mapping):
-            flat.update(flatten(entry["config"]))
-        flat.update(_parse_overrides(entry.get("overrides")))
+        flat = _parse_overrides(entry.get("overrides"))
         if isinstance(entry.get("point"), Mapping):  # the grid point, as experiments.sweep records it
             for key, value in flatten(entry["point"]).items():
                 flat.setdefault(key, value)
-        for key in ("arm", "seed", "status", "reason", "run_dir"):
+        for key in ("arm", "status", "reason", "run_dir"):
             if entry.get(key) is not None:
                 flat[key] = entry[key]
-        for key in ("k", "accumulation_steps"):
-            if entry.get(key) is not None:
-                flat.setdefault("train.accumulation_steps", entry[key])
-        if entry.get("replay") is not None:
-            flat.setdefault("optim.replay", entry["replay"])
         manifest[str(run_id)] = flat
     return manifest
 

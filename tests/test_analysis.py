@@ -349,7 +349,8 @@ def test_collect_missing_sweep_and_manifest_fallbacks(tmp_path, caplog):
     summary = json.loads((run.path / "summary.json").read_text())
     summary.update(status="running", final=None)
     (run.path / "summary.json").write_text(json.dumps(summary))
-    (root / "sweep.json").write_text(json.dumps([{"run_id": run.run_id, "status": "failed", "reason": "OOM killed"}]))
+    manifest = {"name": "s", "runs": [{"run_id": run.run_id, "status": "failed", "reason": "OOM killed"}]}
+    (root / "sweep.json").write_text(json.dumps(manifest))
     row = collect_runs(tmp_path, "s").iloc[0]
     assert (row["status"], row["reason"]) == ("failed", "OOM killed")  # the process died while "running"
     # a damaged line in the middle is skipped with a warning, the rest is read
@@ -357,6 +358,19 @@ def test_collect_missing_sweep_and_manifest_fallbacks(tmp_path, caplog):
     (run.path / "metrics.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
     assert len(read_events(run.path)) == len(lines)
     assert "not a JSON object" in caplog.text and "line skipped" in caplog.text
+
+
+def test_a_manifest_of_another_shape_is_ignored_with_a_warning(tmp_path, caplog):
+    """Only the shape experiments.sweep writes is read; a bare list of entries (which nothing writes) gives no
+    fallback, so the run's own files decide: a summary stuck at "running" stays "running"."""
+    root = tmp_path / "runs" / "s"
+    run = write_run(root, "sam_full", 2, 0, results_dir=str(tmp_path), sweep="s")
+    summary = json.loads((run.path / "summary.json").read_text())
+    summary.update(status="running", final=None)
+    (run.path / "summary.json").write_text(json.dumps(summary))
+    (root / "sweep.json").write_text(json.dumps([{"run_id": run.run_id, "status": "failed"}]))
+    assert collect_runs(tmp_path, "s").iloc[0]["status"] == "running"
+    assert "not the object with a 'runs' list" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------------------------

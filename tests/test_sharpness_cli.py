@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.collect import report_dir
 from analysis.sharpness.cli import main
 from analysis.sharpness.figures import FIGURES
 from analysis.sharpness.options import SharpnessError, parse_args
 from analysis.sharpness.qa import check_same_data
 from analysis.sharpness.tables import tau_verdict
 from analysis.stats import kendall_tau_b, kendall_with_ci
+from experiments.rundir import report_dir
 from tests.conftest import PYTHON, REPO, SMOKE, arm_file
 
 ARMS = ("adamw", "sam_full", "sam_last")

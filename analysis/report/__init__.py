@@ -3,7 +3,7 @@
     python -m analysis.report results_dir=results sweep=ablation [out=results/report]
 
 reads `<results_dir>/runs/<sweep>/` (see analysis.collect) and writes into `out` (default
-`analysis.collect.report_dir`: `<results_dir>/report/` for the default sweep `ablation`, else `report-<sweep>/`):
+`experiments.rundir.report_dir`: `<results_dir>/report/` for the default sweep `ablation`, else `report-<sweep>/`):
 
     REPORT.md       setup, result tables, paired differences, the k = 1 sanity row, figures, failed and diverged
                     runs, and findings generated from the numbers (no claim is written in advance)
@@ -39,14 +39,13 @@ from analysis.collect import (
     collect_curves,
     collect_runs,
     read_json,
-    report_dir,
-    sweep_dir,
 )
 from analysis.report.html import markdown_to_html
 from analysis.report.sections import build_markdown, find_sharpness
 from analysis.report.tables import paired_table, primary_metric, reported_metrics, sanity_table, summary_table
 from analysis.report.text import headline
 from analysis.targets import DEFAULT_TARGETS, target_summary, time_to_target
+from experiments.rundir import report_dir, sweep_dir
 
 KNOWN_KEYS = ("results_dir", "sweep", "out")
 USAGE = "usage: python -m analysis.report results_dir=DIR sweep=NAME [out=DIR/report or DIR/report-NAME]"

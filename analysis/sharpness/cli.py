@@ -3,7 +3,7 @@
 #     python -m analysis.sharpness results_dir=DIR sweep=NAME [key=value ...]      (`help` lists the keys)
 #
 # measures every completed run of DIR/runs/NAME/ on one fixed, seeded data subset (analysis.sharpness.qa: data,
-# checkpoints, the measurements of one model) and writes into `out` (default analysis.collect.report_dir:
+# checkpoints, the measurements of one model) and writes into `out` (default experiments.rundir.report_dir:
 # DIR/report/ for the default sweep, DIR/report-NAME/ for any other):
 #
 #     sharpness.csv           one row per run: run_id, arm, k, seed, every measure, pass counts
@@ -22,8 +22,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.collect import report_dir
 from analysis.sharpness.options import SharpnessError, help_text, parse_args
+from experiments.rundir import report_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

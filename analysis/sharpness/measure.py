@@ -4,7 +4,6 @@ interpolation pair (analysis.sharpness.qa does the measurements of one model).""
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from analysis.sharpness.qa import (
     measure_model,
     probe_costs,
 )
+from experiments.rundir import sweep_dir
 
 TARGET_S = 300.0  # the default sweep's sharpness section is budgeted to 5 minutes on the 2-core CPU
 
@@ -75,7 +75,7 @@ def measure_sweep(opts: SharpnessConfig) -> dict[str, Any]:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     runs, skipped = find_runs(opts.results_dir, opts.sweep)
-    where = Path(opts.results_dir) / "runs" / opts.sweep
+    where = sweep_dir(opts.results_dir, opts.sweep)
     if not runs:
         why = "; ".join(f"{rid}: {reason}" for rid, reason in skipped[:3]) or "it holds no run directories"
         raise SharpnessError(f"no completed run with a checkpoint/final in {str(where)!r} ({why})")

@@ -25,7 +25,7 @@ class SharpnessConfig:
 
     results_dir: str = "results"
     sweep: str = "ablation"
-    out: str | None = None  # where the csv, sharpness.md and figures go (null: collect.report_dir, as analysis.report)
+    out: str | None = None  # where the csv, sharpness.md and figures go (null: rundir.report_dir, as analysis.report)
     train_examples: int = 32  # seeded train subset: the train loss (one forward per model)
     dev_examples: int = 32  # seeded dev subset: the dev loss (one forward per model)
     landscape_examples: int = 8  # the first N of each subset: adaptive sharpness, 1D/2D curves, interpolation

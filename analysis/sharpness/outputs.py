@@ -77,7 +77,7 @@ def curves_frame(result: dict):
 
 
 def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
-    """Tables, figures and sharpness.md under out_dir (analysis.collect.report_dir unless `out` is given);
+    """Tables, figures and sharpness.md under out_dir (experiments.rundir.report_dir unless `out` is given);
     returns {name: path}."""
 
     out_dir.mkdir(parents=True, exist_ok=True)
