@@ -309,13 +309,23 @@ def parse_value(raw: str, hint: Any) -> Any:
     return value
 
 
+def split_key_value(text: str) -> tuple[str, str]:
+    """`key=value` → (key without surrounding spaces, the text after the first "=" exactly as typed): the one rule of
+    every key=value command line here (training and sweep overrides, analysis.report, analysis.sharpness); each
+    caller types the value and words its own error. Raises ValueError when there is no "=" or nothing before it."""
+    if "=" not in text or text.startswith("="):
+        raise ValueError(f"{text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), raw
+
+
 def parse_override(text: str, schema: type = None) -> tuple[str, Any]:
     """`key=value` → (key, value), the value read by the key's type in `schema` (default Config): see the module
     docstring. Raises ConfigError (one line, quoting `text`) for a malformed override."""
-    if "=" not in text or text.startswith("="):
-        raise ConfigError(f"override {text!r} must look like key=value (e.g. optim.rho=0.1)")
-    key, raw = text.split("=", 1)
-    key = key.strip()
+    try:
+        key, raw = split_key_value(text)
+    except ValueError:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. optim.rho=0.1)") from None
     try:
         return key, parse_value(raw, schema_type(key, schema))
     except ConfigError as err:

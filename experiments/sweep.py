@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from experiments.config import split_key_value
 from experiments.rundir import (
     CONFLICT,
     DONE_STATUSES,
@@ -165,9 +166,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_key_value(text: str) -> bool:
+    try:
+        split_key_value(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
-    bad = [item for item in args.overrides if "=" not in item]
+    bad = [item for item in args.overrides if not _is_key_value(item)]  # a second sweep file, or a typo
     if bad:
         print(f"sweep: error: {bad[0]!r} is not key=value (the sweep file comes first, once)", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -178,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_sweep(args.sweep_file)
         cli = []
         for item in args.overrides:
-            key, value = item.split("=", 1)
-            if key.strip() == "sweep":  # `sweep=NAME` renames the sweep
+            key, value = split_key_value(item)
+            if key == "sweep":  # `sweep=NAME` renames the sweep
                 if not is_sweep_name(value.strip()):
                     raise SweepError(f"sweep={value!r}: a sweep name is letters, digits, . _ -")
                 spec.name = value.strip()

@@ -8,7 +8,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from experiments.arms import ARM_OF_REPLAY, ARM_ORDER, ARMS, BUGGY, BY_NAME, COMPARISONS, CORRECT
-from experiments.config import ConfigError, load_config
+from experiments.config import ConfigError, load_config, split_key_value
 from experiments.rundir import run_dir
 from experiments.train import main
 from tests.conftest import REPO, run_dirs
@@ -131,3 +131,24 @@ def test_the_arm_table_and_the_arm_files_agree_one_to_one():
     assert len(ARM_OF_REPLAY) == len(ARMS) == len(BY_NAME) == len(ARM_ORDER)  # names and replay modes unique
     assert {CORRECT, BUGGY} <= set(ARM_ORDER)
     assert all(a in BY_NAME and b in BY_NAME and a != b for a, b, _ in COMPARISONS)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a=b", ("a", "b")),
+        (" data.seed =  0123 ", ("data.seed", "  0123 ")),  # the key is trimmed, the value kept as typed
+        ("run_name==x", ("run_name", "=x")),  # only the first "=" splits
+        ("out=", ("out", "")),
+        ("=b", ValueError),
+        ("configs/default.yaml", ValueError),
+    ],
+)
+def test_one_key_value_rule_for_every_command_line(text, expected):
+    """experiments.config.split_key_value is the split that training, the sweep, analysis.report and
+    analysis.sharpness all use; each then types the value and words its own error."""
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            split_key_value(text)
+    else:
+        assert split_key_value(text) == expected

@@ -45,6 +45,7 @@ from analysis.report.sections import build_markdown, find_sharpness
 from analysis.report.tables import paired_table, primary_metric, reported_metrics, sanity_table, summary_table
 from analysis.report.text import headline
 from analysis.targets import DEFAULT_TARGETS, target_summary, time_to_target
+from experiments.config import split_key_value
 from experiments.rundir import report_dir, sweep_dir
 
 KNOWN_KEYS = ("results_dir", "sweep", "out")
@@ -163,9 +164,10 @@ def parse_args(argv: Sequence[str], usage: str = USAGE) -> dict[str, str]:
     quoting `usage` (the calling command's)."""
     args = {"results_dir": "results", "sweep": "ablation", "out": None}
     for arg in argv:
-        if "=" not in arg or arg.startswith("="):
-            raise ReportError(f"argument {arg!r} must look like key=value; {usage}")
-        key, value = arg.split("=", 1)
+        try:
+            key, value = split_key_value(arg)
+        except ValueError:
+            raise ReportError(f"argument {arg!r} must look like key=value; {usage}") from None
         if key not in KNOWN_KEYS:
             raise ReportError(f"unknown key {key!r}; known keys: {', '.join(KNOWN_KEYS)}")
         if not value:

@@ -9,7 +9,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.config import ConfigError, is_text_type, parse_value, schema_type
+from experiments.config import ConfigError, is_text_type, parse_value, schema_type, split_key_value
 
 USAGE = "usage: python -m analysis.sharpness results_dir=DIR sweep=NAME [key=value ...]  (`help` lists the keys)"
 NULLABLE = ("hessian_seeds", "worst_step_size", "threads", "max_runs")
@@ -90,10 +90,10 @@ def parse_args(argv: Sequence[str]) -> SharpnessConfig:
     cfg = OmegaConf.structured(SharpnessConfig)
     OmegaConf.set_struct(cfg, True)
     for arg in argv:
-        if "=" not in arg or arg.startswith("="):
-            raise SharpnessError(f"argument {arg!r} must look like key=value; {USAGE}")
-        key, raw = arg.split("=", 1)
-        key = key.strip()
+        try:
+            key, raw = split_key_value(arg)
+        except ValueError:
+            raise SharpnessError(f"argument {arg!r} must look like key=value; {USAGE}") from None
         if key not in known:
             raise SharpnessError(f"unknown key {key!r}; known keys: {', '.join(known)}")
         try:
