@@ -27,6 +27,11 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from .checkpoint import load_resume_state, remove_resume_state, resume_point
+from .config import ConfigError, load_config, split_args
+from .data import DataError, describe_data
+from .distributed import setup as setup_distributed
+from .model import ModelError, count_parameters
 from .qa_eval import metric_keys
 from .rundir import (
     COMPLETED,
@@ -42,7 +47,8 @@ from .rundir import (
     signal_exit_code,
 )
 from .rundir import run_dir as run_dir_of
-from .tracking import signal_of
+from .schema import EMBEDDED_MODEL, TINY_MODEL
+from .tracking import RunTracker, TrackingError, signal_of
 from .trainer import Diverged, Trainer
 
 log = logging.getLogger("experiments.train")
@@ -81,7 +87,6 @@ def stop_signals_raise():
 
 def _offline_defaults(cfg) -> None:
     """The embedded default needs no hub: make hub look-ups fail in a second instead of hanging on retries."""
-    from .schema import EMBEDDED_MODEL, TINY_MODEL
 
     local_model = cfg.model.name_or_path in (EMBEDDED_MODEL, TINY_MODEL) or Path(cfg.model.name_or_path).is_dir()
     if local_model and cfg.data.source != "hub":
@@ -120,7 +125,6 @@ No arguments: nothing is run (the bare default is a full run of several minutes)
 
 def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
     """Record a run stopped by a signal: failed, with a reason that says where and whether a rerun resumes."""
-    from .checkpoint import resume_point
 
     name, signum = signal_of(err)
     if tracker.finished:  # the signal came after the summary was final (e.g. while the resume state was removed)
@@ -156,8 +160,6 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError, load_config, split_args
-    from .distributed import setup as setup_distributed
 
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
@@ -236,10 +238,6 @@ def _start(cfg, ctx) -> int:
 
 
 def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
-    from .checkpoint import remove_resume_state
-    from .data import DataError, describe_data
-    from .model import ModelError
-    from .tracking import TrackingError
 
     try:
         trainer = Trainer(cfg, run_dir, ctx)  # model and data: bad input fails here, before the run dir is touched
@@ -247,12 +245,8 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from .tracking import RunTracker
-
     resume = False
     if action == "resume":
-        from .checkpoint import load_resume_state
-
         resume = load_resume_state(trainer)
         if len(set(ctx.all_gather(resume))) > 1:
             print(f"error: the ranks could not all read the resume checkpoint in {run_dir}", file=sys.stderr)
@@ -280,7 +274,6 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
     try:
         if resume:
             tracker.rewind(trainer.progress.update)
-        from .model import count_parameters
 
         tracker.update_summary(
             data=trainer.data_stats,

@@ -66,9 +66,9 @@ def test_a_signal_while_wandb_starts_is_recorded_in_the_summary(tiny_run, tmp_pa
 
 
 def test_a_signal_after_the_summary_is_final_does_not_rewrite_it(tiny_run, tmp_path, capsys, monkeypatch):
-    import experiments.checkpoint
+    import experiments.train
 
-    monkeypatch.setattr(experiments.checkpoint, "remove_resume_state", lambda run_dir: send_to_self(signal.SIGTERM))
+    monkeypatch.setattr(experiments.train, "remove_resume_state", lambda run_dir: send_to_self(signal.SIGTERM))
     assert main(tiny_run("sam_full", "train.max_updates=2", "train.epochs=1")) == 143
     (run,) = run_dirs(tmp_path)
     assert summary_of(run)["status"] == "completed" and "interrupted" not in summary_of(run)
