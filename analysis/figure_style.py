@@ -4,11 +4,13 @@ construction without pyplot, PNG writing with repeatable bytes, legends, bands a
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -52,8 +54,6 @@ def arm_label(arm: str) -> str:
 
 
 def new_figure(ncols: int, nrows: int = 1, width: float = 4.6, height: float = 3.4) -> tuple[Figure, np.ndarray]:
-    import matplotlib
-
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(max(width * ncols, 8.0), height * nrows + 0.9), layout="constrained")
         FigureCanvasAgg(fig)
@@ -63,9 +63,6 @@ def new_figure(ncols: int, nrows: int = 1, width: float = 4.6, height: float = 3
 
 def styled(fn):
     """Draw inside the house style (rc settings apply to artists made while they are active)."""
-    import functools
-
-    import matplotlib
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

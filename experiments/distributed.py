@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from .config import ConfigError
 from .device import pick_device
@@ -91,7 +93,6 @@ def resolve_world_size(cfg, environ: Mapping[str, str] = os.environ) -> tuple[in
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of rank `rank`'s generators in a run with seed `seed`: distinct per rank, reproducible, independent
     streams (numpy's SeedSequence, the standard way to spawn them from one seed), in [0, 2**32) as numpy needs."""
-    import numpy as np
 
     return int(np.random.SeedSequence([seed % 2**64, rank]).generate_state(1)[0])
 
@@ -113,7 +114,6 @@ def count_allreduces(ddp) -> list[int]:
     """Register a communication hook on `ddp` (a DistributedDataParallel) that all-reduces as DDP's default does and
     appends 1 to the returned list per call: one call per gradient bucket per synchronised backward, so
     len(list) / buckets = gradient all-reduces (clear the list between the windows you count)."""
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
     calls: list[int] = []
 

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from experiments.checkpoint import resume_point
 from experiments.config import ConfigError, config_hash, load_config
 from experiments.rundir import (
     COMPLETED,
@@ -273,8 +274,6 @@ class Runner:
         run.summary = summary
         said, said_reason = summary.get("status"), summary.get("reason")
         if interrupted and not (code == 0 and said == COMPLETED):  # one that finished in the grace period counts
-            from experiments.checkpoint import resume_point
-
             point = resume_point(run.run_dir)
             run.status = "interrupted"
             run.reason = f"interrupted by the sweep runner (exit code {code}); the next invocation " + (

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 from .rundir import runs_root
 
 USAGE = (
@@ -28,8 +29,6 @@ def offline_runs(results_dir: str | Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .network import PROBE_TIMEOUT_S, reachable, wandb_url
-
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) > 1:
         print(f"error: one results folder at most\n{USAGE}", file=sys.stderr)

@@ -32,6 +32,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import sys
 import time
 import traceback
@@ -41,7 +42,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.config import config_hash
+
 from .config import WANDB_LIMITS
+from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 from .provenance import env_info, utc_now
 from .rundir import (
     COMPLETED,
@@ -92,7 +96,6 @@ def _wandb_run_id(run_dir: Path) -> str:
 def signal_of(err: BaseException) -> tuple[str, int | None]:
     """(name, number) of the signal behind an interrupt: SIGINT for Ctrl-C (a KeyboardInterrupt), the signal an
     exception carries in `signum` (experiments.train.Interrupted); for any other exception (its class name, None)."""
-    import signal
 
     signum = getattr(err, "signum", signal.SIGINT if isinstance(err, KeyboardInterrupt) else None)
     return (signal.Signals(signum).name, int(signum)) if signum is not None else (type(err).__name__, None)
@@ -253,8 +256,6 @@ class RunTracker:
 
         cfg = self.cfg
         if self.mode == "online":  # wandb.init retries for minutes without network: decide in seconds
-            from .network import PROBE_TIMEOUT_S, reachable, wandb_url
-
             if not reachable(wandb_url()):
                 raise ConnectionError(
                     f"the W&B server {wandb_url()} is not reachable within {PROBE_TIMEOUT_S:.0f} s; "
@@ -307,8 +308,6 @@ class RunTracker:
 
     def _config_hash(self) -> str | None:
         try:
-            from experiments.config import config_hash
-
             return config_hash(self.cfg)
         except Exception:  # a partial config in a unit test: the hash is a convenience here, not a requirement
             return None

@@ -29,9 +29,10 @@ from pathlib import Path
 
 from .checkpoint import load_resume_state, remove_resume_state, resume_point
 from .config import ConfigError, load_config, split_args
-from .data import DataError, describe_data
+from .distributed import NullTracker
 from .distributed import setup as setup_distributed
 from .model import ModelError, count_parameters
+from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 from .qa_eval import metric_keys
 from .rundir import (
     COMPLETED,
@@ -49,7 +50,6 @@ from .rundir import (
 from .rundir import run_dir as run_dir_of
 from .schema import EMBEDDED_MODEL, TINY_MODEL
 from .tracking import RunTracker, TrackingError, signal_of
-from .trainer import Diverged, Trainer
 
 log = logging.getLogger("experiments.train")
 
@@ -200,7 +200,6 @@ def _start(cfg, ctx) -> int:
             decided = ("error", str(err))
         if decided not in DONE_STATUSES and cfg.tracking.mode == "online":
             # before minutes of model and data loading, not after
-            from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 
             if not reachable(wandb_url()):
                 decided = (
@@ -238,6 +237,10 @@ def _start(cfg, ctx) -> int:
 
 
 def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
+    # Here, not at the top: these import datasets and huggingface_hub, which read HF_*_OFFLINE once, when first
+    # imported; main() sets those defaults for the embedded model first (tests/test_cli.py checks the order).
+    from .data import DataError, describe_data
+    from .trainer import Diverged, Trainer
 
     try:
         trainer = Trainer(cfg, run_dir, ctx)  # model and data: bad input fails here, before the run dir is touched
@@ -260,8 +263,6 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
         if ctx.is_main:
             tracker = RunTracker(cfg, run_dir, resume=resume, device=trainer.device)
         else:
-            from .distributed import NullTracker
-
             tracker = NullTracker(ctx.rank)
     except TrackingError as err:
         print(f"failed: {err} ({run_dir})", file=sys.stderr)

@@ -106,3 +106,24 @@ def test_every_evaluation_is_printed_on_the_console(tiny_run, tmp_path, capsys):
     assert {e["eval/kind"] for e in evals} >= {"periodic", "epoch"}
     for (_, _, f1, em, loss), e in zip(printed, evals):
         assert (f1, em, loss) == (f"{e['dev/f1']:.2f}", f"{e['dev/em']:.2f}", f"{e['dev/loss']:.4f}")
+
+
+def test_the_offline_defaults_are_set_before_the_hub_libraries_load(tmp_path):
+    """huggingface_hub and datasets read HF_HUB_OFFLINE / HF_DATASETS_OFFLINE once, when first imported, so
+    `python -m experiments.train configs/default.yaml` (no `make`, no variables exported) is offline for the embedded
+    model only if importing the CLI loads neither and main() sets the defaults first."""
+    script = """
+import os, sys
+for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.pop(key, None)
+import experiments.train as train
+from experiments.config import load_config
+loaded = sorted(m for m in ("datasets", "huggingface_hub", "transformers") if m in sys.modules)
+assert not loaded, f"importing experiments.train loaded {loaded}"
+train._offline_defaults(load_config(["configs/default.yaml"]))
+import datasets, huggingface_hub.constants
+assert datasets.config.HF_DATASETS_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE
+print("ok")
+"""
+    done = subprocess.run([PYTHON, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

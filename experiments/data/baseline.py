@@ -13,7 +13,12 @@ from __future__ import annotations
 import re
 import sys
 
+from experiments.config import ConfigError, load_config, split_args
+from experiments.qa_eval import metric_keys, score_predictions
+
+from .errors import DataError
 from .generated_text import COLOURS, DEVICE_ADJECTIVES, DEVICE_NOUNS, JOBS
+from .loading import load_examples
 
 # Capitalised words that start English sentences, not names.
 _NOT_NAMES = {
@@ -101,7 +106,6 @@ def heuristic_baseline(dev_dataset, metric: str = "squad", version_2_with_negati
     """Scores (percent) of `heuristic_answer` on a Dataset with id, context, question, answers, by the rules of
     `data.metric` (`experiments.qa_eval.score_predictions`): {"exact_match", "f1"}, or {"exact_match", "rouge_w"}
     for klue."""
-    from experiments.qa_eval import metric_keys, score_predictions
 
     predictions, references = {}, {}
     for example in dev_dataset:
@@ -116,10 +120,6 @@ def heuristic_baseline(dev_dataset, metric: str = "squad", version_2_with_negati
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.config import ConfigError, load_config, split_args
-
-    from .errors import DataError
-    from .loading import load_examples
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

@@ -22,11 +22,15 @@ import hashlib
 import json
 import os
 import random
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.provenance import REPO_ROOT
+
+from .errors import DataError
 from .generated_text import (
     CODAS,
     COLOURS,
@@ -281,8 +285,6 @@ def generate_records(settings: dict) -> GeneratedSplits:
     """Both splits, as flat records. Pure function of `settings` (and GENERATOR_VERSION)."""
     s = {k: settings[k] for k in SETTING_KEYS}
     if s["facts_per_context"] > MAX_FACTS_PER_CONTEXT:
-        from .errors import DataError
-
         raise DataError(
             f"data.generated.facts_per_context={s['facts_per_context']} is too many; at most {MAX_FACTS_PER_CONTEXT}"
         )
@@ -303,8 +305,6 @@ def _write_atomic(path: Path, records: list[dict]) -> None:
 
 
 def cache_folder(gen_cfg: Any, root: Path | None = None) -> Path:
-    from experiments.provenance import REPO_ROOT
-
     base = Path(_get(gen_cfg, "cache_dir"))
     if not base.is_absolute():
         base = (root or REPO_ROOT) / base
@@ -331,7 +331,6 @@ def ensure_generated(gen_cfg: Any, root: Path | None = None) -> tuple[Path, Path
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m experiments.data.generated [CONFIG.yaml ...] [key=value ...]`: write the set, show a sample."""
-    import sys
 
     from experiments.config import ConfigError, load_config, split_args
 
