@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sam import SAM, train_step
 
-from .bench_sam import environment, load_model, make_window, param_bytes
+from .bench_common import environment, load_model, make_window, param_bytes
 from .distributed import count_allreduces, torchrun_environment
 
 VARIANTS = ("none", "full/global", "full/per_rank")
