@@ -43,7 +43,7 @@ import pandas as pd
 import yaml
 
 from experiments.arms import ARM_ORDER
-from experiments.config import ConfigError, parse_override, schema_type, typed_value
+from experiments.config import ConfigError, parse_override, schema_type, split_key_value, typed_value
 from experiments.rundir import (
     CONFIG_FILE,
     MANIFEST_FILE,
@@ -158,15 +158,16 @@ def _parse_overrides(overrides: Any) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     if isinstance(overrides, list):
         for text in overrides:
-            if isinstance(text, str) and "=" in text:
-                key, raw = text.split("=", 1)
-                key = key.strip()
-                try:  # as the run read it: typed by the config schema (run_name=0123 stays "0123")
-                    value = parse_override(text)[1]
-                    value = typed_value(key, value) if schema_type(key) is not None else value
-                except ConfigError:
-                    value = raw
-                parsed[key] = _hashable(value)
+            try:
+                key, raw = split_key_value(text)
+            except (ValueError, TypeError):  # not key=value text: nothing to read
+                continue
+            try:  # as the run read it: typed by the config schema (run_name=0123 stays "0123")
+                value = parse_override(text)[1]
+                value = typed_value(key, value) if schema_type(key) is not None else value
+            except ConfigError:
+                value = raw
+            parsed[key] = _hashable(value)
     return parsed
 
 
