@@ -47,9 +47,9 @@ from tests.analysis_fixtures import (
     make_sweep,
     write_run,
 )
+from tests.conftest import REPO
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = REPO_ROOT / "analysis" / "notebooks" / "report.ipynb"
+NOTEBOOK = REPO / "analysis" / "notebooks" / "report.ipynb"
 SECTIONS = [
     "## The answer",
     "## Findings",
@@ -555,7 +555,7 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert "key=value" in capsys.readouterr().err
     done = subprocess.run(
         [sys.executable, "-m", "analysis.report", f"results_dir={tmp_path}", "sweep=nope"],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,

@@ -18,8 +18,7 @@ from experiments.config import config_hash, load_config
 from experiments.provenance import env_info, git_info
 from experiments.rundir import atomic_write_json, atomic_write_text, read_metrics
 from experiments.tracking import RunTracker, TrackingError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -405,7 +404,7 @@ def test_env_info_outside_a_repository(tmp_path):
 
 
 def test_env_info_git_matches_git():
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert env_info()["git"]["sha"] == sha
 
 
