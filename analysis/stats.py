@@ -227,6 +227,23 @@ def _paired_values(group: pd.DataFrame, column: str, a: str, b: str, pair_on: st
     return xa, xb, shared, only
 
 
+# The columns of paired_differences() after its group keys.
+PAIRED_COLUMNS = (
+    "metric",
+    "a",
+    "b",
+    "n",
+    "mean_diff",
+    "std_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "verdict",
+    "pairs",
+    "unpaired",
+)
+
+
 def paired_differences(
     df: pd.DataFrame,
     metric: str,
@@ -286,21 +303,7 @@ def paired_differences(
                 "unpaired": ",".join(str(s) for s in only),
             }
         )
-    columns = [
-        *by,
-        "metric",
-        "a",
-        "b",
-        "n",
-        "mean_diff",
-        "std_diff",
-        "ci_low",
-        "ci_high",
-        "p_value",
-        "verdict",
-        "pairs",
-        "unpaired",
-    ]
+    columns = [*by, *PAIRED_COLUMNS]
     return _sorted_groups(pd.DataFrame(rows, columns=columns), by)
 
 

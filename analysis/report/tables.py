@@ -9,6 +9,7 @@ import pandas as pd
 
 from analysis.collect import arm_order
 from analysis.stats import (
+    PAIRED_COLUMNS,
     curve_equality,
     equality_check,
     paired_differences,
@@ -149,23 +150,7 @@ def paired_table(
             both = table["k"].map(lambda k, pair={a, b}: pair <= arms_at_k.get(k, set()))
             frames.append(table[both.astype(bool)])
     if not frames:
-        return pd.DataFrame(
-            columns=[
-                "metric",
-                "a",
-                "b",
-                "k",
-                "n",
-                "mean_diff",
-                "std_diff",
-                "ci_low",
-                "ci_high",
-                "p_value",
-                "verdict",
-                "pairs",
-                "unpaired",
-            ]
-        )
+        return pd.DataFrame(columns=[*PAIRED_COLUMNS[:3], "k", *PAIRED_COLUMNS[3:]])
     out = pd.concat(frames, ignore_index=True)
     return out[["metric", "a", "b", "k", *[c for c in out.columns if c not in ("metric", "a", "b", "k")]]]
 
