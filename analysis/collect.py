@@ -48,6 +48,7 @@ from experiments.rundir import (
     CONFIG_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
+    STEP_KEYS,
     SUMMARY_FILE,
     read_metrics,
     report_dir,
@@ -56,7 +57,6 @@ from experiments.rundir import (
 
 log = logging.getLogger(__name__)
 
-STEP_KEYS = ("update", "epoch", "examples", "time")
 CURVE_COLUMNS = [
     "run_id",
     "arm",

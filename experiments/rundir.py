@@ -32,6 +32,7 @@ ADHOC_SWEEP = "adhoc"  # the sweep folder of a run started without sweep=NAME
 DEFAULT_SWEEP = "ablation"  # its report goes to <results_dir>/report/ (committed), any other to report-<sweep>/
 CONFIG_FILE, SUMMARY_FILE, METRICS_FILE = "config.yaml", "summary.json", "metrics.jsonl"
 MANIFEST_FILE = "sweep.json"  # in the sweep folder, written by experiments.sweep
+STEP_KEYS = ("update", "epoch", "examples", "time")  # on every metrics.jsonl event (docs/CONTRACTS.md)
 
 # summary.json's status: running between the start and the end, then one of FINAL_STATUSES.
 RUNNING, COMPLETED, FAILED, DIVERGED = "running", "completed", "failed", "diverged"

@@ -53,6 +53,7 @@ from .rundir import (
     FINAL_STATUSES,
     METRICS_FILE,
     RUNNING,
+    STEP_KEYS,
     SUMMARY_FILE,
     atomic_write_json,
     atomic_write_text,
@@ -65,7 +66,6 @@ from .rundir import (
 # How long a resumed run waits for a killed process's W&B service to let go of the run id (seconds).
 WANDB_IN_USE_WAIT_S = 60.0
 # Step keys that `log` adds to every event; metric dicts may not use them.
-STEP_KEYS = ("update", "epoch", "examples", "time")
 
 
 class TrackingError(RuntimeError):
