@@ -46,10 +46,12 @@ from experiments.arms import ARM_ORDER
 from experiments.config import ConfigError, parse_override, schema_type, split_key_value, typed_value
 from experiments.rundir import (
     CONFIG_FILE,
+    ENV_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     STEP_KEYS,
     SUMMARY_FILE,
+    read_json,
     read_metrics,
     report_dir,
     sweep_dir,
@@ -107,18 +109,6 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def read_json(path: Path) -> Any:
-    """The JSON in `path`, or None (with a warning) when it is missing or unreadable. NaN/Infinity tokens are read
-    as floats, as the tracker writes them for a diverged loss."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        log.warning("%s: cannot read (%s); treating it as missing", path, str(err).splitlines()[0])
-        return None
-
-
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -174,10 +164,10 @@ def _parse_overrides(overrides: Any) -> dict[str, Any]:
 def read_manifest(results_dir: str | Path, sweep: str) -> dict[str, dict]:
     """{run_id: flattened entry} from `<sweep>/sweep.json`; {} when there is none (see the module docstring)."""
     path = sweep_dir(results_dir, sweep) / MANIFEST_FILE
-    data = read_json(path)
+    data = read_json(path, warn=True)
     if data is None:
         return {}
-    if not (isinstance(data, Mapping) and isinstance(data.get("runs"), list)):
+    if not isinstance(data.get("runs"), list):
         log.warning("%s: not the object with a 'runs' list that experiments.sweep writes; ignored", path)
         return {}
     manifest: dict[str, dict] = {}
@@ -224,8 +214,8 @@ def _env_columns(env: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run_row(path: Path, manifest_entry: Mapping[str, Any] | None) -> dict[str, Any]:
     config = flatten(_read_yaml(path / CONFIG_FILE))
-    summary = read_json(path / SUMMARY_FILE)
-    env = read_json(path / "env.json")
+    summary = read_json(path / SUMMARY_FILE, warn=True)
+    env = read_json(path / ENV_FILE, warn=True)
     row: dict[str, Any] = {"run_id": path.name, "run_dir": str(path)}
     if manifest_entry:  # the manifest fills in only what the run's own files do not say
         row.update({k: v for k, v in manifest_entry.items() if k not in ("status", "reason", "run_dir")})

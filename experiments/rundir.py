@@ -27,10 +27,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import config_hash, load_config, run_id
 
+log = logging.getLogger(__name__)
+
 RUNS = "runs"  # <results_dir>/runs/
 ADHOC_SWEEP = "adhoc"  # the sweep folder of a run started without sweep=NAME
 DEFAULT_SWEEP = "ablation"  # its report goes to <results_dir>/report/ (committed), any other to report-<sweep>/
 CONFIG_FILE, SUMMARY_FILE, METRICS_FILE = "config.yaml", "summary.json", "metrics.jsonl"
+ENV_FILE = "env.json"
 MANIFEST_FILE = "sweep.json"  # in the sweep folder, written by experiments.sweep
 STEP_KEYS = ("update", "epoch", "examples", "time")  # on every metrics.jsonl event (docs/CONTRACTS.md)
 
@@ -175,18 +178,29 @@ def cut_torn_tail(path: Path) -> None:
             handle.truncate(keep)
 
 
-def read_json(path: str | os.PathLike) -> dict | None:
-    """The JSON object in `path`; None when the file is missing, unreadable, not JSON or not an object."""
+def read_json(path: str | os.PathLike, *, warn: bool = False) -> dict | None:
+    """The JSON object in `path`; None when the file is missing, unreadable, not JSON or not an object. NaN and
+    Infinity tokens are read as floats (the tracker writes them for a diverged loss). warn=True: a file that exists
+    but gives None is logged as a warning (the analysis reads what may be a damaged run)."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except (OSError, ValueError) as err:
+        if warn:
+            log.warning("%s: cannot read (%s); treating it as missing", path, str(err).splitlines()[0])
+        return None
+    if not isinstance(data, dict):
+        if warn:
+            log.warning("%s: not a JSON object; treating it as missing", path)
+        return None
+    return data
 
 
-def read_summary(run_dir: str | os.PathLike) -> dict | None:
+def read_summary(run_dir: str | os.PathLike, *, warn: bool = False) -> dict | None:
     """summary.json of a run directory as a dict; None when there is none or it cannot be read (see read_json)."""
-    return read_json(Path(run_dir) / SUMMARY_FILE)
+    return read_json(Path(run_dir) / SUMMARY_FILE, warn=warn)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -370,7 +370,7 @@ def test_a_manifest_of_another_shape_is_ignored_with_a_warning(tmp_path, caplog)
     (run.path / "summary.json").write_text(json.dumps(summary))
     (root / "sweep.json").write_text(json.dumps([{"run_id": run.run_id, "status": "failed"}]))
     assert collect_runs(tmp_path, "s").iloc[0]["status"] == "running"
-    assert "not the object with a 'runs' list" in caplog.text
+    assert "sweep.json: not a JSON object" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ from analysis.collect import (
     CollectError,
     collect_curves,
     collect_runs,
-    read_json,
 )
 from analysis.report.html import markdown_to_html
 from analysis.report.sections import build_markdown, find_sharpness
@@ -46,7 +45,7 @@ from analysis.report.tables import paired_table, primary_metric, reported_metric
 from analysis.report.text import headline
 from analysis.targets import DEFAULT_TARGETS, target_summary, time_to_target
 from experiments.config import split_key_value
-from experiments.rundir import report_dir, sweep_dir
+from experiments.rundir import MANIFEST_FILE, read_json, report_dir, sweep_dir
 
 KNOWN_KEYS = ("results_dir", "sweep", "out")
 USAGE = "usage: python -m analysis.report results_dir=DIR sweep=NAME [out=DIR/report or DIR/report-NAME]"
@@ -89,7 +88,7 @@ def report_targets(results_dir: str | Path, sweep: str, metric: str = "dev/f1") 
     recorded it; without the run directories (a fresh clone) the ones the sweep's report used (its
     time_to_target.csv); else analysis.targets.DEFAULT_TARGETS, on `metric` (the primary score: dev/rouge_w for
     KLUE-MRC runs)."""
-    manifest = read_json(sweep_dir(results_dir, sweep) / "sweep.json")
+    manifest = read_json(sweep_dir(results_dir, sweep) / MANIFEST_FILE, warn=True)
     if isinstance(manifest, dict) and isinstance(manifest.get("report"), dict) and manifest["report"].get("targets"):
         return manifest["report"]["targets"]
     used = report_dir(results_dir, sweep) / "time_to_target.csv"

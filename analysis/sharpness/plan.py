@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.collect import CollectError, arm_order, read_json, run_dirs
+from analysis.collect import CollectError, arm_order, run_dirs
 from analysis.sharpness.options import SharpnessConfig, SharpnessError
 from analysis.sharpness.qa import load_run_config
 from experiments.arms import INTERPOLATION_PAIRS
+from experiments.rundir import read_summary
 
 
 @dataclasses.dataclass
@@ -31,7 +32,7 @@ def find_runs(results_dir: str, sweep: str) -> tuple[list[RunInfo], list[tuple[s
         raise SharpnessError(str(err)) from None
     runs, skipped = [], []
     for path in dirs:
-        summary = read_json(path / "summary.json")
+        summary = read_summary(path, warn=True)
         summary = summary if isinstance(summary, dict) else {}
         status = summary.get("status") or "no summary.json"
         if status != "completed":
