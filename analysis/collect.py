@@ -59,20 +59,7 @@ from experiments.rundir import (
 
 log = logging.getLogger(__name__)
 
-CURVE_COLUMNS = [
-    "run_id",
-    "arm",
-    "replay",
-    "k",
-    "seed",
-    "update",
-    "epoch",
-    "examples",
-    "time",
-    "eval_kind",
-    "metric",
-    "value",
-]
+CURVE_COLUMNS = ["run_id", "arm", "replay", "k", "seed", *STEP_KEYS, "eval_kind", "metric", "value"]
 
 
 class CollectError(RuntimeError):

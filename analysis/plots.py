@@ -35,6 +35,7 @@ from analysis.figure_style import (
 )
 from analysis.stats import metric_short
 from analysis.targets import censored_median
+from experiments.rundir import COMPLETED
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Fig
 
 
 def _completed(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["status"] == "completed"] if "status" in runs.columns else runs
+    return runs[runs["status"] == COMPLETED] if "status" in runs.columns else runs
 
 
 def _dodge(n: int, width: float = 0.7) -> np.ndarray:

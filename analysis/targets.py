@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from experiments.rundir import DONE_STATUSES
+
 DEFAULT_TARGETS: dict[str, tuple[float, ...]] = {"dev/f1": (50.0, 80.0, 90.0)}
 LOWER_IS_BETTER = ("dev/loss",)
 TABLE_COLUMNS = ["run_id", "arm", "k", "seed", "target_metric", "target", "update", "examples", "seconds", "reached"]
@@ -66,7 +68,7 @@ def time_to_target(
     curves: the long frame of analysis.collect.collect_curves; runs: the frame of collect_runs (for status).
     Returns the columns TABLE_COLUMNS (see the module docstring for the rules).
     """
-    counted = runs[runs["status"].isin(("completed", "diverged"))]
+    counted = runs[runs["status"].isin(DONE_STATUSES)]
     ids = set(counted["run_id"])
     rows = []
     if curves.empty or not ids:

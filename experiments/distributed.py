@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
+from experiments.rundir import COMPLETED
+
 from .config import ConfigError
 from .device import pick_device
 
@@ -234,6 +236,6 @@ class NullTracker:
     def rewind(self, update: int) -> int:
         return 0
 
-    def finish(self, status: str = "completed", reason: str | None = None, **fields) -> dict:
+    def finish(self, status: str = COMPLETED, reason: str | None = None, **fields) -> dict:
         self.finished = True
         return {"status": status, "reason": reason, **fields}

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from experiments.config import split_key_value
 from experiments.rundir import (
+    COMPLETED,
     CONFLICT,
     DONE_STATUSES,
     EXIT_BAD_INPUT,
@@ -242,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not finished:
         return signal_exit_code(runner.signals[0])  # 130 after Ctrl-C (SIGINT), 143 after SIGTERM
-    return EXIT_OK if counts["completed"] == len(runs) else EXIT_FAILED
+    return EXIT_OK if counts[COMPLETED] == len(runs) else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from experiments.rundir import (
     EXIT_DIVERGED,
     FAILED,
     MANIFEST_FILE,
+    RUNNING,
     atomic_write_json,
     read_json,
     read_summary,
@@ -240,7 +241,7 @@ class Runner:
     def _start(self, run: Run, gpu: str | None) -> _Child | None:
         changed = self._changed(run)
         if changed:
-            run.status, run.reason, run.exit_code, run.wall_time_s = "failed", changed, None, None
+            run.status, run.reason, run.exit_code, run.wall_time_s = FAILED, changed, None, None
             self.manifest.write()
             self._say(f"[{run.index}/{self.total}] {run.run_id} failed: {changed}")
             return None
@@ -259,7 +260,7 @@ class Runner:
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
         )
-        run.status, run.reason, run.exit_code, run.wall_time_s = "running", None, None, None
+        run.status, run.reason, run.exit_code, run.wall_time_s = RUNNING, None, None, None
         self.manifest.write()
         where = f" on GPU {gpu}" if gpu is not None else ""
         self._say(f"[{run.index}/{self.total}] start {run.run_id}  ({run.label}){where}")
@@ -282,7 +283,7 @@ class Runner:
         elif code == 0 and said == COMPLETED:
             run.status, run.reason = COMPLETED, None
         elif code == 0:
-            run.status = "failed"
+            run.status = FAILED
             run.reason = (
                 f"exited 0 but summary.json says status={said!r}"
                 if summary
@@ -303,7 +304,7 @@ class Runner:
     def _progress(self, child: _Child, queue: list[Run], running: list[_Child]) -> None:
         run = child.run
         metrics = f"dev/f1={format_metric(run.summary, 'dev/f1')} dev/loss={format_metric(run.summary, 'dev/loss')}"
-        why = f"  ({run.reason})" if run.status != "completed" and run.reason else ""
+        why = f"  ({run.reason})" if run.status != COMPLETED and run.reason else ""
         done = len(self.walls)
         to_run = done + len(queue) + len(running)
         wall, elapsed = format_duration(run.wall_time_s), format_duration(time.monotonic() - self.t0)

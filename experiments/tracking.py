@@ -49,6 +49,7 @@ from .network import PROBE_TIMEOUT_S, reachable, wandb_url
 from .provenance import env_info, utc_now
 from .rundir import (
     COMPLETED,
+    CONFIG_FILE,
     FAILED,
     FINAL_STATUSES,
     METRICS_FILE,
@@ -130,7 +131,7 @@ class RunTracker:
         self._t0 = time.monotonic()
         self.mode = str(OmegaConf.select(cfg, "tracking.mode", default="disabled") or "disabled")
 
-        atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(self.run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
         previous = self._read_summary() if resume else {}
         env = env_info(device)
         if resume and (self.run_dir / "env.json").exists():

@@ -45,7 +45,7 @@ from analysis.report.tables import paired_table, primary_metric, reported_metric
 from analysis.report.text import headline
 from analysis.targets import DEFAULT_TARGETS, target_summary, time_to_target
 from experiments.config import split_key_value
-from experiments.rundir import MANIFEST_FILE, read_json, report_dir, sweep_dir
+from experiments.rundir import DEFAULT_SWEEP, MANIFEST_FILE, read_json, report_dir, sweep_dir
 
 KNOWN_KEYS = ("results_dir", "sweep", "out")
 USAGE = "usage: python -m analysis.report results_dir=DIR sweep=NAME [out=DIR/report or DIR/report-NAME]"
@@ -161,7 +161,7 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
 def parse_args(argv: Sequence[str], usage: str = USAGE) -> dict[str, str]:
     """key=value arguments (results_dir, sweep, out) → {key: value}; ReportError for a malformed or unknown one,
     quoting `usage` (the calling command's)."""
-    args = {"results_dir": "results", "sweep": "ablation", "out": None}
+    args = {"results_dir": "results", "sweep": DEFAULT_SWEEP, "out": None}
     for arg in argv:
         try:
             key, value = split_key_value(arg)

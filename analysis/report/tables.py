@@ -16,6 +16,7 @@ from analysis.stats import (
     summarize,
 )
 from experiments.arms import BUGGY, COMPARISONS, CORRECT
+from experiments.rundir import COMPLETED
 
 # (column of collect_runs, label, number format); the first is the primary metric of the findings
 METRICS = (
@@ -33,6 +34,7 @@ OPTIONAL_METRICS = (
     ("final.dev/has_ans_rouge_w", "dev ROUGE-W, questions with an answer (HasAns)", ".2f"),
     ("final.dev/no_ans_rouge_w", "dev ROUGE-W, questions without an answer (NoAns)", ".2f"),
 )
+
 HIGHER_IS_BETTER = {
     "final.dev/f1": True,
     "final.dev/em": True,
@@ -62,7 +64,7 @@ def table_format(metric: str) -> str:
 
 def completed_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs whose status is completed (the only ones with final metrics to compare)."""
-    return runs[runs["status"] == "completed"]
+    return runs[runs["status"] == COMPLETED]
 
 
 def _with_metrics(runs: pd.DataFrame, metrics: Iterable[str]) -> pd.DataFrame:
@@ -172,5 +174,5 @@ def sanity_table(
 
 def not_completed(runs: pd.DataFrame) -> pd.DataFrame:
     """Every run whose status is not completed (failed, diverged, running, unknown), with its reason."""
-    rest = runs[runs["status"] != "completed"]
+    rest = runs[runs["status"] != COMPLETED]
     return rest[["run_id", "arm", "k", "seed", "status", "reason"]].reset_index(drop=True)

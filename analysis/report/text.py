@@ -29,7 +29,8 @@ from analysis.stats import (
     metric_short,
 )
 from analysis.targets import cost_ratio
-from experiments.arms import BUGGY, COMPARISONS, CORRECT
+from experiments.arms import BASELINE, BUGGY, COMPARISONS, CORRECT
+from experiments.rundir import COMPLETED
 
 # ---------------------------------------------------------------------------------------------------------------------
 # findings: sentences generated from the tables
@@ -86,7 +87,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
             f"listed under 'Failed, diverged and unfinished runs'."
         )
     else:
-        parts = ", ".join(f"{counts[s]} {s}" for s in sorted(counts.index) if s != "completed")
+        parts = ", ".join(f"{counts[s]} {s}" for s in sorted(counts.index) if s != COMPLETED)
         status.append(
             f"{len(done)} of {total} runs completed ({parts}); the tables and tests use completed runs "
             f"only, and every other run is listed under 'Failed, diverged and unfinished runs'."
@@ -117,13 +118,13 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
     if "mean_step_time_s" in done.columns and done["mean_step_time_s"].notna().any():
         times = done.groupby(["k", "arm"])["mean_step_time_s"].mean()
         for k in sorted(set(int(k) for k in done["k"].dropna())):
-            if ("adamw" not in arm_order(done[done["k"] == k]["arm"])) or (k, "adamw") not in times.index:
+            if (BASELINE not in arm_order(done[done["k"] == k]["arm"])) or (k, BASELINE) not in times.index:
                 continue
-            base = times[(k, "adamw")]
+            base = times[(k, BASELINE)]
             ratios = [
                 f"{arm} {times[(k, arm)] / base:.2f}×"
                 for arm in arm_order(done["arm"])
-                if arm != "adamw" and (k, arm) in times.index and base > 0
+                if arm != BASELINE and (k, arm) in times.index and base > 0
             ]
             if ratios:
                 out.append(f"At k={k} an update takes {base:.3g} s with AdamW; relative to that: {', '.join(ratios)}.")

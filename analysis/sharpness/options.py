@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments.config import ConfigError, is_text_type, parse_value, schema_type, split_key_value
+from experiments.rundir import DEFAULT_SWEEP
 
 USAGE = "usage: python -m analysis.sharpness results_dir=DIR sweep=NAME [key=value ...]  (`help` lists the keys)"
 NULLABLE = ("hessian_seeds", "worst_step_size", "threads", "max_runs")
@@ -24,7 +25,7 @@ class SharpnessConfig:
     """
 
     results_dir: str = "results"
-    sweep: str = "ablation"
+    sweep: str = DEFAULT_SWEEP
     out: str | None = None  # where the csv, sharpness.md and figures go (null: rundir.report_dir, as analysis.report)
     train_examples: int = 32  # seeded train subset: the train loss (one forward per model)
     dev_examples: int = 32  # seeded dev subset: the dev loss (one forward per model)

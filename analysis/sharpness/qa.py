@@ -47,6 +47,7 @@ from experiments.data.features import FEATURE_COLUMNS, MODEL_INPUTS
 from experiments.model import ModelError, load_checkpoint, load_tokenizer
 from experiments.qa_loss import span_loss
 from experiments.run_data import tokenize_splits
+from experiments.rundir import CONFIG_FILE
 
 # the columns a QA model takes (inputs and labels); token_type_ids only where the tokenizer makes them
 # config keys that must agree across the runs of a sweep for one shared data subset to make sense
@@ -59,7 +60,7 @@ SHARED_KEYS = ("data", "model.name_or_path")
 
 def load_run_config(run_dir: str | Path):
     """The run's resolved config (``config.yaml``), validated by experiments.config; SharpnessError if unreadable."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_FILE
     try:
         return load_config([path])
     except ConfigError as err:

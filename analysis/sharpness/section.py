@@ -10,7 +10,7 @@ from analysis.sharpness.figures import FIGURES
 from analysis.sharpness.measure import _g
 from analysis.sharpness.options import SharpnessConfig, _defaults, rho_key
 from analysis.sharpness.qa import Subsets
-from analysis.sharpness.tables import BOOT_SEED, LOSS_COLUMNS, N_BOOT, TAU_MIN_N, measure_columns
+from analysis.sharpness.tables import LOSS_COLUMNS, TAU_BOOT_SEED, TAU_MIN_N, TAU_N_BOOT, measure_columns
 
 
 def _cell(mean: float, half: float, n: int) -> str:
@@ -164,14 +164,15 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
     lines = [
         "### Sharpness against the generalisation gap (Kendall τ)",
         "",
-        f"Kendall τ (tau-b, which accounts for ties) between each measure and the gap across all {n_runs} measured "
-        f"runs (every arm and k together), with a percentile bootstrap 95% CI ({N_BOOT} resamples of the runs, "
-        f"seed {BOOT_SEED}). Caveat: sharpness is not reparametrisation-invariant (Dinh et al. 2017): rescaling the "
-        "weights of a network changes λmax, the trace and the curves without changing the function it computes; the "
-        "adaptive measures undo only elementwise rescaling. And in fine-tuning, sharpness often tracks the learning "
-        "rate and the optimiser more than generalisation (Andriushchenko et al. 2023), so a τ here describes these "
-        "runs, it is not evidence that flatter minima generalise better. A τ is called uninformative when there "
-        f"are fewer than {TAU_MIN_N} runs, when its CI spans 0, or when over a quarter of the pairs are tied.",
+        f"Kendall τ (tau-b, which accounts for ties) between each measure and the gap across all {n_runs} "
+        f"measured runs (every arm and k together), with a percentile bootstrap 95% CI ({TAU_N_BOOT} resamples "
+        f"of the runs, seed {TAU_BOOT_SEED}). Caveat: sharpness is not reparametrisation-invariant (Dinh et "
+        "al. 2017): rescaling the weights of a network changes λmax, the trace and the curves without "
+        "changing the function it computes; the adaptive measures undo only elementwise rescaling. And in "
+        "fine-tuning, sharpness often tracks the learning rate and the optimiser more than generalisation "
+        "(Andriushchenko et al. 2023), so a τ here describes these runs, it is not evidence that flatter "
+        f"minima generalise better. A τ is called uninformative when there are fewer than {TAU_MIN_N} runs, "
+        "when its CI spans 0, or when over a quarter of the pairs are tied.",
         "",
     ]
     if taus.empty:

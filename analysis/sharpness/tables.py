@@ -10,8 +10,8 @@ from analysis.sharpness.options import SharpnessConfig, rho_key
 from analysis.stats import kendall_with_ci, paired_differences, summarize
 from experiments.arms import SHARPNESS_DIFFERENCES
 
-N_BOOT = 2000  # bootstrap resamples for Kendall's tau
-BOOT_SEED = 0
+TAU_N_BOOT = 2000  # bootstrap resamples for Kendall's tau
+TAU_BOOT_SEED = 0
 TAU_MIN_N = 10  # with fewer runs a Kendall tau is called uninformative whatever its interval
 
 
@@ -53,7 +53,7 @@ def tau_table(frame, opts: SharpnessConfig):
         for gap, gap_label in GAPS:
             if column not in frame or gap not in frame:
                 continue
-            result = kendall_with_ci(frame[column], frame[gap], n_boot=N_BOOT, seed=BOOT_SEED)
+            result = kendall_with_ci(frame[column], frame[gap], n_boot=TAU_N_BOOT, seed=TAU_BOOT_SEED)
             rows.append(
                 {
                     "measure": column,

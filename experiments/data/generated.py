@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.config import ConfigError, load_config, split_args
 from experiments.provenance import REPO_ROOT
 
 from .errors import DataError
@@ -331,8 +332,6 @@ def ensure_generated(gen_cfg: Any, root: Path | None = None) -> tuple[Path, Path
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m experiments.data.generated [CONFIG.yaml ...] [key=value ...]`: write the set, show a sample."""
-
-    from experiments.config import ConfigError, load_config, split_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

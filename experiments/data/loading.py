@@ -12,7 +12,15 @@ from typing import Any
 from datasets import Dataset
 
 from .errors import STRICT_HINT, DataError, logger, one_line
+from .features import (
+    TokenisationFaults,
+    count_long_questions,
+    prepare_eval_features,
+    prepare_train_features,
+    question_token_limit,
+)
 from .files import read_squad_file
+from .hub import read_hub_split
 from .records import MAX_WARNINGS_PER_SOURCE, records_to_dataset
 
 SPLITS = ("train", "dev")
@@ -43,6 +51,8 @@ def _read(data_cfg: Any, split: str, where: dict | None = None) -> tuple[list[di
         records, reasons = read_squad_file(path, strict=strict, id_field=data_cfg.id_field, where=where)
         return records, reasons, {"kind": "file", "key": f"data.{key}", **_file_record(path)}
     if source == "generated":
+        # here, not at the top: `python -m experiments.data.generated` would otherwise find its own module already
+        # imported through this package (runpy warns), since experiments.data imports this module
         from .generated import ensure_generated
 
         train_path, dev_path = ensure_generated(data_cfg.generated)
@@ -50,8 +60,6 @@ def _read(data_cfg: Any, split: str, where: dict | None = None) -> tuple[list[di
         records, reasons = read_squad_file(path, strict=strict, id_field="id", where=where)  # it writes "id"
         return records, reasons, {"kind": "generated", **_file_record(path)}
     if source == "hub":
-        from .hub import read_hub_split
-
         if not data_cfg.hub_path:
             raise DataError("data.hub_path is required when data.source=hub (e.g. data.hub_path=squad)")
         hub_split = data_cfg.hub_train_split if split == "train" else data_cfg.hub_validation_split
@@ -197,13 +205,6 @@ def prepare_features(
     no_context_tokens) and stats["skipped_records"], and logged, and the run goes on. Questions longer than the
     window leaves room for (see `features.question_token_limit`) are cut; how many is stats["questions_cut"].
     """
-    from .features import (
-        TokenisationFaults,
-        count_long_questions,
-        prepare_eval_features,
-        prepare_train_features,
-        question_token_limit,
-    )
 
     d = data_cfg
     limit = question_token_limit(tokenizer, d.max_seq_length, d.doc_stride)
