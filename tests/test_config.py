@@ -11,6 +11,7 @@ from experiments.arms import ARM_OF_REPLAY, ARM_ORDER, ARMS, BUGGY, BY_NAME, COM
 from experiments.config import ConfigError, load_config, split_key_value
 from experiments.rundir import run_dir
 from experiments.train import main
+from sam import REPLAY_MODES
 from tests.conftest import REPO, run_dirs
 
 
@@ -129,6 +130,7 @@ def test_the_arm_table_and_the_arm_files_agree_one_to_one():
         derived = load_config([REPO / "configs" / "default.yaml"], [f"optim.replay={arm.replay}", "arm=null"])
         assert derived.arm == arm.name
     assert len(ARM_OF_REPLAY) == len(ARMS) == len(BY_NAME) == len(ARM_ORDER)  # names and replay modes unique
+    assert sorted(ARM_OF_REPLAY) == sorted(REPLAY_MODES)  # every replay rule of sam.train_step is one arm
     assert {CORRECT, BUGGY} <= set(ARM_ORDER)
     assert all(a in BY_NAME and b in BY_NAME and a != b for a, b, _ in COMPARISONS)
 
