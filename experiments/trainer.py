@@ -24,8 +24,9 @@ from .distributed import Dist, rank_seed, rank_slice, shard
 from .model import load_model, load_tokenizer, save_pretrained_atomic
 from .optim_setup import build_optimizer, linear_schedule
 from .progress import Progress, ProgressBar, console
-from .qa_eval import metric_keys, postprocess_predictions, score_predictions
+from .qa_eval import metric_keys, score_predictions
 from .qa_loss import span_loss
+from .qa_postprocess import postprocess_predictions
 from .run_data import build_features
 
 DDP_CLOCK_EVERY = 10  # data-parallel: updates between two looks at the clock for time-based resume checkpoints

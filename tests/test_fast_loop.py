@@ -250,7 +250,7 @@ def test_dynamic_and_fixed_padding_runs_agree_on_losses_predictions_and_scores(t
 def test_length_sorted_evaluation_maps_every_answer_to_its_example(tmp_path):
     """Trainer.evaluate (length-sorted, dynamically padded batches) gives the predictions of a plain evaluation:
     one feature at a time, in dataset order, padded to max_seq_length."""
-    from experiments.qa_eval import postprocess_predictions
+    from experiments.qa_postprocess import postprocess_predictions
     from experiments.tracking import RunTracker
 
     cfg = load_config(

@@ -11,11 +11,11 @@ from experiments.qa_eval import (
     normalize_answer,
     normalize_answer_char,
     normalize_answer_klue,
-    postprocess_predictions,
     score_predictions,
     squad_scores,
     squad_v2_scores,
 )
+from experiments.qa_postprocess import postprocess_predictions
 
 
 def f1_of(p: float, r: float) -> float:
