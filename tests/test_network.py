@@ -121,11 +121,11 @@ def test_local_and_embedded_models_never_probe(monkeypatch, tmp_path):
 
 
 def test_the_sam_benchmark_refuses_a_hub_model_in_seconds(no_network):
-    from experiments.bench_sam import load_model
+    from experiments.bench_common import load_bench_model
 
     began = time.perf_counter()
     with pytest.raises(SystemExit) as info:
-        load_model("sam-accum-tests/no-such-model", 64)
+        load_bench_model("sam-accum-tests/no-such-model", 64)
     assert time.perf_counter() - began < LIMIT_S
     assert str(info.value) == (
         "error: --model 'sam-accum-tests/no-such-model' could not be loaded (the hub is not "
