@@ -44,7 +44,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-test: $(STAMP)  ## run the test suite (CPU, about 6 min on 2 shared cores)
+test: $(STAMP)  ## run the test suite (CPU, 6 to 11 min on 2 shared cores)
 	$(PY) -m pytest -q tests $(ARGS)
 
 # ruff's settings live in pyproject.toml; CI runs this after the tests.
