@@ -25,18 +25,13 @@ import shutil
 from pathlib import Path
 
 from .progress import Progress
-from .rundir import atomic_write_json
-
-
-def _resume_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
-    base = Path(run_dir) / "checkpoint"
-    return base / "resume", base / "resume.tmp", base / "resume.old"
+from .rundir import atomic_write_json, resume_dirs
 
 
 def _usable_resume(run_dir) -> tuple[Path, dict] | None:
     """(folder, its trainer.json) of the newest resume checkpoint whose trainer.json reads and names its update:
     checkpoint/resume, else checkpoint/resume.old (left by a save that was cut short); None if neither."""
-    target, _, old = _resume_dirs(Path(run_dir))
+    target, _, old = resume_dirs(Path(run_dir))
     for folder in (target, old):
         try:
             meta = json.loads((folder / "trainer.json").read_text())
@@ -56,7 +51,7 @@ def resume_point(run_dir) -> int | None:
 def remove_resume_state(run_dir) -> None:
     """Delete the resume checkpoint (a finished run is never resumed; it is the size of the model and the optimizer
     state, ~260 MiB for the default MiniLM)."""
-    for folder in _resume_dirs(Path(run_dir)):
+    for folder in resume_dirs(Path(run_dir)):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -81,7 +76,7 @@ def save_resume_state(trainer) -> Path | None:
     if parallel and not dist.is_main:
         return None
 
-    target, tmp, old = _resume_dirs(trainer.run_dir)
+    target, tmp, old = resume_dirs(trainer.run_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(trainer.model, str(tmp / "model.safetensors"))

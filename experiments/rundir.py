@@ -198,6 +198,18 @@ def read_json(path: str | os.PathLike, *, warn: bool = False) -> dict | None:
     return data
 
 
+def checkpoint_dir(run_dir: str | os.PathLike, which: str) -> Path:
+    """<run_dir>/checkpoint/<which>: "final" and "best" (save_pretrained folders), "resume" (training state)."""
+    return Path(run_dir) / "checkpoint" / which
+
+
+def resume_dirs(run_dir: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """(resume, resume.tmp, resume.old) of a run: the resume state, the one being written, the one it replaces
+    (experiments.checkpoint writes them; a start resumes when resume or resume.old exists, see run_state)."""
+    base = checkpoint_dir(run_dir, "")
+    return base / "resume", base / "resume.tmp", base / "resume.old"
+
+
 def read_summary(run_dir: str | os.PathLike, *, warn: bool = False) -> dict | None:
     """summary.json of a run directory as a dict; None when there is none or it cannot be read (see read_json)."""
     return read_json(Path(run_dir) / SUMMARY_FILE, warn=warn)
@@ -273,11 +285,12 @@ def run_state(cfg: DictConfig, folder: str | os.PathLike) -> RunState:
     summary = read_summary(folder)
     stored = _stored_config_hash(folder, summary)
     status = (summary or {}).get("status")
+    resume, _, resume_old = resume_dirs(folder)
     if stored is not None and stored != own:
         decision = CONFLICT
     elif status in DONE_STATUSES:
         decision = status  # a diverged run is a result: rerunning the same config diverges again
-    elif (folder / "checkpoint" / "resume").exists() or (folder / "checkpoint" / "resume.old").exists():
+    elif resume.exists() or resume_old.exists():
         decision = RESUME
     else:
         decision = RESTART

@@ -44,6 +44,7 @@ from .rundir import (
     EXIT_FAILED,
     EXIT_OK,
     FAILED,
+    checkpoint_dir,
     run_state,
     signal_exit_code,
 )
@@ -257,7 +258,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
         if not resume:
             log.warning("resume checkpoint unusable; starting %s over", run_dir)
     if not resume and action == "restart" and ctx.is_main:
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+        shutil.rmtree(checkpoint_dir(run_dir, ""), ignore_errors=True)
     try:
         # RunTracker writes summary.json (running) first; a signal or error while it starts W&B is recorded there
         if ctx.is_main:

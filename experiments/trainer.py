@@ -28,6 +28,7 @@ from .qa_eval import metric_keys, score_predictions
 from .qa_loss import span_loss
 from .qa_postprocess import postprocess_predictions
 from .run_data import build_features
+from .rundir import checkpoint_dir
 
 DDP_CLOCK_EVERY = 10  # data-parallel: updates between two looks at the clock for time-based resume checkpoints
 log = logging.getLogger("experiments.trainer")
@@ -236,7 +237,7 @@ class Trainer:
             p.best = {"metric": key, "value": metrics[key], **snapshot}
             if self.cfg.train.save_model and self.dist.is_main:
                 with self.timed("checkpoint_time"):
-                    save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "best")
+                    save_pretrained_atomic(self.model, self.tokenizer, checkpoint_dir(self.run_dir, "best"))
         self.tracker.update_summary(best=p.best, final=self.final_block())
         cfg = self.cfg
         em_key, second = metric_keys(cfg.data.metric)  # dev/f1, or dev/rouge_w for KLUE-MRC
@@ -433,7 +434,7 @@ class Trainer:
     def save_final(self) -> None:
         if self.cfg.train.save_model and self.dist.is_main:
             with self.timed("checkpoint_time"):
-                save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "checkpoint" / "final")
+                save_pretrained_atomic(self.model, self.tokenizer, checkpoint_dir(self.run_dir, "final"))
 
     # -- loop --------------------------------------------------------------------------------------------------------
     def run(self, tracker) -> None:

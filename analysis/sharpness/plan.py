@@ -10,7 +10,7 @@ from analysis.collect import CollectError, arm_order, run_dirs
 from analysis.sharpness.options import SharpnessConfig, SharpnessError
 from analysis.sharpness.qa import load_run_config
 from experiments.arms import INTERPOLATION_PAIRS
-from experiments.rundir import COMPLETED, read_summary
+from experiments.rundir import COMPLETED, checkpoint_dir, read_summary
 
 
 @dataclasses.dataclass
@@ -37,7 +37,7 @@ def find_runs(results_dir: str, sweep: str) -> tuple[list[RunInfo], list[tuple[s
         status = summary.get("status") or "no summary.json"
         if status != COMPLETED:
             skipped.append((path.name, f"status {status}"))
-        elif not (path / "checkpoint" / "final").is_dir():
+        elif not checkpoint_dir(path, "final").is_dir():
             skipped.append((path.name, "no checkpoint/final (train.save_model=false?)"))
         else:
             cfg = load_run_config(path)

@@ -47,7 +47,7 @@ from experiments.data.features import FEATURE_COLUMNS, MODEL_INPUTS
 from experiments.model import ModelError, load_checkpoint, load_tokenizer
 from experiments.qa_loss import span_loss
 from experiments.run_data import tokenize_splits
-from experiments.rundir import CONFIG_FILE
+from experiments.rundir import CONFIG_FILE, checkpoint_dir
 
 # the columns a QA model takes (inputs and labels); token_type_ids only where the tokenizer makes them
 # config keys that must agree across the runs of a sweep for one shared data subset to make sense
@@ -179,7 +179,7 @@ def load_qa_model(run_dir: str | Path, *, which: str = "final") -> torch.nn.Modu
     """``checkpoint/<which>/`` of a run as an fp32 eval-mode QA model with eager attention (needed for double
     backward). Reads only."""
     try:
-        return load_checkpoint(Path(run_dir) / "checkpoint" / which, attn_implementation="eager")
+        return load_checkpoint(checkpoint_dir(run_dir, which), attn_implementation="eager")
     except ModelError as err:  # the folder cannot be loaded, or lacks weights of its own architecture
         raise SharpnessError(str(err)) from None
 
