@@ -7,11 +7,16 @@ L(w) = Σ a_i L_i(w) is the window's mean loss. `loss_fn(B_i)` returns L_i, the 
     full   g = Σ a_i ∇L_i(w + e),  e = rho·∇L(w)/‖∇L(w)‖       SAM on the whole window (correct)
     last   g = Σ_{j=1..k} (1/k) ∇L_k(w + e),  e as in full     the copied loop: replays B_k k times
     micro  g = Σ a_i ∇L_i(w + e_i), e_i = rho·∇L_i/‖∇L_i‖      m-SAM: each micro-batch its own perturbation
+    last_only  g = ∇L_k(w + e_k), e_k = rho·∇L_k(w)/‖∇L_k(w)‖   SAM on the last micro-batch alone: the public
+                                                               Trainer pattern (k SAM steps, k − 1 zeroed away)
 
 Then, for every mode: clip g to `max_grad_norm` (if given) and let the base optimizer step with it.
 
 `last` is a transcription of the loop this project studies, kept on purpose: it costs exactly what `full` costs
 (k forward/backward passes at w + e) but its update direction is the SAM gradient of 1/k of the data.
+`last_only` is the other copied shape, a `Trainer.training_step` override that zeroes the gradients at its start and
+runs first pass, perturbation and second pass on the micro-batch it is handed: under accumulation every micro-batch's
+SAM gradient but the last is zeroed before the optimizer steps. It is transcribed as literally, at the same 2k passes.
 
 Data-parallel (`ddp=` a torch DistributedDataParallel module, W processes): the window is W × k micro-batches,
 B_{r,i} = rank r's slice of global micro-batch i with n_{r,i} examples, n_i = Σ_r n_{r,i}, N = Σ_i n_i, and
@@ -28,6 +33,9 @@ when only the backward sits inside). Per window:
     last                  the copied loop wrapped in DDP, every backward synchronising: e as in full/global,
                           g = Σ_r (n_{r,k}/n_k) ∇L_{r,k}(w + e) = ∇L_k(w + e) of global micro-batch k     2k all-reduces
     micro                 e_{r,i} from ∇L_{r,i}(w) alone; g = Σ_{r,i} (n_{r,i}/N) ∇L_{r,i}(w + e_{r,i})  1 all-reduce
+    last_only             the Trainer pattern under DDP (micro-batches 1..k−1 inside no_sync): e_k from the
+                          all-reduced ∇L_k(w) of global micro-batch k, g = Σ_r (n_{r,k}/n_k) ∇L_{r,k}(w + e_k)
+                                                                                                    2 all-reduces
 
 plus one all-reduce of three numbers for the reported losses and norm. A rank whose slice of a micro-batch is empty
 passes any batch with size 0 (weight 0), so that every rank runs the same passes.
@@ -45,7 +53,7 @@ from torch import Tensor
 
 from .optimizer import SAM, global_grad_norm
 
-REPLAY_MODES = ("none", "full", "last", "micro")
+REPLAY_MODES = ("none", "full", "last", "micro", "last_only")
 PERTURBATIONS = ("global", "per_rank")  # data-parallel `full`: one e for all ranks, or each rank its own
 
 
@@ -106,8 +114,9 @@ def train_step(
             With `ddp`, loss_fn must run the forward through the DDP module (that is where DDP hooks in).
         micro_batches: the k micro-batches of the window (anything loss_fn accepts); with `ddp`, this rank's slices
             of the k global micro-batches.
-        optimizer: a `SAM` for full/last/micro; a plain torch optimizer (or a SAM, whose base is used) for none.
-        replay: "none" | "full" | "last" | "micro".
+        optimizer: a `SAM` for full/last/micro/last_only; a plain torch optimizer (or a SAM, whose base is used)
+            for none.
+        replay: "none" | "full" | "last" | "micro" | "last_only".
         sizes: examples per micro-batch; each micro-batch is weighted by its share n_i/N (None: equal shares).
             With `ddp`: this rank's n_{r,i}; 0 marks a placeholder batch (the rank's slice is empty) that takes part
             in the passes with weight 0.
@@ -242,7 +251,35 @@ def _micro(w: _Window, optimizer: SAM) -> _Passes:
     return passes
 
 
-_MODES = {"none": _none, "full": _full, "last": _last, "micro": _micro}
+def _last_only(w: _Window, optimizer: SAM) -> _Passes:
+    """e_k = rho·∇L_k(w)/‖∇L_k(w)‖, g = ∇L_k(w + e_k): SAM on micro-batch k alone, run as the public Trainer pattern
+    runs it: for every micro-batch j, zero the gradients, first pass, perturb, second pass, restore; the base
+    optimizer then steps with whatever survived, the SAM gradient of micro-batch k (DDP: j < k inside no_sync, as the
+    Trainer runs them). The k − 1 discarded SAM steps are computed all the same: they are what the pattern costs."""
+    passes = _Passes()
+    for j, batch in enumerate(w.batches):
+        final = j == w.k - 1
+        # micro-batch k is weighted as the mean loss of (global) micro-batch k, the others as in the window: their
+        # gradients are zeroed anyway
+        num, den = (w.last_only_numerator, w.last_only_denominator) if final else (w.numerators[j], w.denominator)
+        optimizer.zero_grad(set_to_none=True)
+        w.rng.save(j)
+        passes.first.append(w.forward_backward(batch, num, den, sync=final))
+        passes.first_norm = optimizer.first_step(grad_scale=w.norm_scale)
+        if optimizer.is_perturbed:
+            optimizer.zero_grad(set_to_none=True)
+        elif final:
+            break  # non-finite ∇L_k(w) (the same on every rank: it was all-reduced): hand it to _update, which skips
+        # a discarded micro-batch's non-finite gradient runs its second pass at w: it is zeroed at the next start
+        w.rng.restore(j)
+        second = w.forward_backward(batch, num, den, sync=final)
+        optimizer.restore()
+        if final:
+            passes.second.append(second)
+    return passes
+
+
+_MODES = {"none": _none, "full": _full, "last": _last, "micro": _micro, "last_only": _last_only}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -280,11 +317,14 @@ class _Window:
             # (loss * n_i) / N: with sizes=None this is loss * 1 / k, bitwise the loss / k of the copied loop
             self.numerators, self.denominator = (list(sizes), sum(sizes)) if sizes is not None else ([1] * k, k)
             self.last_numerator, self.last_denominator = 1, k
+            self.last_only_numerator, self.last_only_denominator = 1, 1
         else:
             # DDP divides the sum over ranks by W: rank r weights micro-batch i by W·n_{r,i}/N
             self.numerators, self.denominator = [world * n for n in local], sum(totals)
             # `last` replays: W·n_{r,k}/(n_k·k), so the k replays average to ∇L_k(w + e) of global micro-batch k
             self.last_numerator, self.last_denominator = world * local[-1], totals[-1] * k
+            # `last_only`: W·n_{r,k}/n_k, so DDP's average is ∇L_k of global micro-batch k
+            self.last_only_numerator, self.last_only_denominator = world * local[-1], totals[-1]
 
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         device = self.params[0].device if self.params else torch.device("cpu")
@@ -329,7 +369,7 @@ def _check_arguments(micro_batches, optimizer, replay, sizes, ddp, perturbation,
     if perturbation == "per_rank" and replay != "full":
         raise ValueError(
             f"perturbation='per_rank' applies to replay='full' only (got replay={replay!r}): micro "
-            f"perturbs per micro-batch and rank anyway, last synchronises like the copied loop"
+            f"perturbs per micro-batch and rank anyway, last and last_only synchronise like the loops they copy"
         )
     k = len(micro_batches)
     if k == 0:
@@ -361,7 +401,7 @@ def _result(w: _Window, replay: str, passes: _Passes, grad_norm: Tensor, skipped
     loss = sum(x.double() * n for x, n in zip(first_losses, numerators)) / sum(numerators[: len(first_losses)])
     perturbed = None
     if second_losses:
-        if replay == "last":
+        if replay in ("last", "last_only"):  # replays of micro-batch k (last_only: the one that was kept)
             perturbed = torch.stack([x.double() for x in second_losses]).mean()
         else:
             used = numerators[: len(second_losses)]
@@ -391,7 +431,7 @@ def _reduced_result(w: _Window, replay: str, passes: _Passes, grad_norm: Tensor,
     device = grad_norm.device
     zero = torch.zeros((), dtype=torch.float64, device=device)
     first = sum((x.double() * n for x, n in zip(first_losses, local)), zero)
-    if replay == "last":  # the k replays of this rank's slice of micro-batch k, averaged, weighted by its size
+    if replay in ("last", "last_only"):  # the replays of this rank's slice of micro-batch k, averaged, by its size
         second = sum((x.double() for x in second_losses), zero) * local[-1] / max(1, len(second_losses))
     else:
         second = sum((x.double() * n for x, n in zip(second_losses, local)), zero)
@@ -405,7 +445,7 @@ def _reduced_result(w: _Window, replay: str, passes: _Passes, grad_norm: Tensor,
     )
     perturbed = None
     if second_losses:  # the same on every rank: none never, global full/last skip together, per_rank/micro never
-        perturbed = second_sum / (totals[-1] if replay == "last" else total)
+        perturbed = second_sum / (totals[-1] if replay in ("last", "last_only") else total)
     return StepResult(
         loss=first_sum / total,
         grad_norm=grad_norm_value,

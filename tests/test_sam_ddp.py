@@ -59,6 +59,7 @@ CASES = [
     *ks("full-global", "full"),  # 2 ranks x k micro-batches of 3 == 1 process x k micro-batches of 6
     *ks("none", "none"),
     *ks("last", "last"),
+    *ks("last_only", "last_only"),
     # per-rank perturbations have no single-process twin: checked against their formulas (SGD, one window)
     *[
         Case(f"full-per_rank-k{k}", "full", (6,) * k, perturbation="per_rank", optimizer="sgd", windows=1)
@@ -66,8 +67,10 @@ CASES = [
     ],
     *[Case(f"micro-formula-k{k}", "micro", (6,) * k, optimizer="sgd", windows=1) for k in (1, 2, 4)],
     *[Case(f"last-formula-k{k}", "last", (6,) * k, optimizer="sgd", windows=1) for k in (2, 4)],
+    *[Case(f"last_only-formula-k{k}", "last_only", (6,) * k, optimizer="sgd", windows=1) for k in (2, 4)],
+    Case("last_only-formula-uneven", "last_only", (7, 6, 3), optimizer="sgd", windows=1),
     # uneven slices: 7 rows split 4/3, and a micro-batch of 1 row that leaves rank 1 with an empty slice
-    *[Case(f"{replay}-uneven", replay, (7, 6, 1)) for replay in ("none", "full", "last")],
+    *[Case(f"{replay}-uneven", replay, (7, 6, 1)) for replay in ("none", "full", "last", "last_only")],
     Case("micro-formula-uneven", "micro", (7, 6, 1), optimizer="sgd", windows=1),
     Case("full-per_rank-uneven", "full", (7, 6, 1), perturbation="per_rank", optimizer="sgd", windows=1),
     Case("full-global-sizes-none", "full", (6, 6), equal_sizes_as_none=True),
@@ -216,7 +219,7 @@ def assert_results_match(ddp_results, ref_results, keys=("loss", "perturbed_loss
 
 @pytest.mark.parametrize("name", [c.name for c in CASES if c.optimizer == "adamw" and not c.dropout])
 def test_ddp_equals_single_process_on_the_global_window(ranks, name):
-    """none, full (global perturbation) and last with 2 ranks x k micro-batches of m == one process with k
+    """none, full (global perturbation), last and last_only with 2 ranks x k micro-batches of m == one process with k
     micro-batches of 2m (uneven: of n_i), over 2 AdamW updates, and so are the reported numbers."""
     case = BY_NAME[name]
     assert_replicas_identical(ranks, name)
@@ -290,6 +293,23 @@ def test_last_equals_its_formula(ranks, name):
     assert rel_err(expected, grads_at(model, global_micro_batches(case, 0)[-1], shift=e)) <= 1e-12
 
 
+@pytest.mark.parametrize("name", [c.name for c in CASES if c.name.startswith("last_only-formula")])
+def test_last_only_equals_its_formula(ranks, name):
+    """last_only under DDP (the Trainer pattern: micro-batches 1..k−1 inside no_sync): e_k = rho ∇L_k(w)/‖∇L_k(w)‖
+    from the all-reduced gradient of global micro-batch k, g = Σ_r (n_{r,k}/n_k) ∇L_{r,k}(w + e_k) = ∇L_k(w + e_k)."""
+    case = BY_NAME[name]
+    model = make_model()
+    k, parts, n_k = len(case.global_sizes), split_rows(case), case.global_sizes[-1]
+    last = global_micro_batches(case, 0)[-1]
+    e_k = sam_e(grads_at(model, last))
+    expected = weighted_sum(
+        [grads_at(model, parts[r, k - 1], shift=e_k) for r in range(WORLD)],
+        [len(parts[r, k - 1][0]) / n_k for r in range(WORLD)],
+    )
+    check_sgd_update(ranks, name, expected)
+    assert rel_err(expected, grads_at(model, last, shift=e_k)) <= 1e-12
+
+
 @pytest.mark.parametrize("name", [c.name for c in CASES if c.name.startswith("micro-formula")])
 def test_micro_equals_its_formula(ranks, name):
     """micro under DDP: g = Σ_{r,i} (n_{r,i}/N) ∇L_{r,i}(w + e_{r,i}), e_{r,i} from ∇L_{r,i}(w) alone."""
@@ -317,15 +337,15 @@ def expected_all_reduces(case: Case) -> int:
     k = len(case.global_sizes)
     if case.replay == "last":
         return 2 * k  # the copied loop wrapped in DDP: every backward of both passes synchronises
-    if case.replay == "full" and case.perturbation == "global":
-        return 2
+    if (case.replay == "full" and case.perturbation == "global") or case.replay == "last_only":
+        return 2  # last_only: micro-batch k's two passes; the discarded ones run inside no_sync
     return 1  # none, full per_rank, micro
 
 
 @pytest.mark.parametrize("name", [c.name for c in CASES])
 def test_gradient_all_reduces_per_window(ranks, name):
-    """none 1, full global 2, full per_rank 1, last 2k, micro 1. A first forward outside no_sync would make per_rank
-    and micro synchronise their first pass too (2 and k+1), which is the bug of davda54/sam issue #78."""
+    """none 1, full global 2, full per_rank 1, last 2k, micro 1, last_only 2. A first forward outside no_sync would make
+    per_rank and micro synchronise their first pass too (2 and k+1), which is the bug of davda54/sam issue #78."""
     case = BY_NAME[name]
     for rank in range(WORLD):
         assert ranks[rank][name]["counts"] == [expected_all_reduces(case)] * case.windows

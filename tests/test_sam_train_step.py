@@ -157,6 +157,67 @@ def test_last_differs_from_full_exactly_when_k_above_one(k):
         assert rel_err(results["last"], expected) < 1e-10
 
 
+def literal_trainer_pattern(model, opt, windows):
+    """The public SAMTrainer pattern, transcribed: every micro-batch's `training_step` zeroes the gradients, runs the
+    first pass, perturbs, runs the second pass and restores; the Trainer steps once per window with what is left."""
+    loss_fn = mse_fn(model)
+    for window in windows:
+        for batch in window:
+            opt.zero_grad()
+            loss_fn(batch).backward()
+            opt.first_step(zero_grad=True)
+            loss_fn(batch).backward()
+            opt.restore()
+        opt.base_optimizer.step()
+        opt.mark_stepped()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_last_only_is_the_trainer_pattern_bitwise(k):
+    x, y = make_data(4 * k * 3)
+    windows = [split(x[w * 4 * k : (w + 1) * 4 * k], y[w * 4 * k : (w + 1) * 4 * k], [4] * k) for w in range(3)]
+    model, ref = make_model(), make_model()
+    opt = SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
+    ref_opt = SAM(ref.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
+    literal_trainer_pattern(ref, ref_opt, windows)
+    for window in windows:
+        train_step(mse_fn(model), window, opt, replay="last_only")
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("sizes", [[3], [3, 3], [2, 5, 1], [1, 4, 2, 3]])
+def test_last_only_is_sam_on_the_last_micro_batch_alone(sizes):
+    """last_only: e_k = rho ∇L_k(w)/‖∇L_k(w)‖, g = ∇L_k(w + e_k); SGD, so w' = w − lr·g. At k = 1 that is full."""
+    x, y = make_data(sum(sizes))
+    window = split(x, y, sizes)
+    model = make_model()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+    ref = make_model()
+    last = window[-1]
+    g_k = grads_at(ref, last, shift=sam_e(grads_at(ref, last)))
+    expected = [p - LR * g for p, g in zip(ref.parameters(), g_k)]
+    r = train_step(mse_fn(model), window, opt, replay="last_only", sizes=sizes if len(set(sizes)) > 1 else None)
+    assert rel_err(list(model.parameters()), expected) < 1e-12
+    # reported: the window's first-pass mean, L_k(w + e_k) and ‖∇L_k(w)‖
+    with torch.no_grad():
+        first = sum(n * mse_fn(ref)(b).item() for n, b in zip(sizes, window)) / sum(sizes)
+    assert r.loss == pytest.approx(first, rel=1e-12)
+    shifted, e_k = copy.deepcopy(ref), sam_e(grads_at(ref, last))
+    with torch.no_grad():
+        for p, e in zip(shifted.parameters(), e_k):
+            p.add_(e)
+        assert r.perturbed_loss == pytest.approx(mse_fn(shifted)(last).item(), rel=1e-12)
+    norm = torch.sqrt(sum((g**2).sum() for g in grads_at(ref, last))).item()
+    assert r.first_grad_norm == pytest.approx(norm, rel=1e-12)
+    if len(sizes) > 1:  # and it is neither full nor last
+        for replay in ("full", "last"):
+            other = make_model()
+            train_step(mse_fn(other), window, SAM(other.parameters(), torch.optim.SGD, rho=RHO, lr=LR), replay=replay)
+            assert rel_err(list(model.parameters()), list(other.parameters())) > 1e-4
+
+
 @pytest.mark.parametrize("sizes", [[3, 3, 3], [2, 5, 1]])
 def test_none_equals_base_optimizer_on_concatenated_batch(sizes):
     x, y = make_data(sum(sizes))
@@ -274,7 +335,7 @@ class MaskRecorder(nn.Module):
         return x * mask / (1 - self.p)
 
 
-@pytest.mark.parametrize("replay,k", [("full", 3), ("micro", 3), ("last", 3)])
+@pytest.mark.parametrize("replay,k", [("full", 3), ("micro", 3), ("last", 3), ("last_only", 3)])
 @pytest.mark.parametrize("reuse", [True, False])
 def test_dropout_masks_reused_between_passes(replay, k, reuse):
     torch.manual_seed(0)
@@ -285,7 +346,7 @@ def test_dropout_masks_reused_between_passes(replay, k, reuse):
     opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
     train_step(mse_fn(model), window, opt, replay=replay, reuse_dropout_rng=reuse)
     masks = recorder.masks
-    if replay == "micro":  # first_i, second_i interleaved
+    if replay in ("micro", "last_only"):  # first_i, second_i interleaved
         pairs = [(masks[2 * i], [masks[2 * i + 1]]) for i in range(k)]
     elif replay == "full":
         pairs = [(masks[i], [masks[k + i]]) for i in range(k)]
@@ -333,10 +394,22 @@ class InjectInf:
 
 @pytest.mark.parametrize(
     "replay,at_call",
-    [("full", 0), ("full", 1), ("full", 2), ("full", 3), ("last", 3), ("micro", 0), ("micro", 3), ("none", 1)],
+    [
+        ("full", 0),
+        ("full", 1),
+        ("full", 2),
+        ("full", 3),
+        ("last", 3),
+        ("micro", 0),
+        ("micro", 3),
+        ("none", 1),
+        ("last_only", 2),  # micro-batch k's first pass (calls: B_1 first, B_1 second, B_2 first, B_2 second)
+        ("last_only", 3),
+    ],
 )
 def test_grad_scaler_overflow_skips_whole_update(replay, at_call):
-    """k = 2: calls 0,1 are the first pass (micro: 0,2), 2,3 the second pass (micro: 1,3)."""
+    """k = 2: calls 0,1 are the first pass (micro, last_only: 0,2), 2,3 the second pass (micro, last_only: 1,3).
+    last_only's micro-batch 1 (calls 0, 1) is zeroed away, so an overflow there skips nothing: not in this list."""
     model = make_model(dtype=torch.float32)
     x, y = make_data(8, dtype=torch.float32)
     window = split(x, y, [4, 4])
@@ -358,7 +431,7 @@ def test_grad_scaler_overflow_skips_whole_update(replay, at_call):
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
 
-@pytest.mark.parametrize("replay", ["none", "full", "last", "micro"])
+@pytest.mark.parametrize("replay", ["none", "full", "last", "micro", "last_only"])
 def test_grad_scaler_update_equals_unscaled_update(replay):
     """With no overflow the scale must cancel exactly: same parameters as without a scaler (powers of 2)."""
     x, y = make_data(8, dtype=torch.float32)
