@@ -18,7 +18,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Arm:
     name: str  # `arm` in the config, run ids, tables
-    replay: str  # `optim.replay`: none | full | last | micro
+    replay: str  # `optim.replay`: none | full | last | micro | last_only
     label: str  # legend text
     color: str  # matplotlib colour
     # sam_last is dashed so that at k = 1, where it must equal sam_full exactly, both lines stay visible on top of
@@ -31,6 +31,8 @@ ARMS: tuple[Arm, ...] = (
     Arm("sam_full", "full", "SAM, full replay", "#1f63c6"),
     Arm("sam_last", "last", "SAM, last-batch replay (bug)", "#d62728", linestyle=(0, (4, 2))),
     Arm("sam_micro", "micro", "m-SAM", "#2ca02c"),
+    # dotted: at k = 1 it too must equal sam_full exactly
+    Arm("sam_last_only", "last_only", "SAM, last micro-batch only (Trainer pattern)", "#e08214", linestyle=(0, (1, 1.5))),
 )
 BY_NAME: dict[str, Arm] = {arm.name: arm for arm in ARMS}
 ARM_ORDER: tuple[str, ...] = tuple(arm.name for arm in ARMS)
@@ -39,11 +41,15 @@ ARM_OF_REPLAY: dict[str, str] = {arm.replay: arm.name for arm in ARMS}
 # The question of the repo: correct full-accumulation replay against the copied last-batch replay. At k = 1 the two
 # are the same algorithm (the sanity check); at k > 1 their difference is the cost of the bug.
 CORRECT, BUGGY = "sam_full", "sam_last"
+# The public SAMTrainer pattern (a `training_step` override that zeroes the gradients and runs SAM on the micro-batch
+# it is given): under accumulation it is SAM on the last micro-batch of each window alone, the bug Trainer users run.
+TRAINER_PATTERN = "sam_last_only"
 BASELINE = "adamw"  # plain AdamW: what SAM is compared to, and the reference of the step-time ratios
 
 # (a, b, what a − b measures), in the order the report lists them.
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
     (CORRECT, BUGGY, "the cost of the last-batch replay bug"),
+    (CORRECT, TRAINER_PATTERN, "the cost of the public Trainer pattern (SAM on the last micro-batch alone)"),
     (CORRECT, BASELINE, "what correct SAM buys over AdamW"),
     ("sam_micro", CORRECT, "m-SAM against SAM"),
 )
