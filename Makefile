@@ -9,6 +9,12 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 export TOKENIZERS_PARALLELISM ?= false
+# glibc serves the 47 MB dense word-embedding gradient from fresh mmap pages on every backward (page faults on each
+# first touch); keeping large blocks on the heap cut a SAM k = 8 window's CPU time by 12-20 % here, with bitwise
+# identical weights (the allocator decides where memory lives, not what is computed).
+export MALLOC_MMAP_THRESHOLD_ ?= 134217728
+export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
+export MALLOC_TOP_PAD_ ?= 134217728
 
 # Variables: `make <target> NAME=value`. A line "#= NAME  text" documents one for `make help`.
 #= ARM      the arm of make run / make smoke: adamw | sam_full | sam_last | sam_micro (default sam_full)
