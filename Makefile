@@ -17,7 +17,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export MALLOC_TOP_PAD_ ?= 134217728
 
 # Variables: `make <target> NAME=value`. A line "#= NAME  text" documents one for `make help`.
-#= ARM      the arm of make run / make smoke: adamw | sam_full | sam_last | sam_micro (default sam_full)
+#= ARM      the arm of make run / make smoke: adamw | sam_full | sam_last | sam_micro | sam_last_only (default sam_full)
 ARM     ?= sam_full
 #= ARGS     extra key=value overrides for the run or every run of a sweep, e.g. ARGS="optim.rho=0.1 seed=3"
 ARGS    ?=
@@ -67,7 +67,7 @@ format: $(STAMP)  ## ruff format + safe lint fixes, in place
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
 
-run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro, ARGS="key=value ...", NPROC=N)
+run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro|sam_last_only, ARGS="key=value ...", NPROC=N)
 	$(TRAIN) configs/default.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)
 
 smoke: $(STAMP)  ## a full tiny run (about 10 s; NPROC=2: the same data-parallel)
