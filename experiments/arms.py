@@ -32,7 +32,9 @@ ARMS: tuple[Arm, ...] = (
     Arm("sam_last", "last", "SAM, last-batch replay (bug)", "#d62728", linestyle=(0, (4, 2))),
     Arm("sam_micro", "micro", "m-SAM", "#2ca02c"),
     # dotted: at k = 1 it too must equal sam_full exactly
-    Arm("sam_last_only", "last_only", "SAM, last micro-batch only (Trainer pattern)", "#e08214", linestyle=(0, (1, 1.5))),
+    Arm(
+        "sam_last_only", "last_only", "SAM, last micro-batch only (Trainer pattern)", "#e08214", linestyle=(0, (1, 1.5))
+    ),
 )
 BY_NAME: dict[str, Arm] = {arm.name: arm for arm in ARMS}
 ARM_ORDER: tuple[str, ...] = tuple(arm.name for arm in ARMS)
@@ -44,6 +46,9 @@ CORRECT, BUGGY = "sam_full", "sam_last"
 # The public SAMTrainer pattern (a `training_step` override that zeroes the gradients and runs SAM on the micro-batch
 # it is given): under accumulation it is SAM on the last micro-batch of each window alone, the bug Trainer users run.
 TRAINER_PATTERN = "sam_last_only"
+# At k = 1 (one micro-batch per update) these arms run exactly the algorithm of CORRECT: the report's sanity row
+# checks each of them against it, seed by seed.
+SAME_AS_CORRECT_AT_K1: tuple[str, ...] = (BUGGY, TRAINER_PATTERN, "sam_micro")
 BASELINE = "adamw"  # plain AdamW: what SAM is compared to, and the reference of the step-time ratios
 
 # (a, b, what a − b measures), in the order the report lists them.

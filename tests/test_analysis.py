@@ -511,7 +511,8 @@ def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
     assert f"sam_full − sam_last = **{diff:+.1f} F1**" in answer and "At k = 4" in answer
     assert "no significant difference (CI spans 0)" in findings  # sam_micro vs sam_full: no built-in effect
     sanity = pd.read_csv(out / "sanity.csv")
-    assert sanity["passed"].all() and (sanity["n"] == 3).all()
+    assert sanity["passed"].all() and set(sanity["b"]) == {"sam_last", "sam_micro"}  # every arm with k = 1 runs
+    assert (sanity.loc[sanity["b"] == "sam_last", "n"] == 3).all()  # (one of sam_micro's k = 1 runs failed)
     setup = md[md.index("## Setup") : md.index("## Results")]
     assert DEVICE_NAME in setup and GIT_SHA[:12] in setup and "k = 1, 4" in setup
 
@@ -542,7 +543,7 @@ def test_sanity_failure_is_reported(frames):
     assert f1["max_abs_diff"] == pytest.approx(0.5)
     paired = paired_table(runs, n_boot=200)
     text = answer(runs, paired, sanity, target_summary(time_to_target(curves, runs)))["sanity"]
-    assert "**Sanity check (k = 1): FAILED** on final.dev/f1" in text
+    assert "**Sanity check (k = 1): FAILED** on final.dev/f1 (sam_last)" in text
 
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):

@@ -10,7 +10,7 @@ reads `<results_dir>/runs/<sweep>/` (see analysis.collect) and writes into `out`
     REPORT.html     the same, self-contained: figures embedded as base64 PNG, tables as HTML
     summary.csv     mean, std and 95% t CI per metric × arm × k (completed runs)
     paired.csv      paired differences between arms per metric × k (bootstrap CI, paired t-test, verdict)
-    sanity.csv      the k = 1 equality checks of sam_full against sam_last
+    sanity.csv      the k = 1 equality checks of sam_full against sam_last, sam_last_only and sam_micro
     runs.csv        one line per run: grid cell, status, reason, final metrics, time
     figures/*.png   the figures (analysis.plots)
 

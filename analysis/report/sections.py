@@ -301,9 +301,9 @@ def _sanity_section(sanity: pd.DataFrame) -> list[str]:
     lines = [
         "## Sanity check: k = 1",
         "",
-        "With one micro-batch per update, full replay and last-batch replay run the same algorithm, so "
-        "sam_full and sam_last must give the same numbers seed by seed: exactly for F1 and EM, within the "
-        "tolerance for losses.",
+        "With one micro-batch per update, full replay, last-batch replay, the Trainer pattern (last_only) and "
+        "m-SAM run the same algorithm, so each of sam_last, sam_last_only and sam_micro must give the numbers of "
+        "sam_full seed by seed: exactly for F1 and EM, within the tolerance for losses.",
         "",
     ]
     if sanity.empty or sanity["passed"].isna().all():
@@ -313,6 +313,7 @@ def _sanity_section(sanity: pd.DataFrame) -> list[str]:
         state = "–" if r.passed is None or is_missing(r.passed) else ("pass" if r.passed else "FAIL")
         rows.append(
             (
+                f"{r.a} = {r.b}",
                 r.metric,
                 r.n,
                 r.pairs or "–",
@@ -321,7 +322,10 @@ def _sanity_section(sanity: pd.DataFrame) -> list[str]:
                 state,
             )
         )
-    lines += [md_table(["metric", "seeds", "seed list", "max abs diff", "required", "equal?"], rows, "lrlrll"), ""]
+    lines += [
+        md_table(["arms", "metric", "seeds", "seed list", "max abs diff", "required", "equal?"], rows, "llrlrll"),
+        "",
+    ]
     return lines
 
 

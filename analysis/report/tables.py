@@ -15,7 +15,7 @@ from analysis.stats import (
     paired_differences,
     summarize,
 )
-from experiments.arms import BUGGY, COMPARISONS, CORRECT
+from experiments.arms import BUGGY, COMPARISONS, CORRECT, SAME_AS_CORRECT_AT_K1
 from experiments.rundir import COMPLETED
 
 # (column of collect_runs, label, number format); the first is the primary metric of the findings
@@ -158,15 +158,25 @@ def paired_table(
 
 
 def sanity_table(
-    runs: pd.DataFrame, curves: pd.DataFrame, a: str = CORRECT, b: str = BUGGY, k: int = 1
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    a: str = CORRECT,
+    others: Sequence[str] = SAME_AS_CORRECT_AT_K1,
+    k: int = 1,
 ) -> pd.DataFrame:
-    """The k = 1 equality checks (completed runs): the final metrics, and the whole train/loss curve."""
+    """The k = 1 equality checks of `a` against each arm of `others` that has runs at k (completed runs): the final
+    metrics, and the whole train/loss curve. BUGGY's rows are always there (not checked when it has no run)."""
     runs = _with_metrics(runs, SANITY_METRICS)
     done = completed_runs(runs)
-    rows = [equality_check(done, metric, a=a, b=b, k=k) for metric in SANITY_METRICS]
-    if not curves.empty:
-        ok_ids = set(done["run_id"])
-        rows.append(curve_equality(curves[curves["run_id"].isin(ok_ids)], "train/loss", a=a, b=b, k=k))
+    at_k = set(done.loc[pd.to_numeric(done["k"], errors="coerce") == k, "arm"])
+    rows = []
+    for b in others:
+        if b != BUGGY and b not in at_k:
+            continue
+        rows += [equality_check(done, metric, a=a, b=b, k=k) for metric in SANITY_METRICS]
+        if not curves.empty:
+            ok_ids = set(done["run_id"])
+            rows.append(curve_equality(curves[curves["run_id"].isin(ok_ids)], "train/loss", a=a, b=b, k=k))
     return pd.DataFrame(
         rows, columns=["metric", "a", "b", "k", "n", "pairs", "unpaired", "max_abs_diff", "tol", "passed", "verdict"]
     )

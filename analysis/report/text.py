@@ -260,16 +260,18 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
             "**Sanity check (k = 1):** not possible: no seed has completed sam_full and sam_last runs at k = 1."
         )
     elif checked["passed"].astype(bool).all():
+        others = ", ".join(dict.fromkeys(checked["b"]))
         out["sanity"] = (
-            "**Sanity check (k = 1): passed.** With one micro-batch per update, full and last replay are "
-            "the same algorithm, and sam_full and sam_last agree seed by seed on "
-            f"{', '.join(checked['metric'])}."
+            "**Sanity check (k = 1): passed.** With one micro-batch per update, every SAM replay rule is "
+            f"the same algorithm, and sam_full and {others} agree seed by seed on "
+            f"{', '.join(dict.fromkeys(checked['metric']))}."
         )
     else:
         bad = checked[~checked["passed"].astype(bool)]
+        failed = ", ".join(f"{m} ({b})" for m, b in zip(bad["metric"], bad["b"]))
         out["sanity"] = (
-            "**Sanity check (k = 1): FAILED** on " + ", ".join(bad["metric"]) + ": full and last replay "
-            "should compute the same thing at k = 1, so the replay code or the setup differs."
+            "**Sanity check (k = 1): FAILED** on " + failed + ": these replay rules "
+            "should compute what full replay computes at k = 1, so the replay code or the setup differs."
         )
     return out
 
