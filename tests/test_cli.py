@@ -48,7 +48,7 @@ def test_an_option_the_cli_does_not_have_is_named_as_such(tiny_run, capsys):
         (
             ["configs/smoke.yaml", "configs/arm/samfull.yaml"],
             "config error: config file 'configs/arm/samfull.yaml': no such file; configs/arm/ has: adamw, sam_full, "
-            "sam_last, sam_micro",
+            "sam_last, sam_last_only, sam_micro",
         ),
         (
             ["configs/smoke.yaml", "configs/nothere/x.yaml"],

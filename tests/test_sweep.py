@@ -588,12 +588,18 @@ def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, sta
 def test_the_ablation_sweep_resolves(tmp_path):
     spec = sweep_spec.load_sweep(REPO / "configs/sweep/ablation.yaml")
     runs = sweep_spec.expand(spec, [f"results_dir={tmp_path}"])
-    # k = 8: adamw, sam_full, sam_last x seeds 0-2; k = 1 (the sanity row): every arm, seed 0
-    assert len(runs) == 13
+    # k = 8: adamw, sam_full, sam_last, sam_last_only x seeds 0-2; k = 1 (the sanity row): every arm, seed 0
+    assert len(runs) == 17
     cells = {(r.cfg.arm, r.cfg.optim.replay, r.cfg.train.accumulation_steps, r.cfg.seed) for r in runs}
-    replay = {"adamw": "none", "sam_full": "full", "sam_last": "last", "sam_micro": "micro"}
+    replay = {
+        "adamw": "none",
+        "sam_full": "full",
+        "sam_last": "last",
+        "sam_micro": "micro",
+        "sam_last_only": "last_only",
+    }
     expected = {(a, replay[a], 1, 0) for a in replay}
-    expected |= {(a, replay[a], 8, s) for a in ("adamw", "sam_full", "sam_last") for s in (0, 1, 2)}
+    expected |= {(a, replay[a], 8, s) for a in ("adamw", "sam_full", "sam_last", "sam_last_only") for s in (0, 1, 2)}
     assert cells == expected
     # the budget as documented: 100 updates of 4 x 8 features at k = 8, 24 at k = 1, every run on the same data
     for r in runs:
