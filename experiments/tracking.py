@@ -13,8 +13,9 @@ studied (and the report rebuilt) with no W&B account and no network:
     wandb/          the W&B run (offline: wandb/offline-run-<time>-<id>/, uploaded later by `make sync`)
 
 W&B gets the same metric keys, with `update` (optimizer updates) as the x-axis of every chart, the resolved config
-plus the top-level key `k` (= train.accumulation_steps, beside `arm`, `seed` and `sweep`, so a dashboard filters and
-groups by Config('k'): W&B's workspace API cannot group by the run's group field, wandb-workspaces#35), a group (the
+plus the top-level keys `k` (= train.accumulation_steps) and `sweep_name` (= sweep), beside `arm`, `seed` and `sweep`,
+so a dashboard filters and groups by Config keys (W&B's workspace API cannot group by the run's group field,
+wandb-workspaces#35, and reads a config key `sweep` as W&B's own sweep), a group (the
 sweep), a job type (the arm), tags (arm, replay, k, rho, seed, sweep) and, at the end, the final metrics in the run
 summary as `final/<metric>` (e.g. final/dev/f1; analysis.dashboard's bar plots read them).
 
@@ -145,12 +146,15 @@ def retire_offline_runs(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def wandb_config(cfg: DictConfig) -> dict:
-    """What W&B gets as the run's config: the resolved config plus `k` (train.accumulation_steps) at the top level,
-    next to arm, seed and sweep, the keys a dashboard filters and groups by."""
+    """What W&B gets as the run's config: the resolved config plus, at the top level next to arm, seed and sweep,
+    `k` (train.accumulation_steps) and `sweep_name` (= sweep): the keys analysis.dashboard filters and groups by."""
     config = OmegaConf.to_container(cfg, resolve=True)
     k = OmegaConf.select(cfg, "train.accumulation_steps", default=None)
     if k is not None:
         config.setdefault("k", k)
+    # the sweep again, under a name wandb-workspaces filters by as it is (it maps a config key `sweep` to the run
+    # attribute Sweep, W&B's own sweeps)
+    config.setdefault("sweep_name", OmegaConf.select(cfg, "sweep", default=None))
     return config
 
 

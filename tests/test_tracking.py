@@ -158,11 +158,12 @@ def test_offline_run_directory_and_wandb_mirror(tmp_path):
     config = run["config"]["update"]
     assert config["optim"]["replay"] == "last" and config["train"]["accumulation_steps"] == 4
     # the keys a dashboard filters and groups by, at the top level (wandb-workspaces cannot group by the W&B group)
-    assert {key: config[key] for key in ("arm", "k", "seed", "sweep")} == {
+    assert {key: config[key] for key in ("arm", "k", "seed", "sweep", "sweep_name")} == {
         "arm": "sam_last",
         "k": 4,
         "seed": 3,
         "sweep": "unit",
+        "sweep_name": "unit",
     }
 
     # the x-axis of every chart is the update
