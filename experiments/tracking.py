@@ -24,15 +24,16 @@ a rerun writes a second `offline-run-*` folder under the same id, and `wandb syn
 history (wandb#3841, #5865). So every start (fresh or resumed) retires the folders already there (renamed to
 `retired-offline-run-*`, which `make sync` does not upload), and a resumed run replays metrics.jsonl (the events up to
 its checkpoint, after `rewind`) into its new W&B run before it logs anything new: the one folder `make sync` finds
-holds updates 1..N once, however often the run was resumed. `rebuild_wandb_run` does the same afterwards for a run
-directory written before this rule (experiments.sync calls it for a directory with several offline folders).
+holds updates 1..N once, however often the run was resumed. (An online run resumed under its own id is continued
+on the server, which has the history already: nothing is replayed, as before.) `rebuild_wandb_run` does the same
+afterwards for a run directory written before this rule (experiments.sync calls it for a directory with several
+offline folders).
 
-W&B's server refuses a run whose
-job_type or a tag is over 64 characters, or whose group or display name is over 128 (wandb/wandb#6402, #8322, #4208;
-an offline run is written anyway and then fails at `wandb sync`), so longer values are shortened by `fit_wandb`:
-the first characters plus a hash of the whole text, so distinct labels stay distinct (summary.json's "wandb" block
-records what W&B got; the config keeps the full labels). `tracking.mode=disabled` skips W&B
-entirely and writes nothing under wandb/. A W&B start that fails is an error: an offline start needs no network,
+W&B's server refuses a run whose job_type or a tag is over 64 characters, or whose group or display name is over 128
+(wandb/wandb#6402, #8322, #4208; an offline run is written anyway and then fails at `wandb sync`), so longer values
+are shortened by `fit_wandb`: the first characters plus a hash of the whole text, so distinct labels stay distinct
+(summary.json's "wandb" block records what W&B got; the config keeps the full labels). `tracking.mode=disabled` skips
+W&B entirely and writes nothing under wandb/. A W&B start that fails is an error: an offline start needs no network,
 so a failure there means the installation or the disk is broken, and the run should not go on untracked.
 
 Floats that are NaN or infinite (a diverged loss) are written as the bare tokens NaN / Infinity, which Python's json
@@ -251,7 +252,11 @@ class RunTracker:
             try:
                 retire_offline_runs(self.run_dir)
                 self._start_wandb(wandb_id, fields)
-                self._replay_pending = resume
+                # an online run resumed under its own id already holds the history on the server; any other new
+                # W&B run (offline, an agent's new id, online after an offline attempt) gets it replayed
+                agent = bool(os.environ.get("WANDB_SWEEP_ID"))
+                online_before = wandb_prev.get("mode") == "online" and wandb_prev.get("id") == wandb_id
+                self._replay_pending = resume and not (self.mode == "online" and online_before and not agent)
             except Exception as err:
                 where = f"tracking.mode={self.mode}, dir={self.run_dir / 'wandb'}"
                 message = f"W&B start failed ({where}): {_first_line(err)}"
