@@ -32,7 +32,7 @@ NPROC   ?= 1
 TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu smoke-all report sharpness notebook sync bench-sam bench-train bench-ddp clean
+.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-ddp clean
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -105,6 +105,18 @@ notebook: $(STAMP)  ## run analysis/notebooks/report.ipynb headless (SWEEP=ablat
 
 sync: $(STAMP)  ## upload offline W&B runs (needs network and `wandb login`; fails in seconds without network)
 	$(PY) -m experiments.sync $(RESULTS)
+
+# Offline (the default): the workspace and report specs as JSON in the sweep's report folder. ARGS="--online" saves
+# the workspace to W&B and prints its URL (`wandb login` first); ARGS="--online --report" also the W&B Report.
+dashboard: $(STAMP)  ## the sweep's W&B workspace as code (SWEEP=ablation): results/report/wandb_workspace.json
+	$(PY) -m analysis.dashboard $(SWEEP) results_dir=$(RESULTS) $(ARGS)
+
+# Then `wandb sweep RESULTS/wandb_sweep-SWEEP.yaml` and `wandb agent ENTITY/PROJECT/ID` on each machine. The agents'
+# runs go to results_dir=RESULTS (e.g. RESULTS=/shared/results, a shared filesystem); ARGS: more key=value for every
+# run, or --gpus-per-run=N.
+wandb-sweep: $(STAMP)  ## the W&B sweep of configs/sweep/<SWEEP>.yaml: the same runs, for agents on many machines
+	$(PY) -m experiments.sweep configs/sweep/$(SWEEP).yaml --wandb-sweep $(RESULTS)/wandb_sweep-$(SWEEP).yaml \
+		results_dir=$(RESULTS) $(ARGS)
 
 bench-sam: $(STAMP)  ## SAM overhead benchmark on the embedded MiniLM (writes results/bench/sam.json)
 	$(PY) -m experiments.bench_sam $(ARGS)

@@ -1,7 +1,10 @@
 """The sweep runner: a grid of configs → one training run each, skipping what is done and recording what failed.
 
     python -m experiments.sweep SWEEP.yaml [key=value ...] [--dry-run] [--jobs N] [--gpus auto|none|0,1]
-                                [--gpus-per-run N]
+                                [--gpus-per-run N] [--wandb-sweep OUT.yaml | --only RUN_ID]
+
+`--wandb-sweep OUT.yaml` writes the W&B sweep of the same plan (a grid over its run ids) and `--only RUN_ID` trains
+one run of the plan: what each W&B agent job calls (experiments/wandb_sweep.py).
 
 What a sweep file holds and how it becomes runs: experiments/sweep_spec.py. Every run's config is resolved with
 `experiments.config.load_config` before anything starts, so one bad value in any run is a one-line error and exit
@@ -34,6 +37,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from experiments import wandb_sweep
 from experiments.config import split_key_value
 from experiments.rundir import (
     COMPLETED,
@@ -163,6 +167,16 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="N > 1: each run data-parallel over N GPUs (one torchrun per run; without GPUs, N CPU processes)",
     )
+    engine = parser.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--wandb-sweep",
+        metavar="OUT.yaml",
+        default=None,
+        help="write the W&B sweep of this plan (grid over its run ids; agents call --only) and exit",
+    )
+    engine.add_argument(
+        "--only", metavar="RUN_ID", default=None, help="train just this run of the plan (what a W&B agent job calls)"
+    )
     parser.add_argument("--train-cmd", default=None, help=argparse.SUPPRESS)  # tests: a stand-in trainer
     return parser
 
@@ -184,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 1 or args.gpus_per_run < 1:
         print(f"sweep: error: {'--jobs' if args.jobs < 1 else '--gpus-per-run'} must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.wandb_sweep:  # the agents' runs report to W&B; tracking.* is outside the config hash: the same run ids
+        args.overrides = wandb_sweep.agent_overrides(args.overrides)
     try:
         spec = load_sweep(args.sweep_file)
         cli = []
@@ -198,13 +214,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.gpus_per_run > 1:  # the run ids (and configs) say how many processes train each run
             cli.append(f"dist.world_size={args.gpus_per_run}")
         runs = expand(spec, cli)
-        gpus = [] if args.dry_run else pick_gpus(args.gpus, args.gpus_per_run)
+        if args.wandb_sweep:
+            config = wandb_sweep.wandb_sweep_config(spec, runs, args.sweep_file, args.overrides, args.gpus_per_run)
+            path = wandb_sweep.write_wandb_sweep(config, args.wandb_sweep, args.sweep_file)
+            print(f"sweep {spec.name}: W&B sweep of its {len(runs)} runs → {path} (then: wandb sweep {path})")
+            return EXIT_OK
+        gpus = [] if args.dry_run or args.only else pick_gpus(args.gpus, args.gpus_per_run)
     except SweepError as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     folder = sweep_dir(runs[0].cfg.results_dir, spec.name)
     for run in runs:
         plan(run)
+    if args.only:
+        return wandb_sweep.run_only(runs, args.only, spec.name, _train_command(args.train_cmd), args.gpus_per_run)
     if args.dry_run:
         print(dry_run_listing(spec, runs, folder, cli))
         return EXIT_OK

@@ -12,13 +12,28 @@ studied (and the report rebuilt) with no W&B account and no network:
                     atomically (temporary file in the same folder + os.replace), so a reader never sees half a file
     wandb/          the W&B run (offline: wandb/offline-run-<time>-<id>/, uploaded later by `make sync`)
 
-W&B gets the same metric keys, with `update` (optimizer updates) as the x-axis of every chart, the resolved config,
-a group (the sweep), a job type (the arm) and tags (arm, replay, k, rho, seed). W&B's server refuses a run whose
-job_type or a tag is over 64 characters, or whose group or display name is over 128 (wandb/wandb#6402, #8322, #4208;
-an offline run is written anyway and then fails at `wandb sync`), so longer values are shortened by `fit_wandb`:
-the first characters plus a hash of the whole text, so distinct labels stay distinct (summary.json's "wandb" block
-records what W&B got; the config keeps the full labels). `tracking.mode=disabled` skips W&B
-entirely and writes nothing under wandb/. A W&B start that fails is an error: an offline start needs no network,
+W&B gets the same metric keys, with `update` (optimizer updates) as the x-axis of every chart, the resolved config
+plus the top-level keys `k` (= train.accumulation_steps) and `sweep_name` (= sweep), beside `arm`, `seed` and `sweep`,
+so a dashboard filters and groups by Config keys (W&B's workspace API cannot group by the run's group field,
+wandb-workspaces#35, and reads a config key `sweep` as W&B's own sweep), a group (the
+sweep), a job type (the arm), tags (arm, replay, k, rho, seed, sweep) and, at the end, the final metrics in the run
+summary as `final/<metric>` (e.g. final/dev/f1; analysis.dashboard's bar plots read them).
+
+One run directory, one W&B run, each update's metrics once. W&B cannot resume an offline run (wandb#2423, #4624):
+a rerun writes a second `offline-run-*` folder under the same id, and `wandb sync` of both keeps one folder's
+history (wandb#3841, #5865). So every start (fresh or resumed) retires the folders already there (renamed to
+`retired-offline-run-*`, which `make sync` does not upload), and a resumed run replays metrics.jsonl (the events up to
+its checkpoint, after `rewind`) into its new W&B run before it logs anything new: the one folder `make sync` finds
+holds updates 1..N once, however often the run was resumed. (An online run resumed under its own id is continued
+on the server, which has the history already: nothing is replayed, as before.) `rebuild_wandb_run` does the same
+afterwards for a run directory written before this rule (experiments.sync calls it for a directory with several
+offline folders).
+
+W&B's server refuses a run whose job_type or a tag is over 64 characters, or whose group or display name is over 128
+(wandb/wandb#6402, #8322, #4208; an offline run is written anyway and then fails at `wandb sync`), so longer values
+are shortened by `fit_wandb`: the first characters plus a hash of the whole text, so distinct labels stay distinct
+(summary.json's "wandb" block records what W&B got; the config keeps the full labels). `tracking.mode=disabled` skips
+W&B entirely and writes nothing under wandb/. A W&B start that fails is an error: an offline start needs no network,
 so a failure there means the installation or the disk is broken, and the run should not go on untracked.
 
 Floats that are NaN or infinite (a diverged loss) are written as the bare tokens NaN / Infinity, which Python's json
@@ -66,7 +81,9 @@ from .rundir import (
 
 # How long a resumed run waits for a killed process's W&B service to let go of the run id (seconds).
 WANDB_IN_USE_WAIT_S = 60.0
-# Step keys that `log` adds to every event; metric dicts may not use them.
+OFFLINE_RUN_GLOB = "offline-run-*"  # what wandb names an offline run's folder (and what `make sync` uploads)
+RETIRED_PREFIX = "retired-"  # an offline folder superseded by a rebuilt one: kept for inspection, never uploaded
+FINAL_PREFIX = "final/"  # the W&B summary key of a final metric: final/dev/f1, ...
 
 
 class TrackingError(RuntimeError):
@@ -107,14 +124,59 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
+def offline_wandb_runs(run_dir: str | os.PathLike) -> list[Path]:
+    """The offline W&B run folders of one run directory (run_dir/wandb/offline-run-*), oldest first (wandb names
+    them offline-run-<YYYYMMDD_HHMMSS>-<id>, so the name sorts by start time)."""
+    root = Path(run_dir) / "wandb"
+    return sorted(p for p in root.glob(OFFLINE_RUN_GLOB) if p.is_dir()) if root.is_dir() else []
+
+
+def retire_offline_runs(run_dir: str | os.PathLike) -> list[Path]:
+    """Rename every run_dir/wandb/offline-run-* folder to retired-offline-run-* (so neither `make sync` nor `wandb
+    sync` of the folder's runs picks it up) and return the new paths. A folder a killed process may still write to
+    keeps working: a rename does not close open files."""
+    retired = []
+    for path in offline_wandb_runs(run_dir):
+        target, n = path.with_name(RETIRED_PREFIX + path.name), 1
+        while target.exists():  # wandb names a folder by the second it started: two starts can share a name
+            n += 1
+            target = path.with_name(f"{RETIRED_PREFIX}{n}-{path.name}")
+        path.rename(target)
+        retired.append(target)
+    return retired
+
+
+def wandb_config(cfg: DictConfig) -> dict:
+    """What W&B gets as the run's config: the resolved config plus, at the top level next to arm, seed and sweep,
+    `k` (train.accumulation_steps) and `sweep_name` (= sweep): the keys analysis.dashboard filters and groups by."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    k = OmegaConf.select(cfg, "train.accumulation_steps", default=None)
+    if k is not None:
+        config.setdefault("k", k)
+    # the sweep again, under a name wandb-workspaces filters by as it is (it maps a config key `sweep` to the run
+    # attribute Sweep, W&B's own sweeps)
+    config.setdefault("sweep_name", OmegaConf.select(cfg, "sweep", default=None))
+    return config
+
+
+def final_summary(summary: Mapping[str, Any]) -> dict:
+    """summary.json's `final` block as flat W&B summary keys: {"final/dev/f1": 71.2, ...} (numbers only)."""
+    final = summary.get("final") if isinstance(summary.get("final"), Mapping) else {}
+    return {
+        f"{FINAL_PREFIX}{k}": v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
 class RunTracker:
     """Owns one run directory and its W&B mirror.
 
     cfg: the run's config (a DictConfig from `experiments.config.load_config`). run_dir: created if missing.
     resume: continue a run in the same directory: config.yaml is rewritten, metrics.jsonl is kept (a torn last line
     is dropped) and appended to, summary.json keeps its fields and goes back to "running", the environment of the new
-    process goes to env-resume-<n>.json (env.json keeps the first start's), and W&B continues the same run id.
-    Without resume the tracker starts the directory afresh: metrics.jsonl is emptied and summary.json replaced.
+    process goes to env-resume-<n>.json (env.json keeps the first start's), and W&B continues the same run id in a new
+    offline folder that gets the kept history replayed first (see the module docstring; the older folders are
+    retired). Without resume the tracker starts the directory afresh: metrics.jsonl is emptied, summary.json
+    replaced, and earlier offline W&B folders are retired.
 
     Use it as a context manager, or call `finish` in a `finally` block; both are safe to combine.
     """
@@ -128,6 +190,7 @@ class RunTracker:
         self.resumed = resume
         self._finished = False
         self._wandb_run = None
+        self._replay_pending = False  # a resumed run's W&B copy still lacks the kept history (see _replay)
         self._t0 = time.monotonic()
         self.mode = str(OmegaConf.select(cfg, "tracking.mode", default="disabled") or "disabled")
 
@@ -187,7 +250,13 @@ class RunTracker:
 
         if self.mode != "disabled":
             try:
+                retire_offline_runs(self.run_dir)
                 self._start_wandb(wandb_id, fields)
+                # an online run resumed under its own id already holds the history on the server; any other new
+                # W&B run (offline, an agent's new id, online after an offline attempt) gets it replayed
+                agent = bool(os.environ.get("WANDB_SWEEP_ID"))
+                online_before = wandb_prev.get("mode") == "online" and wandb_prev.get("id") == wandb_id
+                self._replay_pending = resume and not (self.mode == "online" and online_before and not agent)
             except Exception as err:
                 where = f"tracking.mode={self.mode}, dir={self.run_dir / 'wandb'}"
                 message = f"W&B start failed ({where}): {_first_line(err)}"
@@ -219,6 +288,7 @@ class RunTracker:
             ("k", "train.accumulation_steps"),
             ("rho", "optim.rho"),
             ("seed", "seed"),
+            ("sweep", "sweep"),
         ]
         tags = []
         for label, key in pairs:
@@ -271,7 +341,7 @@ class RunTracker:
             entity=sel("tracking.entity"),
             dir=str(self.run_dir),  # the run lands in run_dir/wandb/
             mode=self.mode,
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=wandb_config(cfg),
             group=fields["group"],
             job_type=fields["job_type"],
             tags=fields["tags"],
@@ -353,6 +423,7 @@ class RunTracker:
         clash = [k for k in STEP_KEYS if k in metrics]
         if clash:
             raise ValueError(f"metric keys {clash} are step keys that log() sets itself")
+        self._replay()
         event = {
             "update": int(update),
             "epoch": float(epoch),
@@ -368,9 +439,19 @@ class RunTracker:
             self._wandb_run.log(event)
         return event
 
+    def _replay(self) -> None:
+        """A resumed run's first W&B write: every event metrics.jsonl holds now, in order, as `log` sent it the first
+        time (the same JSON values), so the new offline folder carries the whole history. Runs once."""
+        if not self._replay_pending or self._wandb_run is None:
+            return
+        self._replay_pending = False
+        for event in read_metrics(self.run_dir / METRICS_FILE):
+            self._wandb_run.log(event)
+
     def rewind(self, update: int) -> int:
         """Keep only the events with update <= `update` (a resume from a checkpoint taken there repeats the rest).
-        Returns how many events were dropped. The W&B copy cannot be rewound; its repeated updates simply overlap."""
+        Returns how many events were dropped. W&B has not seen the kept history yet (it is replayed after this), so
+        its copy holds each update once too."""
         if self._finished:
             raise RuntimeError(f"rewind() after finish() on run {self.run_dir.name}")
         self._metrics.close()
@@ -379,6 +460,7 @@ class RunTracker:
         kept = [e for e in events if e.get("update", 0) <= update]
         atomic_write_text(path, "".join(to_json(e) + "\n" for e in kept))
         self._metrics = open(path, "a", encoding="utf-8")
+        self._replay()
         return len(events) - len(kept)
 
     def update_summary(self, fields: Mapping[str, Any] | None = None, /, **more: Any) -> None:
@@ -408,6 +490,10 @@ class RunTracker:
             return self.summary
         if status not in FINAL_STATUSES:
             raise ValueError(f"finish status {status!r} is not one of {', '.join(FINAL_STATUSES)}")
+        try:
+            self._replay()  # a resumed run that ends before logging anything still uploads its history
+        except Exception as err:  # noqa: BLE001 - recorded below like any W&B failure at the end
+            self._summary["wandb_error"] = f"W&B replay failed: {_first_line(err)}"
         self._finished = True
         try:
             self._metrics.close()
@@ -424,6 +510,7 @@ class RunTracker:
             try:
                 skip = ("wandb",)
                 run.summary.update({k: v for k, v in self._summary.items() if v is not None and k not in skip})
+                run.summary.update(final_summary(self._summary))
                 run.finish(exit_code=1 if status == FAILED else 0)
             except Exception as err:  # noqa: BLE001 - see the docstring
                 message = f"W&B finish failed: {_first_line(err)}"
@@ -447,3 +534,32 @@ class RunTracker:
                 self.write_text("error.log", "".join(traceback.format_exception(exc_type, exc, tb)))
                 self.finish(FAILED, reason=_first_line(exc))
         return False
+
+
+def rebuild_wandb_run(run_dir: str | os.PathLike) -> Path:
+    """Write the run directory's W&B mirror afresh as one offline run: the id summary.json records, the fields and
+    config a RunTracker would send (from config.yaml), every metrics.jsonl event once in order, the summary.json
+    fields and final/<metric> keys as the run summary; the folders there before are retired. Returns the new
+    offline folder. For a run directory written before resumes replayed their history (two or more offline folders
+    under one id, each with part of the updates); TrackingError when summary.json records no W&B id."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir) or {}
+    wandb_block = summary.get("wandb") if isinstance(summary.get("wandb"), dict) else {}
+    wandb_id = wandb_block.get("id")
+    if not wandb_id:
+        raise TrackingError(f"{run_dir / SUMMARY_FILE} records no W&B run id; nothing to rebuild")
+    # a tracker's W&B half without its run-directory half (which would rewrite the files this reads)
+    mirror = object.__new__(RunTracker)
+    mirror.cfg, mirror.run_dir, mirror.resumed = OmegaConf.load(run_dir / CONFIG_FILE), run_dir, True
+    mirror.mode = "offline"
+    fields = mirror.wandb_fields()
+    retire_offline_runs(run_dir)
+    mirror._start_wandb(wandb_id, fields)
+    run = mirror._wandb_run
+    for event in read_metrics(run_dir / METRICS_FILE):
+        run.log(event)
+    run.summary.update({k: v for k, v in summary.items() if v is not None and k != "wandb"})
+    run.summary.update(final_summary(summary))
+    run.finish(exit_code=1 if summary.get("status") == FAILED else 0)
+    (folder,) = offline_wandb_runs(run_dir)
+    return folder

@@ -64,3 +64,23 @@ def run_dirs(results_dir: Path) -> list:
 
 
 PYTHON = sys.executable
+
+
+def offline_wandb_history(run_dir: Path) -> list[dict]:
+    """The history rows of the run directory's one offline W&B run (run_dir/wandb/offline-run-*; asserts there is
+    exactly one), read back by wandb's own reader of offline files (`wandb leet inspect --json`)."""
+    import json
+    import subprocess
+
+    folders = sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+    assert len(folders) == 1, f"{run_dir}: {len(folders)} offline W&B folders, expected one: {folders}"
+    done = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folders[0])],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"wandb leet inspect failed: {done.stderr[-2000:]}"
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return [r["history"]["item"] for r in records if r["type"] == "history"]

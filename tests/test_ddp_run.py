@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 
 from experiments.config import ConfigError, config_hash, load_config, run_id
 from experiments.distributed import rank_seed, rank_slice, resolve_world_size, shard, torchrun_environment
+from experiments.rundir import read_metrics
 from experiments.train import main
-from tests.conftest import PYTHON, REPO, SMOKE, arm_file
+from tests.conftest import PYTHON, REPO, SMOKE, arm_file, offline_wandb_history
 
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 TRAIN = [
@@ -289,6 +290,9 @@ def test_kill_9_of_one_rank_fails_the_run_quickly_and_the_same_command_resumes(t
     )
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [e["update"] for e in train_events(target)] == list(range(1, done["updates"] + 1))
+    # rank 0's W&B mirror: one offline run (what make sync uploads) holding metrics.jsonl's events, each update once
+    history = [{k: v for k, v in item.items() if not k.startswith("_")} for item in offline_wandb_history(target)]
+    assert history == read_metrics(target)
 
 
 @pytest.mark.slow

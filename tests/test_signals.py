@@ -12,9 +12,9 @@ import pytest
 
 from experiments import tracking
 from experiments.config import load_config
-from experiments.rundir import run_dir
+from experiments.rundir import read_metrics, run_dir
 from experiments.train import main
-from tests.conftest import PYTHON, REPO, SMOKE, arm_file, run_dirs
+from tests.conftest import PYTHON, REPO, SMOKE, arm_file, offline_wandb_history, run_dirs
 
 
 def summary_of(directory: Path) -> dict:
@@ -207,3 +207,30 @@ def test_the_checkpoint_interval_does_not_change_the_run_id():
     assert config_hash(load_config([SMOKE], ["train.checkpoint_every=7"])) == plain
     assert config_hash(load_config([SMOKE], ["train.checkpoint_every_minutes=1"])) == plain
     assert config_hash(load_config([SMOKE], ["optim.rho=0.07"])) != plain
+
+
+@pytest.mark.slow
+def test_a_run_stopped_and_resumed_leaves_one_offline_wandb_run_with_updates_1_to_n_once(tmp_path):
+    """The case of wandb#3841/#5865: sam_full, 40 updates, a checkpoint every 3, SIGTERM after update 11, the same
+    command again. What `make sync` would upload (the one offline-run-* folder), read back by wandb's own reader,
+    holds metrics.jsonl's events: each update 1..40 once."""
+    extra = ("train.max_updates=40", "train.checkpoint_every=3", "train.checkpoint_every_minutes=0")
+    proc, target = start(tmp_path, *extra)
+    wait_for(proc, lambda: train_updates(target) >= 11, "eleven updates")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    stopped = summary_of(target)["interrupted"]
+    assert stopped["update"] >= 11 and stopped["resumable_from"] is not None
+
+    again, _ = start(tmp_path, *extra)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-2000:]
+    assert f"resuming at update {stopped['resumable_from']}" in err
+    events = read_metrics(target)
+    history = [{k: v for k, v in item.items() if not k.startswith("_")} for item in offline_wandb_history(target)]
+    train = [h["update"] for h in history if "train/loss" in h]
+    print(f"offline W&B history after the resume: train updates {train[0]}..{train[-1]} ({len(train)} rows)")
+    assert train == list(range(1, 41))
+    assert history == events
+    assert summary_of(target)["resumes"] == 1

@@ -20,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from experiments import sweep, sweep_runner, sweep_spec
-from experiments.config import config_hash, load_config, run_id, split_args
+from experiments.config import config_hash, load_config, run_id
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = "configs/smoke.yaml"
@@ -638,34 +638,73 @@ def test_the_smoke_sweep_resolves(tmp_path):
     assert all(r.cfg.model.name_or_path == "tiny-random-bert" for r in runs)
 
 
-def test_the_wandb_sweep_command_is_accepted_by_the_training_entry_point():
+def agent_commands(config: dict) -> list[list[str]]:
+    """The grid of a W&B sweep config expanded here, without a server: the cross product of its parameters' values
+    (the grid method's order), each point turned into the command the agent runs, macros filled in as wandb's agent
+    fills them (wandb.sdk.launch.sweeps.utils.create_sweep_command_args; ${env} and ${interpreter} left out)."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    spec = yaml.safe_load((REPO / "configs/wandb_sweep.yaml").read_text())
-    assert spec["method"] == "grid"
-    params = spec["parameters"]
+    assert config["method"] == "grid"
+    params = config["parameters"]
     axes = {key: p["values"] if "values" in p else [p["value"]] for key, p in params.items()}
-    assert axes["optim.replay"] == ["none", "full", "last", "micro"]
-    assert axes["train.accumulation_steps"] == [1, 4] and axes["seed"] == [0, 1, 2]
-    assert axes["tracking.mode"] == ["online"]
-    hashes = set()
+    commands = []
     for values in itertools.product(*axes.values()):
-        point = dict(zip(axes, values))
-        # what the W&B agent puts in place of ${args_no_hyphens}: key=value, the value as Python's str() writes it
-        args = create_sweep_command_args({"args": {key: {"value": value} for key, value in point.items()}})
+        args = create_sweep_command_args({"args": {key: {"value": v} for key, v in zip(axes, values)}})
         command = []
-        for part in spec["command"]:
+        for part in config["command"]:
             if part in ("${env}", "${interpreter}"):
                 continue
-            command += args["args_no_hyphens"] if part == "${args_no_hyphens}" else [part]
-        assert command[:2] == ["-m", "experiments.train"]
-        files, overrides = split_args(command[2:])
-        cfg = load_config([REPO / f for f in files], overrides)
-        assert cfg.optim.replay == point["optim.replay"] and cfg.seed == point["seed"]
-        assert cfg.train.accumulation_steps == point["train.accumulation_steps"]
-        assert cfg.tracking.mode == "online"
-        hashes.add(config_hash(cfg))
-    assert len(hashes) == 24
+            command += args[part[2:-1]] if part.startswith("${") else [part]
+        commands.append(command)
+    return commands
+
+
+@pytest.mark.parametrize("name", ["ablation", "smoke", "ablation_gpu"])
+def test_the_generated_wandb_sweep_runs_exactly_the_plan(tmp_path, name):
+    """`--wandb-sweep` of each sweep file: its grid, expanded here as the agent expands it, is the run ids of the
+    repo's own plan, in order, once each, and each agent command is `experiments.sweep <the file> results_dir=...
+    tracking.mode=online --only=<id>`. A run id is <arm>-k<k>-s<seed>-<config hash> and tracking.* is outside the hash,
+    so equal ids mean the same config and the same run directory."""
+    sweep_file = f"configs/sweep/{name}.yaml"
+    out = tmp_path / f"{name}.yaml"
+    results = f"results_dir={tmp_path / 'shared'}"
+    assert sweep.main([sweep_file, results, "--wandb-sweep", str(out)]) == 0
+    config = yaml.safe_load(out.read_text())
+    plan = sweep_spec.expand(sweep_spec.load_sweep(REPO / sweep_file), [results])
+    commands = agent_commands(config)
+    assert len(commands) == len(plan)
+    parsed = [sweep._parser().parse_intermixed_args(c[2:]) for c in commands]
+    assert {tuple(c[:2]) for c in commands} == {("-m", "experiments.sweep")}
+    assert [a.only for a in parsed] == [run.run_id for run in plan]
+    assert {a.sweep_file for a in parsed} == {sweep_file}
+    assert {tuple(a.overrides) for a in parsed} == {(results, "tracking.mode=online")}
+    assert config["name"] == name and config["project"] == "sam-accum"
+    if name == "ablation":
+        # the cells that are not a full product: k = 1 only at seed 0 with its own budget, m-SAM only at k = 1
+        cells = sorted((r.cfg.arm, r.cfg.train.accumulation_steps, r.cfg.seed, r.cfg.train.max_updates) for r in plan)
+        arms = ["adamw", "sam_full", "sam_last", "sam_last_only"]
+        expected = [(a, 8, s, 100) for a in arms for s in (0, 1, 2)] + [(a, 1, 0, 24) for a in [*arms, "sam_micro"]]
+        assert cells == sorted(expected)
+
+
+def test_only_trains_one_run_of_the_smoke_sweep_into_its_run_directory(tmp_path):
+    """What a W&B agent job runs: `--only RUN_ID` trains that run, and nothing else, into the directory the local
+    sweep uses; a second call finds it completed; an id outside the plan is exit 2."""
+    args = ["configs/sweep/smoke.yaml", f"results_dir={tmp_path}", "tracking.mode=disabled", "train.max_updates=2"]
+    plan = sweep_spec.expand(sweep_spec.load_sweep(REPO / args[0]), args[1:])
+    target = plan[4]  # sam_full, k = 1, seed 0
+    command = [sys.executable, "-m", "experiments.sweep", *args, f"--only={target.run_id}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"run 5 of 12, {target.run_id}" in done.stdout
+    summary = json.loads((target.run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["config_hash"] == config_hash(target.cfg)
+    assert summary["arm"] == target.cfg.arm == "sam_full" and summary["updates"] == 2
+    assert [p.name for p in target.run_dir.parent.iterdir() if p.is_dir()] == [target.run_id]  # that one run only
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "is already completed" in again.stdout
+    assert sweep.main([*args, "--only=no-such-run"]) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------------

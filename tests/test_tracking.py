@@ -18,7 +18,7 @@ from experiments.config import config_hash, load_config
 from experiments.provenance import env_info, git_info
 from experiments.rundir import atomic_write_json, atomic_write_text, read_metrics
 from experiments.tracking import RunTracker, TrackingError
-from tests.conftest import REPO
+from tests.conftest import REPO, offline_wandb_history
 
 
 @pytest.fixture(autouse=True)
@@ -154,9 +154,17 @@ def test_offline_run_directory_and_wandb_mirror(tmp_path):
     assert run["run_id"] == summary["wandb"]["id"] and run["run_id"].startswith(run_dir.name)
     assert run["run_group"] == "unit"  # the sweep name, since tracking.group is null
     assert run["job_type"] == "sam_last"  # the arm, since tracking.job_type is null
-    assert set(run["tags"]) == {"sam_last", "replay=last", "k=4", "rho=0.1", "seed=3", "extra-tag"}
+    assert set(run["tags"]) == {"sam_last", "replay=last", "k=4", "rho=0.1", "seed=3", "sweep=unit", "extra-tag"}
     config = run["config"]["update"]
     assert config["optim"]["replay"] == "last" and config["train"]["accumulation_steps"] == 4
+    # the keys a dashboard filters and groups by, at the top level (wandb-workspaces cannot group by the W&B group)
+    assert {key: config[key] for key in ("arm", "k", "seed", "sweep", "sweep_name")} == {
+        "arm": "sam_last",
+        "k": 4,
+        "seed": 3,
+        "sweep": "unit",
+        "sweep_name": "unit",
+    }
 
     # the x-axis of every chart is the update
     metric_defs = [r["metric"] for r in records if r["type"] == "metric"]
@@ -209,11 +217,12 @@ def test_fields_over_wandbs_limits_are_shortened_distinctly_in_the_offline_recor
         "k=4",
         "rho=0.1",
         "seed=3",
+        "sweep=unit",
         short(tag_a, 64),
         short(tag_b, 64),
         "ok",
     }
-    assert len(run["tags"]) == 8 and all(len(t) <= 64 for t in run["tags"])  # none lost, none doubled
+    assert len(run["tags"]) == 9 and all(len(t) <= 64 for t in run["tags"])  # none lost, none doubled
     wandb_block = json.loads((tmp_path / name / "summary.json").read_text())["wandb"]
     assert (wandb_block["job_type"], wandb_block["group"]) == (short(arm, 64), short(group, 128))
     # fields within the limits go as they are
@@ -317,9 +326,81 @@ def test_resume_keeps_history_and_the_wandb_id(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumes"] == 1 and summary["resumed_at"]
     assert (run_dir / "env.json").exists() and (run_dir / "env-resume-1.json").exists()
-    runs = offline_runs(run_dir)
-    ids = {next(r["run"]["run_id"] for r in wandb_records(p) if r["type"] == "run") for p in runs}
-    assert len(runs) == 2 and ids == {summary["wandb"]["id"]}
+    (folder,) = offline_runs(run_dir)  # one W&B run; the first start's folder is retired, not uploaded
+    assert next(r["run"]["run_id"] for r in wandb_records(folder) if r["type"] == "run") == summary["wandb"]["id"]
+    assert len(list((run_dir / "wandb").glob("retired-offline-run-*"))) == 1
+
+
+def history_of(items: list[dict]) -> list[dict]:
+    """W&B history rows without the keys W&B adds (_step, _timestamp, _runtime)."""
+    return [{k: v for k, v in item.items() if not k.startswith("_")} for item in items]
+
+
+def test_a_run_resumed_twice_uploads_one_wandb_run_with_each_update_once(tmp_path):
+    """wandb#3841/#5865: two offline folders under one id lose one's history at sync. Here: updates 1..5, stop,
+    resume from a checkpoint at 3 (4, 5 repeated), stop at 7, resume from 6, finish at 9. The one offline folder that
+    is left, read back by wandb's reader, holds metrics.jsonl's events exactly: updates 1..9, each once."""
+    run_dir = tmp_path / "run"
+
+    def log(tracker, updates):
+        for u in updates:
+            tracker.log({"train/loss": 10.0 / u + len(offline_runs(run_dir))}, update=u, epoch=u / 9, examples=4 * u)
+
+    first = RunTracker(make_cfg(), run_dir)
+    log(first, range(1, 6))
+    first.finish("failed", reason="SIGTERM")
+    second = RunTracker(make_cfg(), run_dir, resume=True)
+    assert second.rewind(3) == 2
+    log(second, range(4, 8))
+    second.finish("failed", reason="SIGTERM")
+    third = RunTracker(make_cfg(), run_dir, resume=True)
+    assert third.rewind(6) == 1
+    log(third, range(7, 10))
+    third.update_summary({"final": {"dev/f1": 61.5, "dev/loss": 0.75}})
+    summary = third.finish("completed")
+
+    events = read_metrics(run_dir)
+    assert [e["update"] for e in events] == list(range(1, 10))
+    history = history_of(offline_wandb_history(run_dir))
+    assert [h["update"] for h in history] == list(range(1, 10))
+    assert history == events  # every value as metrics.jsonl has it
+    assert len(list((run_dir / "wandb").glob("retired*offline-run-*"))) == 2
+    records = wandb_records(offline_runs(run_dir)[0])
+    assert next(r["run"]["run_id"] for r in records if r["type"] == "run") == summary["wandb"]["id"]
+    final = {}
+    for record in records:  # the summary records in order: the last write of a key wins
+        if record["type"] == "summary":
+            final.update(record["summary"].get("update", {}))
+    assert final["final/dev/f1"] == 61.5 and final["final/dev/loss"] == 0.75
+
+
+def test_sync_rebuilds_a_run_split_over_several_offline_folders(tmp_path, monkeypatch, capsys):
+    """A run directory written before resumes replayed their history (the old behaviour, reproduced by switching the
+    retire and replay off): two folders, 1..4 and 3..6. `experiments.sync` makes it one folder with 1..6 once."""
+    from experiments import sync
+
+    run_dir = tmp_path / "runs" / "unit" / "split"
+    monkeypatch.setattr(tracking, "retire_offline_runs", lambda run_dir: [])
+    monkeypatch.setattr(RunTracker, "_replay", lambda self: None)
+    first = RunTracker(make_cfg(), run_dir)
+    for u in range(1, 5):
+        first.log({"train/loss": 1.0 / u}, update=u, epoch=u / 6, examples=u)
+    first.finish("failed", reason="SIGTERM")
+    second = RunTracker(make_cfg(), run_dir, resume=True)
+    second.rewind(2)
+    for u in range(3, 7):
+        second.log({"train/loss": 2.0 / u}, update=u, epoch=u / 6, examples=u)
+    summary = second.finish("completed")
+    assert len(offline_runs(run_dir)) == 2
+    monkeypatch.undo()
+
+    assert sync.merge_split_runs(tmp_path) == [run_dir]
+    assert "rebuilt" in capsys.readouterr().out
+    history = history_of(offline_wandb_history(run_dir))
+    assert history == read_metrics(run_dir) and [h["update"] for h in history] == list(range(1, 7))
+    (folder,) = offline_runs(run_dir)
+    assert next(r["run"]["run_id"] for r in wandb_records(folder) if r["type"] == "run") == summary["wandb"]["id"]
+    assert sync.merge_split_runs(tmp_path) == []  # one folder now: nothing more to do
 
 
 def test_a_resumed_run_waits_while_a_killed_process_still_holds_its_wandb_id(tmp_path, monkeypatch):
