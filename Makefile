@@ -93,9 +93,10 @@ smoke-all: $(STAMP)  ## the smoke sweep and its report (about 1.5 min)
 # Both modules write to experiments.rundir.report_dir: the committed report of the default sweep in results/report/,
 # other sweeps next to it in results/report-<sweep>/ (git-ignored, so a smoke sweep's report does not mark later
 # runs' env.json dirty).
-report: $(STAMP)  ## sharpness + REPORT.md/.html of a sweep from its runs (SWEEP=ablation)
+report: $(STAMP)  ## sharpness + REPORT.md/.html + the W&B workspace spec of a sweep from its runs (SWEEP=ablation)
 	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP)
 	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(SWEEP)
+	$(PY) -m analysis.dashboard $(SWEEP) results_dir=$(RESULTS)
 
 sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablation)
 	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP)

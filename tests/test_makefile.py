@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import report
+from analysis import dashboard, report
 from analysis.sharpness.options import parse_args
 from experiments.rundir import report_dir
 from tests.conftest import REPO
@@ -49,9 +49,17 @@ def _analysis_commands(*make_args: str) -> list[tuple[str, list[str]]]:
 )
 def test_report_targets_pass_keys_the_modules_accept(target, sweep, out):
     commands = _analysis_commands(target, f"SWEEP={sweep}")
-    expected = ["analysis.sharpness", "analysis.report"] if target == "report" else ["analysis.sharpness"]
+    expected = (
+        ["analysis.sharpness", "analysis.report", "analysis.dashboard"]
+        if target == "report"
+        else ["analysis.sharpness"]
+    )
     assert [module for module, _ in commands] == expected
     for module, args in commands:
+        if module == "analysis.dashboard":
+            parsed = dashboard._parser().parse_args(args)
+            assert (parsed.sweep, parsed.settings, parsed.online) == (sweep, ["results_dir=results"], False)
+            continue
         if module == "analysis.sharpness":
             opts = parse_args(args)  # raises SharpnessError on a key it does not know
             assert (opts.results_dir, opts.sweep) == ("results", sweep)
