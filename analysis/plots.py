@@ -27,6 +27,8 @@ from analysis.figure_style import (
     arm_linestyle,
     band,
     clip_axis,
+    group_label,
+    identical_arm_groups,
     legend_below,
     new_figure,
     save,
@@ -60,35 +62,6 @@ def _mean_band(per_seed: pd.DataFrame, x: str) -> pd.DataFrame:
     return pd.DataFrame(
         {"mean": grouped.mean(), "low": grouped.min(), "high": grouped.max(), "n": grouped.count()}
     ).reset_index()
-
-
-def identical_arm_groups(panel: pd.DataFrame, arms: Sequence[str], x: str, tol: float = 1e-9) -> list[list[str]]:
-    """The arms of one panel grouped by identical curves: arms whose values agree at every (seed, x) within `tol`
-    (relative and absolute) form one group, drawn as one line (at k = 1, sam_full, sam_last and sam_micro are the
-    same algorithm, and three lines on top of each other would hide two of them)."""
-    curves = {}
-    for arm in arms:
-        runs = panel[panel["arm"] == arm]
-        if not runs.empty:
-            curves[arm] = runs.groupby(["seed", x])["value"].last().sort_index()
-    groups: list[list[str]] = []
-    for arm, curve in curves.items():
-        for group in groups:
-            ref = curves[group[0]]
-            if curve.index.equals(ref.index) and np.allclose(
-                curve.to_numpy(float), ref.to_numpy(float), rtol=tol, atol=tol, equal_nan=True
-            ):
-                group.append(arm)
-                break
-        else:
-            groups.append([arm])
-    return groups
-
-
-def group_label(group: Sequence[str], k: int) -> str:
-    if len(group) == 1:
-        return arm_label(group[0])
-    return " = ".join(group) + f" (identical at k = {k})"
 
 
 def _smooth_window(n_updates: int) -> int:
