@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from analysis.collect import arm_order
 from analysis.figure_style import (
     arm_color,
+    arm_hatch,
     arm_label,
     arm_linestyle,
     band,
@@ -180,16 +182,28 @@ def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
     return fig
 
 
+# cos(g_last, g_full) at k = 1 is 1 up to rounding: the window is one micro-batch, so the two gradients are one
+GRAD_COS_TRIVIAL_TOL = 1e-6
+
+
 @styled
 def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figure | None:
-    """Gradient fidelity: cosine between the last-batch-replay gradient and the full-replay gradient on the same
-    window, against the update; one panel per k, SAM arms that logged it."""
+    """Gradient fidelity: cosine between the last-micro-batch SAM gradient (what last-batch replay steps with) and
+    the full-replay SAM gradient on the same window, against the update; one panel per k, one line per SAM arm
+    whose runs logged it (the diagnostic is measured at the weights of that arm's runs). k = 1 is left out, and the
+    title says so, when every value there is 1 within GRAD_COS_TRIVIAL_TOL: with one micro-batch the two gradients
+    are the same, so the panel would be a flat line of the trivial value (drawn when it is the only k, or when a
+    value differs: then something is wrong)."""
     data = curves[curves["metric"] == metric].dropna(subset=["update", "value", "k"])
     data = data[np.isfinite(data["value"])]
     if data.empty:
         log.info("figure_grad_cos: no %s events (diagnostics.grad_fidelity was off); figure skipped", metric)
         return None
-    ks = _ks(data)
+    trivial = [
+        k for k in _ks(data) if k == 1 and np.allclose(data[data["k"] == k]["value"], 1.0, atol=GRAD_COS_TRIVIAL_TOL)
+    ]
+    ks = [k for k in _ks(data) if k not in trivial] or _ks(data)
+    left_out = [k for k in trivial if k not in ks]
     arms = arm_order(data["arm"])
     fig, axes = new_figure(len(ks))
     for ax, k in zip(axes[0], ks):
@@ -214,12 +228,20 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
         ax.set_title(f"accumulation k = {k}")
         ax.set_xlabel("optimizer update")
         ax.set_ylim(min(-0.05, float(panel["value"].min()) - 0.05), 1.05)
-    axes[0][0].set_ylabel("cos(g_last-replay, g_full-replay)")
-    fig.suptitle(
-        "Gradient fidelity of last-batch replay (1 = same direction as the correct SAM gradient)\n"
-        "mean over seeds, band = min–max over seeds"
+        if panel["update"].nunique() == 1:  # one evaluation: an axis around it, not ±4 % of one value
+            ax.set_xlim(0, 2 * float(panel["update"].iloc[0]))
+    axes[0][0].set_ylabel("cos(g_last micro-batch, g_full window)")
+    title = (
+        "Gradient fidelity of last-batch replay: cos(SAM gradient of the last micro-batch, full-replay SAM gradient)"
+        " on the same window (1 = same direction)\nmean over seeds, band = min–max over seeds"
     )
-    legend_below(fig, axes)
+    if left_out:
+        title += (
+            f"; k = {', '.join(map(str, left_out))} not drawn: one micro-batch per update, so the two gradients are "
+            f"the same (every value 1 within {GRAD_COS_TRIVIAL_TOL:g})"
+        )
+    fig.suptitle(title)
+    legend_below(fig, axes, title="measured at the weights of the runs of")
     return fig
 
 
@@ -227,8 +249,9 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
 def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Figure | None:
     """Updates each run needed to first reach each target of `metric` (analysis.targets.time_to_target): one panel
     per accumulation k, targets on x, per arm the seeds as dots and the median as a bar; a run that never reached the
-    target is an open triangle at its last evaluation (right-censored: it needs more than that). `metric`: dev/f1,
-    else dev/rouge_w (KLUE-MRC), whichever the table has."""
+    target is an open triangle at its last evaluation (right-censored: it needs more than that). A k at which no run
+    reached any target (the short k = 1 sanity row) is left out, and the title says so. `metric`: dev/f1, else
+    dev/rouge_w (KLUE-MRC), whichever the table has."""
     present = set(table["target_metric"]) if not table.empty else set()
     metric = metric or next((m for m in ("dev/f1", "dev/rouge_w") if m in present), "dev/f1")
     short = metric_short(metric)  # F1, ROUGE-W
@@ -238,9 +261,11 @@ def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Fig
         return None
     # accumulation values where some run reached some target (a short sanity row that reaches none is left out)
     ks = [k for k in _ks(data) if data[data["k"] == k]["reached"].astype(bool).any()] or _ks(data)
+    left_out = [k for k in _ks(data) if k not in ks]
     arms = arm_order(data["arm"])
     targets = sorted(data["target"].astype(float).unique())
     offsets = dict(zip(arms, _dodge(len(arms), width=0.6)))
+    half = min(0.09, 0.4 * 0.6 / max(1, len(arms) - 1))  # median bars of neighbouring arms must not touch
     fig, axes = new_figure(len(ks))
     for ax, k in zip(axes[0], ks):
         panel = data[data["k"] == k]
@@ -264,19 +289,25 @@ def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Fig
                     facecolors="none",
                     edgecolors=color,
                     zorder=3,
-                    label="not reached (drawn at the last evaluation)",
+                    label="_nolegend_",  # one grey entry for every arm's triangles (legend_below's extra)
                 )
                 median = censored_median(np.where(reached, updates, np.inf))
                 if np.isfinite(median):
-                    ax.hlines(median, x - 0.09, x + 0.09, color=color, linewidth=2.4, zorder=4)
+                    ax.hlines(median, x - half, x + half, color=color, linewidth=2.4, zorder=4)
         ax.set_xticks(range(len(targets)), [f"{short} {t:g}" for t in targets])
         ax.grid(axis="x", visible=False)
         ax.set_ylim(bottom=0)
         ax.set_title(f"accumulation k = {k}")
         ax.set_xlabel("target")
     axes[0][0].set_ylabel("optimizer updates to reach it")
-    fig.suptitle(f"Updates to reach a dev {short} target — dots: seeds, bar: median; ▵: not reached within the budget")
-    legend_below(fig, axes)
+    title = f"Updates to reach a dev {short} target — dots: seeds, bar: median; ▵: not reached within the budget"
+    if left_out:
+        title += f"\n(k = {', '.join(map(str, left_out))} left out: no run there reached a target)"
+    fig.suptitle(title)
+    not_reached = Line2D(
+        [], [], linestyle="none", marker="^", markersize=6, markerfacecolor="none", markeredgecolor="#555555"
+    )
+    legend_below(fig, axes, extra=[(not_reached, "not reached (drawn at the last evaluation)")])
     return fig
 
 
@@ -380,7 +411,7 @@ def figure_step_time(runs: pd.DataFrame, metric: str = "mean_step_time_s") -> Fi
             color=color,
             alpha=0.85,
             label=arm_label(arm),
-            hatch="//" if arm_linestyle(arm) != "-" else None,
+            hatch=arm_hatch(arm),
             edgecolor="white",
             linewidth=0.5,
         )

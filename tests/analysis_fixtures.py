@@ -367,12 +367,12 @@ def make_sweep(
 # ---------------------------------------------------------------------------------------------------------------------
 # the sharpness section's inputs, without a model
 
-SHARPNESS_SCALE = {"adamw": 3.0, "sam_full": 1.0, "sam_last": 2.0, "sam_micro": 0.8, "sam_last_only": 2.5}
+SHARPNESS_SCALE = {"adamw": 3.1, "sam_full": 1.0, "sam_last": 2.0, "sam_micro": 0.8, "sam_last_only": 2.6}
 
 
 def sharpness_inputs(cells, opts=None):
     """(frame, result) as analysis.sharpness.measure returns them, for the completed runs of `cells` [(arm, k, seed)],
-    made up by formula: a run's curvature c = scale(algorithm) · (1 + 0.1·seed) · (1 + log2 k) sets λmax = 100 c,
+    made up by formula: a run's curvature c = scale(algorithm) · (1 + 0.1·seed) · (1 + 0.37·log2 k) sets λmax = 100 c,
     tr(H) = 1000 c, sharpness ρ²·c (average) and 2ρ²·c (worst), 1D curves c·α² and the surface c·(α² + 2β²), so
     that at k = 1 sam_last and sam_last_only have exactly sam_full's numbers. The plan is analysis.sharpness.plan's."""
     # imported here: analysis.sharpness.plan imports the QA model loader (torch), which the other helpers do not need
@@ -387,7 +387,7 @@ def sharpness_inputs(cells, opts=None):
     plan = plan_runs(runs, opts)
 
     def curvature(run) -> float:
-        return SHARPNESS_SCALE[algorithm(run.arm, run.k)] * (1 + 0.1 * run.seed) * (1 + math.log2(run.k))
+        return SHARPNESS_SCALE[algorithm(run.arm, run.k)] * (1 + 0.1 * run.seed) * (1 + 0.37 * math.log2(run.k))
 
     line = np.asarray(alphas(opts.curve_points, opts.curve_span))
     grid = np.asarray(alphas(opts.surface_points, opts.surface_span))
