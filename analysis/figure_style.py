@@ -103,8 +103,8 @@ def fit_to_canvas(fig: Figure, margin: float = 4.0, rounds: int = 8) -> Figure:
     """Re-flow what the constrained layout does not shrink until it lies inside the canvas: a figure text (the
     suptitle) wider than the figure and an axes title wider than its axes are wrapped at word boundaries, a figure
     legend wider than the figure (one of `legend_below`'s: it is made again) loses columns (down to one, then its
-    labels are wrapped). Each round lays the
-    figure out (a draw without rendering, as savefig does) and measures; `margin` in pixels at each edge."""
+    labels are wrapped). Each round lays the figure out (a draw without rendering, as savefig does) and measures;
+    `margin` in pixels at each edge."""
     for _ in range(rounds):
         fig.draw_without_rendering()
         renderer = fig.canvas.get_renderer()
@@ -122,22 +122,16 @@ def fit_to_canvas(fig: Figure, margin: float = 4.0, rounds: int = 8) -> Figure:
                 changed = True
         for legend in list(fig.legends):
             width = legend.get_window_extent(renderer).width
-            if width <= room:
+            if width <= room or not hasattr(legend, "source_handles"):
                 continue
             # the legend's box is built when it is made (set_ncols alone does not re-flow it): a new one replaces it
             ncols = legend._ncols  # no public getter
-            texts = legend.get_texts()
-            labels = [t.get_text() for t in texts]
+            labels = [t.get_text() for t in legend.get_texts()]
             if ncols == 1:  # one column and still too wide: wrap its labels
-                shrink = room / width
-                labels = [
-                    _rewrapped(
-                        t.get_text(), t.get_window_extent(renderer).width, shrink * t.get_window_extent(renderer).width
-                    )
-                    for t in texts
-                ]
+                widths = [t.get_window_extent(renderer).width for t in legend.get_texts()]
+                labels = [_rewrapped(label, w, w * room / width) for label, w in zip(labels, widths)]
             title = legend.get_title().get_text() or None
-            handles = getattr(legend, "source_handles", legend.legend_handles)
+            handles = legend.source_handles
             legend.remove()
             # columns of a legend are about equally wide: as many as the room holds, at least one fewer than now
             _legend_below(fig, handles, labels, max(1, min(ncols - 1, int(ncols * room / width))), title)

@@ -6,8 +6,10 @@ Figures are built with `matplotlib.figure.Figure` and the Agg renderer directly,
 here neither needs nor changes a global backend, and a notebook's inline display keeps working.
 
 Colours are fixed per arm in every figure (analysis.figure_style, from experiments.arms): AdamW dark grey, SAM
-(full replay) blue, SAM (last-batch replay, the bug) red, m-SAM green. Bands around a mean line span the minimum to the
-maximum over seeds (said in each figure).
+(full replay) blue, SAM (last-batch replay, the bug) red dashed, m-SAM green, SAM on the last micro-batch alone (the
+Trainer pattern) orange dotted. Arms whose runs are identical (at k = 1 every SAM arm is one algorithm) are one line,
+labelled with every arm it stands for. Bands around a mean line span the minimum to the maximum over seeds (said in
+each figure). Every figure is fitted into its canvas (figure_style.fit_to_canvas, through `styled`).
 """
 
 from __future__ import annotations

@@ -277,3 +277,24 @@ def test_the_2d_contours_are_planned_at_one_k():
     )
     title = " ".join(fig.texts[0].get_text().split())
     assert "at k = 4, seed 0" in title and "no run at k = 4: sam_micro" in title
+
+
+def test_fit_to_canvas_wraps_a_title_and_legend_labels_wider_than_the_figure():
+    from analysis.figure_style import legend_below, new_figure, styled
+
+    words = " ".join(f"word{i}" for i in range(36))  # about 2 figure widths at the figure title's size
+
+    @styled
+    def drawn():
+        fig, axes = new_figure(1)
+        for i, arm in enumerate(ARMS[:3]):
+            axes[0][0].plot([0, 1], [i, i + 1], color=arm_color(arm), label=f"{arm_label(arm)} {words}")
+        fig.suptitle(words)
+        legend_below(fig, axes)
+        return fig
+
+    fig = drawn()
+    assert_inside_canvas(fig)
+    assert fig.legends[0]._ncols == 1 and "\n" in fig.legends[0].get_texts()[0].get_text()
+    assert fig.texts[0].get_text().count("\n") >= 1  # the words are all still there, on 2 or more lines
+    assert " ".join(fig.texts[0].get_text().split()) == words
