@@ -139,7 +139,7 @@ def figure_adaptive(frame, opts: SharpnessConfig):
 def figure_curves_1d(frame, curves: dict, opts: SharpnessConfig):
     """One panel per arm: each run's loss along the filter-normalised directions (thin, mean over directions; not
     drawn for a k with one run) and the mean over runs per k (thick). A k at which the arm's runs gave another arm's
-    curves exactly (k = 1: sam_last is sam_full) says so in its label."""
+    curves exactly (k = 1: sam_last is sam_full) says so in its label ("k = 1 (≡ sam_full)", the title explains ≡)."""
 
     if opts.curve_directions == 0:
         return None
@@ -168,15 +168,16 @@ def figure_curves_1d(frame, curves: dict, opts: SharpnessConfig):
                 ax.plot(xs, y, color=color, linestyle=_k_style(ks, k), linewidth=0.7, alpha=0.35)
             if per_run:
                 twin = same_as.get((arm, k))
-                label = f"k = {k}" + (f" (= {twin}: identical runs)" if twin else "")
+                label = f"k = {k}" + (f" (≡ {twin})" if twin else "")
                 ax.plot(xs, np.mean(per_run, axis=0), color=color, linestyle=_k_style(ks, k), linewidth=2, label=label)
         ax.set_title(arm_label(arm))
         ax.set_xlabel("α (filter-normalised direction)")
         ax.set_ylabel("landscape-subset loss")
-        ax.legend()
+        ax.legend(loc="upper center")  # a loss curve around its minimum leaves the top centre free
+    twins = "; ≡: the very runs of that arm (identical at k = 1)" if same_as else ""
     fig.suptitle(
         f"1D loss curves L(w + α d), {opts.curve_directions} directions (the same seeds for every model); "
-        "thin: runs, thick: mean per k"
+        f"thin: runs, thick: mean per k{twins}"
     )
     return fig
 
@@ -221,7 +222,9 @@ def figure_surface_2d(frame, curves: dict, plan: Plan, opts: SharpnessConfig):
     return fig
 
 
-def _flat(values, tol: float = 1e-9) -> bool:
+def _flat(values, tol: float = 1e-5) -> bool:
+    """Whether a curve is constant up to fp32 rounding: the loss of (1 − α)·θ + α·θ is θ's loss to ~1e-7 relative
+    (the interpolated weights are rounded), a real path between two models varies by far more."""
     v = np.asarray(values, dtype=float)
     return bool(np.all(np.isfinite(v)) and np.ptp(v) <= tol * max(1.0, float(np.abs(v).max())))
 
