@@ -409,8 +409,10 @@ def sharpness_inputs(cells, opts=None):
     alpha = np.linspace(0.0, 1.0, opts.interp_points)
     for a, b in plan.pairs:
         ca, cb = curvature(a), curvature(b)
-        # a barrier between two different models, none between a model and itself
-        train = (1 - alpha) * 0.1 * ca + alpha * 0.1 * cb + (0.0 if ca == cb else 0.5) * alpha * (1 - alpha)
+        # a barrier between two different models; between a model and itself the fp32 rounding of the interpolated
+        # weights alone (~1e-7 relative)
+        bump = 1e-7 * ca if ca == cb else 0.5
+        train = (1 - alpha) * 0.1 * ca + alpha * 0.1 * cb + bump * alpha * (1 - alpha)
         interp.append({"a": a, "b": b, "alpha": alpha.tolist(), "train": train.tolist(), "dev": (3 * train).tolist()})
     frame = pd.DataFrame(rows)
     result = {"opts": opts, "runs": runs, "plan": plan, "curves": curves, "interp": interp, "rows": rows}

@@ -298,3 +298,10 @@ def test_fit_to_canvas_wraps_a_title_and_legend_labels_wider_than_the_figure():
     assert fig.legends[0]._ncols == 1 and "\n" in fig.legends[0].get_texts()[0].get_text()
     assert fig.texts[0].get_text().count("\n") >= 1  # the words are all still there, on 2 or more lines
     assert " ".join(fig.texts[0].get_text().split()) == words
+
+
+def test_interpolation_between_identical_runs_says_it_is_flat():
+    fig, _ = sharpness_figure("interpolation", KS)
+    titles = {" ".join(ax.get_title().split()) for ax in fig.axes}
+    assert "SAM, full replay → SAM, last-batch replay (bug) (k = 1: the two are identical runs, a flat line)" in titles
+    assert "AdamW → SAM, full replay" in titles  # different models: no such note
