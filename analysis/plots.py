@@ -6,8 +6,10 @@ Figures are built with `matplotlib.figure.Figure` and the Agg renderer directly,
 here neither needs nor changes a global backend, and a notebook's inline display keeps working.
 
 Colours are fixed per arm in every figure (analysis.figure_style, from experiments.arms): AdamW dark grey, SAM
-(full replay) blue, SAM (last-batch replay, the bug) red, m-SAM green. Bands around a mean line span the minimum to the
-maximum over seeds (said in each figure).
+(full replay) blue, SAM (last-batch replay, the bug) red dashed, m-SAM green, SAM on the last micro-batch alone (the
+Trainer pattern) orange dotted. Arms whose runs are identical (at k = 1 every SAM arm is one algorithm) are one line,
+labelled with every arm it stands for. Bands around a mean line span the minimum to the maximum over seeds (said in
+each figure). Every figure is fitted into its canvas (figure_style.fit_to_canvas, through `styled`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from analysis.collect import arm_order
 from analysis.figure_style import (
     arm_color,
+    arm_hatch,
     arm_label,
     arm_linestyle,
     band,
     clip_axis,
+    group_label,
+    identical_arm_groups,
     legend_below,
     new_figure,
     save,
@@ -60,35 +66,6 @@ def _mean_band(per_seed: pd.DataFrame, x: str) -> pd.DataFrame:
     return pd.DataFrame(
         {"mean": grouped.mean(), "low": grouped.min(), "high": grouped.max(), "n": grouped.count()}
     ).reset_index()
-
-
-def identical_arm_groups(panel: pd.DataFrame, arms: Sequence[str], x: str, tol: float = 1e-9) -> list[list[str]]:
-    """The arms of one panel grouped by identical curves: arms whose values agree at every (seed, x) within `tol`
-    (relative and absolute) form one group, drawn as one line (at k = 1, sam_full, sam_last and sam_micro are the
-    same algorithm, and three lines on top of each other would hide two of them)."""
-    curves = {}
-    for arm in arms:
-        runs = panel[panel["arm"] == arm]
-        if not runs.empty:
-            curves[arm] = runs.groupby(["seed", x])["value"].last().sort_index()
-    groups: list[list[str]] = []
-    for arm, curve in curves.items():
-        for group in groups:
-            ref = curves[group[0]]
-            if curve.index.equals(ref.index) and np.allclose(
-                curve.to_numpy(float), ref.to_numpy(float), rtol=tol, atol=tol, equal_nan=True
-            ):
-                group.append(arm)
-                break
-        else:
-            groups.append([arm])
-    return groups
-
-
-def group_label(group: Sequence[str], k: int) -> str:
-    if len(group) == 1:
-        return arm_label(group[0])
-    return " = ".join(group) + f" (identical at k = {k})"
 
 
 def _smooth_window(n_updates: int) -> int:
@@ -207,16 +184,28 @@ def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
     return fig
 
 
+# cos(g_last, g_full) at k = 1 is 1 up to rounding: the window is one micro-batch, so the two gradients are one
+GRAD_COS_TRIVIAL_TOL = 1e-6
+
+
 @styled
 def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figure | None:
-    """Gradient fidelity: cosine between the last-batch-replay gradient and the full-replay gradient on the same
-    window, against the update; one panel per k, SAM arms that logged it."""
+    """Gradient fidelity: cosine between the last-micro-batch SAM gradient (what last-batch replay steps with) and
+    the full-replay SAM gradient on the same window, against the update; one panel per k, one line per SAM arm
+    whose runs logged it (the diagnostic is measured at the weights of that arm's runs). k = 1 is left out, and the
+    title says so, when every value there is 1 within GRAD_COS_TRIVIAL_TOL: with one micro-batch the two gradients
+    are the same, so the panel would be a flat line of the trivial value (drawn when it is the only k, or when a
+    value differs: then something is wrong)."""
     data = curves[curves["metric"] == metric].dropna(subset=["update", "value", "k"])
     data = data[np.isfinite(data["value"])]
     if data.empty:
         log.info("figure_grad_cos: no %s events (diagnostics.grad_fidelity was off); figure skipped", metric)
         return None
-    ks = _ks(data)
+    trivial = [
+        k for k in _ks(data) if k == 1 and np.allclose(data[data["k"] == k]["value"], 1.0, atol=GRAD_COS_TRIVIAL_TOL)
+    ]
+    ks = [k for k in _ks(data) if k not in trivial] or _ks(data)
+    left_out = [k for k in trivial if k not in ks]
     arms = arm_order(data["arm"])
     fig, axes = new_figure(len(ks))
     for ax, k in zip(axes[0], ks):
@@ -241,12 +230,20 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
         ax.set_title(f"accumulation k = {k}")
         ax.set_xlabel("optimizer update")
         ax.set_ylim(min(-0.05, float(panel["value"].min()) - 0.05), 1.05)
-    axes[0][0].set_ylabel("cos(g_last-replay, g_full-replay)")
-    fig.suptitle(
-        "Gradient fidelity of last-batch replay (1 = same direction as the correct SAM gradient)\n"
-        "mean over seeds, band = min–max over seeds"
+        if panel["update"].nunique() == 1:  # one evaluation: an axis around it, not ±4 % of one value
+            ax.set_xlim(0, 2 * float(panel["update"].iloc[0]))
+    axes[0][0].set_ylabel("cos(g_last micro-batch, g_full window)")
+    title = (
+        "Gradient fidelity of last-batch replay: cos(SAM gradient of the last micro-batch, full-replay SAM gradient)"
+        " on the same window (1 = same direction)\nmean over seeds, band = min–max over seeds"
     )
-    legend_below(fig, axes)
+    if left_out:
+        title += (
+            f"; k = {', '.join(map(str, left_out))} not drawn: one micro-batch per update, so the two gradients are "
+            f"the same (every value 1 within {GRAD_COS_TRIVIAL_TOL:g})"
+        )
+    fig.suptitle(title)
+    legend_below(fig, axes, title="measured at the weights of the runs of")
     return fig
 
 
@@ -254,8 +251,9 @@ def figure_grad_cos(curves: pd.DataFrame, metric: str = "diag/grad_cos") -> Figu
 def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Figure | None:
     """Updates each run needed to first reach each target of `metric` (analysis.targets.time_to_target): one panel
     per accumulation k, targets on x, per arm the seeds as dots and the median as a bar; a run that never reached the
-    target is an open triangle at its last evaluation (right-censored: it needs more than that). `metric`: dev/f1,
-    else dev/rouge_w (KLUE-MRC), whichever the table has."""
+    target is an open triangle at its last evaluation (right-censored: it needs more than that). A k at which no run
+    reached any target (the short k = 1 sanity row) is left out, and the title says so. `metric`: dev/f1, else
+    dev/rouge_w (KLUE-MRC), whichever the table has."""
     present = set(table["target_metric"]) if not table.empty else set()
     metric = metric or next((m for m in ("dev/f1", "dev/rouge_w") if m in present), "dev/f1")
     short = metric_short(metric)  # F1, ROUGE-W
@@ -265,9 +263,11 @@ def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Fig
         return None
     # accumulation values where some run reached some target (a short sanity row that reaches none is left out)
     ks = [k for k in _ks(data) if data[data["k"] == k]["reached"].astype(bool).any()] or _ks(data)
+    left_out = [k for k in _ks(data) if k not in ks]
     arms = arm_order(data["arm"])
     targets = sorted(data["target"].astype(float).unique())
     offsets = dict(zip(arms, _dodge(len(arms), width=0.6)))
+    half = min(0.09, 0.4 * 0.6 / max(1, len(arms) - 1))  # median bars of neighbouring arms must not touch
     fig, axes = new_figure(len(ks))
     for ax, k in zip(axes[0], ks):
         panel = data[data["k"] == k]
@@ -291,19 +291,25 @@ def figure_time_to_target(table: pd.DataFrame, metric: str | None = None) -> Fig
                     facecolors="none",
                     edgecolors=color,
                     zorder=3,
-                    label="not reached (drawn at the last evaluation)",
+                    label="_nolegend_",  # one grey entry for every arm's triangles (legend_below's extra)
                 )
                 median = censored_median(np.where(reached, updates, np.inf))
                 if np.isfinite(median):
-                    ax.hlines(median, x - 0.09, x + 0.09, color=color, linewidth=2.4, zorder=4)
+                    ax.hlines(median, x - half, x + half, color=color, linewidth=2.4, zorder=4)
         ax.set_xticks(range(len(targets)), [f"{short} {t:g}" for t in targets])
         ax.grid(axis="x", visible=False)
         ax.set_ylim(bottom=0)
         ax.set_title(f"accumulation k = {k}")
         ax.set_xlabel("target")
     axes[0][0].set_ylabel("optimizer updates to reach it")
-    fig.suptitle(f"Updates to reach a dev {short} target — dots: seeds, bar: median; ▵: not reached within the budget")
-    legend_below(fig, axes)
+    title = f"Updates to reach a dev {short} target — dots: seeds, bar: median; ▵: not reached within the budget"
+    if left_out:
+        title += f"\n(k = {', '.join(map(str, left_out))} left out: no run there reached a target)"
+    fig.suptitle(title)
+    not_reached = Line2D(
+        [], [], linestyle="none", marker="^", markersize=6, markerfacecolor="none", markeredgecolor="#555555"
+    )
+    legend_below(fig, axes, extra=[(not_reached, "not reached (drawn at the last evaluation)")])
     return fig
 
 
@@ -407,7 +413,7 @@ def figure_step_time(runs: pd.DataFrame, metric: str = "mean_step_time_s") -> Fi
             color=color,
             alpha=0.85,
             label=arm_label(arm),
-            hatch="//" if arm_linestyle(arm) != "-" else None,
+            hatch=arm_hatch(arm),
             edgecolor="white",
             linewidth=0.5,
         )

@@ -6,9 +6,14 @@ numbers made up by a formula so the tests know what the analysis must find.
                                               metrics, torn last metrics line), one diverged run (NaN loss) and one
                                               run that only the manifest knows (it never wrote a directory)
 
-The made-up effect: final dev F1 = base(arm) − penalty(k) for sam_last + seed noise, where the noise depends on the
-seed and the *algorithm*, so that at k = 1 sam_last is bitwise the same run as sam_full (the built-in sanity row),
-and at k > 1 sam_full beats sam_last by about 3·log2(k) points.
+    sharpness_inputs(cells, opts)             what analysis.sharpness.figures draws (the frame of sharpness.csv,
+                                              the curves, the plan, the interpolation pairs), made up per run
+                                              without a model
+
+The made-up effect: final dev F1 = base(arm) − penalty(k) for sam_last and sam_last_only + seed noise, where the noise
+depends on the seed and the *algorithm*, so that at k = 1 sam_last and sam_last_only are bitwise the same run as
+sam_full (the built-in sanity row), and at k > 1 sam_full beats sam_last by about 3·log2(k) points and sam_last_only
+by about 4·log2(k).
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from omegaconf import OmegaConf
 
 REPLAY = {"adamw": "none", "sam_full": "full", "sam_last": "last", "sam_micro": "micro", "sam_last_only": "last_only"}
-BASE_F1 = {"adamw": 60.0, "sam_full": 64.0, "sam_last": 64.0, "sam_micro": 65.0, "sam_last_only": 63.0}
+BASE_F1 = {"adamw": 60.0, "sam_full": 64.0, "sam_last": 64.0, "sam_micro": 65.0, "sam_last_only": 64.0}
 ALGO_INDEX = {"adamw": 0, "sam_full": 1, "sam_last": 2, "sam_micro": 3, "sam_last_only": 4}
+PENALTY = {"sam_last": 3.0, "sam_last_only": 4.0}  # F1 points lost per doubling of k
+DEFAULT_ARMS = ("adamw", "sam_full", "sam_last", "sam_micro")  # make_sweep's grid (the tests count its runs)
 TRAIN_EXAMPLES = 96
 MICRO_BATCH = 4
 EPOCHS = 2
@@ -86,8 +94,9 @@ def run_id_of(cfg: dict) -> str:
 
 
 def algorithm(arm: str, k: int) -> str:
-    """At k = 1 every SAM replay rule is full replay: the same algorithm, so the same numbers."""
-    return "sam_full" if arm in ("sam_last", "sam_last_only", "sam_micro") and k == 1 else arm
+    """At k = 1 every SAM replay rule (last-batch replay, SAM on the last micro-batch alone, m-SAM) is full replay: the
+    same algorithm, so the same numbers."""
+    return "sam_full" if arm in (*PENALTY, "sam_micro") and k == 1 else arm
 
 
 def expected_final(arm: str, k: int, seed: int) -> dict[str, float]:
@@ -95,11 +104,10 @@ def expected_final(arm: str, k: int, seed: int) -> dict[str, float]:
     algo = algorithm(arm, k)
     rng = np.random.default_rng([seed, ALGO_INDEX[algo], k])
     f1 = BASE_F1[algo] + rng.normal(0.0, 1.0)
-    if algo == "sam_last":
-        f1 -= 3.0 * math.log2(k)
+    f1 -= PENALTY.get(algo, 0.0) * math.log2(k)
     em = f1 - 8.0 + rng.normal(0.0, 0.5)
     dev_loss = 2.6 - f1 / 50.0 + rng.normal(0.0, 0.01)
-    train_loss = 0.5 + (0.1 if algo == "sam_last" else 0.0) + rng.normal(0.0, 0.01)
+    train_loss = 0.5 + (0.1 if algo in PENALTY else 0.0) + rng.normal(0.0, 0.01)
     return {"dev/f1": float(f1), "dev/em": float(em), "dev/loss": float(dev_loss), "train/loss": float(train_loss)}
 
 
@@ -295,14 +303,16 @@ NEVER_STARTED = ("sam_micro", 1, 2, "killed (signal 9) before the run directory 
 def make_sweep(
     results_dir: str | Path,
     sweep: str = "synth",
-    arms=("adamw", "sam_full", "sam_last", "sam_micro"),  # sam_last_only: ask for it
+    arms=DEFAULT_ARMS,
     ks=(1, 4),
     seeds=(0, 1, 2),
     special: bool = True,
     manifest: bool = True,
+    exclude=(),
 ) -> SyntheticSweep:
-    """The synthetic grid arms × ks × seeds under results_dir/runs/<sweep>/ plus sweep.json. With `special`, three
-    cells are not completed runs: FAILED, DIVERGED and NEVER_STARTED (only in sweep.json)."""
+    """The synthetic grid arms × ks × seeds under results_dir/runs/<sweep>/ plus sweep.json, less the (arm, k) cells
+    in `exclude` (the default ablation has m-SAM at k = 1 only). With `special`, three cells are not completed runs:
+    FAILED, DIVERGED and NEVER_STARTED (only in sweep.json)."""
     results_dir = Path(results_dir)
     root = results_dir / "runs" / sweep
     root.mkdir(parents=True, exist_ok=True)
@@ -310,6 +320,8 @@ def make_sweep(
     entries = []
     for arm in arms:
         for k in ks:
+            if (arm, k) in exclude:
+                continue
             for seed in seeds:
                 cell = (arm, k, seed)
                 kwargs: dict[str, Any] = {}
@@ -350,3 +362,58 @@ def make_sweep(
             encoding="utf-8",
         )
     return SyntheticSweep(results_dir, sweep, runs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the sharpness section's inputs, without a model
+
+SHARPNESS_SCALE = {"adamw": 3.1, "sam_full": 1.0, "sam_last": 2.0, "sam_micro": 0.8, "sam_last_only": 2.6}
+
+
+def sharpness_inputs(cells, opts=None):
+    """(frame, result) as analysis.sharpness.measure returns them, for the completed runs of `cells` [(arm, k, seed)],
+    made up by formula: a run's curvature c = scale(algorithm) · (1 + 0.1·seed) · (1 + 0.37·log2 k) sets λmax = 100 c,
+    tr(H) = 1000 c, sharpness ρ²·c (average) and 2ρ²·c (worst), 1D curves c·α² and the surface c·(α² + 2β²), so
+    that at k = 1 sam_last and sam_last_only have exactly sam_full's numbers. The plan is analysis.sharpness.plan's."""
+    # imported here: analysis.sharpness.plan imports the QA model loader (torch), which the other helpers do not need
+    from analysis.sharpness.options import SharpnessConfig, alphas, rho_key
+    from analysis.sharpness.plan import RunInfo, plan_runs
+
+    opts = opts or SharpnessConfig()
+    runs = [
+        RunInfo(f"{arm}-k{k}-s{seed}", Path(f"{arm}-k{k}-s{seed}"), arm, k, seed, None, {"status": "completed"})
+        for arm, k, seed in cells
+    ]
+    plan = plan_runs(runs, opts)
+
+    def curvature(run) -> float:
+        return SHARPNESS_SCALE[algorithm(run.arm, run.k)] * (1 + 0.1 * run.seed) * (1 + 0.37 * math.log2(run.k))
+
+    line = np.asarray(alphas(opts.curve_points, opts.curve_span))
+    grid = np.asarray(alphas(opts.surface_points, opts.surface_span))
+    rows, curves = [], {}
+    for run in runs:
+        c = curvature(run)
+        row = {"run_id": run.run_id, "arm": run.arm, "k": run.k, "seed": run.seed}
+        row.update(train_loss=0.1 * c, dev_loss=0.3 * c, lambda_max=100.0 * c, trace=1000.0 * c, trace_se=10.0)
+        row.update(lambda_max_converged=True, hessian_measured=run.run_id in plan.hessian)
+        row.update({f"avg_sharpness_rho{rho_key(r)}": r * r * c for r in opts.rhos_average})
+        row.update({f"worst_sharpness_rho{rho_key(r)}": 2 * r * r * c for r in opts.rhos_worst})
+        rows.append(row)
+        directions = [(c * (1 + 0.05 * d) * line**2).tolist() for d in range(opts.curve_directions)]
+        surface = None
+        if run.run_id in plan.surface.values():
+            surface = (c * (grid[:, None] ** 2 + 2 * grid[None, :] ** 2)).tolist()
+        curves[run.run_id] = {"curve_1d": directions, "surface": surface}
+    interp = []
+    alpha = np.linspace(0.0, 1.0, opts.interp_points)
+    for a, b in plan.pairs:
+        ca, cb = curvature(a), curvature(b)
+        # a barrier between two different models; between a model and itself the fp32 rounding of the interpolated
+        # weights alone (~1e-7 relative)
+        bump = 1e-7 * ca if ca == cb else 0.5
+        train = (1 - alpha) * 0.1 * ca + alpha * 0.1 * cb + bump * alpha * (1 - alpha)
+        interp.append({"a": a, "b": b, "alpha": alpha.tolist(), "train": train.tolist(), "dev": (3 * train).tolist()})
+    frame = pd.DataFrame(rows)
+    result = {"opts": opts, "runs": runs, "plan": plan, "curves": curves, "interp": interp, "rows": rows}
+    return frame, result

@@ -803,7 +803,7 @@ def test_identical_arms_at_k1_are_one_line_and_axes_stay_inside_the_metric_range
     ) == [["adamw"], ["sam_full", "sam_last", "sam_micro"]]
     fig = plots.figure_dev_curves(curves)
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
-    assert "sam_full = sam_last = sam_micro (identical at k = 1)" in labels and len(labels) == 2
+    assert "SAM, full replay = sam_last = sam_micro (identical runs at k = 1)" in labels and len(labels) == 2
     f1_ax, loss_ax = fig.axes[0], fig.axes[1]
     assert f1_ax.get_ylim()[0] >= 0.0 and f1_ax.get_ylim()[1] <= 100.5  # the band reaches 100.5 at seed 1
     assert loss_ax.get_ylim()[0] >= 0.0

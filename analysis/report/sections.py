@@ -40,18 +40,20 @@ FIGURE_TEXT = {
         "The dev score the runs logged and the dev loss at every evaluation against "
         "the optimizer update (periodic evaluations score the fixed dev subset, the epoch-end and final "
         "ones the whole dev set). Line: mean over seeds; band: min–max over seeds. Arms with identical "
-        "curves (k = 1) are drawn as one line.",
+        "curves (k = 1) are drawn as one line, whose label names them all.",
     ),
     "time_to_target": (
         "Updates to reach a dev F1 target",
         "For each run, the first evaluation at which dev F1 "
         "reached the target (dots; bar: median over seeds). An open triangle is a run that never "
-        "reached it, drawn at its last evaluation: it needs more updates than that.",
+        "reached it, drawn at its last evaluation: it needs more updates than that. A k at which no run "
+        "reached any target (the short k = 1 sanity row) has no panel; the title names it.",
     ),
     "train_loss": (
         "Training loss",
         "Clean (first-pass) training loss against the optimizer update, one panel per "
-        "accumulation k. Line: mean over seeds; band: min–max over seeds.",
+        "accumulation k. Line: mean over seeds; band: min–max over seeds. Arms with identical curves (k = 1) "
+        "are drawn as one line, whose label names them all.",
     ),
     "final_scores": (
         "Final dev EM and F1",
@@ -65,9 +67,10 @@ FIGURE_TEXT = {
     ),
     "grad_cos": (
         "Gradient fidelity",
-        "Cosine between the gradient the last-batch replay uses and the full-replay "
-        "SAM gradient of the same window (diag/grad_cos), against the update. 1 means the bug changes "
-        "nothing.",
+        "Cosine between the gradient the last-batch replay uses (the SAM gradient of the last "
+        "micro-batch) and the full-replay SAM gradient of the same window (diag/grad_cos), against the update, "
+        "measured at the weights of each SAM arm's runs (one line per arm). 1 means the bug changes nothing. "
+        "k = 1 is not drawn when every value there is 1: with one micro-batch the two gradients are the same.",
     ),
 }
 FIGURE_MISSING = {

@@ -44,7 +44,9 @@ class SharpnessConfig:
     curve_points: int = 7  # points per 1D curve, alpha in [-curve_span, curve_span]
     curve_directions: int = 3  # filter-normalised directions, seeds seed, seed+1, ... (the same for every model)
     curve_span: float = 1.0
-    surface_points: int = 7  # 2D contour on an N x N grid (0: none), one per arm: the first seed's run at the largest k
+    surface_points: int = (
+        7  # 2D contour on an N x N grid (0: none), one per arm: its first seed at the sweep's largest k
+    )
     surface_span: float = 1.0
     interp_points: int = 7  # alphas in [0, 1] per interpolation curve (0: none)
     seed: int = 0

@@ -52,7 +52,7 @@ def find_runs(results_dir: str, sweep: str) -> tuple[list[RunInfo], list[tuple[s
 @dataclasses.dataclass
 class Plan:
     hessian: set  # run ids that get lambda_max and the trace
-    surface: dict  # arm -> run id of its 2D contour
+    surface: dict  # arm -> run id of its 2D contour (the first seed at the sweep's largest k)
     pairs: list  # [(RunInfo a, RunInfo b)] interpolation endpoints, same k and seed
 
 
@@ -63,11 +63,14 @@ def plan_runs(runs: Sequence[RunInfo], opts: SharpnessConfig) -> Plan:
     if opts.eigen_iters > 0 or opts.trace_samples > 0:
         hessian = {r.run_id for r in runs if r.seed in chosen}
     surface = {}
-    if opts.surface_points > 0:
+    if opts.surface_points > 0 and runs:
+        # one k for every contour, so that the panels compare arms (the sweep's largest k: the question of the repo;
+        # an arm without a run there, m-SAM in the default ablation, gets none)
+        k_max = max(r.k for r in runs)
         for arm in dict.fromkeys(r.arm for r in runs):
-            mine = [r for r in runs if r.arm == arm]
-            k_max = max(r.k for r in mine)
-            surface[arm] = min((r for r in mine if r.k == k_max), key=lambda r: (r.seed, r.run_id)).run_id
+            mine = [r for r in runs if r.arm == arm and r.k == k_max]
+            if mine:
+                surface[arm] = min(mine, key=lambda r: (r.seed, r.run_id)).run_id
     pairs = []
     if opts.interp_points > 0:
         cell = {}

@@ -81,8 +81,8 @@ def _setup_lines(result: dict, frame) -> list[str]:
         f"every row of a weight matrix scaled to the norm of that row of w; biases and LayerNorm not moved), drawn "
         f"from seeds {opts.seed}…{opts.seed + max(opts.curve_directions, 1) - 1}, the same for every model.",
         f"- **2D contours**: {opts.surface_points}×{opts.surface_points} grid over the first two directions, "
-        f"[−{opts.surface_span:g}, {opts.surface_span:g}]², one per arm (the first seed's run at the largest k): "
-        f"{surfaces}.",
+        f"[−{opts.surface_span:g}, {opts.surface_span:g}]², one per arm at the sweep's largest k (its first seed; "
+        f"none for an arm without a run there): {surfaces}.",
         f"- **Interpolation**: L((1 − α)·θ_a + α·θ_b) at {opts.interp_points} points α ∈ [0, 1] on the landscape "
         f"subset and the same number of dev features, for AdamW → SAM (full) and SAM (full) → SAM (last) with the "
         f"same seed and k "
@@ -221,18 +221,25 @@ FIGURE_TEXT = {
     "adaptive": (
         "Adaptive sharpness against ρ",
         "Average-case (elementwise Gaussian) and worst-case (adaptive "
-        "ball, gradient ascent) loss increase on the landscape subset; mean and min–max over seeds.",
+        "ball, gradient ascent) loss increase on the landscape subset; mean and min–max over seeds. Arms whose runs "
+        "gave the same numbers (at k = 1 sam_last and sam_last_only are sam_full's algorithm) are one line, its "
+        "label names them all.",
     ),
     "curves_1d": (
         "1D loss curves",
         "Landscape-subset (train) loss along filter-normalised directions (the same "
         "seeds for every model): thin lines are runs (mean over directions), thick lines the mean per k.",
     ),
-    "surface_2d": ("2D loss contours", "One run per arm (the first seed at the largest k); shared colour levels."),
+    "surface_2d": (
+        "2D loss contours",
+        "One run per arm, all at the sweep's largest k (the first seed; an arm without a run at that k has no "
+        "contour, the title names it); shared colour levels.",
+    ),
     "interpolation": (
         "Interpolation between arms",
         "Loss on the straight line between two checkpoints of the same "
-        "seed and k; solid: landscape (train) subset, dashed: as many dev features.",
+        "seed and k; solid: landscape (train) subset, dashed: as many dev features. Two identical runs (k = 1: "
+        "sam_full and sam_last) give a flat line, and the panel says so.",
     ),
 }
 
