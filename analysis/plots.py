@@ -33,8 +33,8 @@ from analysis.figure_style import (
     seed_range,
     styled,
 )
-from analysis.stats import metric_short
 from analysis.targets import censored_median
+from experiments.metrics import short as metric_short
 from experiments.rundir import COMPLETED
 
 log = logging.getLogger(__name__)

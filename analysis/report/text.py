@@ -16,58 +16,48 @@ from analysis.report.formatting import (
     plural,
 )
 from analysis.report.tables import (
-    HIGHER_IS_BETTER,
     METRICS,
     completed_runs,
     primary_metric,
-    table_format,
-    table_label,
 )
-from analysis.stats import (
-    ci_and_test_disagree,
-    metric_label,
-    metric_short,
-)
+from analysis.stats import ALPHA, TEST_NAME
 from analysis.targets import cost_ratio
 from experiments.arms import BASELINE, BUGGY, COMPARISONS, CORRECT
+from experiments.metrics import HIGHER, number_format, words
+from experiments.metrics import label as metric_label
+from experiments.metrics import metric as metric_row
+from experiments.metrics import short as metric_short
 from experiments.rundir import COMPLETED
 
 # ---------------------------------------------------------------------------------------------------------------------
 # findings: sentences generated from the tables
 
 
-def _direction_text(a: str, b: str, metric: str, diff: float) -> str:
-    label = table_label(metric)
-    higher = diff > 0
-    better = higher == HIGHER_IS_BETTER.get(metric, True)
-    if (a, b) == (CORRECT, BUGGY):
-        if better:
-            hurt = "costs" if HIGHER_IS_BETTER.get(metric, True) else "raises"
-            return f"replaying only the last micro-batch {hurt} {label}"
-        return f"the last-batch replay comes out better on {label} here, against the expectation that it hurts"
-    word = "higher" if higher else "lower"
-    quality = "better" if better else "worse"
-    return f"{a} has {word} {label} than {b} ({quality})"
+def _direction_text(a: str, b: str, key: str, diff: float) -> str:
+    """What a significant a − b = diff says, in the words of the metric's row of experiments.metrics."""
+    row, higher = metric_row(key), diff > 0
+    if (a, b) == (CORRECT, BUGGY) and row.direction in ("higher", "lower"):
+        if higher == (row.direction == HIGHER):
+            return f"replaying only the last micro-batch {'costs' if row.direction == HIGHER else 'raises'} {row.label}"
+        return f"the last-batch replay comes out ahead on {row.label} here, against the expectation that it hurts"
+    word = words(key)[0 if higher else 1]
+    return f"{a} {word} than {b}" + ("" if row.label in word else f" ({row.label})")
 
 
 def _pair_sentence(row: pd.Series) -> str:
-    metric, spec = row["metric"], table_format(row["metric"])
-    head = (
-        f"At k={row['k']}, {row['a']} − {row['b']} {table_label(metric)} = {fmt(row['mean_diff'], spec, signed=True)}"
-    )
+    """One paired comparison as a sentence: the difference, its t-interval, n and the paired t-test's p; the verdict
+    comes from the test (p < ALPHA), which its t-interval always agrees with."""
+    key, spec = row["metric"], number_format(row["metric"])
+    head = f"At k={row['k']}, {row['a']} − {row['b']} {metric_label(key)} = {fmt(row['mean_diff'], spec, signed=True)}"
     if row["n"] < 2:
-        return f"{head} from n={row['n']} pair(s): too few seeds for a CI."
+        return f"{head} from n={row['n']} pair(s): too few seeds for a test."
+    if is_missing(row["p_value"]):
+        return f"{head}, the same on all n={row['n']} seeds: no spread to test against."
     ci = f"[95% CI {fmt(row['ci_low'], spec, signed=True)}, {fmt(row['ci_high'], spec, signed=True)}]"
-    stats_text = f"{ci}, n={row['n']} seeds, paired t {p_clause(row['p_value']).replace(' = ', '=')}"
-    if row["ci_low"] > 0 or row["ci_high"] < 0:
-        text = f"{head} {stats_text}: {_direction_text(row['a'], row['b'], metric, row['mean_diff'])}."
-    else:
-        text = f"{head} {stats_text}: no significant difference (CI spans 0)."
-    if ci_and_test_disagree(row["ci_low"], row["ci_high"], float(row["p_value"])):
-        text += " The bootstrap CI and the t-test disagree at the 5% level" + (
-            " (a percentile bootstrap over so few seeds is too narrow)." if row["n"] < 5 else "."
-        )
-    return text
+    stats_text = f"{ci}, n={row['n']} seeds, {TEST_NAME} {p_clause(row['p_value']).replace(' = ', '=')}"
+    if row["p_value"] < ALPHA:
+        return f"{head} {stats_text}: {_direction_text(row['a'], row['b'], key, row['mean_diff'])}."
+    return f"{head} {stats_text}: no significant difference."
 
 
 def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
@@ -93,7 +83,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
             f"only, and every other run is listed under 'Failed, diverged and unfinished runs'."
         )
 
-    primary = METRICS[0][0]
+    primary = METRICS[0]
     for a, b, _ in COMPARISONS:
         rows = paired[(paired["a"] == a) & (paired["b"] == b) & (paired["metric"] == primary)]
         if (a, b) == (CORRECT, BUGGY):
@@ -106,7 +96,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
                 out.append(_pair_sentence(row))
             if len(rows) >= 2:
                 trend = ", ".join(f"k={r['k']}: {fmt(r['mean_diff'], '.2f', signed=True)}" for _, r in rows.iterrows())
-                out.append(f"sam_full − sam_last {table_label(primary)} by accumulation: {trend}.")
+                out.append(f"sam_full − sam_last {metric_label(primary)} by accumulation: {trend}.")
 
     if len(paired) and (paired["n"].between(1, 4)).any():
         ns = sorted(set(int(n) for n in paired["n"] if 0 < n < 5))

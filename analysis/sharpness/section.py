@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from analysis.collect import arm_order
-from analysis.report.formatting import md_table
+from analysis.report.formatting import fmt_p, md_table
 from analysis.sharpness.figures import FIGURES
 from analysis.sharpness.measure import _g
 from analysis.sharpness.options import SharpnessConfig, _defaults, rho_key
@@ -148,16 +148,22 @@ def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
                 int(r["n"]),
                 _g(r["mean_diff"]),
                 ci,
+                fmt_p(r["p_value"]),
                 r["verdict"],
             ]
         )
     lines += [
-        "Differences a − b within each seed (same data order and initialisation), mean over seeds with a "
-        "bootstrap 95% percentile CI (analysis.stats.paired_differences). Where the sweep has k = 1, sam_full "
-        "and sam_last run the same algorithm there, so their difference must be 0.",
+        "Differences a − b within each seed (same data order and initialisation), mean over seeds with one test "
+        "per row, the paired t-test, and its own 95% t-interval (analysis.stats.paired_differences: the interval "
+        "excludes 0 exactly when p < 0.05). A sharpness measure reads flatter/sharper (no better/worse: whether "
+        "flatter generalises better is what the τ table asks), a gap smaller/larger. Where the sweep has k = 1, "
+        "sam_full and sam_last run the same algorithm there, so their difference must be 0.",
         "",
     ]
-    return lines + [md_table(["measure", "k", "difference", "pairs", "mean", "95% bootstrap CI", "verdict"], rows), ""]
+    return lines + [
+        md_table(["measure", "k", "difference", "pairs", "mean", "95% t-interval", "p", "verdict"], rows),
+        "",
+    ]
 
 
 def _tau_lines(taus, n_runs: int) -> list[str]:
