@@ -105,7 +105,7 @@ METRICS: tuple[Metric, ...] = (
            best_by=True),
     _score("dev/em", "dev EM", "EM", equal_at_k1=EXACT, paired=True, curve=True, best_by=True),
     _loss("dev/loss", "dev loss", "loss", "eval", equal_at_k1=TOLERANCE, paired=True, curve=True, best_by=True),
-    _score("dev/rouge_w", "dev ROUGE-W (KLUE-MRC)", "ROUGE-W", equal_at_k1=EXACT, curve=True, optional=True,
+    _score("dev/rouge_w", "dev ROUGE-W", "ROUGE-W", equal_at_k1=EXACT, curve=True, optional=True,
            best_by=True),
     _score("dev/has_ans_em", "dev EM, questions with an answer (HasAns)", "HasAns EM", optional=True),
     _score("dev/has_ans_f1", "dev F1, questions with an answer (HasAns)", "HasAns F1", optional=True),
