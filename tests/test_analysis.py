@@ -935,3 +935,70 @@ def test_results_tables_cut_the_t_interval_to_the_metric_range():
     text = "\n".join(_results_section(summary_table(runs)))
     assert "| adamw | 8 | 3 | 3 | 98.67 ± 1.53 | [94.87, 100.00] |" in text
     assert "| adamw | 8 | 3 | 3 | 0.1500 ± 0.1323 | [0.0000, 0.4786] |" in text
+
+
+def test_the_headline_names_its_setup_its_floor_and_a_target_never_reached(tmp_path):
+    """A hand-made sweep at k = 4 where sam_last never reaches dev F1 60 (final 58.2 ± 0.8; sam_full 64.2, at the
+    final evaluation of its 12-update budget) and sam_last_only is in the grid: the headline says what was trained on
+    (read from the configs, summaries and env.json), computes the no-training floor on the same dev set, says
+    "never reached ... (0/3 seeds)" before the ratio bound, and answers for sam_full − sam_last_only."""
+    from analysis.baseline import Floor, no_training_floor
+    from analysis.report.text import answer, setup_text
+    from experiments.config import load_config
+    from experiments.data.baseline import heuristic_baseline
+    from experiments.data.loading import load_examples
+
+    arms = ("adamw", "sam_full", "sam_last", "sam_last_only")
+    sweep = make_sweep(tmp_path, arms=arms, ks=(1, 4), special=False, report={"targets": {"dev/f1": [60]}})
+    written = report.build_report(sweep.results_dir, sweep.sweep)
+    text = written["headline"].read_text(encoding="utf-8")
+    # the floor is computed on the sweep's own dev set: the heuristic on the dev set a run's config rebuilds
+    cfg = load_config([sweep.runs[0].path / "config.yaml"])
+    expected = heuristic_baseline(load_examples(cfg.data)[1])
+    floor = no_training_floor(collect_runs(sweep.results_dir, sweep.sweep))
+    assert (floor.score, floor.em, floor.dev_examples) == (expected["f1"], expected["exact_match"], 24)
+    setup = next(line for line in text.splitlines() if line.startswith("**Setup.**"))
+    for words in (
+        "synthetic questions about 2-fact paragraphs",
+        "96 train / 24 dev questions",
+        "Model: `embedded`",
+        "12 updates of 16 examples (4 × 4) at k = 4",
+        f"Hardware: {DEVICE_NAME} (cpu, 2 threads)",
+        f"scores **dev F1 {expected['f1']:.1f}** (EM {expected['exact_match']:.1f}) on the same 24 dev questions",
+    ):
+        assert words in setup, words
+    answer_line = next(line for line in text.splitlines() if line.startswith("**Answer"))
+    never = "sam_last **never reached it within the 12-update budget (0/3 seeds)**"
+    assert never in answer_line and answer_line.index(never) < answer_line.index("more than 1.0×")
+    trainer = next(line for line in text.splitlines() if line.startswith("**The public Trainer pattern"))
+    assert "sam_full − sam_last_only = **+4.3 F1** [95% CI" in trainer and "paired t-test p = " in trainer
+    assert "To reach dev F1 60" in trainer
+    # the learning curves draw the floor
+    assert written["figure:dev_curves"].is_file()
+    fig = plots.figure_dev_curves(collect_curves(sweep.results_dir, sweep.sweep), baseline=floor.score)
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert f"no-training heuristic ({floor.score:.1f})" in labels
+    lines = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label().startswith("no-training")]
+    assert lines and all(list(ln.get_ydata()) == [floor.score, floor.score] for ln in lines)
+
+    # an arm that ends below the floor is named so; without run directories the floor says why it is missing
+    runs = collect_runs(sweep.results_dir, sweep.sweep)
+    curves = collect_curves(sweep.results_dir, sweep.sweep, runs)
+    cells = target_summary(time_to_target(curves, runs, {"dev/f1": [60]}))
+    high = Floor(em=55.0, score=60.0, metric="dev/f1", dev_examples=24, run_id="x")
+    parts = answer(runs, paired_table(runs), sanity_table(runs, curves), cells, high)
+    assert (
+        "At k = 4, sam_last (58.2), sam_last_only (59.8) end **below the no-training floor** of dev F1 60.0"
+        in (parts["floor"])
+    )
+    assert "not computed (no run directory with a config.yaml" in setup_text(
+        runs.assign(run_dir=None), None, "no run directory with a config.yaml to rebuild the dev set from"
+    )
+
+
+def test_distinct_values_keep_large_floats_and_show_counts_as_ints():
+    from analysis.report.formatting import distinct_values, join_values
+
+    assert join_values(distinct_values(pd.Series([0.05, 1e30]))) == "0.05, 1e+30"
+    assert join_values(distinct_values(pd.Series([128.0, None, 256.0, 128.0]))) == "128, 256"
+    assert distinct_values(pd.Series([2.0**53])) == [2.0**53]  # no longer exactly a count: stays a float
