@@ -867,7 +867,7 @@ def test_the_answer_of_klue_runs_is_about_rouge_w():
     cells = target_summary(pd.DataFrame())
     parts = answer(runs, paired, sanity_table(runs, pd.DataFrame()), cells)
     # (70 − 40 + 72 − 41 + 69 − 45) / 3 = 28.33
-    assert "dev ROUGE-W 70.3 ± 1.5 with full replay" in parts["answer"] and "**+28.3 ROUGE-W**" in parts["answer"]
+    assert "dev ROUGE-W 70.3 ± 1.5 with sam_full" in parts["answer"] and "**+28.3 ROUGE-W**" in parts["answer"]
     assert "dev ROUGE-W" in headline_table(runs, cells)[0]
 
 
