@@ -117,9 +117,11 @@ def test_k1_equality_rule_comes_from_the_table():
 
 
 def test_every_key_a_training_run_logs_is_a_row(tiny_run, tmp_path):
-    """A real (tiny) SAM run with the gradient-fidelity diagnostic and periodic evaluations: every metric key of its
-    metrics.jsonl and of summary.json's final block has a row; the rows of the trainer that a default fp32 run must
-    log (not optional) are all there."""
+    """A real (tiny) SAM run with the gradient-fidelity diagnostic and periodic evaluations (of the whole dev set,
+    so each can be the best): every metric key of its metrics.jsonl and of summary.json's final block has a row; the
+    rows of the trainer that a default fp32 run must log (not optional) are all there. With save_best_by=dev/loss
+    the best checkpoint is the lowest whole-dev-set loss (the row's direction), not the highest."""
+
     from experiments.train import main
 
     code = main(
@@ -127,9 +129,9 @@ def test_every_key_a_training_run_logs_is_a_row(tiny_run, tmp_path):
             *tiny_run("sam_full"),
             "train.max_updates=4",
             "train.eval_every=2",
-            "eval.subset_size=4",
             "diagnostics.grad_fidelity=true",
             "diagnostics.grad_fidelity_every=2",
+            "train.save_best_by=dev/loss",
         ]
     )
     assert code == 0
@@ -138,7 +140,10 @@ def test_every_key_a_training_run_logs_is_a_row(tiny_run, tmp_path):
     for event in read_metrics(run):
         logged |= {k for k, v in event.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     logged -= set(STEP_KEYS) | {"eval/examples"}  # the step keys and the evaluation's size are not metrics
-    final = json.loads((run / "summary.json").read_text())["final"]
+    summary = json.loads((run / "summary.json").read_text())
+    final = summary["final"]
+    whole = [e["dev/loss"] for e in read_metrics(run) if "dev/loss" in e and not e.get("eval/subset")]
+    assert len(set(whole)) >= 2 and summary["best"]["value"] == min(whole)
     logged |= {k for k in final if "/" in k and k != "eval/examples"}
     missing = sorted(k for k in logged if lookup(k) is None)
     assert not missing, f"logged keys without a row in experiments.metrics: {missing}"
