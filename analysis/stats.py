@@ -32,6 +32,7 @@ from experiments.metrics import label as metric_label
 LOW_POWER_N = 5  # below this many seeds (pairs) a verdict carries a low-power note
 ALPHA = 0.05  # the paired t-test's level; its interval is the (1 − ALPHA) t-interval
 TEST_NAME = "paired t-test"
+BOOTSTRAP_MIN_N = 10  # a percentile bootstrap needs this many values (3 values have 10 distinct resamples)
 
 
 def _as_tuple(by: Any) -> tuple:
@@ -424,7 +425,8 @@ def kendall_with_ci(
     """tau-b over the pairs where both values are finite, with a percentile bootstrap CI (the runs resampled with
     replacement, x and y together: scipy.stats.bootstrap with paired=True, numpy Generator seeded by `seed`;
     resamples with an undefined tau, e.g. all one run, are dropped before the percentiles), the number of pairs and
-    the tied pairs in x and in y. NaN bounds with fewer than 3 pairs or an undefined tau."""
+    the tied pairs in x and in y. NaN bounds with fewer than BOOTSTRAP_MIN_N pairs (too few distinct resamples for a
+    percentile interval) or an undefined tau."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
@@ -434,7 +436,7 @@ def kendall_with_ci(
     ties_y = int(sum((y[i] == y[i + 1 :]).sum() for i in range(n)))
     tau = kendall_tau_b(x, y)
     low = high = math.nan
-    if n >= 3 and not math.isnan(tau):
+    if n >= BOOTSTRAP_MIN_N and not math.isnan(tau):
         taus = _bootstrap_distribution((x, y), _tau_b_along_last_axis, n_boot, seed, paired=True)
         taus = taus[np.isfinite(taus)]
         if taus.size:

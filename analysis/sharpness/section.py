@@ -172,8 +172,9 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
         "",
         f"Kendall τ (tau-b, which accounts for ties) between each measure and the gap across all {n_runs} "
         f"measured runs (every arm and k together), with a percentile bootstrap 95% CI ({TAU_N_BOOT} resamples "
-        f"of the runs, seed {TAU_BOOT_SEED}). Caveat: sharpness is not reparametrisation-invariant (Dinh et "
-        "al. 2017): rescaling the weights of a network changes λmax, the trace and the curves without "
+        f"of the runs, seed {TAU_BOOT_SEED}; none below {TAU_MIN_N} runs, too few distinct resamples). "
+        "Caveat: sharpness is not reparametrisation-invariant (Dinh et al. 2017): rescaling the weights of a "
+        "network changes λmax, the trace and the curves without "
         "changing the function it computes; the adaptive measures undo only elementwise rescaling. And in "
         "fine-tuning, sharpness often tracks the learning rate and the optimiser more than generalisation "
         "(Andriushchenko et al. 2023), so a τ here describes these runs, it is not evidence that flatter "
