@@ -971,7 +971,10 @@ def test_the_headline_names_its_setup_its_floor_and_a_target_never_reached(tmp_p
     never = "sam_last **never reached it within the 12-update budget (0/3 seeds)**"
     assert never in answer_line and answer_line.index(never) < answer_line.index("more than 1.0×")
     trainer = next(line for line in text.splitlines() if line.startswith("**The public Trainer pattern"))
-    assert "sam_full − sam_last_only = **+4.3 F1** [95% CI" in trainer and "paired t-test p = " in trainer
+    diff = np.mean(
+        [expected_final("sam_full", 4, s)["dev/f1"] - expected_final("sam_last_only", 4, s)["dev/f1"] for s in range(3)]
+    )
+    assert f"sam_full − sam_last_only = **{diff:+.1f} F1** [95% CI" in trainer and "paired t-test p = " in trainer
     assert "To reach dev F1 60" in trainer
     # the learning curves draw the floor
     assert written["figure:dev_curves"].is_file()
@@ -987,10 +990,11 @@ def test_the_headline_names_its_setup_its_floor_and_a_target_never_reached(tmp_p
     cells = target_summary(time_to_target(curves, runs, {"dev/f1": [60]}))
     high = Floor(em=55.0, score=60.0, metric="dev/f1", dev_examples=24, run_id="x")
     parts = answer(runs, paired_table(runs), sanity_table(runs, curves), cells, high)
-    assert (
-        "At k = 4, sam_last (58.2), sam_last_only (59.8) end **below the no-training floor** of dev F1 60.0"
-        in (parts["floor"])
-    )
+    means = {a: np.mean([expected_final(a, 4, s)["dev/f1"] for s in range(3)]) for a in arms}
+    below = [f"{a} ({v:.1f})" for a, v in means.items() if v < 60.0]
+    assert below and means["sam_full"] > 60.0  # the made-up effect puts sam_last below 60
+    verb = "ends" if len(below) == 1 else "end"
+    assert f"At k = 4, {', '.join(below)} {verb} **below the no-training floor** of dev F1 60.0" in parts["floor"]
     assert "not computed (no run directory with a config.yaml" in setup_text(
         runs.assign(run_dir=None), None, "no run directory with a config.yaml to rebuild the dev set from"
     )
