@@ -44,6 +44,7 @@ import yaml
 
 from experiments.arms import ARM_ORDER
 from experiments.config import ConfigError, parse_override, schema_type, split_key_value, typed_value
+from experiments.metrics import METRICS
 from experiments.rundir import (
     CONFIG_FILE,
     ENV_FILE,
@@ -348,7 +349,7 @@ def _curve_dtypes(df: pd.DataFrame) -> pd.DataFrame:
 # the frames without the raw runs: the committed report's CSVs
 
 # the metrics the report keeps in curves.csv: enough for every figure and table of the report and the notebook
-REPORT_CURVE_METRICS = ("train/loss", "train/step_time", "dev/loss", "dev/f1", "dev/rouge_w", "dev/em", "diag/grad_cos")
+REPORT_CURVE_METRICS = tuple(m.key for m in METRICS if m.curve)  # experiments.metrics' rows marked curve
 
 
 def load_frames(results_dir: str | Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:

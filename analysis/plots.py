@@ -39,8 +39,8 @@ from analysis.figure_style import (
     seed_range,
     styled,
 )
-from analysis.stats import metric_short
 from analysis.targets import censored_median
+from experiments.metrics import short as metric_short
 from experiments.rundir import COMPLETED
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,11 @@ DEV_ROWS = (
 
 
 @styled
-def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
+def figure_dev_curves(curves: pd.DataFrame, baseline: float | None = None) -> Figure | None:
     """The learning curves: one row per dev metric the runs logged (DEV_ROWS: F1, ROUGE-W for KLUE-MRC, loss) at
     every evaluation against the optimizer update, one column per accumulation k; per arm the mean over seeds with a
-    min–max band. Arms with identical curves (k = 1) are one line."""
+    min–max band. Arms with identical curves (k = 1) are one line. `baseline`: the no-training floor of the primary
+    score (analysis.baseline.no_training_f1), drawn as a horizontal line on the score row."""
     rows = [(m, label, limits) for m, label, limits in DEV_ROWS if not _eval_events(curves, m).empty]
     if not rows:
         log.info("figure_dev_curves: no evaluation events of %s; figure skipped", ", ".join(m for m, _, _ in DEV_ROWS))
@@ -172,6 +173,14 @@ def figure_dev_curves(curves: pd.DataFrame) -> Figure | None:
                 )
                 if runs["run_id"].nunique() > 1:
                     band(ax, agg["update"], agg["low"], agg["high"], color)
+            if baseline is not None and r == 0 and metric != "dev/loss":
+                ax.axhline(
+                    baseline,
+                    color="0.45",
+                    linestyle=":",
+                    linewidth=1.2,
+                    label=f"no-training heuristic ({baseline:.1f})",
+                )
             clip_axis(ax, low, high)
             if r == 0:
                 ax.set_title(f"accumulation k = {k}")
@@ -461,8 +470,8 @@ def plot_train_loss(curves: pd.DataFrame, out_dir: str | Path) -> Path | None:
     return _saved(figure_train_loss(curves), out_dir, "train_loss")
 
 
-def plot_dev_curves(curves: pd.DataFrame, out_dir: str | Path) -> Path | None:
-    return _saved(figure_dev_curves(curves), out_dir, "dev_curves")
+def plot_dev_curves(curves: pd.DataFrame, out_dir: str | Path, baseline: float | None = None) -> Path | None:
+    return _saved(figure_dev_curves(curves, baseline), out_dir, "dev_curves")
 
 
 def plot_time_to_target(table: pd.DataFrame, out_dir: str | Path) -> Path | None:
@@ -482,12 +491,17 @@ def plot_grad_cos(curves: pd.DataFrame, out_dir: str | Path) -> Path | None:
 
 
 def plot_all(
-    runs: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path, targets: pd.DataFrame | None = None
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    out_dir: str | Path,
+    targets: pd.DataFrame | None = None,
+    baseline: float | None = None,
 ) -> dict[str, Path | None]:
     """Every figure; {name: path or None (skipped)} in report order. `targets`: the table of
-    analysis.targets.time_to_target (no updates-to-target figure without it)."""
+    analysis.targets.time_to_target (no updates-to-target figure without it); `baseline`: the no-training floor of
+    the primary score, a line on the learning curves."""
     return {
-        "dev_curves": plot_dev_curves(curves, out_dir),
+        "dev_curves": plot_dev_curves(curves, out_dir, baseline),
         "time_to_target": plot_time_to_target(targets if targets is not None else pd.DataFrame(), out_dir),
         "train_loss": plot_train_loss(curves, out_dir),
         "final_scores": plot_final_scores(runs, out_dir),

@@ -2,8 +2,15 @@
 and the accumulation-1 equality check.
 
 Runs that share a seed share their data order and initialisation, so two arms are compared seed by seed (a paired
-design): the difference a − b is taken within each seed, and its mean gets a bootstrap percentile CI and a paired
-t-test. With the 3–5 seeds a CPU sweep affords, both are rough; every verdict says so when n < 5.
+design): the difference a − b is taken within each seed. One test is declared for every such comparison, and said
+once: the paired t-test on the per-seed differences (scipy.stats.ttest_rel), two-sided at the 5% level, with its own
+95% interval, the Student-t interval of the mean difference mean ± t_{0.975, n−1}·s/√n. The interval excludes 0
+exactly when p < 0.05, so a row can never say one thing with its interval and another with its test. (A percentile
+bootstrap is not used for the means: over n = 3 seeds it has 10 distinct resamples and comes out too narrow.)
+With the 3–5 seeds a CPU sweep affords the test is rough; every verdict says so when n < 5. The bootstrap below serves
+Kendall's tau over the runs (kendall_with_ci), whose verdict needs at least 10 runs.
+
+Which way a metric is better, its label and its verdict words come from experiments.metrics.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from scipy import stats as sps
 
 from analysis.collect import arm_order
 from experiments.arms import BUGGY, CORRECT
+from experiments.metrics import EQUALITY_TOL, EXACT, lookup, words
+from experiments.metrics import label as metric_label
 
 LOW_POWER_N = 5  # below this many seeds (pairs) a verdict carries a low-power note
-# Metrics whose k=1 values must match exactly (counts of exact matches and token overlaps on the same predictions);
-# every other metric (losses) is compared within EQUALITY_TOL.
-EXACT_METRICS = ("dev/f1", "dev/em")
-EQUALITY_TOL = 1e-6
+ALPHA = 0.05  # the paired t-test's level; its interval is the (1 − ALPHA) t-interval
+TEST_NAME = "paired t-test"
+BOOTSTRAP_MIN_N = 10  # a percentile bootstrap needs this many values (3 values have 10 distinct resamples)
 
 
 def _as_tuple(by: Any) -> tuple:
@@ -133,83 +141,54 @@ def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float
     return (float(low), float(high))
 
 
-def bootstrap_mean_ci(
-    diffs: Sequence[float], n_boot: int = 10000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of `diffs` (scipy.stats.bootstrap: `n_boot` resamples with replacement,
-    numpy Generator seeded by `seed`, so the same inputs always give the same interval). NaN bounds when fewer than
-    2 values."""
-    x = np.asarray(diffs, dtype=float)
-    if x.size < 2:
-        return (math.nan, math.nan)
-    return _percentile_interval(_bootstrap_distribution((x,), np.mean, n_boot, seed), level)
-
-
-def ci_and_test_disagree(low: float, high: float, p_value: float, alpha: float = 0.05) -> bool:
-    """True when the CI [low, high] and the paired test's p-value reach opposite conclusions at level alpha (one
-    excludes 0, the other does not). False when the p-value is NaN (no test)."""
-    if math.isnan(p_value):
-        return False
-    return (low > 0 or high < 0) != (p_value < alpha)
+def paired_t(differences: Sequence[float], level: float = 1 - ALPHA) -> tuple[float, float, float]:
+    """(p, low, high) of the paired t-test on the differences a − b and its interval, from one t statistic:
+    t = mean / (s/√n) with n − 1 degrees of freedom, p = 2·P(T_{n−1} > |t|) (scipy.stats.ttest_1samp against 0, which
+    is ttest_rel of the two arms), interval mean ± t_{(1+level)/2, n−1}·s/√n (t_interval). The interval excludes 0
+    exactly when p < 1 − level. NaN everywhere when n < 2 or when every difference is the same (s = 0: no spread to
+    test against; p = 1 and the interval [0, 0] when they are all 0)."""
+    d = np.asarray(differences, dtype=float)
+    if d.size < 2:
+        return (math.nan, math.nan, math.nan)
+    if np.ptp(d) == 0:
+        return (1.0, 0.0, 0.0) if d[0] == 0 else (math.nan, math.nan, math.nan)
+    p = float(sps.ttest_1samp(d, 0.0).pvalue)
+    _, low, high = t_interval(d, level)
+    return (p, low, high)
 
 
 def verdict(
     a: str,
     b: str,
-    low: float,
-    high: float,
+    mean_diff: float,
+    p_value: float,
     n: int,
-    p_value: float = math.nan,
-    higher_is_better: bool | None = None,
-    label: str = "",
+    metric: str | None = None,
 ) -> str:
-    """The plain-words reading of a CI of the mean difference a − b. When the paired t-test's p-value is given and
-    disagrees with the CI at the 5% level (a percentile bootstrap over 3 seeds has only 10 distinct resamples and
-    comes out too narrow), the verdict says so instead of letting the CI alone decide.
-
-    With `higher_is_better` (and the metric's `label`) the verdict says which arm is better, e.g.
-    "sam_micro worse (higher dev loss; CI excludes 0)": on a loss, a > b means a is worse."""
+    """The plain-words reading of the paired t-test of a − b, in the words of `metric`'s row of experiments.metrics:
+    a score "sam_full better (dev F1, p = 0.004)", a loss "sam_micro higher loss (dev loss, p = 0.01)", a sharpness
+    measure "sam_full flatter (λmax, p = 0.02)", a metric without a direction "x higher lr (lr, p = 0.03)"; without
+    a metric "a > b (p = 0.004)". Significant
+    means p < ALPHA (so the row's t-interval excludes 0). A low-power note when n < LOW_POWER_N."""
     if n == 0:
         return "no pairs"
-    if n < 2 or math.isnan(low) or math.isnan(high):
-        return f"not enough pairs for a CI (n={n})"
-    if (low > 0 or high < 0) and higher_is_better is not None:
-        higher = low > 0
-        quality = "better" if higher == higher_is_better else "worse"
-        text = f"{a} {quality} ({'higher' if higher else 'lower'} {label or 'value'}; CI excludes 0)"
-    elif low > 0:
-        text = f"{a} > {b} (CI excludes 0)"
-    elif high < 0:
-        text = f"{a} < {b} (CI excludes 0)"
+    if n < 2:
+        return f"not enough pairs for a test (n={n})"
+    if math.isnan(p_value):
+        return f"{a} − {b} is the same on every pair: no spread to test against (n={n})"
+    p = f"p = {p_value:.2g}"
+    if p_value >= ALPHA:
+        text = f"no significant difference ({TEST_NAME} {p})"
     else:
-        text = "no significant difference (CI spans 0)"
-    if ci_and_test_disagree(low, high, p_value):
-        text += f"; the paired t-test disagrees (p={p_value:.2g})"
+        higher = mean_diff > 0
+        if metric is None:
+            text = f"{a} {'>' if higher else '<'} {b} ({p})"
+        else:
+            word, what = words(metric)[0 if higher else 1], metric_label(metric)
+            text = f"{a} {word} ({p})" if what in word else f"{a} {word} ({what}, {p})"
     if n < LOW_POWER_N:
         text += f" (n={n}: low power)"
     return text
-
-
-def _is_loss(metric: str) -> bool:
-    return metric.rsplit("/", 1)[-1].endswith("loss")
-
-
-def metric_label(metric: str) -> str:
-    """ "final.dev/f1" → "dev F1", "final.dev/loss" → "dev loss": the words a sentence uses for a metric column."""
-    name = metric.split(".", 1)[-1] if metric.startswith(("final.", "best.")) else metric
-    split, _, what = name.rpartition("/")
-    what = {"f1": "F1", "em": "EM", "rouge_w": "ROUGE-W"}.get(what, what.replace("_", " "))
-    return f"{split} {what}".strip()
-
-
-def metric_short(metric: str) -> str:
-    """ "dev/f1" → "F1", "dev/rouge_w" → "ROUGE-W": metric_label without the split."""
-    return metric_label(metric).split(" ", 1)[-1]
-
-
-def metric_range(metric: str) -> tuple[float, float]:
-    """The values a metric can take: losses [0, ∞), scores (EM, F1, ROUGE-W, in %) [0, 100]."""
-    return (0.0, math.inf) if _is_loss(metric) else (0.0, 100.0)
 
 
 def _paired_values(group: pd.DataFrame, column: str, a: str, b: str, pair_on: str, arm_col: str):
@@ -251,17 +230,15 @@ def paired_differences(
     b: str,
     by: Sequence[str] = ("k",),
     pair_on: str = "seed",
-    n_boot: int = 10000,
-    seed: int = 0,
     arm_col: str = "arm",
-    level: float = 0.95,
+    level: float = 1 - ALPHA,
 ) -> pd.DataFrame:
     """Per group of `by`: arm a against arm b on `metric`, paired on `pair_on` (the seed).
 
-    Columns: by..., metric, a, b, n (pairs), mean_diff (mean of a − b), std_diff, ci_low, ci_high (bootstrap
-    percentile CI of the mean difference, `n_boot` resamples from numpy's Generator seeded by `seed`, the same seed
-    in every group), p_value (paired t-test, scipy.stats.ttest_rel; NaN when n < 2 or every difference is equal),
-    verdict, pairs (the paired keys, comma-separated) and unpaired (keys that only one arm has)."""
+    Columns: by..., metric, a, b, n (pairs), mean_diff (mean of a − b), std_diff, ci_low, ci_high and p_value (the
+    paired t-test and its t-interval at `level`, `paired_t`: the interval excludes 0 exactly when p < 1 − level),
+    verdict (`verdict`, in the words of the metric's row of experiments.metrics), pairs (the paired keys,
+    comma-separated) and unpaired (keys that only one arm has)."""
     by = _as_tuple(by)
     column = _resolve(df, metric)
     sub = df[df[arm_col].isin([a, b])]
@@ -272,14 +249,7 @@ def paired_differences(
         xa, xb, shared, only = _paired_values(group, column, a, b, pair_on, arm_col)
         d = xa - xb
         n = int(d.size)
-        low, high = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed, level=level)
-        p = math.nan
-        if n >= 2 and np.ptp(d) > 0:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                p = float(sps.ttest_rel(xa, xb).pvalue)
-        elif n >= 2:  # every difference the same: no variance to test against
-            p = 1.0 if d[0] == 0 else math.nan
+        p, low, high = paired_t(d, level)
         rows.append(
             {
                 **dict(zip(by, key)),
@@ -295,9 +265,7 @@ def paired_differences(
                 "verdict": (
                     "no difference: identical on every pair"
                     if n and not np.any(d)
-                    else verdict(
-                        a, b, low, high, n, p, higher_is_better=not _is_loss(metric), label=metric_label(metric)
-                    )
+                    else verdict(a, b, float(d.mean()) if n else math.nan, p, n, metric if lookup(metric) else None)
                 ),
                 "pairs": ",".join(str(s) for s in shared),
                 "unpaired": ",".join(str(s) for s in only),
@@ -320,13 +288,15 @@ def equality_check(
 ) -> dict:
     """At accumulation k = 1 the arms a and b run the same algorithm, so each seed's `metric` must agree.
 
-    tol: largest allowed |a − b| per seed; default 0 (exact) for dev/f1 and dev/em, EQUALITY_TOL for the rest.
+    tol: largest allowed |a − b| per seed; default 0 for a metric whose row in experiments.metrics says equal_at_k1
+    EXACT (F1 and EM: counts on the same predictions), EQUALITY_TOL for the rest (losses: float rounding).
     Two NaNs (both diverged the same way) count as equal; one NaN as a mismatch.
     Returns {"metric", "a", "b", "k", "n", "pairs", "unpaired", "max_abs_diff", "tol", "passed", "verdict"};
     passed is None when no seed has both arms (nothing to check)."""
     column = _resolve(df, metric)
     if tol is None:
-        tol = 0.0 if any(metric.endswith(m) for m in EXACT_METRICS) else EQUALITY_TOL
+        row = lookup(metric)
+        tol = 0.0 if row is not None and row.equal_at_k1 == EXACT else EQUALITY_TOL
     sub = df[(pd.to_numeric(df[k_col], errors="coerce") == k) & df[arm_col].isin([a, b])]
     values = {}
     for arm in (a, b):
@@ -455,7 +425,8 @@ def kendall_with_ci(
     """tau-b over the pairs where both values are finite, with a percentile bootstrap CI (the runs resampled with
     replacement, x and y together: scipy.stats.bootstrap with paired=True, numpy Generator seeded by `seed`;
     resamples with an undefined tau, e.g. all one run, are dropped before the percentiles), the number of pairs and
-    the tied pairs in x and in y. NaN bounds with fewer than 3 pairs or an undefined tau."""
+    the tied pairs in x and in y. NaN bounds with fewer than BOOTSTRAP_MIN_N pairs (too few distinct resamples for a
+    percentile interval) or an undefined tau."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
@@ -465,7 +436,7 @@ def kendall_with_ci(
     ties_y = int(sum((y[i] == y[i + 1 :]).sum() for i in range(n)))
     tau = kendall_tau_b(x, y)
     low = high = math.nan
-    if n >= 3 and not math.isnan(tau):
+    if n >= BOOTSTRAP_MIN_N and not math.isnan(tau):
         taus = _bootstrap_distribution((x, y), _tau_b_along_last_axis, n_boot, seed, paired=True)
         taus = taus[np.isfinite(taus)]
         if taus.size:

@@ -7,8 +7,9 @@ there later, or not at all within the budget.
     ratio = cost_ratio(cells, "sam_last", "sam_full", k=8, metric="dev/f1", target=90)
 
 Rules
-- A run reaches a target at its first evaluation (in update order) whose value is >= the target for scores
-  (dev/f1, dev/em) and <= the target for losses (dev/loss). Evaluations of the dev subset count like those of the
+- A run reaches a target at its first evaluation (in update order) whose value is >= the target for a metric that
+  is better higher (scores: dev/f1, dev/em) and <= the target for one that is better lower (dev/loss): the
+  direction of its row in experiments.metrics. Evaluations of the dev subset count like those of the
   whole dev set: both estimate the same dev score, and the learning curve is drawn from both.
 - update, examples: the step keys of that evaluation; seconds: the sum of `train/step_time` over the updates up to
   and including it (training compute only, so a different evaluation schedule does not change it).
@@ -33,10 +34,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from experiments.metrics import METRICS
+from experiments.metrics import metric as metric_row
 from experiments.rundir import DONE_STATUSES
 
-DEFAULT_TARGETS: dict[str, tuple[float, ...]] = {"dev/f1": (50.0, 80.0, 90.0)}
-LOWER_IS_BETTER = ("dev/loss",)
+# the default targets of experiments.metrics (a sweep file's report.targets overrides them)
+DEFAULT_TARGETS: dict[str, tuple[float, ...]] = {m.key: m.targets for m in METRICS if m.targets}
 TABLE_COLUMNS = ["run_id", "arm", "k", "seed", "target_metric", "target", "update", "examples", "seconds", "reached"]
 CELL_COLUMNS = [
     "arm",
@@ -56,8 +59,8 @@ CELL_COLUMNS = [
 ]
 
 
-def _reaches(metric: str, value: float, target: float) -> bool:
-    return value <= target if metric in LOWER_IS_BETTER else value >= target
+def _reaches(key: str, value: float, target: float) -> bool:
+    return metric_row(key).reaches(value, target)
 
 
 def time_to_target(

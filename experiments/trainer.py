@@ -21,6 +21,7 @@ from .checkpoint import save_resume_state
 from .data.features import MODEL_INPUTS
 from .device import pick_device, seed_everything
 from .distributed import Dist, rank_seed, rank_slice, shard
+from .metrics import metric as metric_row
 from .model import load_model, load_tokenizer, save_pretrained_atomic
 from .optim_setup import build_optimizer, linear_schedule
 from .progress import Progress, ProgressBar, console
@@ -231,7 +232,7 @@ class Trainer:
         # the best checkpoint is chosen among evaluations of the whole dev set: a subset's score is a noisier
         # estimate of the same dev score, and the maximum over noisy estimates favours the lucky ones
         better = not metrics["eval/subset"] and (
-            p.best is None or (metrics[key] < p.best["value"] if key == "dev/loss" else metrics[key] > p.best["value"])
+            p.best is None or metric_row(key).improves(metrics[key], p.best["value"])
         )
         if better:
             p.best = {"metric": key, "value": metrics[key], **snapshot}

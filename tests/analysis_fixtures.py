@@ -57,7 +57,7 @@ def config_dict(arm: str, k: int, seed: int, results_dir: str, sweep: str) -> di
             "max_seq_length": 128,
             "doc_stride": 32,
             "metric": "squad",
-            "generated": {"n_train": TRAIN_EXAMPLES, "n_dev": 24, "seed": 1234},
+            "generated": {"n_train": TRAIN_EXAMPLES, "n_dev": 24, "seed": 1234, "facts_per_context": 2},
         },
         "model": {"name_or_path": "embedded", "dropout": None},
         "optim": {
@@ -309,9 +309,11 @@ def make_sweep(
     special: bool = True,
     manifest: bool = True,
     exclude=(),
+    report: dict | None = None,
 ) -> SyntheticSweep:
     """The synthetic grid arms × ks × seeds under results_dir/runs/<sweep>/ plus sweep.json, less the (arm, k) cells
-    in `exclude` (the default ablation has m-SAM at k = 1 only). With `special`, three cells are not completed runs:
+    in `exclude` (the default ablation has m-SAM at k = 1 only); with `report`, e.g. {"targets": {"dev/f1": [60]}},
+    as the sweep runner records a sweep file's report block. With `special`, three cells are not completed runs:
     FAILED, DIVERGED and NEVER_STARTED (only in sweep.json)."""
     results_dir = Path(results_dir)
     root = results_dir / "runs" / sweep
@@ -356,7 +358,13 @@ def make_sweep(
     if manifest:
         (root / "sweep.json").write_text(
             json.dumps(
-                {"name": sweep, "sweep_file": f"configs/sweep/{sweep}.yaml", "cli_overrides": [], "runs": entries},
+                {
+                    "name": sweep,
+                    "sweep_file": f"configs/sweep/{sweep}.yaml",
+                    "cli_overrides": [],
+                    **({"report": report} if report else {}),
+                    "runs": entries,
+                },
                 indent=2,
             ),
             encoding="utf-8",

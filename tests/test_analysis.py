@@ -26,7 +26,6 @@ from analysis.report.sections import _results_section, find_sharpness
 from analysis.report.tables import paired_table, primary_metric, sanity_table, summary_table
 from analysis.report.text import answer, headline_table
 from analysis.stats import (
-    bootstrap_mean_ci,
     curve_equality,
     equality_check,
     paired_differences,
@@ -117,8 +116,10 @@ def test_paired_differences_known_mean_and_t_test():
 
     assert row["p_value"] == pytest.approx(2 * sps.t.sf(6.32456, 4), rel=1e-4)
     assert row["p_value"] == pytest.approx(0.0032, abs=1e-4)
-    assert 1.0 <= row["ci_low"] <= 2.0 <= row["ci_high"] <= 3.0  # bootstrap means of diffs lie within their range
-    assert row["verdict"] == "sam_full better (higher dev F1; CI excludes 0)"  # n = 5: no low-power note
+    # the interval is the t-test's own: 2.0 ± t_{0.975, 4} · 0.70711/sqrt(5)
+    half = sps.t.ppf(0.975, 4) * math.sqrt(0.5) / math.sqrt(5)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((2.0 - half, 2.0 + half), rel=1e-9)
+    assert row["verdict"] == "sam_full better (dev F1, p = 0.0032)"  # n = 5: no low-power note
     assert row["pairs"] == "0,1,2,3,4" and row["unpaired"] == ""
 
 
@@ -126,31 +127,26 @@ def test_paired_differences_verdicts_both_ways_and_low_power():
     a_vals, b_vals = [10.0, 12.0, 14.0], [13.0, 15.5, 16.0]  # a − b = −3, −3.5, −2
     lower = paired_differences(_paired_frame(a_vals, b_vals), "final.dev/f1", "sam_full", "sam_last").iloc[0]
     assert lower["mean_diff"] == pytest.approx(-8.5 / 3)
-    assert lower["verdict"] == "sam_full worse (lower dev F1; CI excludes 0) (n=3: low power)"
+    # t = mean / (s/√3) with s = sqrt(7/12); 2 degrees of freedom: p = 1 − |t| / sqrt(2 + t²) = 0.0234
+    t = (-8.5 / 3) / (math.sqrt(7 / 12) / math.sqrt(3))
+    assert lower["p_value"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), rel=1e-9)
+    assert lower["verdict"] == "sam_full worse (dev F1, p = 0.023) (n=3: low power)"
     swapped = paired_differences(_paired_frame(a_vals, b_vals), "final.dev/f1", "sam_last", "sam_full").iloc[0]
-    assert swapped["verdict"] == "sam_last better (higher dev F1; CI excludes 0) (n=3: low power)"
-    # on a loss, higher is worse: the verdict says so instead of a bare ">"
+    assert swapped["verdict"] == "sam_last better (dev F1, p = 0.023) (n=3: low power)"
+    # on a loss the words are lower/higher loss, never better/worse
     frame = _paired_frame(b_vals, a_vals, a="sam_micro", b="sam_full").rename(
         columns={"final.dev/f1": "final.dev/loss"}
     )
     loss = paired_differences(frame, "final.dev/loss", "sam_micro", "sam_full").iloc[0]
-    assert loss["verdict"] == "sam_micro worse (higher dev loss; CI excludes 0) (n=3: low power)"
+    assert loss["verdict"] == "sam_micro higher loss (dev loss, p = 0.023) (n=3: low power)"
     spans = paired_differences(
         _paired_frame([1.0, 2.0, 3.0], [2.0, 1.0, 3.5]), "final.dev/f1", "sam_full", "sam_last"
     ).iloc[0]
-    assert spans["verdict"] == "no significant difference (CI spans 0) (n=3: low power)"
-    assert spans["ci_low"] < 0 < spans["ci_high"]
-    assert verdict("x", "y", 0.1, 0.5, 3) == "x > y (CI excludes 0) (n=3: low power)"
-    assert verdict("x", "y", -0.5, -0.1, 8) == "x < y (CI excludes 0)"
-    assert verdict("x", "y", -0.5, 0.1, 8) == "no significant difference (CI spans 0)"
-    # the CI and the paired t-test disagree at the 5% level: the verdict says so rather than trusting the CI alone
-    assert verdict("x", "y", 2.08, 10.42, 3, 0.109) == (
-        "x > y (CI excludes 0); the paired t-test disagrees (p=0.11) (n=3: low power)"
-    )
-    assert verdict("x", "y", -0.5, 0.1, 8, 0.01) == (
-        "no significant difference (CI spans 0); the paired t-test disagrees (p=0.01)"
-    )
-    assert verdict("x", "y", 0.1, 0.5, 8, 0.01) == "x > y (CI excludes 0)"
+    assert spans["verdict"].startswith("no significant difference (paired t-test p = ")
+    assert spans["ci_low"] < 0 < spans["ci_high"] and spans["p_value"] >= 0.05
+    assert verdict("x", "y", 0.3, 0.01, 3) == "x > y (p = 0.01) (n=3: low power)"
+    assert verdict("x", "y", -0.3, 0.01, 8) == "x < y (p = 0.01)"
+    assert verdict("x", "y", -0.3, 0.4, 8) == "no significant difference (paired t-test p = 0.4)"
 
 
 def test_paired_differences_pairs_by_seed_per_k_and_handles_too_few():
@@ -168,20 +164,18 @@ def test_paired_differences_pairs_by_seed_per_k_and_handles_too_few():
     assert k2["n"] == 3 and k2["mean_diff"] == pytest.approx(2.0) and k2["unpaired"] == "9"
     assert k8["n"] == 1 and k8["mean_diff"] == pytest.approx(8.0)
     assert math.isnan(k8["ci_low"]) and math.isnan(k8["p_value"])
-    assert k8["verdict"] == "not enough pairs for a CI (n=1)"
+    assert k8["verdict"] == "not enough pairs for a test (n=1)"
 
 
-def test_bootstrap_is_deterministic_for_a_seed_and_contains_the_mean():
-    diffs = [0.3, 1.7, -0.4, 2.2, 0.9, 1.1]
-    first = bootstrap_mean_ci(diffs, n_boot=5000, seed=7)
-    assert first == bootstrap_mean_ci(diffs, n_boot=5000, seed=7)
-    assert first != bootstrap_mean_ci(diffs, n_boot=5000, seed=8)
-    assert first[0] < np.mean(diffs) < first[1]
-    assert bootstrap_mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)  # every resample has mean 2
-    assert all(math.isnan(x) for x in bootstrap_mean_ci([1.0]))
+def test_paired_differences_are_deterministic_and_an_equal_shift_has_no_test():
     df = _paired_frame([1.0, 2.5, 3.0, 4.5], [0.0, 2.0, 2.0, 3.0])
-    one = paired_differences(df, "dev/f1", "sam_full", "sam_last", seed=3)
-    assert one.equals(paired_differences(df, "dev/f1", "sam_full", "sam_last", seed=3))
+    one = paired_differences(df, "dev/f1", "sam_full", "sam_last")
+    assert one.equals(paired_differences(df, "dev/f1", "sam_full", "sam_last"))
+    # every seed differs by exactly 2: s = 0, no spread to test against, so no interval either
+    shift = paired_differences(_paired_frame([3.0, 4.0, 5.0], [1.0, 2.0, 3.0]), "dev/f1", "sam_full", "sam_last")
+    row = shift.iloc[0]
+    assert math.isnan(row["p_value"]) and math.isnan(row["ci_low"]) and math.isnan(row["ci_high"])
+    assert row["verdict"] == "sam_full − sam_last is the same on every pair: no spread to test against (n=3)"
 
 
 def test_equality_check_pass_and_fail():
@@ -499,7 +493,8 @@ def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
         [expected_final("sam_full", 4, s)["dev/f1"] - expected_final("sam_last", 4, s)["dev/f1"] for s in (0, 1, 2)]
     )
     assert row["mean_diff"] == pytest.approx(diff)
-    assert row["verdict"] == "sam_full better (higher dev F1; CI excludes 0) (n=3: low power)"
+    assert row["verdict"] == f"sam_full better (dev F1, p = {row['p_value']:.2g}) (n=3: low power)"
+    assert row["p_value"] < 0.05 and row["ci_low"] > 0  # the interval agrees with the test
 
     md = (out / "REPORT.md").read_text(encoding="utf-8")
     findings = md[md.index("## Findings") : md.index("## Setup")]
@@ -509,7 +504,7 @@ def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
     assert md.index("## The answer") < md.index("## Findings") < md.index("## Setup")  # the answer leads
     assert "**Sanity check (k = 1): passed.**" in answer
     assert f"sam_full − sam_last = **{diff:+.1f} F1**" in answer and "At k = 4" in answer
-    assert "no significant difference (CI spans 0)" in findings  # sam_micro vs sam_full: no built-in effect
+    assert ": no significant difference." in findings  # sam_micro vs sam_full: no built-in effect
     sanity = pd.read_csv(out / "sanity.csv")
     assert sanity["passed"].all() and set(sanity["b"]) == {"sam_last", "sam_micro"}  # every arm with k = 1 runs
     assert (sanity.loc[sanity["b"] == "sam_last", "n"] == 3).all()  # (one of sam_micro's k = 1 runs failed)
@@ -541,7 +536,7 @@ def test_sanity_failure_is_reported(frames):
     f1 = sanity[sanity["metric"] == "final.dev/f1"].iloc[0]
     assert f1["passed"] is False or f1["passed"] == False  # noqa: E712
     assert f1["max_abs_diff"] == pytest.approx(0.5)
-    paired = paired_table(runs, n_boot=200)
+    paired = paired_table(runs)
     text = answer(runs, paired, sanity, target_summary(time_to_target(curves, runs)))["sanity"]
     assert "**Sanity check (k = 1): FAILED** on final.dev/f1 (sam_last)" in text
 
@@ -684,7 +679,7 @@ def test_report_of_sparse_sweeps(tmp_path):
     # one seed per cell, no k=1, no adamw: tables with n=1 (no CI), no paired CI, sanity not checked
     make_sweep(tmp_path, "tiny", arms=("sam_full", "sam_last"), ks=(4,), seeds=(0,), special=False, manifest=False)
     md = report.build_report(tmp_path, "tiny", out_dir=tmp_path / "tiny")["md"].read_text(encoding="utf-8")
-    assert "| sam_full | 4 | 1 | 1 | " in md and "too few seeds for a CI" in md
+    assert "| sam_full | 4 | 1 | 1 | " in md and "too few seeds for a test" in md
     assert "Not checked: the sweep has no seed with completed sam_full and sam_last runs at k = 1." in md
     assert "None: every run completed." in md
     # every run failed: the cells are still in the tables, with n = 0, and nothing is claimed
@@ -868,12 +863,12 @@ def test_the_answer_of_klue_runs_is_about_rouge_w():
             )
     runs = pd.DataFrame(rows)
     assert primary_metric(runs) == "dev/rouge_w"
-    paired = paired_table(runs, n_boot=200)  # the default metrics follow the primary score (the notebook)
+    paired = paired_table(runs)  # the default metrics follow the primary score (the notebook)
     assert list(paired["metric"].unique()) == ["final.dev/rouge_w", "final.dev/em", "final.dev/loss"]
     cells = target_summary(pd.DataFrame())
     parts = answer(runs, paired, sanity_table(runs, pd.DataFrame()), cells)
     # (70 − 40 + 72 − 41 + 69 − 45) / 3 = 28.33
-    assert "dev ROUGE-W 70.3 ± 1.5 with full replay" in parts["answer"] and "**+28.3 ROUGE-W**" in parts["answer"]
+    assert "dev ROUGE-W 70.3 ± 1.5 with sam_full" in parts["answer"] and "**+28.3 ROUGE-W**" in parts["answer"]
     assert "dev ROUGE-W" in headline_table(runs, cells)[0]
 
 
@@ -901,7 +896,7 @@ def test_paired_table_leaves_out_a_k_where_one_arm_has_no_run():
                         "final.dev/loss": 1.0,
                     }
                 )
-    paired = paired_table(pd.DataFrame(rows), n_boot=50)
+    paired = paired_table(pd.DataFrame(rows))
     f1 = paired[paired["metric"] == "final.dev/f1"]
     cells = {(r.a, r.b, int(r.k)): int(r.n) for r in f1.itertuples()}
     assert cells == {
@@ -941,3 +936,74 @@ def test_results_tables_cut_the_t_interval_to_the_metric_range():
     text = "\n".join(_results_section(summary_table(runs)))
     assert "| adamw | 8 | 3 | 3 | 98.67 ± 1.53 | [94.87, 100.00] |" in text
     assert "| adamw | 8 | 3 | 3 | 0.1500 ± 0.1323 | [0.0000, 0.4786] |" in text
+
+
+def test_the_headline_names_its_setup_its_floor_and_a_target_never_reached(tmp_path):
+    """A hand-made sweep at k = 4 where sam_last never reaches dev F1 60 (final 58.2 ± 0.8; sam_full 64.2, at the
+    final evaluation of its 12-update budget) and sam_last_only is in the grid: the headline says what was trained on
+    (read from the configs, summaries and env.json), computes the no-training floor on the same dev set, says
+    "never reached ... (0/3 seeds)" before the ratio bound, and answers for sam_full − sam_last_only."""
+    from analysis.baseline import Floor, no_training_floor
+    from analysis.report.text import answer, setup_text
+    from experiments.config import load_config
+    from experiments.data.baseline import heuristic_baseline
+    from experiments.data.loading import load_examples
+
+    arms = ("adamw", "sam_full", "sam_last", "sam_last_only")
+    sweep = make_sweep(tmp_path, arms=arms, ks=(1, 4), special=False, report={"targets": {"dev/f1": [60]}})
+    written = report.build_report(sweep.results_dir, sweep.sweep)
+    text = written["headline"].read_text(encoding="utf-8")
+    # the floor is computed on the sweep's own dev set: the heuristic on the dev set a run's config rebuilds
+    cfg = load_config([sweep.runs[0].path / "config.yaml"])
+    expected = heuristic_baseline(load_examples(cfg.data)[1])
+    floor = no_training_floor(collect_runs(sweep.results_dir, sweep.sweep))
+    assert (floor.score, floor.em, floor.dev_examples) == (expected["f1"], expected["exact_match"], 24)
+    setup = next(line for line in text.splitlines() if line.startswith("**Setup.**"))
+    for words in (
+        "synthetic questions about 2-fact paragraphs",
+        "96 train / 24 dev questions",
+        "Model: `embedded`",
+        "12 updates of 16 examples (4 × 4) at k = 4",
+        f"Hardware: {DEVICE_NAME} (cpu, 2 threads)",
+        f"scores **dev F1 {expected['f1']:.1f}** (EM {expected['exact_match']:.1f}) on the same 24 dev questions",
+    ):
+        assert words in setup, words
+    answer_line = next(line for line in text.splitlines() if line.startswith("**Answer"))
+    never = "sam_last **never reached it within the 12-update budget (0/3 seeds)**"
+    assert never in answer_line and answer_line.index(never) < answer_line.index("more than 1.0×")
+    trainer = next(line for line in text.splitlines() if line.startswith("**The public Trainer pattern"))
+    diff = np.mean(
+        [expected_final("sam_full", 4, s)["dev/f1"] - expected_final("sam_last_only", 4, s)["dev/f1"] for s in range(3)]
+    )
+    assert f"sam_full − sam_last_only = **{diff:+.1f} F1** [95% CI" in trainer and "paired t-test p = " in trainer
+    assert "To reach dev F1 60" in trainer
+    # the learning curves draw the floor
+    assert written["figure:dev_curves"].is_file()
+    fig = plots.figure_dev_curves(collect_curves(sweep.results_dir, sweep.sweep), baseline=floor.score)
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert f"no-training heuristic ({floor.score:.1f})" in labels
+    lines = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label().startswith("no-training")]
+    assert lines and all(list(ln.get_ydata()) == [floor.score, floor.score] for ln in lines)
+
+    # an arm that ends below the floor is named so; without run directories the floor says why it is missing
+    runs = collect_runs(sweep.results_dir, sweep.sweep)
+    curves = collect_curves(sweep.results_dir, sweep.sweep, runs)
+    cells = target_summary(time_to_target(curves, runs, {"dev/f1": [60]}))
+    high = Floor(em=55.0, score=60.0, metric="dev/f1", dev_examples=24, run_id="x")
+    parts = answer(runs, paired_table(runs), sanity_table(runs, curves), cells, high)
+    means = {a: np.mean([expected_final(a, 4, s)["dev/f1"] for s in range(3)]) for a in arms}
+    below = [f"{a} ({v:.1f})" for a, v in means.items() if v < 60.0]
+    assert below and means["sam_full"] > 60.0  # the made-up effect puts sam_last below 60
+    verb = "ends" if len(below) == 1 else "end"
+    assert f"At k = 4, {', '.join(below)} {verb} **below the no-training floor** of dev F1 60.0" in parts["floor"]
+    assert "not computed (no run directory with a config.yaml" in setup_text(
+        runs.assign(run_dir=None), None, "no run directory with a config.yaml to rebuild the dev set from"
+    )
+
+
+def test_distinct_values_keep_large_floats_and_show_counts_as_ints():
+    from analysis.report.formatting import distinct_values, join_values
+
+    assert join_values(distinct_values(pd.Series([0.05, 1e30]))) == "0.05, 1e+30"
+    assert join_values(distinct_values(pd.Series([128.0, None, 256.0, 128.0]))) == "128, 256"
+    assert distinct_values(pd.Series([2.0**53])) == [2.0**53]  # no longer exactly a count: stays a float

@@ -286,3 +286,48 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(sweep, capsys):
     out = capsys.readouterr().out
     assert "timing probe:" in out and "estimated time:" in out and "[1/6]" not in out
     assert (report / "sharpness.csv").stat().st_mtime_ns == stamp
+
+
+def test_every_measure_of_sharpness_csv_is_a_row_of_the_metric_table(sweep):
+    """The sharpness package writes a column for every sharpness, loss and gap row of experiments.metrics (one per
+    radius for the per-ρ measures), and every column its tables read has a row (label, words, direction)."""
+    from analysis.sharpness.options import parse_args as sharpness_args
+    from analysis.sharpness.tables import LOSS_COLUMNS, measure_columns
+    from experiments.metrics import keyed, lookup, select
+
+    frame = pd.read_csv(report_dir(sweep["root"], "tiny") / "sharpness.csv")
+    opts = sharpness_args([f"results_dir={sweep['root']}", "sweep=tiny", *TINY_BUDGET])
+    rhos = {"avg_sharpness_rho{rho}": opts.rhos_average, "worst_sharpness_rho{rho}": opts.rhos_worst}
+    expected = [keyed(m.key, r) for m in select("sharpness") if m.key in rhos for r in rhos[m.key]]
+    expected += [m.key for m in select("sharpness") if m.key not in rhos]
+    assert set(expected) <= set(frame.columns), sorted(set(expected) - set(frame.columns))
+    read = [c for c, _ in measure_columns(opts) + LOSS_COLUMNS]
+    assert set(read) == set(expected)
+    assert all(lookup(c) is not None and lookup(c).source == "sharpness" for c in read)
+
+
+def test_sharpness_verdicts_read_flatter_or_sharper_never_better():
+    """Hand-made sharpness values: sam_full has the smaller λmax, trace and adaptive sharpness on every seed (by
+    1, 2, 4: a paired t p = 0.035 when the spread is 1, 2, 3 around 2, see tests/test_stats.py) and the smaller
+    gap; the verdict says "sam_full flatter" and "smaller gap", never "better"."""
+    from analysis.sharpness.options import SharpnessConfig
+    from analysis.sharpness.tables import LOSS_COLUMNS, measure_columns, summary_tables
+
+    opts = SharpnessConfig(rhos_average=(0.05,), rhos_worst=(0.05,))
+    rows = []
+    for seed, d in zip(range(3), (2.0, 3.0, 4.0)):  # a − b = −2, −3, −4: p = 1 − 3√3/√29 = 0.035
+        for arm, shift in (("sam_full", -d), ("adamw", 0.0)):
+            row = {"run_id": f"{arm}-{seed}", "arm": arm, "k": 8, "seed": seed}
+            for column, _ in measure_columns(opts):
+                row[column] = 10.0 + shift
+            for column, _ in LOSS_COLUMNS:
+                row[column] = 1.0 + shift / 10
+            rows.append(row)
+    _, paired = summary_tables(pd.DataFrame(rows), opts)
+    paired = paired[(paired["a"] == "sam_full") & (paired["b"] == "adamw")].set_index("metric")
+    for column, label in measure_columns(opts):
+        assert paired.loc[column, "p_value"] == pytest.approx(1 - 3 * math.sqrt(3) / math.sqrt(29), rel=1e-9)
+        assert paired.loc[column, "verdict"] == f"sam_full flatter ({label}, p = 0.035) (n=3: low power)"
+        assert paired.loc[column, "ci_high"] < 0  # the t-interval agrees with the test
+    assert paired.loc["gap_subset", "verdict"].startswith("sam_full smaller gap")
+    assert not any("better" in v or "worse" in v for v in paired["verdict"])

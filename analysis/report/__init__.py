@@ -9,14 +9,15 @@ reads `<results_dir>/runs/<sweep>/` (see analysis.collect) and writes into `out`
                     runs, and findings generated from the numbers (no claim is written in advance)
     REPORT.html     the same, self-contained: figures embedded as base64 PNG, tables as HTML
     summary.csv     mean, std and 95% t CI per metric × arm × k (completed runs)
-    paired.csv      paired differences between arms per metric × k (bootstrap CI, paired t-test, verdict)
+    paired.csv      paired differences between arms per metric × k (paired t-test, its t-interval, verdict)
     sanity.csv      the k = 1 equality checks of sam_full against sam_last, sam_last_only and sam_micro
     runs.csv        one line per run: grid cell, status, reason, final metrics, time
     figures/*.png   the figures (analysis.plots)
 
 If `out/sharpness.md` exists (written by analysis.sharpness), it becomes the report's sharpness section, with its
-images embedded in the HTML. The output depends only on the run files: no clock, no randomness beyond the fixed
-bootstrap seed. Bad arguments and a missing sweep folder are one-line errors with exit status 2.
+images embedded in the HTML. The output depends only on the run files: no clock, no randomness (the no-training floor
+is computed on the dev set that a run's config.yaml rebuilds, analysis.baseline). Bad arguments and a missing sweep
+folder are one-line errors with exit status 2.
 
 This module collects, computes and writes (build_report) and is the command line (parse_args, main; __main__.py runs
 it). The parts: formatting (numbers, markdown tables), tables (summary, paired, sanity), text (findings, the answer,
@@ -33,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots
+from analysis.baseline import BaselineError, no_training_floor
 from analysis.collect import (
     REPORT_CURVE_METRICS,
     CollectError,
@@ -122,13 +124,18 @@ def build_report(results_dir: str | Path, sweep: str, out_dir: str | Path | None
     fig_dir = out_dir / "figures"
     for name in plots.FIGURES.values():  # a figure that is no longer drawn must not linger from an older report
         (fig_dir / name).unlink(missing_ok=True)
-    figures = plots.plot_all(runs, curves, fig_dir, targets=to_target)
+    try:  # the no-training floor on the sweep's own dev set: the headline's and the learning curves' reference
+        floor, floor_error = no_training_floor(runs), ""
+    except BaselineError as err:
+        floor, floor_error = None, str(err)
+    baseline = floor.score if floor is not None and floor.metric == primary_metric(runs) else None
+    figures = plots.plot_all(runs, curves, fig_dir, targets=to_target, baseline=baseline)
 
     summary = summary_table(runs, reported_metrics(runs))
     paired = paired_table(runs)
     sanity = sanity_table(runs, curves)
     sharpness = find_sharpness(out_dir)
-    first = headline(runs, paired, sanity, cells)
+    first = headline(runs, paired, sanity, cells, floor, floor_error)
     md = build_markdown(runs, curves, sweep, root, out_dir, figures, summary, paired, sanity, sharpness, cells, first)
 
     written = {}

@@ -55,11 +55,14 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str |
 
 
 def distinct_values(series: pd.Series) -> list:
-    """Distinct non-missing values in a stable order."""
+    """Distinct non-missing values in a stable order (sorted); integral floats below 2**53 as ints (128.0 → 128),
+    larger ones as floats (1e30 → 1e+30 when printed)."""
     seen = []
     for value in series.tolist():
-        if isinstance(value, (float, np.floating)) and not math.isnan(value) and float(value).is_integer():
-            value = int(value)  # a column with a missing entry turns ints into floats; 128 should read 128
+        # a column with a missing entry turns ints into floats: 128.0 should read 128, but only a float below
+        # 2**53 is a count held exactly; above that (rho = 1e30) str(float) gives "1e+30", int() 31 digits of noise
+        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+            value = int(value) if abs(value) < 2**53 else float(value)
         if not is_missing(value) and value not in seen:
             seen.append(value)
     try:

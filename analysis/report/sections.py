@@ -20,19 +20,16 @@ from analysis.report.formatting import (
     plural,
 )
 from analysis.report.tables import (
-    BOOT_SEED,
-    HIGHER_IS_BETTER,
     METRICS,
-    N_BOOT,
     OPTIONAL_METRICS,
     completed_runs,
     not_completed,
-    table_format,
-    table_label,
 )
 from analysis.report.text import findings
-from analysis.stats import metric_range
+from analysis.stats import ALPHA, TEST_NAME
 from experiments.arms import COMPARISONS
+from experiments.metrics import bounds, metric, number_format
+from experiments.metrics import label as metric_label
 
 FIGURE_TEXT = {
     "dev_curves": (
@@ -244,13 +241,13 @@ def _results_section(summary: pd.DataFrame) -> list[str]:
         "`n` the completed ones.",
         "",
     ]
-    for metric, label, spec in METRICS + OPTIONAL_METRICS:
-        table = summary[summary["metric"] == metric]
+    for key in METRICS + OPTIONAL_METRICS:
+        table = summary[summary["metric"] == key]
         if table.empty:
             continue
-        arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
-        lines += [f"### Final {label} ({arrow})", ""]
-        low, high = metric_range(metric)
+        row, spec = metric(key), number_format(key)
+        lines += [f"### Final {row.label}" + (f" ({row.better})" if row.better else ""), ""]
+        low, high = bounds(key)
         rows = [
             (
                 r.arm,
@@ -271,8 +268,10 @@ def _paired_section(paired: pd.DataFrame) -> list[str]:
         "## Paired differences",
         "",
         "Runs with the same seed share data order and initialisation, so each comparison a − b is taken seed "
-        f"by seed (completed pairs only). CI: percentile bootstrap of the mean difference ({N_BOOT} resamples, "
-        f"seed {BOOT_SEED}); p: paired t-test. For the losses a negative difference means a is better.",
+        f"by seed (completed pairs only). One test per row, declared in advance: the {TEST_NAME} on the per-seed "
+        f"differences (two-sided, level {ALPHA:g}); the 95% CI is its own t-interval of the mean difference, "
+        "mean ± t₀.₉₇₅,ₙ₋₁·s/√n, so it excludes 0 exactly when p < 0.05. A verdict names the better arm on a "
+        "score, the lower loss on a loss. For the losses a negative difference means a has the lower loss.",
         "",
     ]
     if paired.empty:
@@ -284,10 +283,10 @@ def _paired_section(paired: pd.DataFrame) -> list[str]:
         lines += [f"### {a} − {b} ({what})", ""]
         rows = []
         for r in block.itertuples():
-            spec = table_format(r.metric)
+            spec = number_format(r.metric)
             rows.append(
                 (
-                    table_label(r.metric),
+                    metric_label(r.metric),
                     r.k,
                     r.n,
                     fmt(r.mean_diff, spec, signed=True),

@@ -16,50 +16,23 @@ from analysis.stats import (
     summarize,
 )
 from experiments.arms import BUGGY, COMPARISONS, CORRECT, SAME_AS_CORRECT_AT_K1
+from experiments.metrics import NEITHER, PRIMARY, select
+from experiments.metrics import metric as metric_row
 from experiments.rundir import COMPLETED
 
-# (column of collect_runs, label, number format); the first is the primary metric of the findings
-METRICS = (
-    ("final.dev/f1", "dev F1", ".2f"),
-    ("final.dev/em", "dev EM", ".2f"),
-    ("final.dev/loss", "dev loss", ".4f"),
-    ("final.train/loss", "train loss", ".4f"),
-)
-# Reported only when some run logged them: KLUE-MRC's ROUGE-W (data.metric=klue) and the SQuAD v2 breakdown
-# (data.version_2_with_negative) into questions with and without an answer.
-OPTIONAL_METRICS = (
-    ("final.dev/rouge_w", "dev ROUGE-W (KLUE-MRC)", ".2f"),
-    ("final.dev/has_ans_f1", "dev F1, questions with an answer (HasAns)", ".2f"),
-    ("final.dev/no_ans_f1", "dev F1, questions without an answer (NoAns)", ".2f"),
-    ("final.dev/has_ans_rouge_w", "dev ROUGE-W, questions with an answer (HasAns)", ".2f"),
-    ("final.dev/no_ans_rouge_w", "dev ROUGE-W, questions without an answer (NoAns)", ".2f"),
-)
-
-HIGHER_IS_BETTER = {
-    "final.dev/f1": True,
-    "final.dev/em": True,
-    "final.dev/loss": False,
-    "final.train/loss": False,
-    **{m: True for m, _, _ in OPTIONAL_METRICS},
-}
-PAIRED_METRICS = ("final.dev/em", "final.dev/loss")  # after the primary score (paired_metrics)
-SANITY_METRICS = ("final.dev/f1", "final.dev/em", "final.dev/loss", "final.train/loss")
-N_BOOT = 10000
-BOOT_SEED = 0
+# The report's metrics, from experiments.metrics: every evaluation metric, the train loss, as columns of collect_runs
+# ("final.<key>"); the optional ones (KLUE-MRC's ROUGE-W, the SQuAD v2 breakdown) only when some run logged them.
+# The first is the primary metric of the findings.
+_REPORTED = [m for m in select("eval") if m.direction != NEITHER] + [metric_row("train/loss")]
+METRICS = tuple(f"final.{m.key}" for m in _REPORTED if not m.optional)
+OPTIONAL_METRICS = tuple(f"final.{m.key}" for m in _REPORTED if m.optional)
+# the paired tests after the primary score (paired_metrics) and the k = 1 checks of the final metrics
+PAIRED_METRICS = tuple(f"final.{m.key}" for m in select("eval", paired=True) if m.key != PRIMARY)
+SANITY_METRICS = tuple(f"final.{m.key}" for m in _REPORTED if m.equal_at_k1 and not m.optional)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the numbers
-
-
-def table_label(metric: str) -> str:
-    """The label of a METRICS/OPTIONAL_METRICS column ("final.dev/f1" → "dev F1"); other names as they are."""
-    return next((label for m, label, _ in METRICS + OPTIONAL_METRICS if m == metric), metric)
-
-
-def table_format(metric: str) -> str:
-    """The number format of a METRICS/OPTIONAL_METRICS column; ".3g" for others."""
-    return next((spec for m, _, spec in METRICS + OPTIONAL_METRICS if m == metric), ".3g")
 
 
 def completed_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -76,8 +49,8 @@ def _with_metrics(runs: pd.DataFrame, metrics: Iterable[str]) -> pd.DataFrame:
 
 def reported_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
     """METRICS, then each of OPTIONAL_METRICS that at least one run wrote."""
-    optional = tuple(m for m, _, _ in OPTIONAL_METRICS if m in runs.columns and runs[m].notna().any())
-    return tuple(m for m, _, _ in METRICS) + optional
+    optional = tuple(m for m in OPTIONAL_METRICS if m in runs.columns and runs[m].notna().any())
+    return METRICS + optional
 
 
 def primary_metric(runs: pd.DataFrame) -> str:
@@ -90,7 +63,7 @@ def primary_metric(runs: pd.DataFrame) -> str:
     return "dev/rouge_w" if logged("dev/rouge_w") and not logged("dev/f1") else "dev/f1"
 
 
-def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = tuple(m for m, _, _ in METRICS)) -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """summarize() of each metric over the completed runs, per arm × k, with every grid cell present (n = 0 when
     no run of the cell completed) and `runs` = how many runs the cell has in any status."""
     runs = _with_metrics(runs, metrics)
@@ -131,8 +104,6 @@ def paired_table(
     runs: pd.DataFrame,
     metrics: Sequence[str] | None = None,
     comparisons: Sequence[tuple] = COMPARISONS,
-    n_boot: int = N_BOOT,
-    seed: int = BOOT_SEED,
 ) -> pd.DataFrame:
     """paired_differences() of each comparison (a − b per k, paired on seed) and metric (default:
     paired_metrics(runs)), completed runs only. A (comparison, k) cell is left out unless the sweep has runs of
@@ -148,7 +119,7 @@ def paired_table(
         for a, b, _ in comparisons:
             if not any({a, b} <= arms for arms in arms_at_k.values()):
                 continue
-            table = paired_differences(done, metric, a, b, by=("k",), n_boot=n_boot, seed=seed)
+            table = paired_differences(done, metric, a, b, by=("k",))
             both = table["k"].map(lambda k, pair={a, b}: pair <= arms_at_k.get(k, set()))
             frames.append(table[both.astype(bool)])
     if not frames:

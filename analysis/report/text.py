@@ -6,68 +6,62 @@ import math
 
 import pandas as pd
 
+from analysis.baseline import Floor
 from analysis.collect import arm_order
 from analysis.report.formatting import (
+    column_or_empty,
     distinct_values,
     fmt,
     is_missing,
+    join_values,
     md_table,
     p_clause,
     plural,
 )
 from analysis.report.tables import (
-    HIGHER_IS_BETTER,
     METRICS,
     completed_runs,
     primary_metric,
-    table_format,
-    table_label,
 )
-from analysis.stats import (
-    ci_and_test_disagree,
-    metric_label,
-    metric_short,
-)
+from analysis.stats import ALPHA, TEST_NAME
 from analysis.targets import cost_ratio
-from experiments.arms import BASELINE, BUGGY, COMPARISONS, CORRECT
+from experiments.arms import BASELINE, BUGGY, COMPARISONS, CORRECT, TRAINER_PATTERN
+from experiments.metrics import HIGHER, number_format, words
+from experiments.metrics import label as metric_label
+from experiments.metrics import metric as metric_row
+from experiments.metrics import short as metric_short
 from experiments.rundir import COMPLETED
+from experiments.schema import EMBEDDED_MODEL
 
 # ---------------------------------------------------------------------------------------------------------------------
 # findings: sentences generated from the tables
 
 
-def _direction_text(a: str, b: str, metric: str, diff: float) -> str:
-    label = table_label(metric)
-    higher = diff > 0
-    better = higher == HIGHER_IS_BETTER.get(metric, True)
-    if (a, b) == (CORRECT, BUGGY):
-        if better:
-            hurt = "costs" if HIGHER_IS_BETTER.get(metric, True) else "raises"
-            return f"replaying only the last micro-batch {hurt} {label}"
-        return f"the last-batch replay comes out better on {label} here, against the expectation that it hurts"
-    word = "higher" if higher else "lower"
-    quality = "better" if better else "worse"
-    return f"{a} has {word} {label} than {b} ({quality})"
+def _direction_text(a: str, b: str, key: str, diff: float) -> str:
+    """What a significant a − b = diff says, in the words of the metric's row of experiments.metrics."""
+    row, higher = metric_row(key), diff > 0
+    if (a, b) == (CORRECT, BUGGY) and row.direction in ("higher", "lower"):
+        if higher == (row.direction == HIGHER):
+            return f"replaying only the last micro-batch {'costs' if row.direction == HIGHER else 'raises'} {row.label}"
+        return f"the last-batch replay comes out ahead on {row.label} here, against the expectation that it hurts"
+    word = words(key)[0 if higher else 1]
+    return f"{a} {word} than {b}" + ("" if row.label in word else f" ({row.label})")
 
 
 def _pair_sentence(row: pd.Series) -> str:
-    metric, spec = row["metric"], table_format(row["metric"])
-    head = (
-        f"At k={row['k']}, {row['a']} − {row['b']} {table_label(metric)} = {fmt(row['mean_diff'], spec, signed=True)}"
-    )
+    """One paired comparison as a sentence: the difference, its t-interval, n and the paired t-test's p; the verdict
+    comes from the test (p < ALPHA), which its t-interval always agrees with."""
+    key, spec = row["metric"], number_format(row["metric"])
+    head = f"At k={row['k']}, {row['a']} − {row['b']} {metric_label(key)} = {fmt(row['mean_diff'], spec, signed=True)}"
     if row["n"] < 2:
-        return f"{head} from n={row['n']} pair(s): too few seeds for a CI."
+        return f"{head} from n={row['n']} pair(s): too few seeds for a test."
+    if is_missing(row["p_value"]):
+        return f"{head}, the same on all n={row['n']} seeds: no spread to test against."
     ci = f"[95% CI {fmt(row['ci_low'], spec, signed=True)}, {fmt(row['ci_high'], spec, signed=True)}]"
-    stats_text = f"{ci}, n={row['n']} seeds, paired t {p_clause(row['p_value']).replace(' = ', '=')}"
-    if row["ci_low"] > 0 or row["ci_high"] < 0:
-        text = f"{head} {stats_text}: {_direction_text(row['a'], row['b'], metric, row['mean_diff'])}."
-    else:
-        text = f"{head} {stats_text}: no significant difference (CI spans 0)."
-    if ci_and_test_disagree(row["ci_low"], row["ci_high"], float(row["p_value"])):
-        text += " The bootstrap CI and the t-test disagree at the 5% level" + (
-            " (a percentile bootstrap over so few seeds is too narrow)." if row["n"] < 5 else "."
-        )
-    return text
+    stats_text = f"{ci}, n={row['n']} seeds, {TEST_NAME} {p_clause(row['p_value']).replace(' = ', '=')}"
+    if row["p_value"] < ALPHA:
+        return f"{head} {stats_text}: {_direction_text(row['a'], row['b'], key, row['mean_diff'])}."
+    return f"{head} {stats_text}: no significant difference."
 
 
 def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
@@ -93,7 +87,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
             f"only, and every other run is listed under 'Failed, diverged and unfinished runs'."
         )
 
-    primary = METRICS[0][0]
+    primary = METRICS[0]
     for a, b, _ in COMPARISONS:
         rows = paired[(paired["a"] == a) & (paired["b"] == b) & (paired["metric"] == primary)]
         if (a, b) == (CORRECT, BUGGY):
@@ -106,7 +100,7 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
                 out.append(_pair_sentence(row))
             if len(rows) >= 2:
                 trend = ", ".join(f"k={r['k']}: {fmt(r['mean_diff'], '.2f', signed=True)}" for _, r in rows.iterrows())
-                out.append(f"sam_full − sam_last {table_label(primary)} by accumulation: {trend}.")
+                out.append(f"sam_full − sam_last {metric_label(primary)} by accumulation: {trend}.")
 
     if len(paired) and (paired["n"].between(1, 4)).any():
         ns = sorted(set(int(n) for n in paired["n"] if 0 < n < 5))
@@ -159,10 +153,18 @@ def _arm_cell(runs: pd.DataFrame, arm: str, k: int, metric: str, spec: str) -> s
     return fmt(values.mean(), spec) + ("" if len(values) < 2 else f" ± {fmt(values.std(ddof=1), spec)}")
 
 
-def _cost_text(cells: pd.DataFrame, k: int, metric: str = "dev/f1") -> str:
-    """The updates-to-target sentence for sam_last against sam_full at k: among the `metric` targets that sam_full
-    reached in most of its runs, the one where sam_last needs the most updates relative to it (when sam_last
-    reached none within the budget, that is the earliest one: it gives the largest lower bound)."""
+# what the arms' names mean in a sentence
+_ALGORITHM = {
+    BUGGY: "the last-batch replay",
+    TRAINER_PATTERN: "SAM on the last micro-batch alone (the public Trainer pattern)",
+}
+
+
+def _cost_text(cells: pd.DataFrame, k: int, metric: str = "dev/f1", slow: str = BUGGY) -> str:
+    """The updates-to-target sentence for `slow` (sam_last, or sam_last_only) against sam_full at k: among the
+    `metric` targets that sam_full reached in most of its runs, the one where `slow` needs the most updates relative
+    to it (when `slow` reached none within the budget, that is the earliest one: it gives the largest lower bound).
+    When `slow` never reached it in any seed the sentence says so first, the ratio bound after."""
     reached = cells[
         (cells["arm"] == CORRECT)
         & (cells["k"] == k)
@@ -172,43 +174,170 @@ def _cost_text(cells: pd.DataFrame, k: int, metric: str = "dev/f1") -> str:
     label = metric_label(metric)
     if reached.empty:
         return f"sam_full itself reached none of the {label} targets in most seeds, so no updates-to-target ratio."
-    ratios = [cost_ratio(cells, BUGGY, CORRECT, k=k, metric=metric, target=float(t)) for t in reached["target"]]
+    ratios = [cost_ratio(cells, slow, CORRECT, k=k, metric=metric, target=float(t)) for t in reached["target"]]
     ratios = [r for r in ratios if not math.isnan(r["ratio"])]
     if not ratios:
-        return f"sam_last has no {label} target cell to compare."
+        return f"{slow} has no {label} target cell to compare."
     r = max(ratios, key=lambda item: item["ratio"])
-    target = r["target"]
+    target, name = r["target"], _ALGORITHM.get(slow, slow)
     which = (
         f"the largest gap among the {label} targets {', '.join(f'{t:g}' for t in sorted(reached['target']))}; "
         f"a run reaches a target at its first evaluation at or above it, periodic dev-subset evaluations included"
     )
+    fast = f"sam_full gets there in a median {r['fast_median']:.0f} updates ({r['fast_reached']}/{r['fast_n']} seeds)"
     if r["lower_bound"]:
         # a lower bound is rounded down, so the printed bound still holds (100/60 = 1.67 reads "more than 1.6×")
         bound = math.floor(r["ratio"] * 10 + 1e-9) / 10
+        if r["slow_reached"] == 0:
+            return (
+                f"To reach {label} {target:g}: {slow} **never reached it within the {r['slow_budget']}-update "
+                f"budget ({r['slow_reached']}/{r['slow_n']} seeds)**, while {fast}; so {name} needs more than "
+                f"{bound:.1f}× the updates of full replay, a bound set by the budget, not a measured ratio ({which})."
+            )
         return (
-            f"To reach {label} {target:g}, the last-batch replay needs **more than {bound:.1f}× the updates** "
-            f"of full replay: sam_full gets there in a median {r['fast_median']:.0f} updates "
-            f"({r['fast_reached']}/{r['fast_n']} seeds), sam_last in {r['slow_reached']}/{r['slow_n']} seeds "
+            f"To reach {label} {target:g}, {name} needs **more than {bound:.1f}× the updates** "
+            f"of full replay: {fast}, {slow} in {r['slow_reached']}/{r['slow_n']} seeds "
             f"within the whole budget of {r['slow_budget']} updates ({which})."
         )
     return (
-        f"To reach {label} {target:g}, the last-batch replay needs **{r['ratio']:.1f}× the updates** of full "
+        f"To reach {label} {target:g}, {name} needs **{r['ratio']:.1f}× the updates** of full "
         f"replay (median {r['slow_median']:.0f} against {r['fast_median']:.0f}; reached by "
         f"{r['slow_reached']}/{r['slow_n']} and {r['fast_reached']}/{r['fast_n']} seeds; {which})."
     )
 
 
-def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells: pd.DataFrame) -> dict[str, str]:
-    """The question, the answer in one sentence (effect size, CI, p, n) with the updates-to-target cost, and the
-    k = 1 sanity check, each a short paragraph of markdown: {"question", "answer", "cost", "sanity"}."""
+def _arm_mean(runs: pd.DataFrame, arm: str, k: int, column: str) -> float:
+    done = completed_runs(runs)
+    values = done[(done["arm"] == arm) & (done["k"] == k)][column].dropna().astype(float) if column in done else []
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _effect(runs: pd.DataFrame, paired: pd.DataFrame, a: str, b: str, k: int, metric: str) -> tuple[str, str]:
+    """(head, text) of the paired comparison a − b at k on the primary score: head is "yes", "opposite", "not shown"
+    or "too few"; text gives both arms' means, the effect with the t-interval, the paired t-test's p and n."""
+    label, short, column = metric_label(metric), metric_short(metric), f"final.{metric}"
+    rows = paired[
+        (paired["a"] == a)
+        & (paired["b"] == b)
+        & (paired["metric"] == column)
+        & (pd.to_numeric(paired["k"], errors="coerce") == k)
+    ]
+    means = (
+        f"{label} {_arm_cell(runs, a, k, column, '.1f')} with {a} against {_arm_cell(runs, b, k, column, '.1f')} "
+        f"with {b}"
+    )
+    if rows.empty or rows.iloc[0]["n"] < 2 or is_missing(rows.iloc[0]["p_value"]):
+        n = 0 if rows.empty else int(rows.iloc[0]["n"])
+        return "too few", f"{means}, from {n} paired seed(s); a paired t-test needs at least 2 that differ"
+    r = rows.iloc[0]
+    effect = (
+        f"{a} − {b} = **{fmt(r['mean_diff'], '.1f', signed=True)} {short}** "
+        f"[95% CI {fmt(r['ci_low'], '.1f', signed=True)}, {fmt(r['ci_high'], '.1f', signed=True)}], "
+        f"{TEST_NAME} {p_clause(r['p_value'])}, n = {int(r['n'])} seeds"
+    )
+    if r["p_value"] < ALPHA:
+        return ("yes" if r["mean_diff"] > 0 else "opposite"), f"{means}; {effect}"
+    return "not shown", f"{means}; {effect}"
+
+
+def setup_text(runs: pd.DataFrame, floor: Floor | None = None, floor_error: str = "") -> str:
+    """**Setup.** What the answer was measured on, read from the runs' resolved configs, summaries and env.json:
+    the data (the generated synthetic set: its train/dev sizes and facts per paragraph; else its source and
+    example counts), the model, the budget (updates per run at each k, examples per update) and the hardware; then
+    the no-training floor on the same dev set (analysis.baseline), or why it was not computed."""
+    done = completed_runs(runs)
+    source = join_values(distinct_values(column_or_empty(runs, "data.source")))
+    dev_n = join_values([int(v) for v in distinct_values(column_or_empty(runs, "data_stats.dev_examples"))])
+    train_n = join_values([int(v) for v in distinct_values(column_or_empty(runs, "data_stats.train_examples"))])
+    if source == "generated":
+        facts = distinct_values(column_or_empty(runs, "data.generated.facts_per_context"))
+        facts_text = f"{join_values(facts)}-fact paragraphs" if facts else "paragraphs"
+        n_train = join_values(distinct_values(column_or_empty(runs, "data.generated.n_train")))
+        n_dev = join_values(distinct_values(column_or_empty(runs, "data.generated.n_dev")))
+        data = (
+            f"synthetic questions about {facts_text} (the repo's generated set: the facts of a paragraph share an "
+            f"answer type, so the others are same-type distractors), {n_train} train / {n_dev} dev questions"
+        )
+    else:
+        where = [
+            v
+            for key in ("data.hub_path", "data.train_file", "data.validation_file")
+            for v in distinct_values(column_or_empty(runs, key))
+        ]
+        data = f"{source} data ({join_values(where)}), {train_n} train / {dev_n} dev examples"
+    model = join_values([f"`{v}`" for v in distinct_values(column_or_empty(runs, "model.name_or_path"))])
+    if distinct_values(column_or_empty(runs, "model.name_or_path")) == [EMBEDDED_MODEL]:
+        model += " (all-MiniLM-L6-v2, embedded in the environment)"
+    budget = []
+    if len(done) and "updates" in done.columns:
+        for k, group in done.groupby("k"):
+            ups = [int(v) for v in distinct_values(group["updates"])]
+            mb = [int(v) for v in distinct_values(column_or_empty(group, "train.micro_batch_size"))]
+            per = f" of {int(k) * mb[0]} examples ({int(k)} × {mb[0]})" if len(mb) == 1 else ""
+            budget.append(f"{join_values(ups)} updates{per} at k = {int(k)}")
+    devices = sorted(
+        {
+            str(name) + (f" ({dtype}, {int(t)} threads)" if not is_missing(t) else f" ({dtype})")
+            for name, dtype, t in zip(
+                column_or_empty(runs, "env.device.name"),
+                column_or_empty(runs, "env.device.type"),
+                column_or_empty(runs, "env.device.threads"),
+            )
+            if not is_missing(name)
+        }
+    )
+    text = (
+        f"**Setup.** Data: {data}. Model: {model}. Budget per run: {join_values(budget, empty='unknown')}. "
+        f"Hardware: {join_values(devices, empty='unknown (no env.json)')}."
+    )
+    if floor is not None:
+        text += (
+            f" No-training floor: the first-span-of-the-right-type heuristic (`python -m experiments.data.baseline`, "
+            f"computed by this report) scores **{metric_label(floor.metric)} {floor.score:.1f}** (EM {floor.em:.1f}) "
+            f"on the same {floor.dev_examples} dev questions."
+        )
+    else:
+        text += f" No-training floor: not computed ({floor_error or 'no run directories'})."
+    return text
+
+
+def _below_floor(runs: pd.DataFrame, k: int, metric: str, floor: Floor | None, arms) -> str:
+    """The sentence naming the arms whose mean final score at k ends below the no-training floor ('' when none)."""
+    if floor is None or floor.metric != metric:
+        return ""
+    below = [(a, _arm_mean(runs, a, k, f"final.{metric}")) for a in arms]
+    below = [(a, v) for a, v in below if not math.isnan(v) and v < floor.score]
+    if not below:
+        return ""
+    names = ", ".join(f"{a} ({v:.1f})" for a, v in below)
+    return (
+        f"At k = {k}, {names} {'ends' if len(below) == 1 else 'end'} **below the no-training floor** of "
+        f"{metric_label(metric)} {floor.score:.1f}: worse than a heuristic that reads no training data."
+    )
+
+
+def answer(
+    runs: pd.DataFrame,
+    paired: pd.DataFrame,
+    sanity: pd.DataFrame,
+    cells: pd.DataFrame,
+    floor: Floor | None = None,
+    floor_error: str = "",
+) -> dict[str, str]:
+    """The question, the setup it was measured on (with the no-training floor `floor`, analysis.baseline), the
+    answer in one sentence (effect size, t-interval, p, n) with the updates-to-target cost, the same for the public
+    Trainer pattern (sam_full − sam_last_only) when the sweep has it, and the k = 1 sanity check, each a short
+    paragraph of markdown: {"question", "setup", "answer", "cost", "floor", "trainer", "sanity"}."""
     k = question_k(runs)
     metric = primary_metric(runs)
-    label, short = metric_label(metric), metric_short(metric)
     out = {
         "question": (
             "**Question.** Does replaying only the last micro-batch in SAM's second pass (the widely "
             "copied loop) cost accuracy, compared with replaying the whole window of k micro-batches?"
-        )
+        ),
+        "setup": setup_text(runs, floor, floor_error),
+        "floor": "",
+        "trainer": "",
     }
     if k is None:
         out["answer"] = (
@@ -217,43 +346,28 @@ def answer(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells
         )
         out["cost"] = ""
     else:
-        rows = paired[
-            (paired["a"] == CORRECT)
-            & (paired["b"] == BUGGY)
-            & (paired["metric"] == f"final.{metric}")
-            & (pd.to_numeric(paired["k"], errors="coerce") == k)
-        ]
-        means = (
-            f"{label} {_arm_cell(runs, CORRECT, k, f'final.{metric}', '.1f')} with full replay against "
-            f"{_arm_cell(runs, BUGGY, k, f'final.{metric}', '.1f')} with last-batch replay"
-        )
-        if rows.empty or rows.iloc[0]["n"] < 2:
-            n = 0 if rows.empty else int(rows.iloc[0]["n"])
-            out["answer"] = (
-                f"**Answer: too few seeds.** At k = {k}: {means}, from {n} paired seed(s); a paired "
-                f"comparison needs at least 2."
-            )
-        else:
-            r = rows.iloc[0]
-            effect = (
-                f"sam_full − sam_last = **{fmt(r['mean_diff'], '.1f', signed=True)} {short}** "
-                f"[95% CI {fmt(r['ci_low'], '.1f', signed=True)}, {fmt(r['ci_high'], '.1f', signed=True)}], "
-                f"paired t {p_clause(r['p_value'])}, n = {int(r['n'])} seeds"
-            )
-            excludes = r["ci_low"] > 0 or r["ci_high"] < 0
-            significant = excludes and not is_missing(r["p_value"]) and r["p_value"] < 0.05
-            if significant and r["mean_diff"] > 0:
-                head = "**Answer: yes.**"
-            elif significant:
-                head = "**Answer: no, the opposite.**"
-            else:
-                head = "**Answer: not shown.** No significant difference at this budget:"
-            out["answer"] = (
-                f"{head} At k = {k} the last-batch replay costs accuracy: {means}; {effect}."
-                if significant and r["mean_diff"] > 0
-                else f"{head} At k = {k}: {means}; {effect}."
-            )
+        head, text = _effect(runs, paired, CORRECT, BUGGY, k, metric)
+        out["answer"] = {
+            "yes": f"**Answer: yes.** At k = {k} the last-batch replay costs accuracy: {text}.",
+            "opposite": f"**Answer: no, the opposite.** At k = {k}: {text}.",
+            "not shown": f"**Answer: not shown.** No significant difference at this budget: At k = {k}: {text}.",
+            "too few": f"**Answer: too few seeds.** At k = {k}: {text}.",
+        }[head]
         out["cost"] = _cost_text(cells, k, metric)
+        done = completed_runs(runs)
+        out["floor"] = _below_floor(runs, k, metric, floor, arm_order(done[done["k"] == k]["arm"]))
+        if TRAINER_PATTERN in set(done[done["k"] == k]["arm"]):
+            head, text = _effect(runs, paired, CORRECT, TRAINER_PATTERN, k, metric)
+            verdict = {
+                "yes": "costs accuracy too",
+                "opposite": "comes out ahead",
+                "not shown": "no significant difference",
+                "too few": "too few seeds",
+            }[head]
+            out["trainer"] = (
+                f"**The public Trainer pattern ({TRAINER_PATTERN}, SAM on the last micro-batch alone): {verdict}.** "
+                f"At k = {k}: {text}. {_cost_text(cells, k, metric, slow=TRAINER_PATTERN)}"
+            )
     checked = sanity[sanity["passed"].notna()] if not sanity.empty else sanity
     if checked.empty:
         out["sanity"] = (
@@ -328,20 +442,22 @@ def _median_text(cell: pd.Series) -> str:
 
 
 def _answer_section(parts: dict[str, str], table: list[str]) -> list[str]:
-    lines = [
-        "## The answer",
-        "",
-        parts["question"],
-        "",
-        parts["answer"] + (" " + parts["cost"] if parts["cost"] else ""),
-        "",
-        parts["sanity"],
-        "",
-    ]
-    return lines + table
+    lines = ["## The answer", "", parts["question"], "", parts["setup"], ""]
+    lines += [" ".join(p for p in (parts["answer"], parts["cost"], parts["floor"]) if p), ""]
+    if parts["trainer"]:
+        lines += [parts["trainer"], ""]
+    return lines + [parts["sanity"], ""] + table
 
 
-def headline(runs: pd.DataFrame, paired: pd.DataFrame, sanity: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
-    """The report's first section as markdown lines (also written alone as headline.md): the answer, then the
-    headline table."""
-    return _answer_section(answer(runs, paired, sanity, cells), headline_table(runs, cells))
+def headline(
+    runs: pd.DataFrame,
+    paired: pd.DataFrame,
+    sanity: pd.DataFrame,
+    cells: pd.DataFrame,
+    floor: Floor | None = None,
+    floor_error: str = "",
+) -> list[str]:
+    """The report's first section as markdown lines (also written alone as headline.md): the question, the setup
+    with the no-training floor, the answer, the Trainer pattern's answer, the sanity check, then the headline
+    table."""
+    return _answer_section(answer(runs, paired, sanity, cells, floor, floor_error), headline_table(runs, cells))

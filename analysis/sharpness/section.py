@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from analysis.collect import arm_order
-from analysis.report.formatting import md_table
+from analysis.report.formatting import fmt_p, md_table
 from analysis.sharpness.figures import FIGURES
 from analysis.sharpness.measure import _g
 from analysis.sharpness.options import SharpnessConfig, _defaults, rho_key
@@ -148,16 +148,22 @@ def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
                 int(r["n"]),
                 _g(r["mean_diff"]),
                 ci,
+                fmt_p(r["p_value"]),
                 r["verdict"],
             ]
         )
     lines += [
-        "Differences a − b within each seed (same data order and initialisation), mean over seeds with a "
-        "bootstrap 95% percentile CI (analysis.stats.paired_differences). Where the sweep has k = 1, sam_full "
-        "and sam_last run the same algorithm there, so their difference must be 0.",
+        "Differences a − b within each seed (same data order and initialisation), mean over seeds with one test "
+        "per row, the paired t-test, and its own 95% t-interval (analysis.stats.paired_differences: the interval "
+        "excludes 0 exactly when p < 0.05). A sharpness measure reads flatter/sharper (no better/worse: whether "
+        "flatter generalises better is what the τ table asks), a gap smaller/larger. Where the sweep has k = 1, "
+        "sam_full and sam_last run the same algorithm there, so their difference must be 0.",
         "",
     ]
-    return lines + [md_table(["measure", "k", "difference", "pairs", "mean", "95% bootstrap CI", "verdict"], rows), ""]
+    return lines + [
+        md_table(["measure", "k", "difference", "pairs", "mean", "95% t-interval", "p", "verdict"], rows),
+        "",
+    ]
 
 
 def _tau_lines(taus, n_runs: int) -> list[str]:
@@ -166,8 +172,9 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
         "",
         f"Kendall τ (tau-b, which accounts for ties) between each measure and the gap across all {n_runs} "
         f"measured runs (every arm and k together), with a percentile bootstrap 95% CI ({TAU_N_BOOT} resamples "
-        f"of the runs, seed {TAU_BOOT_SEED}). Caveat: sharpness is not reparametrisation-invariant (Dinh et "
-        "al. 2017): rescaling the weights of a network changes λmax, the trace and the curves without "
+        f"of the runs, seed {TAU_BOOT_SEED}; none below {TAU_MIN_N} runs, too few distinct resamples). "
+        "Caveat: sharpness is not reparametrisation-invariant (Dinh et al. 2017): rescaling the weights of a "
+        "network changes λmax, the trace and the curves without "
         "changing the function it computes; the adaptive measures undo only elementwise rescaling. And in "
         "fine-tuning, sharpness often tracks the learning rate and the optimiser more than generalisation "
         "(Andriushchenko et al. 2023), so a τ here describes these runs, it is not evidence that flatter "

@@ -6,9 +6,11 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.sharpness.options import SharpnessConfig, rho_key
+from analysis.sharpness.options import SharpnessConfig
 from analysis.stats import kendall_with_ci, paired_differences, summarize
 from experiments.arms import SHARPNESS_DIFFERENCES
+from experiments.metrics import keyed, select
+from experiments.metrics import label as metric_label
 
 TAU_N_BOOT = 2000  # bootstrap resamples for Kendall's tau
 TAU_BOOT_SEED = 0
@@ -16,20 +18,18 @@ TAU_MIN_N = 10  # with fewer runs a Kendall tau is called uninformative whatever
 
 
 def measure_columns(opts: SharpnessConfig) -> list[tuple[str, str]]:
-    """(column, label) of the sharpness measures, in table order."""
-    cols = [("lambda_max", "λmax"), ("trace", "tr(H)")]
-    cols += [(f"avg_sharpness_rho{rho_key(r)}", f"average sharpness ρ={rho_key(r)}") for r in opts.rhos_average]
-    cols += [(f"worst_sharpness_rho{rho_key(r)}", f"worst-case sharpness ρ={rho_key(r)}") for r in opts.rhos_worst]
+    """(column, label) of the sharpness measures, in table order; labels from experiments.metrics."""
+    rhos = {"avg_sharpness_rho{rho}": opts.rhos_average, "worst_sharpness_rho{rho}": opts.rhos_worst}
+    cols = []
+    for row in select("sharpness", kind="sharpness"):
+        keys = [keyed(row.key, r) for r in rhos[row.key]] if row.key in rhos else [row.key]
+        cols += [(key, metric_label(key)) for key in keys]
     return cols
 
 
-LOSS_COLUMNS = [
-    ("train_loss", "train loss (subset)"),
-    ("dev_loss", "dev loss (subset)"),
-    ("gap_subset", "gap: dev − train loss (subsets)"),
-    ("gap_summary", "gap: final dev/loss − train/loss (summary.json)"),
-]
-GAPS = [("gap_subset", "subset gap"), ("gap_summary", "summary gap")]
+# the losses and gaps of sharpness.csv (experiments.metrics), and the two gaps the tau table ranks against
+LOSS_COLUMNS = [(m.key, m.label) for m in select("sharpness") if m.kind in ("loss", "gap")]
+GAPS = [(m.key, m.short) for m in select("sharpness", kind="gap")]
 
 
 def tau_verdict(result: dict[str, Any]) -> str:
@@ -77,7 +77,9 @@ def summary_tables(frame, opts: SharpnessConfig):
     arms = set(frame["arm"])
     for a, b in SHARPNESS_DIFFERENCES:
         if a in arms and b in arms:
-            for c, _ in measure_columns(opts) + LOSS_COLUMNS[2:3]:
+            for c, _ in measure_columns(opts) + [
+                (m.key, m.label) for m in select("sharpness", kind="gap", paired=True)
+            ]:
                 if frame[c].notna().any():
                     paired.append(paired_differences(frame, c, a, b, by=("k",)))
     paired = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
