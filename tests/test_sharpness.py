@@ -544,3 +544,27 @@ def test_hutchinson_standard_error_is_the_sample_std_over_root_n_and_covers_the_
     # second moment near 1 (for 40 independent standard normal z, mean(z^2) lies in [0.5, 1.7] with probability ~0.99)
     assert z.abs().max() < 4
     assert 0.5 < float((z**2).mean()) < 1.7
+
+
+def test_deflated_hutchinson_is_unbiased_with_a_smaller_standard_error_on_the_mlp():
+    model, loss_fn, x, objective = make_mlp(n_points=32)
+    params = list(model.parameters())
+    exact = torch.trace(dense_hessian(model, x, objective)).item()
+    lanczos = hessian_lanczos(loss_fn, params, max_steps=6, tol=1e-12, return_basis=True)
+    q = lanczos.basis
+    assert_close(q @ q.T, torch.eye(q.shape[0], dtype=q.dtype))  # orthonormal rows
+    z_plain, z_deflated, ratio = [], [], []
+    for seed in range(10):
+        plain = hutchinson_trace(loss_fn, params, samples=20, seed=seed)
+        deflated = hutchinson_trace(loss_fn, params, samples=20, seed=seed, deflation=lanczos)
+        # estimate = tr(T) + mean of u^T H u over the deflated probes; SE = their sample std / sqrt(n)
+        values = torch.tensor(deflated.values, dtype=torch.float64)
+        assert deflated.estimate == pytest.approx(lanczos.basis_trace + values.mean().item(), rel=1e-12)
+        assert deflated.standard_error == pytest.approx(values.std(correction=1).item() / math.sqrt(20), rel=1e-12)
+        z_plain.append(abs(plain.estimate - exact) / plain.standard_error)
+        z_deflated.append(abs(deflated.estimate - exact) / deflated.standard_error)
+        ratio.append(deflated.standard_error / plain.standard_error)
+    assert max(z_plain) < 4 and max(z_deflated) < 4
+    assert sum(ratio) / len(ratio) < 0.8  # the top directions no longer add variance
+    with pytest.raises(ValueError, match="return_basis"):
+        hutchinson_trace(loss_fn, params, deflation=hessian_lanczos(loss_fn, params, max_steps=2))

@@ -75,6 +75,10 @@ class LanczosResult:
     residual_history: tuple[float, ...]  # the estimated relative residual after every step
     smallest: float = math.nan  # the smallest Ritz value of the last step (an upper bound of lambda_min, unconverged)
     eigenvector: list[Tensor] | None = field(default=None, repr=False, compare=False)
+    # with return_basis: the Krylov basis Q (steps x parameters, orthonormal rows) and tr(Q H Q^T) = tr(T) = sum alpha,
+    # what hutchinson_trace(deflation=...) needs to estimate only the trace outside span(Q)
+    basis: Tensor | None = field(default=None, repr=False, compare=False)
+    basis_trace: float = math.nan
 
 
 class TraceEstimate(tuple):

@@ -264,11 +264,18 @@ def measure_model(
         trace_reliable=None,
     )
     hess_fn = qa_loss_fn(model, data.hessian, opts.batch_size)
+    eig = None
     if hessian and opts.eigen_iters > 0:
         # Lanczos finds the largest algebraic eigenvalue also off a minimum (no shifted rerun as power iteration
         # needed), and its Ritz residual says whether it converged
         eig = hessian_lanczos(
-            hess_fn, params, max_steps=opts.eigen_iters, tol=opts.eigen_tol, seed=opts.seed, counter=counter
+            hess_fn,
+            params,
+            max_steps=opts.eigen_iters,
+            tol=opts.eigen_tol,
+            seed=opts.seed,
+            counter=counter,
+            return_basis=opts.trace_samples > 0,  # the trace below deflates the Krylov space
         )
         row.update(
             lambda_max=eig.eigenvalue,
@@ -278,7 +285,12 @@ def measure_model(
             lambda_max_hvp=eig.hvp,
         )
     if hessian and opts.trace_samples > 0:
-        trace = hutchinson_trace(hess_fn, params, samples=opts.trace_samples, seed=opts.seed, counter=counter)
+        # deflated by the Lanczos basis when there is one: tr(T) exactly plus Hutchinson on the rest (smaller SE);
+        # the probes come from seed + 1, independent of the Lanczos start vector (seed)
+        trace = hutchinson_trace(
+            hess_fn, params, samples=opts.trace_samples, seed=opts.seed + 1, counter=counter, deflation=eig
+        )
+        eig = None  # frees the basis
         row.update(
             trace=trace.estimate,
             trace_se=trace.standard_error,

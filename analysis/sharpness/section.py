@@ -111,8 +111,15 @@ def _setup_lines(result: dict, frame) -> list[str]:
             if len(residuals)
             else ""
         ),
-        f"- **tr(H)**: Hutchinson's estimator with {opts.trace_samples} Rademacher probes, reported as value ± "
-        f"standard error (sample std of the probes' vᵀHv / √{opts.trace_samples}); a trace is used only when "
+        f"- **tr(H)**: Hutchinson's estimator with {opts.trace_samples} Rademacher probes"
+        + (
+            ", deflated by the Lanczos basis Q of λmax (tr(QHQᵀ) = tr(T) exactly, plus Hutchinson on the probes "
+            "projected off span(Q): unbiased, with the top directions' variance removed; Gambhir et al. 2017)"
+            if opts.eigen_iters > 0
+            else ""
+        )
+        + f", reported as value ± standard error (sample std of the probe terms / √{opts.trace_samples}); a trace "
+        f"is used only when "
         f"SE ≤ {opts.trace_max_rel_se:g}·|tr(H)| (the rule of `trace_reliable`). "
         + count_sentence(frame, "trace", "tr(H) precise enough")
         + (f" SE / |tr(H)|: {min(trace_rse):.2g}–{max(trace_rse):.2g}." if len(trace_rse) else ""),
