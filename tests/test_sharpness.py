@@ -23,6 +23,7 @@ from analysis.landscape import (
     PassCounter,
     average_adaptive_sharpness,
     filter_normalized_direction,
+    hessian_lanczos,
     hessian_top_eigen,
     hessian_top_eigenvalue,
     hessian_vector_product,
@@ -463,3 +464,107 @@ def test_hvp_on_bert_needs_eager_attention(bert):
     sdpa_model, sdpa_loss = make_bert("sdpa")
     with pytest.raises(RuntimeError, match="eager"):
         hessian_vector_product(sdpa_loss, dict(sdpa_model.named_parameters()), u)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Lanczos lambda_max and the trace's standard error against dense / exact values
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_points", [16, 32])
+def test_lanczos_lambda_max_matches_eigvalsh_of_the_dense_mlp_hessian(n_points):
+    # 16 points: the most negative eigenvalue has the larger magnitude (power iteration would find it); Lanczos's
+    # largest Ritz value is lambda_max either way
+    model, loss_fn, x, objective = make_mlp(n_points=n_points)
+    ev = torch.linalg.eigvalsh(dense_hessian(model, x, objective))
+    counter = PassCounter()
+    res = hessian_lanczos(loss_fn, list(model.parameters()), max_steps=32, tol=1e-4, seed=0, counter=counter)
+    assert res.converged and res.verified and res.residual <= 1e-4
+    assert abs(res.eigenvalue - ev.max().item()) <= 1e-3 * abs(ev.max().item())
+    # a Ritz value never exceeds lambda_max; the smallest Ritz value is an upper bound of lambda_min
+    assert res.eigenvalue <= ev.max().item() * (1 + 1e-12) and res.smallest >= ev.min().item() - 1e-12
+    # Bauer-Fike: an eigenvalue lies within ||H y - theta y|| = residual |theta| of theta
+    assert (ev - res.eigenvalue).abs().min().item() <= res.residual * abs(res.eigenvalue) * (1 + 1e-9)
+    assert res.hvp == res.steps + 1 and counter.as_dict() == {"forward": 1, "backward": 1, "hvp": res.hvp}
+    assert len(res.history) == len(res.residual_history) == res.steps
+    # stopped at the first step whose estimated residual met the tolerance
+    assert res.residual_history[-1] <= 1e-4 and all(r > 1e-4 for r in res.residual_history[:-1])
+
+
+def test_lanczos_matches_scipy_eigsh_and_the_quadratic_spectrum():
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    loss_fn, params, a = make_quadratic()
+    res = hessian_lanczos(loss_fn, params, max_steps=10, tol=1e-8)
+    # a 10-dimensional quadratic: the Krylov space is all of R^10 after at most 10 steps, so theta is exact
+    assert res.converged and res.eigenvalue == pytest.approx(max(EIGS), rel=1e-10)
+    op = LinearOperator((10, 10), matvec=lambda v: a.numpy() @ v, dtype=float)
+    assert res.eigenvalue == pytest.approx(float(eigsh(op, k=1, which="LA")[0][0]), rel=1e-10)
+
+
+def test_lanczos_with_a_budget_of_two_products_is_not_converged():
+    model, loss_fn, x, objective = make_mlp(n_points=32)
+    ev = torch.linalg.eigvalsh(dense_hessian(model, x, objective))
+    res = hessian_lanczos(loss_fn, list(model.parameters()), max_steps=2, tol=1e-3, seed=0)
+    assert res.steps == 2 and res.hvp == 3  # 2 Lanczos steps + the verifying product
+    assert not res.converged and res.residual > 1e-3
+    assert res.eigenvalue < ev.max().item()  # a Ritz value from below, not yet lambda_max
+    # the verified residual is the true one: ||H y - theta y|| / |theta| from the dense Hessian
+    y = flatten(hessian_lanczos(loss_fn, list(model.parameters()), max_steps=2, seed=0, return_vector=True).eigenvector)
+    h = dense_hessian(model, x, objective)
+    true = ((h @ y - res.eigenvalue * y).norm() / abs(res.eigenvalue)).item()
+    assert res.residual == pytest.approx(true, rel=1e-6)
+
+
+def test_lanczos_bad_arguments():
+    loss_fn, params, _ = make_quadratic()
+    with pytest.raises(ValueError, match="max_steps"):
+        hessian_lanczos(loss_fn, params, max_steps=0)
+    with pytest.raises(ValueError, match="tol"):
+        hessian_lanczos(loss_fn, params, tol=0.0)
+
+
+def test_hutchinson_standard_error_is_the_sample_std_over_root_n_and_covers_the_exact_trace():
+    loss_fn, params, a = make_quadratic()
+    exact = float(torch.trace(a))
+    n = 30
+    z = []
+    for seed in range(40):
+        res = hutchinson_trace(loss_fn, params, samples=n, seed=seed)
+        values = torch.tensor(res.values, dtype=torch.float64)
+        assert res.samples == n
+        # SE = sample standard deviation (ddof = 1) of the n terms v_i^T H v_i, divided by sqrt(n)
+        mean = values.sum() / n
+        sd = torch.sqrt(((values - mean) ** 2).sum() / (n - 1))
+        assert_close(
+            torch.tensor([res.estimate, res.standard_error], dtype=torch.float64),
+            torch.stack([mean, sd / math.sqrt(n)]),
+        )
+        z.append((res.estimate - exact) / res.standard_error)
+    z = torch.tensor(z)
+    # unbiased with a calibrated SE: every estimate within 4 SE of the exact trace, and (est - exact)/SE has a
+    # second moment near 1 (for 40 independent standard normal z, mean(z^2) lies in [0.5, 1.7] with probability ~0.99)
+    assert z.abs().max() < 4
+    assert 0.5 < float((z**2).mean()) < 1.7
+
+
+def test_deflated_hutchinson_is_unbiased_with_a_smaller_standard_error_on_the_mlp():
+    model, loss_fn, x, objective = make_mlp(n_points=32)
+    params = list(model.parameters())
+    exact = torch.trace(dense_hessian(model, x, objective)).item()
+    lanczos = hessian_lanczos(loss_fn, params, max_steps=6, tol=1e-12, return_basis=True)
+    q = lanczos.basis
+    assert_close(q @ q.T, torch.eye(q.shape[0], dtype=q.dtype))  # orthonormal rows
+    z_plain, z_deflated, ratio = [], [], []
+    for seed in range(10):
+        plain = hutchinson_trace(loss_fn, params, samples=20, seed=seed)
+        deflated = hutchinson_trace(loss_fn, params, samples=20, seed=seed, deflation=lanczos)
+        # estimate = tr(T) + mean of u^T H u over the deflated probes; SE = their sample std / sqrt(n)
+        values = torch.tensor(deflated.values, dtype=torch.float64)
+        assert deflated.estimate == pytest.approx(lanczos.basis_trace + values.mean().item(), rel=1e-12)
+        assert deflated.standard_error == pytest.approx(values.std(correction=1).item() / math.sqrt(20), rel=1e-12)
+        z_plain.append(abs(plain.estimate - exact) / plain.standard_error)
+        z_deflated.append(abs(deflated.estimate - exact) / deflated.standard_error)
+        ratio.append(deflated.standard_error / plain.standard_error)
+    assert max(z_plain) < 4 and max(z_deflated) < 4
+    assert sum(ratio) / len(ratio) < 0.8  # the top directions no longer add variance
+    with pytest.raises(ValueError, match="return_basis"):
+        hutchinson_trace(loss_fn, params, deflation=hessian_lanczos(loss_fn, params, max_steps=2))

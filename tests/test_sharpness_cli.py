@@ -24,7 +24,8 @@ from analysis.sharpness.cli import main
 from analysis.sharpness.figures import FIGURES
 from analysis.sharpness.options import SharpnessError, parse_args
 from analysis.sharpness.qa import check_same_data
-from analysis.sharpness.tables import tau_verdict
+from analysis.sharpness.section import build_markdown
+from analysis.sharpness.tables import MARK, summary_tables, tau_table, tau_verdict, usable_frame
 from analysis.stats import kendall_tau_b, kendall_with_ci
 from experiments.rundir import report_dir
 from tests.conftest import PYTHON, REPO, SMOKE, arm_file
@@ -114,9 +115,13 @@ def test_csv_has_one_row_per_run_with_finite_measures_and_pass_counts(sweep):
         assert np.isfinite(frame[column].to_numpy(dtype=float)).all(), column
     for column in ("forward", "backward", "hvp"):
         assert (frame[column] > 0).all(), column
-    # a negative first power-iteration estimate is rerun with the shift, which can only raise it to lambda_max
-    shifted = frame[frame["lambda_max_shifted"]]
-    assert (shifted["lambda_max"] > shifted["lambda_max_first"]).all()
+    # every lambda_max says whether it converged: its verified residual against eigen_tol, with its products counted
+    assert frame["lambda_max_converged"].dtype == bool
+    assert (frame["lambda_max_converged"] == (frame["lambda_max_residual"] <= 1e-3)).all()
+    assert ((frame["lambda_max_iters"] >= 1) & (frame["lambda_max_iters"] <= 3)).all()
+    assert (frame["lambda_max_hvp"] == frame["lambda_max_iters"] + 1).all()
+    assert (frame["trace_probes"] == 2).all()
+    assert (frame["trace_reliable"] == (frame["trace_se"] <= 0.5 * frame["trace"].abs())).all()
     # the gaps are what they say
     np.testing.assert_allclose(frame["gap_subset"], frame["dev_loss"] - frame["train_loss"])
     np.testing.assert_allclose(frame["gap_summary"], frame["summary_dev_loss"] - frame["summary_train_loss"])
@@ -331,3 +336,103 @@ def test_sharpness_verdicts_read_flatter_or_sharper_never_better():
         assert paired.loc[column, "ci_high"] < 0  # the t-interval agrees with the test
     assert paired.loc["gap_subset", "verdict"].startswith("sam_full smaller gap")
     assert not any("better" in v or "worse" in v for v in paired["verdict"])
+
+
+def _hand_made_frame():
+    """12 runs: adamw and sam_full at k = 8, seeds 0-5; sam_full flatter by lambda_max on every seed. Seed 1's
+    sam_full lambda_max is huge but unconverged (a budget of 2 products), adamw's trace of seed 2 too noisy."""
+    rows = []
+    for arm, base in (("adamw", 10.0), ("sam_full", 5.0)):
+        for seed in range(6):
+            rows.append(
+                {
+                    "run_id": f"{arm}-k8-s{seed}",
+                    "arm": arm,
+                    "k": 8,
+                    "seed": seed,
+                    "lambda_max": base + seed,
+                    "lambda_max_converged": True,
+                    "trace": 100 * base + seed,
+                    "trace_se": 1.0,
+                    "trace_reliable": True,
+                    "gap_subset": 0.1 * seed + (0.05 if arm == "adamw" else 0.0),
+                    "gap_summary": 0.2 * seed,
+                    "train_loss": 0.1,
+                    "dev_loss": 0.2,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    bad = (frame["arm"] == "sam_full") & (frame["seed"] == 1)
+    frame.loc[bad, ["lambda_max", "lambda_max_converged"]] = [1e6, False]
+    noisy = (frame["arm"] == "adamw") & (frame["seed"] == 2)
+    frame.loc[noisy, ["trace", "trace_se", "trace_reliable"]] = [-5000.0, 9000.0, False]
+    frame["summary_dev_loss"] = frame["summary_train_loss"] = 0.0
+    return frame
+
+
+def test_unconverged_lambda_max_and_noisy_trace_are_marked_and_left_out_of_means_verdicts_and_tau():
+    opts = parse_args(["results_dir=x", "sweep=y", "rhos_worst=[0.1]", "rhos_average=[0.1]"])
+    frame = _hand_made_frame()
+    frame["avg_sharpness_rho0.1"] = frame["worst_sharpness_rho0.1"] = frame["lambda_max"].where(frame["seed"] != 1, 6)
+    summary, paired = summary_tables(frame, opts)
+    lam = summary[(summary["metric"] == "lambda_max") & (summary["arm"] == "sam_full")].iloc[0]
+    assert lam["n"] == 5 and lam["left_out"] == 1
+    assert lam["mean"] == pytest.approx(np.mean([5, 7, 8, 9, 10]))  # without the unconverged 1e6
+    tr = summary[(summary["metric"] == "trace") & (summary["arm"] == "adamw")].iloc[0]
+    assert tr["n"] == 5 and tr["left_out"] == 1 and tr["mean"] == pytest.approx(np.mean([1000, 1001, 1003, 1004, 1005]))
+    # the paired verdict: 5 pairs (seed 1 lost its pair), sam_full − adamw = −5 on each of them
+    row = paired[(paired["metric"] == "lambda_max") & (paired["a"] == "sam_full") & (paired["b"] == "adamw")].iloc[0]
+    assert row["n"] == 5 and row["left_out"] == 1 and row["pairs"] == "0,2,3,4,5"
+    assert row["mean_diff"] == pytest.approx(-5.0)
+    # Kendall tau over the 11 usable runs: the unconverged run is not in it
+    taus = tau_table(frame, opts)
+    t = taus[(taus["measure"] == "lambda_max") & (taus["gap"] == "gap_subset")].iloc[0]
+    usable = frame.drop(frame.index[(frame["arm"] == "sam_full") & (frame["seed"] == 1)])
+    assert t["n"] == 11 and t["left_out"] == 1
+    assert t["tau"] == pytest.approx(kendall_tau_b(usable["lambda_max"], usable["gap_subset"]))
+    assert usable_frame(frame)["lambda_max"].isna().sum() == 1
+    # the section says how many converged and marks the left-out values in every table
+    run = [type("Run", (), {"run_id": r})() for r in frame["run_id"]]
+    result = {
+        "opts": opts,
+        "runs": run,
+        "skipped": [],
+        "interp": [],
+        "plans": {r.run_id: {"forward_landscape": 1, "hvp": 7} for r in run},
+        "plan": type("Plan", (), {"hessian": set(frame["run_id"]), "surface": {}})(),
+        "data": type(
+            "Data",
+            (),
+            {k: {"x": np.zeros((4, 1))} for k in ("train", "dev", "landscape", "landscape_dev", "hessian")}
+            | {"train_total": 9, "dev_total": 9},
+        )(),
+    }
+    frame["hessian_measured"] = True
+    frame["lambda_max_iters"] = 5
+    frame["lambda_max_residual"] = np.where(frame["lambda_max_converged"], 1e-4, 0.3)
+    frame["forward"] = frame["backward"] = frame["hvp"] = 1
+    md = build_markdown(result, frame, summary, paired, taus, {})
+    assert f"λmax converged in 11 of 12 runs; the others are marked {MARK} and left out" in md
+    assert f"tr(H) precise enough in 11 of 12 runs; the others are marked {MARK}" in md
+    assert f"(n=5; 1 {MARK} left out)" in md  # per-arm table
+    assert f"5 (1 {MARK} left out)" in md  # paired table
+    assert f"11 (1 {MARK} left out)" in md  # tau table
+    assert "1e+06" not in md  # the unconverged value reaches no table
+
+
+def test_the_hessian_figure_marks_left_out_values():
+    from analysis.sharpness.figures import figure_hessian
+
+    fig = figure_hessian(_hand_made_frame())
+    ax_lambda, ax_trace = fig.axes[:2]
+    assert MARK in ax_lambda.get_title() and "1 of 12" in ax_lambda.get_title()
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(MARK in label and "left out" in label for label in labels)
+    # the one hollow marker sits at the unconverged value; the 11 filled dots are the converged runs
+    from matplotlib.collections import PathCollection
+
+    dots = [c for c in ax_lambda.collections if isinstance(c, PathCollection)]
+    hollow = [c for c in dots if c.get_facecolors().size == 0]
+    assert [float(y) for c in hollow for _, y in c.get_offsets()] == [1e6]
+    filled = sorted(float(y) for c in dots if c.get_facecolors().size for _, y in c.get_offsets())
+    assert 1e6 not in filled and len(filled) == 11

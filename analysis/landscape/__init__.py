@@ -31,12 +31,12 @@ Example closure for an extractive-QA checkpoint (what the CLI builds)::
 
     params = dict(model.named_parameters())
     counter = PassCounter()
-    lam = hessian_top_eigenvalue(loss_fn, params, counter=counter)
+    lam = hessian_lanczos(loss_fn, params, counter=counter).eigenvalue  # lambda_max, with its residual
 
 Modules: ``core`` (PassCounter, the result types, parameter lists, seeded draws), ``hessian`` (Hessian-vector
-products, top eigenvalue, Hutchinson trace), ``adaptive`` (average and worst-case adaptive sharpness), ``directions``
-(filter-normalised directions, 1D/2D loss curves, interpolation). Import from the package: the names below are its
-public API; the ``_`` helpers of ``core`` are shared by the modules only.
+products, the top eigenvalue by Lanczos or power iteration, Hutchinson trace), ``adaptive`` (average and worst-case
+adaptive sharpness), ``directions`` (filter-normalised directions, 1D/2D loss curves, interpolation). Import from the
+package: the names below are its public API; the ``_`` helpers of ``core`` are shared by the modules only.
 """
 
 from analysis.landscape.adaptive import average_adaptive_sharpness, worst_case_adaptive_sharpness
@@ -44,6 +44,7 @@ from analysis.landscape.core import (
     DEFAULT_EXCLUDE,
     AverageSharpness,
     EigenResult,
+    LanczosResult,
     PassCounter,
     TraceEstimate,
     WorstCaseSharpness,
@@ -51,6 +52,7 @@ from analysis.landscape.core import (
 )
 from analysis.landscape.directions import filter_normalized_direction, interpolate, loss_curve_1d, loss_surface_2d
 from analysis.landscape.hessian import (
+    hessian_lanczos,
     hessian_top_eigen,
     hessian_top_eigenvalue,
     hessian_vector_product,
@@ -61,11 +63,13 @@ __all__ = [
     "DEFAULT_EXCLUDE",
     "PassCounter",
     "EigenResult",
+    "LanczosResult",
     "TraceEstimate",
     "AverageSharpness",
     "WorstCaseSharpness",
     "preserve_params",
     "hessian_vector_product",
+    "hessian_lanczos",
     "hessian_top_eigen",
     "hessian_top_eigenvalue",
     "hutchinson_trace",

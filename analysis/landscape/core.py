@@ -56,6 +56,31 @@ class EigenResult:
     eigenvector: list[Tensor] | None = field(default=None, repr=False, compare=False)
 
 
+@dataclass(frozen=True)
+class LanczosResult:
+    """Outcome of Lanczos on Hessian-vector products (see hessian_lanczos).
+
+    ``eigenvalue`` is the largest Ritz value theta of the last step; ``residual`` is the relative residual
+    ||H y - theta y|| / |theta| of its Ritz vector y (||y|| = 1), measured with one more product when ``verified``
+    (else the Lanczos estimate beta_m |s_m| / |theta|). ``converged``: residual <= tol.
+    """
+
+    eigenvalue: float
+    residual: float
+    converged: bool
+    steps: int  # Lanczos steps = Hessian-vector products of the Krylov basis
+    hvp: int  # products used in all (steps, plus 1 when the residual was verified)
+    verified: bool  # the residual was measured with an explicit product, not only estimated
+    history: tuple[float, ...]  # largest Ritz value after every step
+    residual_history: tuple[float, ...]  # the estimated relative residual after every step
+    smallest: float = math.nan  # the smallest Ritz value of the last step (an upper bound of lambda_min, unconverged)
+    eigenvector: list[Tensor] | None = field(default=None, repr=False, compare=False)
+    # with return_basis: the Krylov basis Q (steps x parameters, orthonormal rows) and tr(Q H Q^T) = tr(T) = sum alpha,
+    # what hutchinson_trace(deflation=...) needs to estimate only the trace outside span(Q)
+    basis: Tensor | None = field(default=None, repr=False, compare=False)
+    basis_trace: float = math.nan
+
+
 class TraceEstimate(tuple):
     """``(estimate, standard_error)`` of Hutchinson's trace estimator; also has ``.samples`` and ``.values``."""
 

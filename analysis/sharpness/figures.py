@@ -22,6 +22,7 @@ from analysis.figure_style import (
 )
 from analysis.sharpness.options import SharpnessConfig, alphas, rho_key
 from analysis.sharpness.plan import Plan
+from analysis.sharpness.tables import MARK, unusable
 
 FIGURES = {
     "hessian": "sharpness_hessian.png",
@@ -40,7 +41,9 @@ def _k_style(ks: Sequence[int], k: int):
 
 @styled
 def figure_hessian(frame):
-    """λmax and tr(H) per k (x) and arm: mean with a min–max bar over seeds, single runs as dots."""
+    """λmax and tr(H) per k (x) and arm: mean with a min–max bar over the usable runs, single runs as dots; an
+    unusable value (λmax not converged, tr(H) too noisy: tables.VALIDITY) is drawn as a hollow † marker and left out
+    of the mean and bar."""
     panels = [
         (c, label)
         for c, label in (("lambda_max", "λmax (top Hessian eigenvalue)"), ("trace", "tr(H) (Hutchinson)"))
@@ -52,15 +55,32 @@ def figure_hessian(frame):
     ks = sorted(set(int(k) for k in frame["k"]))
     offsets = dict(zip(arms, np.linspace(-0.3, 0.3, len(arms)) if len(arms) > 1 else [0.0]))
     fig, axes = new_figure(len(panels))
+    any_marked = False
     for ax, (column, label) in zip(axes[0], panels):
+        bad = unusable(frame, column)
+        n_bad = int(bad.sum())
         for arm in arms:
             xs, means, err_low, err_high = [], [], [], []
             for i, k in enumerate(ks):
-                values = frame[(frame["arm"] == arm) & (frame["k"] == k)][column].dropna().to_numpy(dtype=float)
+                cell = (frame["arm"] == arm) & (frame["k"] == k)
+                values = frame[cell & ~bad][column].dropna().to_numpy(dtype=float)
+                marked = frame[cell & bad][column].dropna().to_numpy(dtype=float)
+                x = i + offsets[arm]
+                if marked.size:
+                    any_marked = True
+                    ax.scatter(
+                        np.full(marked.size, x),
+                        marked,
+                        s=28,
+                        marker="o",
+                        facecolors="none",
+                        edgecolors=arm_color(arm, arms),
+                        linewidths=1.0,
+                        label=f"{MARK} not converged / too noisy (left out)",
+                    )
                 if values.size == 0:
                     continue
                 mean, low, high = seed_range(values)
-                x = i + offsets[arm]
                 ax.scatter(np.full(values.size, x), values, s=10, color=arm_color(arm, arms), alpha=0.35, linewidths=0)
                 xs.append(x)
                 means.append(mean)
@@ -79,8 +99,12 @@ def figure_hessian(frame):
                 )
         ax.set_xticks(range(len(ks)), [f"k = {k}" for k in ks])
         ax.set_xlabel("gradient accumulation steps")
-        ax.set_title(label)
-    fig.suptitle("Hessian sharpness on the Hessian subset — mean and min–max over seeds (dots: runs)")
+        total = int(frame[column].notna().sum())
+        ax.set_title(label if not n_bad else f"{label}\n{MARK} {n_bad} of {total} runs left out")
+    fig.suptitle(
+        "Hessian sharpness on the Hessian subset — mean and min–max over seeds (dots: runs"
+        + (f"; hollow {MARK}: left out)" if any_marked else ")")
+    )
     legend_below(fig, axes)
     return fig
 

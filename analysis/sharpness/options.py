@@ -30,11 +30,12 @@ class SharpnessConfig:
     train_examples: int = 32  # seeded train subset: the train loss (one forward per model)
     dev_examples: int = 32  # seeded dev subset: the dev loss (one forward per model)
     landscape_examples: int = 8  # the first N of each subset: adaptive sharpness, 1D/2D curves, interpolation
-    hessian_examples: int = 4  # the first N of the train subset: lambda_max and trace (double backward)
+    hessian_examples: int = 8  # the first N of the train subset: lambda_max and trace (double backward)
     batch_size: int = 32  # features per forward chunk
-    eigen_iters: int = 5  # power-iteration HVPs for lambda_max (0: skip); as many again if the shifted rerun is needed
-    eigen_tol: float = 1e-3  # relative change of the Rayleigh quotient that ends power iteration early
-    trace_samples: int = 3  # Rademacher probes of Hutchinson's trace (0: skip)
+    eigen_iters: int = 20  # most Lanczos steps (HVPs) for lambda_max, +1 HVP to verify the residual (0: skip)
+    eigen_tol: float = 1e-2  # lambda_max converged when ||H y - theta y|| / |theta| <= eigen_tol (Ritz pair theta, y)
+    trace_samples: int = 6  # Rademacher probes of Hutchinson's trace, deflated by the Lanczos basis (0: skip)
+    trace_max_rel_se: float = 0.5  # a trace is used only when its SE <= this x |trace| (0.5: 2 SE away from 0)
     hessian_seeds: int | None = None  # Hessian measures only on runs of the first N seeds (null: every run)
     rhos_worst: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.05, 0.1])  # ||delta/|w|||_2 <= rho
     rhos_average: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.05, 0.1])  # sigma_j = rho |w_j|
@@ -123,7 +124,7 @@ def parse_args(argv: Sequence[str]) -> SharpnessConfig:
         if not rhos or any(not math.isfinite(r) or r <= 0 for r in rhos) or len(set(rhos)) != len(rhos):
             raise SharpnessError(f"{key}={rhos!r} must be a non-empty list of distinct radii > 0")
         setattr(opts, key, sorted(float(r) for r in rhos))
-    for key in ("eigen_tol", "curve_span", "surface_span"):
+    for key in ("eigen_tol", "trace_max_rel_se", "curve_span", "surface_span"):
         if not getattr(opts, key) > 0:
             raise SharpnessError(f"{key}={getattr(opts, key)!r} is out of range; it must be > 0")
     if opts.worst_step_size is not None and not opts.worst_step_size > 0:

@@ -23,12 +23,14 @@ CSV_FIRST = [
     "summary_train_loss",
     "gap_summary",
     "lambda_max",
-    "lambda_max_first",
-    "lambda_max_iters",
+    "lambda_max_residual",
     "lambda_max_converged",
-    "lambda_max_shifted",
+    "lambda_max_iters",
+    "lambda_max_hvp",
     "trace",
     "trace_se",
+    "trace_probes",
+    "trace_reliable",
 ]
 CSV_LAST = ["hessian_measured", "surface_measured", "forward", "backward", "hvp"]
 

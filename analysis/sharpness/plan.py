@@ -85,8 +85,8 @@ def plan_runs(runs: Sequence[RunInfo], opts: SharpnessConfig) -> Plan:
 
 def planned_passes(opts: SharpnessConfig, *, hessian: bool, surface: bool) -> dict[str, int]:
     """What one model costs with these settings: one forward on the train and one on the dev subset, forwards and
-    forward+backward pairs on the landscape subset, HVPs and Hessian graph set-ups on the Hessian subset (a shifted
-    lambda_max rerun, needed only when the first estimate is negative, adds eigen_iters HVPs and one set-up)."""
+    forward+backward pairs on the landscape subset, HVPs and Hessian graph set-ups on the Hessian subset (at most:
+    Lanczos stops early once its residual is below eigen_tol; the count includes the product that verifies it)."""
     n_worst, n_avg = len(opts.rhos_worst), len(opts.rhos_average)
     forward = (1 + 2 * opts.average_samples * n_avg) if opts.average_samples else 0
     forward += 1 + n_worst  # L(w) and the last point of every ascent
@@ -98,7 +98,7 @@ def planned_passes(opts: SharpnessConfig, *, hessian: bool, surface: bool) -> di
         "directions": opts.curve_directions + (max(0, 2 - opts.curve_directions) if surface else 0),
         "gaussian_draws": opts.average_samples + 1,
         "weight_saves": int(opts.average_samples > 0) + 1 + opts.curve_directions + int(surface),
-        "hvp": (opts.eigen_iters + opts.trace_samples) if hessian else 0,
+        "hvp": ((opts.eigen_iters + 1 if opts.eigen_iters else 0) + opts.trace_samples) if hessian else 0,
         "hessian_setups": (int(opts.eigen_iters > 0) + int(opts.trace_samples > 0)) if hessian else 0,
     }
 

@@ -33,7 +33,7 @@ from analysis.landscape import (
     PassCounter,
     average_adaptive_sharpness,
     filter_normalized_direction,
-    hessian_top_eigen,
+    hessian_lanczos,
     hessian_vector_product,
     hutchinson_trace,
     interpolate,
@@ -225,14 +225,23 @@ def named_params(model: torch.nn.Module) -> dict[str, Tensor]:
 # one model
 
 
+def trace_is_reliable(estimate: float, standard_error: float, max_rel_se: float) -> bool:
+    """A Hutchinson trace is used (tables, verdicts, tau) only when SE <= max_rel_se * |estimate|: with the default
+    0.5 the estimate lies at least 2 SE from 0, so at least its sign is known. One probe (no SE) is never enough."""
+    if not (math.isfinite(estimate) and math.isfinite(standard_error)):
+        return False
+    return bool(standard_error <= max_rel_se * abs(estimate))
+
+
 def measure_model(
     model: torch.nn.Module, data: Subsets, opts: Any, *, hessian: bool, surface: bool, counter: PassCounter
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every measure of one model: returns (row of scalars, curves).
 
     ``opts`` holds the CLI settings (options.SharpnessConfig). The row has train_loss and dev_loss (on
-    the train and dev subsets) and their difference ``gap``; lambda_max (with the first estimate, the products used,
-    whether it converged and whether the shifted rerun was needed) and the trace ± SE on the Hessian subset, NaN
+    the train and dev subsets) and their difference ``gap``; on the Hessian subset lambda_max by Lanczos with its
+    relative residual, whether it converged (residual <= eigen_tol), its Lanczos steps and products, and the
+    Hutchinson trace ± SE with its probe count and whether it is precise enough (trace_is_reliable); NaN / None
     when ``hessian`` is False; the average- and worst-case adaptive sharpness per rho on the landscape subset.
     ``curves`` = {"curve_1d": [[loss per alpha] per direction], "surface": [[loss]] or None}, landscape subset.
     """
@@ -245,43 +254,49 @@ def measure_model(
     nan = math.nan
     row.update(
         lambda_max=nan,
-        lambda_max_first=nan,
-        lambda_max_iters=0,
+        lambda_max_residual=nan,
         lambda_max_converged=None,
-        lambda_max_shifted=None,
+        lambda_max_iters=0,
+        lambda_max_hvp=0,
         trace=nan,
         trace_se=nan,
+        trace_probes=0,
+        trace_reliable=None,
     )
     hess_fn = qa_loss_fn(model, data.hessian, opts.batch_size)
+    eig = None
     if hessian and opts.eigen_iters > 0:
-        eig = hessian_top_eigen(
-            hess_fn, params, iters=opts.eigen_iters, tol=opts.eigen_tol, seed=opts.seed, counter=counter
+        # Lanczos finds the largest algebraic eigenvalue also off a minimum (no shifted rerun as power iteration
+        # needed), and its Ritz residual says whether it converged
+        eig = hessian_lanczos(
+            hess_fn,
+            params,
+            max_steps=opts.eigen_iters,
+            tol=opts.eigen_tol,
+            seed=opts.seed,
+            counter=counter,
+            return_basis=opts.trace_samples > 0,  # the trace below deflates the Krylov space
         )
-        row["lambda_max_first"] = eig.eigenvalue
-        iters = eig.iterations
-        shifted = eig.eigenvalue < 0
-        if shifted:
-            # the dominant-magnitude eigenvalue is negative (off a minimum): power iteration on H - shift I with
-            # shift = that value converges to lambda_max instead (analysis.landscape.hessian_top_eigen)
-            eig = hessian_top_eigen(
-                hess_fn,
-                params,
-                iters=opts.eigen_iters,
-                tol=opts.eigen_tol,
-                seed=opts.seed,
-                counter=counter,
-                shift=eig.eigenvalue,
-            )
-            iters += eig.iterations
         row.update(
             lambda_max=eig.eigenvalue,
-            lambda_max_iters=iters,
+            lambda_max_residual=eig.residual,
             lambda_max_converged=bool(eig.converged),
-            lambda_max_shifted=bool(shifted),
+            lambda_max_iters=eig.steps,
+            lambda_max_hvp=eig.hvp,
         )
     if hessian and opts.trace_samples > 0:
-        trace = hutchinson_trace(hess_fn, params, samples=opts.trace_samples, seed=opts.seed, counter=counter)
-        row.update(trace=trace.estimate, trace_se=trace.standard_error)
+        # deflated by the Lanczos basis when there is one: tr(T) exactly plus Hutchinson on the rest (smaller SE);
+        # the probes come from seed + 1, independent of the Lanczos start vector (seed)
+        trace = hutchinson_trace(
+            hess_fn, params, samples=opts.trace_samples, seed=opts.seed + 1, counter=counter, deflation=eig
+        )
+        eig = None  # frees the basis
+        row.update(
+            trace=trace.estimate,
+            trace_se=trace.standard_error,
+            trace_probes=trace.samples,
+            trace_reliable=trace_is_reliable(trace.estimate, trace.standard_error, opts.trace_max_rel_se),
+        )
 
     land_fn = qa_loss_fn(model, data.landscape, opts.batch_size)
     for rho in opts.rhos_average:

@@ -4,21 +4,57 @@ import dataclasses
 import math
 from pathlib import Path
 
+import pandas as pd
+
 from analysis.collect import arm_order
 from analysis.report.formatting import fmt_p, md_table
 from analysis.sharpness.figures import FIGURES
 from analysis.sharpness.measure import _g
 from analysis.sharpness.options import SharpnessConfig, _defaults, rho_key
 from analysis.sharpness.qa import Subsets
-from analysis.sharpness.tables import LOSS_COLUMNS, TAU_BOOT_SEED, TAU_MIN_N, TAU_N_BOOT, measure_columns
+from analysis.sharpness.tables import (
+    LOSS_COLUMNS,
+    MARK,
+    TAU_BOOT_SEED,
+    TAU_MIN_N,
+    TAU_N_BOOT,
+    VALIDITY,
+    measure_columns,
+    unusable,
+)
 
 
-def _cell(mean: float, half: float, n: int) -> str:
+def _cell(mean: float, half: float, n: int, left: int = 0) -> str:
+    """mean ± t half width (n = usable runs), with `left` unusable runs marked † (left out of the mean)."""
+    mark = f"; {left} {MARK} left out" if left else ""
     if n == 0 or math.isnan(mean):
-        return "–"
+        return f"{MARK} (n=0{mark})" if left else "–"
     if n < 2 or math.isnan(half):
-        return f"{mean:.4g} (n={n})"
-    return f"{mean:.4g} ± {half:.2g} (n={n})"
+        return f"{mean:.4g} (n={n}{mark})"
+    return f"{mean:.4g} ± {half:.2g} (n={n}{mark})"
+
+
+def usable_counts(frame) -> dict[str, tuple[int, int]]:
+    """{measure column of VALIDITY: (usable values, measured values)}."""
+    out = {}
+    for column in VALIDITY:
+        if column in frame:
+            measured = int(pd.to_numeric(frame[column], errors="coerce").notna().sum())
+            out[column] = (measured - int(unusable(frame, column).sum()), measured)
+    return out
+
+
+def count_sentence(frame, column: str, what: str) -> str:
+    """'λmax converged in N of M runs; the others are marked † and left out of …' (or that all did)."""
+    good, total = usable_counts(frame).get(column, (0, 0))
+    if total == 0:
+        return f"{what}: not measured."
+    if good == total:
+        return f"{what} in {good} of {total} runs: every value is used."
+    return (
+        f"{what} in {good} of {total} runs; the others are marked {MARK} and left out of the means, the paired "
+        f"verdicts, Kendall's τ and the figures' means."
+    )
 
 
 def _setup_lines(result: dict, frame) -> list[str]:
@@ -31,8 +67,9 @@ def _setup_lines(result: dict, frame) -> list[str]:
         else (2.0 / opts.worst_steps if opts.worst_steps else 0.0)
     )
     hess = frame[frame["hessian_measured"]]
-    n_conv = int(hess["lambda_max_converged"].fillna(False).astype(bool).sum()) if len(hess) else 0
-    n_shift = int(hess["lambda_max_shifted"].fillna(False).astype(bool).sum()) if len(hess) else 0
+    steps = hess["lambda_max_iters"] if len(hess) else []
+    residuals = hess["lambda_max_residual"].dropna() if len(hess) else []
+    trace_rse = (hess["trace_se"] / hess["trace"].abs()).dropna() if len(hess) else []
     hess_runs = (
         "every run"
         if len(plan.hessian) == len(runs)
@@ -63,12 +100,29 @@ def _setup_lines(result: dict, frame) -> list[str]:
         f"first {Subsets.size(data.landscape_dev)} dev features for the dev side of the interpolation) for the "
         f"adaptive sharpness, the curves, the contours and the interpolation, and the *Hessian subset* (the first "
         f"{Subsets.size(data.hessian)} train features) for λmax and the trace.",
-        f"- **λmax**: power iteration on Hessian-vector products (double backward), at most {opts.eigen_iters} "
-        f"products, stopping early when the Rayleigh quotient changes by less than {opts.eigen_tol:g} (relative); "
-        f"when the first estimate is negative (a larger negative eigenvalue dominates), it is rerun on H − shift·I "
-        f"with shift = that estimate, which converges to λmax. Converged within the budget: {n_conv} of "
-        f"{len(hess)} runs; shifted rerun needed: {n_shift}.",
-        f"- **tr(H)**: Hutchinson's estimator with {opts.trace_samples} Rademacher probes (± = its standard error).",
+        f"- **λmax**: the largest Ritz value of Lanczos with full reorthogonalisation on Hessian-vector products "
+        f"(double backward), at most {opts.eigen_iters} steps from a seeded Gaussian start, stopping when the Ritz "
+        f"pair (θ, y) has ‖Hy − θy‖ / |θ| ≤ {opts.eigen_tol:g}; the residual is then measured with one more "
+        f"product and recorded per run (`lambda_max_residual`, `lambda_max_converged`, `lambda_max_iters` in "
+        f"`sharpness.csv`). It converges to the largest eigenvalue also off a minimum (no shift needed). "
+        + count_sentence(frame, "lambda_max", "λmax converged")
+        + (
+            f" Lanczos steps used: {int(min(steps))}–{int(max(steps))}; largest residual {max(residuals):.2g}."
+            if len(residuals)
+            else ""
+        ),
+        f"- **tr(H)**: Hutchinson's estimator with {opts.trace_samples} Rademacher probes"
+        + (
+            ", deflated by the Lanczos basis Q of λmax (tr(QHQᵀ) = tr(T) exactly, plus Hutchinson on the probes "
+            "projected off span(Q): unbiased, with the top directions' variance removed; Gambhir et al. 2017)"
+            if opts.eigen_iters > 0
+            else ""
+        )
+        + f", reported as value ± standard error (sample std of the probe terms / √{opts.trace_samples}); a trace "
+        f"is used only when "
+        f"SE ≤ {opts.trace_max_rel_se:g}·|tr(H)| (the rule of `trace_reliable`). "
+        + count_sentence(frame, "trace", "tr(H) precise enough")
+        + (f" SE / |tr(H)|: {min(trace_rse):.2g}–{max(trace_rse):.2g}." if len(trace_rse) else ""),
         f"- **Average-case adaptive sharpness**: E[L(w + δ) − L(w)] with elementwise normalisation, "
         f"δ_j ~ N(0, (ρ·|w_j|)²) (Andriushchenko et al. 2023), {opts.average_samples} antithetic pairs (±δ) per ρ, "
         f"the same draws for every ρ and every model; ρ ∈ {{{rhos_a}}}.",
@@ -97,7 +151,7 @@ def _setup_lines(result: dict, frame) -> list[str]:
         f"on the dev subset; {min(per_model['forward_landscape'])}–{max(per_model['forward_landscape'])} forwards "
         f"(the most for the runs with a contour) and {len(opts.rhos_worst) * opts.worst_steps} forward+backward "
         f"passes on the landscape subset; {max(per_model['hvp'])} Hessian-vector products on the Hessian subset "
-        f"({opts.eigen_iters} more where the shifted λmax rerun is needed), for {hess_runs}. {changed} Passes "
+        f"(at most: Lanczos stops at convergence), for {hess_runs}. {changed} Passes "
         f"counted (mean per model): {mean('forward'):.1f} forward, {mean('backward'):.1f} backward, "
         f"{mean('hvp'):.1f} HVP; every run's counts are in `sharpness.csv`, the measured wall times in "
         f"`sharpness_timing.csv`.",
@@ -120,14 +174,17 @@ def _summary_lines(summary, opts: SharpnessConfig) -> list[str]:
             cells = []
             for arm in arms:
                 hit = sub[(sub["arm"] == arm) & (sub["k"] == k)]
-                cells.append(
-                    "–" if hit.empty else _cell(hit.iloc[0]["mean"], hit.iloc[0]["ci_half"], int(hit.iloc[0]["n"]))
-                )
+                if hit.empty:
+                    cells.append("–")
+                    continue
+                r = hit.iloc[0]
+                cells.append(_cell(r["mean"], r["ci_half"], int(r["n"]), int(r.get("left_out", 0) or 0)))
             rows.append([labels.get(metric, metric), k, *cells])
     return [
         "### Per arm: mean ± 95% CI over seeds",
         "",
-        "Mean over seeds ± the half width of the 95% Student-t interval (n = runs; no interval for n < 2).",
+        "Mean over seeds ± the half width of the 95% Student-t interval (n = runs; no interval for n < 2). "
+        f"{MARK}: runs whose λmax did not converge or whose tr(H) is too noisy (see Setup), left out of the mean.",
         "",
     ] + [md_table(["measure", "k", *arms], rows), ""]
 
@@ -145,7 +202,7 @@ def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
                 labels.get(r["metric"], r["metric"]),
                 int(r["k"]),
                 f"{r['a']} − {r['b']}",
-                int(r["n"]),
+                f"{int(r['n'])} ({int(r['left_out'])} {MARK} left out)" if r.get("left_out", 0) else int(r["n"]),
                 _g(r["mean_diff"]),
                 ci,
                 fmt_p(r["p_value"]),
@@ -157,7 +214,8 @@ def _paired_lines(paired, opts: SharpnessConfig) -> list[str]:
         "per row, the paired t-test, and its own 95% t-interval (analysis.stats.paired_differences: the interval "
         "excludes 0 exactly when p < 0.05). A sharpness measure reads flatter/sharper (no better/worse: whether "
         "flatter generalises better is what the τ table asks), a gap smaller/larger. Where the sweep has k = 1, "
-        "sam_full and sam_last run the same algorithm there, so their difference must be 0.",
+        "sam_full and sam_last run the same algorithm there, so their difference must be 0. A seed whose λmax did "
+        f"not converge or whose tr(H) is too noisy in either arm is left out of its pair ({MARK} in the pairs column).",
         "",
     ]
     return lines + [
@@ -179,7 +237,8 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
         "fine-tuning, sharpness often tracks the learning rate and the optimiser more than generalisation "
         "(Andriushchenko et al. 2023), so a τ here describes these runs, it is not evidence that flatter "
         f"minima generalise better. A τ is called uninformative when there are fewer than {TAU_MIN_N} runs, "
-        "when its CI spans 0, or when over a quarter of the pairs are tied.",
+        "when its CI spans 0, or when over a quarter of the pairs are tied. Runs whose λmax did not converge "
+        f"or whose tr(H) is too noisy are left out of that measure's τ ({MARK} in the runs column).",
         "",
     ]
     if taus.empty:
@@ -191,7 +250,7 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
             [
                 r["label"],
                 r["gap_label"],
-                r["n"],
+                f"{r['n']} ({int(r['left_out'])} {MARK} left out)" if r.get("left_out", 0) else r["n"],
                 _g(r["tau"], ".3f"),
                 ci,
                 f"{r['ties_x']} / {r['ties_y']} of {r['pairs']}",
@@ -224,7 +283,11 @@ def _tau_lines(taus, n_runs: int) -> list[str]:
 
 
 FIGURE_TEXT = {
-    "hessian": ("λmax and tr(H)", "Per k and arm: mean over seeds with a min–max bar; dots are single runs."),
+    "hessian": (
+        "λmax and tr(H)",
+        "Per k and arm: mean over seeds with a min–max bar; dots are single runs. Hollow circles (†): λmax not "
+        "converged or tr(H) too noisy, left out of the mean and bar.",
+    ),
     "adaptive": (
         "Adaptive sharpness against ρ",
         "Average-case (elementwise Gaussian) and worst-case (adaptive "

@@ -27,6 +27,42 @@ def measure_columns(opts: SharpnessConfig) -> list[tuple[str, str]]:
     return cols
 
 
+# a measure's column -> the boolean column that says whether its value may be used: lambda_max only when Lanczos
+# converged (relative residual <= eigen_tol), the trace only when its standard error is small enough
+# (qa.trace_is_reliable). A value whose flag is not True is marked † in every table and figure and left out of the
+# means, the paired verdicts and Kendall's tau.
+VALIDITY = {"lambda_max": "lambda_max_converged", "trace": "trace_reliable"}
+MARK = "†"
+
+
+def unusable(frame, column: str):
+    """Boolean Series: the measured values of `column` whose validity flag is not True (False or missing)."""
+    flag = VALIDITY.get(column)
+    measured = pd.to_numeric(frame[column], errors="coerce").notna()
+    if flag is None or flag not in frame:
+        return measured & False
+    return measured & ~frame[flag].map(lambda v: v is True or v == 1 or str(v) == "True")
+
+
+def usable_frame(frame):
+    """A copy of `frame` with every unusable value (see VALIDITY) set to NaN: what the means, verdicts and tau use."""
+    out = frame.copy()
+    for column in VALIDITY:
+        if column in out:
+            out.loc[unusable(frame, column), column] = math.nan
+    return out
+
+
+def left_out(frame, column: str, by: tuple = ()) -> dict:
+    """{group key (tuple over `by`): count of unusable values of `column`} for the groups that have any."""
+    bad = frame[unusable(frame, column)]
+    if bad.empty:
+        return {}
+    if not by:
+        return {(): len(bad)}
+    return {tuple(k if isinstance(k, tuple) else (k,)): len(g) for k, g in bad.groupby(list(by), sort=False)}
+
+
 # the losses and gaps of sharpness.csv (experiments.metrics), and the two gaps the tau table ranks against
 LOSS_COLUMNS = [(m.key, m.label) for m in select("sharpness") if m.kind in ("loss", "gap")]
 GAPS = [(m.key, m.short) for m in select("sharpness", kind="gap")]
@@ -48,12 +84,15 @@ def tau_verdict(result: dict[str, Any]) -> str:
 
 
 def tau_table(frame, opts: SharpnessConfig):
+    """Kendall tau of every measure against each gap over the usable values (VALIDITY); `left_out` counts the runs
+    whose value was unusable."""
     rows = []
+    usable = usable_frame(frame)
     for column, label in measure_columns(opts):
         for gap, gap_label in GAPS:
             if column not in frame or gap not in frame:
                 continue
-            result = kendall_with_ci(frame[column], frame[gap], n_boot=TAU_N_BOOT, seed=TAU_BOOT_SEED)
+            result = kendall_with_ci(usable[column], usable[gap], n_boot=TAU_N_BOOT, seed=TAU_BOOT_SEED)
             rows.append(
                 {
                     "measure": column,
@@ -61,6 +100,7 @@ def tau_table(frame, opts: SharpnessConfig):
                     "gap": gap,
                     "gap_label": gap_label,
                     **result,
+                    "left_out": int(unusable(frame, column).sum()),
                     "verdict": tau_verdict(result),
                 }
             )
@@ -68,19 +108,40 @@ def tau_table(frame, opts: SharpnessConfig):
 
 
 def summary_tables(frame, opts: SharpnessConfig):
-    """(per arm × k mean and t CI of every measure, paired differences sam_full − adamw and sam_full − sam_last)."""
+    """(per arm × k mean and t CI of every measure, paired differences sam_full − adamw and sam_full − sam_last), both
+    over the usable values only (VALIDITY): the summary gets a `left_out` column (unusable runs of the arm and k),
+    the paired table one with the seeds of the group that lost their pair to an unusable value."""
     columns = measure_columns(opts) + LOSS_COLUMNS
-    summary = pd.concat(
-        [summarize(frame, c, by=("arm", "k")) for c, _ in columns if frame[c].notna().any()], ignore_index=True
-    )
+    original, frame = frame, usable_frame(frame)
+    # a measure whose every value is unusable keeps its rows (n = 0): the table then shows that it was left out
+    measured = [c for c, _ in columns if pd.to_numeric(original[c], errors="coerce").notna().any()]
+    summary = pd.concat([summarize(frame, c, by=("arm", "k")) for c in measured], ignore_index=True)
+    summary["left_out"] = [
+        left_out(original, m, ("arm", "k")).get((arm, int(k)), 0)
+        for m, arm, k in zip(summary["metric"], summary["arm"], summary["k"])
+    ]
     paired = []
     arms = set(frame["arm"])
     for a, b in SHARPNESS_DIFFERENCES:
         if a in arms and b in arms:
-            for c, _ in measure_columns(opts) + [
+            paired_columns = measure_columns(opts) + [
                 (m.key, m.label) for m in select("sharpness", kind="gap", paired=True)
-            ]:
-                if frame[c].notna().any():
-                    paired.append(paired_differences(frame, c, a, b, by=("k",)))
+            ]
+            for c, _ in paired_columns:
+                if c in measured:
+                    table = paired_differences(frame, c, a, b, by=("k",))
+                    table["left_out"] = [_lost_pairs(original, c, a, b, int(k)) for k in table["k"]]
+                    paired.append(table)
     paired = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
     return summary, paired
+
+
+def _lost_pairs(frame, column: str, a: str, b: str, k: int) -> int:
+    """Seeds at this k that both arms ran but that lost their pair because a or b's value is unusable."""
+    bad = unusable(frame, column)
+    seeds = {}
+    for arm in (a, b):
+        mine = frame[(frame["arm"] == arm) & (frame["k"] == k)]
+        seeds[arm] = (set(mine["seed"]), set(mine.loc[bad.loc[mine.index], "seed"]))
+    both = seeds[a][0] & seeds[b][0]
+    return len(both & (seeds[a][1] | seeds[b][1]))
