@@ -11,7 +11,8 @@ The audit
 
 1. snapshots the model (parameters, buffers, gradients, train/eval modes), every live torch optimizer that holds one
    of its parameters (state and param groups) and their LR schedulers, and the RNG;
-2. switches dropout off (see `dropout_off`) and runs `step(window)`, recording with torch's global optimizer step
+2. switches dropout off (see `dropout_off`), clears the gradients (as after the previous update's zero_grad) and
+   runs `step(window)`, recording with torch's global optimizer step
    pre-hook the gradient every optimizer's `step` is about to use. A SAM wrapper whose own `step` calls its base
    optimizer's `step` fires the hook twice, nested; the last hook inside one outermost call is the base optimizer,
    whose parameters' `.grad` hold the gradient actually stepped with;
@@ -185,6 +186,10 @@ def which_replay(
     snapshot = _Snapshot(model, found)
     try:
         with dropout_off(model):
+            # from cleared gradients, as after the previous update's zero_grad: a loop that does not zero them
+            # first (the blog's) would otherwise fold whatever was left in .grad into its update
+            for p in trainable:
+                p.grad = None
             with _StepRecorder(model, set(trainable)) as recorder:
                 try:
                     step(window)
@@ -527,6 +532,7 @@ def blog_loop(loss_of: Callable[[Any], Tensor], optimizer, accumulation: int, pa
     step over one window: its counters, its clip before `first_step`, and its second pass
     `for _ in range(accumulation)` that replays `input`, the loop variable left over from the last micro-batch."""
     first_step = second_step = 0
+    parameters = list(parameters)
 
     def step(window):
         nonlocal first_step, second_step
