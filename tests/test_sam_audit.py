@@ -315,6 +315,38 @@ def test_a_scaled_and_clipped_loop_keeps_its_verdict_and_shows_the_scale():
     assert f"scale: step's gradient is {max_norm / r_norm:.4g} × the rule's" in str(clipped)
 
 
+def test_asam_and_uneven_micro_batches_are_audited_with_the_loops_own_settings():
+    """ASAM (weights by name, as SamsungLabs/ASAM) and micro-batches weighted n_i/N: matched when the audit is told
+    so, not otherwise."""
+    model = make_mlp()
+    loss_fn = mlp_loss(model)
+    named = list(model.named_parameters())
+    groups = [
+        {"params": [p for n, p in named if n.endswith("weight")], "is_weight": True},
+        {"params": [p for n, p in named if not n.endswith("weight")], "is_weight": False},
+    ]
+    asam = SAM(groups, torch.optim.AdamW, rho=0.5, adaptive=True, eta=0.01, lr=1e-3)
+    step = full_replay_loop(loss_fn, asam, K, model)
+    assert which_replay(step, model, mlp_window(), loss_fn, rho=0.5, adaptive=True).verdict == "full"
+    assert which_replay(step, model, mlp_window(), loss_fn, rho=0.5).verdict is None
+
+    sizes = [2, 5, 3, 6]
+    g = torch.Generator().manual_seed(3)
+    window = [(torch.randn(n, 6, generator=g), torch.randn(n, 2, generator=g)) for n in sizes]
+    optimizer = sam_of(model)
+
+    def weighted(window):
+        for batch in window:
+            (loss_fn(batch) * len(batch[0]) / sum(sizes)).backward()
+        optimizer.first_step(zero_grad=True)
+        for batch in window:
+            (loss_fn(batch) * len(batch[0]) / sum(sizes)).backward()
+        optimizer.second_step(zero_grad=True)
+
+    assert which_replay(weighted, model, window, loss_fn, sizes=sizes).verdict == "full"
+    assert which_replay(weighted, model, window, loss_fn).verdict is None
+
+
 def test_a_grad_scaler_loop_is_seen_unscaled():
     """fp16-style loss scaling with torch.amp.GradScaler on the CPU: the base optimizer steps with the unscaled
     gradient (scaler.step unscales first), so the scale ratio is 1."""
