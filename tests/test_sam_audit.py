@@ -24,6 +24,16 @@ K = 4
 RHO = 0.05
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is fastest, and on a shared 2-core machine a second thread waits on a busy
+    core (a tiny-BERT audit took 0.5 s on one thread, minutes on two under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # models: a small MLP and a tiny random BERT-QA, both with dropout 0.1, float32
 
