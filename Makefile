@@ -32,10 +32,10 @@ NPROC   ?= 1
 TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-ddp clean
+.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-ddp audit-example clean
 
 help:  ## list the targets and the variables they take
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "variables (make <target> NAME=value):"
 	@grep -E '^#= ' $(MAKEFILE_LIST) | sed 's/^#= /  /'
 
@@ -130,6 +130,9 @@ bench-train: $(STAMP)  ## the training loop vs HF Trainer and a pytorch_optimize
 
 bench-ddp: $(STAMP)  ## data-parallel SAM: the extra all-reduce of the global perturbation (NPROC=2 gloo processes)
 	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(or $(filter-out 1,$(strip $(NPROC))),2) -m experiments.bench_ddp $(ARGS)
+
+audit-example: $(STAMP)  ## which update does the blog's SAM loop compute? sam.audit on it, prints the report
+	$(PY) -m sam.audit --example $(ARGS)
 
 # build/ too: setuptools packs whatever an earlier `pip install .` left in build/lib into the next wheel.
 clean:  ## remove caches, raw runs and pip's build folders (keeps .venv and results/report)
