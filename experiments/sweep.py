@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.config import split_key_value
+from experiments.config import is_path_name, split_key_value
 from experiments.rundir import (
     COMPLETED,
     CONFLICT,
@@ -48,7 +48,7 @@ from experiments.rundir import (
     sweep_dir,
 )
 from experiments.sweep_runner import Manifest, Runner, format_duration, format_metric, pick_gpus
-from experiments.sweep_spec import Run, SweepError, SweepSpec, expand, is_sweep_name, load_sweep
+from experiments.sweep_spec import Run, SweepError, SweepSpec, expand, load_sweep
 
 TRAIN_CMD_ENV = "SWEEP_TRAIN_CMD"  # a shell-quoted command that replaces `python -m experiments.train` (tests)
 
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for item in args.overrides:
             key, value = split_key_value(item)
             if key == "sweep":  # `sweep=NAME` renames the sweep
-                if not is_sweep_name(value.strip()):
+                if not is_path_name(value.strip()):
                     raise SweepError(f"sweep={value!r}: a sweep name is letters, digits, . _ -")
                 spec.name = value.strip()
             else:

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import (
     ConfigError,
     config_hash,
+    is_path_name,
     load_config,
     parse_value,
     read_yaml_text,
@@ -101,16 +102,6 @@ def _overrides_from(node: Any, where: str) -> list[str]:
 
 def _is_config_file(value: Any) -> bool:
     return isinstance(value, str) and value.endswith(CONFIG_SUFFIXES) and "=" not in value
-
-
-def is_sweep_name(name: Any) -> bool:
-    """A sweep name is a folder name: letters, digits, dot, underscore, dash."""
-    return (
-        isinstance(name, str)
-        and bool(name)
-        and name not in (".", "..")
-        and all(c.isalnum() or c in "._-" for c in name)
-    )
 
 
 def _resolve_file(path: str) -> str:
@@ -185,7 +176,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
             f"sweep file {str(path)!r}: unknown key(s) {', '.join(unknown)}; known: {', '.join(SWEEP_KEYS)}"
         )
     name = data.get("name")
-    if not is_sweep_name(name):
+    if not is_path_name(name):
         raise SweepError(f"sweep file {str(path)!r}: name must be a non-empty string of letters, digits, . _ -")
     base = data.get("base") or []
     base = [base] if isinstance(base, str) else base

@@ -408,7 +408,7 @@ def test_arm_label_is_derived_from_replay_and_must_match_it():
 
     assert load_config([REPO / "configs" / "default.yaml"], ["optim.replay=micro"]).arm == "sam_micro"
     assert load_config([arm_file("sam_last")]).arm == "sam_last"
-    assert load_config([], ["optim.replay=last", "arm=my_variant"]).arm == "my_variant"
+    assert load_config([], ["optim.replay=last", "arm=my_variant", "custom_arm=true"]).arm == "my_variant"
     with pytest.raises(ConfigError, match="arm='sam_full' does not match optim.replay='last'"):
         load_config([arm_file("sam_full")], ["optim.replay=last"])
 
