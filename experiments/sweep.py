@@ -73,7 +73,10 @@ def plan(run: Run) -> None:
         return
     status, reason = summary.get("status"), summary.get("reason")
     stored_hash, own_hash = state.summary_hash, state.own_hash
-    if state.decision == CONFLICT and stored_hash is not None:
+    if state.decision == CONFLICT and state.changed_input is not None:
+        run.action, run.status = "conflict", "skipped"
+        run.reason = f"{state.changed_input}; its result is of the old input: delete the run directory to rerun it"
+    elif state.decision == CONFLICT and stored_hash is not None:
         run.action, run.status = "conflict", "skipped"
         run.reason = f"its directory holds another config (hash {stored_hash}, this run's is {own_hash}); left as is"
     elif state.decision in DONE_STATUSES and stored_hash == own_hash:
