@@ -208,7 +208,117 @@ def _changed(node: DictConfig, defaults: Any, keys: Sequence[str], prefix: str) 
     ]
 
 
-def resolve_data_source(cfg: DictConfig, notes: list | None = None) -> None:
+# The rules a local file is scored by, from the file's own markers (the official files of each set carry them):
+# marker → (what it is, the data config that holds its rules, the settings of that config that decide the scoring)
+FILE_SETS = {
+    "korquad": (
+        "KorQuAD 1.0",
+        "configs/data/korquad.yaml",
+        {"data.metric": "char", "data.id_field": "id", "data.version_2_with_negative": False},
+    ),
+    "klue": (
+        "KLUE-MRC",
+        "configs/data/klue_mrc.yaml",
+        {
+            "data.metric": "klue",
+            "data.id_field": "guid",
+            "data.version_2_with_negative": True,
+            "train.save_best_by": "dev/rouge_w",
+        },
+    ),
+    "squad_v2": (
+        "SQuAD 2.0",
+        "configs/data/squad_v2.yaml",
+        {"data.metric": "squad", "data.version_2_with_negative": True},
+    ),
+}
+_MARKERS: dict[tuple[str, int, int], tuple[str, str] | None] = {}  # (path, bytes, mtime_ns) → file_markers
+
+
+def file_markers(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(FILE_SETS key, the marker seen) of a local QA file, or None for plain SQuAD v1.1 (or an unreadable file:
+    experiments.data reports that). Markers: the "version" field "KorQuAD_v1..." (KorQuAD 1.0's files); a question
+    with "guid" (KLUE-MRC's layout, with is_impossible beside it); a question with "is_impossible" (SQuAD 2.0).
+    Nested SQuAD JSON, a JSON list of flat records and JSON lines are read; cached per (path, size, mtime)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MARKERS:
+        _MARKERS[key] = _read_markers(path)
+    return _MARKERS[key]
+
+
+def _read_markers(path: Path) -> tuple[str, str] | None:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        doc: Any = json.loads(text)
+        questions: list = []
+    except ValueError:  # JSON lines (or not JSON at all)
+        doc, questions = None, []
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                questions.append(record)
+    if isinstance(doc, dict):
+        version = doc.get("version")
+        if isinstance(version, str) and version.startswith("KorQuAD_v1"):
+            return "korquad", f"version {version!r}"
+        for article in doc.get("data") or []:
+            if not isinstance(article, dict):
+                continue
+            for paragraph in article.get("paragraphs") or [article]:
+                qas = paragraph.get("qas", [paragraph]) if isinstance(paragraph, dict) else []
+                questions += [q for q in qas if isinstance(q, dict)]
+    elif isinstance(doc, list):
+        questions = [q for q in doc if isinstance(q, dict)]
+    if any("guid" in q for q in questions):
+        return "klue", "questions with 'guid' and 'is_impossible'"
+    if any("is_impossible" in q for q in questions):
+        return "squad_v2", "questions with 'is_impossible'"
+    return None
+
+
+def _apply_file_rules(cfg: DictConfig, notes: list, given: dict) -> None:
+    """Local files are scored by the rules their markers name (file_markers): a key the user did not set takes
+    that set's value (with a note); a key set to another value is refused, naming the data config to add, except
+    data.version_2_with_negative=false (v1 training on unanswerable data: load_examples warns)."""
+    found = {}
+    for key in ("data.validation_file", "data.train_file"):
+        marker = file_markers(_select(cfg, key)) if Path(_select(cfg, key)).is_file() else None
+        if marker is not None:
+            found.setdefault(marker[0], (key, marker[1]))
+    if not found:
+        return
+    name = next(iter(found))  # the dev file's set first: it decides the scoring
+    key_of_file, marker = found[name]
+    what, config, settings = FILE_SETS[name]
+    applied, defaults = [], OmegaConf.structured(Config)
+    for key, value in settings.items():
+        current = _select(cfg, key)
+        if current == value:
+            continue
+        # a choice: an override, or a file's value other than the schema default (configs/default.yaml repeats
+        # every default, configs/data/squad.yaml the SQuAD ones: neither chose rules for this file)
+        if key in given and (given[key].startswith("override") or current != _select(defaults, key)):
+            if key == "data.version_2_with_negative":
+                continue  # v1 training on v2 data, chosen: experiments.data warns about the unanswerable questions
+            raise ConfigError(
+                f"{key_of_file}={_select(cfg, key_of_file)} is a {what} file ({marker}) but {key}={_show(current)} "
+                f"(set by {given[key]}) is not its rule; add {config} (it sets {key}={_show(value)})"
+            )
+        OmegaConf.update(cfg, key, value, merge=False)
+        applied.append(f"{key}={_show(value).lower() if isinstance(value, bool) else _show(value)}")
+    if applied:
+        notes.append(
+            f"data: {key_of_file} is a {what} file ({marker}): scored by its rules, {', '.join(applied)} "
+            f"(as {config} sets them)"
+        )
+
+
+def resolve_data_source(cfg: DictConfig, notes: list | None = None, set_by: dict | None = None) -> None:
     """Decide which data a run reads, write it to data.source, and refuse or explain settings that would not apply.
 
     - data.train_file + data.validation_file set: local files, whatever else is set. Over data.source=hub (a data
@@ -219,6 +329,9 @@ def resolve_data_source(cfg: DictConfig, notes: list | None = None) -> None:
     - the generated set with hub keys set (data.hub_path, data.hub_name, hub splits) is refused; data.generated.*
       changed while reading files or the hub, data.id_field changed on the generated set, or
       eval.null_score_diff_threshold changed without data.version_2_with_negative get a note that they are not used.
+    - local files are scored by the rules their own markers name (file_markers: KorQuAD's version field, KLUE's
+      guid/is_impossible, SQuAD 2.0's is_impossible): keys not in `set_by` (key → where it was set) take that set's
+      values with a note; a key in `set_by` with another value is refused, naming the data config to add.
     Raises ConfigError (one line naming the key); appends one-line notes to `notes`.
     """
     d = cfg.data
@@ -244,6 +357,7 @@ def resolve_data_source(cfg: DictConfig, notes: list | None = None) -> None:
                 f"and scored with data.metric={d.metric}"
             )
         d.source = "files"
+        _apply_file_rules(cfg, notes, set_by or {})
     elif requested is None:
         d.source = "hub" if d.hub_path else "generated"
     if d.source == "generated":
@@ -498,7 +612,7 @@ def load_config(
             f"data.source={cfg.data.source!r} is not allowed; choose one of: null, generated, files, hub"
             f"{where('data.source')}"
         )
-    resolve_data_source(cfg, notes)
+    resolve_data_source(cfg, notes, sources)
     _check_values(cfg, where)
     return cfg
 
