@@ -737,7 +737,7 @@ def test_an_nfd_context_with_nfc_offsets_names_unicode_normalisation(tmp_path):
         read_squad_file(path, strict=True)
     message = str(info.value)
     assert (
-        message.endswith(
+        message.split("; data.strict=false")[0].endswith(
             "; likely cause: Unicode normalisation (the context and the answer are in different forms, NFC/NFD, so "
             "answer_start counts other code points): normalise the file to NFC (unicodedata.normalize('NFC', ...) on "
             "every string) and recompute answer_start"
