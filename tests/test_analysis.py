@@ -940,3 +940,25 @@ def test_results_tables_cut_the_t_interval_to_the_metric_range():
     text = "\n".join(_results_section(summary_table(runs)))
     assert "| adamw | 8 | 3 | 3 | 98.67 ± 1.53 | [94.87, 100.00] |" in text
     assert "| adamw | 8 | 3 | 3 | 0.1500 ± 0.1323 | [0.0000, 0.4786] |" in text
+
+
+def test_the_answer_says_sam_last_diverged_on_every_seed_instead_of_not_measured():
+    """issue 21 item 9: a sweep whose buggy arm diverged on all 3 seeds at k = 8 (sam_full completed on all 3) has
+    its answer: "sam_last diverged on 3/3 seeds", not "not measured"."""
+    import pandas as pd
+
+    from analysis.report.text import answer
+
+    rows = [
+        {"arm": arm, "k": 8, "seed": seed, "status": status, "final.dev/f1": f1}
+        for seed in (0, 1, 2)
+        for arm, status, f1 in (("sam_full", "completed", 80.0 + seed), ("sam_last", "diverged", float("nan")))
+    ]
+    runs = pd.DataFrame(rows)
+    text = answer(runs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())["answer"]
+    assert text.startswith("**Answer: sam_last diverged on 3/3 seeds** at k = 8, where sam_full completed")
+    # one seed of sam_last completed: no longer "diverged on every seed"; with no pair left, still "not measured"
+    runs.loc[(runs["arm"] == "sam_last") & (runs["seed"] == 0), "status"] = "failed"
+    assert answer(runs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())["answer"].startswith(
+        "**Answer: not measured.**"
+    )
