@@ -962,3 +962,13 @@ def test_the_answer_says_sam_last_diverged_on_every_seed_instead_of_not_measured
     assert answer(runs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())["answer"].startswith(
         "**Answer: not measured.**"
     )
+
+
+@pytest.mark.parametrize("value", ["../x", "a/b", ".", "/abs"])
+def test_the_report_refuses_a_sweep_name_that_is_not_one_folder(value):
+    """issue 21 item 5: sweep= names runs/<sweep>/ and report-<sweep>/, so it is one plain name (is_path_name)."""
+    from analysis.report import ReportError, parse_args
+
+    with pytest.raises(ReportError, match=r"must be one plain name of letters, digits, \. _ -"):
+        parse_args([f"sweep={value}"])
+    assert parse_args(["sweep=ablation"])["sweep"] == "ablation"

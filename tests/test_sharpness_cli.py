@@ -286,3 +286,19 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(sweep, capsys):
     out = capsys.readouterr().out
     assert "timing probe:" in out and "estimated time:" in out and "[1/6]" not in out
     assert (report / "sharpness.csv").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("curve_span=inf", "curve_span=inf is out of range; it must be > 0"),
+        ("eigen_tol=nan", "eigen_tol=nan is out of range; it must be > 0"),
+        ("worst_step_size=inf", "worst_step_size=inf is out of range; it must be > 0 or null"),
+        ("sweep=../x", "sweep='../x' must be one plain name of letters, digits, . _ - (not . or ..)"),
+    ],
+)
+def test_non_finite_values_and_path_escapes_are_refused(arg, message):
+    """issue 21 items 1 and 5 in analysis.sharpness's own options: inf passes `> 0`, and sweep is a folder name."""
+    with pytest.raises(SharpnessError) as info:
+        parse_args([arg])
+    assert str(info.value) == message
