@@ -704,3 +704,17 @@ def test_the_smoke_sweep_end_to_end(tmp_path):
     again = json.loads((results / "runs" / "smoke" / "sweep.json").read_text())
     assert {e["action"] for e in again["runs"]} == {"skip"}
     assert {e["run_id"]: file_times(Path(e["run_dir"])) for e in again["runs"]} == before
+
+
+def test_an_exclude_rule_with_a_misspelt_arm_is_refused(tmp_path):
+    """issue 21 class 6 in sweep files: exclude {arm: sam_mirco} would match nothing and keep the runs it meant."""
+    path = write_sweep(tmp_path, exclude=[{"arm": "sam_lastt", "train.accumulation_steps": 1}])
+    with pytest.raises(sweep_spec.SweepError) as info:
+        sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])
+    assert str(info.value) == (
+        "sweep t: exclude rule {'arm': 'sam_lastt', 'train.accumulation_steps': 1} names arm 'sam_lastt', which no "
+        "run of the sweep has (adamw, sam_full, sam_last); did you mean sam_last?"
+    )
+    # an arm of the table that this sweep does not run is fine (a rule shared between sweeps)
+    path = write_sweep(tmp_path, exclude=[{"arm": "sam_micro"}])
+    assert len(sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])) == 6
