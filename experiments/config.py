@@ -281,19 +281,33 @@ def _read_markers(path: Path) -> tuple[str, str] | None:
     return None
 
 
+# hub sets whose official rules are not SQuAD v1.1's: (data.hub_path, data.hub_name) → FILE_SETS key
+HUB_SETS = {
+    ("KorQuAD/squad_kor_v1", None): "korquad",
+    ("squad_kor_v1", None): "korquad",
+    ("klue", "mrc"): "klue",
+    ("rajpurkar/squad_v2", None): "squad_v2",
+    ("squad_v2", None): "squad_v2",
+}
+
+
 def _apply_file_rules(cfg: DictConfig, notes: list, given: dict) -> None:
-    """Local files are scored by the rules their markers name (file_markers): a key the user did not set takes
-    that set's value (with a note); a key set to another value is refused, naming the data config to add, except
-    data.version_2_with_negative=false (v1 training on unanswerable data: load_examples warns)."""
+    """Local files are scored by the rules their markers name (file_markers); see _apply_set_rules."""
     found = {}
     for key in ("data.validation_file", "data.train_file"):
         marker = file_markers(_select(cfg, key)) if Path(_select(cfg, key)).is_file() else None
         if marker is not None:
             found.setdefault(marker[0], (key, marker[1]))
-    if not found:
-        return
-    name = next(iter(found))  # the dev file's set first: it decides the scoring
-    key_of_file, marker = found[name]
+    if found:
+        name = next(iter(found))  # the dev file's set first: it decides the scoring
+        key_of_file, marker = found[name]
+        _apply_set_rules(cfg, notes, given, name, f"{key_of_file}={_select(cfg, key_of_file)}", f"file ({marker})")
+
+
+def _apply_set_rules(cfg: DictConfig, notes: list, given: dict, name: str, subject: str, kind: str) -> None:
+    """Score `subject` (a local file, a hub set) by the official rules of FILE_SETS[name]: a key the user did not
+    set takes that set's value (with a note); a key set to another value is refused, naming the data config to add,
+    except data.version_2_with_negative=false (v1 training on unanswerable data: load_examples warns)."""
     what, config, settings = FILE_SETS[name]
     applied, defaults = [], OmegaConf.structured(Config)
     for key, value in settings.items():
@@ -306,14 +320,14 @@ def _apply_file_rules(cfg: DictConfig, notes: list, given: dict) -> None:
             if key == "data.version_2_with_negative":
                 continue  # v1 training on v2 data, chosen: experiments.data warns about the unanswerable questions
             raise ConfigError(
-                f"{key_of_file}={_select(cfg, key_of_file)} is a {what} file ({marker}) but {key}={_show(current)} "
-                f"(set by {given[key]}) is not its rule; add {config} (it sets {key}={_show(value)})"
+                f"{subject} is a {what} {kind} but {key}={_show(current)} (set by {given[key]}) is not its rule; "
+                f"add {config} (it sets {key}={_show(value)})"
             )
         OmegaConf.update(cfg, key, value, merge=False)
         applied.append(f"{key}={_show(value).lower() if isinstance(value, bool) else _show(value)}")
     if applied:
         notes.append(
-            f"data: {key_of_file} is a {what} file ({marker}): scored by its rules, {', '.join(applied)} "
+            f"data: {subject.split('=')[0]} is a {what} {kind}: scored by its rules, {', '.join(applied)} "
             f"(as {config} sets them)"
         )
 
@@ -360,6 +374,9 @@ def resolve_data_source(cfg: DictConfig, notes: list | None = None, set_by: dict
         _apply_file_rules(cfg, notes, set_by or {})
     elif requested is None:
         d.source = "hub" if d.hub_path else "generated"
+    if not given and d.source == "hub" and (d.hub_path, d.hub_name) in HUB_SETS:
+        name = HUB_SETS[(d.hub_path, d.hub_name)]
+        _apply_set_rules(cfg, notes, set_by or {}, name, f"data.hub_path={d.hub_path}", "set on the hub")
     if d.source == "generated":
         stray = _changed(d, defaults, _HUB_KEYS, "data")
         if stray and d.hub_path is None:

@@ -446,3 +446,21 @@ def test_a_local_file_with_contrary_rules_set_is_refused_naming_its_data_config(
     klue = write_json(tmp_path, "klue.json", klue_doc(KLUE_DEV))
     with pytest.raises(ConfigError, match="is a KLUE-MRC file .* add configs/data/klue_mrc.yaml"):
         load_config([], [f"data.train_file={klue}", f"data.validation_file={klue}", "data.metric=char"])
+
+
+@pytest.mark.parametrize(
+    "overrides, settings",
+    [
+        (["data.hub_path=KorQuAD/squad_kor_v1"], ("char", "id", False)),
+        (["data.hub_path=klue", "data.hub_name=mrc"], ("klue", "guid", True)),
+        (["data.hub_path=rajpurkar/squad_v2"], ("squad", "id", True)),
+        (["data.hub_path=squad"], ("squad", "id", False)),
+    ],
+    ids=["korquad", "klue", "squad_v2", "squad"],
+)
+def test_a_hub_set_without_its_data_config_is_scored_by_its_official_rules(overrides, settings):
+    """The same class on the hub: data.hub_path=KorQuAD/squad_kor_v1 alone must not get SQuAD v1.1's token F1."""
+    d = load_config([], overrides).data
+    assert (d.metric, d.id_field, d.version_2_with_negative) == settings
+    with pytest.raises(ConfigError, match="is a KorQuAD 1.0 set on the hub but data.metric=squad"):
+        load_config([], ["data.hub_path=KorQuAD/squad_kor_v1", "data.metric=squad"])
