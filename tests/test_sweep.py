@@ -166,12 +166,12 @@ def file_times(directory: Path) -> dict:
         ("arm", "null"),
         ("run_name", "3"),
         ("run_name", "true"),
-        ("run_name", "a b"),
+        ("tracking.group", "a b"),  # text, not a folder name (run_name is one plain name)
         ("run_name", "0123"),
         ("run_name", "on"),
-        ("run_name", "'x'"),
-        ("run_name", " x "),
-        ("run_name", "a: b"),
+        ("tracking.group", "'x'"),  # text, not a folder name (run_name is one plain name)
+        ("tracking.group", " x "),  # text, not a folder name (run_name is one plain name)
+        ("tracking.group", "a: b"),  # text, not a folder name (run_name is one plain name)
         ("optim.betas", [0.9, 0.999]),
         ("tracking.tags", []),
         ("tracking.tags", ["0123", "on", "null", "a, b"]),
@@ -180,7 +180,7 @@ def file_times(directory: Path) -> dict:
 def test_values_become_overrides_that_read_back_the_same(key, value):
     """What the sweep passes on the command line is what the run's config holds, whatever the key's type."""
     text = f"{key}={sweep_spec._format_value(value)}"
-    cfg = load_config([], [text, "optim.replay=full"] if key != "arm" else [text])
+    cfg = load_config([], [text, "optim.replay=full"] if key != "arm" else [text, "custom_arm=true"])
     got = OmegaConf.select(cfg, key)
     got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
     assert got == value and type(got) is type(value), text
