@@ -614,8 +614,11 @@ def load_config(
             raise _fail_from_omegaconf(err, f"override {text!r}") from None
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
-        if not isinstance(node, DictConfig) or leaf not in node:
+        if not isinstance(node, DictConfig) or leaf not in node.keys():
             raise ConfigError(f"unknown config key {key!r} (override {text!r})")
+        earlier = sources.get(key, "")
+        if earlier.startswith("override") and notes is not None and earlier != f"override {text!r}":
+            notes.append(f"config: override {text!r} replaces {earlier} (a later override wins)")
         sources[key] = f"override {text!r}"
 
     def where(*keys: str) -> str:

@@ -340,3 +340,11 @@ def test_the_later_config_file_wins_and_a_note_names_both(tiny_run, tmp_path, ca
     assert f"config: optim.lr=0.002 from {str(two)!r} replaces optim.lr=0.001 from {str(args[0])!r}" in (
         capsys.readouterr().err
     )
+
+
+def test_a_key_given_twice_on_the_command_line_says_which_override_won():
+    """class 7 among overrides: the later one wins (as in a sweep, where the command line's come after the file's)."""
+    notes: list = []
+    cfg = load_config([], ["optim.lr=1e-3", "seed=1", "optim.lr=2e-3", "seed=1"], notes=notes)
+    assert (cfg.optim.lr, cfg.seed) == (2e-3, 1)
+    assert notes == ["config: override 'optim.lr=2e-3' replaces override 'optim.lr=1e-3' (a later override wins)"]

@@ -430,14 +430,14 @@ def test_a_run_dir_with_another_config_is_never_touched(tmp_path, standin, env, 
 
 def test_a_config_file_edited_mid_sweep_fails_that_run_only(tmp_path, standin, env):
     arm = tmp_path / "my_arm.yaml"
-    arm.write_text("arm: mine\noptim: {replay: full, rho: 0.05}\n")
+    arm.write_text("arm: mine\ncustom_arm: true\noptim: {replay: full, rho: 0.05}\n")
     path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"], str(arm)]})
     results = tmp_path / "results"
     spec = sweep_spec.load_sweep(path)
     runs = sweep_spec.expand(spec, [f"results_dir={results}"])
     for run in runs:
         sweep.plan(run)
-    arm.write_text("arm: mine\noptim: {replay: full, rho: 0.5}\n")  # after planning, before it starts
+    arm.write_text("arm: mine\ncustom_arm: true\noptim: {replay: full, rho: 0.5}\n")  # after planning, before it starts
     manifest = sweep_runner.Manifest(spec, runs, results / "runs" / "t", [])
     runner = sweep_runner.Runner(runs, manifest, standin.split(), jobs=1, gpus=[])
     assert runner.run()
