@@ -712,7 +712,7 @@ def test_an_exclude_rule_with_a_misspelt_arm_is_refused(tmp_path):
     with pytest.raises(sweep_spec.SweepError) as info:
         sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])
     assert str(info.value) == (
-        "sweep t: exclude rule {'arm': 'sam_lastt', 'train.accumulation_steps': 1} names arm 'sam_lastt', which no "
+        "sweep t: exclude rule {'arm': 'sam_lastt', 'train.accumulation_steps': '1'} names arm 'sam_lastt', which no "
         "run of the sweep has (adamw, sam_full, sam_last); did you mean sam_last?"
     )
     # an arm of the table that this sweep does not run is fine (a rule shared between sweeps)
