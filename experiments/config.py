@@ -21,8 +21,10 @@ never by YAML 1.1's guesses. PyYAML would read `0123` as the octal number 83, `1
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -34,9 +36,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.arms import ARM_OF_REPLAY
+from experiments.arms import ARM_OF_REPLAY, BY_NAME
 from experiments.schema import (
     CHOICES,
+    NONFINITE_ALLOWED,
     RANGES,
     Config,
     DataConfig,
@@ -52,8 +55,58 @@ def _select(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key)
 
 
+def is_path_name(name: Any) -> bool:
+    """One plain folder name: letters, digits, dot, underscore, dash, and not "." or "..". The one rule of every
+    value that becomes a path component (run_name, sweep, arm in the run id; the sweep CLI's sweep names), so that
+    no value writes outside results_dir, nests, or writes into the sweep folder itself."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and name not in (".", "..")
+        and all(c.isalnum() or c in "._-" for c in name)
+    )
+
+
+# Keys whose value is one component of a run's path (experiments.rundir.run_dir: runs/<sweep>/<run_name or arm-...>).
+PATH_NAME_KEYS = ("sweep", "run_name", "arm")
+
+
+def _float_keys(schema: type = Config, prefix: str = "") -> list[tuple[str, bool]]:
+    """(dotted key, is a list) of every key typed float, float | None or list[float] in the schema."""
+    found = []
+    for f in dataclasses.fields(schema):
+        hint = typing.get_type_hints(schema)[f.name]
+        bare = _strip_optional(hint)
+        if dataclasses.is_dataclass(bare):
+            found += _float_keys(bare, f"{prefix}{f.name}.")
+        elif bare is float:
+            found.append((f"{prefix}{f.name}", False))
+        elif typing.get_origin(bare) is list and typing.get_args(bare) == (float,):
+            found.append((f"{prefix}{f.name}", True))
+    return found
+
+
+def _check_finite(cfg: DictConfig, where) -> None:
+    """NaN and infinities are refused for every float key unless schema.NONFINITE_ALLOWED names it: every comparison
+    with NaN is false, so a range check alone lets NaN through (and inf past a lower bound)."""
+    for key, is_list in _float_keys():
+        if key in NONFINITE_ALLOWED:
+            continue
+        value = _select(cfg, key)
+        values = list(value) if is_list and value is not None else [value]
+        if all(v is None or math.isfinite(v) for v in values):
+            continue
+        shown = values if is_list else value
+        if key in RANGES:
+            what = RANGES[key][2]
+            must = what if any(math.isnan(v) for v in values if v is not None) else f"finite and {what}"
+            raise ConfigError(f"{key}={shown!r} is out of range; it must be {must}{where(key)}")
+        raise ConfigError(f"{key}={shown!r} is not allowed; it must be a finite number{where(key)}")
+
+
 def _check_values(cfg: DictConfig, where=lambda *keys: "") -> None:
     """Range, choice and cross-key checks. `where(key, ...)` names the source of those keys for the message."""
+    _check_finite(cfg, where)
     for key, allowed in CHOICES.items():
         value = _select(cfg, key)
         if value not in allowed:
@@ -134,6 +187,13 @@ def _check_wandb_fields(cfg: DictConfig, where) -> None:
     for key in ("arm", "tracking.group", "tracking.job_type", "sweep", "run_name"):
         if _select(cfg, key) == "":
             raise ConfigError(f"{key} is empty; give it a name or null{where(key)}")
+    for key in PATH_NAME_KEYS:
+        value = _select(cfg, key)
+        if value is not None and not is_path_name(value):
+            raise ConfigError(
+                f"{key}={value!r} becomes a folder name under results_dir: it must be one plain name of letters, "
+                f"digits, . _ - (not . or ..){where(key)}"
+            )
 
 
 _HUB_KEYS = ("hub_path", "hub_name", "hub_train_split", "hub_validation_split")
@@ -148,7 +208,131 @@ def _changed(node: DictConfig, defaults: Any, keys: Sequence[str], prefix: str) 
     ]
 
 
-def resolve_data_source(cfg: DictConfig, notes: list | None = None) -> None:
+# The rules a local file is scored by, from the file's own markers (the official files of each set carry them):
+# marker → (what it is, the data config that holds its rules, the settings of that config that decide the scoring)
+FILE_SETS = {
+    "korquad": (
+        "KorQuAD 1.0",
+        "configs/data/korquad.yaml",
+        {"data.metric": "char", "data.id_field": "id", "data.version_2_with_negative": False},
+    ),
+    "klue": (
+        "KLUE-MRC",
+        "configs/data/klue_mrc.yaml",
+        {
+            "data.metric": "klue",
+            "data.id_field": "guid",
+            "data.version_2_with_negative": True,
+            "train.save_best_by": "dev/rouge_w",
+        },
+    ),
+    "squad_v2": (
+        "SQuAD 2.0",
+        "configs/data/squad_v2.yaml",
+        {"data.metric": "squad", "data.version_2_with_negative": True},
+    ),
+}
+_MARKERS: dict[tuple[str, int, int], tuple[str, str] | None] = {}  # (path, bytes, mtime_ns) → file_markers
+
+
+def file_markers(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(FILE_SETS key, the marker seen) of a local QA file, or None for plain SQuAD v1.1 (or an unreadable file:
+    experiments.data reports that). Markers: the "version" field "KorQuAD_v1..." (KorQuAD 1.0's files); a question
+    with "guid" (KLUE-MRC's layout, with is_impossible beside it); a question with "is_impossible" (SQuAD 2.0).
+    Nested SQuAD JSON, a JSON list of flat records and JSON lines are read; cached per (path, size, mtime)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MARKERS:
+        _MARKERS[key] = _read_markers(path)
+    return _MARKERS[key]
+
+
+def _read_markers(path: Path) -> tuple[str, str] | None:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        doc: Any = json.loads(text)
+        questions: list = []
+    except ValueError:  # JSON lines (or not JSON at all)
+        doc, questions = None, []
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                questions.append(record)
+    if isinstance(doc, dict):
+        version = doc.get("version")
+        if isinstance(version, str) and version.startswith("KorQuAD_v1"):
+            return "korquad", f"version {version!r}"
+        for article in doc.get("data") or []:
+            if not isinstance(article, dict):
+                continue
+            for paragraph in article.get("paragraphs") or [article]:
+                qas = paragraph.get("qas", [paragraph]) if isinstance(paragraph, dict) else []
+                questions += [q for q in qas if isinstance(q, dict)]
+    elif isinstance(doc, list):
+        questions = [q for q in doc if isinstance(q, dict)]
+    if any("guid" in q for q in questions):
+        return "klue", "questions with 'guid' and 'is_impossible'"
+    if any("is_impossible" in q for q in questions):
+        return "squad_v2", "questions with 'is_impossible'"
+    return None
+
+
+# hub sets whose official rules are not SQuAD v1.1's: (data.hub_path, data.hub_name) → FILE_SETS key
+HUB_SETS = {
+    ("KorQuAD/squad_kor_v1", None): "korquad",
+    ("squad_kor_v1", None): "korquad",
+    ("klue", "mrc"): "klue",
+    ("rajpurkar/squad_v2", None): "squad_v2",
+    ("squad_v2", None): "squad_v2",
+}
+
+
+def _apply_file_rules(cfg: DictConfig, notes: list, given: dict) -> None:
+    """Local files are scored by the rules their markers name (file_markers); see _apply_set_rules."""
+    found = {}
+    for key in ("data.validation_file", "data.train_file"):
+        marker = file_markers(_select(cfg, key)) if Path(_select(cfg, key)).is_file() else None
+        if marker is not None:
+            found.setdefault(marker[0], (key, marker[1]))
+    if found:
+        name = next(iter(found))  # the dev file's set first: it decides the scoring
+        key_of_file, marker = found[name]
+        _apply_set_rules(cfg, notes, given, name, f"{key_of_file}={_select(cfg, key_of_file)}", f"file ({marker})")
+
+
+def _apply_set_rules(cfg: DictConfig, notes: list, given: dict, name: str, subject: str, kind: str) -> None:
+    """Score `subject` (a local file, a hub set) by the official rules of FILE_SETS[name]: a key the user did not
+    set takes that set's value (with a note); a key set to another value is refused, naming the data config to add,
+    except data.version_2_with_negative=false (v1 training on unanswerable data: load_examples warns)."""
+    what, config, settings = FILE_SETS[name]
+    applied, defaults = [], OmegaConf.structured(Config)
+    for key, value in settings.items():
+        current = _select(cfg, key)
+        if current == value:
+            continue
+        # a choice: an override, or a file's value other than the schema default (configs/default.yaml repeats
+        # every default, configs/data/squad.yaml the SQuAD ones: neither chose rules for this file)
+        if key in given and (given[key].startswith("override") or current != _select(defaults, key)):
+            if key == "data.version_2_with_negative":
+                continue  # v1 training on v2 data, chosen: experiments.data warns about the unanswerable questions
+            raise ConfigError(
+                f"{subject} is a {what} {kind} but {key}={_show(current)} (set by {given[key]}) is not its rule; "
+                f"add {config} (it sets {key}={_show(value)})"
+            )
+        OmegaConf.update(cfg, key, value, merge=False)
+        applied.append(f"{key}={_show(value).lower() if isinstance(value, bool) else _show(value)}")
+    if applied:
+        notes.append(
+            f"data: {subject.split('=')[0]} is a {what} {kind}: scored by its rules, {', '.join(applied)} "
+            f"(as {config} sets them)"
+        )
+
+
+def resolve_data_source(cfg: DictConfig, notes: list | None = None, set_by: dict | None = None) -> None:
     """Decide which data a run reads, write it to data.source, and refuse or explain settings that would not apply.
 
     - data.train_file + data.validation_file set: local files, whatever else is set. Over data.source=hub (a data
@@ -159,6 +343,9 @@ def resolve_data_source(cfg: DictConfig, notes: list | None = None) -> None:
     - the generated set with hub keys set (data.hub_path, data.hub_name, hub splits) is refused; data.generated.*
       changed while reading files or the hub, data.id_field changed on the generated set, or
       eval.null_score_diff_threshold changed without data.version_2_with_negative get a note that they are not used.
+    - local files are scored by the rules their own markers name (file_markers: KorQuAD's version field, KLUE's
+      guid/is_impossible, SQuAD 2.0's is_impossible): keys not in `set_by` (key → where it was set) take that set's
+      values with a note; a key in `set_by` with another value is refused, naming the data config to add.
     Raises ConfigError (one line naming the key); appends one-line notes to `notes`.
     """
     d = cfg.data
@@ -184,8 +371,12 @@ def resolve_data_source(cfg: DictConfig, notes: list | None = None) -> None:
                 f"and scored with data.metric={d.metric}"
             )
         d.source = "files"
+        _apply_file_rules(cfg, notes, set_by or {})
     elif requested is None:
         d.source = "hub" if d.hub_path else "generated"
+    if not given and d.source == "hub" and (d.hub_path, d.hub_name) in HUB_SETS:
+        name = HUB_SETS[(d.hub_path, d.hub_name)]
+        _apply_set_rules(cfg, notes, set_by or {}, name, f"data.hub_path={d.hub_path}", "set on the hub")
     if d.source == "generated":
         stray = _changed(d, defaults, _HUB_KEYS, "data")
         if stray and d.hub_path is None:
@@ -372,7 +563,9 @@ def load_config(
     setting overrides or that has no effect (e.g. hub keys while training on local files); print them."""
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
+    defaults = OmegaConf.structured(Config)
     sources: dict[str, str] = {}  # key → where its value came from, for the error messages
+    set_by_file: dict[str, str] = {}  # key → the last config file that set it
     for path in files:
         path = Path(path)
         if not path.is_file():
@@ -390,47 +583,125 @@ def load_config(
             continue  # an empty file (or only comments) changes nothing
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
+        keys = _leaf_keys(data)
+        given = OmegaConf.create(data)
+        for key in keys:  # OmegaConf's merge keeps the old value under a "???" (missing): refuse it instead
+            if _raw_value(given, key) == "???":
+                raise ConfigError(f"{key}: a value is required; '???' leaves it missing (config file {str(path)!r})")
+        before = {k: _raw_value(cfg, k) for k in keys if k in set_by_file}
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
+            cfg = OmegaConf.merge(cfg, given)
         except OmegaConfBaseException as err:
             raise _fail_from_omegaconf(err, f"config file {str(path)!r}") from None
-        sources.update({key: f"config file {str(path)!r}" for key in _leaf_keys(data)})
+        for key, old in before.items():
+            # the later file wins (README "Configs"); say so when it replaces what an earlier file chose (an earlier
+            # value equal to the schema default, e.g. from configs/default.yaml, is the base, not a choice)
+            new = _raw_value(cfg, key)
+            if old != new and old != _raw_value(defaults, key) and notes is not None:
+                notes.append(
+                    f"config: {key}={_show(new)} from {str(path)!r} replaces {key}={_show(old)} from "
+                    f"{set_by_file[key]!r} (a later config file wins)"
+                )
+        set_by_file.update({key: str(path) for key in keys})
+        sources.update({key: f"config file {str(path)!r}" for key in keys})
     for text in overrides:
         key, value = parse_override(text)
+        if value == "???":
+            raise ConfigError(f"{key}: a value is required; '???' leaves it missing (override {text!r})")
         try:
             OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as err:
             raise _fail_from_omegaconf(err, f"override {text!r}") from None
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
+        if not isinstance(node, DictConfig) or leaf not in node.keys():
             raise ConfigError(f"unknown config key {key!r} (override {text!r})")
+        earlier = sources.get(key, "")
+        if earlier.startswith("override") and notes is not None and earlier != f"override {text!r}":
+            notes.append(f"config: override {text!r} replaces {earlier} (a later override wins)")
         sources[key] = f"override {text!r}"
 
     def where(*keys: str) -> str:
         found = [sources[k] for k in keys if k in sources]
         return f" ({'; '.join(dict.fromkeys(found))})" if found else ""
 
+    _resolve_interpolations(cfg, where)
     _derive_arm(cfg, where)
     if cfg.data.source is not None and cfg.data.source not in CHOICES["data.source"]:
         raise ConfigError(
             f"data.source={cfg.data.source!r} is not allowed; choose one of: null, generated, files, hub"
             f"{where('data.source')}"
         )
-    resolve_data_source(cfg, notes)
+    resolve_data_source(cfg, notes, sources)
     _check_values(cfg, where)
     return cfg
 
 
+def _raw_value(cfg: DictConfig, key: str) -> Any:
+    """The value at `key` as stored (an interpolation stays its text, "???" stays "???"); lists as Python lists."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig) or leaf not in node.keys():  # `in node` is false for a missing value
+        return None
+    return OmegaConf.to_container(node, resolve=False)[leaf]
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def _resolve_interpolations(cfg: DictConfig, where) -> None:
+    """Refuse a missing value (`???`) and resolve every OmegaConf interpolation (`${key}`, `${oc.env:VAR}`) in place,
+    one line naming the key and its source for each that fails, so that the config written and hashed holds values."""
+    for key in _leaf_keys(OmegaConf.to_container(cfg, resolve=False)):
+        raw = _raw_value(cfg, key)
+        if raw == "???":  # OmegaConf's mark of a missing value
+            raise ConfigError(f"{key}: a value is required; '???' leaves it missing{where(key)}")
+        if not (isinstance(raw, str) and "${" in raw):
+            continue
+        try:
+            OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except OmegaConfBaseException as err:
+            cause = str(err).strip().splitlines()[0]
+            if type(err).__name__ == "InterpolationKeyError":
+                problem = "refers to no key"
+            elif "Environment variable" in cause:
+                problem = f"failed: {cause.split('resolving interpolation: ', 1)[-1].strip(chr(34))}"
+            else:
+                problem = f"failed: {cause}"
+            raise ConfigError(f"{key}: interpolation {raw} {problem}{where(key)}") from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:  # e.g. an interpolation inside a list
+        raise _fail_from_omegaconf(err, "interpolation") from None
+
+
 def _derive_arm(cfg: DictConfig, where=lambda *keys: "") -> None:
-    """Keep the arm label honest: derived from optim.replay, and a canonical label must match the replay mode."""
+    """Keep the arm label honest: derived from optim.replay; a label of the arm table (experiments.arms) must match
+    the replay mode; any other label must be declared with custom_arm=true (so a typo of an arm name is refused with
+    the name it is closest to instead of running full replay under the typo)."""
     expected = ARM_OF_REPLAY.get(cfg.optim.replay)
     if expected is None:
         return  # not a replay mode at all: _check_values names the allowed ones
     if cfg.arm is None:
         cfg.arm = expected
-    elif cfg.arm in ARM_OF_REPLAY.values() and cfg.arm != expected:
+        return
+    if cfg.arm in BY_NAME and cfg.arm != expected:
+        given = where("arm")
+        if "config file" in given:
+            fix = f"drop the arm file that sets arm={cfg.arm}, or add configs/arm/{cfg.arm}.yaml last"
+        else:
+            fix = f"run it with configs/arm/{cfg.arm}.yaml (or optim.replay={BY_NAME[cfg.arm].replay})"
         raise ConfigError(
-            f"arm={cfg.arm!r} does not match optim.replay={cfg.optim.replay!r} (that is arm "
-            f"{expected!r}); drop the arm file or set arm=<your own label>{where('arm', 'optim.replay')}"
+            f"arm={cfg.arm!r} does not match optim.replay={cfg.optim.replay!r} (that is arm {expected!r}); "
+            f"{fix}{where('arm', 'optim.replay')}"
+        )
+    if cfg.arm not in BY_NAME and not cfg.custom_arm:
+        close = difflib.get_close_matches(cfg.arm, list(BY_NAME), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""  # difflib's ratio: sam_lastt → sam_last
+        raise ConfigError(
+            f"arm={cfg.arm!r} is not an arm of the table ({', '.join(BY_NAME)}); {hint}to label "
+            f"optim.replay={cfg.optim.replay} with your own name, add custom_arm=true{where('arm')}"
         )
 
 
@@ -450,6 +721,7 @@ def to_dict(cfg: DictConfig) -> dict:
 # keeps its id when it is written elsewhere, tracked differently, run with other thread counts or resumed (also
 # with another checkpoint interval: resuming gives bitwise the uninterrupted run, tests/test_reliability.py).
 _HASH_EXCLUDED = (
+    "custom_arm",  # a declaration that `arm` is a label of one's own; the label itself stays in the hash
     "results_dir",
     "run_name",
     "sweep",

@@ -13,7 +13,8 @@ from tqdm import tqdm
 class Progress:
     """Where training stands; saved in resume checkpoints."""
 
-    update: int = 0
+    update: int = 0  # windows trained (applied and skipped updates alike; train.max_updates caps this count)
+    skipped_updates: int = 0  # of those, fp16 updates GradScaler skipped (inf/NaN gradient): weights and lr unchanged
     epoch: int = 0  # the epoch in progress
     window: int = 0  # next window index inside `epoch`
     examples: int = 0  # training examples (questions) reached: each counts once per epoch, see window_examples

@@ -15,6 +15,7 @@ Writers and readers of the run's files live here too, so the analysis reads a ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import config_hash, load_config, run_id
+from .schema import EMBEDDED_MODEL, TINY_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,86 @@ NEW, RESUME, RESTART, CONFLICT = "new", "resume", "restart", "conflict"
 UNREADABLE_HASH = "unreadable"  # the stored hash when the folder's config.yaml does not load
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# the inputs a run reads: the run id hashes the config (file paths, not their content), so a rerun compares what the
+# run recorded with what is on disk now, and a changed input is a conflict instead of a stale "already completed"
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}  # (resolved path, bytes, mtime_ns) → sha256: a sweep hashes once
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of the file's bytes, as data.used records it; cached per (path, size, mtime) in this process."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def model_dir_fingerprint(folder: str | os.PathLike) -> str:
+    """sha256 over (relative path, bytes, mtime_ns) of every file in a local model folder.
+
+    Sizes and modification times, not contents: hashing the weights (0.1-1.3 GB) would cost seconds on every rerun
+    and every sweep plan, while save_pretrained, a copy or an edit rewrites the files it changes (new mtime). The
+    cost of the shortcut is on the safe side: a folder copied anew with the same bytes reads as changed (a refusal
+    naming the folder), never the other way round."""
+    folder = Path(folder)
+    entries = sorted(
+        (str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in folder.rglob("*") if f.is_file()
+    )
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def local_model_dir(cfg: DictConfig) -> Path | None:
+    """The local model folder the run reads (model.name_or_path is a folder), else None (embedded, tiny, hub)."""
+    name = cfg.model.name_or_path
+    if name in (EMBEDDED_MODEL, TINY_MODEL) or not Path(name).is_dir():
+        return None
+    return Path(name)
+
+
+def model_input_record(cfg: DictConfig) -> dict | None:
+    """summary.json's "model_input": {"path", "fingerprint"} of a local model folder, None for any other model."""
+    folder = local_model_dir(cfg)
+    return None if folder is None else {"path": str(folder.resolve()), "fingerprint": model_dir_fingerprint(folder)}
+
+
+def changed_input(cfg: DictConfig, summary: dict | None) -> str | None:
+    """One line naming the first input whose recorded identity differs from what is on disk now, else None.
+
+    Compared: data.train_file / data.validation_file (data.source=files) against summary.json's data.used sha256,
+    and a local model folder against its recorded fingerprint (model_dir_fingerprint). Not compared: the generated
+    set, whose content is a function of data.generated.* (in the config hash) and of the generator's version (in its
+    cache folder's name), so nothing is read or regenerated; hub splits (their revision is recorded in data.used).
+    A summary that records nothing (a run cut short before loading its data) has nothing to compare."""
+    summary = summary or {}
+    if cfg.data.source == "files":
+        used = (summary.get("data") or {}).get("used") or {}
+        for split, key in (("train", "train_file"), ("dev", "validation_file")):
+            recorded = (used.get(split) or {}).get("sha256")
+            path = OmegaConf.select(cfg, f"data.{key}")
+            if recorded is None or not path or not Path(path).is_file():
+                continue  # a missing file is load_config's error
+            now = file_sha256(path)
+            if now != recorded:
+                return f"data.{key}={path} changed since this run read it (sha256 {recorded[:12]} then, {now[:12]} now)"
+    recorded_model = (summary.get("model_input") or {}).get("fingerprint")
+    folder = local_model_dir(cfg)
+    if recorded_model is not None and folder is not None:
+        now = model_dir_fingerprint(folder)
+        if now != recorded_model:
+            return (
+                f"model.name_or_path={cfg.model.name_or_path} changed since this run read it (files fingerprint "
+                f"{recorded_model[:12]} then, {now[:12]} now)"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class RunState:
     """What is in a run directory, and what starting `cfg` there does.
@@ -236,6 +318,7 @@ class RunState:
     own_hash: str
     stored_hash: str | None
     summary: dict | None
+    changed_input: str | None = None  # conflict because an input changed: the line changed_input gives
 
     @property
     def summary_hash(self) -> str | None:
@@ -261,6 +344,7 @@ def run_state(cfg: DictConfig, folder: str | os.PathLike) -> RunState:
     | missing, or empty                                                              | new                 |
     | the stored config hash (summary.json's, else config.yaml's) differs from cfg's | conflict            |
     | (a config.yaml that does not load counts as another config)                    |                     |
+    | completed, diverged or resumable, but an input changed since (changed_input)   | conflict            |
     | summary.json says completed or diverged                                        | completed, diverged |
     | checkpoint/resume/ or checkpoint/resume.old/ exists (experiments.checkpoint)   | resume              |
     | anything else: running (killed), failed, interrupted, no summary.json          | restart             |
@@ -273,6 +357,7 @@ def run_state(cfg: DictConfig, folder: str | os.PathLike) -> RunState:
     |--------------------------------------------------------------|----------------------------------------|
     | no readable summary.json                                     | run (pending)                          |
     | conflict, and summary.json carries the other hash            | conflict (skipped): never touched      |
+    | conflict: an input changed since (data file, model folder)   | conflict (skipped): never touched      |
     | completed or diverged, and summary.json carries cfg's hash   | skip (completed, diverged)             |
     | anything else                                                | rerun (pending): train resumes/decides |
 
@@ -286,12 +371,17 @@ def run_state(cfg: DictConfig, folder: str | os.PathLike) -> RunState:
     stored = _stored_config_hash(folder, summary)
     status = (summary or {}).get("status")
     resume, _, resume_old = resume_dirs(folder)
+    changed = None
     if stored is not None and stored != own:
         decision = CONFLICT
-    elif status in DONE_STATUSES:
-        decision = status  # a diverged run is a result: rerunning the same config diverges again
-    elif resume.exists() or resume_old.exists():
-        decision = RESUME
+    elif status in DONE_STATUSES or resume.exists() or resume_old.exists():
+        changed = changed_input(cfg, summary)  # its result (or its state) came from other inputs: never reused
+        if changed is not None:
+            decision = CONFLICT
+        elif status in DONE_STATUSES:
+            decision = status  # a diverged run is a result: rerunning the same config diverges again
+        else:
+            decision = RESUME
     else:
         decision = RESTART
-    return RunState(decision, own, stored, summary)
+    return RunState(decision, own, stored, summary, changed)

@@ -149,6 +149,9 @@ class DistConfig:
 class Config:
     # label for tables, run ids and W&B; null derives it from optim.replay (none→adamw, full→sam_full, ...)
     arm: str | None = None
+    # true: `arm` is a label of your own (not in experiments/arms.py) for the run's optim.replay; without it a label
+    # that is not an arm of the table is refused (a typo of an arm name). Not part of the config hash.
+    custom_arm: bool = False
     seed: int = 0
     results_dir: str = "results"
     run_name: str | None = None  # run directory name under results_dir/runs/; null: <arm>-<config hash>
@@ -177,6 +180,9 @@ CHOICES = {
     "tracking.mode": ("offline", "online", "disabled"),
     "model.attn_implementation": (None, "eager", "sdpa", "flash_attention_2"),
 }
+# Float keys that may hold NaN or an infinity; every other float key must be finite (experiments.config refuses NaN
+# and inf before the ranges: every comparison with NaN is false, so a range alone would let it through).
+NONFINITE_ALLOWED: tuple[str, ...] = ()
 # (low, high, what) with None meaning unbounded; `what` is the phrase printed in the error.
 RANGES = {
     "optim.lr": (0.0, None, "> 0", False),

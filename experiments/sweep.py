@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments import wandb_sweep
-from experiments.config import split_key_value
+from experiments.config import is_path_name, split_key_value
 from experiments.rundir import (
     COMPLETED,
     CONFLICT,
@@ -52,7 +52,7 @@ from experiments.rundir import (
     sweep_dir,
 )
 from experiments.sweep_runner import Manifest, Runner, format_duration, format_metric, pick_gpus
-from experiments.sweep_spec import Run, SweepError, SweepSpec, expand, is_sweep_name, load_sweep
+from experiments.sweep_spec import Run, SweepError, SweepSpec, expand, load_sweep
 
 TRAIN_CMD_ENV = "SWEEP_TRAIN_CMD"  # a shell-quoted command that replaces `python -m experiments.train` (tests)
 
@@ -77,7 +77,10 @@ def plan(run: Run) -> None:
         return
     status, reason = summary.get("status"), summary.get("reason")
     stored_hash, own_hash = state.summary_hash, state.own_hash
-    if state.decision == CONFLICT and stored_hash is not None:
+    if state.decision == CONFLICT and state.changed_input is not None:
+        run.action, run.status = "conflict", "skipped"
+        run.reason = f"{state.changed_input}; its result is of the old input: delete the run directory to rerun it"
+    elif state.decision == CONFLICT and stored_hash is not None:
         run.action, run.status = "conflict", "skipped"
         run.reason = f"its directory holds another config (hash {stored_hash}, this run's is {own_hash}); left as is"
     elif state.decision in DONE_STATUSES and stored_hash == own_hash:
@@ -206,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for item in args.overrides:
             key, value = split_key_value(item)
             if key == "sweep":  # `sweep=NAME` renames the sweep
-                if not is_sweep_name(value.strip()):
+                if not is_path_name(value.strip()):
                     raise SweepError(f"sweep={value!r}: a sweep name is letters, digits, . _ -")
                 spec.name = value.strip()
             else:

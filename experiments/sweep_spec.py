@@ -28,6 +28,7 @@ arm file sets. One run's config = base files + the grid's files, then the overri
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import math
@@ -40,9 +41,11 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.arms import BY_NAME
 from experiments.config import (
     ConfigError,
     config_hash,
+    is_path_name,
     load_config,
     parse_value,
     read_yaml_text,
@@ -102,16 +105,6 @@ def _overrides_from(node: Any, where: str) -> list[str]:
 
 def _is_config_file(value: Any) -> bool:
     return isinstance(value, str) and value.endswith(CONFIG_SUFFIXES) and "=" not in value
-
-
-def is_sweep_name(name: Any) -> bool:
-    """A sweep name is a folder name: letters, digits, dot, underscore, dash."""
-    return (
-        isinstance(name, str)
-        and bool(name)
-        and name not in (".", "..")
-        and all(c.isalnum() or c in "._-" for c in name)
-    )
 
 
 def _resolve_file(path: str) -> str:
@@ -186,7 +179,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
             f"sweep file {str(path)!r}: unknown key(s) {', '.join(unknown)}; known: {', '.join(SWEEP_KEYS)}"
         )
     name = data.get("name")
-    if not is_sweep_name(name):
+    if not is_path_name(name):
         raise SweepError(f"sweep file {str(path)!r}: name must be a non-empty string of letters, digits, . _ -")
     base = data.get("base") or []
     base = [base] if isinstance(base, str) else base
@@ -305,11 +298,29 @@ def _points(spec: SweepSpec) -> list[tuple[dict, bool]]:
     return points
 
 
+def _check_rule_arms(spec: SweepSpec, labels: set[str]) -> None:
+    """An exclude or when rule on `arm` must name an arm of the table or of some point of the sweep: a typo
+    (sam_mirco) would match nothing and silently keep (or leave without overrides) the runs it meant.
+    Raises SweepError."""
+    rules = [("exclude", rule) for rule in spec.exclude] + [("when", rule) for rule, _ in spec.when]
+    for kind, rule in rules:
+        wanted = rule.get("arm")
+        for name in wanted if isinstance(wanted, list) else [] if wanted is None else [wanted]:
+            if str(name) not in labels and str(name) not in BY_NAME:
+                close = difflib.get_close_matches(str(name), sorted(labels | set(BY_NAME)), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise SweepError(
+                    f"sweep {spec.name}: {kind} rule {rule} names arm {name!r}, which no run of the sweep has "
+                    f"({', '.join(sorted(labels))}){hint}"
+                )
+
+
 def expand(spec: SweepSpec, cli_overrides: Sequence[str] = ()) -> list[Run]:
     """Every run of the sweep, each with its resolved config; raises SweepError (one line) for any bad run."""
     cli = list(cli_overrides)
     runs: list[Run] = []
     seen: dict[Path, Run] = {}
+    labels: set[str] = set()  # the arm of every grid and include point, before exclude drops any
     for number, (point, from_grid) in enumerate(_points(spec), start=1):
         where = f"run {number} ({' '.join(f'{k}={point_label(v)}' for k, v in point.items())})"
         files, point_overrides = _point_args(point, where)
@@ -317,6 +328,7 @@ def expand(spec: SweepSpec, cli_overrides: Sequence[str] = ()) -> list[Run]:
         tail = [f"sweep={spec.name}"]
         try:
             cfg = load_config(files, spec.overrides + point_overrides + cli + tail)
+            labels.add(cfg.arm)
             if from_grid and any(_matches(cfg, rule, f"{where}: exclude") for rule in spec.exclude):
                 continue
             extra = [o for rule, added in spec.when if _matches(cfg, rule, f"{where}: when") for o in added]
@@ -334,6 +346,7 @@ def expand(spec: SweepSpec, cli_overrides: Sequence[str] = ()) -> list[Run]:
         run = Run(len(runs) + 1, point, files, overrides, cfg, run_id(cfg), directory, extra)
         seen[directory] = run
         runs.append(run)
+    _check_rule_arms(spec, labels)
     if not runs:
         raise SweepError(f"sweep {spec.name}: no runs left (exclude drops every grid point)")
     roots = {Path(run.cfg.results_dir) for run in runs}

@@ -45,6 +45,7 @@ from .rundir import (
     EXIT_OK,
     FAILED,
     checkpoint_dir,
+    model_input_record,
     run_state,
     signal_exit_code,
 )
@@ -109,6 +110,11 @@ def prepare_run_dir(cfg, run_dir: Path) -> str:
     A directory that holds a different config is refused (ValueError); a completed run is never rerun.
     """
     state = run_state(cfg, run_dir)
+    if state.decision == CONFLICT and state.changed_input:
+        raise ValueError(
+            f"{state.changed_input}: run directory {run_dir} holds the result of the old input; delete it to "
+            "train on the new one (or set run_name=... to keep both)"
+        )
     if state.decision == CONFLICT:
         raise ValueError(
             f"run directory {run_dir} holds a different config (hash {state.stored_hash} != {state.own_hash}); "
@@ -281,6 +287,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
             data=trainer.data_stats,
             parameters=count_parameters(trainer.model),
             total_updates=trainer.total_updates,
+            **({"model_input": model_input} if (model_input := model_input_record(cfg)) else {}),
             optimizer={"fused_adamw": bool(trainer.optimizer.param_groups[0].get("fused"))},
             **({"dist": ctx.describe()} if ctx.enabled else {}),
         )
@@ -301,6 +308,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
             final=trainer.final_block(),
             best=p.best,
             updates=p.update,
+            **trainer.update_counts(),
             examples=p.examples,
             mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
             median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
@@ -318,6 +326,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
             final=trainer.final_block(),
             best=p.best,
             updates=p.update,
+            **trainer.update_counts(),
             examples=p.examples,
             diverged_at=p.update,
             wall_time_s=round(wall, 3),

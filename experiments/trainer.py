@@ -358,7 +358,10 @@ class Trainer:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        if not result.skipped:
+            # the schedule advances on applied updates only (as HF Trainer does): an fp16 update that GradScaler
+            # skipped (inf/NaN gradient) changed no weight, so the next applied one gets the lr it would have had
+            self.scheduler.step()
         return result, seconds, lr
 
     def diagnose(self, batches, sizes) -> dict | None:
@@ -427,10 +430,17 @@ class Trainer:
         diag = self.diagnose(batches, sizes)
         result, seconds, lr = self.step(batches, sizes, [len(ix) for ix in window])
         p.update, p.window, p.examples = p.update + 1, p.window + 1, p.examples + reached
+        p.skipped_updates += int(result.skipped)
         p.step_time_total += seconds
         p.step_times.append(round(seconds, 5))
         self.log_update(result, seconds, lr, diag)
         return result
+
+    def update_counts(self) -> dict:
+        """summary.json's split of `updates` (windows trained): applied_updates changed the weights and advanced the
+        lr schedule, skipped_updates are fp16 updates GradScaler skipped (always 0 in fp32 and bf16)."""
+        p = self.progress
+        return {"applied_updates": p.update - p.skipped_updates, "skipped_updates": p.skipped_updates}
 
     def save_final(self) -> None:
         if self.cfg.train.save_model and self.dist.is_main:

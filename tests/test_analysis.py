@@ -1007,3 +1007,35 @@ def test_distinct_values_keep_large_floats_and_show_counts_as_ints():
     assert join_values(distinct_values(pd.Series([0.05, 1e30]))) == "0.05, 1e+30"
     assert join_values(distinct_values(pd.Series([128.0, None, 256.0, 128.0]))) == "128, 256"
     assert distinct_values(pd.Series([2.0**53])) == [2.0**53]  # no longer exactly a count: stays a float
+
+
+def test_the_answer_says_sam_last_diverged_on_every_seed_instead_of_not_measured():
+    """issue 21 item 9: a sweep whose buggy arm diverged on all 3 seeds at k = 8 (sam_full completed on all 3) has
+    its answer: "sam_last diverged on 3/3 seeds", not "not measured"."""
+    import pandas as pd
+
+    from analysis.report.text import answer
+
+    rows = [
+        {"arm": arm, "k": 8, "seed": seed, "status": status, "final.dev/f1": f1}
+        for seed in (0, 1, 2)
+        for arm, status, f1 in (("sam_full", "completed", 80.0 + seed), ("sam_last", "diverged", float("nan")))
+    ]
+    runs = pd.DataFrame(rows)
+    text = answer(runs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())["answer"]
+    assert text.startswith("**Answer: sam_last diverged on 3/3 seeds** at k = 8, where sam_full completed")
+    # one seed of sam_last completed: no longer "diverged on every seed"; with no pair left, still "not measured"
+    runs.loc[(runs["arm"] == "sam_last") & (runs["seed"] == 0), "status"] = "failed"
+    assert answer(runs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())["answer"].startswith(
+        "**Answer: not measured.**"
+    )
+
+
+@pytest.mark.parametrize("value", ["../x", "a/b", ".", "/abs"])
+def test_the_report_refuses_a_sweep_name_that_is_not_one_folder(value):
+    """issue 21 item 5: sweep= names runs/<sweep>/ and report-<sweep>/, so it is one plain name (is_path_name)."""
+    from analysis.report import ReportError, parse_args
+
+    with pytest.raises(ReportError, match=r"must be one plain name of letters, digits, \. _ -"):
+        parse_args([f"sweep={value}"])
+    assert parse_args(["sweep=ablation"])["sweep"] == "ablation"

@@ -27,9 +27,9 @@ AS_TYPED = [
     ("tracking.group=1.10", "tracking.group", "1.10"),  # a float: 1.1
     ("tracking.group=on", "tracking.group", "on"),  # a bool: True
     ("tracking.job_type=1:30", "tracking.job_type", "1:30"),  # sexagesimal: 90
-    ("arm=yes", "arm", "yes"),
+    ("tracking.job_type=yes", "tracking.job_type", "yes"),
     ("model.name_or_path=1e3", "model.name_or_path", "1e3"),
-    ("run_name=a #b", "run_name", "a #b"),  # no YAML comment either
+    ("tracking.group=a #b", "tracking.group", "a #b"),  # no YAML comment either
     ("run_name=null", "run_name", None),  # the one keyword: clears an optional key
     ("run_name='null'", "run_name", "null"),  # quotes make it text
     ('run_name="0123"', "run_name", "0123"),
@@ -154,3 +154,197 @@ def test_one_key_value_rule_for_every_command_line(text, expected):
             split_key_value(text)
     else:
         assert split_key_value(text) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# issue 21: what the user typed, refused in one line before anything is written
+
+# item 1: NaN and inf pass every comparison-based range check; the rule refuses them for every float key
+NONFINITE = [
+    ("optim.rho=nan", "optim.rho=nan is out of range; it must be >= 0 (override 'optim.rho=nan')"),
+    ("optim.rho=inf", "optim.rho=inf is out of range; it must be finite and >= 0 (override 'optim.rho=inf')"),
+    ("optim.lr=nan", "optim.lr=nan is out of range; it must be > 0"),
+    ("optim.lr=inf", "optim.lr=inf is out of range; it must be finite and > 0"),
+    ("optim.lr=-inf", "optim.lr=-inf is out of range; it must be finite and > 0"),
+    ("optim.max_grad_norm=nan", "optim.max_grad_norm=nan is out of range; it must be > 0 or null"),
+    ("optim.warmup_ratio=nan", "optim.warmup_ratio=nan is out of range; it must be in [0, 1]"),
+    ("model.dropout=nan", "model.dropout=nan is out of range; it must be in [0, 1) or null"),
+    ("optim.eps=nan", "optim.eps=nan is out of range"),
+    ("optim.weight_decay=nan", "optim.weight_decay=nan is out of range"),
+    ("optim.eta=nan", "optim.eta=nan is out of range"),
+    ("dist.timeout_s=nan", "dist.timeout_s=nan is out of range; it must be > 0"),
+    ("train.checkpoint_every_minutes=nan", "train.checkpoint_every_minutes=nan is out of range; it must be >= 0"),
+    ("data.generated.long_context_frac=nan", "data.generated.long_context_frac=nan is out of range"),
+    ("data.generated.unanswerable_frac=NaN", "data.generated.unanswerable_frac=nan is out of range"),
+    # keys without a range: the same rule
+    ("eval.null_score_diff_threshold=nan", "eval.null_score_diff_threshold=nan is not allowed; it must be a finite"),
+    ("eval.null_score_diff_threshold=-inf", "eval.null_score_diff_threshold=-inf is not allowed"),
+    ("optim.betas=[0.9, nan]", "optim.betas=[0.9, nan] is not allowed; it must be a finite number"),
+]
+
+
+@pytest.mark.parametrize("override, message", NONFINITE, ids=[o for o, _ in NONFINITE])
+def test_nan_and_inf_are_refused_for_every_float_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config([], [override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_float_key_of_the_schema_is_checked_for_nan():
+    """No float key escapes the rule (a new key too): each one set to nan is refused, naming that key."""
+    from experiments.config import _float_keys
+    from experiments.schema import NONFINITE_ALLOWED
+
+    keys = [key for key, _ in _float_keys() if key not in NONFINITE_ALLOWED]
+    assert {"optim.rho", "optim.betas", "eval.null_score_diff_threshold", "dist.timeout_s"} <= set(keys)
+    for key, is_list in _float_keys():
+        with pytest.raises(ConfigError, match=rf"^{key}="):
+            load_config([], [f"{key}=[nan, 0.5]" if is_list else f"{key}=nan"])
+
+
+def test_nan_in_a_yaml_file_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("optim:\n  rho: nan\n")
+    with pytest.raises(ConfigError, match=r"optim.rho=nan is out of range; it must be >= 0 \(config file '.*mine"):
+        load_config([path])
+
+
+def test_cli_refuses_nan_with_exit_2_and_writes_nothing(tiny_run, tmp_path, capsys):
+    assert main(tiny_run("sam_full", "optim.rho=nan")) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "config error: optim.rho=nan is out of range; it must be >= 0 (override 'optim.rho=nan')"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
+# item 3: OmegaConf's own syntax in an override: one line naming the key and quoting the override
+INTERPOLATION = [
+    ("run_name=${nope}", "run_name: interpolation ${nope} refers to no key (override 'run_name=${nope}')"),
+    ("optim.lr=${optim.nope}", "optim.lr: interpolation ${optim.nope} refers to no key (override 'optim.lr="),
+    (
+        "tracking.group=${oc.env:NO_SUCH_VAR_21}",
+        "tracking.group: interpolation ${oc.env:NO_SUCH_VAR_21} failed: Environment variable 'NO_SUCH_VAR_21' not "
+        "found (override 'tracking.group=${oc.env:NO_SUCH_VAR_21}')",
+    ),
+    ("data.train_file=???", "data.train_file: a value is required; '???' leaves it missing (override"),
+    ("seed=???", "seed: a value is required; '???' leaves it missing (override 'seed=???')"),
+    ("seed=${optim.lr}", "seed: interpolation ${optim.lr} failed: "),  # 0.001 is no int
+]
+
+
+@pytest.mark.parametrize("override, message", INTERPOLATION, ids=[o for o, _ in INTERPOLATION])
+def test_interpolation_and_missing_values_are_one_line_naming_the_key(override, message, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_VAR_21", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config([], [override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_working_interpolation_is_resolved_to_its_value(tmp_path):
+    cfg = load_config([], ["optim.rho=0.2", "optim.eta=${optim.rho}"])
+    assert cfg.optim.eta == 0.2 and not OmegaConf.is_interpolation(cfg.optim, "eta")
+    path = tmp_path / "missing.yaml"
+    path.write_text("seed: ???\n")
+    with pytest.raises(ConfigError, match=r"^seed: a value is required; .* \(config file '.*missing.yaml'\)$"):
+        load_config([path])
+
+
+# item 5: every key that becomes a path component is one plain name (the sweep CLI's rule, config.is_path_name)
+@pytest.mark.parametrize(
+    "override",
+    ["run_name=../../../escaped", "run_name=a/b", "run_name=.", "run_name=..", "run_name=/abs/path", "sweep=../x",
+     "sweep=a/b", "sweep=.", "arm=../x"],
+)  # fmt: skip
+def test_names_that_become_paths_are_one_plain_component(override, tiny_run, tmp_path, capsys):
+    key, value = override.split("=", 1)
+    with pytest.raises(ConfigError) as info:
+        load_config([], [override, "custom_arm=true"])
+    assert str(info.value) == (
+        f"{key}={value!r} becomes a folder name under results_dir: it must be one plain name of letters, digits, "
+        f". _ - (not . or ..) (override {override!r})"
+    )
+    assert main(tiny_run("sam_full", override)) == 2
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_the_sweep_cli_and_train_share_the_name_rule():
+    from experiments import sweep, sweep_spec
+    from experiments.config import is_path_name
+
+    assert sweep.is_path_name is is_path_name and sweep_spec.is_path_name is is_path_name
+    assert [is_path_name(n) for n in ("ablation", "run-1.a_b", "0123", ".", "..", "a/b", "", "a b", "x\\y")] == [
+        True, True, True, False, False, False, False, False, False,
+    ]  # fmt: skip
+
+
+# item 6: an arm label is one of the table, or declared as one's own with custom_arm=true
+def test_an_arm_typo_is_refused_with_the_closest_arm():
+    with pytest.raises(ConfigError) as info:
+        load_config([REPO / "configs" / "smoke.yaml"], ["arm=sam_lastt"])
+    assert str(info.value) == (
+        "arm='sam_lastt' is not an arm of the table (adamw, sam_full, sam_last, sam_micro, sam_last_only); did you "
+        "mean sam_last? to label optim.replay=full with your own name, add custom_arm=true (override 'arm=sam_lastt')"
+    )
+    with pytest.raises(ConfigError, match="did you mean sam_last_only"):
+        load_config([], ["arm=sam_last_onyl", "optim.replay=last_only"])
+
+
+def test_a_canonical_arm_without_its_file_names_the_file_and_the_replay_mode():
+    with pytest.raises(ConfigError) as info:
+        load_config([REPO / "configs" / "smoke.yaml"], ["arm=adamw"])
+    assert str(info.value) == (
+        "arm='adamw' does not match optim.replay='full' (that is arm 'sam_full'); run it with "
+        "configs/arm/adamw.yaml (or optim.replay=none) (override 'arm=adamw')"
+    )
+    with pytest.raises(ConfigError, match="drop the arm file that sets arm=sam_full"):
+        load_config([REPO / "configs" / "arm" / "sam_full.yaml"], ["optim.replay=last_only"])
+
+
+def test_a_custom_label_is_declared_and_stays_out_of_the_hash():
+    from experiments.config import config_hash
+
+    mine = load_config([], ["arm=my_variant", "custom_arm=true", "optim.replay=last"])
+    assert (mine.arm, mine.optim.replay) == ("my_variant", "last")
+    # the declaration changes nothing computed: same hash as without it (the label itself is hashed, as before)
+    plain = load_config([REPO / "configs" / "arm" / "sam_last.yaml"])
+    relabelled = load_config([REPO / "configs" / "arm" / "sam_last.yaml"], ["custom_arm=true"])
+    assert config_hash(plain) == config_hash(relabelled)
+    with pytest.raises(ConfigError, match="does not match"):  # a label of the table must still match its replay
+        load_config([], ["arm=sam_last", "custom_arm=true"])
+
+
+# item 7: two config files that set one key: the later file wins, and the run says so
+def test_the_later_config_file_wins_and_a_note_names_both(tiny_run, tmp_path, capsys):
+    smoke, squad = REPO / "configs" / "smoke.yaml", REPO / "configs" / "data" / "squad.yaml"
+    notes: list = []
+    assert load_config([smoke, squad], notes=notes).data.max_seq_length == 384
+    assert (
+        f"config: data.max_seq_length=384 from {str(squad)!r} replaces data.max_seq_length=64 from {str(smoke)!r} "
+        "(a later config file wins)"
+    ) in notes
+    notes = []
+    assert load_config([squad, smoke], notes=notes).data.max_seq_length == 64
+    assert (
+        f"config: data.max_seq_length=64 from {str(smoke)!r} replaces data.max_seq_length=384 from {str(squad)!r} "
+        "(a later config file wins)"
+    ) in notes
+    # the base file repeats the schema defaults: a group on top of it replaces no choice, so no note
+    notes = []
+    load_config([REPO / "configs" / "default.yaml", smoke, REPO / "configs" / "arm" / "adamw.yaml"], notes=notes)
+    assert notes == []
+    # the CLI prints it
+    two = tmp_path / "two.yaml"
+    two.write_text("optim:\n  lr: 2.0e-3\n")
+    args = tiny_run("sam_full", "train.max_updates=1", "train.epochs=1")
+    assert main([*args[:2], str(two), *args[2:]]) == 0
+    assert f"config: optim.lr=0.002 from {str(two)!r} replaces optim.lr=0.001 from {str(args[0])!r}" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_key_given_twice_on_the_command_line_says_which_override_won():
+    """class 7 among overrides: the later one wins (as in a sweep, where the command line's come after the file's)."""
+    notes: list = []
+    cfg = load_config([], ["optim.lr=1e-3", "seed=1", "optim.lr=2e-3", "seed=1"], notes=notes)
+    assert (cfg.optim.lr, cfg.seed) == (2e-3, 1)
+    assert notes == ["config: override 'optim.lr=2e-3' replaces override 'optim.lr=1e-3' (a later override wins)"]

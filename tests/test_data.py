@@ -586,7 +586,7 @@ def test_id_field_holds_for_every_layout_and_a_wrong_one_names_the_key(tmp_path,
 def test_squad_v2_file_in_v1_mode_warns_once_and_counts_unanswerable(tmp_path, caplog):
     path = write_json(tmp_path, "dev-v2.0.json", squad_v2_doc())
     with caplog.at_level(logging.WARNING, logger="experiments.data"):
-        _, _, stats = load_examples(files_cfg(path, path).data)
+        _, _, stats = load_examples(files_cfg(path, path, "data.version_2_with_negative=false").data)  # chosen
     # SQUAD_V2_QAS: v2-3 and v2-6 have empty answers, in both splits (the same file)
     assert stats["unanswerable"] == {"train": 2, "dev": 2}
     warnings = [r.getMessage() for r in caplog.records if "no answer" in r.getMessage()]
@@ -711,3 +711,55 @@ def test_heuristic_baseline_is_scored_by_the_configured_metric():
     # common run of "1801" and "1799" is "1" (1 of 4 characters each side) -> 2 * 1/4 * 1/4 / (1/4 + 1/4) = 0.25
     assert heuristic_baseline(dev) == {"exact_match": 0.0, "f1": 0.0}
     assert heuristic_baseline(dev, "klue") == {"exact_match": 0.0, "rouge_w": pytest.approx(25.0)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# issue 21 item 9: an answer_start that misses because of Unicode normalisation says so, with the fix
+
+
+def test_an_nfd_context_with_nfc_offsets_names_unicode_normalisation(tmp_path):
+    import unicodedata
+
+    nfc_context = "바람섬 등대는 1902년에 세워졌다. 첫 등대지기는 최은별이었다."
+    answer = "최은별"
+    start = nfc_context.index(answer)  # 29 code points in NFC; NFD spells every syllable in 2-3 jamo
+    context = unicodedata.normalize("NFD", nfc_context)
+    assert len(context) > len(nfc_context) and context[start : start + 3] != answer
+    record = {
+        "id": "n-1",
+        "context": context,
+        "question": "첫 등대지기는?",
+        "answers": {"text": [answer], "answer_start": [start]},
+    }
+    path = tmp_path / "nfd.jsonl"
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        read_squad_file(path, strict=True)
+    message = str(info.value)
+    assert (
+        message.split("; data.strict=false")[0].endswith(
+            "; likely cause: Unicode normalisation (the context and the answer are in different forms, NFC/NFD, so "
+            "answer_start counts other code points): normalise the file to NFC (unicodedata.normalize('NFC', ...) on "
+            "every string) and recompute answer_start"
+        )
+        and "\n" not in message
+    )
+    # the fix works: the same record in NFC reads
+    record["context"] = nfc_context
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    records, _ = read_squad_file(path, strict=True)
+    assert records[0]["answers"] == {"text": [answer], "answer_start": [start]}
+
+
+def test_a_plain_offset_error_has_no_normalisation_hint(tmp_path):
+    record = {
+        "id": "p-1",
+        "context": "Velmora was founded in 1612.",
+        "question": "When?",
+        "answers": {"text": ["1612"], "answer_start": [3]},
+    }
+    path = tmp_path / "plain.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError) as info:
+        read_squad_file(path, strict=True)
+    assert "normalisation" not in str(info.value)

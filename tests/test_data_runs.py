@@ -223,7 +223,15 @@ def test_v1_run_on_unanswerable_data_warns_and_counts(tiny_run, tmp_path, caplog
     path = write_json(tmp_path, "dev-v2.0.json", squad_v2_doc())
     with caplog.at_level(logging.WARNING, logger="experiments.data"):
         assert (
-            main(tiny_run("adamw", f"data.train_file={path}", f"data.validation_file={path}", "train.max_updates=1"))
+            main(
+                tiny_run(
+                    "adamw",
+                    f"data.train_file={path}",
+                    f"data.validation_file={path}",
+                    "train.max_updates=1",
+                    "data.version_2_with_negative=false",  # chosen (without it the file's is_impossible picks v2)
+                )
+            )
             == 0
         )
     assert caplog.text.count("questions have no answer but data.version_2_with_negative=false") == 1
@@ -358,3 +366,101 @@ def test_record_faults_lenient_are_skipped_counted_and_the_run_goes_on(tiny_run,
     predictions = json.loads((only_run(tmp_path) / "predictions.json").read_text())
     assert set(predictions) == {"ok-1", "ok-2", "ok-3"}
     assert f"skipped record: {path}: line 4 (id 'bad-blank'): the context has no token" in caplog.text
+
+
+# ------------------------------------------------------------------ issue 21 item 8: a local file's own markers
+def _korquad_f1(prediction: str, gold: str) -> float:
+    """KorQuAD's evaluate-v1.0.py f1_score, written out: remove_ (quotes, 《》<>〈〉()‘’ → space), lower, drop
+    string.punctuation, collapse whitespace; then F1 over the characters of the space-separated tokens."""
+    import string
+    from collections import Counter
+
+    def normalize(s: str) -> str:
+        for ch in "'\"《》<>〈〉()‘’":
+            s = s.replace(ch, " ")
+        s = "".join(c for c in s.lower() if c not in set(string.punctuation))
+        return " ".join(s.split())
+
+    p = [c for tok in normalize(prediction).split() for c in tok]
+    g = [c for tok in normalize(gold).split() for c in tok]
+    same = sum((Counter(p) & Counter(g)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def test_a_korquad_file_without_its_config_is_scored_with_character_f1(tiny_run, tmp_path, capsys):
+    path = write_json(tmp_path, "KorQuAD_v1.0_dev.json", korquad_doc())
+    args = tiny_run("adamw", f"data.train_file={path}", f"data.validation_file={path}", "train.max_updates=1")
+    args = [a for a in args if not a.startswith("data.generated.")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert (
+        "data: data.validation_file is a KorQuAD 1.0 file (version 'KorQuAD_v1.0_dev'): scored by its rules, "
+        "data.metric=char (as configs/data/korquad.yaml sets them)"
+    ) in err
+    run = only_run(tmp_path)
+    s = summary(run)
+    assert s["scores"]["rules"] == "KorQuAD v1.0 evaluate-v1.0.py"
+    predictions = json.loads((run / "predictions.json").read_text())
+    golds = {qid: answer for qid, _, answer in KORQUAD_QAS}
+    expected = 100 * sum(_korquad_f1(predictions[q], golds[q]) for q in golds) / len(golds)
+    assert s["final"]["dev/f1"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_official_rule_written_out_is_character_f1():
+    """The written-out rule on hand-made pairs: 1902년 vs 1902 shares 4 of 5 / 4 of 4 characters → F1 = 8/9."""
+    assert _korquad_f1("1902", "1902년") == pytest.approx(2 * (4 / 4) * (4 / 5) / (4 / 4 + 4 / 5))
+    assert _korquad_f1("서른 권", "서른권") == 1.0 and _korquad_f1("(최은별)", "최은별") == 1.0
+
+
+@pytest.mark.parametrize(
+    "doc, settings",
+    [
+        (klue_doc(KLUE_DEV), ("klue", "guid", True, "dev/rouge_w")),
+        (squad_v2_doc(), ("squad", "id", True, "dev/f1")),
+        (korquad_doc(), ("char", "id", False, "dev/f1")),
+    ],
+    ids=["klue", "squad_v2", "korquad"],
+)
+def test_local_files_pick_their_rules_from_their_markers(doc, settings, tmp_path):
+    path = write_json(tmp_path, "dev.json", doc)
+    for base in ([], [REPO / "configs" / "default.yaml"]):  # "on top of any config" (default.yaml repeats defaults)
+        cfg = load_config(base, [f"data.train_file={path}", f"data.validation_file={path}"])
+        d = cfg.data
+        assert (d.metric, d.id_field, d.version_2_with_negative, cfg.train.save_best_by) == settings
+    # a plain SQuAD v1.1 file keeps the SQuAD v1.1 rules
+    plain = load_config([], FILES).data
+    assert (plain.metric, plain.id_field, plain.version_2_with_negative) == ("squad", "id", False)
+
+
+def test_a_local_file_with_contrary_rules_set_is_refused_naming_its_data_config(tmp_path):
+    path = write_json(tmp_path, "KorQuAD_v1.0_dev.json", korquad_doc())
+    with pytest.raises(ConfigError) as info:
+        load_config([], [f"data.train_file={path}", f"data.validation_file={path}", "data.metric=squad"])
+    assert str(info.value) == (
+        f"data.validation_file={path} is a KorQuAD 1.0 file (version 'KorQuAD_v1.0_dev') but data.metric=squad (set "
+        "by override 'data.metric=squad') is not its rule; add configs/data/korquad.yaml (it sets data.metric=char)"
+    )
+    klue = write_json(tmp_path, "klue.json", klue_doc(KLUE_DEV))
+    with pytest.raises(ConfigError, match="is a KLUE-MRC file .* add configs/data/klue_mrc.yaml"):
+        load_config([], [f"data.train_file={klue}", f"data.validation_file={klue}", "data.metric=char"])
+
+
+@pytest.mark.parametrize(
+    "overrides, settings",
+    [
+        (["data.hub_path=KorQuAD/squad_kor_v1"], ("char", "id", False)),
+        (["data.hub_path=klue", "data.hub_name=mrc"], ("klue", "guid", True)),
+        (["data.hub_path=rajpurkar/squad_v2"], ("squad", "id", True)),
+        (["data.hub_path=squad"], ("squad", "id", False)),
+    ],
+    ids=["korquad", "klue", "squad_v2", "squad"],
+)
+def test_a_hub_set_without_its_data_config_is_scored_by_its_official_rules(overrides, settings):
+    """The same class on the hub: data.hub_path=KorQuAD/squad_kor_v1 alone must not get SQuAD v1.1's token F1."""
+    d = load_config([], overrides).data
+    assert (d.metric, d.id_field, d.version_2_with_negative) == settings
+    with pytest.raises(ConfigError, match="is a KorQuAD 1.0 set on the hub but data.metric=squad"):
+        load_config([], ["data.hub_path=KorQuAD/squad_kor_v1", "data.metric=squad"])

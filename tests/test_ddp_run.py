@@ -123,7 +123,7 @@ def test_rank_seeds_are_distinct_and_reproducible():
     [
         (["dist.world_size=2"], "dist.world_size=2 but this process was not started by torchrun"),
         (
-            ["optim.perturbation=per_rank", "arm=x", "optim.replay=last"],
+            ["optim.perturbation=per_rank", "arm=x", "custom_arm=true", "optim.replay=last"],
             "optim.perturbation=per_rank applies to optim.replay=full",
         ),
         (["dist.timeout_s=0"], "dist.timeout_s=0"),

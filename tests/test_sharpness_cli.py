@@ -436,3 +436,19 @@ def test_the_hessian_figure_marks_left_out_values():
     assert [float(y) for c in hollow for _, y in c.get_offsets()] == [1e6]
     filled = sorted(float(y) for c in dots if c.get_facecolors().size for _, y in c.get_offsets())
     assert 1e6 not in filled and len(filled) == 11
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("curve_span=inf", "curve_span=inf is out of range; it must be > 0"),
+        ("eigen_tol=nan", "eigen_tol=nan is out of range; it must be > 0"),
+        ("worst_step_size=inf", "worst_step_size=inf is out of range; it must be > 0 or null"),
+        ("sweep=../x", "sweep='../x' must be one plain name of letters, digits, . _ - (not . or ..)"),
+    ],
+)
+def test_non_finite_values_and_path_escapes_are_refused(arg, message):
+    """issue 21 items 1 and 5 in analysis.sharpness's own options: inf passes `> 0`, and sweep is a folder name."""
+    with pytest.raises(SharpnessError) as info:
+        parse_args([arg])
+    assert str(info.value) == message

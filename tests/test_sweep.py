@@ -166,12 +166,12 @@ def file_times(directory: Path) -> dict:
         ("arm", "null"),
         ("run_name", "3"),
         ("run_name", "true"),
-        ("run_name", "a b"),
+        ("tracking.group", "a b"),  # text, not a folder name (run_name is one plain name)
         ("run_name", "0123"),
         ("run_name", "on"),
-        ("run_name", "'x'"),
-        ("run_name", " x "),
-        ("run_name", "a: b"),
+        ("tracking.group", "'x'"),  # text, not a folder name (run_name is one plain name)
+        ("tracking.group", " x "),  # text, not a folder name (run_name is one plain name)
+        ("tracking.group", "a: b"),  # text, not a folder name (run_name is one plain name)
         ("optim.betas", [0.9, 0.999]),
         ("tracking.tags", []),
         ("tracking.tags", ["0123", "on", "null", "a, b"]),
@@ -180,7 +180,7 @@ def file_times(directory: Path) -> dict:
 def test_values_become_overrides_that_read_back_the_same(key, value):
     """What the sweep passes on the command line is what the run's config holds, whatever the key's type."""
     text = f"{key}={sweep_spec._format_value(value)}"
-    cfg = load_config([], [text, "optim.replay=full"] if key != "arm" else [text])
+    cfg = load_config([], [text, "optim.replay=full"] if key != "arm" else [text, "custom_arm=true"])
     got = OmegaConf.select(cfg, key)
     got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
     assert got == value and type(got) is type(value), text
@@ -430,14 +430,14 @@ def test_a_run_dir_with_another_config_is_never_touched(tmp_path, standin, env, 
 
 def test_a_config_file_edited_mid_sweep_fails_that_run_only(tmp_path, standin, env):
     arm = tmp_path / "my_arm.yaml"
-    arm.write_text("arm: mine\noptim: {replay: full, rho: 0.05}\n")
+    arm.write_text("arm: mine\ncustom_arm: true\noptim: {replay: full, rho: 0.05}\n")
     path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"], str(arm)]})
     results = tmp_path / "results"
     spec = sweep_spec.load_sweep(path)
     runs = sweep_spec.expand(spec, [f"results_dir={results}"])
     for run in runs:
         sweep.plan(run)
-    arm.write_text("arm: mine\noptim: {replay: full, rho: 0.5}\n")  # after planning, before it starts
+    arm.write_text("arm: mine\ncustom_arm: true\noptim: {replay: full, rho: 0.5}\n")  # after planning, before it starts
     manifest = sweep_runner.Manifest(spec, runs, results / "runs" / "t", [])
     runner = sweep_runner.Runner(runs, manifest, standin.split(), jobs=1, gpus=[])
     assert runner.run()
@@ -749,3 +749,17 @@ def test_the_smoke_sweep_end_to_end(tmp_path):
     again = json.loads((results / "runs" / "smoke" / "sweep.json").read_text())
     assert {e["action"] for e in again["runs"]} == {"skip"}
     assert {e["run_id"]: file_times(Path(e["run_dir"])) for e in again["runs"]} == before
+
+
+def test_an_exclude_rule_with_a_misspelt_arm_is_refused(tmp_path):
+    """issue 21 class 6 in sweep files: exclude {arm: sam_mirco} would match nothing and keep the runs it meant."""
+    path = write_sweep(tmp_path, exclude=[{"arm": "sam_lastt", "train.accumulation_steps": 1}])
+    with pytest.raises(sweep_spec.SweepError) as info:
+        sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])
+    assert str(info.value) == (
+        "sweep t: exclude rule {'arm': 'sam_lastt', 'train.accumulation_steps': '1'} names arm 'sam_lastt', which no "
+        "run of the sweep has (adamw, sam_full, sam_last); did you mean sam_last?"
+    )
+    # an arm of the table that this sweep does not run is fine (a rule shared between sweeps)
+    path = write_sweep(tmp_path, exclude=[{"arm": "sam_micro"}])
+    assert len(sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])) == 6

@@ -204,7 +204,9 @@ def test_fields_over_wandbs_limits_are_shortened_distinctly_in_the_offline_recor
     group = "g" * 130
     tag_a, tag_b = "t" * 70 + "a", "t" * 70 + "b"  # equal in their first 64 characters
     name = "n" * 140
-    cfg = make_cfg("offline", f"arm={arm}", f"tracking.group={group}", f"tracking.tags=[{tag_a}, {tag_b}, ok]")
+    cfg = make_cfg(
+        "offline", f"arm={arm}", "custom_arm=true", f"tracking.group={group}", f"tracking.tags=[{tag_a}, {tag_b}, ok]"
+    )
     tracker = RunTracker(cfg, tmp_path / name)
     tracker.finish("completed")
     run = next(r["run"] for r in wandb_records(offline_runs(tmp_path / name)[0]) if r["type"] == "run")

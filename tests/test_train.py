@@ -408,7 +408,7 @@ def test_arm_label_is_derived_from_replay_and_must_match_it():
 
     assert load_config([REPO / "configs" / "default.yaml"], ["optim.replay=micro"]).arm == "sam_micro"
     assert load_config([arm_file("sam_last")]).arm == "sam_last"
-    assert load_config([], ["optim.replay=last", "arm=my_variant"]).arm == "my_variant"
+    assert load_config([], ["optim.replay=last", "arm=my_variant", "custom_arm=true"]).arm == "my_variant"
     with pytest.raises(ConfigError, match="arm='sam_full' does not match optim.replay='last'"):
         load_config([arm_file("sam_full")], ["optim.replay=last"])
 
@@ -418,3 +418,50 @@ def test_diverged_run_is_a_result_and_is_not_rerun(tiny_run, tmp_path, capsys):
     assert main(args) == 3
     assert main(args) == 3
     assert "already diverged" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# issue 21 item 2: an fp16 update GradScaler skips does not advance the lr schedule
+
+
+def test_skipped_fp16_updates_do_not_advance_the_lr_schedule(tiny_run, tmp_path, monkeypatch):
+    """fp16 autocast on the CPU with a GradScaler starting at 4e5: the scaled gradients overflow fp16 (max 65504) on
+    the first three windows (4e5, 2e5, 1e5 after each backoff), so updates 1-3 are skipped; the fourth runs at
+    scale 5e4. Warmup 3 of 6 updates, peak 1e-3: lr of the u-th applied update (u = 1, 2, 3) = 1e-3 * u / 3, so the
+    first applied one must run at 3.333e-4, as if the skipped ones had never been (HF Trainer's rule)."""
+    import functools
+
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=4e5))
+    args = tiny_run(
+        "sam_full",
+        "train.precision=fp16",
+        "train.device=cpu",
+        "data.generated.n_train=48",
+        "train.max_updates=6",
+        "optim.warmup_ratio=0.5",
+        "optim.lr=1e-3",
+    )
+    assert main(args) == 0
+    run = only_run(tmp_path)
+    train = [e for e in events(run) if "train/lr" in e]
+    skipped = [e["train/skipped"] for e in train]
+    assert skipped == [1, 1, 1, 0, 0, 0]
+    peak, warmup = 1e-3, 3
+    applied_lr = [e["train/lr"] for e in train if not e["train/skipped"]]
+    torch.testing.assert_close(applied_lr, [peak * 1 / warmup, peak * 2 / warmup, peak * 3 / warmup])
+    assert abs(applied_lr[0] - 3.333e-4) < 1e-7
+    # a skipped update ran (and logged) the lr the next applied one gets: the schedule stood still
+    torch.testing.assert_close([e["train/lr"] for e in train[:3]], [peak / warmup] * 3)
+    s = summary(run)
+    assert (s["updates"], s["applied_updates"], s["skipped_updates"]) == (6, 3, 3)
+
+
+def test_fp32_runs_have_no_skipped_updates_and_the_usual_schedule(tiny_run, tmp_path):
+    """fp32 never skips (a non-finite gradient is a divergence): every update steps the schedule as before."""
+    assert main(tiny_run("sam_full", "train.max_updates=4", "optim.warmup_ratio=0.5", "optim.lr=1e-3")) == 0
+    run = only_run(tmp_path)
+    lrs = [e["train/lr"] for e in events(run) if "train/lr" in e]
+    # warmup W = round(0.5 * 4) = 2: (u + 1) / W for u < 2, then (4 - u) / (4 - 2)
+    torch.testing.assert_close(lrs, [1e-3 * 1 / 2, 1e-3 * 2 / 2, 1e-3 * 2 / 2, 1e-3 * 1 / 2])
+    s = summary(run)
+    assert (s["updates"], s["applied_updates"], s["skipped_updates"]) == (4, 4, 0)

@@ -46,7 +46,7 @@ from analysis.report.sections import build_markdown, find_sharpness
 from analysis.report.tables import paired_table, primary_metric, reported_metrics, sanity_table, summary_table
 from analysis.report.text import headline
 from analysis.targets import DEFAULT_TARGETS, target_summary, time_to_target
-from experiments.config import split_key_value
+from experiments.config import is_path_name, split_key_value
 from experiments.rundir import DEFAULT_SWEEP, MANIFEST_FILE, read_json, report_dir, sweep_dir
 
 KNOWN_KEYS = ("results_dir", "sweep", "out")
@@ -178,6 +178,8 @@ def parse_args(argv: Sequence[str], usage: str = USAGE) -> dict[str, str]:
             raise ReportError(f"unknown key {key!r}; known keys: {', '.join(KNOWN_KEYS)}")
         if not value:
             raise ReportError(f"{key} needs a value ({key}=...)")
+        if key == "sweep" and not is_path_name(value):  # a folder under runs/ and in report-<sweep>: one name
+            raise ReportError(f"sweep={value!r} must be one plain name of letters, digits, . _ - (not . or ..)")
         args[key] = value
     return args
 

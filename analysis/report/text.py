@@ -316,6 +316,17 @@ def _below_floor(runs: pd.DataFrame, k: int, metric: str, floor: Floor | None, a
     )
 
 
+def _buggy_diverged_everywhere(runs: pd.DataFrame) -> tuple[int, int, int] | None:
+    """(k, diverged seeds, seeds) at the largest k > 1 where sam_full completed and every sam_last run diverged."""
+    done = completed_runs(runs)
+    for k in sorted((int(k) for k in distinct_values(runs["k"]) if int(k) > 1), reverse=True):
+        buggy = runs[(runs["arm"] == BUGGY) & (runs["k"] == k)]
+        correct = done[(done["arm"] == CORRECT) & (done["k"] == k)]
+        if len(buggy) and not correct.empty and (buggy["status"] == "diverged").all():
+            return k, len(buggy), len(buggy)
+    return None
+
+
 def answer(
     runs: pd.DataFrame,
     paired: pd.DataFrame,
@@ -339,7 +350,15 @@ def answer(
         "floor": "",
         "trainer": "",
     }
-    if k is None:
+    diverged = _buggy_diverged_everywhere(runs) if k is None else None
+    if diverged is not None:  # a result, not a gap: the buggy arm never finished training at this k
+        dk, n_div, n = diverged
+        out["answer"] = (
+            f"**Answer: sam_last diverged on {n_div}/{n} seeds** at k = {dk}, where sam_full completed: the "
+            "last-batch replay did not train to the end at all, so there is no paired difference to estimate."
+        )
+        out["cost"] = ""
+    elif k is None:
         out["answer"] = (
             "**Answer: not measured.** The sweep has no k > 1 with completed sam_full and sam_last "
             "runs, so it cannot answer the question."

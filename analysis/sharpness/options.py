@@ -9,7 +9,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.config import ConfigError, is_text_type, parse_value, schema_type, split_key_value
+from experiments.config import ConfigError, is_path_name, is_text_type, parse_value, schema_type, split_key_value
 from experiments.rundir import DEFAULT_SWEEP
 
 USAGE = "usage: python -m analysis.sharpness results_dir=DIR sweep=NAME [key=value ...]  (`help` lists the keys)"
@@ -111,6 +111,8 @@ def parse_args(argv: Sequence[str]) -> SharpnessConfig:
     for key in ("results_dir", "sweep"):
         if not getattr(opts, key):
             raise SharpnessError(f"{key} needs a value ({key}=...)")
+    if not is_path_name(opts.sweep):
+        raise SharpnessError(f"sweep={opts.sweep!r} must be one plain name of letters, digits, . _ - (not . or ..)")
     for key, low in _MINIMUM.items():
         value = getattr(opts, key)
         if value is None and key in NULLABLE:
@@ -124,10 +126,10 @@ def parse_args(argv: Sequence[str]) -> SharpnessConfig:
         if not rhos or any(not math.isfinite(r) or r <= 0 for r in rhos) or len(set(rhos)) != len(rhos):
             raise SharpnessError(f"{key}={rhos!r} must be a non-empty list of distinct radii > 0")
         setattr(opts, key, sorted(float(r) for r in rhos))
-    for key in ("eigen_tol", "trace_max_rel_se", "curve_span", "surface_span"):
-        if not getattr(opts, key) > 0:
+    for key in ("eigen_tol", "trace_max_rel_se", "curve_span", "surface_span"):  # isfinite: inf passes "> 0"
+        if not (math.isfinite(getattr(opts, key)) and getattr(opts, key) > 0):
             raise SharpnessError(f"{key}={getattr(opts, key)!r} is out of range; it must be > 0")
-    if opts.worst_step_size is not None and not opts.worst_step_size > 0:
+    if opts.worst_step_size is not None and not (math.isfinite(opts.worst_step_size) and opts.worst_step_size > 0):
         raise SharpnessError(f"worst_step_size={opts.worst_step_size!r} is out of range; it must be > 0 or null")
     if opts.landscape_examples > min(opts.train_examples, opts.dev_examples):
         raise SharpnessError(

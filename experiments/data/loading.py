@@ -4,13 +4,13 @@ record problem. Both record what was actually used in the stats that go to summa
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 
+from ..rundir import file_sha256
 from .errors import STRICT_HINT, DataError, logger, one_line
 from .features import (
     TokenisationFaults,
@@ -26,17 +26,9 @@ from .records import MAX_WARNINGS_PER_SOURCE, records_to_dataset
 SPLITS = ("train", "dev")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_record(path: str | Path) -> dict:
     path = Path(path)
-    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _read(data_cfg: Any, split: str, where: dict | None = None) -> tuple[list[dict], Counter, dict]:

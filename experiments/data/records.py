@@ -12,6 +12,7 @@ but Arrow (and so `datasets`) cannot store; such a record is a record-level prob
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from typing import Any
 
@@ -70,11 +71,26 @@ def _answer_lists(answers: Any) -> tuple[list, list]:
     raise RecordProblem("wrong_type", f"field 'answers' must be an object or a list, got {type(answers).__name__}")
 
 
+def _normalisation_hint(context: str, text: str) -> str:
+    """The likely cause of an answer_start mismatch when the context and the answer are in different Unicode
+    normalisation forms (NFD spells 한 as three code points, NFC as one, so offsets of one form miss in the other):
+    the answer is in the context once both are NFC, and one of them is not NFC."""
+    nfc_context, nfc_text = unicodedata.normalize("NFC", context), unicodedata.normalize("NFC", text)
+    if (nfc_context != context or nfc_text != text) and nfc_text in nfc_context:
+        return (
+            "; likely cause: Unicode normalisation (the context and the answer are in different forms, NFC/NFD, "
+            "so answer_start counts other code points): normalise the file to NFC (unicodedata.normalize('NFC', "
+            "...) on every string) and recompute answer_start"
+        )
+    return ""
+
+
 def _missing_id(record: dict, id_field: str) -> RecordProblem:
     """The error for a record without its id field; it names data.id_field and, if it can, the value to set."""
     others = [name for name in ID_FIELD_CANDIDATES if name != id_field and record.get(name) is not None]
     hint = (
         f"; the record has {others[0]!r}: set data.id_field={others[0]}"
+        + (" (KLUE-MRC: add configs/data/klue_mrc.yaml, which also sets its metric)" if others[0] == "guid" else "")
         if others
         else "; set data.id_field to the field that holds the question id"
     )
@@ -156,7 +172,8 @@ def check_record(record: Any, *, default_title: str = "", id_field: str = "id") 
             raise RecordProblem(
                 "answer_mismatch",
                 f"answer {i} answer_start={start} does not point at the answer text: "
-                f"context[{start}:{start + len(text)}]={_short(found)} != {_short(text)}",
+                f"context[{start}:{start + len(text)}]={_short(found)} != {_short(text)}"
+                + _normalisation_hint(context, text),
             )
     return {
         "id": rid,
