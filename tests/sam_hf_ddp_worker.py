@@ -54,10 +54,17 @@ def run_examples(out: Path) -> None:
     """sam/README.md's DDP and accelerate examples as a user runs them under torchrun (accelerate reads torchrun's
     environment as `accelerate launch` would set it); saves each rank's final weights."""
     for name in ("ddp", "accelerate_loop"):
+        if name == "accelerate_loop":
+            # what `accelerate launch --cpu` sets: on a CPU, accelerate joins torchrun's processes only with it
+            os.environ["ACCELERATE_USE_CPU"] = "true"
         namespace = runpy.run_path(str(Path(__file__).parent / "examples" / f"{name}.py"), run_name="__main__")
         rank = int(os.environ["RANK"])
         weights = [p.detach().clone() for p in namespace["model"].parameters()]
-        torch.save({"params": weights, "loss": namespace["result"].loss}, out / f"example-{name}-rank{rank}.pt")
+        # accelerate: the number of processes it joined, and whether train_step got its DDP module
+        accelerator = namespace.get("accelerator")
+        joined = (accelerator.num_processes, namespace["ddp"] is not None) if accelerator is not None else None
+        saved = {"params": weights, "loss": namespace["result"].loss, "accelerate": joined}
+        torch.save(saved, out / f"example-{name}-rank{rank}.pt")
 
 
 def main(out: Path) -> None:
@@ -68,7 +75,7 @@ def main(out: Path) -> None:
         model = tiny_bert_qa()
         trainer = CountingSAMTrainer(
             model=model,
-            args=arguments(out / perturbation, ddp_backend="gloo"),
+            args=arguments(out / perturbation, ddp_backend="gloo", ddp_timeout=120),
             train_dataset=qa_dataset(n=2 * 3 * 4 * 2),
             optimizers=(torch.optim.SGD(model.parameters(), lr=SGD_LR), None),
             rho=RHO,

@@ -573,6 +573,8 @@ def test_distributed_examples_keep_the_ranks_identical(distributed):
         for p, q in zip(ranks[0]["params"], ranks[1]["params"]):
             assert torch.equal(p, q), name
         assert ranks[0]["loss"] == ranks[1]["loss"]  # the loss over the global window, the same on every rank
+        if name == "accelerate_loop":
+            assert ranks[0]["accelerate"] == (2, True)  # accelerate joined both processes and wrapped DDP
         torch.manual_seed(0)  # the examples' untrained model
         config = BertConfig(
             vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16

@@ -1,5 +1,5 @@
 # SAM in a plain accelerate loop: Accelerator(gradient_accumulation_steps=1), windows cut by hand, one train_step each.
-# Runs as `python accelerate_loop.py` or `accelerate launch --num_processes 2 accelerate_loop.py`.
+# Runs as `python accelerate_loop.py` or `accelerate launch --num_processes 2 accelerate_loop.py` (add --cpu on a CPU).
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
