@@ -5,7 +5,7 @@ once with perturbation="global" and once with "per_rank"; saves per rank the fin
 was handed, and the gradient all-reduces per window counted by a DDP communication hook
 (experiments.distributed.count_allreduces: one call per bucket, and the tiny model fits one bucket), split into those
 that happened by the end of the first pass and those of the replay. Before that, runs sam/README.md's DDP and
-accelerate examples (tests/examples/), one spawn for all.
+accelerate examples (tests/examples/); argv: <out> ddp-example | accelerate-and-trainer.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ class Counts(TrainerCallback):
         self.before = total
 
 
-def run_examples(out: Path) -> None:
+def run_examples(out: Path, names) -> None:
     """sam/README.md's DDP and accelerate examples as a user runs them under torchrun (accelerate reads torchrun's
     environment as `accelerate launch` would set it); saves each rank's final weights."""
-    for name in ("ddp", "accelerate_loop"):
+    for name in names:
         if name == "accelerate_loop":
             # what `accelerate launch --cpu` sets: on a CPU, accelerate joins torchrun's processes only with it
             os.environ["ACCELERATE_USE_CPU"] = "true"
@@ -67,10 +67,15 @@ def run_examples(out: Path) -> None:
         torch.save(saved, out / f"example-{name}-rank{rank}.pt")
 
 
-def main(out: Path) -> None:
+def main(out: Path, part: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    run_examples(out)  # first: ddp.py starts and ends its own process group
+    if part == "ddp-example":
+        # alone in its spawn: ddp.py starts and ends its own process group, and a second group started in the same
+        # processes on torchrun's store can meet the first one's stale rendezvous keys (seen here: a hang, a reset)
+        run_examples(out, ["ddp"])
+        return
+    run_examples(out, ["accelerate_loop"])  # accelerate starts the process group the Trainer then reuses
     for perturbation in ("global", "per_rank"):
         model = tiny_bert_qa()
         trainer = CountingSAMTrainer(
@@ -97,4 +102,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2])

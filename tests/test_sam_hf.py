@@ -470,20 +470,21 @@ def test_bad_arguments_are_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def distributed(tmp_path_factory):
-    """One torchrun spawn of tests/sam_hf_ddp_worker.py (2 gloo ranks): the README's DDP and accelerate examples, then
-    SAMTrainer with perturbation global and per_rank. Returns the folder of what the ranks saved."""
+    """Two torchrun spawns of tests/sam_hf_ddp_worker.py (2 gloo ranks): the README's DDP example; then its accelerate
+    example and SAMTrainer with perturbation global and per_rank. Returns the folder of what the ranks saved."""
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        + [str(REPO / "tests" / "sam_hf_ddp_worker.py"), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    first_rank = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank0]"))
-    assert proc.returncode == 0, (first_rank or proc.stderr)[-4000:]
+    for part in ("ddp-example", "accelerate-and-trainer"):
+        proc = subprocess.run(
+            [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+            + [str(REPO / "tests" / "sam_hf_ddp_worker.py"), str(out), part],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        first_rank = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank0]"))
+        assert proc.returncode == 0, (first_rank or proc.stderr)[-4000:]
     return out
 
 
