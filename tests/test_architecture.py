@@ -18,6 +18,8 @@ PACKAGES = ("sam", "experiments", "analysis")
 MAY_IMPORT = {"sam": {"sam"}, "experiments": {"sam", "experiments"}, "analysis": {"sam", "experiments", "analysis"}}
 # sam/ is the optimizer a reader copies into their own code: torch only, nothing of the QA experiment.
 SAM_FORBIDDEN = ("transformers", "datasets", "wandb", "omegaconf", "pandas")
+# ... but for the Hugging Face Trainer drop-in, which `import sam` does not import (checked below)
+SAM_ALLOWED = {"sam.hf": {"transformers"}}
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -99,8 +101,22 @@ def test_packages_import_only_downwards(graph):
         ours = {t.split(".")[0] for t in targets if t.split(".")[0] in PACKAGES}
         assert ours <= MAY_IMPORT[top], f"{name} imports {sorted(ours - MAY_IMPORT[top])}"
         if top == "sam":
-            outside = {t.split(".")[0] for t in targets} & set(SAM_FORBIDDEN)
+            outside = {t.split(".")[0] for t in targets} & set(SAM_FORBIDDEN) - SAM_ALLOWED.get(name, set())
             assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def test_import_sam_leaves_the_trainer_drop_in_and_transformers_out(graph):
+    """`import sam` (the package and what it imports, transitively) never reaches sam.hf, the one module that may
+    import transformers."""
+    reached, todo = set(), ["sam"]
+    while todo:
+        name = todo.pop()
+        if name in reached or name not in graph:
+            continue
+        reached.add(name)
+        todo.extend(graph[name])
+    assert "sam.hf" not in reached
+    assert not {t.split(".")[0] for name in reached for t in graph[name]} & set(SAM_FORBIDDEN)
 
 
 def test_no_import_cycle(graph):
