@@ -586,3 +586,40 @@ def test_the_readme_example_runs_as_written():
     namespace: dict = {}
     exec(compile(code, "sam/README.md (Check your own loop)", "exec"), namespace)
     assert namespace["report"].verdict == "full"
+
+
+@pytest.mark.parametrize("replay", ["full", "last_only"])
+def test_sam_trainer_driven_over_the_window_is_named_by_its_replay(tmp_path, replay):
+    """sam.hf.SAMTrainer as a user runs it (`trainer.train()` for one update of gradient_accumulation_steps = k, the
+    window as its dataset, in order): the audit names the rule it was asked for; the Trainer's clipping and its 1/k
+    loss scaling change only the scale. A fresh Trainer each time, so the audit may run `step` more than once."""
+    from transformers import TrainingArguments
+
+    from sam.hf import SAMTrainer
+
+    model = make_bert()
+    window = qa_window(k=3)
+    examples = [{key: value[row] for key, value in batch.items()} for batch in window for row in range(2)]
+
+    def step(window):
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=len(window),
+            max_steps=1,
+            learning_rate=1e-3,
+            lr_scheduler_type="constant",
+            train_sampling_strategy="sequential",
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        SAMTrainer(model=model, args=args, train_dataset=examples, rho=RHO, replay=replay).train()
+
+    before = [p.detach().clone() for p in model.parameters()]
+    report = which_replay(step, model, window, qa_loss(model), rho=RHO)
+    assert report.verdict == replay, str(report)
+    assert report.row(replay).distance < 1e-5
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
