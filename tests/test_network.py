@@ -60,7 +60,9 @@ def test_online_tracking_is_refused_in_seconds_before_anything_loads(tiny_run, t
     assert main(tiny_run("sam_full", "tracking.mode=online")) == 2
     assert time.perf_counter() - began < LIMIT_S
     err = capsys.readouterr().err.strip().splitlines()
+    # (the fixture's tracking.mode=disabled is overridden: the config says which override won, then the refusal)
     assert err == [
+        "config: override 'tracking.mode=online' replaces override 'tracking.mode=disabled' (a later override wins)",
         "error: tracking.mode=online but the W&B server https://api.wandb.ai is not reachable within 3 s; "
         "use tracking.mode=offline (upload later with make sync) or set WANDB_BASE_URL"
     ]
