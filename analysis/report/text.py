@@ -277,7 +277,8 @@ def setup_text(runs: pd.DataFrame, floor: Floor | None = None, floor_error: str 
             budget.append(f"{join_values(ups)} updates{per} at k = {int(k)}")
     devices = sorted(
         {
-            str(name) + (f" ({dtype}, {int(t)} threads)" if not is_missing(t) else f" ({dtype})")
+            str(name)
+            + (f" ({dtype}, {int(t)} thread{'s' if int(t) != 1 else ''})" if not is_missing(t) else f" ({dtype})")
             for name, dtype, t in zip(
                 column_or_empty(runs, "env.device.name"),
                 column_or_empty(runs, "env.device.type"),
@@ -309,7 +310,8 @@ def _below_floor(runs: pd.DataFrame, k: int, metric: str, floor: Floor | None, a
     below = [(a, v) for a, v in below if not math.isnan(v) and v < floor.score]
     if not below:
         return ""
-    names = ", ".join(f"{a} ({v:.1f})" for a, v in below)
+    names = [f"{a} ({v:.1f})" for a, v in below]
+    names = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return (
         f"At k = {k}, {names} {'ends' if len(below) == 1 else 'end'} **below the no-training floor** of "
         f"{metric_label(metric)} {floor.score:.1f}: worse than a heuristic that reads no training data."
