@@ -66,16 +66,14 @@ def run_dirs(results_dir: Path) -> list:
 PYTHON = sys.executable
 
 
-def offline_wandb_history(run_dir: Path) -> list[dict]:
-    """The history rows of the run directory's one offline W&B run (run_dir/wandb/offline-run-*; asserts there is
-    exactly one), read back by wandb's own reader of offline files (`wandb leet inspect --json`)."""
+def wandb_records(offline_run: Path) -> list[dict]:
+    """Every record of an offline W&B run folder's .wandb transaction log, read by wandb's own reader of offline
+    files (`wandb leet inspect --json`, the CLI that ships with wandb)."""
     import json
     import subprocess
 
-    folders = sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
-    assert len(folders) == 1, f"{run_dir}: {len(folders)} offline W&B folders, expected one: {folders}"
     done = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folders[0])],
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -83,4 +81,13 @@ def offline_wandb_history(run_dir: Path) -> list[dict]:
     )
     assert done.returncode == 0, f"wandb leet inspect failed: {done.stderr[-2000:]}"
     records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    return [r["history"]["item"] for r in records if r["type"] == "history"]
+    assert records, "wandb leet inspect printed no records"
+    return records
+
+
+def offline_wandb_history(run_dir: Path) -> list[dict]:
+    """The history rows of the run directory's one offline W&B run (run_dir/wandb/offline-run-*; asserts there is
+    exactly one)."""
+    folders = sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+    assert len(folders) == 1, f"{run_dir}: {len(folders)} offline W&B folders, expected one: {folders}"
+    return [r["history"]["item"] for r in wandb_records(folders[0]) if r["type"] == "history"]

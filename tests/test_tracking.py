@@ -18,7 +18,7 @@ from experiments.config import config_hash, load_config
 from experiments.provenance import env_info, git_info
 from experiments.rundir import atomic_write_json, atomic_write_text, read_metrics
 from experiments.tracking import RunTracker, TrackingError
-from tests.conftest import REPO, offline_wandb_history
+from tests.conftest import REPO, offline_wandb_history, wandb_records
 
 
 @pytest.fixture(autouse=True)
@@ -52,21 +52,6 @@ def make_cfg(mode="offline", *extra):
 
 def offline_runs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*"))
-
-
-def wandb_records(offline_run: Path) -> list[dict]:
-    """Every record of the run's .wandb transaction log, via the CLI that ships with wandb."""
-    done = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"wandb leet inspect failed: {done.stderr[-2000:]}"
-    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    assert records, "wandb leet inspect printed no records"
-    return records
 
 
 def log_three(tracker: RunTracker) -> list[dict]:
