@@ -140,6 +140,7 @@ def which_replay(
     rho: float = 0.05,
     adaptive: bool = False,
     eta: float = ETA,
+    asam_weights: str = "shape",
     sizes: Sequence[int] | None = None,
     optimizers: Sequence[torch.optim.Optimizer] = (),
     tol: float = TOLERANCE,
@@ -155,8 +156,11 @@ def which_replay(
         loss_fn: `loss_fn(batch) -> Tensor`, the mean loss of one micro-batch on `model` (forward only), used for
             the reference rules through `sam.train_step`.
         rho: SAM's radius the reference rules use (that of the user's SAM).
-        adaptive, eta: ASAM for the reference rules, e = rho·T²g/‖Tg‖ with T = |w| + eta for parameters whose name
-            ends in "weight", T = 1 otherwise (the authors' rule, SamsungLabs/ASAM).
+        adaptive, eta: ASAM for the reference rules, e = rho·T²g/‖Tg‖ with T = |w| + eta for a weight, T = 1
+            otherwise.
+        asam_weights: which tensors count as weights for ASAM: "shape" (default: ndim ≥ 2, what
+            `sam.SAM(model.parameters(), adaptive=True)` does, so LayerNorm scales get T = 1) or "name" (a name
+            ending in "weight", the authors' rule in SamsungLabs/ASAM, which gives LayerNorm scales |w| + eta).
         sizes: examples per micro-batch, weights a_i = n_i/N of the reference rules (None: 1/k each).
         optimizers: optimizers to snapshot and restore besides those found by themselves (every live
             torch.optim.Optimizer holding one of the model's parameters is found, with its LR schedulers).
@@ -179,6 +183,8 @@ def which_replay(
         )
     if not rho > 0:
         raise ValueError(f"rho must be > 0 to tell SAM from plain accumulation, got {rho}")
+    if asam_weights not in ("shape", "name"):
+        raise ValueError(f"asam_weights={asam_weights!r}; choose 'shape' (sam.SAM's rule) or 'name' (SamsungLabs/ASAM)")
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"{type(model).__name__} has no parameter that requires grad: nothing to audit")
@@ -209,7 +215,9 @@ def which_replay(
 
             rows = [
                 _match(rule, g, r)
-                for rule, r in _rule_gradients(model, window, loss_fn, params, rho, adaptive, eta, sizes, at_w)
+                for rule, r in _rule_gradients(
+                    model, window, loss_fn, params, rho, adaptive, eta, asam_weights, sizes, at_w
+                )
             ]
     finally:
         snapshot.restore()
@@ -487,10 +495,12 @@ class _RecordGradient(torch.optim.Optimizer):
         self.recorded = {p: p.grad.clone() for g in self.param_groups for p in g["params"] if p.grad is not None}
 
 
-def _rule_gradients(model, window, loss_fn, params, rho, adaptive, eta, sizes, at_w) -> Iterator[tuple[str, list]]:
+def _rule_gradients(
+    model, window, loss_fn, params, rho, adaptive, eta, asam_weights, sizes, at_w
+) -> Iterator[tuple[str, list]]:
     """(rule, its gradient per parameter of `params`) for every rule of sam.train_step, each from the weights
     `at_w()` puts back, through a SAM over `params` alone (the norm in e runs over what the user's optimizer holds)."""
-    if adaptive:
+    if adaptive and asam_weights == "name":
         # SamsungLabs/ASAM's rule by name: T = |w| + eta for a "weight", 1 otherwise
         names = {p: n for n, p in model.named_parameters()}
         weights = [p for p in params if names.get(p, "").endswith("weight")]

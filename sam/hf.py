@@ -215,7 +215,9 @@ class SAMTrainer(Trainer):
         """The public pattern on every micro-batch: zero the gradients, first pass, perturb from it, second pass,
         restore. Whatever micro-batch k leaves, ∇L_k(w + e_k), is what the Trainer steps with; the k − 1 earlier
         SAM gradients are zeroed (computed all the same: they are what the pattern costs). Each micro-batch is
-        weighted as the mean loss of that micro-batch alone, as the pattern's own backward does."""
+        weighted as the mean loss of that micro-batch alone (scale 1, as train_step's last_only: g = ∇L_k(w + e_k)).
+        A copy of the pattern that keeps the Trainer's loss / gradient_accumulation_steps steps with g / k instead:
+        the same direction (sam.audit names both last_only and reports the scale)."""
         model.zero_grad(set_to_none=True)
         self._rng.save(i)
         items = None if num_items_in_batch is None else self._count_items(inputs)

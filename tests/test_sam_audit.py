@@ -337,7 +337,9 @@ def test_asam_and_uneven_micro_batches_are_audited_with_the_loops_own_settings()
     ]
     asam = SAM(groups, torch.optim.AdamW, rho=0.5, adaptive=True, eta=0.01, lr=1e-3)
     step = full_replay_loop(loss_fn, asam, K, model)
-    assert which_replay(step, model, mlp_window(), loss_fn, rho=0.5, adaptive=True).verdict == "full"
+    assert which_replay(step, model, mlp_window(), loss_fn, rho=0.5, adaptive=True, asam_weights="name").verdict == (
+        "full"
+    )
     assert which_replay(step, model, mlp_window(), loss_fn, rho=0.5).verdict is None
 
     sizes = [2, 5, 3, 6]
@@ -623,3 +625,21 @@ def test_sam_trainer_driven_over_the_window_is_named_by_its_replay(tmp_path, rep
     assert report.verdict == replay, str(report)
     assert report.row(replay).distance < 1e-5
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_asam_by_default_uses_the_rule_of_sam_sam_also_with_layer_norm():
+    """A LayerNorm scale is a 1-D tensor named "weight": sam.SAM(model.parameters(), adaptive=True) gives it T = 1
+    (ndim rule), the authors' name rule T = |w| + eta. The audit's default is sam.SAM's rule, so a correct ASAM loop
+    built the plain way is named full; told the name rule, the same loop matches nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 2)).train()
+    with torch.no_grad():
+        model[1].weight.mul_(3.0)  # scales far from 1, so the two rules give different e
+    loss_fn = mlp_loss(model)
+    asam = SAM(model.parameters(), torch.optim.AdamW, rho=0.5, adaptive=True, eta=0.01, lr=1e-3)
+    step = full_replay_loop(loss_fn, asam, K, model)
+    assert which_replay(step, model, mlp_window(), loss_fn, rho=0.5, adaptive=True).verdict == "full"
+    by_name = which_replay(step, model, mlp_window(), loss_fn, rho=0.5, adaptive=True, asam_weights="name")
+    assert by_name.verdict is None and by_name.closest == "full"
+    with pytest.raises(ValueError, match="asam_weights="):
+        which_replay(step, model, mlp_window(), loss_fn, rho=0.5, adaptive=True, asam_weights="size")
