@@ -84,7 +84,7 @@ define sweep_then_report
 	$(MAKE) --no-print-directory report SWEEP=$(2) || exit $$?; exit $$rc
 endef
 
-run-all: $(STAMP)  ## the default ablation sweep, then sharpness + report (<= 30 min on 2 CPU cores)
+run-all: $(STAMP)  ## the default ablation sweep (17 runs), then sharpness + report (see README: Results)
 	@$(call sweep_then_report,configs/sweep/ablation.yaml,ablation)
 
 run-all-gpu: $(STAMP)  ## the same question at a paper-size budget on CUDA (configs/sweep/ablation_gpu.yaml)

@@ -10,10 +10,11 @@ that mirror the report (analysis/report):
     diagnostics   diag/grad_cos (cosine of the last-replay and the full-replay gradient of one window) by arm and k
     final scores  bar plots of the final evaluation (W&B summary final/dev/f1, ...) per arm and k, mean ± s.e.
 
-The panels come from one table, METRICS below (a metric added there gets its panel). The run set is filtered to the
-sweep by the W&B config key `sweep_name` and grouped by Config('arm') then Config('k'): experiments.tracking puts
-these at the top of every run's W&B config. Not `sweep` or the W&B group: wandb-workspaces (0.4.13) turns a config
-key named `sweep` into the run attribute `Sweep` (W&B's own sweeps), and v2 cannot group by the run's group
+The panels come from the one metric table, experiments.metrics (a row with a `dashboard` section gets its panel).
+The run set is filtered to the sweep by the W&B config key `sweep_name` and grouped by Config('arm') then
+Config('k'): experiments.tracking puts these at the top of every run's W&B config. Not `sweep` or the W&B group:
+wandb-workspaces (0.4.13) turns a config key named `sweep` into the run attribute `Sweep` (W&B's own sweeps), and
+v2 cannot group by the run's group
 (wandb-workspaces#35). A workspace has one run set for all its panels, so its curves show every arm × k group in one
 panel; the W&B Report (below) has one panel grid per k, each with a run set filtered to that k and grouped by arm.
 
@@ -36,32 +37,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments import metrics
 from experiments.arms import BY_NAME
 from experiments.config import split_key_value
 from experiments.rundir import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, atomic_write_text, report_dir
+from experiments.tracking import FINAL_PREFIX
 
 # ---------------------------------------------------------------------------------------------------------------------
-# what the dashboard shows: ONE table. (key, section): a curve against the update for the curve sections, a bar plot
-# of the run summary's final/<key> for FINAL. When experiments/metrics.py (the project's metric table: key, label,
-# direction, ...) lands, this becomes a selection from it, e.g.
-#     METRICS = tuple((m.key, m.dashboard) for m in metrics.METRICS if m.dashboard)
-# and `label` reads m.label; nothing else here needs to change.
+# what the dashboard shows comes from the one metric table (experiments.metrics: a row's `dashboard` names its
+# sections): a curve against the update for the curve sections, a bar plot of the run summary's final/<key> for
+# FINAL. A row given a section there gets its panel here.
 
 ANSWER, COST, DIAGNOSTICS, FINAL = "The answer", "Cost", "Diagnostics", "Final scores"
 SECTIONS = (ANSWER, COST, DIAGNOSTICS, FINAL)  # in the order of the report
-METRICS: tuple[tuple[str, str], ...] = (
-    ("dev/f1", ANSWER),
-    ("dev/loss", ANSWER),
-    ("train/step_time", COST),
-    ("diag/grad_cos", DIAGNOSTICS),
-    ("dev/f1", FINAL),
-    ("dev/em", FINAL),
-    ("dev/loss", FINAL),
-)
+_SECTION_OF = {"answer": ANSWER, "cost": COST, "diagnostics": DIAGNOSTICS, "final": FINAL}
+
+
+def panel_metrics() -> tuple[tuple[str, str], ...]:
+    """(metric key, section) of every panel, sections in report order, keys in the metric table's order."""
+    return tuple((m.key, _SECTION_OF[name]) for name in _SECTION_OF for m in metrics.METRICS if name in m.dashboard)
+
+
 SWEEP_KEY = "sweep_name"  # the W&B config key the run set is filtered by (see the module docstring)
 GROUP_KEYS = ("arm", "k")  # the W&B config keys the runs are grouped by, outer first
 X_AXIS = "update"  # every run logs it with every event; W&B's step metric for all keys (experiments.tracking)
-FINAL_PREFIX = "final/"  # the run summary key of a final metric (experiments.tracking.FINAL_PREFIX)
 WORKSPACE_FILE, REPORT_FILE, HEADLINE_FILE = "wandb_workspace.json", "wandb_report.json", "headline.md"
 DEFAULT_PROJECT = "sam-accum"
 
@@ -71,8 +70,8 @@ class DashboardError(RuntimeError):
 
 
 def label(key: str) -> str:
-    """A metric's name in a panel title (the key itself until experiments/metrics.py gives labels)."""
-    return key
+    """A metric's name in a panel title: its label in experiments.metrics, else the key itself."""
+    return metrics.label(key) if metrics.lookup(key) is not None else key
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def _set_id(obj: Any, *parts: Any) -> Any:
 def metrics_of(section: str) -> list[str]:
     if section not in SECTIONS:
         raise DashboardError(f"section {section!r} is not one of {', '.join(SECTIONS)}")
-    return [key for key, where in METRICS if where == section]
+    return [key for key, where in panel_metrics() if where == section]
 
 
 def _panels(section: str, where: str, *, by_arm: bool = False) -> list:
@@ -165,7 +164,7 @@ def sweep_filter(sweep: str, k: int | None = None) -> str:
 
 def build_workspace(design: Design, entity: str = ""):
     """The sweep's wandb_workspaces Workspace: the run set filtered to the sweep and grouped by arm then k, arm
-    colours from experiments.arms, one section per SECTIONS entry with the panels of METRICS."""
+    colours from experiments.arms, one section per SECTIONS entry with the panels of panel_metrics()."""
     import wandb_workspaces.workspaces as ws
     from wandb_workspaces import expr
 

@@ -53,6 +53,7 @@ class Metric:
     curve: bool = False  # kept in the committed report's curves.csv
     best_by: bool = False  # a choice of train.save_best_by and a key of a sweep file's report.targets
     optional: bool = False  # reported only when some run logged it (v2 breakdown, KLUE-MRC's ROUGE-W, fp16 skips)
+    dashboard: tuple[str, ...] = ()  # the W&B workspace sections it gets a panel in (analysis.dashboard.SECTIONS)
 
     @property
     def better(self) -> str:
@@ -102,9 +103,10 @@ def _sharpness(key: str, label: str, short: str, bounds=ANY) -> Metric:
 METRICS: tuple[Metric, ...] = (
     # evaluations (experiments.trainer.evaluate, experiments.qa_eval.score_predictions)
     _score("dev/f1", "dev F1", "F1", equal_at_k1=EXACT, paired=True, targets=(50.0, 80.0, 90.0), curve=True,
-           best_by=True),
-    _score("dev/em", "dev EM", "EM", equal_at_k1=EXACT, paired=True, curve=True, best_by=True),
-    _loss("dev/loss", "dev loss", "loss", "eval", equal_at_k1=TOLERANCE, paired=True, curve=True, best_by=True),
+           best_by=True, dashboard=("answer", "final")),
+    _score("dev/em", "dev EM", "EM", equal_at_k1=EXACT, paired=True, curve=True, best_by=True, dashboard=("final",)),
+    _loss("dev/loss", "dev loss", "loss", "eval", equal_at_k1=TOLERANCE, paired=True, curve=True, best_by=True,
+          dashboard=("answer", "final")),
     _score("dev/rouge_w", "dev ROUGE-W", "ROUGE-W", equal_at_k1=EXACT, curve=True, optional=True,
            best_by=True),
     _score("dev/has_ans_em", "dev EM, questions with an answer (HasAns)", "HasAns EM", optional=True),
@@ -124,11 +126,11 @@ METRICS: tuple[Metric, ...] = (
     _loss("train/perturbed_loss", "perturbed train loss L(w + ε)", "perturbed loss", "train"),
     _other("train/grad_norm", "gradient norm (before clipping)", "grad norm", NEITHER),
     _other("train/lr", "learning rate", "lr", NEITHER),
-    _other("train/step_time", "seconds per update", "s/update", LOWER, curve=True),
+    _other("train/step_time", "seconds per update", "s/update", LOWER, curve=True, dashboard=("cost",)),
     _other("train/skipped", "update skipped by the fp16 GradScaler", "skipped", LOWER, (0.0, 1.0), ".0f",
            optional=True),
     _other("diag/grad_cos", "cos(last-replay gradient, full-replay gradient)", "grad cos", HIGHER, (-1.0, 1.0),
-           ".3f", curve=True),
+           ".3f", curve=True, dashboard=("diagnostics",)),
     _other("diag/grad_norm_ratio", "‖last-replay gradient‖ / ‖full-replay gradient‖", "norm ratio", NEITHER),
     # the sharpness section (analysis.sharpness: sharpness.csv)
     _sharpness("lambda_max", "λmax", "λmax"),

@@ -995,7 +995,8 @@ def test_the_headline_names_its_setup_its_floor_and_a_target_never_reached(tmp_p
     below = [f"{a} ({v:.1f})" for a, v in means.items() if v < 60.0]
     assert below and means["sam_full"] > 60.0  # the made-up effect puts sam_last below 60
     verb = "ends" if len(below) == 1 else "end"
-    assert f"At k = 4, {', '.join(below)} {verb} **below the no-training floor** of dev F1 60.0" in parts["floor"]
+    names = below[0] if len(below) == 1 else ", ".join(below[:-1]) + " and " + below[-1]
+    assert f"At k = 4, {names} {verb} **below the no-training floor** of dev F1 60.0" in parts["floor"]
     assert "not computed (no run directory with a config.yaml" in setup_text(
         runs.assign(run_dir=None), None, "no run directory with a config.yaml to rebuild the dev set from"
     )

@@ -97,10 +97,17 @@ def test_the_report_has_the_headline_and_one_answer_grid_per_k(synth, tmp_path):
 
 
 def test_a_metric_added_to_the_table_gets_a_panel(synth, monkeypatch):
-    monkeypatch.setattr(dashboard, "METRICS", (*dashboard.METRICS, ("train/loss", dashboard.COST)))
+    """A row of experiments.metrics given the "cost" section gets a panel there, titled by its label."""
+    import dataclasses
+
+    from experiments import metrics
+
+    rows = tuple(dataclasses.replace(m, dashboard=("cost",)) if m.key == "train/loss" else m for m in metrics.METRICS)
+    monkeypatch.setattr(metrics, "METRICS", rows)
     design = dashboard.design_of(synth.results_dir, "synth")
     sections = panels_by_section(json.loads(dashboard.spec_json(dashboard.build_workspace(design))))
-    assert [p["config"]["metrics"] for p in sections["Cost"]] == [["train/step_time"], ["train/loss"]]
+    assert sorted(p["config"]["metrics"] for p in sections["Cost"]) == [["train/loss"], ["train/step_time"]]
+    assert dashboard.label("train/loss") == "train loss"
 
 
 def test_the_design_comes_from_the_runs_and_rebuilds_are_identical(synth):

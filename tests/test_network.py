@@ -64,7 +64,7 @@ def test_online_tracking_is_refused_in_seconds_before_anything_loads(tiny_run, t
     assert err == [
         "config: override 'tracking.mode=online' replaces override 'tracking.mode=disabled' (a later override wins)",
         "error: tracking.mode=online but the W&B server https://api.wandb.ai is not reachable within 3 s; "
-        "use tracking.mode=offline (upload later with make sync) or set WANDB_BASE_URL"
+        "use tracking.mode=offline (upload later with make sync) or set WANDB_BASE_URL",
     ]
     assert not (tmp_path / "runs").exists()
 

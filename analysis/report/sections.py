@@ -171,7 +171,11 @@ def _setup_section(runs: pd.DataFrame, sweep: str, root: Path) -> list[str]:
     ):
         if name in ("None", "nan"):
             continue
-        devices.append(f"{name} ({dtype}" + (f", {threads} threads" if threads not in ("None", "nan") else "") + ")")
+        devices.append(
+            f"{name} ({dtype}"
+            + (f", {threads} thread{'' if threads == '1' else 's'}" if threads not in ("None", "nan") else "")
+            + ")"
+        )
     items.append(("Hardware", join_values(devices, empty="unknown (no env.json)")))
     shas = []
     for sha, dirty in sorted(
