@@ -70,6 +70,44 @@ def global_grad_norm(grads: list[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
 
 
+class _Climb:
+    """The move to w + e and back, shared by `SAM` and `sam.hf.SAMTrainer`: w is copied into persistent buffers
+    (allocated once per parameter, reused every update), the parameters climb in place, and `restore` copies w back
+    (bitwise; never w + e - e)."""
+
+    def __init__(self) -> None:
+        self.params: list[Tensor] = []  # parameters currently sitting at w + e
+        self.saved: dict[Tensor, Tensor] = {}  # persistent buffers holding w while perturbed
+
+    @torch.no_grad()
+    def climb(self, param_groups, inv_scale: float | Tensor = 1.0) -> Tensor:
+        """Save w and move every parameter with a gradient to w + e (e from `.grad`, `_ascent_norm`'s rule; the
+        gradients may carry a loss scale of 1/inv_scale). Returns ‖g‖ (unscaled; 0 when no parameter has a
+        gradient); nothing moves when ‖g‖ is not finite."""
+        groups, norm = _ascent_norm(param_groups, None, inv_scale)
+        if not groups:
+            return torch.zeros(())
+        if not torch.isfinite(norm):
+            # inf/NaN in the gradient (fp16 overflow, divergence): do not move; the caller skips this update
+            return norm
+        params = [p for _, ps, _, _ in groups for p in ps]
+        for p in params:
+            if p not in self.saved or self.saved[p].shape != p.shape:
+                self.saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+        torch._foreach_copy_([self.saved[p] for p in params], params)
+        self.params = params
+        for ps, directions, alpha in _ascent_steps(groups, norm, inv_scale):
+            # in place with a scalar alpha: no temporary copy of e
+            torch._foreach_add_(ps, directions, alpha=alpha)  # climb to w + e(w)
+        return norm
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if self.params:
+            torch._foreach_copy_(self.params, [self.saved[p] for p in self.params])
+        self.params = []
+
+
 class SAM(torch.optim.Optimizer):
     """SAM around a base optimizer class: `SAM(params, torch.optim.AdamW, rho=0.05, lr=3e-4)`.
 
@@ -108,8 +146,7 @@ class SAM(torch.optim.Optimizer):
         # One list of dicts shared by both: LR schedulers, `add_param_group` and hyper-parameter edits reach the base.
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
-        self._perturbed: list[Tensor] = []  # parameters currently sitting at w + e
-        self._saved: dict[Tensor, Tensor] = {}  # persistent buffers holding w while perturbed
+        self._climb = _Climb()  # w while the parameters sit at w + e
 
     # ----------------------------------------------------------------------------------------------------------
     # the two halves of an update
@@ -126,30 +163,17 @@ class SAM(torch.optim.Optimizer):
         Clipping the gradient before this call, as a widely copied loop does, changes nothing: clipping multiplies
         g by c > 0 and rho·(c g)/‖c g‖ = rho·g/‖g‖. Clip the gradient of the second pass instead.
         """
-        if self._perturbed:
+        if self._climb.params:
             raise RuntimeError("first_step called twice without second_step: the weights are already perturbed")
-        inv_scale = 1.0 if grad_scale is None else 1.0 / grad_scale
-        groups, norm = _ascent_norm(self.param_groups, None, inv_scale)
-        if not groups:
-            return torch.zeros(())
-        if not torch.isfinite(norm):
-            # inf/NaN in the gradient (fp16 overflow, divergence): do not move; the caller skips this update
-            return norm
-        self._save([p for _, ps, _, _ in groups for p in ps])
-        for ps, directions, alpha in _ascent_steps(groups, norm, inv_scale):
-            # in place with a scalar alpha: no temporary copy of e
-            torch._foreach_add_(ps, directions, alpha=alpha)  # climb to w + e(w)
-        del groups
-        if zero_grad:
+        norm = self._climb.climb(self.param_groups, 1.0 if grad_scale is None else 1.0 / grad_scale)
+        if zero_grad and self._climb.params:  # (not moved: the caller keeps the gradient to skip with)
             self.zero_grad()
         return norm
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put every perturbed parameter back to its saved w (a copy, bitwise; never w + e - e)."""
-        if self._perturbed:
-            torch._foreach_copy_(self._perturbed, [self._saved[p] for p in self._perturbed])
-        self._perturbed = []
+        self._climb.restore()
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -178,23 +202,16 @@ class SAM(torch.optim.Optimizer):
         return loss
 
     # ----------------------------------------------------------------------------------------------------------
-    def _save(self, params: list[Tensor]) -> None:
-        missing = [p for p in params if p not in self._saved or self._saved[p].shape != p.shape]
-        for p in missing:
-            self._saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
-        torch._foreach_copy_([self._saved[p] for p in params], params)
-        self._perturbed = params
-
     @property
     def is_perturbed(self) -> bool:
-        return bool(self._perturbed)
+        return bool(self._climb.params)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
         """The base optimizer's state; the param groups carry rho, adaptive, eta and is_weight, so they round-trip."""
-        if self._perturbed:
+        if self._climb.params:
             raise RuntimeError("state_dict() while perturbed: call second_step (or restore) first")
         return self.base_optimizer.state_dict()
 
