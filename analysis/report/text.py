@@ -318,14 +318,14 @@ def _below_floor(runs: pd.DataFrame, k: int, metric: str, floor: Floor | None, a
     )
 
 
-def _buggy_diverged_everywhere(runs: pd.DataFrame) -> tuple[int, int, int] | None:
-    """(k, diverged seeds, seeds) at the largest k > 1 where sam_full completed and every sam_last run diverged."""
+def _buggy_diverged_everywhere(runs: pd.DataFrame) -> tuple[int, int] | None:
+    """(k, seeds: all of them diverged) at the largest k > 1 where sam_full completed and every sam_last run diverged."""
     done = completed_runs(runs)
     for k in sorted((int(k) for k in distinct_values(runs["k"]) if int(k) > 1), reverse=True):
         buggy = runs[(runs["arm"] == BUGGY) & (runs["k"] == k)]
         correct = done[(done["arm"] == CORRECT) & (done["k"] == k)]
         if len(buggy) and not correct.empty and (buggy["status"] == "diverged").all():
-            return k, len(buggy), len(buggy)
+            return k, len(buggy)
     return None
 
 
@@ -354,9 +354,9 @@ def answer(
     }
     diverged = _buggy_diverged_everywhere(runs) if k is None else None
     if diverged is not None:  # a result, not a gap: the buggy arm never finished training at this k
-        dk, n_div, n = diverged
+        dk, n = diverged
         out["answer"] = (
-            f"**Answer: sam_last diverged on {n_div}/{n} seeds** at k = {dk}, where sam_full completed: the "
+            f"**Answer: sam_last diverged on {n}/{n} seeds** at k = {dk}, where sam_full completed: the "
             "last-batch replay did not train to the end at all, so there is no paired difference to estimate."
         )
         out["cost"] = ""
