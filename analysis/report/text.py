@@ -319,7 +319,7 @@ def _below_floor(runs: pd.DataFrame, k: int, metric: str, floor: Floor | None, a
 
 
 def _buggy_diverged_everywhere(runs: pd.DataFrame) -> tuple[int, int] | None:
-    """(k, seeds: all of them diverged) at the largest k > 1 where sam_full completed and every sam_last run diverged."""
+    """(k, seeds) at the largest k > 1 where sam_full completed and every sam_last run (all seeds) diverged."""
     done = completed_runs(runs)
     for k in sorted((int(k) for k in distinct_values(runs["k"]) if int(k) > 1), reverse=True):
         buggy = runs[(runs["arm"] == BUGGY) & (runs["k"] == k)]
