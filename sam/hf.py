@@ -32,7 +32,7 @@ Modes (the formulas of sam/train_step.py, whose `train_step` each equals on the 
     last       g = Σ_{j=1..k} (1/k) ∇L_k(w + e), e as in full                        the blog's loop (the bug)
     last_only  g = ∇L_k(w + e_k),       e_k = rho·∇L_k(w)/‖∇L_k(w)‖                  the public Trainer pattern
 
-The perturbation is `sam.optimizer`'s (`_Climb`, the move to w + e and back that `SAM.first_step` uses), so
+The perturbation is `sam.optimizer`'s (`_climb` / `_restore`, the move to w + e and back that `SAM.first_step` uses), so
 ASAM (`adaptive=True`) is exactly `sam.SAM`'s: T = |w| + eta for a weight (ndim ≥ 2, or a param group of the
 Trainer's optimizer with `is_weight=True`), T = 1 for a bias.
 
@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 from transformers import Trainer
 
-from .optimizer import ETA, SAM, _Climb
+from .optimizer import ETA, SAM, _climb, _restore
 from .train_step import PERTURBATIONS, _DropoutRng
 
 HF_REPLAY_MODES = ("full", "micro", "last", "last_only")
@@ -141,7 +141,8 @@ class SAMTrainer(Trainer):
         self._position = 0  # index in the window of the micro-batch the next training_step gets
         self._rng = _DropoutRng(False, torch.device("cpu"))
         self._micro_sum: dict[Tensor, Tensor] = {}  # micro: Σ a_i ∇L_i(w + e_i) of the micro-batches done so far
-        self._climb = _Climb()  # w while the parameters sit at w + e (sam.optimizer's, as SAM.first_step uses)
+        self._perturbed: list[Tensor] = []  # parameters now at w + e
+        self._saved: dict[Tensor, Tensor] = {}  # persistent buffers holding w while perturbed
 
     # ------------------------------------------------------------------------------------------------------------------
     # the Trainer's hooks
@@ -267,12 +268,13 @@ class SAMTrainer(Trainer):
             }
             for group in self.optimizer.param_groups
         ]
-        self._climb.climb(groups, inv_scale)
-        return bool(self._climb.params)
+        self._perturbed, _ = _climb(groups, self._saved, inv_scale)
+        return bool(self._perturbed)
 
     def _restore(self) -> None:
         """Put every perturbed parameter back to its saved w (a copy, bitwise; never w + e - e)."""
-        self._climb.restore()
+        _restore(self._perturbed, self._saved)
+        self._perturbed = []
 
     def _stash_gradients(self, model) -> None:
         for p in model.parameters():

@@ -70,42 +70,35 @@ def global_grad_norm(grads: list[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
 
 
-class _Climb:
-    """The move to w + e and back, shared by `SAM` and `sam.hf.SAMTrainer`: w is copied into persistent buffers
-    (allocated once per parameter, reused every update), the parameters climb in place, and `restore` copies w back
-    (bitwise; never w + e - e)."""
+@torch.no_grad()
+def _climb(param_groups, saved: dict[Tensor, Tensor], inv_scale: float | Tensor = 1.0) -> tuple[list[Tensor], Tensor]:
+    """Save w into `saved` (persistent buffers, allocated once per parameter and reused) and move every parameter
+    with a gradient to w + e (e from `.grad` by `_ascent_norm`'s rule; the gradients may carry a loss scale of
+    1/inv_scale). Returns (the moved parameters, ‖g‖ unscaled): nothing moves, [], when no parameter has a gradient
+    (norm 0) or ‖g‖ is not finite. Shared by `SAM.first_step` and `sam.hf.SAMTrainer`; the caller keeps the list,
+    so its own attribute says whether the weights sit at w + e."""
+    groups, norm = _ascent_norm(param_groups, None, inv_scale)
+    if not groups:
+        return [], torch.zeros(())
+    if not torch.isfinite(norm):
+        # inf/NaN in the gradient (fp16 overflow, divergence): do not move; the caller skips this update
+        return [], norm
+    params = [p for _, ps, _, _ in groups for p in ps]
+    for p in params:
+        if p not in saved or saved[p].shape != p.shape:
+            saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+    torch._foreach_copy_([saved[p] for p in params], params)
+    for ps, directions, alpha in _ascent_steps(groups, norm, inv_scale):
+        # in place with a scalar alpha: no temporary copy of e
+        torch._foreach_add_(ps, directions, alpha=alpha)  # climb to w + e(w)
+    return params, norm
 
-    def __init__(self) -> None:
-        self.params: list[Tensor] = []  # parameters currently sitting at w + e
-        self.saved: dict[Tensor, Tensor] = {}  # persistent buffers holding w while perturbed
 
-    @torch.no_grad()
-    def climb(self, param_groups, inv_scale: float | Tensor = 1.0) -> Tensor:
-        """Save w and move every parameter with a gradient to w + e (e from `.grad`, `_ascent_norm`'s rule; the
-        gradients may carry a loss scale of 1/inv_scale). Returns ‖g‖ (unscaled; 0 when no parameter has a
-        gradient); nothing moves when ‖g‖ is not finite."""
-        groups, norm = _ascent_norm(param_groups, None, inv_scale)
-        if not groups:
-            return torch.zeros(())
-        if not torch.isfinite(norm):
-            # inf/NaN in the gradient (fp16 overflow, divergence): do not move; the caller skips this update
-            return norm
-        params = [p for _, ps, _, _ in groups for p in ps]
-        for p in params:
-            if p not in self.saved or self.saved[p].shape != p.shape:
-                self.saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
-        torch._foreach_copy_([self.saved[p] for p in params], params)
-        self.params = params
-        for ps, directions, alpha in _ascent_steps(groups, norm, inv_scale):
-            # in place with a scalar alpha: no temporary copy of e
-            torch._foreach_add_(ps, directions, alpha=alpha)  # climb to w + e(w)
-        return norm
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        if self.params:
-            torch._foreach_copy_(self.params, [self.saved[p] for p in self.params])
-        self.params = []
+@torch.no_grad()
+def _restore(perturbed: list[Tensor], saved: dict[Tensor, Tensor]) -> None:
+    """Put every perturbed parameter back to its saved w (a copy, bitwise; never w + e - e)."""
+    if perturbed:
+        torch._foreach_copy_(perturbed, [saved[p] for p in perturbed])
 
 
 class SAM(torch.optim.Optimizer):
@@ -146,7 +139,8 @@ class SAM(torch.optim.Optimizer):
         # One list of dicts shared by both: LR schedulers, `add_param_group` and hyper-parameter edits reach the base.
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
-        self._climb = _Climb()  # w while the parameters sit at w + e
+        self._perturbed: list[Tensor] = []  # parameters currently sitting at w + e
+        self._saved: dict[Tensor, Tensor] = {}  # persistent buffers holding w while perturbed
 
     # ----------------------------------------------------------------------------------------------------------
     # the two halves of an update
@@ -163,17 +157,19 @@ class SAM(torch.optim.Optimizer):
         Clipping the gradient before this call, as a widely copied loop does, changes nothing: clipping multiplies
         g by c > 0 and rho·(c g)/‖c g‖ = rho·g/‖g‖. Clip the gradient of the second pass instead.
         """
-        if self._climb.params:
+        if self._perturbed:
             raise RuntimeError("first_step called twice without second_step: the weights are already perturbed")
-        norm = self._climb.climb(self.param_groups, 1.0 if grad_scale is None else 1.0 / grad_scale)
-        if zero_grad and self._climb.params:  # (not moved: the caller keeps the gradient to skip with)
+        inv_scale = 1.0 if grad_scale is None else 1.0 / grad_scale
+        self._perturbed, norm = _climb(self.param_groups, self._saved, inv_scale)
+        if zero_grad and self._perturbed:  # (not moved: the caller keeps the gradient to skip with)
             self.zero_grad()
         return norm
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put every perturbed parameter back to its saved w (a copy, bitwise; never w + e - e)."""
-        self._climb.restore()
+        _restore(self._perturbed, self._saved)
+        self._perturbed = []
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -204,14 +200,14 @@ class SAM(torch.optim.Optimizer):
     # ----------------------------------------------------------------------------------------------------------
     @property
     def is_perturbed(self) -> bool:
-        return bool(self._climb.params)
+        return bool(self._perturbed)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
         """The base optimizer's state; the param groups carry rho, adaptive, eta and is_weight, so they round-trip."""
-        if self._climb.params:
+        if self._perturbed:
             raise RuntimeError("state_dict() while perturbed: call second_step (or restore) first")
         return self.base_optimizer.state_dict()
 
