@@ -21,6 +21,8 @@ Column names of `collect_runs`:
     summary.<key>                      any other summary key that would clash with a config column
     env.git.sha, env.git.dirty, env.device.name, env.device.type, env.python, env.packages.<name>, ...
     git_sha, device                    short aliases of env.git.sha and env.device.name
+    literal_cost                       False for a bug arm run with optim.replay_shortcut=true (its step time is not
+                                       the copied loop's); True otherwise
     has_summary, has_metrics, in_manifest
 
 The manifest is only a fallback for what a run's own files do not say. It is read in the shape experiments.sweep
@@ -262,6 +264,8 @@ def _add_aliases(df: pd.DataFrame) -> pd.DataFrame:
     for column in ("arm", "seed", "status", "reason"):
         if column not in df.columns:
             df[column] = None
+    shortcut = df["optim.replay_shortcut"].eq(True) if "optim.replay_shortcut" in df.columns else False
+    df["literal_cost"] = ~(shortcut & df["replay"].isin(["last", "last_only"]))
     return df
 
 

@@ -398,6 +398,8 @@ def figure_step_time(runs: pd.DataFrame, metric: str = "mean_step_time_s") -> Fi
     """Mean wall time of one optimizer update, grouped by k (x) with one bar per arm: the mean over seeds (labelled
     on the bar) and error bars from the fastest to the slowest seed."""
     runs = _completed(runs)
+    if "literal_cost" in runs.columns:  # a shortcut run's time is not what its arm costs
+        runs = runs[runs["literal_cost"].fillna(True).astype(bool)]
     if metric not in runs.columns or runs[metric].dropna().empty:
         log.info("figure_step_time: no completed run with %s; figure skipped", metric)
         return None

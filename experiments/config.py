@@ -153,6 +153,17 @@ def _check_values(cfg: DictConfig, where=lambda *keys: "") -> None:
             f"{cfg.optim.replay}): micro perturbs per micro-batch and rank anyway, last and none follow "
             f"their own rules; drop optim.perturbation{where('optim.perturbation', 'optim.replay')}"
         )
+    if cfg.optim.replay_shortcut and not single_process(cfg):
+        raise ConfigError(
+            f"optim.replay_shortcut=true is for one process (dist.world_size={cfg.dist.world_size}): under "
+            "data-parallel training the bug arms run their literal loop"
+            f"{where('optim.replay_shortcut', 'dist.world_size')}"
+        )
+    if cfg.optim.replay_shortcut and cfg.optim.replay == "last" and not cfg.optim.reuse_dropout_rng:
+        raise ConfigError(
+            "optim.replay_shortcut=true with optim.replay=last needs optim.reuse_dropout_rng=true (one replay stands "
+            f"for k only when they share dropout masks){where('optim.replay_shortcut', 'optim.reuse_dropout_rng')}"
+        )
     if cfg.optim.replay == "none" and cfg.diagnostics.grad_fidelity:
         raise ConfigError(
             "diagnostics.grad_fidelity=true needs a SAM arm (optim.replay full|last|micro)"
@@ -735,6 +746,9 @@ _HASH_EXCLUDED = (
 # Keys that change nothing a single process computes: left out of the hash of a single-process run, so such a run
 # keeps the id it had before data-parallel training existed (and sweeps still skip its completed directory).
 _HASH_SINGLE_PROCESS_EXCLUDED = ("dist", "optim.perturbation")
+# Keys added after runs were made: left out of the hash while they hold the value those runs had, so the runs keep
+# their ids (and sweeps skip them); any other value is a different computation and enters the hash.
+_HASH_EXCLUDED_AT = {"optim.replay_shortcut": False}
 
 
 def single_process(cfg: DictConfig) -> bool:
@@ -745,6 +759,7 @@ def single_process(cfg: DictConfig) -> bool:
 def config_hash(cfg: DictConfig) -> str:
     data = to_dict(cfg)
     excluded = _HASH_EXCLUDED + (_HASH_SINGLE_PROCESS_EXCLUDED if single_process(cfg) else ())
+    excluded += tuple(key for key, value in _HASH_EXCLUDED_AT.items() if OmegaConf.select(cfg, key) == value)
     for key in excluded:
         parts = key.split(".")
         node = data

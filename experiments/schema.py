@@ -79,6 +79,10 @@ class OptimConfig:
     warmup_ratio: float = 0.1  # linear warmup over this share of the updates, then linear decay to 0
     max_grad_norm: float | None = 1.0  # clips the gradient the base optimizer uses; null = no clipping
     reuse_dropout_rng: bool = True  # second pass sees the first pass's dropout masks
+    # the bug arms without their wasted passes (sam.train_step's shortcut; one process): last replays B_k once with
+    # k times the weight (equal to rounding), last_only skips the k − 1 SAM steps it discards (bitwise equal).
+    # false: the literal loop, whose cost is the copied code's (step-time comparisons use only such runs)
+    replay_shortcut: bool = False
     # torch's fused AdamW kernel (one kernel for all parameters; 10x faster step on a 2-core CPU): null uses it where
     # the installed torch has it for the device, true requires it, false uses the default (foreach) implementation
     fused: bool | None = None

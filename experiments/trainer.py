@@ -352,6 +352,7 @@ class Trainer:
             max_grad_norm=o.max_grad_norm,
             scaler=self.scaler,
             reuse_dropout_rng=o.reuse_dropout_rng,
+            shortcut=o.replay_shortcut,
             **parallel,
         )
         if self.device.type == "cuda":

@@ -105,6 +105,7 @@ def train_step(
     ddp: torch.nn.parallel.DistributedDataParallel | None = None,
     perturbation: str = "global",
     global_sizes: Sequence[int] | None = None,
+    shortcut: bool = False,
 ) -> StepResult:
     """Run one accumulation window and its update; see the module docstring for the gradient of each mode.
 
@@ -137,6 +138,13 @@ def train_step(
             single-process full on the global window) or "per_rank" (each rank's e from its own gradient, as the SAM
             paper's per-accelerator m-SAM). Without `ddp` the two are the same algorithm.
         global_sizes: with `ddp` and `sizes`: n_i = examples of global micro-batch i over all ranks (> 0).
+        shortcut: compute the bug modes' update without their wasted passes (one process only; other modes ignore
+            it). `last`: one backward of B_k at w + e with k times the weight instead of k identical replays (the
+            same dropout masks each time, so this needs reuse_dropout_rng): the same gradient up to float rounding.
+            `last_only`: micro-batches 1..k−1 run their first forward only, under no_grad, for the reported loss
+            and to draw the dropout masks the literal loop draws; their backward and SAM step, which the literal
+            loop zeroes, are skipped: bitwise the literal update. The literal loop (False) is the reference and
+            the cost the copied code pays.
 
     Returns:
         StepResult(loss, perturbed_loss, grad_norm, skipped, first_grad_norm); with `ddp`, losses over the whole
@@ -144,14 +152,24 @@ def train_step(
 
     Raises:
         ValueError: unknown replay or perturbation, empty window, bad sizes/global_sizes, perturbation="per_rank"
-            with a replay other than full. TypeError: a SAM mode with a plain optimizer.
+            with a replay other than full, shortcut=True with ddp (or for last without reuse_dropout_rng).
+            TypeError: a SAM mode with a plain optimizer.
     """
     _check_arguments(micro_batches, optimizer, replay, sizes, ddp, perturbation, global_sizes)
+    if shortcut and replay in _SHORTCUTS:
+        if ddp is not None:
+            raise ValueError(f"shortcut=True is for one process; replay={replay!r} under DDP runs the literal loop")
+        if replay == "last" and not reuse_dropout_rng:
+            raise ValueError(
+                "shortcut=True with replay='last' needs reuse_dropout_rng=True: without it the k replays draw "
+                "different dropout masks and are not one replay k times"
+            )
     window = _Window(
         loss_fn, micro_batches, optimizer, replay, sizes, scaler, reuse_dropout_rng, ddp, perturbation, global_sizes
     )
     optimizer.zero_grad(set_to_none=True)
-    passes = _MODES[replay](window, optimizer)
+    mode = _SHORTCUTS[replay] if shortcut and replay in _SHORTCUTS else _MODES[replay]
+    passes = mode(window, optimizer)
     grad_norm, skipped = _update(optimizer, window.params, max_grad_norm, scaler)
     if ddp is not None:
         return _reduced_result(window, replay, passes, grad_norm, skipped)
@@ -279,7 +297,43 @@ def _last_only(w: _Window, optimizer: SAM) -> _Passes:
     return passes
 
 
+def _last_once(w: _Window, optimizer: SAM) -> _Passes:
+    """`last` without its k − 1 duplicate replays: the replays all see B_k at w + e with the dropout masks of B_k's
+    first pass, so Σ_{j=1..k} (1/k) ∇L_k(w + e) is one backward of L_k with weight k·(1/k). Equal up to float
+    rounding (one product instead of a k-term sum), as is the reported perturbed loss (one value, not a mean of k)."""
+    passes = _Passes(first=w.first_passes(sync_each=False))
+    passes.first_norm = optimizer.first_step(grad_scale=w.norm_scale)
+    if optimizer.is_perturbed:
+        optimizer.zero_grad(set_to_none=True)
+        w.rng.restore(w.k - 1)
+        passes.second.append(w.forward_backward(w.batches[-1], w.last_numerator * w.k, w.last_denominator))
+        optimizer.restore()
+    return passes
+
+
+def _last_only_survivor(w: _Window, optimizer: SAM) -> _Passes:
+    """`last_only` computing only what survives: micro-batches 1..k−1 run their forward at w under no_grad (the
+    literal loop's reported loss, and the same draws from the dropout RNG, so B_k sees the literal masks); their
+    backward, perturbation and second pass, all zeroed by the literal loop at the next micro-batch, are skipped.
+    The perturbation restores w exactly, so micro-batch k starts from bitwise the literal state."""
+    passes = _Passes()
+    for batch in w.batches[:-1]:
+        with torch.no_grad():
+            passes.first.append(w.loss_fn(batch).detach())
+    k = w.k - 1
+    w.rng.save(k)
+    passes.first.append(w.forward_backward(w.batches[k], w.last_only_numerator, w.last_only_denominator))
+    passes.first_norm = optimizer.first_step(grad_scale=w.norm_scale)
+    if optimizer.is_perturbed:
+        optimizer.zero_grad(set_to_none=True)
+        w.rng.restore(k)
+        passes.second.append(w.forward_backward(w.batches[k], w.last_only_numerator, w.last_only_denominator))
+        optimizer.restore()
+    return passes
+
+
 _MODES = {"none": _none, "full": _full, "last": _last, "micro": _micro, "last_only": _last_only}
+_SHORTCUTS = {"last": _last_once, "last_only": _last_only_survivor}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -88,6 +88,14 @@ ECHOED = [
         "(override 'data.doc_stride=040'; override 'data.max_seq_length=64')",
     ),
     (["optim.replay=none", "arm=sam_full"], "(override 'arm=sam_full'; override 'optim.replay=none')"),
+    (
+        ["optim.replay_shortcut=true", "dist.world_size=2"],
+        "optim.replay_shortcut=true is for one process (dist.world_size=2)",
+    ),
+    (
+        ["optim.replay=last", "optim.replay_shortcut=true", "optim.reuse_dropout_rng=false"],
+        "optim.replay_shortcut=true with optim.replay=last needs optim.reuse_dropout_rng=true",
+    ),
 ]
 
 
@@ -311,6 +319,20 @@ def test_a_custom_label_is_declared_and_stays_out_of_the_hash():
     assert config_hash(plain) == config_hash(relabelled)
     with pytest.raises(ConfigError, match="does not match"):  # a label of the table must still match its replay
         load_config([], ["arm=sam_last", "custom_arm=true"])
+
+
+def test_the_shortcut_key_enters_the_hash_only_when_set():
+    """optim.replay_shortcut came after the committed runs: false (their value) leaves their ids as they were, true
+    is another computation (equal only to rounding for last) and gets its own id."""
+    from experiments.config import config_hash
+
+    literal = load_config([REPO / "configs" / "arm" / "sam_last.yaml"])
+    data = OmegaConf.to_container(literal, resolve=True)
+    del data["optim"]["replay_shortcut"]  # the config as it was before the key existed
+    before = OmegaConf.create(data)
+    assert config_hash(literal) == config_hash(before)
+    short = load_config([REPO / "configs" / "arm" / "sam_last.yaml"], ["optim.replay_shortcut=true"])
+    assert config_hash(short) != config_hash(literal)
 
 
 # item 7: two config files that set one key: the later file wins, and the run says so

@@ -489,3 +489,114 @@ def test_scheduler_steps_once_per_update_without_warning():
             train_step(mse_fn(model), split(x, y, [4, 4]), opt, replay="full")
             sched.step()
     assert sched.last_epoch == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# shortcut=True: the bug modes without their wasted passes, against the literal loop
+
+
+def _bert_qa_windows(k, windows=2, micro=2, seq=6, seed=3):
+    """Windows of k micro-batches for a BertForQuestionAnswering (vocab 40, seq 6)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(windows):
+        window = []
+        for _ in range(k):
+            window.append(
+                {
+                    "input_ids": torch.randint(0, 40, (micro, seq), generator=g),
+                    "start_positions": torch.randint(0, seq, (micro,), generator=g),
+                    "end_positions": torch.randint(0, seq, (micro,), generator=g),
+                }
+            )
+        out.append(window)
+    return out
+
+
+def _bert_qa(seed=0, dropout=0.1, attn="sdpa"):
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=6,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        attn_implementation=attn,
+    )
+    model = BertForQuestionAnswering(config)
+    model.train()
+    return model
+
+
+def _run(replay, shortcut, k, attn="sdpa"):
+    """Two windows of a dropout-0.1 BERT QA model from the same seed and RNG stream; the weights and results."""
+    model = _bert_qa(attn=attn)
+    opt = SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
+    torch.manual_seed(7)  # the dropout stream
+    results = [
+        train_step(lambda b: model(**b).loss, window, opt, replay=replay, shortcut=shortcut)
+        for window in _bert_qa_windows(k)
+    ]
+    return [p.detach().clone() for p in model.parameters()], results, torch.get_rng_state()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_shortcut_last_only_is_the_literal_loop_bitwise(k, attn):
+    """Skipping the k − 1 discarded SAM steps (their forwards still draw the dropout masks) changes no bit: weights,
+    reported numbers and the RNG state after two windows, dropout 0.1 in attention and hidden layers."""
+    literal, literal_results, literal_rng = _run("last_only", False, k, attn)
+    short, short_results, short_rng = _run("last_only", True, k, attn)
+    for p, q in zip(short, literal):
+        assert torch.equal(p, q)
+    assert short_results == literal_results
+    assert torch.equal(short_rng, literal_rng)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_shortcut_last_equals_the_k_replays_to_rounding(k):
+    """One backward with weight k·(1/k) against k replays of (1/k): the same gradient to float rounding (float64
+    model: relative error < 1e-12), bitwise the same RNG state, and the same reported numbers to rounding."""
+    x, y = make_data(4 * k * 3)
+    windows = [split(x[w * 4 * k : (w + 1) * 4 * k], y[w * 4 * k : (w + 1) * 4 * k], [4] * k) for w in range(3)]
+    weights, reports = {}, {}
+    for shortcut in (False, True):
+        model = make_model(dropout=0.3)
+        opt = SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
+        torch.manual_seed(11)
+        reports[shortcut] = [train_step(mse_fn(model), w, opt, replay="last", shortcut=shortcut) for w in windows]
+        weights[shortcut] = ([p.detach().clone() for p in model.parameters()], torch.get_rng_state())
+    assert rel_err(weights[True][0], weights[False][0]) < 1e-12
+    assert torch.equal(weights[True][1], weights[False][1])
+    for a, b in zip(reports[True], reports[False]):
+        assert a.loss == b.loss and a.first_grad_norm == b.first_grad_norm
+        assert a.perturbed_loss == pytest.approx(b.perturbed_loss, rel=1e-12)
+        assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-12)
+    # and at k > 1 it is still the bug: the shortcut is not full replay
+    if k > 1:
+        model = make_model(dropout=0.3)
+        opt = SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
+        torch.manual_seed(11)
+        for w in windows:
+            train_step(mse_fn(model), w, opt, replay="full")
+        assert rel_err(list(model.parameters()), weights[True][0]) > 1e-4
+
+
+def test_shortcut_leaves_the_other_modes_literal():
+    """full, micro and none have no wasted pass: shortcut=True runs them unchanged (bitwise)."""
+    for replay in ("none", "full", "micro"):
+        pairs = list(zip(_run(replay, True, 2)[0], _run(replay, False, 2)[0]))
+        assert pairs and all(torch.equal(p, q) for p, q in pairs)
+
+
+def test_shortcut_last_needs_reused_dropout_masks():
+    model = make_model()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+    x, y = make_data(8)
+    with pytest.raises(ValueError, match="reuse_dropout_rng=True"):
+        train_step(mse_fn(model), split(x, y, [4, 4]), opt, replay="last", shortcut=True, reuse_dropout_rng=False)

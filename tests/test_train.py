@@ -259,6 +259,22 @@ def test_grad_fidelity_is_logged_and_does_not_change_the_trajectory(tiny_run, tm
     assert all(-1.0 <= e["diag/grad_cos"] < 0.9999 and e["diag/grad_norm_ratio"] > 0 for e in cos)
 
 
+def test_the_last_only_shortcut_trains_bitwise_the_literal_run(tiny_run, tmp_path):
+    """optim.replay_shortcut reaches train_step: a sam_last_only run with it ends with the literal run's numbers (the
+    smoke model has dropout, so the dropout stream must also match), under its own run id."""
+    from safetensors.torch import load_file
+
+    common = ("train.max_updates=4", "train.epochs=1", "train.accumulation_steps=3")
+    assert main(tiny_run("sam_last_only", *common, "run_name=literal")) == 0
+    assert main(tiny_run("sam_last_only", *common, "run_name=short", "optim.replay_shortcut=true")) == 0
+    literal, short = (tmp_path / "runs" / "adhoc" / n for n in ("literal", "short"))
+    assert summary(short)["final"] == summary(literal)["final"]
+    weights = [load_file(run / "checkpoint" / "final" / "model.safetensors") for run in (literal, short)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert summary(short)["config_hash"] != summary(literal)["config_hash"]
+
+
 def test_grad_fidelity_is_exactly_one_when_the_window_has_one_micro_batch(tiny_run, tmp_path):
     assert (
         main(

@@ -109,8 +109,9 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
             f"only large effects can show, and a 'no significant difference' is not evidence of no effect."
         )
 
-    if "mean_step_time_s" in done.columns and done["mean_step_time_s"].notna().any():
-        times = done.groupby(["k", "arm"])["mean_step_time_s"].mean()
+    literal = done[done["literal_cost"].fillna(True).astype(bool)] if "literal_cost" in done.columns else done
+    if "mean_step_time_s" in literal.columns and literal["mean_step_time_s"].notna().any():
+        times = literal.groupby(["k", "arm"])["mean_step_time_s"].mean()
         for k in sorted(set(int(k) for k in done["k"].dropna())):
             if (BASELINE not in arm_order(done[done["k"] == k]["arm"])) or (k, BASELINE) not in times.index:
                 continue
