@@ -32,7 +32,7 @@ NPROC   ?= 1
 TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-ddp audit-example clean
+.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu run-dose smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-ddp audit-example clean
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -89,6 +89,10 @@ run-all: $(STAMP)  ## the default ablation sweep (17 runs), then sharpness + rep
 
 run-all-gpu: $(STAMP)  ## the same question at a paper-size budget on CUDA (configs/sweep/ablation_gpu.yaml)
 	@$(call sweep_then_report,configs/sweep/ablation_gpu.yaml,ablation_gpu)
+
+run-dose: $(STAMP)  ## how the bug's cost grows with k at a fixed window (configs/sweep/dose.yaml): estimate, sweep, report
+	$(PY) -m experiments.sweep_cost configs/sweep/dose.yaml --jobs $(JOBS) results_dir=$(RESULTS) $(ARGS)
+	@$(call sweep_then_report,configs/sweep/dose.yaml,dose)
 
 smoke-all: $(STAMP)  ## the smoke sweep and its report (about 1.5 min)
 	@$(call sweep_then_report,configs/sweep/smoke.yaml,smoke)

@@ -13,6 +13,8 @@ sweep_runner.py), `python -m experiments.train <files> <overrides>`, its output 
 (appended, one header line per attempt), and `<sweep dir>/sweep.json` records every run's state, rewritten
 atomically at every change.
 
+A run that a sweep named in the file's `reuse:` completed under the same run id and config hash is linked into
+this sweep's folder (hard links, so no copy on disk; a copy across file systems) and then skipped like its own.
 A run whose directory holds a completed (or diverged) summary.json with the same config hash is skipped; a failed or
 interrupted one is started again (train.py resumes it from its checkpoint); a directory whose summary.json carries a
 different config hash is never touched (recorded as skipped, with the reason). A run that fails or diverges is
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -91,6 +94,38 @@ def plan(run: Run) -> None:
         run.reason = f"previous attempt: {status}" + (f" ({reason})" if reason else "")
 
 
+def reusable(run: Run, spec: SweepSpec) -> Path | None:
+    """The folder of a completed run of the same id and config hash in one of spec.reuse's sweeps (first listed
+    wins), when this sweep has nothing of its own there yet; else None."""
+    if run.run_dir.exists():
+        return None
+    for other in spec.reuse:
+        source = sweep_dir(run.cfg.results_dir, other) / run.run_id
+        state = run_state(run.cfg, source)
+        if state.decision == COMPLETED and state.summary_hash == state.own_hash:
+            return source
+    return None
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
+
+
+def link_reused(runs: list[Run], spec: SweepSpec) -> list[Run]:
+    """Link every reusable run (see `reusable`) into this sweep's folder; returns the runs linked."""
+    linked = []
+    for run in runs:
+        source = reusable(run, spec)
+        if source is not None:
+            run.run_dir.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source, run.run_dir, copy_function=_link_or_copy)
+            linked.append(run)
+    return linked
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # reporting
 
@@ -126,7 +161,8 @@ def table(runs: list[Run]) -> str:
 
 def dry_run_listing(spec: SweepSpec, runs: list[Run], folder: Path, cli: Sequence[str]) -> str:
     """What `--dry-run` prints: the shared part once, then one line per run (number, action, id, its own part)."""
-    counts = {action: sum(run.action == action for run in runs) for action in ("run", "rerun", "skip", "conflict")}
+    actions = ("run", "rerun", "reuse", "skip", "conflict")
+    counts = {action: sum(run.action == action for run in runs) for action in actions}
     shown = ", ".join(f"{n} to {a}" if a != "conflict" else f"{n} left alone" for a, n in counts.items() if n)
     lines = [
         f"sweep {spec.name}: {len(runs)} runs ({shown}) in {folder}",
@@ -227,13 +263,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sweep: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     folder = sweep_dir(runs[0].cfg.results_dir, spec.name)
+    if args.dry_run:
+        for run in runs:
+            plan(run)
+            if run.action == "run" and (source := reusable(run, spec)) is not None:
+                run.action, run.reason = "reuse", f"completed in {source.parent.name}"
+        print(dry_run_listing(spec, runs, folder, cli))
+        return EXIT_OK
+    linked = link_reused(runs, spec) if not args.only else []
+    if linked:
+        print(f"sweep {spec.name}: {len(linked)} completed runs of {', '.join(spec.reuse)} linked in, not rerun")
     for run in runs:
         plan(run)
     if args.only:
         return wandb_sweep.run_only(runs, args.only, spec.name, _train_command(args.train_cmd), args.gpus_per_run)
-    if args.dry_run:
-        print(dry_run_listing(spec, runs, folder, cli))
-        return EXIT_OK
 
     manifest = Manifest(spec, runs, folder, cli)
     manifest.write()

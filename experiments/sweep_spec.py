@@ -17,6 +17,8 @@ A sweep file:
       - {arm: sam_micro, train.accumulation_steps: 1}
     include:                            # extra points after the grid (exclude does not apply to them)
       - {arm: configs/arm/sam_micro.yaml, train.accumulation_steps: 8, seed: 0}
+    reuse: [ablation]                   # a run another sweep completed with the same id (the same config hash) is
+                                        # linked into this sweep's folder instead of trained again
 
 A grid value may also be a mapping of several overrides that go together (`lr: [{optim.lr: 1e-4, optim.rho: 0.1}]`);
 the grid key of a file or mapping axis is only its label. `match`/`exclude` keys are config keys (dotted), checked
@@ -56,7 +58,7 @@ from experiments.metrics import BEST_BY
 from experiments.provenance import REPO_ROOT
 from experiments.rundir import run_dir
 
-SWEEP_KEYS = ("name", "description", "base", "grid", "overrides", "when", "exclude", "include", "report")
+SWEEP_KEYS = ("name", "description", "base", "grid", "overrides", "when", "exclude", "include", "reuse", "report")
 # what the report of a sweep may be told (recorded in sweep.json for analysis.report)
 REPORT_TARGET_METRICS = BEST_BY  # experiments.metrics' rows marked best_by
 WHEN_KEYS = ("match", "overrides")
@@ -126,6 +128,7 @@ class SweepSpec:
     exclude: list[dict]
     include: list[dict]
     report: dict = field(default_factory=dict)  # {"targets": {metric: [values]}}: read by analysis.report
+    reuse: list[str] = field(default_factory=list)  # sweeps whose completed runs of the same id are linked in
 
 
 def _check_report(node: Any, where: str) -> dict:
@@ -201,6 +204,10 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     include = [_check_condition(p, f"{where_file}: include[{n}]") for n, p in enumerate(data.get("include") or [])]
     if not grid and not include:
         raise SweepError(f"sweep file {str(path)!r}: no runs (grid and include are both empty)")
+    reuse = data.get("reuse") or []
+    reuse = [reuse] if isinstance(reuse, str) else reuse
+    if not isinstance(reuse, list) or not all(is_path_name(item) and item != name for item in reuse):
+        raise SweepError(f"sweep file {str(path)!r}: reuse must list the names of other sweeps, got {reuse!r}")
     return SweepSpec(
         name=name,
         path=str(path),
@@ -211,6 +218,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
         exclude=exclude,
         include=include,
         report=_check_report(data.get("report"), where_file),
+        reuse=list(reuse),
     )
 
 

@@ -1,0 +1,166 @@
+"""What a sweep costs before it runs: example-passes per run and the wall time they take on this machine.
+
+    python -m experiments.sweep_cost SWEEP.yaml [key=value ...] [--jobs N] [--seconds-per-pass S]
+
+Unit: one *example-pass* is the forward and backward pass of one feature at the sweep's max_seq_length; a forward
+alone counts FORWARD_SHARE of it (the backward costs about twice the forward: Kaplan et al. 2020, §2.1, 2N vs 4N
+FLOPs per token). Per optimizer update over a window of N = k × micro-batch examples (sam/train_step.py's modes):
+
+    none                      N                           AdamW: one pass over the window
+    full, micro               2N                          both passes over the window
+    last, last_only           2N                          literal loop: the second pass replays k micro-batches
+    last       + shortcut     N + N/k                     one replay of the last micro-batch
+    last_only  + shortcut     (N − N/k)·F + 2N/k          micro-batches 1..k−1 forward only, the last one twice
+
+plus diagnostics.grad_fidelity (2N more every grad_fidelity_every updates) and the evaluations (forward only: the
+eval subset every eval_every updates and the whole dev set at the end). Runs already completed (or that `reuse`
+links in) cost nothing. Seconds per example-pass: measured here on the sweep's model at each micro-batch size the
+runs use (a few training passes of random tokens at max_seq_length, with the threads each of --jobs runs gets; small
+micro-batches cost more per example), or given. Real features are shorter than max_seq_length (dynamic padding), so
+the estimate leans high. The wall estimate places the runs in grid order onto --jobs slots, as the runner starts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+FORWARD_SHARE = 1 / 3  # a forward pass as a share of forward + backward
+
+
+@dataclass
+class RunCost:
+    run_id: str
+    label: str
+    micro_batch: int
+    train_passes: float  # example-passes of the training updates (and the gradient diagnostic)
+    eval_passes: float  # example-passes of the evaluations (forward only, already × FORWARD_SHARE)
+
+    @property
+    def passes(self) -> float:
+        return self.train_passes + self.eval_passes
+
+
+def passes_per_update(replay: str, k: int, micro_batch: int, shortcut: bool = False) -> float:
+    """Example-passes of one optimizer update (see the module docstring's table)."""
+    n = k * micro_batch
+    if replay == "none":
+        return float(n)
+    if shortcut and replay == "last":
+        return n + n / k
+    if shortcut and replay == "last_only":
+        return (n - n / k) * FORWARD_SHARE + 2 * n / k
+    return 2.0 * n
+
+
+def run_cost(cfg: DictConfig, run_id: str = "", label: str = "") -> RunCost:
+    """The example-passes of one run of `cfg`. Needs train.max_updates (the sweeps this estimates all set it)."""
+    t = cfg.train
+    if not t.max_updates:
+        raise ValueError(f"{run_id or 'run'}: train.max_updates is null; the estimate needs the number of updates")
+    updates = int(t.max_updates)
+    k, micro = int(t.accumulation_steps), int(t.micro_batch_size)
+    per_update = passes_per_update(cfg.optim.replay, k, micro, bool(cfg.optim.get("replay_shortcut", False)))
+    train = updates * per_update
+    d = cfg.diagnostics
+    if d.grad_fidelity and d.grad_fidelity_every:
+        train += (updates // int(d.grad_fidelity_every)) * 2 * k * micro
+    evals = updates // int(t.eval_every) if t.eval_every else 0
+    subset = cfg.eval.subset_size or cfg.data.generated.n_dev
+    dev = cfg.data.generated.n_dev if cfg.data.source == "generated" else subset
+    eval_passes = (evals * subset + dev) * FORWARD_SHARE
+    return RunCost(run_id, label, micro, train, eval_passes)
+
+
+def measure_seconds_per_pass(cfg: DictConfig, threads: int, micro_batch: int = 8, repeats: int = 3) -> float:
+    """Seconds per example-pass of cfg's model at data.max_seq_length: the median of `repeats` timed
+    forward+backward passes of a random micro-batch (after one untimed), on `threads` CPU threads."""
+    import torch
+
+    from experiments.model import load_model, load_tokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    model = load_model(cfg.model, tokenizer)
+    model.train()
+    seq = int(cfg.data.max_seq_length)
+    vocab = model.config.vocab_size
+    batch = {
+        "input_ids": torch.randint(0, vocab, (micro_batch, seq)),
+        "attention_mask": torch.ones(micro_batch, seq, dtype=torch.long),
+        "start_positions": torch.randint(0, seq, (micro_batch,)),
+        "end_positions": torch.randint(0, seq, (micro_batch,)),
+    }
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] / micro_batch
+
+
+def pack(durations: Sequence[float], jobs: int) -> float:
+    """Wall time of running `durations` in this order on `jobs` slots, each next run on the first free slot."""
+    slots = [0.0] * max(1, jobs)
+    for seconds in durations:
+        heapq.heappush(slots, heapq.heappop(slots) + seconds)
+    return max(slots)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds / 60:.1f} min"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from experiments.sweep import plan, reusable
+    from experiments.sweep_spec import SweepError, expand, load_sweep
+
+    parser = argparse.ArgumentParser(prog="python -m experiments.sweep_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_file")
+    parser.add_argument("overrides", nargs="*", help="key=value for every run, as for experiments.sweep")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seconds-per-pass", type=float, default=None, help="skip the measurement")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_sweep(args.sweep_file)
+        runs = expand(spec, args.overrides)
+    except SweepError as err:
+        print(f"sweep_cost: error: {err}", file=sys.stderr)
+        return 2
+    todo = []
+    for run in runs:
+        plan(run)
+        if run.action in ("run", "rerun") and reusable(run, spec) is None:
+            todo.append(run_cost(run.cfg, run.run_id, run.label))
+    print(f"sweep {spec.name}: {len(runs)} runs, {len(todo)} to train ({len(runs) - len(todo)} done or reused)")
+    if not todo:
+        return 0
+    sizes = sorted({c.micro_batch for c in todo})
+    if args.seconds_per_pass is not None:
+        rates = dict.fromkeys(sizes, args.seconds_per_pass)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        rates = {mb: measure_seconds_per_pass(runs[0].cfg, threads, micro_batch=mb) for mb in sizes}
+        shown = ", ".join(f"{rates[mb] * 1e3:.0f} ms at micro-batch {mb}" for mb in sizes)
+        print(f"  measured per example-pass (seq {runs[0].cfg.data.max_seq_length}, {threads} thread(s)): {shown}")
+    seconds = [c.passes * rates[c.micro_batch] for c in todo]
+    total = sum(c.passes for c in todo)
+    print(
+        f"  {total:,.0f} example-passes ({sum(c.eval_passes for c in todo):,.0f} of them evaluation) ≈ "
+        f"{_minutes(sum(seconds))} of compute; ≈ {_minutes(pack(seconds, args.jobs))} of wall time on {args.jobs} slots"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
