@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value for every run, as for experiments.sweep")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seconds-per-pass", type=float, default=None, help="skip the measurement")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         spec = load_sweep(args.sweep_file)
         runs = expand(spec, args.overrides)

@@ -763,3 +763,88 @@ def test_an_exclude_rule_with_a_misspelt_arm_is_refused(tmp_path):
     # an arm of the table that this sweep does not run is fine (a rule shared between sweeps)
     path = write_sweep(tmp_path, exclude=[{"arm": "sam_micro"}])
     assert len(sweep_spec.expand(sweep_spec.load_sweep(path), [f"results_dir={tmp_path}"])) == 6
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reuse: another sweep's completed runs of the same id are linked in, not retrained
+
+
+def _completed_copy(run, folder: Path, config_hash_value: str) -> Path:
+    """A completed run directory of `run` under `folder` whose summary carries `config_hash_value`."""
+    path = folder / run.run_id
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(OmegaConf.to_yaml(run.cfg), encoding="utf-8")
+    summary = {"status": "completed", "config_hash": config_hash_value, "final": {"dev/f1": 12.5}}
+    (path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return path
+
+
+def test_reuse_links_a_completed_run_of_the_same_hash_and_trains_the_others(tmp_path, capsys):
+    sweep_file = tmp_path / "b.yaml"
+    sweep_file.write_text(
+        textwrap.dedent(
+            f"""
+            name: b
+            base: [{REPO / "configs" / "smoke.yaml"}]
+            reuse: [a]
+            grid:
+              seed: [0, 1, 2]
+            overrides:
+              results_dir: {tmp_path}
+              tracking.mode: disabled
+            """
+        ),
+        encoding="utf-8",
+    )
+    spec = sweep_spec.load_sweep(sweep_file)
+    runs = sweep_spec.expand(spec)
+    other = tmp_path / "runs" / "a"
+    same = _completed_copy(runs[0], other, config_hash(runs[0].cfg))
+    _completed_copy(runs[1], other, "0000000000")  # the same id, another config: never reused
+    assert sweep.main([str(sweep_file), "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "(2 to run, 1 to reuse)" in listing and f"reuse    {runs[0].run_id}" in listing
+    assert not (tmp_path / "runs" / "b").exists()  # a dry run links nothing
+
+    linked = sweep.link_reused(runs, spec)
+    assert [r.run_id for r in linked] == [runs[0].run_id]
+    target = runs[0].run_dir / "summary.json"
+    assert target.stat().st_ino == (same / "summary.json").stat().st_ino  # a hard link, not a copy
+    sweep.plan(runs[0])
+    assert (runs[0].action, runs[0].status) == ("skip", "completed")
+    assert sweep.reusable(runs[0], spec) is None  # it is this sweep's own now
+    assert not runs[1].run_dir.exists() and not runs[2].run_dir.exists()
+
+
+def test_a_reuse_entry_must_name_another_sweep(tmp_path):
+    sweep_file = tmp_path / "b.yaml"
+    sweep_file.write_text("name: b\nreuse: [b]\ngrid:\n  seed: [0]\n", encoding="utf-8")
+    with pytest.raises(sweep_spec.SweepError, match="reuse must list the names of other sweeps"):
+        sweep_spec.load_sweep(sweep_file)
+
+
+def test_the_dose_sweep_holds_its_window_fixed_and_pairs_each_k_with_its_control(tmp_path):
+    """configs/sweep/dose.yaml: every run but the control sees windows of N = 32 examples; the control is sam_full at
+    k = 1 on batches of N/k; the bug arms run k = 2, 4, 8, 16 at seeds 0-2 (the shortcut everywhere except the
+    ablation's k = 8, whose run ids it shares so they are reused); sam_full at k = 1, 8, 16."""
+    results = f"results_dir={tmp_path}"
+    plan = sweep_spec.expand(sweep_spec.load_sweep(REPO / "configs/sweep/dose.yaml"), [results])
+    ablation = {r.run_id for r in sweep_spec.expand(sweep_spec.load_sweep(REPO / "configs/sweep/ablation.yaml"))}
+    cells = {}
+    for r in plan:
+        t = r.cfg.train
+        assert t.max_updates == 100 and r.cfg.optim.lr == 3e-4 and r.cfg.data.max_seq_length == 64
+        cells[(r.cfg.arm, t.accumulation_steps, t.micro_batch_size, r.cfg.seed)] = r
+    seeds = (0, 1, 2)
+    ks = (2, 4, 8, 16)
+    expected = {(arm, k, 32 // k, s) for arm in ("sam_last", "sam_last_only") for k in ks for s in seeds}
+    expected |= {("sam_full", k, 32 // k, s) for k in (1, 8, 16) for s in seeds}
+    expected |= {("sam_full", 1, 32 // k, s) for k in ks for s in seeds}  # the control: batches of N/k
+    expected |= {("sam_micro", 8, 4, s) for s in seeds}
+    expected |= {("adamw", 8, 4, s) for s in seeds} | {("adamw", 1, 32, 0)}
+    assert set(cells) == expected and len(plan) == len(expected) == 52
+    for (arm, k, _micro, _seed), r in cells.items():
+        bug = arm in ("sam_last", "sam_last_only")
+        assert r.cfg.optim.replay_shortcut == (bug and k != 8)
+        assert (r.run_id in ablation) == (k == 8 and arm != "sam_micro")  # m-SAM at k = 8 is new here
+    assert cells[("sam_last", 4, 8, 0)].cfg.diagnostics.grad_fidelity
