@@ -107,5 +107,5 @@ def test_the_default_arms_table_is_the_committed_runs_csv():
         ]
         assert [c.strip() for c in row.strip("|").split("|")] == expected
     # the runs were made from a commit, not from uncommitted changes
-    assert {run["git_sha"] for run in runs} == {"3b9e34c31b67fe164bc2b0d4114a98d975ea412c"}
+    assert {run["git_sha"] for run in runs} == {"16925b2e079518fe4a1a927667b60b81293fc100"}
     assert "uncommitted" not in (REPO / "results" / "report-default_arms" / "REPORT.md").read_text(encoding="utf-8")
