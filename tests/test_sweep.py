@@ -829,6 +829,7 @@ def test_the_dose_sweep_holds_its_window_fixed_and_pairs_each_k_with_its_control
     k = 1 and 16; the k = 2 cells come last, so a sweep cut short loses the cheapest question first."""
     results = f"results_dir={tmp_path}"
     plan = sweep_spec.expand(sweep_spec.load_sweep(REPO / "configs/sweep/dose.yaml"), [results])
+    ablation = {r.run_id for r in sweep_spec.expand(sweep_spec.load_sweep(REPO / "configs/sweep/ablation.yaml"))}
     cells = {}
     for r in plan:
         t = r.cfg.train
@@ -846,6 +847,7 @@ def test_the_dose_sweep_holds_its_window_fixed_and_pairs_each_k_with_its_control
         bug = arm in ("sam_last", "sam_last_only")
         assert r.cfg.optim.replay_shortcut == bug
         assert r.cfg.diagnostics.grad_fidelity == (arm == "sam_last")
+        assert (r.run_id in ablation) == (arm == "adamw" and k == 8)  # the one run `reuse: [ablation]` can link
     micro_batches = [r.cfg.train.micro_batch_size for r in plan]
     assert micro_batches[-9:] == [16] * 9  # sam_last and sam_last_only at k = 2, then their control ...
     assert [r.cfg.train.accumulation_steps for r in plan[-3:]] == [1] * 3  # ... then their control
