@@ -825,8 +825,9 @@ def test_a_reuse_entry_must_name_another_sweep(tmp_path):
 
 def test_the_dose_sweep_holds_its_window_fixed_and_pairs_each_k_with_its_control(tmp_path):
     """configs/sweep/dose.yaml: every run but the control sees windows of N = 32 examples; the control is sam_full at
-    k = 1 on batches of N/k; the bug arms run k = 2, 4, 8, 16 at seeds 0-2, all with the replay shortcut; sam_full at
-    k = 1 and 16; the k = 2 cells come last, so a sweep cut short loses the cheapest question first."""
+    k = 1 on batches of N/k; the bug arms run k = 4, 8, 16 at seeds 0-2, all with the replay shortcut; sam_full at
+    k = 1 (3 seeds) and 16 (2 seeds); no run shares an id with the default ablation; the control's short runs come
+    last, so a sweep cut short loses the cheapest cells first."""
     results = f"results_dir={tmp_path}"
     plan = sweep_spec.expand(sweep_spec.load_sweep(REPO / "configs/sweep/dose.yaml"), [results])
     ablation = {r.run_id for r in sweep_spec.expand(sweep_spec.load_sweep(REPO / "configs/sweep/ablation.yaml"))}
@@ -836,18 +837,16 @@ def test_the_dose_sweep_holds_its_window_fixed_and_pairs_each_k_with_its_control
         assert t.max_updates == 100 and r.cfg.optim.lr == 3e-4 and r.cfg.data.max_seq_length == 64
         cells[(r.cfg.arm, t.accumulation_steps, t.micro_batch_size, r.cfg.seed)] = r
     seeds = (0, 1, 2)
-    ks = (2, 4, 8, 16)
+    ks = (4, 8, 16)
     expected = {(arm, k, 32 // k, s) for arm in ("sam_last", "sam_last_only") for k in ks for s in seeds}
-    expected |= {("sam_full", k, 32 // k, s) for k in (1, 16) for s in seeds}
+    expected |= {("sam_full", 1, 32, s) for s in seeds} | {("sam_full", 16, 2, s) for s in (0, 1)}
     expected |= {("sam_full", 1, 32 // k, s) for k in ks for s in seeds}  # the control: batches of N/k
-    expected |= {("sam_micro", 8, 4, s) for s in seeds}
-    expected |= {("adamw", 8, 4, 0), ("adamw", 1, 32, 0)}
-    assert set(cells) == expected and len(plan) == len(expected) == 47
-    for (arm, k, _micro, _seed), r in cells.items():
+    expected |= {("sam_micro", 8, 4, s) for s in (0, 1)}
+    assert set(cells) == expected and len(plan) == len(expected) == 34
+    for (arm, _k, _micro, _seed), r in cells.items():
         bug = arm in ("sam_last", "sam_last_only")
         assert r.cfg.optim.replay_shortcut == bug
         assert r.cfg.diagnostics.grad_fidelity == (arm == "sam_last")
-        assert (r.run_id in ablation) == (arm == "adamw" and k == 8)  # the one run `reuse: [ablation]` can link
-    micro_batches = [r.cfg.train.micro_batch_size for r in plan]
-    assert micro_batches[-9:] == [16] * 9  # sam_last and sam_last_only at k = 2, then their control ...
-    assert [r.cfg.train.accumulation_steps for r in plan[-3:]] == [1] * 3  # ... then their control
+        assert r.run_id not in ablation
+    tail = [(r.cfg.train.accumulation_steps, r.cfg.train.micro_batch_size) for r in plan[-9:]]
+    assert tail == [(1, 8)] * 3 + [(1, 4)] * 3 + [(1, 2)] * 3  # the control, largest batch first
