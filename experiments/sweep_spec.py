@@ -274,12 +274,20 @@ def _point_args(point: dict, where: str) -> tuple[list[str], list[str]]:
 _MISSING = object()
 
 
+_TYPED: dict[tuple[str, str], Any] = {}
+
+
 def _typed(key: str, value: Any) -> Any:
-    """A match value as the config stores it for `key` ("4" → 4), or a marker that equals nothing if it cannot be."""
-    try:
-        return typed_value(key, value)
-    except ConfigError:
-        return _MISSING
+    """A match value as the config stores it for `key` ("4" → 4), or a marker that equals nothing if it cannot be.
+    Memoised on (key, repr(value)): typed_value builds the whole schema each call (~0.1 s), and the answer depends on
+    nothing else, while a grid asks it once per rule value per run."""
+    marker = (key, repr(value))
+    if marker not in _TYPED:
+        try:
+            _TYPED[marker] = typed_value(key, value)
+        except ConfigError:
+            _TYPED[marker] = _MISSING
+    return _TYPED[marker]
 
 
 def _matches(cfg: DictConfig, rule: dict, where: str) -> bool:
