@@ -32,7 +32,7 @@ NPROC   ?= 1
 TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu run-dose smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-ddp audit-example clean
+.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu run-dose run-dose-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-ddp audit-example clean
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -93,6 +93,11 @@ run-all-gpu: $(STAMP)  ## the same question at a paper-size budget on CUDA (conf
 run-dose: $(STAMP)  ## how the bug's cost grows with k at a fixed window (configs/sweep/dose.yaml): estimate, sweep, report
 	$(PY) -m experiments.sweep_cost configs/sweep/dose.yaml --jobs $(JOBS) results_dir=$(RESULTS) $(ARGS)
 	@$(call sweep_then_report,configs/sweep/dose.yaml,dose)
+	$(PY) -m analysis.dose results_dir=$(RESULTS) sweep=dose
+
+run-dose-gpu: $(STAMP)  ## the dose grid at 5 seeds and k up to 32 on CUDA (configs/sweep/dose_gpu.yaml)
+	@$(call sweep_then_report,configs/sweep/dose_gpu.yaml,dose_gpu)
+	$(PY) -m analysis.dose results_dir=$(RESULTS) sweep=dose_gpu
 
 smoke-all: $(STAMP)  ## the smoke sweep and its report (about 1.5 min)
 	@$(call sweep_then_report,configs/sweep/smoke.yaml,smoke)

@@ -850,3 +850,22 @@ def test_the_dose_sweep_holds_its_window_fixed_and_pairs_each_k_with_its_control
         assert r.run_id not in ablation
     tail = [(r.cfg.train.accumulation_steps, r.cfg.train.micro_batch_size) for r in plan[-9:]]
     assert tail == [(1, 8)] * 3 + [(1, 4)] * 3 + [(1, 2)] * 3  # the control, largest batch first
+
+
+def test_the_gpu_dose_grid_is_the_whole_design_at_5_seeds_and_k_up_to_32():
+    """configs/sweep/dose_gpu.yaml (read, not expanded: its 140 runs take minutes of config merging here): the same
+    overrides as dose.yaml, windows of N = 32 at k = 2 ... 32 and the control's batches N/k at k = 1, every arm, seeds
+    0-4, no replay shortcut (the copied loops run literally) and no budget cuts in its exclude rules."""
+    gpu = sweep_spec.load_sweep(REPO / "configs/sweep/dose_gpu.yaml")
+    cpu = sweep_spec.load_sweep(REPO / "configs/sweep/dose.yaml")
+    assert gpu.overrides == cpu.overrides
+    windows = [(int(w["train.accumulation_steps"]), int(w["train.micro_batch_size"])) for w in gpu.grid["window"]]
+    ks = (2, 4, 8, 16, 32)
+    assert sorted(windows) == sorted([(k, 32 // k) for k in ks] + [(1, 32 // k) for k in (1, *ks)])
+    assert [int(s) for s in gpu.grid["seed"]] == [0, 1, 2, 3, 4]
+    assert {Path(a).stem for a in gpu.grid["arm"]} == {"sam_full", "sam_micro", "sam_last", "sam_last_only", "adamw"}
+    assert not any("replay_shortcut" in o for _rule, overrides in gpu.when for o in overrides)
+    assert any("replay_shortcut" in o for _rule, overrides in cpu.when for o in overrides)  # the check can fail
+    assert not any("seed" in rule for rule in gpu.exclude)
+    # its only exclusions: the k = 1 cells every SAM rule shares with sam_full, and adamw off k = 1 and 8
+    assert {str(rule["arm"]) for rule in gpu.exclude} == {"['sam_micro', 'sam_last', 'sam_last_only']", "adamw"}
