@@ -10,6 +10,7 @@ import yaml
 from analysis import dose
 from analysis.dose import tables
 from analysis.dose.tables import DoseError, expected_cos, implied_snr
+from tests.conftest import REPO
 
 REPLAY = {"sam_full": "full", "sam_last": "last", "sam_last_only": "last_only", "sam_micro": "micro"}
 T_975_2 = 4.302652729911275  # Student t quantile 0.975, 2 degrees of freedom (scipy.stats.t.ppf(0.975, 2))
@@ -188,3 +189,11 @@ def test_failed_runs_have_no_role(sweep):
     assert "sam_last-k8-b4-s0" not in set(cells["run_id"])
     assert set(cells["role"]) == {"reference", "control", "bug", "micro", "sam_full"}
 
+
+def test_readme_quotes_the_committed_dose_headline():
+    headline = (REPO / "results" / "report-dose" / "dose_headline.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    marker = "<!-- dose: results/report-dose/dose_headline.md -->"
+    assert readme.count(marker) == 1
+    quoted = readme.split(marker)[1].split("<!-- /dose -->")[0].strip()
+    assert quoted == headline.strip(), "README's dose answers differ from results/report-dose/dose_headline.md"
