@@ -112,7 +112,12 @@ def q4_sentence(invariance: pd.DataFrame) -> str:
         return "**Q4, invariance:** no sam_full run at k > 1 finished."
     parts = []
     for row in invariance.to_dict("records"):
-        verdict = "equal within noise" if not significant(row) else "different at the 5 % level"
+        if significant(row):
+            verdict = "different at the 5 % level"
+        elif row["n"] >= 2 and row["ci_high"] - row["ci_low"] <= 10.0:
+            verdict = "equal within noise (the interval is at most 10 F1 points wide)"
+        else:
+            verdict = "no significant difference, but the interval is too wide to show them equal"
         parts.append(f"sam_full at k = {row['k']} − at k = 1 is {effect(row)}: {verdict}")
     return "**Q4, invariance** (the same algorithm at every k): " + "; ".join(parts) + "."
 
