@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import CollectError, load_frames  # noqa: F401  (load_frames: also for callers)
+from analysis.collect import CollectError, load_frames
 from analysis.dose import figures, tables, text
 from analysis.report import ReportError, parse_args, report_targets
 from analysis.report.formatting import md_table
@@ -143,9 +143,10 @@ def build(results_dir: str | Path, sweep: str = SWEEP, out: str | Path | None = 
     except CollectError as err:
         raise ReportError(str(err)) from None
     targets = report_targets(results_dir, sweep).get("dev/f1", (70, 85, 95))
-    result = compute(runs, curves, _sharpness(folder), targets)
+    sharpness = _sharpness(folder)
+    result = compute(runs, curves, sharpness, targets)
     folder.mkdir(parents=True, exist_ok=True)
-    written = figures.save_all(folder, result, result["cells"], result["curves"], _sharpness(folder))
+    written = figures.save_all(folder, result, result["cells"], result["curves"], sharpness)
     paths = {f"figure:{k}": v for k, v in written.items()}
     for name in ("gap", "trend", "control", "micro", "invariance", "sharpness", "grad_cos", "targets"):
         paths[name] = folder / f"dose_{name}.csv"
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args = parse_args([a for a in argv], USAGE)
+        args = parse_args(argv, USAGE)
         sweep = args["sweep"] if any(a.startswith("sweep=") for a in argv) else SWEEP
         written = build(args["results_dir"], sweep, args["out"])
     except (ReportError, tables.DoseError) as err:
