@@ -23,7 +23,7 @@ ARM     ?= sam_full
 ARGS    ?=
 #= RESULTS  where runs, sweeps and non-default reports go (default results)
 RESULTS ?= results
-#= JOBS     runs at a time in make run-all / smoke-all (default 2: two 1-thread runs beat one 2-thread run here)
+#= JOBS     runs at a time in make run-all / smoke-all, and sharpness workers (default 2: two 1-thread processes beat one 2-thread one here)
 JOBS    ?= 2
 #= SWEEP    the sweep make report / make sharpness read (default ablation, whose report is results/report)
 SWEEP   ?= ablation
@@ -106,12 +106,12 @@ smoke-all: $(STAMP)  ## the smoke sweep and its report (about 1.5 min)
 # other sweeps next to it in results/report-<sweep>/ (git-ignored, so a smoke sweep's report does not mark later
 # runs' env.json dirty).
 report: $(STAMP)  ## sharpness + REPORT.md/.html + the W&B workspace spec of a sweep from its runs (SWEEP=ablation)
-	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP)
+	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP) jobs=$(JOBS)
 	$(PY) -m analysis.report results_dir=$(RESULTS) sweep=$(SWEEP)
 	$(PY) -m analysis.dashboard $(SWEEP) results_dir=$(RESULTS)
 
 sharpness: $(STAMP)  ## loss-landscape sharpness of a sweep's runs (SWEEP=ablation)
-	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP)
+	$(PY) -m analysis.sharpness results_dir=$(RESULTS) sweep=$(SWEEP) jobs=$(JOBS)
 
 notebook: $(STAMP)  ## run analysis/notebooks/report.ipynb headless (SWEEP=ablation): results/notebooks/<sweep>.ipynb
 	$(PY) -m analysis.notebook results_dir=$(RESULTS) sweep=$(SWEEP)

@@ -3,9 +3,9 @@
 A module fixture trains 6 tiny runs with the real trainer (adamw, sam_full, sam_last × seeds 0, 1; tiny random BERT,
 3 updates each), then the CLI measures them with tiny budgets. Checked: one csv row per run with finite measures and
 pass counts; the markdown section (heading, per-arm table, paired differences, Kendall τ with its caveat); every
-figure a non-blank PNG; the same numbers on a second call; the run directories byte-for-byte unchanged; one-line
-errors with exit status 2 for a bad key, a bad value, a sweep without completed runs and runs with different data.
-Kendall's tau-b is checked against scipy.
+figure a non-blank PNG; the same numbers on a second call in 2 worker processes; the run directories byte-for-byte
+unchanged; one-line errors with exit status 2 for a bad key, a bad value, a sweep without completed runs and runs with
+different data. Kendall's tau-b is checked against scipy.
 """
 
 from __future__ import annotations
@@ -159,10 +159,11 @@ def test_every_figure_is_a_non_blank_png(sweep):
         assert pixels.ndim == 3 and float(pixels.var()) > 0, name
 
 
-def test_same_seed_gives_the_same_numbers_and_the_runs_stay_untouched(sweep):
-    # the second call writes into out= (as `make report` does for sweeps other than the default one)
+def test_same_seed_gives_the_same_numbers_in_two_worker_processes_and_the_runs_stay_untouched(sweep):
+    # the second call writes into out= (as `make report` does for sweeps other than the default one), and measures
+    # in 2 worker processes of 1 thread each: the same bits as the first call's one process of 1 thread
     report = sweep["root"] / "report-again"
-    code = main([f"results_dir={sweep['root']}", "sweep=tiny", f"out={report}", *TINY_BUDGET])
+    code = main([f"results_dir={sweep['root']}", "sweep=tiny", f"out={report}", *TINY_BUDGET, "jobs=2"])
     assert code == 0
     assert (report / "figures").is_dir()
     assert (report / "sharpness.csv").read_text() == sweep["csv"]

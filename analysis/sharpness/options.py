@@ -51,7 +51,8 @@ class SharpnessConfig:
     surface_span: float = 1.0
     interp_points: int = 7  # alphas in [0, 1] per interpolation curve (0: none)
     seed: int = 0
-    threads: int | None = None  # torch CPU threads (null: torch's default)
+    threads: int | None = None  # torch CPU threads of each process (null: torch's default, shared out among the jobs)
+    jobs: int = 1  # worker processes measuring models side by side (the Makefile passes JOBS)
     max_runs: int | None = None  # measure only the first N completed runs in (arm, k, seed) order
     dry_run: bool = False  # print the plan and the estimated time, then stop (nothing is written)
 
@@ -73,6 +74,7 @@ _MINIMUM = {
     "surface_points": 0,
     "interp_points": 0,
     "threads": 1,
+    "jobs": 1,
     "max_runs": 1,
 }
 

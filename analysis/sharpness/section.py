@@ -83,7 +83,7 @@ def _setup_lines(result: dict, frame) -> list[str]:
     diffs = [
         f"`{k}={v}`"
         for k, v in dataclasses.asdict(opts).items()
-        if k not in ("results_dir", "sweep", "out", "threads", "dry_run") and v != defaults[k]
+        if k not in ("results_dir", "sweep", "out", "threads", "jobs", "dry_run") and v != defaults[k]
     ]
     changed = f"This call changed {', '.join(diffs)} from the defaults." if diffs else "This call used the defaults."
     lines = [
