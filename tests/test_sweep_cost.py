@@ -1,9 +1,11 @@
-"""experiments.sweep_cost: example-passes per update written out by hand, and the wall-time packing."""
+"""experiments.passes and experiments.sweep_cost: example-passes per update written out by hand, and the wall-time
+packing."""
 
 import pytest
 
 from experiments.config import load_config
-from experiments.sweep_cost import FORWARD_SHARE, pack, passes_per_update, run_cost
+from experiments.passes import FORWARD_SHARE, passes_per_update, run_cost
+from experiments.sweep_cost import pack
 from tests.conftest import REPO
 
 
