@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .allocator import malloc_settings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Distributions whose versions env.json records (the ones not installed are left out).
@@ -131,6 +133,7 @@ def env_info(device: Any = None) -> dict:
         "platform": platform.platform(),
         "packages": package_versions(),
         "device": device_info(device),
+        "malloc": malloc_settings(),
         "argv": list(sys.argv),
         "hostname": socket.gethostname(),
         "started_at": utc_now(),

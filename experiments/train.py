@@ -27,6 +27,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from .allocator import keep_large_blocks_on_heap
 from .checkpoint import load_resume_state, remove_resume_state, resume_point
 from .config import ConfigError, load_config, split_args
 from .distributed import NullTracker
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_ARGUMENTS, file=sys.stderr)
         return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    keep_large_blocks_on_heap()  # before the model exists: its gradients are the large blocks
     files, overrides = split_args(argv)
     notes: list = []
     try:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analysis.sharpness.options import SharpnessError, help_text, parse_args
+from experiments.allocator import keep_large_blocks_on_heap
 from experiments.rundir import report_dir
 
 
@@ -34,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(key, "1")  # checkpoints and data are local: a hub look-up would only hang
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    keep_large_blocks_on_heap()  # the gradients of the HVPs and ascent steps, as in training (spawned workers inherit
+    # the environment, not mallopt: _init_worker applies it again)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         opts = parse_args(argv)

@@ -24,6 +24,7 @@ from analysis.sharpness.qa import (
     measure_model,
     probe_costs,
 )
+from experiments.allocator import keep_large_blocks_on_heap
 from experiments.rundir import sweep_dir
 
 TARGET_S = 300.0  # the default sweep's sharpness section is budgeted to 5 minutes on the 2-core CPU
@@ -233,6 +234,7 @@ _WORKER: dict[str, Any] = {}  # a worker process's subsets and options, set once
 
 
 def _init_worker(threads: int, data: Subsets, opts: SharpnessConfig) -> None:
+    keep_large_blocks_on_heap()
     torch.set_num_threads(threads)
     _WORKER.update(data=data, opts=opts)
 
