@@ -9,12 +9,8 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 export TOKENIZERS_PARALLELISM ?= false
-# glibc serves the 47 MB dense word-embedding gradient from fresh mmap pages on every backward (page faults on each
-# first touch); keeping large blocks on the heap cut a SAM k = 8 window's CPU time by 12-20 % here, with bitwise
-# identical weights (the allocator decides where memory lives, not what is computed).
-export MALLOC_MMAP_THRESHOLD_ ?= 134217728
-export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
-export MALLOC_TOP_PAD_ ?= 134217728
+# glibc's large-block settings are applied inside each training / sharpness process (experiments/allocator.py), so
+# they hold for python -m commands too, not only for make's.
 
 # Variables: `make <target> NAME=value`. A line "#= NAME  text" documents one for `make help`.
 #= ARM      the arm of make run / make smoke: adamw | sam_full | sam_last | sam_micro | sam_last_only (default sam_full)
@@ -32,7 +28,7 @@ NPROC   ?= 1
 TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu run-dose run-dose-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-ddp audit-example clean
+.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu run-dose run-dose-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-cpu bench-ddp audit-example clean
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -136,6 +132,9 @@ bench-sam: $(STAMP)  ## SAM overhead benchmark on the embedded MiniLM (writes re
 
 bench-train: $(STAMP)  ## the training loop vs HF Trainer and a pytorch_optimizer.SAM loop (results/bench/train.json)
 	$(PY) -m experiments.bench_train $(ARGS)
+
+bench-cpu: $(STAMP)  ## a training pass against this CPU's single-thread sgemm peak, measured side by side (results/bench/cpu.json)
+	$(PY) -m experiments.bench_cpu $(ARGS)
 
 bench-ddp: $(STAMP)  ## data-parallel SAM: the extra all-reduce of the global perturbation (NPROC=2 gloo processes)
 	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(or $(filter-out 1,$(strip $(NPROC))),2) -m experiments.bench_ddp $(ARGS)
