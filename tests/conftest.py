@@ -32,6 +32,11 @@ atexit.register(shutil.rmtree, HF_TEST_HOME, ignore_errors=True)
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 
+# The tiny random BERT's parameters outside its embeddings (experiments.model.tiny_config and bench_common's "tiny":
+# hidden 32, 2 layers, intermediate 64), the N of the PaLM FLOP count: per layer Q, K, V, O 4 × (32·32 + 32),
+# intermediate 32·64 + 64, output 64·32 + 32, two LayerNorms 2 × 64 (= 8544), and the QA head 32·2 + 2.
+TINY_NON_EMBEDDING_PARAMS = 2 * (4 * (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 64) + (32 * 2 + 2)
+
 
 def arm_file(arm: str) -> str:
     return str(REPO / "configs" / "arm" / f"{arm}.yaml")
