@@ -16,6 +16,7 @@ eval subset every eval_every updates and the whole dev set at the end).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from omegaconf import DictConfig
@@ -65,3 +66,45 @@ def run_cost(cfg: DictConfig, run_id: str = "", label: str = "") -> RunCost:
     dev = cfg.data.generated.n_dev if cfg.data.source == "generated" else subset
     eval_passes = (evals * subset + dev) * FORWARD_SHARE
     return RunCost(run_id, label, micro, train, eval_passes)
+
+
+def literal_passes(cfg: DictConfig) -> float:
+    """Example-passes of a run's updates as the literal loop computes them (no replay shortcut, no diagnostics, no
+    evaluation): max_updates × N for AdamW, × 2N for every SAM arm. The compute floor counts these, so work that a
+    shortcut removes counts as a gain; evaluation and diagnostics count as overhead."""
+    t = cfg.train
+    return int(t.max_updates) * passes_per_update(cfg.optim.replay, int(t.accumulation_steps), int(t.micro_batch_size))
+
+
+def compute_floor(cfgs: Sequence[DictConfig], jobs: int, peak_gflops: float | None = None) -> dict | None:
+    """The physical floor of running these runs on `jobs` one-thread slots of this CPU:
+
+        floor = max(Σ_runs FLOP_run ÷ jobs, max_runs FLOP_run) ÷ single-thread sgemm peak,
+        FLOP_run = literal_passes × FLOP per example-pass
+
+    FLOP per example-pass from the model at data.max_seq_length (experiments.bench_cpu.flop_per_example_pass; real
+    features are often shorter, so the floor leans high), the peak given or measured now (bench_cpu.sgemm_peak).
+    Returns {literal_example_passes, flop, peak_gflops, jobs, floor_s (seconds)}, or None when a run has no
+    max_updates."""
+    if not cfgs or any(not c.train.max_updates for c in cfgs):
+        return None
+    from experiments.bench_cpu import flop_per_example_pass, sgemm_peak
+    from experiments.model import load_model, load_tokenizer
+
+    flop_of = {}  # (model, seq) -> FLOP per example-pass: the model is loaded once per distinct pair
+    per_run = []
+    for cfg in cfgs:
+        key = (str(cfg.model.name_or_path), int(cfg.data.max_seq_length))
+        if key not in flop_of:
+            model = load_model(cfg.model, load_tokenizer(cfg.model.name_or_path))
+            flop_of[key] = flop_per_example_pass(model, key[1])
+        per_run.append(literal_passes(cfg) * flop_of[key])
+    flop = sum(per_run)
+    peak = peak_gflops or sgemm_peak()
+    return {
+        "literal_example_passes": sum(literal_passes(c) for c in cfgs),
+        "flop": flop,
+        "peak_gflops": round(peak, 2),
+        "jobs": jobs,
+        "floor_s": max(flop / jobs, max(per_run)) / (peak * 1e9),
+    }

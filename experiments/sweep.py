@@ -42,6 +42,7 @@ from pathlib import Path
 
 from experiments import wandb_sweep
 from experiments.config import is_path_name, split_key_value
+from experiments.passes import compute_floor
 from experiments.rundir import (
     COMPLETED,
     CONFLICT,
@@ -180,6 +181,25 @@ def dry_run_listing(spec: SweepSpec, runs: list[Run], folder: Path, cli: Sequenc
 # entry point
 
 
+def _print_floor(manifest: Manifest, cfgs: list, jobs: int, wall: float) -> None:
+    """The CPU sweep's distance from its compute floor (passes.compute_floor), printed and kept in sweep.json,
+    for the runs this call trained (a call that trains none keeps the last record); the report's Setup states it."""
+    floor = compute_floor(cfgs, jobs) if cfgs else None
+    if floor is None or floor["floor_s"] <= 0:
+        return
+    floor.update(wall_s=round(wall, 1), runs=len(cfgs))
+    floor["ratio"] = round(floor["wall_s"] / floor["floor_s"], 2)  # from the recorded numbers, so they agree
+    manifest.compute = floor
+    manifest.write()
+    print(
+        f"compute floor: {floor['literal_example_passes']:,.0f} literal example-passes ({floor['flop'] / 1e12:.1f} "
+        f"TFLOP) ÷ ({floor['jobs']} × {floor['peak_gflops']:.1f} GFLOP/s single-thread sgemm peak, measured now) = "
+        f"{format_duration(floor['floor_s'])}; this call took {format_duration(wall)} = {floor['ratio']:.2f}× "
+        f"the floor",
+        flush=True,
+    )
+
+
 def _train_command(option: str | None) -> list[str]:
     text = option or os.environ.get(TRAIN_CMD_ENV)
     return shlex.split(text) if text else [sys.executable, "-m", "experiments.train"]
@@ -307,9 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for status in ("completed", "failed", "diverged", "skipped", "interrupted", "pending")
     }
     shown = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-    print(
-        f"sweep {spec.name}: {shown} in {format_duration(time.monotonic() - runner.t0)} → {manifest.path}", flush=True
-    )
+    wall = time.monotonic() - runner.t0
+    print(f"sweep {spec.name}: {shown} in {format_duration(wall)} → {manifest.path}", flush=True)
+    if not gpus and finished:
+        trained = [r.cfg for r in runs if r.action in ("run", "rerun") and r.status == COMPLETED]
+        _print_floor(manifest, trained, runner.jobs, wall)
     if not finished:
         return signal_exit_code(runner.signals[0])  # 130 after Ctrl-C (SIGINT), 143 after SIGTERM
     return EXIT_OK if counts[COMPLETED] == len(runs) else EXIT_FAILED

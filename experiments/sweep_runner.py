@@ -50,6 +50,8 @@ class Manifest:
         self.spec, self.runs, self.cli = spec, runs, list(cli_overrides)
         previous = read_json(self.path) or {}
         self.created = previous.get("created") or _now()
+        # the last call's compute floor and wall time (experiments.sweep_cost.compute_floor; None on a GPU sweep)
+        self.compute = previous.get("compute")
         self.log_dir = sweep_dir / "logs"
 
     def log_path(self, run: Run) -> Path:
@@ -82,6 +84,7 @@ class Manifest:
                 "report": self.spec.report,
                 "created": self.created,
                 "updated": _now(),
+                "compute": self.compute,
                 "runs": [self.entry(run) for run in self.runs],
             },
         )

@@ -740,7 +740,17 @@ def test_the_smoke_sweep_end_to_end(tmp_path):
         summary = json.loads((Path(entry["run_dir"]) / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["run_id"] == entry["run_id"]
         assert 0.0 <= summary["final"]["dev/f1"] <= 100.0
-    assert "12 completed" in first.stdout.splitlines()[-1]
+    *_, counts, floor_line = first.stdout.splitlines()
+    assert "12 completed" in counts
+    # the compute floor of the 12 runs' literal passes (max_updates 2, micro-batch 4, k in {1, 4}, 2 seeds each):
+    # adamw 2 · 4k, sam_full and sam_last 2 · 2 · 4k example-passes per run
+    compute = manifest["compute"]
+    assert compute["runs"] == 12 and compute["jobs"] == 2
+    assert compute["literal_example_passes"] == 2 * (2 * (4 + 16) + 2 * 2 * (4 + 16) * 2)
+    assert compute["ratio"] == round(compute["wall_s"] / compute["floor_s"], 2)
+    assert (
+        floor_line.startswith("compute floor: 400 literal example-passes") and f"{compute['ratio']:.2f}×" in floor_line
+    )
     print(f"smoke sweep: {time.monotonic() - started:.0f}s")
     before = {e["run_id"]: file_times(Path(e["run_dir"])) for e in manifest["runs"]}
     second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -1,12 +1,14 @@
 """experiments.passes and experiments.sweep_cost: example-passes per update written out by hand, and the wall-time
 packing."""
 
+import json
+
 import pytest
 
 from experiments.config import load_config
-from experiments.passes import FORWARD_SHARE, passes_per_update, run_cost
+from experiments.passes import FORWARD_SHARE, compute_floor, literal_passes, passes_per_update, run_cost
 from experiments.sweep_cost import pack
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_NON_EMBEDDING_PARAMS
 
 
 @pytest.mark.parametrize(
@@ -54,3 +56,48 @@ def test_pack_places_each_run_on_the_first_free_slot_in_order():
     assert pack([30, 10, 10, 10], 2) == 30  # the three short runs share the second slot
     assert pack([10, 30], 1) == 40
     assert pack([], 2) == 0
+
+
+def _tiny_cfg(arm: str, *overrides: str):
+    return load_config(
+        [REPO / "configs" / "smoke.yaml", REPO / "configs" / "arm" / f"{arm}.yaml"],
+        ["train.max_updates=10", *overrides],
+    )
+
+
+def test_literal_passes_ignore_the_shortcut_the_diagnostics_and_the_evaluations():
+    last = _tiny_cfg("sam_last", "optim.replay_shortcut=true", "diagnostics.grad_fidelity=true")
+    assert literal_passes(last) == 10 * 2 * (2 * 4)  # smoke: k = 2 × micro-batch 4, both passes, as the loop runs
+    assert literal_passes(_tiny_cfg("adamw")) == 10 * 8
+
+
+def test_compute_floor_is_the_literal_flop_over_the_slots_at_the_given_peak():
+    # PaLM App. B per feature of t = 64 tokens: 6 · N · t + 12 · L · d · t²
+    per_example = 6 * TINY_NON_EMBEDDING_PARAMS * 64 + 12 * 2 * 32 * 64**2
+    cfgs = [_tiny_cfg("sam_full"), _tiny_cfg("adamw"), _tiny_cfg("sam_last")]
+    passes = 160 + 80 + 160
+    floor = compute_floor(cfgs, jobs=2, peak_gflops=50.0)
+    assert floor["literal_example_passes"] == passes
+    assert floor["flop"] == pytest.approx(passes * per_example)
+    assert floor["floor_s"] == pytest.approx(passes * per_example / 2 / 50e9)
+    # one long run cannot be split over two slots: the floor is at least that run alone
+    lone = compute_floor([_tiny_cfg("sam_full", "train.max_updates=1000"), _tiny_cfg("adamw")], 2, 50.0)
+    assert lone["floor_s"] == pytest.approx(1000 * 16 * per_example / 50e9)
+    assert compute_floor([_tiny_cfg("adamw", "train.max_updates=null")], 2, 50.0) is None
+
+
+def test_the_report_setup_states_the_floor_that_sweep_json_records(tmp_path):
+    from analysis.report.sections import _compute_floor_text
+
+    assert _compute_floor_text(tmp_path) is None  # no sweep.json: no line
+    record = {"literal_example_passes": 12168.0, "flop": 2.05e14, "peak_gflops": 93.0, "jobs": 2}
+    record.update(floor_s=1102.2, wall_s=1433.0, ratio=1.3, runs=17)
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "ablation", "compute": record, "runs": []}))
+    assert _compute_floor_text(tmp_path) == (
+        "**1.30× the compute floor**: the last `experiments.sweep` call that trained runs took 23.9 min for 17 runs "
+        "on 2 one-thread slots, against a floor of 18.4 min (12,168 literal example-passes, 205 TFLOP, at the 93.0 "
+        "GFLOP/s single-thread sgemm peak measured at its end; evaluation, diagnostics and start-up count as "
+        "overhead, replay shortcuts as gain)"
+    )
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "ablation", "compute": None, "runs": []}))
+    assert _compute_floor_text(tmp_path) is None  # a GPU sweep, or one interrupted

@@ -30,6 +30,7 @@ from analysis.stats import ALPHA, TEST_NAME
 from experiments.arms import COMPARISONS
 from experiments.metrics import bounds, metric, number_format
 from experiments.metrics import label as metric_label
+from experiments.rundir import MANIFEST_FILE, read_json
 
 FIGURE_TEXT = {
     "dev_curves": (
@@ -177,6 +178,9 @@ def _setup_section(runs: pd.DataFrame, sweep: str, root: Path) -> list[str]:
             + ")"
         )
     items.append(("Hardware", join_values(devices, empty="unknown (no env.json)")))
+    compute = _compute_floor_text(root)
+    if compute:
+        items.append(("Compute", compute))
     shas = []
     for sha, dirty in sorted(
         set(zip(column_or_empty(runs, "env.git.sha").map(str), column_or_empty(runs, "env.git.dirty").map(str)))
@@ -213,6 +217,23 @@ _GRID_KEYS = {
     "sweep",
     "diagnostics.grad_fidelity",
 }
+
+
+def _compute_floor_text(root: Path) -> str | None:
+    """The sweep's last call against its compute floor, as experiments.sweep recorded it in sweep.json (a CPU sweep
+    that trained every run it started); None when there is no such record."""
+    manifest = read_json(root / MANIFEST_FILE)
+    floor = manifest.get("compute") if isinstance(manifest, dict) else None
+    if not isinstance(floor, dict) or not floor.get("floor_s"):
+        return None
+    return (
+        f"**{floor['ratio']:.2f}× the compute floor**: the last `experiments.sweep` call that trained runs took "
+        f"{floor['wall_s'] / 60:.1f} min for {plural(int(floor['runs']), 'run')} on {floor['jobs']} one-thread "
+        f"slots, against a floor of {floor['floor_s'] / 60:.1f} min ({floor['literal_example_passes']:,.0f} literal "
+        f"example-passes, {floor['flop'] / 1e12:.0f} TFLOP, at the {floor['peak_gflops']:.1f} GFLOP/s single-thread "
+        f"sgemm peak measured at its end; evaluation, diagnostics and start-up count as overhead, replay shortcuts "
+        f"as gain)"
+    )
 
 
 def _varying_keys(runs: pd.DataFrame) -> list[tuple[str, list]]:
