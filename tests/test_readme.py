@@ -109,3 +109,14 @@ def test_the_default_arms_table_is_the_committed_runs_csv():
     # the runs were made from a commit, not from uncommitted changes
     assert {run["git_sha"] for run in runs} == {"16925b2e079518fe4a1a927667b60b81293fc100"}
     assert "uncommitted" not in (REPO / "results" / "report-default_arms" / "REPORT.md").read_text(encoding="utf-8")
+
+
+def test_the_bench_cpu_sentence_is_the_committed_cpu_json():
+    import json
+
+    from experiments.bench_cpu import summary_line
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    bench = json.loads((REPO / "results" / "bench" / "cpu.json").read_text(encoding="utf-8"))
+    quoted = readme.split("<!-- bench-cpu: results/bench/cpu.json -->")[1].split("<!-- /bench-cpu -->")[0]
+    assert quoted.strip() == summary_line(bench) + "."
