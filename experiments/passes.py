@@ -68,15 +68,22 @@ def run_cost(cfg: DictConfig, run_id: str = "", label: str = "") -> RunCost:
     return RunCost(run_id, label, micro, train, eval_passes)
 
 
-def literal_passes(cfg: DictConfig) -> float:
+def literal_passes(cfg: DictConfig, updates: int | None = None) -> float:
     """Example-passes of a run's updates as the literal loop computes them (no replay shortcut, no diagnostics, no
-    evaluation): max_updates × N for AdamW, × 2N for every SAM arm. The compute floor counts these, so work that a
-    shortcut removes counts as a gain; evaluation and diagnostics count as overhead."""
+    evaluation): `updates` (those the run made, as its summary.json counts them; default train.max_updates) × N
+    for AdamW, × 2N for every SAM arm. The compute floor counts these, so work that a shortcut removes counts as a
+    gain; evaluation and diagnostics count as overhead. (An epoch's last, partial window counts as a full one.)"""
     t = cfg.train
-    return int(t.max_updates) * passes_per_update(cfg.optim.replay, int(t.accumulation_steps), int(t.micro_batch_size))
+    n_updates = int(updates if updates is not None else t.max_updates)
+    return n_updates * passes_per_update(cfg.optim.replay, int(t.accumulation_steps), int(t.micro_batch_size))
 
 
-def compute_floor(cfgs: Sequence[DictConfig], jobs: int, peak_gflops: float | None = None) -> dict | None:
+def compute_floor(
+    cfgs: Sequence[DictConfig],
+    jobs: int,
+    peak_gflops: float | None = None,
+    updates: Sequence[int | None] | None = None,
+) -> dict | None:
     """The physical floor of running these runs on `jobs` one-thread slots of this CPU:
 
         floor = max(Σ_runs FLOP_run ÷ jobs, max_runs FLOP_run) ÷ single-thread sgemm peak,
@@ -84,27 +91,29 @@ def compute_floor(cfgs: Sequence[DictConfig], jobs: int, peak_gflops: float | No
 
     FLOP per example-pass from the model at data.max_seq_length (experiments.bench_cpu.flop_per_example_pass; real
     features are often shorter, so the floor leans high), the peak given or measured now (bench_cpu.sgemm_peak).
-    Returns {literal_example_passes, flop, peak_gflops, jobs, floor_s (seconds)}, or None when a run has no
-    max_updates."""
-    if not cfgs or any(not c.train.max_updates for c in cfgs):
+    `updates`: per run, the updates it made (None: its train.max_updates). Returns {literal_example_passes, flop,
+    peak_gflops, jobs, floor_s (seconds)}, or None when a run's number of updates is unknown."""
+    counts = list(updates) if updates is not None else [None] * len(cfgs)
+    counts = [n if n is not None else c.train.max_updates for c, n in zip(cfgs, counts, strict=True)]
+    if not cfgs or any(not n for n in counts):
         return None
     from experiments.bench_cpu import flop_per_example_pass, sgemm_peak
     from experiments.model import load_model, load_tokenizer
 
     flop_of = {}  # (model, seq) -> FLOP per example-pass: the model is loaded once per distinct pair
-    per_run = []
-    for cfg in cfgs:
+    per_run, passes = [], [literal_passes(c, n) for c, n in zip(cfgs, counts, strict=True)]
+    for cfg, n_passes in zip(cfgs, passes, strict=True):
         key = (str(cfg.model.name_or_path), int(cfg.data.max_seq_length))
         if key not in flop_of:
             model = load_model(cfg.model, load_tokenizer(cfg.model.name_or_path))
             flop_of[key] = flop_per_example_pass(model, key[1])
-        per_run.append(literal_passes(cfg) * flop_of[key])
+        per_run.append(n_passes * flop_of[key])
     flop = sum(per_run)
-    peak = peak_gflops or sgemm_peak()
+    peak = round(peak_gflops or sgemm_peak(), 2)  # rounded before use, so the record reproduces floor_s
     return {
-        "literal_example_passes": sum(literal_passes(c) for c in cfgs),
+        "literal_example_passes": sum(passes),
         "flop": flop,
-        "peak_gflops": round(peak, 2),
+        "peak_gflops": peak,
         "jobs": jobs,
         "floor_s": max(flop / jobs, max(per_run)) / (peak * 1e9),
     }

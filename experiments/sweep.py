@@ -47,9 +47,11 @@ from experiments.rundir import (
     COMPLETED,
     CONFLICT,
     DONE_STATUSES,
+    ENV_FILE,
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
+    read_json,
     read_summary,
     run_state,
     signal_exit_code,
@@ -181,13 +183,43 @@ def dry_run_listing(spec: SweepSpec, runs: list[Run], folder: Path, cli: Sequenc
 # entry point
 
 
-def _print_floor(manifest: Manifest, cfgs: list, jobs: int, wall: float) -> None:
-    """The CPU sweep's distance from its compute floor (passes.compute_floor), printed and kept in sweep.json,
-    for the runs this call trained (a call that trains none keeps the last record); the report's Setup states it."""
-    floor = compute_floor(cfgs, jobs) if cfgs else None
+def _floor_skipped(started: list[Run]) -> str | None:
+    """Why this call's runs have no compute floor, or None: the floor counts every update from scratch on one
+    thread per run, so a resumed, failed or multi-threaded run would make the ratio mean something else."""
+    for run in started:
+        if run.action == "rerun":
+            return f"{run.run_id} was rerun (it may have resumed: part of its passes ran before this call)"
+        if run.status != COMPLETED:
+            return f"{run.run_id} is {run.status}"
+        env = read_json(Path(run.run_dir) / ENV_FILE)
+        if env is None:
+            return f"{run.run_id} wrote no {ENV_FILE}"
+        threads = (env.get("device") or {}).get("threads")
+        if threads != 1 or (env.get("device") or {}).get("type") != "cpu":
+            return f"{run.run_id} trained on {threads} thread(s) of {(env.get('device') or {}).get('type')}"
+    return None
+
+
+def _print_floor(manifest: Manifest, started: list[Run], jobs: int, wall: float, on_cpu: bool) -> None:
+    """The CPU sweep's distance from its compute floor (passes.compute_floor), printed and kept in sweep.json, for
+    the runs this call started; the report's Setup states it. A call whose runs cannot be compared with the floor
+    (GPUs, an interrupted call, a resumed, failed or multi-threaded run) clears the record and says why, so that
+    the report never states an older call's floor."""
+    manifest.compute = None
+    why = "GPU sweep or interrupted" if not on_cpu else _floor_skipped(started)
+    floor = None
+    if why is None:
+        try:  # the runs are done: a problem here must not turn a finished sweep into a failed one
+            updates = [int((read_summary(run.run_dir) or {}).get("updates") or 0) or None for run in started]
+            floor = compute_floor([run.cfg for run in started], jobs, updates=updates)
+        except Exception as err:  # noqa: BLE001 - any failure only costs the floor line
+            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     if floor is None or floor["floor_s"] <= 0:
+        manifest.write()
+        if on_cpu:
+            print(f"compute floor: not computed ({why or 'a run has no train.max_updates'})", flush=True)
         return
-    floor.update(wall_s=round(wall, 1), runs=len(cfgs))
+    floor.update(wall_s=round(wall, 1), runs=len(started))
     floor["ratio"] = round(floor["wall_s"] / floor["floor_s"], 2)  # from the recorded numbers, so they agree
     manifest.compute = floor
     manifest.write()
@@ -329,9 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     wall = time.monotonic() - runner.t0
     print(f"sweep {spec.name}: {shown} in {format_duration(wall)} → {manifest.path}", flush=True)
-    if not gpus and finished:
-        trained = [r.cfg for r in runs if r.action in ("run", "rerun") and r.status == COMPLETED]
-        _print_floor(manifest, trained, runner.jobs, wall)
+    started = [r for r in runs if r.action in ("run", "rerun")]
+    if started:
+        _print_floor(manifest, started, runner.jobs, wall, on_cpu=not gpus and finished)
     if not finished:
         return signal_exit_code(runner.signals[0])  # 130 after Ctrl-C (SIGINT), 143 after SIGTERM
     return EXIT_OK if counts[COMPLETED] == len(runs) else EXIT_FAILED

@@ -50,7 +50,8 @@ class Manifest:
         self.spec, self.runs, self.cli = spec, runs, list(cli_overrides)
         previous = read_json(self.path) or {}
         self.created = previous.get("created") or _now()
-        # the last call's compute floor and wall time (experiments.sweep_cost.compute_floor; None on a GPU sweep)
+        # the last call's compute floor and wall time (experiments.passes.compute_floor; None when that call's runs
+        # could not be compared with it: GPUs, interrupted, resumed, failed or multi-threaded)
         self.compute = previous.get("compute")
         self.log_dir = sweep_dir / "logs"
 

@@ -84,6 +84,12 @@ def test_compute_floor_is_the_literal_flop_over_the_slots_at_the_given_peak():
     lone = compute_floor([_tiny_cfg("sam_full", "train.max_updates=1000"), _tiny_cfg("adamw")], 2, 50.0)
     assert lone["floor_s"] == pytest.approx(1000 * 16 * per_example / 50e9)
     assert compute_floor([_tiny_cfg("adamw", "train.max_updates=null")], 2, 50.0) is None
+    # the updates a run made count, not its cap (the epochs can end it first)
+    made = compute_floor([_tiny_cfg("sam_full", "train.max_updates=1000")], 2, 50.0, updates=[5])
+    assert made["literal_example_passes"] == 5 * 16
+    assert compute_floor([_tiny_cfg("adamw", "train.max_updates=null")], 2, 50.0, updates=[7])["flop"] == pytest.approx(
+        7 * 8 * per_example
+    )
 
 
 def test_the_report_setup_states_the_floor_that_sweep_json_records(tmp_path):
@@ -95,9 +101,9 @@ def test_the_report_setup_states_the_floor_that_sweep_json_records(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps({"name": "ablation", "compute": record, "runs": []}))
     assert _compute_floor_text(tmp_path) == (
         "**1.30× the compute floor**: the last `experiments.sweep` call that trained runs took 23.9 min for 17 runs "
-        "on 2 one-thread slots, against a floor of 18.4 min (12,168 literal example-passes, 205 TFLOP, at the 93.0 "
+        "on 2 one-thread slots, against a floor of 18.4 min (12,168 literal example-passes, 205.0 TFLOP, at the 93.0 "
         "GFLOP/s single-thread sgemm peak measured at its end; evaluation, diagnostics and start-up count as "
         "overhead, replay shortcuts as gain)"
     )
     (tmp_path / "sweep.json").write_text(json.dumps({"name": "ablation", "compute": None, "runs": []}))
-    assert _compute_floor_text(tmp_path) is None  # a GPU sweep, or one interrupted
+    assert _compute_floor_text(tmp_path) is None  # the last call's runs could not be compared with a floor

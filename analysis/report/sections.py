@@ -220,8 +220,9 @@ _GRID_KEYS = {
 
 
 def _compute_floor_text(root: Path) -> str | None:
-    """The sweep's last call against its compute floor, as experiments.sweep recorded it in sweep.json (a CPU sweep
-    that trained every run it started); None when there is no such record."""
+    """The sweep's last call that trained runs against its compute floor, as experiments.sweep recorded it in
+    sweep.json (only when every run it started trained from scratch to completion on one CPU thread); None when
+    there is no such record."""
     manifest = read_json(root / MANIFEST_FILE)
     floor = manifest.get("compute") if isinstance(manifest, dict) else None
     if not isinstance(floor, dict) or not floor.get("floor_s"):
@@ -230,7 +231,7 @@ def _compute_floor_text(root: Path) -> str | None:
         f"**{floor['ratio']:.2f}× the compute floor**: the last `experiments.sweep` call that trained runs took "
         f"{floor['wall_s'] / 60:.1f} min for {plural(int(floor['runs']), 'run')} on {floor['jobs']} one-thread "
         f"slots, against a floor of {floor['floor_s'] / 60:.1f} min ({floor['literal_example_passes']:,.0f} literal "
-        f"example-passes, {floor['flop'] / 1e12:.0f} TFLOP, at the {floor['peak_gflops']:.1f} GFLOP/s single-thread "
+        f"example-passes, {floor['flop'] / 1e12:.1f} TFLOP, at the {floor['peak_gflops']:.1f} GFLOP/s single-thread "
         f"sgemm peak measured at its end; evaluation, diagnostics and start-up count as overhead, replay shortcuts "
         f"as gain)"
     )
