@@ -10,13 +10,14 @@ the trim threshold and top pad so the freed heap is kept for the next backward, 
 The values are glibc's documented tunables (mallopt(3): M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD), set with
 mallopt at the start of the process. A setting given in the environment (MALLOC_MMAP_THRESHOLD_ and friends, which
 glibc reads at start-up) wins and is left alone, so `MALLOC_MMAP_THRESHOLD_=131072 ...` restores glibc's behaviour
-for one command. Off glibc (macOS, musl) nothing is changed.
+for one command; a GLIBC_TUNABLES with glibc.malloc.* settings leaves all three to the user. Off glibc (macOS, musl)
+nothing is changed.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import logging
 import os
 import platform
 
@@ -42,13 +43,21 @@ def keep_large_blocks_on_heap() -> dict[str, int]:
     _applied = {}
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return {}
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return {}  # the user tunes malloc through glibc's tunables: theirs, all of them
+    libc = ctypes.CDLL(None)  # the C library this process already runs on
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # the mmap threshold first (the dict's order): setting the other two turns off glibc's adaptive threshold, which
+    # is worse than the defaults if the threshold itself was refused (glibc may cap it below 128 MiB)
     for name, (param, value) in LARGE_BLOCKS_ON_HEAP.items():
         if name in os.environ:
             continue
-        if libc.mallopt(param, value) == 1:  # mallopt returns 1 on success
-            _applied[name] = value
+        if libc.mallopt(param, value) != 1:  # mallopt returns 1 on success
+            if name == "MALLOC_MMAP_THRESHOLD_":
+                logging.getLogger(__name__).warning("glibc refused an mmap threshold of %d bytes: defaults kept", value)
+                break
+            continue
+        _applied[name] = value
     return dict(_applied)
 
 

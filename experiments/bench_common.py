@@ -22,6 +22,10 @@ def load_bench_model(name: str | None, seq: int) -> tuple[torch.nn.Module, str]:
     folder or a hub name. Raises SystemExit (one line) when it cannot be loaded."""
     # transformers here, not at the top: `--help` of the benchmarks should not wait for it
     import transformers
+
+    from .allocator import keep_large_blocks_on_heap
+
+    keep_large_blocks_on_heap()  # the benchmarks allocate gradients as training does
     from transformers import AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering
 
     transformers.logging.set_verbosity_error()  # the "newly initialized qa_outputs" report is expected here

@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from .allocator import keep_large_blocks_on_heap
 from .batches import epoch_windows
 from .config import load_config
 from .data.generated import generate_records, generator_settings
@@ -487,6 +488,7 @@ def print_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    keep_large_blocks_on_heap()  # as every training process does
     if args.threads:
         torch.set_num_threads(args.threads)
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):

@@ -29,8 +29,10 @@ def measure_seconds_per_pass(cfg: DictConfig, threads: int, micro_batch: int = 8
     forward+backward passes of a random micro-batch (after one untimed), on `threads` CPU threads."""
     import torch
 
+    from experiments.allocator import keep_large_blocks_on_heap
     from experiments.model import load_model, load_tokenizer
 
+    keep_large_blocks_on_heap()  # as the runs it estimates will
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     tokenizer = load_tokenizer(cfg.model.name_or_path)

@@ -5,6 +5,7 @@ Each check runs in a fresh interpreter: glibc's settings are per process, and th
 before. `hblks` of mallinfo2(3) counts the blocks glibc serves from mmap.
 """
 
+import ctypes
 import json
 import os
 import platform
@@ -16,7 +17,8 @@ import pytest
 from tests.conftest import PYTHON, REPO, SMOKE, arm_file
 
 pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings"
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+    reason="glibc >= 2.33 (mallinfo2) and its malloc settings",
 )
 
 # a 47 MiB block (the embedded MiniLM's word-embedding gradient is 46.9 MB): how many mmapped blocks it adds
@@ -67,6 +69,11 @@ def test_a_setting_in_the_environment_wins():
     assert "MALLOC_MMAP_THRESHOLD_" not in probe["applied"]
     assert set(probe["applied"]) == {"MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"}
     assert probe["mmapped"] == 1  # glibc read the environment's 128 KiB threshold at start-up
+
+
+def test_glibc_tunables_for_malloc_leave_every_setting_to_the_user():
+    probe = _probe("apply", _clean_env(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=131072"))
+    assert probe == {"applied": {}, "mmapped": 1}
 
 
 @pytest.mark.slow
