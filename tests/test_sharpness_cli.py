@@ -159,12 +159,13 @@ def test_every_figure_is_a_non_blank_png(sweep):
         assert pixels.ndim == 3 and float(pixels.var()) > 0, name
 
 
-def test_same_seed_gives_the_same_numbers_in_two_worker_processes_and_the_runs_stay_untouched(sweep):
+def test_same_seed_gives_the_same_numbers_in_two_worker_processes_and_the_runs_stay_untouched(sweep, capsys):
     # the second call writes into out= (as `make report` does for sweeps other than the default one), and measures
     # in 2 worker processes of 1 thread each: the same bits as the first call's one process of 1 thread
     report = sweep["root"] / "report-again"
     code = main([f"results_dir={sweep['root']}", "sweep=tiny", f"out={report}", *TINY_BUDGET, "jobs=2"])
     assert code == 0
+    assert "1 thread in each of 2 worker processes" in capsys.readouterr().out
     assert (report / "figures").is_dir()
     assert (report / "sharpness.csv").read_text() == sweep["csv"]
     assert (report / "sharpness_curves.csv").read_text() == sweep["curves"]
