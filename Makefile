@@ -49,7 +49,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "sam-accum-repo.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
-test: $(STAMP)  ## run the test suite (CPU, about 8 min on 2 cores; more when they are busy)
+test: $(STAMP)  ## run the test suite (CPU, about 11 min on 2 cores; more when they are busy)
 	$(PY) -m pytest -q tests $(ARGS)
 
 # ruff's settings live in pyproject.toml; CI runs this after the tests.
