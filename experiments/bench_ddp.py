@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print_report(result, out)
+    ddp = None  # before the group goes, or exit can deadlock in gloo's teardown (experiments.distributed.Dist.close)
     dist.destroy_process_group()
     return result
 

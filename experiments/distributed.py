@@ -28,6 +28,7 @@ run) is written into the config, so the run id tells a 2-process run from a 1-pr
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -174,7 +175,12 @@ class Dist:
         return out
 
     def close(self) -> None:
+        """Leave the process group. Callers drop their DistributedDataParallel first: a DDP module freed after
+        destroy_process_group frees the gloo group from its Reducer's destructor, which joins gloo's worker threads
+        while holding the GIL; a worker still releasing a finished all-reduce's tensors waits for the GIL, and the
+        process hangs at exit (seen here about 1 run in 7 of the DDP example; pytorch/pytorch#56297, #190489)."""
         if self.enabled and torch.distributed.is_initialized():
+            gc.collect()  # a DDP module kept only by a reference cycle (the Trainer's) goes now, while the group lives
             torch.distributed.destroy_process_group()
 
 

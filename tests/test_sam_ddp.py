@@ -170,6 +170,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             record["masks"] = [m.clone() for m in model[1].masks]
         out[case.name] = record
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    ddp = None  # before the group goes, or exit can deadlock in gloo's teardown (experiments.distributed.Dist.close)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -23,4 +23,6 @@ for window in windows(loader, k=4):  # equal slices on every rank, so no sizes a
     result = train_step(lambda batch: ddp(**batch).loss, window, optimizer, replay="full", ddp=ddp)
     if dist.get_rank() == 0:
         print(f"loss {result.loss:.4f}  at w + e {result.perturbed_loss:.4f}  (global window, 2 all-reduces)")
+# drop DDP first: freeing it after the group is destroyed can deadlock at exit in torch's gloo teardown
+ddp = None  # (its Reducer holds the group's last reference and joins gloo's threads with the GIL held)
 dist.destroy_process_group()
