@@ -88,6 +88,29 @@ def stop_signals_raise():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+@contextmanager
+def stop_signals_deferred():
+    """While inside: a stop signal is noted, not raised, so the ending being recorded (error.log, summary.json) is
+    written whole. Used around every ending: torchrun sends SIGTERM to each rank when one fails, often while this
+    rank is recording the failure it saw itself (the dead peer's closed connection), and an Interrupted raised in
+    the middle left summary.json saying `running`. The run is ending anyway, so a noted signal changes nothing but
+    the line printed; SIGKILL (torchrun's, 30 s later) still ends a stuck ending."""
+    noted: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, lambda signum, _frame: noted.append(signum))
+    try:
+        yield noted
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        if noted:
+            name = signal.Signals(noted[0]).name
+            print(f"{name} received while the run's ending was being recorded: recorded it first", file=sys.stderr)
+
+
 def _offline_defaults(cfg) -> None:
     """The embedded default needs no hub: make hub look-ups fail in a second instead of hanging on retries."""
 
@@ -167,6 +190,15 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
     return signal_exit_code(signum)
 
 
+def _failed(err: BaseException, trainer, tracker, run_dir: Path) -> int:
+    """Record a run ended by an exception: error.log with its traceback, summary.json failed with a one-line reason."""
+    tracker.write_text("error.log", "".join(traceback.format_exception(type(err), err, err.__traceback__)))
+    reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    tracker.finish(FAILED, reason=reason, updates=trainer.progress.update)
+    print(f"failed: {reason} (traceback in {run_dir / 'error.log'})", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
@@ -227,12 +259,21 @@ def _start(cfg, ctx) -> int:
         if ctx.is_main:
             print(f"already {action}: {run_dir} (delete it to run again)", file=sys.stderr)
         return EXIT_OK if action == COMPLETED else EXIT_DIVERGED
-    touched: list = []  # _run appends once the run directory holds a summary.json of this attempt
+    touched: list = []  # _run appends (trainer, tracker) once the run directory holds a summary.json of this attempt
     with stop_signals_raise():
         try:
             return _run(cfg, ctx, run_dir, action, touched)
         except KeyboardInterrupt as err:
             name, signum = signal_of(err)
+            if touched and not touched[0][1].finished:
+                # the signal came in the few bytecodes between an exception (e.g. a dead peer's closed connection)
+                # and the deferred block that records it: record that exception, else the signal, now
+                trainer, tracker = touched[0]
+                with stop_signals_deferred():
+                    cause = err.__context__
+                    if isinstance(cause, Exception):
+                        return _failed(cause, trainer, tracker, run_dir)
+                    return _interrupted(err, trainer, tracker, run_dir)
             if touched:  # a second signal while an earlier ending (diverged, failed) was being recorded
                 print(
                     f"interrupted ({name}) while the run was ending; summary.json has its status ({run_dir})",
@@ -280,7 +321,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
         name, signum = signal_of(err)
         print(f"interrupted ({name}) during start-up (starting W&B); summary.json says so ({run_dir})", file=sys.stderr)
         return signal_exit_code(signum)
-    touched.append(run_dir)
+    touched.append((trainer, tracker))
     try:
         if resume:
             tracker.rewind(trainer.progress.update)
@@ -303,49 +344,49 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
                 file=sys.stderr,
             )
         trainer.run(tracker)
-        p = trainer.progress
-        wall = tracker.elapsed()
-        summary = tracker.finish(
-            COMPLETED,
-            final=trainer.final_block(),
-            best=p.best,
-            updates=p.update,
-            **trainer.update_counts(),
-            examples=p.examples,
-            mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
-            median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
-            wall_time_s=round(wall, 3),
-            time=trainer.time_summary(wall),
-        )
+        with stop_signals_deferred():
+            p = trainer.progress
+            wall = tracker.elapsed()
+            summary = tracker.finish(
+                COMPLETED,
+                final=trainer.final_block(),
+                best=p.best,
+                updates=p.update,
+                **trainer.update_counts(),
+                examples=p.examples,
+                mean_step_time_s=round(p.step_time_total / max(1, p.update), 4),
+                median_step_time_s=round(statistics.median(p.step_times), 4) if p.step_times else None,
+                wall_time_s=round(wall, 3),
+                time=trainer.time_summary(wall),
+            )
         if ctx.is_main:
             remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is the model + optimizer
     except Diverged as err:
-        p = trainer.progress
-        wall = tracker.elapsed()
-        tracker.finish(
-            DIVERGED,
-            reason=str(err),
-            final=trainer.final_block(),
-            best=p.best,
-            updates=p.update,
-            **trainer.update_counts(),
-            examples=p.examples,
-            diverged_at=p.update,
-            wall_time_s=round(wall, 3),
-            time=trainer.time_summary(wall),
-        )
+        with stop_signals_deferred():
+            p = trainer.progress
+            wall = tracker.elapsed()
+            tracker.finish(
+                DIVERGED,
+                reason=str(err),
+                final=trainer.final_block(),
+                best=p.best,
+                updates=p.update,
+                **trainer.update_counts(),
+                examples=p.examples,
+                diverged_at=p.update,
+                wall_time_s=round(wall, 3),
+                time=trainer.time_summary(wall),
+            )
         if ctx.is_main:
             remove_resume_state(run_dir)  # a diverged run is final: never resumed
         print(f"diverged: {err} ({run_dir})", file=sys.stderr)
         return EXIT_DIVERGED
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM (also torchrun stopping the ranks after one failed), SIGHUP
-        return _interrupted(err, trainer, tracker, run_dir)
+        with stop_signals_deferred():
+            return _interrupted(err, trainer, tracker, run_dir)
     except Exception as err:  # noqa: BLE001 - recorded, then reported as one line
-        tracker.write_text("error.log", traceback.format_exc())
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        tracker.finish(FAILED, reason=reason, updates=trainer.progress.update)
-        print(f"failed: {reason} (traceback in {run_dir / 'error.log'})", file=sys.stderr)
-        return EXIT_FAILED
+        with stop_signals_deferred():
+            return _failed(err, trainer, tracker, run_dir)
     if not ctx.is_main:
         return EXIT_OK
     f = summary.get("final", {})

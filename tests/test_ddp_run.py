@@ -273,7 +273,7 @@ def test_kill_9_of_one_rank_fails_the_run_quickly_and_the_same_command_resumes(t
     stderr = launcher.stderr.read()
     assert code != 0, stderr[-3000:]
     failed = summary_of(target)
-    assert failed["status"] == "failed" and failed["reason"], failed
+    assert failed["status"] == "failed" and failed["reason"], (failed, stderr[-3000:])
     progress = json.loads((target / "checkpoint" / "resume" / "trainer.json").read_text())["progress"]
     assert 0 < progress["update"] < failed["total_updates"]
     print(f"kill -9 of rank 1: run ended failed in {took:.1f} s ({failed['reason']})")
@@ -299,7 +299,7 @@ def test_kill_9_of_one_rank_fails_the_run_quickly_and_the_same_command_resumes(t
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through /proc")
 def test_a_stuck_rank_fails_the_run_after_the_collective_timeout(tmp_path):
     """SIGSTOP of rank 1 (a hang, not a death: its connections stay open): rank 0 waits in its next all-reduce until
-    dist.timeout_s, records `failed`, exits; torchrun then stops the stuck rank. Nothing waits forever."""
+    dist.timeout_s, records `failed`, exits; the launch then ends. Nothing waits forever."""
     timeout_s = 8
     results = tmp_path / "stuck"
     command = [
@@ -320,7 +320,11 @@ def test_a_stuck_rank_fails_the_run_after_the_collective_timeout(tmp_path):
             assert time.monotonic() - stopped_at < timeout_s + 60, "rank 0 still waits"
             time.sleep(0.1)
         recorded = time.monotonic() - stopped_at
-        code = launcher.wait(timeout=timeout_s + 90)  # torchrun: SIGTERM, then SIGKILL 30 s later, to the stuck rank
+        # torchrun now stops the stuck rank: SIGTERM, and SIGKILL 30 s later if it is still there (the shutdown grace
+        # of torch.distributed.elastic, not this repo's code). Resuming the rank delivers the pending SIGTERM (or lets
+        # it fail on its dead peer), so the test checks that the launch ends without waiting out torch's grace.
+        os.kill(victim, signal.SIGCONT)
+        code = launcher.wait(timeout=90)
         ended = time.monotonic() - stopped_at
     finally:
         try:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,62 @@ def test_a_signal_after_the_summary_is_final_does_not_rewrite_it(tiny_run, tmp_p
     (run,) = run_dirs(tmp_path)
     assert summary_of(run)["status"] == "completed" and "interrupted" not in summary_of(run)
     assert f"interrupted (SIGTERM) after the run ended completed: {run}" in capsys.readouterr().err
+
+
+def _evaluation_fails(monkeypatch):
+    import experiments.trainer
+
+    def broken_eval(self, *args, **kwargs):
+        raise RuntimeError("Connection closed by peer")  # what gloo raises on a rank whose peer was killed
+
+    monkeypatch.setattr(experiments.trainer.Trainer, "evaluate", broken_eval)
+
+
+def test_a_signal_while_a_failure_is_recorded_waits_until_the_failure_is_written(
+    tiny_run, tmp_path, capsys, monkeypatch
+):
+    """torchrun sends SIGTERM to every rank once one died, often while rank 0 records the failure it saw itself (the
+    dead peer's closed connection): the signal must not cut that recording short and leave the run `running`."""
+    _evaluation_fails(monkeypatch)
+    real_write = tracking.RunTracker.write_text
+
+    def write_then_signal(self, name, text):
+        if name == "error.log":
+            send_to_self(signal.SIGTERM)  # arrives while the failure is being recorded
+        return real_write(self, name, text)
+
+    monkeypatch.setattr(tracking.RunTracker, "write_text", write_then_signal)
+    assert main(tiny_run("adamw", "train.max_updates=2")) == 1
+    (run,) = run_dirs(tmp_path)
+    s = summary_of(run)
+    assert s["status"] == "failed" and s["reason"] == "RuntimeError: Connection closed by peer"
+    assert "Connection closed by peer" in (run / "error.log").read_text()
+    assert "SIGTERM received while the run's ending was being recorded: recorded it first" in capsys.readouterr().err
+
+
+def test_a_signal_just_before_a_failure_is_recorded_records_the_failure(tiny_run, tmp_path, capsys, monkeypatch):
+    """The signal's handler can run in the few bytecodes between the exception and the block that defers signals:
+    the run's entry point then records that exception (the cause), not a bare interruption, and not `running`."""
+    import experiments.train
+
+    _evaluation_fails(monkeypatch)
+    real_deferred, entered = experiments.train.stop_signals_deferred, []
+
+    @contextmanager
+    def too_late():
+        if not entered:  # the first ending block: the handler raised before it was entered
+            entered.append(True)
+            raise experiments.train.Interrupted(signal.SIGTERM)
+        with real_deferred() as noted:
+            yield noted
+
+    monkeypatch.setattr(experiments.train, "stop_signals_deferred", too_late)
+    assert main(tiny_run("adamw", "train.max_updates=2")) == 1
+    (run,) = run_dirs(tmp_path)
+    s = summary_of(run)
+    assert s["status"] == "failed" and s["reason"] == "RuntimeError: Connection closed by peer"
+    assert "Connection closed by peer" in (run / "error.log").read_text()
+    assert "failed: RuntimeError: Connection closed by peer" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------------------
