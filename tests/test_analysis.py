@@ -397,6 +397,7 @@ def _nonblank_png(path: Path) -> None:
     assert float(image[..., :3].var()) > 0
 
 
+@pytest.mark.slow
 def test_report_files_sections_and_figures(sweep, built):
     out = report_dir(sweep.results_dir, sweep.sweep)
     md = (out / "REPORT.md").read_text(encoding="utf-8")
@@ -512,6 +513,7 @@ def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
     assert DEVICE_NAME in setup and GIT_SHA[:12] in setup and "k = 1, 4" in setup
 
 
+@pytest.mark.slow
 def test_report_is_deterministic(sweep, built, tmp_path):
     again = report.build_report(sweep.results_dir, sweep.sweep, out_dir=tmp_path / "again")
     first = report_dir(sweep.results_dir, sweep.sweep)
@@ -541,6 +543,7 @@ def test_sanity_failure_is_reported(frames):
     assert "**Sanity check (k = 1): FAILED** on final.dev/f1 (sam_last)" in text
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert report.main([f"results_dir={tmp_path}", "sweep=nope"]) == 2
     err = capsys.readouterr().err
@@ -587,6 +590,7 @@ def _executed_outputs(results_dir, sweep_name, out):
     return outputs, text
 
 
+@pytest.mark.slow
 def test_notebook_executes_against_the_synthetic_sweep(sweep, tmp_path):
     outputs, text = _executed_outputs(sweep.results_dir, sweep.sweep, tmp_path / "executed.ipynb")
     images = [o for o in outputs if "image/png" in o.get("data", {})]
@@ -596,6 +600,7 @@ def test_notebook_executes_against_the_synthetic_sweep(sweep, tmp_path):
     assert (tmp_path / "executed.ipynb").is_file()
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_a_fresh_clone_from_the_report_csvs_alone(sweep, built, tmp_path):
     """A fresh clone has results/report/ (committed) but no results/runs/: the notebook reads the report's CSVs."""
     import shutil
@@ -675,6 +680,7 @@ def test_collect_reads_run_directories_written_by_the_tracker(tmp_path, monkeypa
     assert math.isnan(nan_loss.iloc[-1])
 
 
+@pytest.mark.slow
 def test_report_of_sparse_sweeps(tmp_path):
     # one seed per cell, no k=1, no adamw: tables with n=1 (no CI), no paired CI, sanity not checked
     make_sweep(tmp_path, "tiny", arms=("sam_full", "sam_last"), ks=(4,), seeds=(0,), special=False, manifest=False)
@@ -702,6 +708,7 @@ def test_report_of_sparse_sweeps(tmp_path):
     assert "Final dev EM and F1: not drawn" in md
 
 
+@pytest.mark.slow
 def test_a_report_never_embeds_the_sharpness_section_of_another_sweep(tmp_path):
     # the leak once fixed: with no sharpness.md of its own, the report of sweep `foo` fell back to the default
     # sweep's results/report/sharpness.md and embedded the sharpness section of sweep `ablation`
@@ -721,6 +728,7 @@ def test_a_report_never_embeds_the_sharpness_section_of_another_sweep(tmp_path):
         assert "sharpness" not in text.lower()
 
 
+@pytest.mark.slow
 def test_report_shows_the_v2_breakdown_and_rouge_w_only_when_runs_logged_them(tmp_path):
     make_sweep(tmp_path, "v2", arms=("sam_full", "sam_last"), ks=(4,), seeds=(0,), special=False, manifest=False)
     md = report.build_report(tmp_path, "v2", out_dir=tmp_path / "plain")["md"].read_text(encoding="utf-8")
@@ -938,6 +946,7 @@ def test_results_tables_cut_the_t_interval_to_the_metric_range():
     assert "| adamw | 8 | 3 | 3 | 0.1500 ± 0.1323 | [0.0000, 0.4786] |" in text
 
 
+@pytest.mark.slow
 def test_the_headline_names_its_setup_its_floor_and_a_target_never_reached(tmp_path):
     """A hand-made sweep at k = 4 where sam_last never reaches dev F1 60 (final 58.2 ± 0.8; sam_full 64.2, at the
     final evaluation of its 12-update budget) and sam_last_only is in the grid: the headline says what was trained on
@@ -1040,3 +1049,43 @@ def test_the_report_refuses_a_sweep_name_that_is_not_one_folder(value):
     with pytest.raises(ReportError, match=r"must be one plain name of letters, digits, \. _ -"):
         parse_args([f"sweep={value}"])
     assert parse_args(["sweep=ablation"])["sweep"] == "ablation"
+
+
+def test_shortcut_runs_are_left_out_of_the_step_times_and_their_cost_comes_from_pass_counts():
+    """A bug arm that ran only with optim.replay_shortcut has no literal step time: the findings leave it out of the
+    measured ratios and state its literal loop's cost from pass counts. Per update of N examples (experiments.passes):
+    AdamW N, every literal SAM loop 2N, so 2N / N = 2.00× for sam_last and sam_last_only at k = 8."""
+    from analysis.report.text import findings
+
+    rows = [  # arm, replay, k, seed, literal step time, ran with the shortcut
+        ("adamw", "none", 8, 0, 1.0, False),
+        ("sam_full", "full", 8, 0, 2.5, False),
+        ("sam_last", "last", 8, 0, 1.4, True),  # the shortcut's time: must not become a "0.56×" ratio
+        ("sam_last_only", "last_only", 8, 0, 0.7, True),
+    ]
+    runs = pd.DataFrame(
+        [
+            {
+                "arm": a,
+                "replay": r,
+                "k": k,
+                "seed": s,
+                "status": "completed",
+                "mean_step_time_s": t,
+                "literal_cost": not sc,
+            }
+            for a, r, k, s, t, sc in rows
+        ]
+    )
+    paired = pd.DataFrame(columns=["a", "b", "metric", "k", "n", "mean_diff"])
+    curves = pd.DataFrame(columns=["metric", "k", "value"])
+    text = " ".join(findings(runs, curves, paired))
+    assert "At k=8 an update takes 1 s with AdamW; relative to that: sam_full 2.50×." in text
+    assert (
+        "At k=8, sam_last, sam_last_only ran with optim.replay_shortcut=true (their wasted passes skipped), so their "
+        "step times are not their loops' cost and are left out; by pass count (experiments/passes.py) their literal "
+        "loops cost, relative to AdamW: sam_last 2.00×, sam_last_only 2.00×." in text
+    )
+    timed = runs.assign(literal_cost=True)  # the same runs timed literally: no pass-count sentence
+    text = " ".join(findings(timed, curves, paired))
+    assert "replay_shortcut" not in text and "sam_last 1.40×" in text

@@ -329,6 +329,7 @@ def test_config_error_in_the_last_run_only(tmp_path, standin, env, capsys):
 # running with the stand-in trainer
 
 
+@pytest.mark.slow
 def test_sweep_runs_everything_and_writes_the_manifest(tmp_path, standin, env, capsys):
     path = write_sweep(tmp_path)
     results = tmp_path / "results"
@@ -362,6 +363,7 @@ def test_sweep_runs_everything_and_writes_the_manifest(tmp_path, standin, env, c
     assert floor == f"compute floor: not computed ({expected[0].run_id} wrote no env.json)"
 
 
+@pytest.mark.slow
 def test_a_second_invocation_starts_no_run_and_touches_no_run_dir(tmp_path, standin, env, capsys):
     path = write_sweep(tmp_path)
     results = tmp_path / "results"
@@ -383,6 +385,7 @@ def test_a_second_invocation_starts_no_run_and_touches_no_run_dir(tmp_path, stan
     assert " start " not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, standin, env, monkeypatch, capsys):
     path = write_sweep(tmp_path)
     results = tmp_path / "results"
@@ -449,6 +452,7 @@ def test_a_config_file_edited_mid_sweep_fails_that_run_only(tmp_path, standin, e
     assert [c["run_id"] for c in calls_of(env)] == [runs[0].run_id]
 
 
+@pytest.mark.slow
 def test_dry_run_lists_what_would_happen_and_writes_nothing(tmp_path, standin, env, monkeypatch, capsys):
     path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2]})
     results = tmp_path / "results"
@@ -470,6 +474,7 @@ def test_dry_run_lists_what_would_happen_and_writes_nothing(tmp_path, standin, e
 # parallel slots
 
 
+@pytest.mark.slow
 def test_jobs_share_the_cpu_cores(tmp_path, standin, env, monkeypatch):
     monkeypatch.setenv("STANDIN_SLEEP", "0.5")
     # configs/default.yaml leaves train.num_threads null (configs/smoke.yaml sets it)
@@ -484,6 +489,7 @@ def test_jobs_share_the_cpu_cores(tmp_path, standin, env, monkeypatch):
     assert {c["omp"] for c in calls_of(env)[4:]} == {None}
 
 
+@pytest.mark.slow
 def test_one_run_per_gpu(tmp_path, standin, env, monkeypatch):
     monkeypatch.setattr(sweep_runner, "_cuda_device_count", lambda: 2)
     monkeypatch.setenv("STANDIN_SLEEP", "0.3")
@@ -501,6 +507,7 @@ def test_one_run_per_gpu(tmp_path, standin, env, monkeypatch):
     assert sweep_runner.pick_gpus("auto") == []
 
 
+@pytest.mark.slow
 def test_several_gpus_per_run_make_each_run_one_torchrun(tmp_path, standin, env, monkeypatch):
     """--gpus-per-run 2: each run is `torchrun --nproc_per_node=2` with dist.world_size=2 in its overrides (a run id
     of its own), on a slot of 2 GPUs; without GPUs, 2 CPU processes."""
@@ -533,6 +540,7 @@ def test_several_gpus_per_run_make_each_run_one_torchrun(tmp_path, standin, env,
 # Ctrl-C
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, standin, env):
     path = write_sweep(tmp_path, grid={"arm": [ARMS["adamw"]], "seed": [0, 1, 2, 3]})
     results = tmp_path / "results"
@@ -588,6 +596,7 @@ def test_ctrl_c_stops_the_children_and_the_next_invocation_resumes(tmp_path, sta
 # the sweep files in configs/
 
 
+@pytest.mark.slow
 def test_the_ablation_sweep_resolves(tmp_path):
     spec = sweep_spec.load_sweep(REPO / "configs/sweep/ablation.yaml")
     runs = sweep_spec.expand(spec, [f"results_dir={tmp_path}"])
@@ -614,6 +623,7 @@ def test_the_ablation_sweep_resolves(tmp_path):
     assert spec.report == {"targets": {"dev/f1": [70.0, 85.0, 95.0], "dev/loss": [1.0, 0.3]}}
 
 
+@pytest.mark.slow
 def test_the_gpu_sweep_resolves_to_the_paper_size_grid(tmp_path):
     runs = sweep_spec.expand(
         sweep_spec.load_sweep(REPO / "configs/sweep/ablation_gpu.yaml"), [f"results_dir={tmp_path}"]
@@ -662,6 +672,7 @@ def agent_commands(config: dict) -> list[list[str]]:
     return commands
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ablation", "smoke", "ablation_gpu"])
 def test_the_generated_wandb_sweep_runs_exactly_the_plan(tmp_path, name):
     """`--wandb-sweep` of each sweep file: its grid, expanded here as the agent expands it, is the run ids of the
@@ -690,6 +701,7 @@ def test_the_generated_wandb_sweep_runs_exactly_the_plan(tmp_path, name):
         assert cells == sorted(expected)
 
 
+@pytest.mark.slow
 def test_only_trains_one_run_of_the_smoke_sweep_into_its_run_directory(tmp_path):
     """What a W&B agent job runs: `--only RUN_ID` trains that run, and nothing else, into the directory the local
     sweep uses; a second call finds it completed; an id outside the plan is exit 2."""
@@ -716,7 +728,8 @@ def test_only_trains_one_run_of_the_smoke_sweep_into_its_run_directory(tmp_path)
 
 @pytest.mark.slow
 def test_the_smoke_sweep_end_to_end(tmp_path):
-    """configs/sweep/smoke.yaml with the real trainer, shrunk a little: 12 runs, then a second invocation runs none."""
+    """configs/sweep/smoke.yaml with the real trainer, shrunk to one seed (each arm at each k still runs: the smallest
+    grid that covers every path): 6 runs on 2 jobs, then a second invocation runs none."""
     results = tmp_path / "results"
     command = [
         sys.executable,
@@ -728,6 +741,7 @@ def test_the_smoke_sweep_end_to_end(tmp_path):
         "train.max_updates=2",
         "data.generated.n_train=16",
         "data.generated.n_dev=8",
+        "seed=0",  # collapses the seed axis: the 6 cells arm x k of seed 0
         "--jobs",
         "2",
         "--gpus",
@@ -737,7 +751,10 @@ def test_the_smoke_sweep_end_to_end(tmp_path):
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     manifest = json.loads((results / "runs" / "smoke" / "sweep.json").read_text())
-    assert len(manifest["runs"]) == 12
+    assert len(manifest["runs"]) == 6
+    assert {(e["run_id"].split("-")[0], e["run_id"].split("-")[1]) for e in manifest["runs"]} == {
+        (arm, f"k{k}") for arm in ("adamw", "sam_full", "sam_last") for k in (1, 4)
+    }
     for entry in manifest["runs"]:
         assert entry["status"] == "completed" and entry["exit_code"] == 0, entry
         summary = json.loads((Path(entry["run_dir"]) / "summary.json").read_text())
@@ -745,15 +762,15 @@ def test_the_smoke_sweep_end_to_end(tmp_path):
         assert 0.0 <= summary["final"]["dev/f1"] <= 100.0
         assert summary["updates"] == 2  # what the floor's pass count below assumes, from the run itself
     *_, counts, floor_line = first.stdout.splitlines()
-    assert "12 completed" in counts
-    # the compute floor of the 12 runs' literal passes (max_updates 2, micro-batch 4, k in {1, 4}, 2 seeds each):
+    assert "6 completed" in counts
+    # the compute floor of the 6 runs' literal passes (max_updates 2, micro-batch 4, k in {1, 4}, one seed):
     # adamw 2 · 4k, sam_full and sam_last 2 · 2 · 4k example-passes per run
     compute = manifest["compute"]
-    assert compute["runs"] == 12 and compute["jobs"] == 2
-    assert compute["literal_example_passes"] == 2 * (2 * (4 + 16) + 2 * 2 * (4 + 16) * 2)
+    assert compute["runs"] == 6 and compute["jobs"] == 2
+    assert compute["literal_example_passes"] == 2 * (4 + 16) + 2 * 2 * (4 + 16) * 2
     assert compute["ratio"] == round(compute["wall_s"] / compute["floor_s"], 2)
     assert (
-        floor_line.startswith("compute floor: 400 literal example-passes") and f"{compute['ratio']:.2f}×" in floor_line
+        floor_line.startswith("compute floor: 200 literal example-passes") and f"{compute['ratio']:.2f}×" in floor_line
     )
     print(f"smoke sweep: {time.monotonic() - started:.0f}s")
     before = {e["run_id"]: file_times(Path(e["run_dir"])) for e in manifest["runs"]}
@@ -837,13 +854,17 @@ def test_a_reuse_entry_must_name_another_sweep(tmp_path):
         sweep_spec.load_sweep(sweep_file)
 
 
+@pytest.mark.slow
 def test_the_dose_sweep_holds_its_window_fixed_and_pairs_each_k_with_its_control(tmp_path):
     """configs/sweep/dose.yaml: every run but the control sees windows of N = 32 examples; the control is sam_full at
     k = 1 on batches of N/k; the bug arms run k = 4, 8, 16 at seeds 0-2, all with the replay shortcut; sam_full at
-    k = 1 (3 seeds) and 16 (2 seeds); no run shares an id with the default ablation; the control's short runs come
-    last, so a sweep cut short loses the cheapest cells first."""
+    k = 1 (3 seeds) and 16 (2 seeds); the runs that share an id with the default ablation (and so are reused from it)
+    are exactly sam_last at k = 8; the control's short runs come last, so a sweep cut short loses the cheapest cells
+    first."""
     results = f"results_dir={tmp_path}"
-    plan = sweep_spec.expand(sweep_spec.load_sweep(REPO / "configs/sweep/dose.yaml"), [results])
+    spec = sweep_spec.load_sweep(REPO / "configs/sweep/dose.yaml")
+    assert spec.reuse == ["ablation"]
+    plan = sweep_spec.expand(spec, [results])
     ablation = {r.run_id for r in sweep_spec.expand(sweep_spec.load_sweep(REPO / "configs/sweep/ablation.yaml"))}
     cells = {}
     for r in plan:
@@ -861,7 +882,7 @@ def test_the_dose_sweep_holds_its_window_fixed_and_pairs_each_k_with_its_control
         bug = arm in ("sam_last", "sam_last_only")
         assert r.cfg.optim.replay_shortcut == bug
         assert r.cfg.diagnostics.grad_fidelity == (arm == "sam_last")
-        assert r.run_id not in ablation
+        assert (r.run_id in ablation) == (arm == "sam_last" and _k == 8), r.run_id
     tail = [(r.cfg.train.accumulation_steps, r.cfg.train.micro_batch_size) for r in plan[-9:]]
     assert tail == [(1, 8)] * 3 + [(1, 4)] * 3 + [(1, 2)] * 3  # the control, largest batch first
 

@@ -61,7 +61,7 @@ FIGURE_TEXT = {
         "Time per update",
         "Mean wall time of one optimizer update (a window of k micro-batches), "
         "grouped by k with one bar per arm (mean over seeds, written above the bar); error bars span "
-        "min–max over seeds.",
+        "min–max over seeds. Runs with optim.replay_shortcut=true are left out: their time is not their loop's.",
     ),
     "grad_cos": (
         "Gradient fidelity",

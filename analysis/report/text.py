@@ -30,6 +30,7 @@ from experiments.metrics import HIGHER, number_format, words
 from experiments.metrics import label as metric_label
 from experiments.metrics import metric as metric_row
 from experiments.metrics import short as metric_short
+from experiments.passes import passes_per_update
 from experiments.rundir import COMPLETED
 from experiments.schema import EMBEDDED_MODEL
 
@@ -123,6 +124,9 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
             ]
             if ratios:
                 out.append(f"At k={k} an update takes {base:.3g} s with AdamW; relative to that: {', '.join(ratios)}.")
+            untimed = _shortcut_cost_text(done, times, k)
+            if untimed:
+                out.append(untimed)
 
     cos = curves[curves["metric"] == "diag/grad_cos"] if not curves.empty else curves
     if len(cos):
@@ -133,6 +137,28 @@ def findings(runs: pd.DataFrame, curves: pd.DataFrame, paired: pd.DataFrame) -> 
             f"that logged it, all updates): {text}."
         )
     return out + status
+
+
+def _shortcut_cost_text(done: pd.DataFrame, times: pd.Series, k: int) -> str | None:
+    """The arms at `k` that ran only with optim.replay_shortcut (so no literal time exists): their literal loops'
+    cost relative to AdamW's from pass counts (experiments.passes.passes_per_update, which the micro-batch size
+    cancels out of), or None when every arm at `k` was timed literally."""
+    if "replay" not in done.columns:
+        return None
+    at_k = done[done["k"] == k]
+    untimed = [arm for arm in arm_order(at_k["arm"]) if arm != BASELINE and (k, arm) not in times.index]
+    if not untimed:
+        return None
+    base = passes_per_update("none", k, 1)
+    parts = []
+    for arm in untimed:
+        replay = str(at_k[at_k["arm"] == arm]["replay"].iloc[0])
+        parts.append(f"{arm} {passes_per_update(replay, k, 1) / base:.2f}×")
+    return (
+        f"At k={k}, {join_values(untimed)} ran with optim.replay_shortcut=true (their wasted passes skipped), so their "
+        f"step times are not their loops' cost and are left out; by pass count (experiments/passes.py) their literal "
+        f"loops cost, relative to AdamW: {', '.join(parts)}."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
