@@ -23,12 +23,15 @@ RESULTS ?= results
 JOBS    ?= 2
 #= SWEEP    the sweep make report / make sharpness read (default ablation, whose report is results/report)
 SWEEP   ?= ablation
+#= TEST_JOBS pytest-xdist workers of make test / test-fast / coverage (default 2: one per core here; 0: one process)
+TEST_JOBS ?= 2
+XDIST   := -n $(TEST_JOBS) --dist loadscope
 #= NPROC    processes of one run for make run / smoke (default 1; > 1: data-parallel under torchrun, gloo on the CPU)
 NPROC   ?= 1
 TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run smoke run-all run-all-gpu run-dose run-dose-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-cpu bench-ddp audit-example clean
+.PHONY: help setup test test-fast coverage lint format run smoke run-all run-all-gpu run-dose run-dose-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-cpu bench-ddp audit-example clean
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,8 +52,16 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "sam-accum-repo.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
-test: $(STAMP)  ## run the test suite (CPU, about 11 min on 2 cores; more when they are busy)
-	$(PY) -m pytest -q tests $(ARGS)
+test: $(STAMP)  ## run the test suite (CPU, TEST_JOBS workers; see README: Tests for the time here)
+	$(PY) -m pytest -q $(XDIST) tests $(ARGS)
+
+# Line coverage of sam/, experiments/ and analysis/ over the whole suite, the processes the tests start included
+# (pyproject.toml's [tool.coverage]); the data goes to .cache/coverage/.
+coverage: $(STAMP)  ## make test under coverage.py, then the per-file line coverage of the three packages
+	rm -rf .cache/coverage && mkdir -p .cache/coverage
+	$(PY) -m coverage run -m pytest -q $(XDIST) tests $(ARGS)
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report
 
 # ruff's settings live in pyproject.toml; CI runs this after the tests.
 LINTED := sam experiments analysis tests results
@@ -64,7 +75,7 @@ format: $(STAMP)  ## ruff format + safe lint fixes, in place
 	$(PY) -m ruff check --fix $(LINTED)
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
-	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow" tests $(ARGS)
 
 run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro|sam_last_only, ARGS="key=value ...", NPROC=N)
 	$(TRAIN) configs/default.yaml configs/arm/$(ARM).yaml results_dir=$(RESULTS) $(ARGS)

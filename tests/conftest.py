@@ -20,6 +20,12 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+# Under pytest-xdist (make test runs 2 workers on a 2-core machine), each worker and the processes it starts get one
+# intra-op thread: two workers with torch's default of one thread per core would oversubscribe the cores. The tests
+# that are about threads set their own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Private Hugging Face caches for the whole session (subprocesses inherit them): offline, `datasets` serves a hub
 # name such as "squad" from whatever its cache holds under that name, so the machine's ~/.cache/huggingface must not
 # decide what a test loads. Set (not setdefault) so a user's HF_HOME cannot leak in either.

@@ -10,6 +10,7 @@ from experiments.bench_cpu import main
 from tests.conftest import TINY_NON_EMBEDDING_PARAMS
 
 
+@pytest.mark.slow
 def test_bench_cpu_reports_the_pass_against_the_peak_of_the_same_run(tmp_path, capsys):
     out = tmp_path / "cpu.json"
     result = main(

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from experiments import bench_sam
@@ -24,6 +25,7 @@ def test_cpu_profiled_peak_sees_every_live_byte():
     assert 44_000 <= peak < 44_000 + 1_000
 
 
+@pytest.mark.slow
 def test_tiny_bench_writes_every_field(tmp_path):
     out = tmp_path / "bench" / "sam.json"  # the folder does not exist yet
     threads = torch.get_num_threads()

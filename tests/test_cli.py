@@ -70,6 +70,7 @@ def test_a_missing_config_file_says_what_was_probably_meant(argv, said, capsys, 
         ("experiments.sync", "usage: python -m experiments.sync [RESULTS_DIR]"),
     ],
 )
+@pytest.mark.slow
 def test_module_help_is_help_not_a_file_name(module, first_line):
     done = subprocess.run([PYTHON, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -108,6 +109,7 @@ def test_every_evaluation_is_printed_on_the_console(tiny_run, tmp_path, capsys):
         assert (f1, em, loss) == (f"{e['dev/f1']:.2f}", f"{e['dev/em']:.2f}", f"{e['dev/loss']:.4f}")
 
 
+@pytest.mark.slow
 def test_the_offline_defaults_are_set_before_the_hub_libraries_load(tmp_path):
     """huggingface_hub and datasets read HF_HUB_OFFLINE / HF_DATASETS_OFFLINE once, when first imported, so
     `python -m experiments.train configs/default.yaml` (no `make`, no variables exported) is offline for the embedded

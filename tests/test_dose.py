@@ -128,6 +128,7 @@ def test_the_control_of_k_is_sam_full_on_batches_of_n_over_k_with_the_same_seed(
     assert _row(control, arm="sam_last_only", k=4)["diff"] == pytest.approx(-29 / 3)
 
 
+@pytest.mark.slow
 def test_the_invariance_and_micro_rows_and_the_converged_sharpness(sweep):
     result = dose.build(sweep)
     inv = _row(pd.read_csv(result["invariance"]), k=16)

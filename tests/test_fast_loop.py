@@ -138,6 +138,7 @@ def test_build_features_is_the_tokenised_data_of_the_config_with_every_feature_c
     assert build_features(cfg.data, tokenizer, pad_to_max_length=True).train.pad_to_max_length
 
 
+@pytest.mark.slow
 def test_the_same_micro_batch_padded_to_128_or_to_its_length_gives_the_same_loss_and_gradients():
     """With the masked loss the padding of a batch changes nothing (≤ 1e-6 on the loss, ≤ 1e-5 on gradients), on
     the embedded MiniLM; HF's own QA loss, which puts padding in the softmax, does change."""

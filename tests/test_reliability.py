@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from experiments.config import load_config
 from experiments.rundir import run_dir
+from experiments.train import main
 from tests.conftest import PYTHON, SMOKE, arm_file
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def read_events(path: Path):
 
 
 @pytest.mark.parametrize("arm", ["sam_full"])
-def test_kill_9_mid_run_then_same_command_resumes_to_identical_result(tmp_path, arm):
+def test_kill_9_mid_run_then_same_command_resumes_to_identical_result(tmp_path, arm, capfd):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     done = subprocess.run(
@@ -84,9 +85,10 @@ def test_kill_9_mid_run_then_same_command_resumes_to_identical_result(tmp_path, 
     eb = [e for e in read_events(target / "metrics.jsonl") if "train/loss" in e]
     assert [e["update"] for e in eb] == list(range(1, total + 1))
     assert [e["train/loss"] for e in ea] == [e["train/loss"] for e in eb]
-    # and a third invocation does nothing
-    third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0 and "already completed" in third.stderr
+    # and a third invocation (in this process: the check is the run directory's, not a process's) does nothing
+    before = {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()}
+    assert main(cmd[3:]) == 0 and "already completed" in capfd.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()} == before
 
 
 def test_data_parallel_time_based_checkpoints_look_at_the_clock_every_ddp_clock_every_updates(monkeypatch):

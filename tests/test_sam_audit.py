@@ -266,6 +266,7 @@ def assert_bitwise_same(before, after):
 # each loop is named by its rule, exactly, on both models
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(MODELS))
 @pytest.mark.parametrize("verdict", list(LOOPS))
 def test_each_loop_gets_its_rule_and_everything_stays_as_it_was(kind, verdict):
@@ -289,6 +290,7 @@ def test_each_loop_gets_its_rule_and_everything_stays_as_it_was(kind, verdict):
     assert f"verdict: {verdict} —" in table and all(r.rule in table for r in report.rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_a_different_rho_matches_no_rule_and_names_the_closest(kind):
     make, window_of, loss_of = MODELS[kind]
@@ -325,6 +327,7 @@ def test_a_scaled_and_clipped_loop_keeps_its_verdict_and_shows_the_scale():
     assert f"scale: step's gradient is {max_norm / r_norm:.4g} × the rule's" in str(clipped)
 
 
+@pytest.mark.slow
 def test_asam_and_uneven_micro_batches_are_audited_with_the_loops_own_settings():
     """ASAM (weights by name, as SamsungLabs/ASAM) and micro-batches weighted n_i/N: matched when the audit is told
     so, not otherwise."""
@@ -447,6 +450,7 @@ def test_an_exception_inside_step_leaves_everything_as_it_was():
     full_replay_loop(loss_fn, optimizer, K, model)(window)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # davda54-style SAM
 @pytest.mark.parametrize("verdict", ["last", "full"])
 def test_training_after_an_audit_is_bitwise_training_without_it(verdict):
@@ -516,6 +520,7 @@ def test_a_dropout_the_audit_cannot_switch_off_is_reported():
 # bad input: one clear line each
 
 
+@pytest.mark.slow
 def test_bad_input_is_reported_in_one_line():
     model = make_mlp()
     loss_fn = mlp_loss(model)
@@ -565,6 +570,7 @@ def test_identical_micro_batches_cannot_tell_the_sam_rules_apart():
 # the example command, the make target and the README's example
 
 
+@pytest.mark.slow
 def test_example_command_prints_the_blog_loops_verdict():
     done = subprocess.run(
         [PYTHON, "-m", "sam.audit", "--example"], cwd=REPO, capture_output=True, text=True, timeout=300
@@ -590,6 +596,7 @@ def test_the_readme_example_runs_as_written():
     assert namespace["report"].verdict == "full"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("replay", ["full", "last_only"])
 def test_sam_trainer_driven_over_the_window_is_named_by_its_replay(tmp_path, replay):
     """sam.hf.SAMTrainer as a user runs it (`trainer.train()` for one update of gradient_accumulation_steps = k, the

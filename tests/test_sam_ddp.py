@@ -218,6 +218,7 @@ def assert_results_match(ddp_results, ref_results, keys=("loss", "perturbed_loss
 # equal to single-process SAM on the global window
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [c.name for c in CASES if c.optimizer == "adamw" and not c.dropout])
 def test_ddp_equals_single_process_on_the_global_window(ranks, name):
     """none, full (global perturbation), last and last_only with 2 ranks x k micro-batches of m == one process with k

@@ -240,6 +240,7 @@ def test_full_equals_written_out_window_sam_and_train_step(tmp_path, dropout):
     assert_close(got, via_train_step, **TOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("replay", ["micro", "last", "last_only"])
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_every_replay_mode_equals_train_step(tmp_path, replay, dropout):
@@ -488,6 +489,7 @@ def distributed(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_on_the_global_window_and_all_reduce_twice(distributed):
     out = distributed
     for perturbation, all_reduces in (("global", (1, 1)), ("per_rank", (0, 1))):
@@ -568,6 +570,7 @@ def test_sam_trainer_example_trains_four_full_sam_updates(tmp_path, monkeypatch)
     assert trainer.state.log_history[-1]["train_loss"] > 0
 
 
+@pytest.mark.slow
 def test_distributed_examples_keep_the_ranks_identical(distributed):
     for name in ("ddp", "accelerate_loop"):
         ranks = [torch.load(distributed / f"example-{name}-rank{r}.pt") for r in range(2)]

@@ -105,6 +105,7 @@ def sweep(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_csv_has_one_row_per_run_with_finite_measures_and_pass_counts(sweep):
     frame = pd.read_csv(report_dir(sweep["root"], "tiny") / "sharpness.csv")
     run_ids = sorted(p.name for p in (sweep["root"] / "runs" / "tiny").iterdir())
@@ -135,6 +136,7 @@ def test_csv_has_one_row_per_run_with_finite_measures_and_pass_counts(sweep):
     assert len(interp) == 2 * len(SEEDS) * 3
 
 
+@pytest.mark.slow
 def test_markdown_section_has_setup_tables_differences_and_kendall_tau_with_caveat(sweep):
     md = sweep["md"]
     assert md.startswith("## Loss-landscape sharpness\n")
@@ -149,6 +151,7 @@ def test_markdown_section_has_setup_tables_differences_and_kendall_tau_with_cave
     assert sorted(images) == sorted(f"figures/{name}" for name in FIGURES.values())
 
 
+@pytest.mark.slow
 def test_every_figure_is_a_non_blank_png(sweep):
     import matplotlib.image as mpimg
 
@@ -159,6 +162,7 @@ def test_every_figure_is_a_non_blank_png(sweep):
         assert pixels.ndim == 3 and float(pixels.var()) > 0, name
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_numbers_in_two_worker_processes_and_the_runs_stay_untouched(sweep, capsys):
     # the second call writes into out= (as `make report` does for sweeps other than the default one), and measures
     # in 2 worker processes of 1 thread each: the same bits as the first call's one process of 1 thread
@@ -286,6 +290,7 @@ def test_defaults_and_help_list_every_key(capsys):
         assert f"  {key}=" in out
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_estimate_and_writes_nothing(sweep, capsys):
     report = report_dir(sweep["root"], "tiny")
     stamp = (report / "sharpness.csv").stat().st_mtime_ns
@@ -295,6 +300,7 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(sweep, capsys):
     assert (report / "sharpness.csv").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_every_measure_of_sharpness_csv_is_a_row_of_the_metric_table(sweep):
     """The sharpness package writes a column for every sharpness, loss and gap row of experiments.metrics (one per
     radius for the per-ρ measures), and every column its tables read has a row (label, words, direction)."""
@@ -372,6 +378,7 @@ def _hand_made_frame():
     return frame
 
 
+@pytest.mark.slow
 def test_unconverged_lambda_max_and_noisy_trace_are_marked_and_left_out_of_means_verdicts_and_tau():
     opts = parse_args(["results_dir=x", "sweep=y", "rhos_worst=[0.1]", "rhos_average=[0.1]"])
     frame = _hand_made_frame()

@@ -323,6 +323,7 @@ def history_of(items: list[dict]) -> list[dict]:
     return [{k: v for k, v in item.items() if not k.startswith("_")} for item in items]
 
 
+@pytest.mark.slow
 def test_a_run_resumed_twice_uploads_one_wandb_run_with_each_update_once(tmp_path):
     """wandb#3841/#5865: two offline folders under one id lose one's history at sync. Here: updates 1..5, stop,
     resume from a checkpoint at 3 (4, 5 repeated), stop at 7, resume from 6, finish at 9. The one offline folder that

@@ -325,6 +325,7 @@ def test_asam_scales_weights_by_name_and_moves_the_zero_bias_of_the_new_qa_head(
     assert any("LayerNorm.weight" in n for n in named) and sum(n.endswith("bias") for n in named) > 5
 
 
+@pytest.mark.slow
 def test_offline_wandb_run_lives_in_the_run_directory(tiny_run, tmp_path):
     assert main(tiny_run("sam_last", "train.max_updates=2", "tracking.mode=offline")) == 0
     run = only_run(tmp_path)
