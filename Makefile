@@ -52,7 +52,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "sam-accum-repo.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
-test: $(STAMP)  ## run the test suite (CPU, TEST_JOBS workers; see README: Tests for the time here)
+test: $(STAMP)  ## run the test suite (CPU, 2 workers: about 5 min on 2 cores here)
 	$(PY) -m pytest -q $(XDIST) tests $(ARGS)
 
 # Line coverage of sam/, experiments/ and analysis/ over the whole suite, the processes the tests start included
@@ -74,7 +74,7 @@ format: $(STAMP)  ## ruff format + safe lint fixes, in place
 	$(PY) -m ruff format $(LINTED)
 	$(PY) -m ruff check --fix $(LINTED)
 
-test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
+test-fast: $(STAMP)  ## the test suite without the tests of seconds each (marked slow): about 1 min here
 	$(PY) -m pytest -q $(XDIST) -m "not slow" tests $(ARGS)
 
 run: $(STAMP)  ## one run of the embedded default (ARM=adamw|sam_full|sam_last|sam_micro|sam_last_only, ARGS="key=value ...", NPROC=N)

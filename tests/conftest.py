@@ -48,6 +48,17 @@ def arm_file(arm: str) -> str:
     return str(REPO / "configs" / "arm" / f"{arm}.yaml")
 
 
+@pytest.fixture(autouse=True)
+def _no_shared_wandb_service():
+    """wandb keeps the token of the service an in-process run started in os.environ (WANDB_SERVICE), so every
+    process a later test starts would join that one service; a run killed there with SIGKILL leaves its stream
+    registered, and its resume then fails with "run ID ... is in use" (seen under pytest-xdist). A user's runs start
+    from a shell or from the sweep runner, each with a service of its own; so do the tests' processes."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture
 def tiny_run(tmp_path):
     """Arguments for the smallest meaningful run: configs/smoke.yaml shrunk further, results under tmp_path.

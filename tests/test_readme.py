@@ -120,3 +120,13 @@ def test_the_bench_cpu_sentence_is_the_committed_cpu_json():
     bench = json.loads((REPO / "results" / "bench" / "cpu.json").read_text(encoding="utf-8"))
     quoted = readme.split("<!-- bench-cpu: results/bench/cpu.json -->")[1].split("<!-- /bench-cpu -->")[0]
     assert quoted.strip() == summary_line(bench) + "."
+
+
+def test_the_compute_floor_quote_is_the_committed_reports_setup_line():
+    """README's Results quote the report's Compute line (the sweep's wall time against its compute floor) word for
+    word."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    report = (REPO / "results" / "report" / "REPORT.md").read_text(encoding="utf-8")
+    quoted = readme.split("<!-- compute: results/report/REPORT.md -->")[1].split("<!-- /compute -->")[0]
+    (line,) = [x for x in report.splitlines() if x.startswith("- **Compute:** ")]
+    assert quoted.strip() == "> " + line.removeprefix("- **Compute:** ")

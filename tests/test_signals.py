@@ -32,6 +32,20 @@ def send_to_self(sig):
 # during start-up (in process, the real handler)
 
 
+@pytest.fixture(autouse=True)
+def _sigint_heard():
+    """These tests need this process to hear SIGINT, but a suite started in the background by a non-interactive
+    shell (`make test &` in a script, some CI runners) inherits SIGINT ignored (POSIX), and so do the pytest-xdist
+    workers; main() rightly keeps an ignored signal ignored, as under nohup. Python's own handler for the test's
+    duration, the inherited setting back after."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_model_and_data_load_exits_without_writing(tiny_run, tmp_path, capsys, monkeypatch, sig):
     import experiments.trainer
