@@ -677,7 +677,7 @@ def _resolve_interpolations(cfg: DictConfig, where) -> None:
     """Refuse a missing value (`???`) and resolve every OmegaConf interpolation (`${key}`, `${oc.env:VAR}`) in place,
     one line naming the key and its source for each that fails, so that the config written and hashed holds values."""
     tree = OmegaConf.to_container(cfg, resolve=False)
-    for key, raw in _raw_values(cfg, _leaf_keys(tree)).items():
+    for key, raw in _raw_values(tree, _leaf_keys(tree)).items():
         if raw == "???":  # OmegaConf's mark of a missing value
             raise ConfigError(f"{key}: a value is required; '???' leaves it missing{where(key)}")
         if not (isinstance(raw, str) and "${" in raw):

@@ -69,15 +69,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextmanager
-def stop_signals_raise():
-    """While inside: SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread (a signal the process ignores,
-    as under nohup, stays ignored). The previous handlers come back on exit."""
+def _stop_signals_handled_by(handler):
+    """While inside: SIGINT, SIGTERM and SIGHUP go to `handler` in the main thread (a signal the process ignores, as
+    under nohup, stays ignored). The previous handlers come back on exit."""
     previous = {}
     if threading.current_thread() is threading.main_thread():
-
-        def handler(signum, _frame):
-            raise Interrupted(signum)
-
         for sig in STOP_SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 previous[sig] = signal.signal(sig, handler)
@@ -89,6 +85,17 @@ def stop_signals_raise():
 
 
 @contextmanager
+def stop_signals_raise():
+    """While inside: a stop signal raises Interrupted in the main thread."""
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    with _stop_signals_handled_by(handler):
+        yield
+
+
+@contextmanager
 def stop_signals_deferred():
     """While inside: a stop signal is noted, not raised, so the ending being recorded (error.log, summary.json) is
     written whole. Used around every ending: torchrun sends SIGTERM to each rank when one fails, often while this
@@ -96,19 +103,11 @@ def stop_signals_deferred():
     the middle left summary.json saying `running`. The run is ending anyway, so a noted signal changes nothing but
     the line printed; SIGKILL (torchrun's, 30 s later) still ends a stuck ending."""
     noted: list[int] = []
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in STOP_SIGNALS:
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                previous[sig] = signal.signal(sig, lambda signum, _frame: noted.append(signum))
-    try:
+    with _stop_signals_handled_by(lambda signum, _frame: noted.append(signum)):
         yield noted
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-        if noted:
-            name = signal.Signals(noted[0]).name
-            print(f"{name} received while the run's ending was being recorded: recorded it first", file=sys.stderr)
+    if noted:
+        name = signal.Signals(noted[0]).name
+        print(f"{name} received while the run's ending was being recorded: recorded it first", file=sys.stderr)
 
 
 def _offline_defaults(cfg) -> None:
@@ -190,6 +189,29 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
     return signal_exit_code(signum)
 
 
+def _diverged(err: BaseException, trainer, tracker, run_dir: Path, ctx) -> int:
+    """Record a run whose loss went non-finite: final, never resumed."""
+    with stop_signals_deferred():
+        p = trainer.progress
+        wall = tracker.elapsed()
+        tracker.finish(
+            DIVERGED,
+            reason=str(err),
+            final=trainer.final_block(),
+            best=p.best,
+            updates=p.update,
+            **trainer.update_counts(),
+            examples=p.examples,
+            diverged_at=p.update,
+            wall_time_s=round(wall, 3),
+            time=trainer.time_summary(wall),
+        )
+    if ctx.is_main:
+        remove_resume_state(run_dir)  # a diverged run is final: never resumed
+    print(f"diverged: {err} ({run_dir})", file=sys.stderr)
+    return EXIT_DIVERGED
+
+
 def _failed(err: BaseException, trainer, tracker, run_dir: Path) -> int:
     """Record a run ended by an exception: error.log with its traceback, summary.json failed with a one-line reason."""
     tracker.write_text("error.log", "".join(traceback.format_exception(type(err), err, err.__traceback__)))
@@ -268,13 +290,21 @@ def _start(cfg, ctx) -> int:
             if touched and not touched[0][1].finished:
                 # the signal came in the few bytecodes between an exception (e.g. a dead peer's closed connection)
                 # and the deferred block that records it: record that exception, else the signal, now
+                from .trainer import Diverged
+
                 trainer, tracker = touched[0]
+                cause = err.__context__
                 with stop_signals_deferred():
-                    cause = err.__context__
+                    if isinstance(cause, Exception):
+                        print(
+                            f"{name} arrived while the run's ending was starting; recording it first", file=sys.stderr
+                        )
+                    if isinstance(cause, Diverged):
+                        return _diverged(cause, trainer, tracker, run_dir, ctx)
                     if isinstance(cause, Exception):
                         return _failed(cause, trainer, tracker, run_dir)
                     return _interrupted(err, trainer, tracker, run_dir)
-            if touched:  # a second signal while an earlier ending (diverged, failed) was being recorded
+            if touched:  # a signal after the run's ending was recorded (summary.json is final)
                 print(
                     f"interrupted ({name}) while the run was ending; summary.json has its status ({run_dir})",
                     file=sys.stderr,
@@ -362,25 +392,7 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
         if ctx.is_main:
             remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is the model + optimizer
     except Diverged as err:
-        with stop_signals_deferred():
-            p = trainer.progress
-            wall = tracker.elapsed()
-            tracker.finish(
-                DIVERGED,
-                reason=str(err),
-                final=trainer.final_block(),
-                best=p.best,
-                updates=p.update,
-                **trainer.update_counts(),
-                examples=p.examples,
-                diverged_at=p.update,
-                wall_time_s=round(wall, 3),
-                time=trainer.time_summary(wall),
-            )
-        if ctx.is_main:
-            remove_resume_state(run_dir)  # a diverged run is final: never resumed
-        print(f"diverged: {err} ({run_dir})", file=sys.stderr)
-        return EXIT_DIVERGED
+        return _diverged(err, trainer, tracker, run_dir, ctx)
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM (also torchrun stopping the ranks after one failed), SIGHUP
         with stop_signals_deferred():
             return _interrupted(err, trainer, tracker, run_dir)

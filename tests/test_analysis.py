@@ -464,6 +464,7 @@ def test_html_is_standalone_with_tables_embedded_figures_and_escaped_text(tmp_pa
     assert "**" not in page and "![" not in page and "](" not in page and "|---" not in page
 
 
+@pytest.mark.slow
 def test_report_lists_every_run_that_did_not_complete(sweep, built):
     md = (report_dir(sweep.results_dir, sweep.sweep) / "REPORT.md").read_text(encoding="utf-8")
     failures = md[md.index("## Failed, diverged and unfinished runs") :]
@@ -473,6 +474,7 @@ def test_report_lists_every_run_that_did_not_complete(sweep, built):
     assert "21 of 24 runs completed (1 diverged, 2 failed)" in md
 
 
+@pytest.mark.slow
 def test_report_numbers_and_findings_come_from_the_runs(sweep, built):
     out = report_dir(sweep.results_dir, sweep.sweep)
     summary = pd.read_csv(out / "summary.csv")
@@ -751,6 +753,7 @@ def test_report_shows_the_v2_breakdown_and_rouge_w_only_when_runs_logged_them(tm
 # the answer first, updates-to-target, figures that stay inside the metric's range
 
 
+@pytest.mark.slow
 def test_report_writes_the_headline_and_the_time_to_target_table(sweep, built):
     out = report_dir(sweep.results_dir, sweep.sweep)
     headline = (out / "headline.md").read_text(encoding="utf-8")

@@ -121,12 +121,18 @@ def test_a_signal_while_a_failure_is_recorded_waits_until_the_failure_is_written
     assert "SIGTERM received while the run's ending was being recorded: recorded it first" in capsys.readouterr().err
 
 
-def test_a_signal_just_before_a_failure_is_recorded_records_the_failure(tiny_run, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("ending", ["failed", "diverged"])
+def test_a_signal_just_before_an_ending_is_recorded_records_that_ending(
+    tiny_run, tmp_path, capsys, monkeypatch, ending
+):
     """The signal's handler can run in the few bytecodes between the exception and the block that defers signals:
-    the run's entry point then records that exception (the cause), not a bare interruption, and not `running`."""
+    the run's entry point then records the ending that exception meant (failed, or diverged: final, not retried),
+    says that a signal came, and never leaves the run `running`."""
     import experiments.train
 
-    _evaluation_fails(monkeypatch)
+    extra = ["optim.lr=1e30"] if ending == "diverged" else []  # lr 1e30: non-finite loss (test_train's divergence)
+    if ending == "failed":
+        _evaluation_fails(monkeypatch)
     real_deferred, entered = experiments.train.stop_signals_deferred, []
 
     @contextmanager
@@ -138,12 +144,17 @@ def test_a_signal_just_before_a_failure_is_recorded_records_the_failure(tiny_run
             yield noted
 
     monkeypatch.setattr(experiments.train, "stop_signals_deferred", too_late)
-    assert main(tiny_run("adamw", "train.max_updates=2")) == 1
+    code = main(tiny_run("sam_last" if ending == "diverged" else "adamw", "train.max_updates=2", *extra))
     (run,) = run_dirs(tmp_path)
     s = summary_of(run)
-    assert s["status"] == "failed" and s["reason"] == "RuntimeError: Connection closed by peer"
-    assert "Connection closed by peer" in (run / "error.log").read_text()
-    assert "failed: RuntimeError: Connection closed by peer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "SIGTERM arrived while the run's ending was starting; recording it first" in err
+    if ending == "failed":
+        assert code == 1 and s["status"] == "failed" and s["reason"] == "RuntimeError: Connection closed by peer"
+        assert "Connection closed by peer" in (run / "error.log").read_text()
+    else:
+        assert code == 3 and s["status"] == "diverged" and "non-finite" in s["reason"]
+        assert not (run / "checkpoint" / "resume").exists()  # final: never resumed
 
 
 # ----------------------------------------------------------------------------------------------------------------------
