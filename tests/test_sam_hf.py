@@ -466,7 +466,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 2 gloo ranks under torchrun (SGD: see DESIGN.md, AdamW amplifies DDP's reduction-order rounding)
+# 2 gloo ranks under torchrun (SGD: AdamW amplifies DDP's reduction-order rounding)
 
 
 @pytest.fixture(scope="module")
