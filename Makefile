@@ -31,7 +31,7 @@ NPROC   ?= 1
 TRAIN   := $(if $(filter-out 1,$(strip $(NPROC))),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(strip $(NPROC)),$(PY)) -m experiments.train
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast coverage lint format run smoke run-all run-all-gpu run-dose run-dose-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-cpu bench-ddp audit-example clean
+.PHONY: help setup test test-fast test-gpu coverage lint format run smoke run-all run-all-gpu run-dose run-dose-gpu smoke-all report sharpness notebook sync dashboard wandb-sweep bench-sam bench-train bench-cpu bench-ddp audit-example clean
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ lint: $(STAMP)  ## ruff: formatting and lint checks (CI runs it; `make format` a
 format: $(STAMP)  ## ruff format + safe lint fixes, in place
 	$(PY) -m ruff format $(LINTED)
 	$(PY) -m ruff check --fix $(LINTED)
+
+test-gpu: $(STAMP)  ## only the tests marked gpu (CUDA; they skip without a GPU): run on a GPU machine
+	$(PY) -m pytest -q -m gpu tests $(ARGS)
 
 test-fast: $(STAMP)  ## the test suite without the tests of seconds each (marked slow): about 1 min here
 	$(PY) -m pytest -q $(XDIST) -m "not slow" tests $(ARGS)

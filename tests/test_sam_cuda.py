@@ -1,6 +1,6 @@
 """The CUDA-only parts of sam/: CUDA dropout RNG reuse, fp16 GradScaler on CUDA, bf16 autocast and bf16 parameters.
 
-Skipped without a GPU (CI has none); run on a GPU machine with `pytest tests/test_sam_cuda.py`.
+Skipped without a GPU (CI has none); marked `gpu`: on a GPU machine `make test-gpu` runs them.
 """
 
 import pytest
@@ -10,7 +10,7 @@ from torch import nn
 from sam import SAM, train_step
 from tests.test_sam_train_step import InjectInf, MaskRecorder, make_data, make_model, mse_fn, rel_err, split
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = torch.device("cuda")
 
 
