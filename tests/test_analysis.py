@@ -1092,3 +1092,12 @@ def test_shortcut_runs_are_left_out_of_the_step_times_and_their_cost_comes_from_
     timed = runs.assign(literal_cost=True)  # the same runs timed literally: no pass-count sentence
     text = " ".join(findings(timed, curves, paired))
     assert "replay_shortcut" not in text and "sam_last 1.40×" in text
+
+
+def test_the_step_time_caption_says_shortcut_runs_are_left_out_only_when_there_were_some(tmp_path):
+    from analysis.report.sections import SHORTCUT_NOTE, _figures_section
+
+    path = tmp_path / "figures" / "step_time.png"
+    with_note = "\n".join(_figures_section({"step_time": path}, tmp_path, shortcut_runs=True))
+    without = "\n".join(_figures_section({"step_time": path}, tmp_path, shortcut_runs=False))
+    assert SHORTCUT_NOTE.strip() in with_note and "replay_shortcut" not in without
