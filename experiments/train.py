@@ -191,21 +191,20 @@ def _interrupted(err: BaseException, trainer, tracker, run_dir: Path) -> int:
 
 def _diverged(err: BaseException, trainer, tracker, run_dir: Path, ctx) -> int:
     """Record a run whose loss went non-finite: final, never resumed."""
-    with stop_signals_deferred():
-        p = trainer.progress
-        wall = tracker.elapsed()
-        tracker.finish(
-            DIVERGED,
-            reason=str(err),
-            final=trainer.final_block(),
-            best=p.best,
-            updates=p.update,
-            **trainer.update_counts(),
-            examples=p.examples,
-            diverged_at=p.update,
-            wall_time_s=round(wall, 3),
-            time=trainer.time_summary(wall),
-        )
+    p = trainer.progress
+    wall = tracker.elapsed()
+    tracker.finish(
+        DIVERGED,
+        reason=str(err),
+        final=trainer.final_block(),
+        best=p.best,
+        updates=p.update,
+        **trainer.update_counts(),
+        examples=p.examples,
+        diverged_at=p.update,
+        wall_time_s=round(wall, 3),
+        time=trainer.time_summary(wall),
+    )
     if ctx.is_main:
         remove_resume_state(run_dir)  # a diverged run is final: never resumed
     print(f"diverged: {err} ({run_dir})", file=sys.stderr)
@@ -391,8 +390,9 @@ def _run(cfg, ctx, run_dir: Path, action: str, touched: list) -> int:
             )
         if ctx.is_main:
             remove_resume_state(run_dir)  # a completed run is never resumed; the checkpoint is the model + optimizer
-    except Diverged as err:
-        return _diverged(err, trainer, tracker, run_dir, ctx)
+    except Diverged as err:  # each ending is recorded with stop signals deferred (stop_signals_deferred)
+        with stop_signals_deferred():
+            return _diverged(err, trainer, tracker, run_dir, ctx)
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM (also torchrun stopping the ranks after one failed), SIGHUP
         with stop_signals_deferred():
             return _interrupted(err, trainer, tracker, run_dir)
